@@ -1,0 +1,142 @@
+"""The compiled table and its binary form (docs/FORMAT.md).
+
+    header (48 bytes) | entries (16 bytes each, sorted by start) | descriptors (16 bytes each) | names
+
+Every address is relative to the module's load base (the value the dynamic
+linker adds to link-time addresses), so nothing needs relocating. A runtime
+finds the base from the table itself: ``base = (uintptr_t)header - self_vaddr``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CheckFailed, ExtableError
+from .model import DATA_EXTENDED, DATA_IMM_SHIFT, Handler, Kind, Side, descriptor_index
+
+MAGIC = b"EXTABLE\0"
+VERSION = 1
+FLAG_LOADED = 0x1          # the table lies in a loaded section at self_vaddr
+
+HEADER = struct.Struct("<8sHHIIIIIIIQ")
+ENTRY_DTYPE = np.dtype([("start", "<u4"), ("end", "<u4"), ("fixup", "<u4"), ("data", "<u4")])
+DESC = struct.Struct("<BBBBBBBxiI")
+ALIGN = 8
+
+assert HEADER.size == 48 and ENTRY_DTYPE.itemsize == 16 and DESC.size == 16
+
+
+@dataclass
+class Table:
+    """A sorted, merged exception table for one module."""
+
+    machine: int
+    entries: np.ndarray                      # ENTRY_DTYPE, sorted by start
+    handlers: list[Handler] = field(default_factory=list)
+    flags: int = 0
+    self_vaddr: int = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, address: int) -> int | None:
+        """Index of the entry whose [start, end) covers address, or None."""
+        starts = self.entries["start"]
+        i = int(np.searchsorted(starts, address, side="right")) - 1
+        if i >= 0 and address < int(self.entries["end"][i]):
+            return i
+        return None
+
+    def handler_of(self, data: int) -> Handler | None:
+        index = descriptor_index(data)
+        return self.handlers[index] if index is not None and index < len(self.handlers) else None
+
+
+def encoded_size(nentries: int, handlers: list[Handler]) -> int:
+    names = sum(len(h.name.encode()) + 1 for h in handlers)
+    return _align(HEADER.size + 16 * nentries + DESC.size * len(handlers) + names)
+
+
+def encode(table: Table) -> bytes:
+    """The table's bytes, deterministic for equal tables."""
+    entries = np.ascontiguousarray(table.entries, dtype=ENTRY_DTYPE)
+    names = bytearray()
+    descs = bytearray()
+    for h in table.handlers:
+        descs += DESC.pack(h.kind, h.flags, h.side, h.reg, h.src_reg, h.dst_reg, h.rec_reg,
+                           h.imm, len(names))
+        names += h.name.encode() + b"\0"
+    entries_off = HEADER.size
+    descs_off = entries_off + entries.nbytes
+    strings_off = descs_off + len(descs)
+    header = HEADER.pack(MAGIC, VERSION, table.machine, table.flags, len(entries),
+                         len(table.handlers), entries_off, descs_off, strings_off,
+                         len(names), table.self_vaddr)
+    blob = b"".join((header, entries.tobytes(), bytes(descs), bytes(names)))
+    return blob + b"\0" * (_align(len(blob)) - len(blob))
+
+
+def is_table(blob: bytes) -> bool:
+    """Whether blob starts like a table (a reservation that was never filled does not)."""
+    return blob[:len(MAGIC)] == MAGIC
+
+
+def decode(blob: bytes, path: str | None = None) -> Table:
+    """Parse and check a table: bounds, sorted, non-overlapping, descriptors valid.
+
+    Raises ExtableError for bytes that are not a table, CheckFailed for a table
+    whose contents are inconsistent.
+    """
+    if len(blob) < HEADER.size or not is_table(blob):
+        raise ExtableError("no exception table (bad magic)", path)
+    (_magic, version, machine, flags, nentries, ndescs, entries_off, descs_off,
+     strings_off, strings_size, self_vaddr) = HEADER.unpack_from(blob)
+    if version != VERSION:
+        raise ExtableError(f"table version {version} is not supported (need {VERSION})", path)
+    if (entries_off + 16 * nentries > len(blob) or descs_off + DESC.size * ndescs > len(blob)
+            or strings_off + strings_size > len(blob) or entries_off % 4):
+        raise ExtableError("table is truncated: counts and offsets exceed its size", path)
+    entries = np.frombuffer(blob, ENTRY_DTYPE, count=nentries, offset=entries_off).copy()
+    strings = blob[strings_off:strings_off + strings_size]
+    handlers = []
+    for i in range(ndescs):
+        (kind, hflags, side, reg, src, dst, rec, imm, name_off) = DESC.unpack_from(
+            blob, descs_off + i * DESC.size)
+        if kind not in Kind._value2member_map_ or side not in Side._value2member_map_:
+            raise CheckFailed(f"descriptor {i} has unknown kind {kind} or side {side}", path)
+        end = strings.find(b"\0", name_off)
+        if name_off >= len(strings) or end < 0:
+            raise CheckFailed(f"descriptor {i} name offset {name_off} out of range", path)
+        handlers.append(Handler(Kind(kind), reg, src, dst, rec, Side(side), hflags, imm,
+                                strings[name_off:end].decode("utf-8", "replace")))
+    table = Table(machine, entries, handlers, flags, self_vaddr)
+    check_order(table, path)
+    return table
+
+
+def check_order(table: Table, path: str | None = None) -> None:
+    """Sorted by start, every range non-empty, no overlap, descriptor indices in range."""
+    e = table.entries
+    bad = np.flatnonzero(e["start"] >= e["end"])
+    if len(bad):
+        i = int(bad[0])
+        raise CheckFailed(f"entry {i} is empty or reversed "
+                          f"({int(e['start'][i]):#x}..{int(e['end'][i]):#x})", path)
+    if len(e) > 1:
+        bad = np.flatnonzero(e["start"][1:] < e["end"][:-1])
+        if len(bad):
+            i = int(bad[0])
+            what = "unsorted" if e["start"][i + 1] < e["start"][i] else "overlapping"
+            raise CheckFailed(f"entries {i} and {i + 1} are {what} "
+                              f"({int(e['start'][i]):#x} and {int(e['start'][i + 1]):#x})", path)
+    ext = e["data"][(e["data"] & DATA_EXTENDED) != 0] >> DATA_IMM_SHIFT
+    if len(ext) and int(ext.max()) >= len(table.handlers):
+        raise CheckFailed(f"an entry names descriptor {int(ext.max())}, "
+                          f"but the table has {len(table.handlers)}", path)
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)

@@ -1,0 +1,157 @@
+"""The writer: a table's bytes into an ELF file, atomically.
+
+Two ways, as docs/FORMAT.md describes:
+
+* into an existing section of the file (the reservation that ``extable.h``
+  makes at compile time, or a section an earlier ``--add-section`` run added):
+  the bytes are overwritten in a copy of the file and nothing else moves, as
+  the kernel's ``scripts/sorttable.c`` does for ``__ex_table``;
+* into a new non-loaded section added with LIEF, for files built without a
+  reservation. LIEF's ``loaded=True`` is never used: it moves code and breaks
+  every address the table holds.
+
+Either way the output is written to a temporary file in the target folder,
+fsynced and renamed into place; on any error nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable
+
+from .elf import ElfImage
+from .errors import ExtableError
+from .table import FLAG_LOADED, Table, decode, encode, encoded_size, is_table
+
+DEFAULT_SECTION = "extable_table"
+
+
+def atomic_write(target: str, produce: Callable[[str], None], mode_from: str | None = None
+                 ) -> None:
+    """Call produce(tmp_path) to fill a temporary file, then rename it onto target."""
+    folder = os.path.dirname(os.path.abspath(target))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".extable-", dir=folder)
+    except OSError as exc:
+        raise ExtableError(f"cannot write: {exc.strerror}", target) from None
+    os.close(fd)
+    try:
+        produce(tmp)
+        if mode_from is not None:
+            os.chmod(tmp, os.stat(mode_from).st_mode & 0o7777)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        _unlink(tmp)
+        raise ExtableError(f"cannot write: {exc.strerror}", target) from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+    try:
+        dirfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def check_target(image: ElfImage, output: str | None, in_place: bool) -> str:
+    """The path to write: the input only with in_place, never by accident."""
+    if in_place:
+        if output is not None:
+            raise ExtableError("give either -o OUT or --in-place, not both", image.path)
+        return image.path
+    if output is None:
+        raise ExtableError("no output: give -o OUT or --in-place", image.path)
+    if os.path.exists(output) and os.path.samefile(output, image.path):
+        raise ExtableError("output is the input file: use --in-place to modify it", output)
+    return output
+
+
+def table_bytes_for(image: ElfImage, table: Table, section_name: str) -> tuple[int, bytes]:
+    """(file offset, bytes padded to the section) for writing into an existing section."""
+    sec = image.section(section_name)
+    if sec is None:
+        raise ExtableError(f"no section {section_name!r} to write into: reserve one with "
+                           "EXTABLE_RESERVE() from extable.h, or use --add-section", image.path)
+    if not sec.has_file_bytes:
+        raise ExtableError(f"section {section_name!r} is NOBITS: the reservation must be "
+                           "const and occupy file bytes", image.path)
+    table.flags = FLAG_LOADED if sec.alloc else 0
+    table.self_vaddr = sec.addr if sec.alloc else 0
+    blob = encode(table)
+    if len(blob) > sec.size:
+        raise ExtableError(f"table needs {len(blob)} bytes but section {section_name!r} holds "
+                           f"{sec.size}: enlarge the reservation", image.path)
+    return sec.offset, blob + b"\0" * (sec.size - len(blob))
+
+
+def write_into_section(image: ElfImage, table: Table, target: str,
+                       section_name: str = DEFAULT_SECTION) -> None:
+    """Overwrite the named section's bytes in a copy of the file written to target."""
+    offset, blob = table_bytes_for(image, table, section_name)
+
+    def produce(tmp: str) -> None:
+        with open(tmp, "wb") as out:
+            out.write(image.data[:offset])
+            out.write(blob)
+            out.write(image.data[offset + len(blob):])
+
+    atomic_write(target, produce, mode_from=image.path)
+
+
+def write_added_section(image: ElfImage, table: Table, target: str,
+                        section_name: str = DEFAULT_SECTION) -> None:
+    """Add a non-loaded section with LIEF; re-read the result and require a round trip."""
+    existing = image.section(section_name)
+    if existing is not None and existing.size >= encoded_size(len(table), table.handlers):
+        write_into_section(image, table, target, section_name)   # a re-run: same place
+        return
+    if existing is not None:
+        raise ExtableError(f"section {section_name!r} exists but is too small for the table",
+                           image.path)
+    table.flags, table.self_vaddr = 0, 0
+    blob = encode(table)
+
+    def produce(tmp: str) -> None:
+        import lief   # only this path needs LIEF, and it is slow to import
+
+        lief.logging.disable()
+        binary = lief.ELF.parse(image.path)
+        if binary is None:
+            raise ExtableError("LIEF cannot parse the file", image.path)
+        section = lief.ELF.Section(section_name)
+        section.type = lief.ELF.Section.TYPE.PROGBITS
+        section.content = list(blob)
+        section.alignment = 8
+        binary.add(section, loaded=False)
+        binary.write(tmp)
+        _require_round_trip(image, tmp, section_name, blob)
+
+    atomic_write(target, produce, mode_from=image.path)
+
+
+def _require_round_trip(image: ElfImage, written: str, section_name: str, blob: bytes) -> None:
+    try:
+        with ElfImage(written) as out:
+            sec = out.section(section_name)
+            got = out.section_bytes(sec)[:len(blob)] if sec else b""
+            if not is_table(got) or got != blob:
+                raise ExtableError("the added section did not read back as the table")
+            decode(got)
+            if out.executable_segments != image.executable_segments:
+                raise ExtableError("adding the section moved executable segments")
+    except ExtableError as exc:
+        raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
+                           image.path) from None

@@ -1,0 +1,1 @@
+"""mcsafe: a machine-check-safe copy for Python, recovered through compiled exception tables."""
