@@ -1,0 +1,118 @@
+"""The build step: compile the mcsafe extension, then embed its exception table.
+
+``setup.py`` (run by ``pip install .``, ``pip install -e .`` and wheel builds)
+takes its extension list and its ``build_ext`` from here. After each extension
+is linked, :func:`embed_table` runs the extable compiler over the built shared
+object and writes the table in place, into the section that ``extable.h``
+reserved. Running it again gives the same bytes.
+
+``python build.py`` alone does an in-place development build.
+
+This file shadows pypa's ``build`` when ``python -m build`` is run from the
+repository root; it notices and hands over to the real one (see ``_main``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def target_arch() -> str:
+    machine = os.environ.get("MCSAFE_ARCH") or platform.machine()
+    try:
+        return ARCHES[machine.lower()]
+    except KeyError:
+        raise SystemExit(f"mcsafe: no copy core for {machine} (have x86-64 and aarch64)")
+
+
+def extensions() -> list:
+    """The extension modules, cythonized."""
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    arch = target_arch()
+    core = "mcsafe/_core"
+    ext = Extension(
+        "mcsafe._mcsafe",
+        sources=["mcsafe/_mcsafe.pyx", f"{core}/handler.c", f"{core}/registry.c",
+                 f"{core}/arch/{arch}/copy.c"],
+        include_dirs=["extable/include", core, f"{core}/arch/{arch}"],
+        depends=[f"{core}/mcsafe_core.h", f"{core}/arch/{arch}/context.h",
+                 "extable/include/extable.h"],
+        extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing"],
+    )
+    return cythonize([ext], language_level=3, quiet=True)
+
+
+def embed_table(path: str | os.PathLike[str]) -> None:
+    """Compile the exception table of a built extension into it, in place."""
+    sys.path.insert(0, str(ROOT))          # this tree's extable, not an installed one
+    try:
+        from extable.compiler import build
+        from extable.elf import ElfImage
+        from extable.embedded import verify
+        from extable.errors import ExtableError
+        from extable.spec import load
+        from extable.writer import write_into_section
+    finally:
+        sys.path.remove(str(ROOT))
+    try:
+        with ElfImage(path) as image:
+            result = build(image, load(None, image.machine), strict=True)
+            if not len(result.table):
+                raise ExtableError("no fault sites found: the copy core has no records", path)
+            write_into_section(image, result.table, os.fspath(path))
+        with ElfImage(path) as image:
+            table = verify(image)
+    except ExtableError as exc:
+        raise SystemExit(f"mcsafe build: extable failed: {exc}") from None
+    print(f"mcsafe build: {path}: {len(table)} table entries, "
+          f"{len(table.handlers)} descriptors embedded")
+
+
+def build_ext_class() -> type:
+    from setuptools.command.build_ext import build_ext
+
+    class BuildExt(build_ext):
+        """build_ext that embeds the exception table right after linking."""
+
+        def build_extension(self, ext) -> None:   # type: ignore[no-untyped-def]
+            super().build_extension(ext)
+            embed_table(self.get_ext_fullpath(ext.name))
+
+    return BuildExt
+
+
+def setup_kwargs() -> dict:
+    return {"ext_modules": extensions(), "cmdclass": {"build_ext": build_ext_class()}}
+
+
+def _main(argv: list[str]) -> int:
+    if argv:
+        # Any argument means `python -m build ...` from the repository root found
+        # this file instead of pypa's build: hand over to the real one.
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != str(ROOT)]
+        sys.modules.pop("build", None)
+        import runpy
+
+        try:
+            runpy.run_module("build", run_name="__main__", alter_sys=True)
+        except ImportError:
+            raise SystemExit("python -m build: pypa's build is not installed "
+                             "(pip install build); python build.py takes no arguments")
+        return 0
+    from setuptools import setup
+
+    os.chdir(ROOT)
+    setup(script_args=["build_ext", "--inplace"], **setup_kwargs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,39 @@
+/* x86-64: reading and rewriting the interrupted context (as the kernel's
+ * arch/x86/mm/extable.c does with pt_regs). Register numbers are in
+ * instruction-encoding order, as in extable.h. */
+#ifndef MCSAFE_ARCH_CONTEXT_H
+#define MCSAFE_ARCH_CONTEXT_H
+
+#include <signal.h>
+#include <stdint.h>
+#include <ucontext.h>
+
+#define MCSAFE_ARCH_MACHINE 62   /* EM_X86_64 */
+#define MCSAFE_ARCH_NREGS   16
+
+static const int mcsafe_greg_index[MCSAFE_ARCH_NREGS] = {
+    REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI,
+    REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15,
+};
+
+static inline uintptr_t arch_pc(const ucontext_t *uc)
+{
+    return (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+}
+
+static inline void arch_set_pc(ucontext_t *uc, uintptr_t pc)
+{
+    uc->uc_mcontext.gregs[REG_RIP] = (greg_t)pc;
+}
+
+static inline uintptr_t arch_reg(const ucontext_t *uc, unsigned reg)
+{
+    return (uintptr_t)uc->uc_mcontext.gregs[mcsafe_greg_index[reg]];
+}
+
+static inline void arch_set_reg(ucontext_t *uc, unsigned reg, uintptr_t value)
+{
+    uc->uc_mcontext.gregs[mcsafe_greg_index[reg]] = (greg_t)value;
+}
+
+#endif

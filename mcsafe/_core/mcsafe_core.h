@@ -1,0 +1,74 @@
+/* mcsafe_core.h: the C core of mcsafe, shared by the copy routines, the
+ * registry of published tables, the signal handler and the Cython layer.
+ */
+#ifndef MCSAFE_CORE_H
+#define MCSAFE_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "extable.h"
+
+/* Where a fault happened, filled by the signal handler through the register a
+ * descriptor names as `rec`. Lives on the caller's stack: one per copy, never
+ * shared between threads. The copy routines read `addr` and `side` at their
+ * landing pad, so the offsets are part of the assembly's contract. */
+struct mcsafe_fault {
+    uint64_t addr;      /* 0: si_addr */
+    uint32_t side;      /* 8: EXTABLE_SIDE_SRC or EXTABLE_SIDE_DST; 0 = no fault */
+    int32_t  signo;     /* 12: SIGBUS or SIGSEGV */
+    int32_t  code;      /* 16: si_code */
+    uint32_t pad;
+};
+#define MCSAFE_FAULT_ADDR 0
+#define MCSAFE_FAULT_SIDE 8
+
+/* Copies below this many bytes take the word path, the rest `rep movsb`
+ * (x86-64) or the paired-load path (aarch64). Measured in benchmarks/. */
+#define MCSAFE_SMALL_COPY 256
+
+/* The per-architecture routines (arch/<arch>/copy.c). Both return the number
+ * of bytes NOT copied, as the kernel's copy_mc_* do. */
+size_t mcsafe_copy_small(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
+size_t mcsafe_copy_bulk(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
+
+/* The copy: returns bytes copied; on a fault `rec` says where. */
+static inline size_t mcsafe_copy(void *dst, const void *src, size_t n,
+                                 struct mcsafe_fault *rec)
+{
+    rec->side = 0;
+    if (n < MCSAFE_SMALL_COPY)
+        return n - mcsafe_copy_small(dst, src, n, rec);
+    return n - mcsafe_copy_bulk(dst, src, n, rec);
+}
+
+/* registry.c: validated tables, published for the handler. */
+struct mcsafe_module {
+    uintptr_t base;                       /* load bias */
+    uintptr_t lo, hi;                     /* [lo, hi): every entry lies inside */
+    const struct extable_entry *entries;
+    const struct extable_desc *descs;
+    uint32_t nentries, ndescs;
+    const void *table;                    /* the header: the module's identity */
+    char name[64];
+};
+
+/* Validates the table at [table, table + size) against the executable
+ * segments of the object loaded around it, then publishes it. Returns 0, or -1
+ * with a one-line reason in err. Not async-signal-safe (allocates). */
+int mcsafe_register(const void *table, size_t size, const char *name,
+                    char *err, size_t errlen);
+int mcsafe_unregister(const void *table);
+/* Async-signal-safe: the entry covering pc, and its module, or NULL. */
+const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_module **mod);
+size_t mcsafe_published(void);
+
+/* The core's own table, from the reserved section. */
+const void *mcsafe_own_table(size_t *size);
+
+/* handler.c */
+int mcsafe_install(void);                 /* idempotent; 0 or -1 with errno */
+int mcsafe_handler_active(void);          /* still the installed SIGBUS and SIGSEGV handler? */
+unsigned long mcsafe_claimed_count(void); /* faults claimed so far, all threads */
+
+#endif /* MCSAFE_CORE_H */

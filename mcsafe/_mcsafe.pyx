@@ -1,0 +1,200 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The mcsafe extension: the table-driven copy and the handler's controls."""
+
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
+from libc.stdint cimport int32_t, uint32_t, uint64_t, uintptr_t
+
+cdef extern from "mcsafe_core.h" nogil:
+    struct mcsafe_fault:
+        uint64_t addr
+        uint32_t side
+        int32_t signo
+        int32_t code
+    size_t mcsafe_copy(void *dst, const void *src, size_t n, mcsafe_fault *rec)
+    size_t mcsafe_copy_small(void *dst, const void *src, size_t n, mcsafe_fault *rec)
+    size_t mcsafe_copy_bulk(void *dst, const void *src, size_t n, mcsafe_fault *rec)
+    int mcsafe_register(const void *table, size_t size, const char *name,
+                        char *err, size_t errlen)
+    int mcsafe_unregister(const void *table)
+    size_t mcsafe_published()
+    const void *mcsafe_own_table(size_t *size)
+    int mcsafe_install()
+    int mcsafe_handler_active()
+    unsigned long mcsafe_claimed_count()
+    int MCSAFE_SMALL_COPY
+
+from ._types import CopyResult, FaultInfo
+
+#: Copies of at least this many bytes release the GIL.
+GIL_RELEASE_BYTES = 64 * 1024
+#: Copies below this many bytes take the word path, the rest the bulk path.
+SMALL_COPY_BYTES = MCSAFE_SMALL_COPY
+
+cdef str _own_status = "not registered"
+cdef bint _own_ok = False
+cdef tuple _SIDES = (None, "src", "dst")
+
+
+cdef inline Py_ssize_t _span(Py_ssize_t avail_dst, Py_ssize_t avail_src, object n) except -2:
+    cdef Py_ssize_t want
+    if n is None:
+        return avail_dst if avail_dst < avail_src else avail_src
+    want = n
+    if want < 0:
+        raise ValueError(f"n must be >= 0, got {want}")
+    if want > avail_src:
+        raise ValueError(f"n={want} exceeds the {avail_src} bytes of src after src_offset")
+    if want > avail_dst:
+        raise ValueError(f"n={want} exceeds the {avail_dst} bytes of dst after dst_offset")
+    return want
+
+
+cdef int _acquire(object dst, object src, Py_buffer *d, Py_buffer *s) except -1:
+    try:
+        PyObject_GetBuffer(dst, d, PyBUF_WRITABLE)
+    except BufferError as exc:
+        raise TypeError(f"dst must be a writable contiguous buffer: {exc}") from None
+    try:
+        PyObject_GetBuffer(src, s, PyBUF_SIMPLE)
+    except BaseException:
+        PyBuffer_Release(d)
+        if isinstance(src, (str,)):
+            raise TypeError("src must be a bytes-like object, not str") from None
+        raise
+    return 0
+
+
+cdef Py_ssize_t _copy(object dst, object src, object n, Py_ssize_t dst_offset,
+                      Py_ssize_t src_offset, mcsafe_fault *rec,
+                      Py_ssize_t *length, uintptr_t *dst_at, uintptr_t *src_at) except -1:
+    cdef Py_buffer d, s
+    cdef Py_ssize_t count, done
+    cdef char *dp
+    cdef const char *sp
+    if not _own_ok:
+        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
+    _acquire(dst, src, &d, &s)
+    try:
+        if dst_offset < 0 or dst_offset > d.len:
+            raise ValueError(f"dst_offset={dst_offset} is outside dst (0..{d.len})")
+        if src_offset < 0 or src_offset > s.len:
+            raise ValueError(f"src_offset={src_offset} is outside src (0..{s.len})")
+        count = _span(d.len - dst_offset, s.len - src_offset, n)
+        dp = <char *>d.buf + dst_offset
+        sp = <const char *>s.buf + src_offset
+        if count and dp < sp + count and sp < dp + count:
+            raise ValueError("src and dst overlap")
+        if count >= GIL_RELEASE_BYTES:
+            with nogil:
+                done = <Py_ssize_t>mcsafe_copy(dp, sp, <size_t>count, rec)
+        else:
+            done = <Py_ssize_t>mcsafe_copy(dp, sp, <size_t>count, rec)
+        length[0] = count
+        dst_at[0] = <uintptr_t>dp
+        src_at[0] = <uintptr_t>sp
+        return done
+    finally:
+        PyBuffer_Release(&s)
+        PyBuffer_Release(&d)
+
+
+def copy(dst, src, n=None, *, Py_ssize_t dst_offset=0, Py_ssize_t src_offset=0):
+    """Copy bytes from src to dst; return how many were copied before any fault.
+
+    n defaults to as many bytes as both buffers hold after their offsets.
+    """
+    cdef mcsafe_fault rec
+    cdef Py_ssize_t length
+    cdef uintptr_t dst_at, src_at
+    return _copy(dst, src, n, dst_offset, src_offset, &rec, &length, &dst_at, &src_at)
+
+
+cdef object _fault_info(mcsafe_fault *rec, uintptr_t dst_at, uintptr_t src_at):
+    if rec.side == 0:
+        return None
+    base = src_at if rec.side == 1 else dst_at
+    return FaultInfo(rec.addr, <Py_ssize_t>(rec.addr - base), _SIDES[rec.side], rec.signo,
+                     rec.code)
+
+
+def copy_report(dst, src, n=None, *, Py_ssize_t dst_offset=0, Py_ssize_t src_offset=0):
+    """Like copy(), and say where the copy faulted: a CopyResult(copied, fault)."""
+    cdef mcsafe_fault rec
+    cdef Py_ssize_t length, done
+    cdef uintptr_t dst_at, src_at
+    done = _copy(dst, src, n, dst_offset, src_offset, &rec, &length, &dst_at, &src_at)
+    return CopyResult(done, _fault_info(&rec, dst_at, src_at) if done < length else None)
+
+
+def _copy_path(path, dst, src):
+    """Test hook: copy all of src into dst with one path ('small' or 'bulk') only."""
+    cdef Py_buffer d, s
+    cdef mcsafe_fault rec
+    cdef size_t left, count
+    if not _own_ok:
+        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
+    _acquire(dst, src, &d, &s)
+    try:
+        count = <size_t>(s.len if s.len < d.len else d.len)
+        rec.side = 0
+        with nogil:
+            if path == "small":
+                left = mcsafe_copy_small(d.buf, s.buf, count, &rec)
+            else:
+                left = mcsafe_copy_bulk(d.buf, s.buf, count, &rec)
+        done = count - left
+        return CopyResult(done, _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>s.buf)
+                          if left else None)
+    finally:
+        PyBuffer_Release(&s)
+        PyBuffer_Release(&d)
+
+
+def install():
+    """Install (or re-install) the SIGBUS/SIGSEGV handler; idempotent."""
+    if mcsafe_install() != 0:
+        import os
+        raise OSError("sigaction failed")
+
+
+def handler_installed():
+    """Whether mcsafe's handler is still the active SIGBUS and SIGSEGV handler."""
+    return bool(mcsafe_handler_active())
+
+
+def claimed_faults():
+    """How many faults the handler has claimed in this process."""
+    return mcsafe_claimed_count()
+
+
+def published_tables():
+    """How many tables the handler searches."""
+    return mcsafe_published()
+
+
+def table_status():
+    """'ok', or why this module's own table was refused."""
+    return _own_status
+
+
+def own_table_address():
+    """(address, size) of this module's reserved table section."""
+    cdef size_t size
+    cdef const void *p = mcsafe_own_table(&size)
+    return <uintptr_t>p, size
+
+
+cdef void _register_own():
+    global _own_status, _own_ok
+    cdef char err[256]
+    cdef size_t size
+    cdef const void *table = mcsafe_own_table(&size)
+    if mcsafe_register(table, size, b"mcsafe._mcsafe", err, sizeof(err)) == 0:
+        _own_status, _own_ok = "ok", True
+    else:
+        _own_status = (<bytes>err).decode("utf-8", "replace")
+
+
+_register_own()
+install()
