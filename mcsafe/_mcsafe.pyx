@@ -53,14 +53,15 @@ cdef inline Py_ssize_t _span(Py_ssize_t avail_dst, Py_ssize_t avail_src, object 
 cdef int _acquire(object dst, object src, Py_buffer *d, Py_buffer *s) except -1:
     try:
         PyObject_GetBuffer(dst, d, PyBUF_WRITABLE)
-    except BufferError as exc:
+    except (BufferError, ValueError) as exc:     # numpy says ValueError
         raise TypeError(f"dst must be a writable contiguous buffer: {exc}") from None
     try:
         PyObject_GetBuffer(src, s, PyBUF_SIMPLE)
+    except (BufferError, ValueError) as exc:
+        PyBuffer_Release(d)
+        raise TypeError(f"src must be a contiguous buffer: {exc}") from None
     except BaseException:
         PyBuffer_Release(d)
-        if isinstance(src, (str,)):
-            raise TypeError("src must be a bytes-like object, not str") from None
         raise
     return 0
 
@@ -132,6 +133,9 @@ def _copy_path(path, dst, src):
     cdef Py_buffer d, s
     cdef mcsafe_fault rec
     cdef size_t left, count
+    cdef bint small = path == "small"
+    if not small and path != "bulk":
+        raise ValueError(f"path must be 'small' or 'bulk', not {path!r}")
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     _acquire(dst, src, &d, &s)
@@ -139,7 +143,7 @@ def _copy_path(path, dst, src):
         count = <size_t>(s.len if s.len < d.len else d.len)
         rec.side = 0
         with nogil:
-            if path == "small":
+            if small:
                 left = mcsafe_copy_small(d.buf, s.buf, count, &rec)
             else:
                 left = mcsafe_copy_bulk(d.buf, s.buf, count, &rec)

@@ -1,0 +1,275 @@
+"""Fault injection through real kernel paths, for tests, benchmarks and demos.
+
+Each method gives a :class:`Region`: a writable mapping of ``npages`` pages in
+which the chosen pages fault when touched, cleaned up when the ``with`` block
+ends. The good pages hold a known pattern (:func:`pattern`).
+
+============  =========================================================  ============
+method        how                                                        signal
+============  =========================================================  ============
+``uffd``      userfaultfd ``UFFDIO_POISON`` on anonymous memory: the      SIGBUS
+              kernel's hwpoison path (``BUS_MCEERR_AR`` with
+              ``CONFIG_MEMORY_FAILURE``, else ``BUS_ADRERR``)
+``madvise``   ``madvise(MADV_HWPOISON)``: really poisons the page          SIGBUS
+              (root, ``CONFIG_MEMORY_FAILURE``; the page frame is lost)
+``truncate``  a shared file mapping, the file cut short after mapping:     SIGBUS
+              every page past the new end faults (a suffix only)
+``mprotect``  ``mprotect(PROT_NONE)``                                      SIGSEGV
+============  =========================================================  ============
+
+:func:`available` says which work on this machine, and why the others do not.
+Nothing here may touch a bad page: only :func:`mcsafe.copy` may.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import signal
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+PAGE = mmap.PAGESIZE
+METHODS = ("uffd", "madvise", "truncate", "mprotect")
+
+BUS_ADRERR, BUS_MCEERR_AR = 2, 4
+SEGV_ACCERR = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
+MAP_FAILED = ctypes.c_void_p(-1).value
+MADV_HWPOISON = 100
+SYS_userfaultfd = 323            # x86-64
+if os.uname().machine == "aarch64":
+    SYS_userfaultfd = 282
+
+# Debian's headers predate UFFDIO_POISON (Linux 6.6): the ABI, spelled out.
+UFFD_API = 0xAA
+UFFD_FEATURE_SIGBUS = 1 << 7     # a missing page raises SIGBUS instead of waiting: no hang
+UFFD_FEATURE_POISON = 1 << 14
+UFFDIO_REGISTER_MODE_MISSING = 1
+
+
+def _iowr(nr: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (UFFD_API << 8) | nr
+
+
+UFFDIO_API = _iowr(0x3F, 24)        # struct uffdio_api { u64 api, features, ioctls; }
+UFFDIO_REGISTER = _iowr(0x00, 32)   # { struct uffdio_range range; u64 mode, ioctls; }
+UFFDIO_POISON = _iowr(0x08, 32)     # { struct uffdio_range range; u64 mode; s64 updated; }
+
+
+class InjectionUnavailable(OSError):
+    """This machine cannot inject faults that way; the message says why."""
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """The bytes a region's good pages hold: a 251-periodic ramp, never page-periodic."""
+    ramp = bytes((i * 7 + seed) % 251 for i in range(251))
+    return (ramp * (size // 251 + 1))[:size]
+
+
+@dataclass
+class Region:
+    """A mapping whose ``bad_pages`` fault when touched."""
+
+    method: str
+    address: int
+    npages: int
+    bad_pages: list[int]
+    signal: int                       #: the signal a touch of a bad page raises
+    codes: tuple[int, ...]            #: the si_code values it may carry
+    buffer: memoryview = field(repr=False)
+    _cleanup: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def size(self) -> int:
+        return self.npages * PAGE
+
+    def bad_ranges(self) -> list[tuple[int, int]]:
+        """Bad byte ranges [start, end), merged and sorted."""
+        out: list[tuple[int, int]] = []
+        for p in self.bad_pages:
+            if out and out[-1][1] == p * PAGE:
+                out[-1] = (out[-1][0], (p + 1) * PAGE)
+            else:
+                out.append((p * PAGE, (p + 1) * PAGE))
+        return out
+
+    def first_bad(self, offset: int) -> int | None:
+        """Offset of the first bad byte at or after offset."""
+        for start, end in self.bad_ranges():
+            if end > offset:
+                return max(start, offset)
+        return None
+
+    def close(self) -> None:
+        self.buffer.release()
+        while self._cleanup:
+            self._cleanup.pop()()
+
+
+def _check(result: int, what: str) -> int:
+    if result == -1 or (what == "mmap" and result == MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _map(npages: int, flags: int = MAP_PRIVATE | MAP_ANONYMOUS, fd: int = -1) -> int:
+    return _check(_libc.mmap(None, npages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd,
+                             0), "mmap")
+
+
+def _view(address: int, size: int) -> memoryview:
+    return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
+
+
+def _fill_good(address: int, npages: int, bad: set[int], seed: int) -> None:
+    data = pattern(npages * PAGE, seed)
+    for p in range(npages):
+        if p not in bad:
+            ctypes.memmove(address + p * PAGE, data[p * PAGE:(p + 1) * PAGE], PAGE)
+
+
+def _pages(npages: int, bad_pages: Sequence[int]) -> list[int]:
+    bad = sorted(set(bad_pages))
+    if npages <= 0 or any(not 0 <= p < npages for p in bad):
+        raise ValueError(f"bad pages {bad} must lie in 0..{npages - 1}")
+    return bad
+
+
+def _anonymous(method: str, npages: int, bad: list[int], seed: int) -> Region:
+    address = _map(npages)
+    region = Region(method, address, npages, bad, signal.SIGBUS, (BUS_ADRERR, BUS_MCEERR_AR),
+                    _view(address, npages * PAGE))
+    region._cleanup.append(lambda: _libc.munmap(address, npages * PAGE))
+    try:
+        _fill_good(address, npages, set(bad), seed)
+        if method == "uffd":
+            _uffd_poison(region)
+        elif method == "mprotect":
+            region.signal, region.codes = signal.SIGSEGV, (SEGV_ACCERR,)
+            for p in bad:
+                _check(_libc.mprotect(address + p * PAGE, PAGE, 0), "mprotect")   # PROT_NONE
+        elif method == "madvise":
+            region.codes = (BUS_MCEERR_AR,)
+            for p in bad:
+                if _libc.madvise(address + p * PAGE, PAGE, MADV_HWPOISON) != 0:
+                    err = ctypes.get_errno()
+                    why = {errno.EINVAL: "the kernel has no CONFIG_MEMORY_FAILURE",
+                           errno.EPERM: "it needs CAP_SYS_ADMIN"}.get(err, os.strerror(err))
+                    raise InjectionUnavailable(err, f"madvise(MADV_HWPOISON) failed with "
+                                                    f"{errno.errorcode.get(err, err)}: {why}")
+    except BaseException:
+        region.close()
+        raise
+    return region
+
+
+def _uffd_poison(region: Region) -> None:
+    fd = _libc.syscall(SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise InjectionUnavailable(err, f"userfaultfd() failed: {os.strerror(err)}")
+    region._cleanup.append(lambda: os.close(fd))
+    api = bytearray(struct.pack("<QQQ", UFFD_API, UFFD_FEATURE_POISON | UFFD_FEATURE_SIGBUS, 0))
+    try:
+        fcntl.ioctl(fd, UFFDIO_API, api)
+    except OSError as exc:
+        raise InjectionUnavailable(exc.errno, "UFFDIO_API refused UFFD_FEATURE_POISON "
+                                              f"(needs Linux 6.6+): {exc.strerror}") from None
+    reg = bytearray(struct.pack("<QQQQ", region.address, region.size,
+                                UFFDIO_REGISTER_MODE_MISSING, 0))
+    fcntl.ioctl(fd, UFFDIO_REGISTER, reg)
+    for p in region.bad_pages:
+        poison = bytearray(struct.pack("<QQQq", region.address + p * PAGE, PAGE, 0, 0))
+        fcntl.ioctl(fd, UFFDIO_POISON, poison)
+
+
+def _truncated(npages: int, bad: list[int], seed: int) -> Region:
+    if bad and bad != list(range(bad[0], npages)):
+        raise ValueError("truncation makes only a suffix of pages bad")
+    fd, path = tempfile.mkstemp(prefix="mcsafe-inject-")
+    os.unlink(path)
+    try:
+        os.write(fd, pattern(npages * PAGE, seed))
+        address = _map(npages, MAP_SHARED, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    region = Region("truncate", address, npages, bad, signal.SIGBUS, (BUS_ADRERR,),
+                    _view(address, npages * PAGE))
+    region._cleanup += [lambda: os.close(fd), lambda: _libc.munmap(address, npages * PAGE)]
+    os.ftruncate(fd, (bad[0] if bad else npages) * PAGE)
+    return region
+
+
+@contextlib.contextmanager
+def region(method: str, npages: int, bad_pages: Sequence[int], seed: int = 0
+           ) -> Iterator[Region]:
+    """A mapping of npages pages whose bad_pages fault, unmapped afterwards."""
+    bad = _pages(npages, bad_pages)
+    if method in ("uffd", "madvise", "mprotect"):
+        r = _anonymous(method, npages, bad, seed)
+    elif method == "truncate":
+        r = _truncated(npages, bad, seed)
+    else:
+        raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _probe(method: str) -> str | None:
+    from . import copy_report
+
+    try:
+        with region(method, 2, [1]) as r:
+            out = bytearray(2 * PAGE)
+            res = copy_report(out, r.buffer)
+            if res.copied != PAGE or res.fault is None or res.fault.signal != r.signal:
+                return f"a bad page did not fault as expected ({res})"
+    except InjectionUnavailable as exc:
+        return exc.strerror
+    except OSError as exc:
+        return f"{exc.strerror or exc}"
+    return None
+
+
+_available: dict[str, str | None] | None = None
+
+
+def available() -> dict[str, str | None]:
+    """Each method → None if it works here, else the reason it does not."""
+    global _available
+    if _available is None:
+        _available = {m: _probe(m) for m in METHODS}
+    return dict(_available)
+
+
+def uffd_poison_code() -> int | None:
+    """The si_code UFFDIO_POISON raises here: BUS_MCEERR_AR, or BUS_ADRERR without
+    CONFIG_MEMORY_FAILURE; None if userfaultfd poisoning is unavailable."""
+    from . import copy_report
+
+    if available()["uffd"] is not None:
+        return None
+    with region("uffd", 1, [0]) as r:
+        fault = copy_report(bytearray(PAGE), r.buffer).fault
+        return fault.code if fault else None

@@ -1,0 +1,146 @@
+"""Property tests: copies through bad pages stop exactly at the first bad byte.
+
+Every available injection method, both copy paths, faults on the source and
+on the destination: the count, the copied bytes, the untouched bytes past the
+count and the fault record are all checked exactly.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mcsafe
+from mcsafe import inject
+
+PAGE = inject.PAGE
+SENTINEL = 0xEE
+AVAILABLE = inject.available()
+WORKING = [m for m, why in AVAILABLE.items() if why is None]
+SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+
+
+def test_every_method_is_reported() -> None:
+    assert set(AVAILABLE) == set(inject.METHODS)
+    for method, why in AVAILABLE.items():
+        assert why is None or (isinstance(why, str) and why), method
+    assert "uffd" in WORKING and "mprotect" in WORKING and "truncate" in WORKING
+
+
+@pytest.mark.parametrize("method", inject.METHODS)
+def test_each_method_faults_with_its_signal(method: str) -> None:
+    if AVAILABLE[method] is not None:
+        pytest.skip(f"{method} unavailable on this machine: {AVAILABLE[method]}")
+    with inject.region(method, 3, [2]) as r:
+        out = bytearray(3 * PAGE)
+        res = mcsafe.copy_report(out, r.buffer)
+        assert res.copied == 2 * PAGE
+        assert res.fault.signal == r.signal and res.fault.code in r.codes
+        assert res.fault.signal == (signal.SIGSEGV if method == "mprotect" else signal.SIGBUS)
+        assert out[:2 * PAGE] == inject.pattern(3 * PAGE)[:2 * PAGE]
+
+
+def test_uffd_poison_si_code_is_reported() -> None:
+    code = inject.uffd_poison_code()
+    assert code in (inject.BUS_ADRERR, inject.BUS_MCEERR_AR)
+    print(f"UFFDIO_POISON raises si_code {code} "
+          f"({'BUS_MCEERR_AR' if code == inject.BUS_MCEERR_AR else 'BUS_ADRERR'}) here")
+
+
+@st.composite
+def layouts(draw: st.DrawFn, method: str | None = None) -> tuple:
+    method = method or draw(st.sampled_from(WORKING))
+    npages = draw(st.one_of(st.integers(1, 16), st.integers(17, 256), st.integers(257, 1100)))
+    if method == "truncate":
+        first = draw(st.integers(0, npages))
+        bad = list(range(first, npages))
+    else:
+        bad = sorted(draw(st.sets(st.integers(0, npages - 1), max_size=6)))
+    size = npages * PAGE
+    offset = draw(st.one_of(st.integers(0, size), st.integers(0, 64),
+                            st.sampled_from([b * PAGE - d for b in bad for d in (0, 1, 7, 33)
+                                             if 0 <= b * PAGE - d <= size] or [0])))
+    n = draw(st.one_of(st.integers(0, size - offset), st.integers(0, min(600, size - offset))))
+    path = draw(st.sampled_from(["auto", "small", "bulk"]))
+    return method, npages, bad, offset, n, path
+
+
+def expected_count(region: inject.Region, offset: int, n: int) -> int:
+    first = region.first_bad(offset)
+    return n if first is None or first >= offset + n else first - offset
+
+
+def run_copy(path: str, dst, src, n: int, dst_offset: int, src_offset: int):
+    if path == "auto":
+        return mcsafe.copy_report(dst, src, n, dst_offset=dst_offset, src_offset=src_offset)
+    d = memoryview(dst)[dst_offset:dst_offset + n]
+    s = memoryview(src)[src_offset:src_offset + n]
+    return mcsafe._mcsafe._copy_path(path, d, s)
+
+
+def check_fault(res, region: inject.Region, side: str, offset: int, n: int) -> None:
+    want = expected_count(region, offset, n)
+    assert res.copied == want
+    if want == n:
+        assert res.fault is None
+        return
+    f = res.fault
+    assert f is not None and f.side == side
+    assert f.offset == want
+    assert f.address == region.address + offset + want
+    assert f.signal == region.signal and f.code in region.codes
+
+
+@settings(max_examples=1500, **SETTINGS)
+@given(layouts())
+def test_source_faults_stop_at_the_first_bad_byte(layout) -> None:
+    method, npages, bad, offset, n, path = layout
+    with inject.region(method, npages, bad, seed=n % 7) as r:
+        dst = bytearray([SENTINEL]) * (n + 40)
+        res = run_copy(path, dst, r.buffer, n, 0, offset)
+        check_fault(res, r, "src", offset, n)
+        good = inject.pattern(r.size, seed=n % 7)
+        assert dst[:res.copied] == good[offset:offset + res.copied]
+        assert dst[res.copied:] == bytes([SENTINEL]) * (n + 40 - res.copied)
+
+
+@settings(max_examples=1000, **SETTINGS)
+@given(layouts(), st.randoms(use_true_random=False))
+def test_destination_faults_stop_at_the_first_bad_byte(layout, rnd) -> None:
+    method, npages, bad, offset, n, path = layout
+    src = rnd.randbytes(n)
+    with inject.region(method, npages, bad, seed=3) as r:
+        res = run_copy(path, r.buffer, src, n, offset, 0)
+        check_fault(res, r, "dst", offset, n)
+        before = inject.pattern(r.size, seed=3)
+        end = offset + res.copied
+        # every good page: the copied bytes are src, every other byte is unchanged
+        for p in range(npages):
+            if p in bad:
+                continue
+            lo, hi = p * PAGE, (p + 1) * PAGE
+            want = bytearray(before[lo:hi])
+            a, b = max(lo, offset), min(hi, end)
+            if a < b:
+                want[a - lo:b - lo] = src[a - offset:b - offset]
+            assert r.buffer[lo:hi] == want, f"page {p}"
+
+
+@pytest.mark.parametrize("method", WORKING)
+@pytest.mark.parametrize("path", ["small", "bulk"])
+def test_fault_on_first_byte_copies_nothing(method: str, path: str) -> None:
+    with inject.region(method, 2, [0] if method != "truncate" else [0, 1]) as r:
+        dst = bytearray([SENTINEL]) * 300
+        res = mcsafe._mcsafe._copy_path(path, dst, r.buffer[:300])
+        assert res.copied == 0 and res.fault.offset == 0 and res.fault.side == "src"
+        assert dst == bytearray([SENTINEL]) * 300
+
+
+def test_fault_counter_counts_claims() -> None:
+    before = mcsafe.claimed_faults()
+    with inject.region("mprotect", 2, [1]) as r:
+        mcsafe.copy(bytearray(2 * PAGE), r.buffer)
+    assert mcsafe.claimed_faults() > before
