@@ -1,0 +1,157 @@
+"""What the handler does not claim: each case runs in a child process and must
+die exactly as it would have without mcsafe (or reach the previous handler)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import compile_so
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "", **(env or {})})
+
+
+SEGV_OUTSIDE = """
+    import ctypes, mcsafe
+    assert mcsafe.handler_installed()
+    print("armed", flush=True)
+    ctypes.string_at(16)          # a NULL-page read in libc: not covered by any table
+    print("survived", flush=True)
+"""
+
+
+def test_fault_outside_the_table_kills_with_sigsegv() -> None:
+    p = child(SEGV_OUTSIDE)
+    assert p.returncode == -signal.SIGSEGV, p.stderr
+    assert "armed" in p.stdout and "survived" not in p.stdout
+
+
+def test_sigbus_outside_the_table_kills_with_sigbus() -> None:
+    p = child("""
+        import ctypes, mcsafe
+        from mcsafe import inject
+        with inject.region("truncate", 2, [1]) as r:
+            print("armed", flush=True)
+            ctypes.string_at(r.address + inject.PAGE, 8)   # libc's memcpy, not ours
+        print("survived", flush=True)
+    """)
+    assert p.returncode == -signal.SIGBUS, p.stderr
+    assert "armed" in p.stdout and "survived" not in p.stdout
+
+
+def test_unclaimed_fault_reaches_faulthandler_enabled_before_import() -> None:
+    p = child("import faulthandler; faulthandler.enable()\n" + textwrap.dedent(SEGV_OUTSIDE))
+    assert p.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in p.stderr
+
+
+def test_claimed_fault_recovers_with_faulthandler_enabled_first() -> None:
+    p = child("""
+        import faulthandler; faulthandler.enable()
+        import mcsafe
+        from mcsafe import inject
+        with inject.region("uffd", 4, [2]) as r:
+            print(mcsafe.copy(bytearray(r.size), r.buffer))
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [str(2 * 4096)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGBUS, signal.SIGSEGV])
+def test_signal_sent_with_kill_is_not_claimed(sig: int) -> None:
+    p = child(f"""
+        import os, mcsafe
+        print("armed", flush=True)
+        os.kill(os.getpid(), {int(sig)})
+        print("survived", flush=True)
+    """)
+    assert p.returncode == -sig
+    assert "survived" not in p.stdout
+
+
+def test_signal_sent_with_kill_during_a_copy_thread_is_not_claimed() -> None:
+    p = child("""
+        import os, signal, threading, mcsafe
+        src = bytes(64 << 20); dst = bytearray(64 << 20)
+        t = threading.Thread(target=lambda: [mcsafe.copy(dst, src) for _ in range(50)])
+        t.start()
+        signal.pthread_kill(t.ident, signal.SIGBUS)
+        t.join()
+        print("survived", flush=True)
+    """)
+    assert p.returncode == -signal.SIGBUS and "survived" not in p.stdout
+
+
+def test_ignored_signal_from_a_process_stays_ignored() -> None:
+    p = child("""
+        import os, signal
+        signal.signal(signal.SIGBUS, signal.SIG_IGN)
+        import mcsafe
+        os.kill(os.getpid(), signal.SIGBUS)
+        print("survived", flush=True)
+    """)
+    assert p.returncode == 0 and "survived" in p.stdout
+
+
+PREVIOUS_HANDLER = r"""
+#define _GNU_SOURCE
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+static void on_fault(int sig, siginfo_t *info, void *ctx) {
+    (void)info; (void)ctx;
+    static const char msg[] = "previous handler ran\n";
+    write(2, msg, sizeof msg - 1);
+    _exit(40 + sig);
+}
+int install_previous(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    return sigaction(SIGSEGV, &sa, 0) | sigaction(SIGBUS, &sa, 0);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def previous_handler_lib(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("prev")
+    (d / "prev.c").write_text(PREVIOUS_HANDLER)
+    return compile_so(d / "prev.c", d / "prev.so")
+
+
+def test_unclaimed_fault_goes_to_the_previous_siginfo_handler(previous_handler_lib) -> None:
+    p = child(f"""
+        import ctypes
+        ctypes.CDLL({str(previous_handler_lib)!r}).install_previous()
+        import mcsafe
+        ctypes.string_at(16)
+    """)
+    assert p.returncode == 40 + signal.SIGSEGV, p.stderr
+    assert "previous handler ran" in p.stderr
+
+
+def test_claimed_fault_does_not_reach_the_previous_handler(previous_handler_lib) -> None:
+    p = child(f"""
+        import ctypes
+        ctypes.CDLL({str(previous_handler_lib)!r}).install_previous()
+        import mcsafe
+        from mcsafe import inject
+        with inject.region("mprotect", 3, [1]) as r:
+            print(mcsafe.copy(bytearray(r.size), r.buffer))
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["4096"] and "previous handler" not in p.stderr
