@@ -12,8 +12,9 @@ cdef extern from "mcsafe_core.h" nogil:
         int32_t signo
         int32_t code
     size_t mcsafe_copy(void *dst, const void *src, size_t n, mcsafe_fault *rec)
-    size_t mcsafe_copy_small(void *dst, const void *src, size_t n, mcsafe_fault *rec)
-    size_t mcsafe_copy_bulk(void *dst, const void *src, size_t n, mcsafe_fault *rec)
+    void mcsafe_arch_init()
+    const char *const mcsafe_path_names[]
+    size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n, mcsafe_fault *rec)
     int mcsafe_register(const void *table, size_t size, const char *name,
                         char *err, size_t errlen)
     int mcsafe_unregister(const void *table)
@@ -128,14 +129,33 @@ def copy_report(dst, src, n=None, *, Py_ssize_t dst_offset=0, Py_ssize_t src_off
     return CopyResult(done, _fault_info(&rec, dst_at, src_at) if done < length else None)
 
 
-def _copy_path(path, dst, src):
-    """Test hook: copy all of src into dst with one path ('small' or 'bulk') only."""
+cdef tuple _PATHS = None
+
+
+def copy_paths():
+    """The names of the copy paths this machine has, for _copy_path()."""
+    global _PATHS
+    cdef int i = 0
+    if _PATHS is None:
+        out = []
+        while mcsafe_path_names[i] != NULL:
+            out.append((<bytes>mcsafe_path_names[i]).decode())
+            i += 1
+        _PATHS = tuple(out)
+    return _PATHS
+
+
+def _copy_path(path, dst, src, Py_ssize_t repeat=1):
+    """Test and benchmark hook: copy src into dst with one path of copy_paths()
+    only, repeat times (the result is the last one's)."""
     cdef Py_buffer d, s
     cdef mcsafe_fault rec
-    cdef size_t left, count
-    cdef bint small = path == "small"
-    if not small and path != "bulk":
-        raise ValueError(f"path must be 'small' or 'bulk', not {path!r}")
+    cdef size_t left = 0, count
+    cdef Py_ssize_t i
+    names = copy_paths()
+    if path not in names:
+        raise ValueError(f"path must be one of {names}, not {path!r}")
+    cdef int index = names.index(path)
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     _acquire(dst, src, &d, &s)
@@ -143,10 +163,8 @@ def _copy_path(path, dst, src):
         count = <size_t>(s.len if s.len < d.len else d.len)
         rec.side = 0
         with nogil:
-            if small:
-                left = mcsafe_copy_small(d.buf, s.buf, count, &rec)
-            else:
-                left = mcsafe_copy_bulk(d.buf, s.buf, count, &rec)
+            for i in range(repeat):
+                left = mcsafe_copy_path(index, d.buf, s.buf, count, &rec)
         done = count - left
         return CopyResult(done, _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>s.buf)
                           if left else None)
@@ -200,5 +218,6 @@ cdef void _register_own():
         _own_status = (<bytes>err).decode("utf-8", "replace")
 
 
+mcsafe_arch_init()
 _register_own()
 install()

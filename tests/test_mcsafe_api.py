@@ -25,9 +25,9 @@ def test_copies_exactly_n_bytes_on_both_paths(n: int) -> None:
     assert dst[:n] == src[:n] and dst[n:] == b"\xee" * 16
 
 
-@pytest.mark.parametrize("path", ["small", "bulk"])
+@pytest.mark.parametrize("path", mcsafe._mcsafe.copy_paths())
 def test_each_path_copies(path: str) -> None:
-    src = bytes(range(256)) * 3
+    src = bytes(range(256)) * 1031
     dst = bytearray(len(src))
     r = mcsafe._mcsafe._copy_path(path, dst, src)
     assert r == (len(src), None) and dst == src

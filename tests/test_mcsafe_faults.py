@@ -20,6 +20,7 @@ PAGE = inject.PAGE
 SENTINEL = 0xEE
 AVAILABLE = inject.available()
 WORKING = [m for m, why in AVAILABLE.items() if why is None]
+PATHS = mcsafe._mcsafe.copy_paths()
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 
@@ -64,7 +65,7 @@ def layouts(draw: st.DrawFn, method: str | None = None) -> tuple:
                             st.sampled_from([b * PAGE - d for b in bad for d in (0, 1, 7, 33)
                                              if 0 <= b * PAGE - d <= size] or [0])))
     n = draw(st.one_of(st.integers(0, size - offset), st.integers(0, min(600, size - offset))))
-    path = draw(st.sampled_from(["auto", "small", "bulk"]))
+    path = draw(st.sampled_from(["auto", *PATHS]))
     return method, npages, bad, offset, n, path
 
 
@@ -130,7 +131,7 @@ def test_destination_faults_stop_at_the_first_bad_byte(layout, rnd) -> None:
 
 
 @pytest.mark.parametrize("method", WORKING)
-@pytest.mark.parametrize("path", ["small", "bulk"])
+@pytest.mark.parametrize("path", PATHS)
 def test_fault_on_first_byte_copies_nothing(method: str, path: str) -> None:
     with inject.region(method, 2, [0] if method != "truncate" else [0, 1]) as r:
         dst = bytearray([SENTINEL]) * 300

@@ -26,14 +26,16 @@ def test_extension_table_verifies_and_names_the_copy_routines() -> None:
     d = json.loads(run_cli("dump", "--json", EXT, check=True).stdout)
     names = {e["descriptor"]["name"] for e in d["entries"]}
     assert names == {"rep_movsb", "group_load", "group_store", "word_load", "word_store",
-                     "byte_load", "byte_store"}
+                     "byte_load", "byte_store", "mcsafe_copy_avx2_load", "mcsafe_copy_avx2_store",
+                     "mcsafe_copy_avx2_nt_load", "mcsafe_copy_avx2_nt_store"}
     for e in d["entries"]:
         desc = e["descriptor"]
         assert desc["kind"] == "short_copy" and desc["mc_safe"]
         assert (desc["reg"], desc["src_reg"], desc["dst_reg"], desc["rec_reg"]) == \
             ("rcx", "rsi", "rdi", "r8")
-        assert e["start_symbol"].startswith(("mcsafe_copy_small", "mcsafe_copy_bulk"))
-        assert e["landing_symbol"].startswith("mcsafe_copy_small+")
+        assert e["start_symbol"].startswith(("mcsafe_copy_small", "mcsafe_copy_bulk",
+                                             "mcsafe_copy_avx2"))
+        assert e["landing_symbol"].startswith(("mcsafe_copy_small+", "mcsafe_copy_avx2"))
     rep = next(e for e in d["entries"] if e["descriptor"]["name"] == "rep_movsb")
     assert rep["end"] - rep["start"] == 2              # exactly the rep movsb instruction
     assert rep["descriptor"]["side"] == "both"

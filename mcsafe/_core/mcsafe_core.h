@@ -23,14 +23,20 @@ struct mcsafe_fault {
 #define MCSAFE_FAULT_ADDR 0
 #define MCSAFE_FAULT_SIDE 8
 
-/* Copies below this many bytes take the word path, the rest `rep movsb`
- * (x86-64) or the paired-load path (aarch64). Measured in benchmarks/. */
+/* Copies below this many bytes take the word path; larger ones the
+ * architecture's choice (mcsafe_copy_large). Measured in benchmarks/. */
 #define MCSAFE_SMALL_COPY 256
 
-/* The per-architecture routines (arch/<arch>/copy.c). Both return the number
+/* The per-architecture routines (arch/<arch>/copy.c). All return the number
  * of bytes NOT copied, as the kernel's copy_mc_* do. */
+void mcsafe_arch_init(void);
 size_t mcsafe_copy_small(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
 size_t mcsafe_copy_bulk(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
+size_t mcsafe_copy_large(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
+/* One path by index into mcsafe_path_names, for tests and benchmarks. */
+extern const char *const mcsafe_path_names[];
+size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n,
+                        struct mcsafe_fault *rec);
 
 /* The copy: returns bytes copied; on a fault `rec` says where. */
 static inline size_t mcsafe_copy(void *dst, const void *src, size_t n,
@@ -39,7 +45,7 @@ static inline size_t mcsafe_copy(void *dst, const void *src, size_t n,
     rec->side = 0;
     if (n < MCSAFE_SMALL_COPY)
         return n - mcsafe_copy_small(dst, src, n, rec);
-    return n - mcsafe_copy_bulk(dst, src, n, rec);
+    return n - mcsafe_copy_large(dst, src, n, rec);
 }
 
 /* registry.c: validated tables, published for the handler. */

@@ -7,6 +7,11 @@
  *                      copy_mc_enhanced_fast_string).
  *   mcsafe_copy_small: 32-byte groups (four loads, then four stores), then
  *                      8-byte words, then bytes.
+ *   mcsafe_copy_avx2:  128-byte groups of AVX2 loads then stores, for copies
+ *                      above L2 size, where AMD's rep movsb falls behind
+ *                      (glibc's rep_movsb_stop_threshold); and _nt, with
+ *                      non-temporal stores, above 3/4 of L3 (glibc's
+ *                      non_temporal_threshold).
  *
  * Exactness. Every word fault resumes at .Lfault_tail with %rsi/%rdi at the
  * start of the faulting group and %rcx the bytes remaining from there. The
@@ -22,6 +27,9 @@
  * Register use: %rdi dst cursor, %rsi src cursor, %rcx bytes remaining,
  * %rdx bytes beyond the fault that stay uncopied, %r8 the fault record.
  */
+#include <stdint.h>
+#include <unistd.h>
+
 #include "mcsafe_core.h"
 
 /* The table `extable build` writes; 48 + 16 per entry + 16 per descriptor. */
@@ -33,6 +41,49 @@ EXTABLE_RESERVE(2048);
     ", reg=" EXTABLE_STR(EXTABLE_REG_RCX) ", src=" EXTABLE_STR(EXTABLE_REG_RSI) \
     ", dst=" EXTABLE_STR(EXTABLE_REG_RDI) ", rec=" EXTABLE_STR(EXTABLE_REG_R8)  \
     ", name=" name "\n"
+
+/* 128 bytes an iteration: four 32-byte loads, then four stores (regular or
+ * non-temporal); the rest goes to the word path of mcsafe_copy_small, and a
+ * fault to its tail, after vzeroupper (and sfence, so the non-temporal stores
+ * are ordered before the tail rewrites any of them). */
+#define VEC_LOOP(fn, store, fence)                                              \
+    "    .p2align 4\n"                                                          \
+    "    .globl " fn "\n"                                                       \
+    "    .hidden " fn "\n"                                                      \
+    "    .type " fn ", @function\n"                                             \
+    fn ":\n"                                                                    \
+    "    mov %rcx, %r8\n"                                                       \
+    "    mov %rdx, %rcx\n"                                                      \
+    "    xor %edx, %edx\n"                                                      \
+    "    cmp $128, %rcx\n"                                                      \
+    "    jb 2f\n"                                                               \
+    ".L" fn "_ld:\n"                                                            \
+    "    vmovdqu (%rsi), %ymm0\n"                                               \
+    "    vmovdqu 32(%rsi), %ymm1\n"                                             \
+    "    vmovdqu 64(%rsi), %ymm2\n"                                             \
+    "    vmovdqu 96(%rsi), %ymm3\n"                                             \
+    ".L" fn "_st:\n"                                                            \
+    "    " store " %ymm0, (%rdi)\n"                                             \
+    "    " store " %ymm1, 32(%rdi)\n"                                           \
+    "    " store " %ymm2, 64(%rdi)\n"                                           \
+    "    " store " %ymm3, 96(%rdi)\n"                                           \
+    ".L" fn "_end:\n"                                                           \
+    "    add $128, %rsi\n"                                                      \
+    "    add $128, %rdi\n"                                                      \
+    "    sub $128, %rcx\n"                                                      \
+    "    cmp $128, %rcx\n"                                                      \
+    "    jae .L" fn "_ld\n"                                                     \
+    "2:  vzeroupper\n"                                                          \
+    "    " fence "\n"                                                           \
+    "    jmp .Lwords\n"                                                         \
+    ".L" fn "_fault:\n"                                                         \
+    "    vzeroupper\n"                                                          \
+    "    " fence "\n"                                                           \
+    "    jmp .Lfault_tail\n"                                                    \
+    "    .size " fn ", .-" fn "\n"                                              \
+    SITE(".L" fn "_ld", ".L" fn "_st", ".L" fn "_fault", EXTABLE_SIDE_SRC, fn "_load") \
+    SITE(".L" fn "_st", ".L" fn "_end", ".L" fn "_fault", EXTABLE_SIDE_DST, fn "_store")
+
 
 __asm__(
     EXTABLE_ASM_MACROS
@@ -123,6 +174,9 @@ __asm__(
     "    mov %rax, %rcx\n"
     "    jmp .Lbytes\n"
     "    .size mcsafe_copy_small, .-mcsafe_copy_small\n"
+
+    VEC_LOOP("mcsafe_copy_avx2", "vmovdqu", "nop")
+    VEC_LOOP("mcsafe_copy_avx2_nt", "vmovntdq", "sfence")
     SITE(".Lgroup_ld", ".Lgroup_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "group_load")
     SITE(".Lgroup_st", ".Lgroup_end", ".Lfault_tail", EXTABLE_SIDE_DST, "group_store")
     SITE(".Lword_ld", ".Lword_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "word_load")
@@ -130,3 +184,52 @@ __asm__(
     SITE(".Lbyte_ld", ".Lbyte_st", ".Lbyte_fault", EXTABLE_SIDE_SRC, "byte_load")
     SITE(".Lbyte_st", ".Lbyte_end", ".Lbyte_fault", EXTABLE_SIDE_DST, "byte_store")
 );
+
+size_t mcsafe_copy_avx2(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
+size_t mcsafe_copy_avx2_nt(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
+
+#define VECTOR_COPY (1u << 20)
+
+static int have_avx2;
+static size_t nt_threshold = SIZE_MAX;
+
+void mcsafe_arch_init(void)
+{
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+    long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    nt_threshold = l3 > 0 ? (size_t)l3 / 4 * 3 : (size_t)32 << 20;
+}
+
+static size_t copy_nt(void *dst, const void *src, size_t n, struct mcsafe_fault *rec)
+{
+    size_t head = (size_t)(-(uintptr_t)dst & 31);       /* vmovntdq needs 32-byte alignment */
+    if (head > n)
+        head = n;
+    size_t left = mcsafe_copy_small(dst, src, head, rec);
+    if (left)
+        return left + (n - head);
+    return mcsafe_copy_avx2_nt((char *)dst + head, (const char *)src + head, n - head, rec);
+}
+
+size_t mcsafe_copy_large(void *dst, const void *src, size_t n, struct mcsafe_fault *rec)
+{
+    if (n < VECTOR_COPY || !have_avx2)
+        return mcsafe_copy_bulk(dst, src, n, rec);
+    if (n < nt_threshold)
+        return mcsafe_copy_avx2(dst, src, n, rec);
+    return copy_nt(dst, src, n, rec);
+}
+
+const char *const mcsafe_path_names[] = {"small", "bulk", "vector", "vector_nt", NULL};
+
+size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n,
+                        struct mcsafe_fault *rec)
+{
+    switch (path) {
+    case 0: return mcsafe_copy_small(dst, src, n, rec);
+    case 1: return mcsafe_copy_bulk(dst, src, n, rec);
+    case 2: return have_avx2 ? mcsafe_copy_avx2(dst, src, n, rec) : mcsafe_copy_bulk(dst, src, n, rec);
+    default: return have_avx2 ? copy_nt(dst, src, n, rec) : mcsafe_copy_bulk(dst, src, n, rec);
+    }
+}

@@ -1,0 +1,49 @@
+"""Benchmark fixtures: the C peers, built here with gcc, and the largest ELF file."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+#: MCSAFE_BENCH=full adds the 256 MiB copies and longer runs; the default is quick.
+FULL = os.environ.get("MCSAFE_BENCH") == "full"
+
+
+@pytest.fixture(scope="session")
+def peers(tmp_path_factory) -> ctypes.CDLL:
+    out = tmp_path_factory.mktemp("peers") / "peers.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", str(HERE / "peers.c"), "-o", str(out)],
+                   check=True)
+    lib = ctypes.CDLL(str(out))
+    lib.bare_touch.argtypes = [ctypes.c_void_p]
+    lib.setjmp_copy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return lib
+
+
+def largest_elf() -> str:
+    """The Rust toolchain's librustc_driver if present, else the largest system .so."""
+    rustc = shutil.which("rustc")
+    if rustc:
+        sysroot = subprocess.run([rustc, "--print", "sysroot"], capture_output=True,
+                                 text=True).stdout.strip()
+        found = glob.glob(f"{sysroot}/lib/librustc_driver-*.so")
+        if found:
+            return found[0]
+    libs = [p for p in glob.glob("/usr/lib/x86_64-linux-gnu/*.so*") if os.path.isfile(p)
+            and not os.path.islink(p)]
+    return max(libs, key=os.path.getsize)
+
+
+def measure(benchmark, fn, size: int = 64):
+    """Run fn under pytest-benchmark with enough iterations per round to time it well."""
+    iterations = max(1, min(2000, (4 << 20) // max(size, 1)))
+    rounds = 60 if FULL else 20
+    return benchmark.pedantic(fn, rounds=rounds, iterations=iterations,
+                              warmup_rounds=2 if size >= (1 << 20) else 1)
