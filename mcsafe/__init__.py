@@ -10,12 +10,26 @@ and resumes the copy at its landing pad.
 
 from __future__ import annotations
 
+import os
+
 from ._mcsafe import (GIL_RELEASE_BYTES, SMALL_COPY_BYTES, claimed_faults, copy, copy_report,
-                      handler_installed, install, published_tables, table_status)
-from ._types import CopyResult, FaultInfo, MemoryFaultError
+                      handler_installed, install, poison_log, published_tables, table_status)
+from ._types import CopyResult, FaultInfo, MemoryFaultError, PoisonNotice
+from .mapped import MappedFile
+from .registry import TableError, register, unregister
 
 __version__ = "0.1.0"
 
-__all__ = ["GIL_RELEASE_BYTES", "SMALL_COPY_BYTES", "CopyResult", "FaultInfo",
-           "MemoryFaultError", "claimed_faults", "copy", "copy_report", "handler_installed",
-           "install", "published_tables", "table_status"]
+
+def get_include() -> list[str]:
+    """Include folders for C or Cython code using mcsafe.h, _mcsafe.pxd or extable.h."""
+    import extable
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return [os.path.join(here, "_core"), extable.include_dir()]
+
+
+__all__ = ["GIL_RELEASE_BYTES", "SMALL_COPY_BYTES", "CopyResult", "FaultInfo", "MappedFile",
+           "MemoryFaultError", "PoisonNotice", "TableError", "claimed_faults", "copy",
+           "copy_report", "get_include", "handler_installed", "install", "poison_log",
+           "published_tables", "register", "table_status", "unregister"]

@@ -3,14 +3,17 @@
 
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
-from libc.stdint cimport int32_t, uint32_t, uint64_t, uintptr_t
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
 cdef extern from "mcsafe_core.h" nogil:
-    struct mcsafe_fault:
+    struct mcsafe_ao_record:
         uint64_t addr
-        uint32_t side
-        int32_t signo
-        int32_t code
+        int64_t sec
+        int64_t nsec
+    size_t mcsafe_ao_read(mcsafe_ao_record *out, size_t max, unsigned long *total)
+    int mcsafe_object_base(const char *path, uintptr_t *base)
+    int MCSAFE_AO_LOG
     size_t mcsafe_copy(void *dst, const void *src, size_t n, mcsafe_fault *rec)
     void mcsafe_arch_init()
     const char *const mcsafe_path_names[]
@@ -25,7 +28,27 @@ cdef extern from "mcsafe_core.h" nogil:
     unsigned long mcsafe_claimed_count()
     int MCSAFE_SMALL_COPY
 
-from ._types import CopyResult, FaultInfo
+from ._types import CopyResult, FaultInfo, PoisonNotice
+
+
+cdef size_t copy_nogil(void *dst, const void *src, size_t n, mcsafe_fault *rec) noexcept nogil:
+    """The table-driven copy for C and Cython callers: bytes copied; rec says where."""
+    return mcsafe_copy(dst, src, n, rec)
+
+
+# The C API, for C extensions: a capsule holding this struct (see mcsafe.h).
+cdef struct mcsafe_c_api:
+    int version
+    size_t (*copy)(void *, const void *, size_t, mcsafe_fault *) noexcept nogil
+    int (*register_table)(const void *, size_t, const char *, char *, size_t) noexcept nogil
+    int (*unregister_table)(const void *) noexcept nogil
+
+cdef mcsafe_c_api _c_api
+_c_api.version = 1
+_c_api.copy = copy_nogil
+_c_api.register_table = mcsafe_register
+_c_api.unregister_table = mcsafe_unregister
+_C_API = PyCapsule_New(&_c_api, b"mcsafe._mcsafe._C_API", NULL)
 
 #: Copies of at least this many bytes release the GIL.
 GIL_RELEASE_BYTES = 64 * 1024
@@ -198,6 +221,45 @@ def published_tables():
 def table_status():
     """'ok', or why this module's own table was refused."""
     return _own_status
+
+
+def _register_table(uintptr_t address, size_t size, str name):
+    """Validate and publish the table at address; raises ValueError with the reason."""
+    cdef char err[256]
+    if mcsafe_register(<const void *>address, size, name.encode()[:63], err, sizeof(err)) != 0:
+        raise ValueError((<bytes>err).decode("utf-8", "replace"))
+
+
+def _unregister_table(uintptr_t address):
+    """Stop searching the table at address; False if it was not published."""
+    return mcsafe_unregister(<const void *>address) == 0
+
+
+def _object_base(path):
+    """The load bias of the loaded object backed by the file at path, or None."""
+    cdef uintptr_t base
+    if mcsafe_object_base(str(path).encode(), &base) != 0:
+        return None
+    return base
+
+
+def poison_log():
+    """Asynchronous poison notices (BUS_MCEERR_AO) seen by the handler, oldest first,
+    as PoisonNotice(address, time); the log keeps the newest 64."""
+    cdef mcsafe_ao_record recs[64]
+    cdef unsigned long total
+    cdef size_t n = mcsafe_ao_read(recs, 64, &total)
+    return [PoisonNotice(recs[i].addr, recs[i].sec + recs[i].nsec / 1e9) for i in range(n)]
+
+
+def buffer_address(obj):
+    """The address of a buffer's first byte (for injecting faults into it)."""
+    cdef Py_buffer b
+    PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE)
+    try:
+        return <uintptr_t>b.buf
+    finally:
+        PyBuffer_Release(&b)
 
 
 def own_table_address():

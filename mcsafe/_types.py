@@ -24,6 +24,13 @@ class CopyResult(NamedTuple):
     fault: FaultInfo | None
 
 
+class PoisonNotice(NamedTuple):
+    """An asynchronous poison notice (SIGBUS with BUS_MCEERR_AO) the handler logged."""
+
+    address: int        #: the poisoned address the kernel reported
+    time: float         #: when it arrived, seconds since the epoch
+
+
 class MemoryFaultError(OSError):
     """A read or write hit memory that faulted (errno EIO), with the fault's details."""
 

@@ -201,6 +201,32 @@ def _uffd_poison(region: Region) -> None:
         fcntl.ioctl(fd, UFFDIO_POISON, poison)
 
 
+@contextlib.contextmanager
+def poison_range(address: int, npages: int, bad_pages: Sequence[int]) -> Iterator[None]:
+    """Poison pages of an existing mapping with UFFDIO_POISON (they must not be
+    populated yet: holes of a memfd, untouched anonymous pages)."""
+    region = Region("uffd", address, npages, _pages(npages, bad_pages), signal.SIGBUS,
+                    (BUS_ADRERR, BUS_MCEERR_AR), memoryview(b""))
+    try:
+        _uffd_poison(region)
+        yield
+    finally:
+        region.close()
+
+
+def memfd_file(npages: int, holes: Sequence[int], seed: int = 0) -> tuple[int, str]:
+    """A memfd of npages pages holding pattern() except at the hole pages, and a
+    path that opens it (/proc/self/fd/N). Close the fd when done."""
+    fd = os.memfd_create("mcsafe-inject", os.MFD_CLOEXEC)
+    os.ftruncate(fd, npages * PAGE)
+    data = pattern(npages * PAGE, seed)
+    skip = set(holes)
+    for p in range(npages):
+        if p not in skip:
+            os.pwrite(fd, data[p * PAGE:(p + 1) * PAGE], p * PAGE)
+    return fd, f"/proc/self/fd/{fd}"
+
+
 def _truncated(npages: int, bad: list[int], seed: int) -> Region:
     if bad and bad != list(range(bad[0], npages)):
         raise ValueError("truncation makes only a suffix of pages bad")

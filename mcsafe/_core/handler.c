@@ -23,6 +23,8 @@
  *     instruction faults again and the process dies of the original signal,
  *     with a core dump that shows the real context. A user-sent signal does not
  *     recur by itself, so it is re-raised (or dropped, if it was ignored).
+ *     Asynchronous poison notices (BUS_MCEERR_AO) are recorded in a fixed
+ *     ring (address, time) before they are forwarded.
  *  4. No nesting. The handler runs with SIGBUS and SIGSEGV blocked; a fault
  *     inside it is a bug, and the kernel then kills the process with that
  *     signal (a blocked synchronous fault cannot be delivered).
@@ -35,6 +37,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mcsafe_core.h"
@@ -45,7 +48,47 @@
 #endif
 
 static struct sigaction previous[2];     /* [0] SIGSEGV, [1] SIGBUS */
+static atomic_int forwarding[2];         /* a forward of this signal is under way */
 static atomic_ulong claimed;
+
+/* The asynchronous-poison log: a ring of MCSAFE_AO_LOG slots. A writer takes a
+ * ticket, fills its slot and publishes the ticket in `seq` last (release);
+ * readers copy a slot and keep it only if `seq` was the same before and after. */
+static struct mcsafe_ao_record ao_log[MCSAFE_AO_LOG];
+static atomic_ulong ao_tickets;
+
+static void log_ao(const siginfo_t *info)
+{
+    unsigned long ticket = atomic_fetch_add_explicit(&ao_tickets, 1, memory_order_relaxed);
+    struct mcsafe_ao_record *r = &ao_log[ticket % MCSAFE_AO_LOG];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    atomic_store_explicit(&r->seq, 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    r->addr = (uint64_t)(uintptr_t)info->si_addr;
+    r->sec = now.tv_sec;
+    r->nsec = now.tv_nsec;
+    atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
+}
+
+size_t mcsafe_ao_read(struct mcsafe_ao_record *out, size_t max, unsigned long *total)
+{
+    unsigned long end = atomic_load_explicit(&ao_tickets, memory_order_acquire);
+    unsigned long start = end > MCSAFE_AO_LOG ? end - MCSAFE_AO_LOG : 0;
+    size_t n = 0;
+    for (unsigned long t = start; t < end && n < max; t++) {
+        struct mcsafe_ao_record *r = &ao_log[t % MCSAFE_AO_LOG];
+        unsigned long seq = atomic_load_explicit(&r->seq, memory_order_acquire);
+        out[n].addr = r->addr;
+        out[n].sec = r->sec;
+        out[n].nsec = r->nsec;
+        atomic_thread_fence(memory_order_acquire);
+        if (seq == t + 1 && atomic_load_explicit(&r->seq, memory_order_relaxed) == seq)
+            n++;                     /* skipped if overwritten or still being written */
+    }
+    *total = end;
+    return n;
+}
 
 static struct sigaction *previous_for(int sig)
 {
@@ -106,22 +149,39 @@ static int fixup(const struct mcsafe_module *m, const struct extable_entry *e, i
     return 1;
 }
 
+static int is_ao(int sig, const siginfo_t *info)
+{
+    return sig == SIGBUS && info->si_code == BUS_MCEERR_AO;
+}
+
+static void die_by_default(int sig, int recurs)
+{
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, NULL);
+    if (!recurs)
+        raise(sig);                      /* delivered, and fatal, when we return */
+}
+
 static void forward(int sig, siginfo_t *info, void *context)
 {
     struct sigaction *prev = previous_for(sig);
-    int from_kernel = info->si_code > 0;
+    /* A synchronous fault happens again when we return; anything else does not. */
+    int recurs = info->si_code > 0 && !is_ao(sig, info);
 
     if (prev->sa_flags & SA_SIGINFO ? prev->sa_sigaction == NULL
                                     : prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
-        if (!from_kernel && !(prev->sa_flags & SA_SIGINFO) && prev->sa_handler == SIG_IGN)
-            return;                      /* an ignored signal sent by a process */
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        sigaction(sig, &dfl, NULL);
-        if (!from_kernel)
-            raise(sig);                  /* delivered, and fatal, when we return */
-        return;                          /* a kernel fault recurs on return */
+        if (!recurs && !(prev->sa_flags & SA_SIGINFO) && prev->sa_handler == SIG_IGN)
+            return;                      /* an ignored signal that will not recur */
+        die_by_default(sig, recurs);
+        return;
+    }
+    /* A previous handler that re-raises into us (faulthandler restores the
+     * handler it replaced, which may be ours, then raises) must not loop. */
+    if (atomic_exchange_explicit(&forwarding[sig == SIGBUS], 1, memory_order_acq_rel)) {
+        die_by_default(sig, 0);
+        return;
     }
 
     /* Run the previous handler with the mask it asked for. */
@@ -145,6 +205,7 @@ static void forward(int sig, siginfo_t *info, void *context)
     else
         call.sa_handler(sig);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    atomic_store_explicit(&forwarding[sig == SIGBUS], 0, memory_order_release);
 }
 
 static void mcsafe_on_fault(int sig, siginfo_t *info, void *context)
@@ -154,8 +215,10 @@ static void mcsafe_on_fault(int sig, siginfo_t *info, void *context)
     const struct mcsafe_module *m;
     const struct extable_entry *e;
 
-    if (info->si_code > 0 && !(sig == SIGBUS && info->si_code == BUS_MCEERR_AO)
-        && (e = mcsafe_lookup(arch_pc(uc), &m)) != NULL && fixup(m, e, sig, info, uc)) {
+    if (is_ao(sig, info)) {
+        log_ao(info);                    /* never claimed: no instruction of ours faulted */
+    } else if (info->si_code > 0 && (e = mcsafe_lookup(arch_pc(uc), &m)) != NULL
+               && fixup(m, e, sig, info, uc)) {
         errno = saved_errno;
         return;
     }

@@ -69,10 +69,23 @@ int mcsafe_unregister(const void *table);
 const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_module **mod);
 size_t mcsafe_published(void);
 
+/* The load bias of the loaded object backed by the file at path (same device
+ * and inode), for registering another module's table. 0, or -1 if not loaded. */
+int mcsafe_object_base(const char *path, uintptr_t *base);
+
 /* The core's own table, from the reserved section. */
 const void *mcsafe_own_table(size_t *size);
 
 /* handler.c */
+#define MCSAFE_AO_LOG 64
+struct mcsafe_ao_record {
+    uint64_t addr;
+    int64_t sec, nsec;                    /* CLOCK_REALTIME */
+    _Atomic unsigned long seq;            /* ticket + 1 once written */
+};
+/* Copies up to max of the newest records into out; total = notices ever seen. */
+size_t mcsafe_ao_read(struct mcsafe_ao_record *out, size_t max, unsigned long *total);
+
 int mcsafe_install(void);                 /* idempotent; 0 or -1 with errno */
 int mcsafe_handler_active(void);          /* still the installed SIGBUS and SIGSEGV handler? */
 unsigned long mcsafe_claimed_count(void); /* faults claimed so far, all threads */

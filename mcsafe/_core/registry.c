@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "mcsafe_core.h"
 #include "context.h"
@@ -282,4 +283,38 @@ const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_modu
         }
     }
     return NULL;
+}
+
+struct base_query {
+    dev_t dev;
+    ino_t ino;
+    int found;
+    uintptr_t base;
+};
+
+static int match_file(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct base_query *q = data;
+    struct stat st;
+    (void)size;
+    if (!info->dlpi_name || !info->dlpi_name[0] || stat(info->dlpi_name, &st) != 0)
+        return 0;
+    if (st.st_dev != q->dev || st.st_ino != q->ino)
+        return 0;
+    q->found = 1;
+    q->base = info->dlpi_addr;
+    return 1;
+}
+
+int mcsafe_object_base(const char *path, uintptr_t *base)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -1;
+    struct base_query q = {.dev = st.st_dev, .ino = st.st_ino};
+    dl_iterate_phdr(match_file, &q);
+    if (!q.found)
+        return -1;
+    *base = q.base;
+    return 0;
 }

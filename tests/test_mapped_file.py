@@ -1,0 +1,217 @@
+"""MappedFile: short reads at bad bytes, EIO on the first byte, a remembered
+bad-range list, scrub, truncation under the mapping, concurrent readers."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import subprocess
+import sys
+import threading
+import textwrap
+
+import pytest
+
+import mcsafe
+from mcsafe import MappedFile, MemoryFaultError, inject
+
+PAGE = inject.PAGE
+AVAILABLE = inject.available()
+NPAGES = 24
+BAD = [3, 9, 10, 17]
+
+
+@contextlib.contextmanager
+def bad_file(method: str, tmp_path, npages: int = NPAGES, bad: list[int] = BAD):
+    """A MappedFile whose `bad` pages fault, made with one injection method;
+    yields (file, the bad pages actually made)."""
+    if AVAILABLE[method] is not None:
+        pytest.skip(f"{method} unavailable on this machine: {AVAILABLE[method]}")
+    data = inject.pattern(npages * PAGE)
+    if method == "uffd":
+        fd, path = inject.memfd_file(npages, bad)
+        try:
+            with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, npages, bad):
+                yield mf, bad
+        finally:
+            os.close(fd)
+    elif method == "truncate":
+        path = tmp_path / "data.bin"
+        path.write_bytes(data)
+        with MappedFile(path) as mf:
+            os.truncate(path, bad[0] * PAGE)
+            yield mf, list(range(bad[0], npages))
+    elif method == "mprotect":
+        path = tmp_path / "data.bin"
+        path.write_bytes(data)
+        with MappedFile(path) as mf:
+            for p in bad:
+                assert inject._libc.mprotect(mf.address + p * PAGE, PAGE, 0) == 0
+            yield mf, bad
+    else:
+        pytest.skip(f"{method} does not apply to files ({AVAILABLE[method] or 'anonymous only'})")
+
+
+def ranges(pages: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for p in sorted(pages):
+        if out and out[-1][1] == p * PAGE:
+            out[-1] = (out[-1][0], (p + 1) * PAGE)
+        else:
+            out.append((p * PAGE, (p + 1) * PAGE))
+    return out
+
+
+METHODS = ["uffd", "truncate", "mprotect", "madvise"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_short_read_then_eio_then_remembered(method: str, tmp_path) -> None:
+    with bad_file(method, tmp_path) as (mf, bad):
+        first = bad[0]
+        data = inject.pattern(NPAGES * PAGE)
+        start = first * PAGE - 100
+        buf = bytearray(3 * PAGE)
+        assert mf.readinto(buf, start) == 100
+        assert buf[:100] == data[start:start + 100] and not any(buf[100:])
+        faults = mcsafe.claimed_faults()
+        with pytest.raises(MemoryFaultError) as info:
+            mf.readinto(buf, first * PAGE + 7)
+        e = info.value
+        assert e.errno == errno.EIO and e.offset == first * PAGE + 7
+        assert e.signal == (7 if method != "mprotect" else 11)
+        assert e.address == mf.address + first * PAGE + 7
+        # remembered: neither the short read nor the EIO touched the page again
+        assert mf.readinto(buf, start) == 100
+        assert mcsafe.claimed_faults() == faults
+        assert (first * PAGE, (first + 1) * PAGE) in [r for r in mf.bad_ranges()] or \
+            mf.bad_ranges()[0][0] == first * PAGE
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scrub_finds_exactly_the_bad_pages(method: str, tmp_path) -> None:
+    with bad_file(method, tmp_path) as (mf, bad):
+        seen: list[int] = []
+        found = mf.scrub(progress=lambda done, size: seen.append(done))
+        assert found == ranges(bad)
+        assert seen and seen[-1] == NPAGES * PAGE and seen == sorted(seen)
+        faults = mcsafe.claimed_faults()
+        assert mf.scrub() == found
+        assert mcsafe.claimed_faults() == faults          # a second scrub faults nowhere
+        # the good bytes read back intact between the bad ranges
+        data = inject.pattern(NPAGES * PAGE)
+        for p in range(NPAGES):
+            if p not in bad:
+                assert mf.read(PAGE, p * PAGE) == data[p * PAGE:(p + 1) * PAGE]
+
+
+def test_write_short_at_a_bad_page(tmp_path) -> None:
+    with bad_file("uffd", tmp_path) as (mf, bad):
+        at = bad[0] * PAGE - 10
+        assert mf.write(b"z" * 50, at) == 10
+        assert mf.read(10, at) == b"z" * 10
+        with pytest.raises(MemoryFaultError):
+            mf.write(b"z", bad[0] * PAGE)
+
+
+def test_write_needs_r_plus(tmp_path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    with MappedFile(tmp_path / "f") as mf:
+        with pytest.raises(OSError):
+            mf.write(b"x", 0)
+    with MappedFile(tmp_path / "f", "r+") as mf:
+        assert mf.write(b"xyz!", 1) == 2 and mf.size == 3
+    assert (tmp_path / "f").read_bytes() == b"axy"
+
+
+def test_plain_reads_and_edges(tmp_path) -> None:
+    data = os.urandom(3 * PAGE + 5)
+    (tmp_path / "f").write_bytes(data)
+    with MappedFile(tmp_path / "f") as mf:
+        assert mf.size == len(data)
+        assert mf.read(len(data) + 100, 0) == data
+        assert mf.read(10, len(data) - 3) == data[-3:]
+        assert mf.read(10, len(data)) == b"" and mf.readinto(bytearray(4), len(data) + 9) == 0
+        with pytest.raises(ValueError):
+            mf.readinto(bytearray(4), -1)
+        assert mf.bad_ranges() == []
+    with pytest.raises(ValueError):
+        mf.read(1, 0)
+    (tmp_path / "empty").write_bytes(b"")
+    with MappedFile(tmp_path / "empty") as mf:
+        assert mf.size == 0 and mf.read(10) == b"" and mf.scrub() == []
+
+
+def test_truncated_while_mapped_is_poison_past_the_new_end(tmp_path) -> None:
+    path = tmp_path / "log"
+    data = inject.pattern(10 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        assert mf.read(10 * PAGE) == data
+        os.truncate(path, 4 * PAGE + 100)       # another writer cuts the file
+        assert mf.read(10 * PAGE) == data[:4 * PAGE + 100] + bytes(PAGE - 100)
+        assert mf.bad_ranges() == [(5 * PAGE, 10 * PAGE)]
+        with pytest.raises(MemoryFaultError):
+            mf.read(1, 7 * PAGE)
+        assert mf.scrub() == [(5 * PAGE, 10 * PAGE)]
+
+
+def test_concurrent_readers(tmp_path) -> None:
+    with bad_file("uffd", tmp_path, npages=64, bad=[5, 20, 21, 50]) as (mf, bad):
+        data = inject.pattern(64 * PAGE)
+        errors: list[str] = []
+
+        def reader(k: int) -> None:
+            buf = bytearray(8 * PAGE)
+            for i in range(200):
+                off = (k * 977 + i * 4099) % (64 * PAGE)
+                first = next((p * PAGE for p in bad if p * PAGE + PAGE > off), None)
+                want = min(8 * PAGE, 64 * PAGE - off,
+                           first - off if first is not None and first >= off else 1 << 30)
+                try:
+                    got = mf.readinto(buf, off)
+                except MemoryFaultError as e:
+                    if not (first is not None and first <= off) or e.offset != off:
+                        errors.append(f"{k}/{i}: unexpected EIO at {off}")
+                    continue
+                if got != want or buf[:got] != data[off:off + got]:
+                    errors.append(f"{k}/{i}: {got} != {want} at {off}")
+
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+        scrubber = threading.Thread(target=mf.scrub)
+        for t in threads + [scrubber]:
+            t.start()
+        for t in threads + [scrubber]:
+            t.join()
+        assert errors == []
+        assert mf.bad_ranges() == ranges(bad)
+
+
+def test_close_waits_and_then_refuses(tmp_path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * PAGE)
+    mf = MappedFile(tmp_path / "f")
+    mf.close()
+    mf.close()
+    assert mf.closed
+    with pytest.raises(ValueError):
+        mf.readinto(bytearray(1), 0)
+
+
+def test_scrub_of_a_sparse_multi_gib_file_keeps_memory_bounded(tmp_path) -> None:
+    path = tmp_path / "sparse.bin"
+    size = 3 << 30
+    with open(path, "wb") as f:
+        f.truncate(size)                        # holes: no disk used
+    code = textwrap.dedent(f"""
+        import resource, mcsafe
+        with mcsafe.MappedFile({str(path)!r}) as mf:
+            bad = mf.scrub()
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(bad, peak_kib)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=600).stdout.split()
+    assert out[0] == "[]"
+    assert int(out[1]) < 400 * 1024, f"peak RSS {int(out[1]) >> 10} MiB while scrubbing 3 GiB"
