@@ -1,0 +1,50 @@
+/* A module with its own protected routines, recovered through its own table.
+ *
+ *   cc -O2 -shared -fPIC -I$(extable --include-dir) protected.c -o protected.so
+ *   extable build protected.so --in-place
+ *   python -c "import mcsafe; mcsafe.register('protected.so')"
+ *
+ * See docs/EXTENDING.md.
+ */
+#include <errno.h>
+#include <stddef.h>
+
+#include "extable.h"
+
+EXTABLE_RESERVE(512);
+
+/* long probe_read(const unsigned char *p): the byte at p, or -EFAULT if
+ * reading it faults. The load is one classic `errno` entry: on a fault the
+ * runtime sets %rax to the entry's immediate (-EFAULT) and resumes at 2:. */
+__asm__(EXTABLE_ASM_MACROS
+        "    .text\n"
+        "    .globl probe_read\n"
+        "    .type probe_read, @function\n"
+        "probe_read:\n"
+        "    xor %eax, %eax\n"
+        "1:  movzbl (%rdi), %eax\n"
+        "2:  ret\n"
+        "    .size probe_read, .-probe_read\n"
+        /* classic data word: type 3 (errno), reg 0 (rax), imm -14 (-EFAULT) */
+        "    extable_site 1b, 2b, 2b, data=0xfff20003\n"
+
+/* size_t sum_bytes(const unsigned char *p, size_t n, size_t *left): adds n
+ * bytes; on a fault stops and stores the bytes not read in *left. The loop's
+ * load is an extended `short_copy` entry naming %rsi as the count register
+ * and %rdi as the source cursor, so the runtime claims a fault only inside
+ * [rdi, rdi + rsi). */
+        "    .globl sum_bytes\n"
+        "    .type sum_bytes, @function\n"
+        "sum_bytes:\n"
+        "    xor %eax, %eax\n"
+        "    test %rsi, %rsi\n"
+        "    jz 5f\n"
+        "3:  movzbl (%rdi), %ecx\n"
+        "4:  add %rcx, %rax\n"
+        "    inc %rdi\n"
+        "    dec %rsi\n"
+        "    jnz 3b\n"
+        "5:  mov %rsi, (%rdx)\n"
+        "    ret\n"
+        "    .size sum_bytes, .-sum_bytes\n"
+        "    extable_site 3b, 4b, 5b, kind=2, flags=1, side=1, reg=6, src=7, name=sum_load\n");
