@@ -5,7 +5,9 @@
 2. Memory with poisoned pages (userfaultfd ``UFFDIO_POISON``: the kernel's
    hwpoison path) read through ``mcsafe.copy``: each short read, the bad-page
    map, and the same read without mcsafe, which kills a child process.
-3. A mapped file truncated under the mapping, read the same way.
+3. A data file with poisoned pages read through ``MappedFile``: short reads,
+   EIO on a bad first byte, and the bad-range map from ``scrub()``.
+4. A mapped file truncated under the mapping, read the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import mmap
 
 import mcsafe
-from mcsafe import inject
+from mcsafe import MappedFile, MemoryFaultError, inject
 
 PAGE = inject.PAGE
 
@@ -97,21 +98,57 @@ def show_poison() -> None:
     print(f"  child: {how}")
 
 
+def _ranges(rs: list[tuple[int, int]]) -> str:
+    return ", ".join(f"[{a:#x}, {b:#x})" for a, b in rs) or "none"
+
+
+def show_mapped_file() -> None:
+    why = inject.available()["uffd"]
+    if why is not None:
+        _title(f"a data file with bad pages: skipped ({why})")
+        return
+    npages, bad = 24, [5, 6, 15]
+    _title(f"a {npages * PAGE >> 10} KiB data file (memfd), pages {bad} poisoned, "
+           "read through MappedFile")
+    fd, path = inject.memfd_file(npages, bad)
+    try:
+        with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, npages, bad):
+            buf = bytearray(4 * PAGE)
+            for offset in (0, 4 * PAGE, 5 * PAGE + 100, 7 * PAGE, 13 * PAGE):
+                try:
+                    n = mf.readinto(buf, offset)
+                    tag = "ok" if n == len(buf) else "SHORT"
+                    print(f"  readinto({len(buf)}, {offset:#07x}) -> {n:5d}  {tag}")
+                except MemoryFaultError as e:
+                    print(f"  readinto({len(buf)}, {offset:#07x}) -> MemoryFaultError "
+                          f"errno={e.errno} (EIO) offset={e.offset:#x} code={e.code}")
+            before = mcsafe.claimed_faults()
+            found = mf.scrub()
+            print(f"  scrub():   {_ranges(found)}  ({mcsafe.claimed_faults() - before} new "
+                  "faults: pages already seen were skipped, not touched)")
+            made = inject.Region("uffd", mf.address, npages, bad, 0, (), memoryview(b""))
+            print(f"  poisoned:  {_ranges(made.bad_ranges())}")
+    finally:
+        os.close(fd)
+
+
 def show_truncated_file() -> None:
-    _title("a 64 KiB file, mapped, then truncated to 40 KiB by someone else")
-    with tempfile.TemporaryFile() as f:
+    _title("a 64 KiB log file, mapped, then truncated to 40 KiB + 100 bytes by another writer")
+    with tempfile.NamedTemporaryFile() as f:
         f.write(inject.pattern(16 * PAGE))
         f.flush()
-        m = mmap.mmap(f.fileno(), 16 * PAGE, access=mmap.ACCESS_READ)
-        os.ftruncate(f.fileno(), 10 * PAGE)
-        bad = read_through(memoryview(m), 16 * PAGE, 4 * PAGE)
-        print(f"  bad ranges found: {[(hex(a), hex(b)) for a, b in bad]}")
-        m.close()
+        with MappedFile(f.name) as mf:
+            os.truncate(f.name, 10 * PAGE + 100)
+            data = mf.read(mf.size)
+            print(f"  read({mf.size}) -> {len(data)} bytes (the rest of the last page reads "
+                  "as zeros, as the kernel maps it)")
+            print(f"  scrub():   {_ranges(mf.scrub())}")
 
 
 def run() -> int:
     show_table()
     show_poison()
+    show_mapped_file()
     show_truncated_file()
     _title("still alive")
     print(f"  pid {os.getpid()}: {mcsafe.claimed_faults()} faults claimed and recovered "

@@ -1,0 +1,97 @@
+"""Storage: MappedFile.readinto against os.preadv and a plain mmap slice, from the
+page cache; scrub() against a readinto loop over the same file."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from functools import partial
+
+import pytest
+
+from benchmarks.conftest import FULL, measure
+from mcsafe import MappedFile
+
+FILE_SIZE = 64 << 20
+SCRUB_SIZE = (1 << 30) if FULL else (128 << 20)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("storage") / "data.bin"
+    with open(path, "wb") as f:
+        for _ in range(FILE_SIZE >> 20):
+            f.write(os.urandom(1 << 20))
+    with open(path, "rb") as f:                 # warm the page cache
+        while f.read(1 << 24):
+            pass
+    return path
+
+
+@pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv", "mmap slice"])
+@pytest.mark.parametrize("size", [4096, 1 << 20], ids=lambda s: f"{s}B")
+def test_read(benchmark, data_file, peer: str, size: int) -> None:
+    buf = bytearray(size)
+    offset = 12 * 4096
+    benchmark.group = f"read-{size}"
+    benchmark.extra_info.update(peer=peer, size=size)
+    if peer == "MappedFile.readinto":
+        with MappedFile(data_file) as mf:
+            measure(benchmark, partial(mf.readinto, buf, offset), size)
+    elif peer == "os.preadv":
+        fd = os.open(data_file, os.O_RDONLY)
+        try:
+            measure(benchmark, partial(os.preadv, fd, [buf], offset), size)
+        finally:
+            os.close(fd)
+    else:
+        with open(data_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(buf)
+
+            def slice_copy() -> None:
+                view[:] = m[offset:offset + size]
+            measure(benchmark, slice_copy, size)
+            view.release()
+    with open(data_file, "rb") as f:
+        f.seek(offset)
+        assert buf == f.read(size)
+
+
+@pytest.fixture(scope="module")
+def scrub_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scrub") / "scrub.bin"
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(SCRUB_SIZE >> 20):
+            f.write(chunk)
+    return path
+
+
+@pytest.mark.parametrize("peer", ["scrub", "readinto loop"])
+def test_scrub(benchmark, scrub_file, peer: str) -> None:
+    """One pass over a file just opened, for both peers: a scrub gives up the page
+    tables it builds (to bound memory), so a second pass over a mapping the loop
+    kept warm would compare different work."""
+    benchmark.group = "scrub"
+    benchmark.extra_info.update(peer=peer, size=SCRUB_SIZE)
+    buf = bytearray(1 << 20)
+    files: list[MappedFile] = []
+
+    def fresh():
+        while files:
+            files.pop().close()
+        files.append(MappedFile(scrub_file))
+        return (files[-1],), {}
+
+    def scrub(mf: MappedFile) -> int:
+        assert mf.scrub() == []
+        return mf.size
+
+    def loop(mf: MappedFile) -> int:
+        return sum(mf.readinto(buf, off) for off in range(0, mf.size, len(buf)))
+
+    done = benchmark.pedantic(scrub if peer == "scrub" else loop, setup=fresh,
+                              rounds=5 if FULL else 3, warmup_rounds=1)
+    fresh()
+    files.pop().close()
+    assert done == SCRUB_SIZE
