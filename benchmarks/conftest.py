@@ -27,6 +27,45 @@ def peers(tmp_path_factory) -> ctypes.CDLL:
     return lib
 
 
+def build_cysignals_peer(folder: Path):
+    """Compile cysignals_peer.pyx into folder and import it; None if cysignals is missing.
+
+    Importing cysignals installs its own SIGSEGV/SIGBUS handlers over mcsafe's;
+    mcsafe.install() puts mcsafe first again and chains to cysignals."""
+    try:
+        import cysignals
+    except ImportError:
+        return None
+    import importlib.util
+    import sys
+    import sysconfig
+
+    import mcsafe
+
+    src = folder / "cysignals_peer.pyx"
+    shutil.copyfile(HERE / "cysignals_peer.pyx", src)
+    inc = os.path.dirname(cysignals.__file__)
+    subprocess.run([sys.executable, "-m", "cython", "-3", "-I", os.path.dirname(inc), str(src),
+                    "-o", str(folder / "cysignals_peer.c")], check=True, capture_output=True)
+    so = folder / ("cysignals_peer" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{inc}",
+                    f"-I{sysconfig.get_paths()['include']}", str(folder / "cysignals_peer.c"),
+                    "-o", str(so)], check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("cysignals_peer", so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mcsafe.install()
+    return module
+
+
+@pytest.fixture(scope="session")
+def cysignals_peer(tmp_path_factory):
+    module = build_cysignals_peer(tmp_path_factory.mktemp("cysignals"))
+    if module is None:
+        pytest.skip("cysignals is not installed (pip install cysignals)")
+    return module
+
+
 def largest_elf() -> str:
     """The Rust toolchain's librustc_driver if present, else the largest system .so."""
     rustc = shutil.which("rustc")

@@ -23,7 +23,7 @@ def _buffers(size: int) -> tuple[bytearray, bytearray]:
     return src, bytearray(size)
 
 
-def _peer(name: str, src: bytearray, dst: bytearray, peers=None):
+def _peer(name: str, src: bytearray, dst: bytearray, peers=None, cysig=None):
     """A no-argument callable doing one copy; functools.partial keeps the
     harness's own cost out of the per-call figures for every peer alike."""
     size = len(src)
@@ -41,22 +41,24 @@ def _peer(name: str, src: bytearray, dst: bytearray, peers=None):
         d = ctypes.addressof((ctypes.c_char * size).from_buffer(dst))
         s = ctypes.addressof((ctypes.c_char * size).from_buffer(src))
         return partial(peers.setjmp_copy, d, s, size)
+    if name == "cysignals":
+        return partial(cysig.copy, dst, src)
     raise ValueError(name)
 
 
-PEERS = ["mcsafe", "ctypes.memmove", "numpy.copyto", "memoryview", "setjmp"]
+PEERS = ["mcsafe", "ctypes.memmove", "numpy.copyto", "memoryview", "cysignals", "setjmp"]
 
 
 @pytest.mark.parametrize("peer", PEERS)
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s}B")
-def test_copy(benchmark, peers, peer: str, size: int) -> None:
+def test_copy(benchmark, peers, cysignals_peer, peer: str, size: int) -> None:
     src, dst = _buffers(size)
     if peer == "setjmp":
         peers.setjmp_install()
     try:
         benchmark.group = f"copy-{size}"
         benchmark.extra_info.update(peer=peer, size=size)
-        measure(benchmark, _peer(peer, src, dst, peers), size)
+        measure(benchmark, _peer(peer, src, dst, peers, cysignals_peer), size)
     finally:
         if peer == "setjmp":
             peers.setjmp_uninstall()

@@ -37,3 +37,23 @@ def test_bare_signal_round_trip(benchmark, peers) -> None:
         finally:
             peers.bare_uninstall()
     assert mcsafe.handler_installed()
+
+
+def test_cysignals_fault(benchmark, cysignals_peer) -> None:
+    """cysignals turns the fault into an exception (SignalError), with no count."""
+    from cysignals.signals import SignalError
+    with inject.region("mprotect", 2, [1]) as r:
+        src = r.buffer[inject.PAGE:inject.PAGE + 64]
+        dst = bytearray(64)
+
+        def fault() -> None:
+            try:
+                cysignals_peer.copy(dst, src)
+            except SignalError:
+                return
+            raise AssertionError("no fault")
+        benchmark.group = "fault"
+        benchmark.extra_info.update(peer="cysignals (raises)")
+        measure(benchmark, fault, 1 << 20)
+        del src
+    assert mcsafe.handler_installed()

@@ -3,6 +3,7 @@
 
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
+from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
@@ -51,7 +52,8 @@ _c_api.unregister_table = mcsafe_unregister
 _C_API = PyCapsule_New(&_c_api, b"mcsafe._mcsafe._C_API", NULL)
 
 #: Copies of at least this many bytes release the GIL.
-GIL_RELEASE_BYTES = 64 * 1024
+cdef Py_ssize_t GIL_RELEASE = 64 * 1024
+GIL_RELEASE_BYTES = GIL_RELEASE
 #: Copies below this many bytes take the word path, the rest the bulk path.
 SMALL_COPY_BYTES = MCSAFE_SMALL_COPY
 
@@ -74,19 +76,27 @@ cdef inline Py_ssize_t _span(Py_ssize_t avail_dst, Py_ssize_t avail_src, object 
     return want
 
 
-cdef int _acquire(object dst, object src, Py_buffer *d, Py_buffer *s) except -1:
-    try:
-        PyObject_GetBuffer(dst, d, PyBUF_WRITABLE)
-    except (BufferError, ValueError) as exc:     # numpy says ValueError
-        raise TypeError(f"dst must be a writable contiguous buffer: {exc}") from None
-    try:
-        PyObject_GetBuffer(src, s, PyBUF_SIMPLE)
-    except (BufferError, ValueError) as exc:
+cdef extern from "Python.h":
+    # PyObject_GetBuffer without Cython's error check, so the fast path has no
+    # try block (Cython saves the exception state on entering one).
+    int _get_buffer "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
+
+
+cdef int _raise_buffer_error(str which) except -1:
+    """Turn the pending BufferError (or numpy's ValueError) into a TypeError."""
+    if not (PyErr_ExceptionMatches(BufferError) or PyErr_ExceptionMatches(ValueError)):
+        return -1                                  # anything else propagates as it is
+    PyErr_Clear()
+    raise TypeError(f"{which} must be a {'writable ' if which == 'dst' else ''}contiguous "
+                    "buffer (bytes-like, C-contiguous)")
+
+
+cdef inline int _acquire(object dst, object src, Py_buffer *d, Py_buffer *s) except -1:
+    if _get_buffer(dst, d, PyBUF_WRITABLE) < 0:
+        _raise_buffer_error("dst")
+    if _get_buffer(src, s, PyBUF_SIMPLE) < 0:
         PyBuffer_Release(d)
-        raise TypeError(f"src must be a contiguous buffer: {exc}") from None
-    except BaseException:
-        PyBuffer_Release(d)
-        raise
+        _raise_buffer_error("src")
     return 0
 
 
@@ -110,7 +120,7 @@ cdef Py_ssize_t _copy(object dst, object src, object n, Py_ssize_t dst_offset,
         sp = <const char *>s.buf + src_offset
         if count and dp < sp + count and sp < dp + count:
             raise ValueError("src and dst overlap")
-        if count >= GIL_RELEASE_BYTES:
+        if count >= GIL_RELEASE:
             with nogil:
                 done = <Py_ssize_t>mcsafe_copy(dp, sp, <size_t>count, rec)
         else:
@@ -130,9 +140,30 @@ def copy(dst, src, n=None, *, Py_ssize_t dst_offset=0, Py_ssize_t src_offset=0):
     n defaults to as many bytes as both buffers hold after their offsets.
     """
     cdef mcsafe_fault rec
-    cdef Py_ssize_t length
-    cdef uintptr_t dst_at, src_at
-    return _copy(dst, src, n, dst_offset, src_offset, &rec, &length, &dst_at, &src_at)
+    cdef Py_buffer d, s
+    cdef Py_ssize_t count, done
+    cdef char *dp
+    cdef const char *sp
+    if n is not None or dst_offset or src_offset or not _own_ok:
+        return _copy(dst, src, n, dst_offset, src_offset, &rec, &count, <uintptr_t *>&dp,
+                     <uintptr_t *>&sp)
+    # The common call, copy(dst, src): the same steps as _copy, without the options.
+    _acquire(dst, src, &d, &s)
+    count = d.len if d.len < s.len else s.len
+    dp = <char *>d.buf
+    sp = <const char *>s.buf
+    if count and dp < sp + count and sp < dp + count:
+        PyBuffer_Release(&s)
+        PyBuffer_Release(&d)
+        raise ValueError("src and dst overlap")
+    if count >= GIL_RELEASE:
+        with nogil:
+            done = <Py_ssize_t>mcsafe_copy(dp, sp, <size_t>count, &rec)
+    else:
+        done = <Py_ssize_t>mcsafe_copy(dp, sp, <size_t>count, &rec)
+    PyBuffer_Release(&s)
+    PyBuffer_Release(&d)
+    return done
 
 
 cdef object _fault_info(mcsafe_fault *rec, uintptr_t dst_at, uintptr_t src_at):

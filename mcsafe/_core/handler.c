@@ -37,6 +37,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,7 +49,7 @@
 #endif
 
 static struct sigaction previous[2];     /* [0] SIGSEGV, [1] SIGBUS */
-static atomic_int forwarding[2];         /* a forward of this signal is under way */
+static atomic_long forwarding[2];        /* thread id forwarding this signal, or 0 */
 static atomic_ulong claimed;
 
 /* The asynchronous-poison log: a ring of MCSAFE_AO_LOG slots. A writer takes a
@@ -178,11 +179,17 @@ static void forward(int sig, siginfo_t *info, void *context)
         return;
     }
     /* A previous handler that re-raises into us (faulthandler restores the
-     * handler it replaced, which may be ours, then raises) must not loop. */
-    if (atomic_exchange_explicit(&forwarding[sig == SIGBUS], 1, memory_order_acq_rel)) {
+     * handler it replaced, which may be ours, then raises) must not loop: a
+     * signal raised by this very thread while it forwards the same signal goes
+     * to SIG_DFL. Kernel faults always start a new forward, so a previous
+     * handler that leaves by siglongjmp (cysignals) leaves nothing stuck. */
+    long self = syscall(SYS_gettid);
+    atomic_long *slot = &forwarding[sig == SIGBUS];
+    if (info->si_code <= 0 && atomic_load_explicit(slot, memory_order_acquire) == self) {
         die_by_default(sig, 0);
         return;
     }
+    atomic_store_explicit(slot, self, memory_order_release);
 
     /* Run the previous handler with the mask it asked for. */
     ucontext_t *uc = context;
@@ -205,7 +212,7 @@ static void forward(int sig, siginfo_t *info, void *context)
     else
         call.sa_handler(sig);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
-    atomic_store_explicit(&forwarding[sig == SIGBUS], 0, memory_order_release);
+    atomic_store_explicit(slot, 0, memory_order_release);
 }
 
 static void mcsafe_on_fault(int sig, siginfo_t *info, void *context)
