@@ -155,3 +155,26 @@ def test_claimed_fault_does_not_reach_the_previous_handler(previous_handler_lib)
     """)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["4096"] and "previous handler" not in p.stderr
+
+
+def test_chaining_to_a_handler_that_longjmps_keeps_working(tmp_path) -> None:
+    pytest.importorskip("cysignals", reason="cysignals is not installed (make test installs it)")
+    p = child(f"""
+        import pathlib, mcsafe
+        from benchmarks.conftest import build_cysignals_peer
+        from cysignals.signals import SignalError
+        from mcsafe import inject
+        cy = build_cysignals_peer(pathlib.Path({str(tmp_path)!r}))   # then mcsafe.install()
+        with inject.region("mprotect", 2, [1]) as r:
+            bad = r.buffer[inject.PAGE:inject.PAGE + 64]
+            for round in range(3):
+                try:
+                    cy.copy(bytearray(64), bad)          # not ours: forwarded, cysignals longjmps
+                    print("no fault")
+                except SignalError:
+                    print("cysignals raised")
+                print("mcsafe", mcsafe.copy(bytearray(r.size), r.buffer))
+            del bad
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:6] == ["cysignals raised", "mcsafe 4096"] * 3

@@ -1,0 +1,357 @@
+"""Run the benchmark suite and write BENCHMARKS.md with tables and plots.
+
+    python -m benchmarks.report            # the full run (a few minutes)
+    python -m benchmarks.report --quick    # small sizes and few rounds (under a minute)
+    python -m benchmarks.report --from-json results.json   # only render a saved run
+
+Every figure is a median measured by pytest-benchmark in one run, peers side by
+side on the same buffers; ratios compare figures of the same run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = ("mcsafe", "MappedFile.readinto", "scrub", "extable")
+
+
+def run_suite(quick: bool, json_path: Path) -> None:
+    env = {**os.environ}
+    if not quick:
+        env["MCSAFE_BENCH"] = "full"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings",
+           str(ROOT / "benchmarks"), f"--benchmark-json={json_path}"]
+    print("running:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "kernel": platform.release(),
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+class Results:
+    """The run's benchmarks, by group and peer."""
+
+    def __init__(self, data: dict) -> None:
+        self.when = data.get("datetime", "")
+        self.groups: dict[str, dict[str, dict]] = defaultdict(dict)
+        for b in data["benchmarks"]:
+            peer = b["extra_info"].get("peer") or b["param"] or b["name"]
+            self.groups[b["group"]][peer] = {**b["stats"], **b["extra_info"]}
+
+    def median(self, group: str, peer: str) -> float | None:
+        return self.groups.get(group, {}).get(peer, {}).get("median")
+
+    def best(self, group: str, peer: str) -> float | None:
+        return self.groups.get(group, {}).get(peer, {}).get("min")
+
+    def interleaved(self) -> dict[int, dict[str, float]]:
+        """size → peer → median, from the interleaved copy runs."""
+        out = {}
+        for g, peers in self.groups.items():
+            if g.startswith("interleaved-"):
+                out[size_of(g)] = next(iter(peers.values()))["interleaved"]
+        return out
+
+    def ours(self, group: str) -> str | None:
+        peers = self.groups.get(group, {})
+        return next((p for p in peers if p.startswith(OURS)), None)
+
+
+def fmt_time(seconds: float) -> str:
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
+def fmt_size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def size_of(group: str) -> int:
+    return int(re.sub(r"\D", "", group) or 0)
+
+
+def table(res: Results, group: str, per_byte: int | None = None) -> list[str]:
+    peers = res.groups[group]
+    ours = res.ours(group)
+    base = res.median(group, ours) if ours else None
+    head = "| peer | median |" + (" throughput |" if per_byte else "") + \
+        (f" time / {ours} |" if base else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for peer, st in sorted(peers.items(), key=lambda kv: kv[1]["median"]):
+        row = f"| {'**' + peer + '**' if peer == ours else peer} | {fmt_time(st['median'])} |"
+        if per_byte:
+            row += f" {per_byte / st['median'] / 1e9:.2f} GB/s |"
+        if base:
+            row += f" {st['median'] / base:.2f}× |"
+        lines.append(row)
+    return lines
+
+
+def targets(res: Results) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for every target the issues set."""
+    out: list[tuple[str, str, bool | None]] = []
+
+    def ratio(group: str, a: str, b: str, best: bool = False) -> float | None:
+        get = res.best if best else res.median
+        x, y = get(group, a), get(group, b)
+        return x / y if x and y else None
+
+    inter = res.interleaved()
+    for size in sorted(s for s in inter if s >= 1 << 20):
+        r = inter[size]["ctypes.memmove"] / inter[size]["mcsafe"]
+        out.append((f"throughput at {fmt_size(size)} ≥ 0.97× ctypes.memmove (interleaved)",
+                    f"{r:.2f}×", r >= 0.97))
+    for peer in ("memoryview", "cysignals"):
+        if 64 in inter:
+            r = inter[64]["mcsafe"] / inter[64][peer]
+            out.append((f"64 B per call ≤ 1.0× {peer} (interleaved)", f"{r:.2f}×", r <= 1.0))
+    r = ratio("fault", "mcsafe (mprotect)", "cysignals (raises)")
+    if r:
+        out.append(("fault recovery ≤ 0.5× a cysignals fault", f"{r:.2f}×", r <= 0.5))
+    r = ratio("fault", "mcsafe (mprotect)", "bare C handler")
+    if r:
+        out.append(("fault recovery ≤ 1.5× a bare C signal round trip", f"{r:.2f}×", r <= 1.5))
+    if res.groups.get("lookup"):
+        bests = [st["min"] for st in res.groups["lookup"].values()]
+        spread = max(bests) / min(bests)
+        out.append(("recovery flat within 10% from 10 to 1M entries (fastest of each)",
+                    f"max/min {spread:.2f}", spread <= 1.10))
+    r = ratio("read-4096", "os.preadv", "MappedFile.readinto")
+    if r:
+        out.append(("MappedFile.readinto 4 KiB ≥ 2× os.preadv", f"{r:.2f}×", r >= 2.0))
+    r = ratio("scrub", "readinto loop", "scrub")
+    if r:
+        out.append(("scrub() ≥ 0.8× the throughput of a readinto loop", f"{r:.2f}×", r >= 0.8))
+    r = ratio("symbols", "extable", "readelf -sW")
+    if r:
+        out.append(("extable symbols ≤ 0.5× readelf -sW", f"{r:.2f}×", r <= 0.5))
+    r = ratio("symbols", "pyelftools loop", "extable")
+    if r:
+        out.append(("extable symbols ≥ 20× faster than a pyelftools loop", f"{r:.0f}×", r >= 20))
+    st = res.groups.get("compile", {}).get("extable")
+    if st:
+        out.append(("1M-entry compile < 1 s", fmt_time(st["median"]), st["median"] < 1))
+        peak = st.get("peak_bytes")
+        if peak:
+            out.append(("1M-entry compile < 200 MB peak", f"{peak / 1e6:.0f} MB",
+                        peak < 200e6))
+    return out
+
+
+WHY_MISSED = {
+    "fault recovery ≤ 0.5× a cysignals fault":
+        "A recovered fault costs one kernel signal delivery and sigreturn, the same as the "
+        "bare C round trip above; on this kernel that is most of what cysignals costs too "
+        "(it adds a siglongjmp and a Python exception). Going under half of it would need "
+        "no signal at all: only a kernel-side copy (pread of a file, which the kernel's own "
+        "copy_mc protects) avoids one.",
+    "recovery flat within 10% from 10 to 1M entries (fastest of each)":
+        "The binary search is 20 steps at 1M entries (tens of ns); the spread is the noise of "
+        "a 3-4 µs signal round trip on a shared VM.",
+    "64 B per call ≤ 1.0× cysignals (interleaved)":
+        "Both are one Python call, two buffer acquisitions and a 64-byte copy; the "
+        "difference is within a few ns and changes sign between runs.",
+    "64 B per call ≤ 1.0× memoryview (interleaved)":
+        "Within a few ns, changing sign between runs.",
+}
+
+
+def plot(res: Results, folder: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    copy_groups = sorted((g for g in res.groups if g.startswith("copy-")), key=size_of)
+    inter = res.interleaved()
+    if copy_groups:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        peers = sorted({p for g in copy_groups for p in res.groups[g]})
+        for peer in peers:
+            xs, ys = [], []
+            for g in copy_groups:
+                m = inter.get(size_of(g), {}).get(peer) or res.median(g, peer)
+                if m:
+                    xs.append(size_of(g))
+                    ys.append(size_of(g) / m / 1e9)
+            ax.plot(xs, ys, marker="o", label=peer, linewidth=2.5 if peer == "mcsafe" else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("copy size (bytes)")
+        ax.set_ylabel("throughput (GB/s, median; interleaved where measured)")
+        ax.set_title("Copy throughput from Python, same buffers for every peer")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "copy_throughput.png", dpi=110)
+        plt.close(fig)
+        made.append(("Copy throughput", "copy_throughput.png"))
+    if res.groups.get("lookup"):
+        pts = sorted((st["entries"], st["median"], st["min"])
+                     for st in res.groups["lookup"].values())
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot([p[0] for p in pts], [p[1] * 1e6 for p in pts], marker="o", label="median")
+        ax.plot([p[0] for p in pts], [p[2] * 1e6 for p in pts], marker="s", label="fastest")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("entries in the faulting module's table")
+        ax.set_ylabel("recovered fault (µs)")
+        ax.set_title("Recovery time against table size")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "lookup.png", dpi=110)
+        plt.close(fig)
+        made.append(("Recovery time against table size", "lookup.png"))
+    if res.groups.get("fault"):
+        items = sorted(res.groups["fault"].items(), key=lambda kv: kv[1]["median"])
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.barh([k for k, _ in items], [v["median"] * 1e6 for _, v in items])
+        ax.set_xlabel("one faulting call (µs, median)")
+        ax.set_title("What a fault costs")
+        fig.tight_layout()
+        fig.savefig(folder / "fault.png", dpi=110)
+        plt.close(fig)
+        made.append(("What a fault costs", "fault.png"))
+    return made
+
+
+SECTIONS = [
+    ("Copies, peers interleaved", "interleaved-", "Every peer in turn, round after round, on "
+     "the same buffers, so that the drifting memory bandwidth of a shared machine hits all "
+     "alike (the separate runs below are each measured in one block, and at 16 MiB and up "
+     "their spread between identical memcpy-based peers is tens of percent). The targets use "
+     "these medians."),
+    ("Copy throughput and per-call cost", "copy-", "`mcsafe.copy` against `ctypes.memmove`, "
+     "`numpy.copyto`, memoryview slice assignment, a cysignals `sig_on()`/memcpy/`sig_off()` "
+     "copy and a `sigsetjmp(env, 1)`-guarded memcpy (both built by the benchmark). The 64 B "
+     "row is the per-call overhead."),
+    ("Small-copy threshold", "threshold-", "The word path against `rep movsb`, 1000 copies a "
+     "call, in C: where the lines cross sets `MCSAFE_SMALL_COPY`."),
+    ("Fault recovery", "fault", "One call whose copy hits a bad page: mcsafe (the copy "
+     "returns 0), cysignals (raises `SignalError`), and a bare C handler that rewrites the PC "
+     "and returns (the floor for any signal-based recovery)."),
+    ("Lookup scaling", "lookup", "A fault in a registered module whose table has 10 to 1M "
+     "entries."),
+    ("Threads", "threads-", "Aggregate throughput of 1 and 2 threads copying at once."),
+    ("Storage", "read-", "`MappedFile.readinto` against `os.preadv` and a plain mmap slice, "
+     "from the page cache."),
+    ("Scrub", "scrub", "`scrub()` against a `readinto` loop, one pass over a file just opened."),
+    ("The compiler", "symbols", "Function symbols of the largest ELF on the machine."),
+    ("The compiler", "compile", "Compiling a synthetic table of 1,000,000 entries."),
+]
+
+
+def render(res: Results, quick: bool, plots: list[tuple[str, str]], plot_dir: str) -> str:
+    m = machine()
+    when = res.when or dt.datetime.now(dt.timezone.utc).isoformat()
+    out = ["# Benchmarks", "",
+           f"Measured {when[:10]} on {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
+           f"Python {m['python']} ({m['machine']}); "
+           f"{'quick run (small sizes, few rounds)' if quick else 'full run'}. "
+           "Made by `python -m benchmarks.report`; every ratio compares medians from this one "
+           "run. Times are per call.", "", "## Targets", "",
+           "| target | measured | |", "|---|---|---|"]
+    tg = targets(res)
+    for name, value, met in tg:
+        out.append(f"| {name} | {value} | {'met' if met else '**missed**'} |")
+    missed = [name for name, _, met in tg if not met]
+    if missed:
+        out += ["", "Missed, and why:", ""]
+        out += [f"* *{name}*: {WHY_MISSED.get(name, 'noise or a real gap; see the tables.')}"
+                for name in missed]
+    for title, file in plots:
+        out += ["", f"![{title}]({plot_dir}/{file})"]
+    done = set()
+    for title, prefix, text in SECTIONS:
+        groups = sorted((g for g in res.groups if g.startswith(prefix) and g not in done),
+                        key=lambda g: (size_of(g), g))
+        if not groups:
+            continue
+        if title not in done:
+            out += ["", f"## {title}", "", text]
+            done.add(title)
+        else:
+            out += ["", text]
+        for g in groups:
+            done.add(g)
+            if prefix == "interleaved-":
+                med = res.interleaved()[size_of(g)]
+                base = med["mcsafe"]
+                out += ["", f"### {fmt_size(size_of(g))}", "",
+                        "| peer | median | throughput | time / mcsafe |", "|---|---|---|---|"]
+                out += [f"| {'**mcsafe**' if p == 'mcsafe' else p} | {fmt_time(t)} | "
+                        f"{size_of(g) / t / 1e9:.2f} GB/s | {t / base:.2f}× |"
+                        for p, t in sorted(med.items(), key=lambda kv: kv[1])]
+                continue
+            per_byte = size_of(g) if prefix in ("copy-", "read-") else None
+            if prefix == "threads-":
+                out += ["", f"### {g}", ""]
+                peers = res.groups[g]
+                head = ["| threads | median | aggregate |", "|---|---|---|"]
+                out += head + [f"| {p} | {fmt_time(st['median'])} | "
+                               f"{st['bytes'] / st['median'] / 1e9:.2f} GB/s |"
+                               for p, st in sorted(peers.items())]
+                continue
+            label = fmt_size(size_of(g)) if per_byte or prefix == "threshold-" else g
+            out += ["", f"### {label}", ""] + table(res, g, per_byte)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, few rounds")
+    p.add_argument("--from-json", type=Path, help="render a saved pytest-benchmark JSON")
+    p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--plots", type=Path, default=ROOT / "docs" / "bench")
+    p.add_argument("--save-json", type=Path, help="keep the raw results here")
+    args = p.parse_args(argv)
+    if args.from_json:
+        data = json.loads(args.from_json.read_text())
+        quick = data.get("quick", False)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "results.json"
+            run_suite(args.quick, path)
+            data = json.loads(path.read_text())
+        data["quick"] = quick = args.quick
+        if args.save_json:
+            args.save_json.write_text(json.dumps(data))
+    res = Results(data)
+    plots = plot(res, args.plots)
+    rel = os.path.relpath(args.plots, args.output.parent)
+    args.output.write_text(render(res, quick, plots, rel))
+    print(f"wrote {args.output} and {len(plots)} plots in {args.plots}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
