@@ -72,7 +72,7 @@ def test_recovery_time_by_table_size(benchmark, modules, n: int) -> None:
         with inject.region("mprotect", 2, [1]) as r:
             bad = r.address + inject.PAGE
             benchmark.group = "lookup"
-            benchmark.extra_info.update(peer="mcsafe", entries=n)
+            benchmark.extra_info.update(peer=f"{n} entries", entries=n)
             assert lib.probe_read(bad) == -14
             measure(benchmark, lambda: lib.probe_read(bad), 1 << 20)
     finally:
