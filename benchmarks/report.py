@@ -190,6 +190,17 @@ def plot(res: Results, folder: Path) -> list[tuple[str, str]]:
 
     folder.mkdir(parents=True, exist_ok=True)
     made = []
+
+    def finish(fig, ax, xlabel: str, ylabel: str, title: str, name: str) -> tuple[str, str]:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        return title, name
     copy_groups = sorted((g for g in res.groups if g.startswith("copy-")), key=size_of)
     inter = res.interleaved()
     if copy_groups:
@@ -204,15 +215,10 @@ def plot(res: Results, folder: Path) -> list[tuple[str, str]]:
                     ys.append(size_of(g) / m / 1e9)
             ax.plot(xs, ys, marker="o", label=peer, linewidth=2.5 if peer == "mcsafe" else 1.2)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("copy size (bytes)")
-        ax.set_ylabel("throughput (GB/s, median; interleaved where measured)")
-        ax.set_title("Copy throughput from Python, same buffers for every peer")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "copy_throughput.png", dpi=110)
-        plt.close(fig)
-        made.append(("Copy throughput", "copy_throughput.png"))
+        made.append(finish(fig, ax, "copy size (bytes)",
+                           "throughput (GB/s, median; interleaved where measured)",
+                           "Copy throughput from Python, same buffers for every peer",
+                           "copy_throughput.png"))
     if res.groups.get("lookup"):
         pts = sorted((st["entries"], st["median"], st["min"])
                      for st in res.groups["lookup"].values())
@@ -221,15 +227,9 @@ def plot(res: Results, folder: Path) -> list[tuple[str, str]]:
         ax.plot([p[0] for p in pts], [p[2] * 1e6 for p in pts], marker="s", label="fastest")
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("entries in the faulting module's table")
-        ax.set_ylabel("recovered fault (µs)")
-        ax.set_title("Recovery time against table size")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "lookup.png", dpi=110)
-        plt.close(fig)
-        made.append(("Recovery time against table size", "lookup.png"))
+        made.append(finish(fig, ax, "entries in the faulting module's table",
+                           "recovered fault (µs)", "Recovery time against table size",
+                           "lookup.png"))
     if res.groups.get("fault"):
         items = sorted(res.groups["fault"].items(), key=lambda kv: kv[1]["median"])
         fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -150,6 +150,25 @@ class MappedFile:
 
     # -- reading and writing -------------------------------------------------
 
+    def _before_bad(self, offset: int, n: int) -> int:
+        """n, cut short before the next known bad range; EIO if offset is in one."""
+        bad = self._bad_at_or_after(offset)
+        if bad is None:
+            return n
+        if bad[0] <= offset:
+            raise self._known_bad(bad[0], offset)
+        return min(n, bad[0] - offset)
+
+    def _outcome(self, res, offset: int, what: str) -> int:
+        """The count of a copy at file offset; a fault is remembered, and is EIO if
+        nothing was copied."""
+        if res.__class__ is int:
+            return res
+        info = self._remember(res.fault, offset + res.fault.offset)
+        if res.copied == 0:
+            raise MemoryFaultError(info, f"{self.path}: {what}")
+        return res.copied
+
     def readinto(self, buf, offset: int = 0) -> int:
         """Fill buf from the file at offset; return the count (short at a bad byte,
         0 at end of file). Raises MemoryFaultError if the first byte is bad."""
@@ -159,20 +178,8 @@ class MappedFile:
             if self._closed:
                 raise ValueError("I/O operation on closed MappedFile")
             return 0
-        n = None
-        if self._starts:
-            bad = self._bad_at_or_after(offset)
-            if bad is not None:
-                if bad[0] <= offset:
-                    raise self._known_bad(bad[0], offset)
-                n = min(memoryview(buf).nbytes, bad[0] - offset)
-        res = self._copy(buf, self._view, n, 0, offset)
-        if res.__class__ is int:
-            return res
-        info = self._remember(res.fault, offset + res.fault.offset)
-        if res.copied == 0:
-            raise MemoryFaultError(info, f"{self.path}: read")
-        return res.copied
+        n = self._before_bad(offset, memoryview(buf).nbytes) if self._starts else None
+        return self._outcome(self._copy(buf, self._view, n, 0, offset), offset, "read")
 
     def read(self, n: int, offset: int = 0) -> bytes:
         """Up to n bytes from offset (fewer at a bad byte or the end of the file)."""
@@ -191,19 +198,8 @@ class MappedFile:
             raise ValueError(f"offset {offset} is outside the file (0..{self._size})")
         if offset == self._size:
             return 0
-        n = min(memoryview(data).nbytes, self._size - offset)
-        bad = self._bad_at_or_after(offset)
-        if bad is not None:
-            if bad[0] <= offset:
-                raise self._known_bad(bad[0], offset)
-            n = min(n, bad[0] - offset)
-        res = self._copy(self._view, data, n, offset, 0)
-        if res.__class__ is int:
-            return res
-        info = self._remember(res.fault, offset + res.fault.offset)
-        if res.copied == 0:
-            raise MemoryFaultError(info, f"{self.path}: write")
-        return res.copied
+        n = self._before_bad(offset, min(memoryview(data).nbytes, self._size - offset))
+        return self._outcome(self._copy(self._view, data, n, offset, 0), offset, "write")
 
     def scrub(self, progress: Callable[[int, int], object] | None = None
               ) -> list[tuple[int, int]]:

@@ -27,6 +27,28 @@ struct mcsafe_fault {
  * architecture's choice (mcsafe_copy_large). Measured in benchmarks/. */
 #define MCSAFE_SMALL_COPY 256
 
+/* The start of an assembly routine in arch/<arch>/copy.c: aligned, global
+ * but hidden (never exported from the extension), typed for the symbol table
+ * (extable reads function sizes from it). */
+#define MCSAFE_ASM_FUNC(name)                                                   \
+    "    .p2align 4\n"                                                          \
+    "    .globl " name "\n"                                                     \
+    "    .hidden " name "\n"                                                    \
+    "    .type " name ", %function\n"                                           \
+    name ":\n"
+
+/* The sites of the word path, the same labels on every architecture: each
+ * group of loads guards the source, each group of stores the destination;
+ * group and word faults finish in .Lfault_tail, byte faults in .Lbyte_fault.
+ * SITE(start, end, landing, side, name) is the architecture's extable_site. */
+#define MCSAFE_SMALL_COPY_SITES(SITE)                                           \
+    SITE(".Lgroup_ld", ".Lgroup_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "group_load")   \
+    SITE(".Lgroup_st", ".Lgroup_end", ".Lfault_tail", EXTABLE_SIDE_DST, "group_store") \
+    SITE(".Lword_ld", ".Lword_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "word_load")      \
+    SITE(".Lword_st", ".Lword_end", ".Lfault_tail", EXTABLE_SIDE_DST, "word_store")    \
+    SITE(".Lbyte_ld", ".Lbyte_st", ".Lbyte_fault", EXTABLE_SIDE_SRC, "byte_load")      \
+    SITE(".Lbyte_st", ".Lbyte_end", ".Lbyte_fault", EXTABLE_SIDE_DST, "byte_store")
+
 /* The per-architecture routines (arch/<arch>/copy.c). All return the number
  * of bytes NOT copied, as the kernel's copy_mc_* do. */
 void mcsafe_arch_init(void);

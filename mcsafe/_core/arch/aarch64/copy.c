@@ -33,11 +33,7 @@ EXTABLE_RESERVE(2048);
 __asm__(
     EXTABLE_ASM_MACROS
     "    .text\n"
-    "    .p2align 4\n"
-    "    .globl mcsafe_copy_bulk\n"
-    "    .hidden mcsafe_copy_bulk\n"
-    "    .type mcsafe_copy_bulk, %function\n"
-    "mcsafe_copy_bulk:\n"
+    MCSAFE_ASM_FUNC("mcsafe_copy_bulk")
     "    mov x5, #0\n"
     "    cmp x2, #64\n"
     "    b.lo .Lwords\n"
@@ -58,11 +54,7 @@ __asm__(
     SITE(".Lbulk_ld", ".Lbulk_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "bulk_load")
     SITE(".Lbulk_st", ".Lbulk_end", ".Lfault_tail", EXTABLE_SIDE_DST, "bulk_store")
 
-    "    .p2align 4\n"
-    "    .globl mcsafe_copy_small\n"
-    "    .hidden mcsafe_copy_small\n"
-    "    .type mcsafe_copy_small, %function\n"
-    "mcsafe_copy_small:\n"
+    MCSAFE_ASM_FUNC("mcsafe_copy_small")
     "    mov x5, #0\n"
     "    cmp x2, #32\n"
     "    b.lo .Lwords\n"
@@ -120,12 +112,7 @@ __asm__(
     "    mov x2, x6\n"
     "    b .Lbytes\n"
     "    .size mcsafe_copy_small, .-mcsafe_copy_small\n"
-    SITE(".Lgroup_ld", ".Lgroup_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "group_load")
-    SITE(".Lgroup_st", ".Lgroup_end", ".Lfault_tail", EXTABLE_SIDE_DST, "group_store")
-    SITE(".Lword_ld", ".Lword_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "word_load")
-    SITE(".Lword_st", ".Lword_end", ".Lfault_tail", EXTABLE_SIDE_DST, "word_store")
-    SITE(".Lbyte_ld", ".Lbyte_st", ".Lbyte_fault", EXTABLE_SIDE_SRC, "byte_load")
-    SITE(".Lbyte_st", ".Lbyte_end", ".Lbyte_fault", EXTABLE_SIDE_DST, "byte_store")
+    MCSAFE_SMALL_COPY_SITES(SITE)
 );
 
 void mcsafe_arch_init(void)

@@ -47,11 +47,7 @@ EXTABLE_RESERVE(2048);
  * fault to its tail, after vzeroupper (and sfence, so the non-temporal stores
  * are ordered before the tail rewrites any of them). */
 #define VEC_LOOP(fn, store, fence)                                              \
-    "    .p2align 4\n"                                                          \
-    "    .globl " fn "\n"                                                       \
-    "    .hidden " fn "\n"                                                      \
-    "    .type " fn ", @function\n"                                             \
-    fn ":\n"                                                                    \
+    MCSAFE_ASM_FUNC(fn)                                                         \
     "    mov %rcx, %r8\n"                                                       \
     "    mov %rdx, %rcx\n"                                                      \
     "    xor %edx, %edx\n"                                                      \
@@ -88,11 +84,7 @@ EXTABLE_RESERVE(2048);
 __asm__(
     EXTABLE_ASM_MACROS
     "    .text\n"
-    "    .p2align 4\n"
-    "    .globl mcsafe_copy_bulk\n"
-    "    .hidden mcsafe_copy_bulk\n"
-    "    .type mcsafe_copy_bulk, @function\n"
-    "mcsafe_copy_bulk:\n"
+    MCSAFE_ASM_FUNC("mcsafe_copy_bulk")
     "    mov %rcx, %r8\n"
     "    mov %rdx, %rcx\n"
     "    xor %edx, %edx\n"
@@ -104,11 +96,7 @@ __asm__(
     "    .size mcsafe_copy_bulk, .-mcsafe_copy_bulk\n"
     SITE(".Lrep", ".Lrep_end", ".Lfault_tail", EXTABLE_SIDE_BOTH, "rep_movsb")
 
-    "    .p2align 4\n"
-    "    .globl mcsafe_copy_small\n"
-    "    .hidden mcsafe_copy_small\n"
-    "    .type mcsafe_copy_small, @function\n"
-    "mcsafe_copy_small:\n"
+    MCSAFE_ASM_FUNC("mcsafe_copy_small")
     "    mov %rcx, %r8\n"
     "    mov %rdx, %rcx\n"
     "    xor %edx, %edx\n"
@@ -177,12 +165,7 @@ __asm__(
 
     VEC_LOOP("mcsafe_copy_avx2", "vmovdqu", "nop")
     VEC_LOOP("mcsafe_copy_avx2_nt", "vmovntdq", "sfence")
-    SITE(".Lgroup_ld", ".Lgroup_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "group_load")
-    SITE(".Lgroup_st", ".Lgroup_end", ".Lfault_tail", EXTABLE_SIDE_DST, "group_store")
-    SITE(".Lword_ld", ".Lword_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "word_load")
-    SITE(".Lword_st", ".Lword_end", ".Lfault_tail", EXTABLE_SIDE_DST, "word_store")
-    SITE(".Lbyte_ld", ".Lbyte_st", ".Lbyte_fault", EXTABLE_SIDE_SRC, "byte_load")
-    SITE(".Lbyte_st", ".Lbyte_end", ".Lbyte_fault", EXTABLE_SIDE_DST, "byte_store")
+    MCSAFE_SMALL_COPY_SITES(SITE)
 );
 
 size_t mcsafe_copy_avx2(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
