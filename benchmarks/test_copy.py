@@ -66,7 +66,7 @@ def test_copy(benchmark, peers, cysignals_peer, peer: str, size: int) -> None:
 
 
 @pytest.mark.parametrize("path", ["small", "bulk"])  # the candidates below 1 MiB
-@pytest.mark.parametrize("size", [32, 64, 128, 192, 256, 384, 512, 1024], ids=lambda s: f"{s}B")
+@pytest.mark.parametrize("size", [32, 64, 128, 256, 512, 1024, 2048, 4096], ids=lambda s: f"{s}B")
 def test_small_copy_threshold(benchmark, path: str, size: int) -> None:
     """Where the word path stops beating rep movsb (sets MCSAFE_SMALL_COPY).
 

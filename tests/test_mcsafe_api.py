@@ -17,7 +17,8 @@ def test_table_published_and_handler_installed() -> None:
     assert mcsafe.handler_installed()
 
 
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 31, 32, 33, 255, 256, 257, 4096, 65536, 1 << 20])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 31, 32, 33, 63, 64, 65, 255, 256, 1535, 1536, 1537,
+                               4096, 65536, 1 << 20, (1 << 20) + 7])
 def test_copies_exactly_n_bytes_on_both_paths(n: int) -> None:
     src = np.random.default_rng(n).integers(0, 256, n + 16, dtype=np.uint8).tobytes()
     dst = bytearray(b"\xee" * (n + 16))

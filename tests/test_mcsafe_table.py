@@ -25,7 +25,7 @@ def test_extension_table_verifies_and_names_the_copy_routines() -> None:
     assert run_cli("verify", EXT).returncode == 0
     d = json.loads(run_cli("dump", "--json", EXT, check=True).stdout)
     names = {e["descriptor"]["name"] for e in d["entries"]}
-    assert names == {"rep_movsb", "group_load", "group_store", "word_load", "word_store",
+    assert names == {"rep_movsb", "wide_load", "wide_store", "group_load", "group_store", "word_load", "word_store",
                      "byte_load", "byte_store", "mcsafe_copy_avx2_load", "mcsafe_copy_avx2_store",
                      "mcsafe_copy_avx2_nt_load", "mcsafe_copy_avx2_nt_store"}
     for e in d["entries"]:

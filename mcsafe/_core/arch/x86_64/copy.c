@@ -5,8 +5,9 @@
  *   mcsafe_copy_bulk:  one `rep movsb`. On a fault %rcx is the exact number
  *                      of bytes remaining (as in the kernel's
  *                      copy_mc_enhanced_fast_string).
- *   mcsafe_copy_small: 32-byte groups (four loads, then four stores), then
- *                      8-byte words, then bytes.
+ *   mcsafe_copy_small: 64-byte groups of SSE loads then stores, a 32-byte
+ *                      group (four loads, then four stores), 8-byte words,
+ *                      then bytes.
  *   mcsafe_copy_avx2:  128-byte groups of AVX2 loads then stores, for copies
  *                      above L2 size, where AMD's rep movsb falls behind
  *                      (glibc's rep_movsb_stop_threshold); and _nt, with
@@ -100,6 +101,25 @@ __asm__(
     "    mov %rcx, %r8\n"
     "    mov %rdx, %rcx\n"
     "    xor %edx, %edx\n"
+    "    cmp $64, %rcx\n"
+    "    jb .Lgroups\n"
+    ".Lwide_ld:\n"
+    "    movdqu (%rsi), %xmm0\n"
+    "    movdqu 16(%rsi), %xmm1\n"
+    "    movdqu 32(%rsi), %xmm2\n"
+    "    movdqu 48(%rsi), %xmm3\n"
+    ".Lwide_st:\n"
+    "    movdqu %xmm0, (%rdi)\n"
+    "    movdqu %xmm1, 16(%rdi)\n"
+    "    movdqu %xmm2, 32(%rdi)\n"
+    "    movdqu %xmm3, 48(%rdi)\n"
+    ".Lwide_end:\n"
+    "    add $64, %rsi\n"
+    "    add $64, %rdi\n"
+    "    sub $64, %rcx\n"
+    "    cmp $64, %rcx\n"
+    "    jae .Lwide_ld\n"
+    ".Lgroups:\n"
     "    cmp $32, %rcx\n"
     "    jb .Lwords\n"
     ".Lgroup:\n"
@@ -165,6 +185,8 @@ __asm__(
 
     VEC_LOOP("mcsafe_copy_avx2", "vmovdqu", "nop")
     VEC_LOOP("mcsafe_copy_avx2_nt", "vmovntdq", "sfence")
+    SITE(".Lwide_ld", ".Lwide_st", ".Lfault_tail", EXTABLE_SIDE_SRC, "wide_load")
+    SITE(".Lwide_st", ".Lwide_end", ".Lfault_tail", EXTABLE_SIDE_DST, "wide_store")
     MCSAFE_SMALL_COPY_SITES(SITE)
 );
 
