@@ -16,4 +16,4 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
