@@ -16,4 +16,6 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+scripts/arm64-sysroot.sh
+
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
