@@ -7,6 +7,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def largest_elf() -> str:
         found = glob.glob(f"{sysroot}/lib/librustc_driver-*.so")
         if found:
             return found[0]
-    libs = [p for p in glob.glob("/usr/lib/x86_64-linux-gnu/*.so*") if os.path.isfile(p)
+    triplet = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    libs = [p for p in glob.glob(f"/usr/lib/{triplet}/*.so*") if os.path.isfile(p)
             and not os.path.islink(p)]
     return max(libs, key=os.path.getsize)
 

@@ -14,15 +14,29 @@
 #include <ucontext.h>
 
 extern char bare_fault_insn[], bare_fault_resume[];
+#if defined(__x86_64__)
 __asm__(".text\n"
         ".globl bare_touch\n"
-        ".type bare_touch, @function\n"
+        ".type bare_touch, %function\n"
         "bare_touch:\n"
         "bare_fault_insn:\n"
         "    movb (%rdi), %al\n"
         "bare_fault_resume:\n"
         "    ret\n"
         ".size bare_touch, .-bare_touch\n");
+#define CONTEXT_PC(uc) (*(char **)&(uc)->uc_mcontext.gregs[REG_RIP])
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".globl bare_touch\n"
+        ".type bare_touch, %function\n"
+        "bare_touch:\n"
+        "bare_fault_insn:\n"
+        "    ldrb w1, [x0]\n"
+        "bare_fault_resume:\n"
+        "    ret\n"
+        ".size bare_touch, .-bare_touch\n");
+#define CONTEXT_PC(uc) (*(char **)&(uc)->uc_mcontext.pc)
+#endif
 void bare_touch(const void *p);
 
 static struct sigaction bare_prev;
@@ -30,8 +44,8 @@ static struct sigaction bare_prev;
 static void bare_handler(int sig, siginfo_t *info, void *ctx)
 {
     ucontext_t *uc = ctx;
-    if ((char *)uc->uc_mcontext.gregs[REG_RIP] == bare_fault_insn) {
-        uc->uc_mcontext.gregs[REG_RIP] = (greg_t)bare_fault_resume;
+    if (CONTEXT_PC(uc) == bare_fault_insn) {
+        CONTEXT_PC(uc) = bare_fault_resume;
         return;
     }
     /* not ours: hand over (the benchmark never gets here) */

@@ -267,6 +267,8 @@ SECTIONS = [
      "from the page cache."),
     ("Scrub", "scrub", "`scrub()` against a `readinto` loop, one pass over a file just opened."),
     ("The compiler", "symbols", "Function symbols of the largest ELF on the machine."),
+    ("The compiler", "build", "`extable build`'s work on the largest ELF: a rule over every "
+     "function, compiled and encoded (not written)."),
     ("The compiler", "compile", "Compiling a synthetic table of 1,000,000 entries."),
 ]
 

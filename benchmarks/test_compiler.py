@@ -48,6 +48,26 @@ def test_symbols_of_the_largest_elf(benchmark, peer: str) -> None:
         assert count > 1000
 
 
+def build_largest() -> int:
+    """extable build's work on the largest ELF: a rule over every function (each its own
+    landing pad, for timing only), compiled and encoded; nothing is written."""
+    from extable.compiler import build
+    from extable.sites import Rule
+    from extable.spec import load
+    from extable.table import encode
+
+    with ElfImage(BIG) as image:
+        result = build(image, load(None, image.machine), [Rule("*", "fixup", "{name}")])
+        return len(encode(result.table))
+
+
+def test_build_on_the_largest_elf(benchmark) -> None:
+    benchmark.group = "build"
+    benchmark.extra_info.update(peer="extable", file=BIG)
+    size = benchmark.pedantic(build_largest, rounds=3 if FULL else 1, iterations=1)
+    assert size > 48
+
+
 def million_sites() -> SiteSet:
     n = 1_000_000
     start = np.random.default_rng(0).permutation(n).astype(np.uint64) * 16 + 0x1000

@@ -27,12 +27,16 @@ SOURCE = r"""
 EXTABLE_RESERVE(%(reserve)d);
 __asm__(EXTABLE_ASM_MACROS
         ".text\n"
-        ".globl probe_read\n.type probe_read, @function\n"
+        ".globl probe_read\n.type probe_read, %%function\n"
+#if defined(__x86_64__)
         "probe_read:\n    xor %%eax, %%eax\n1:  movzbl (%%rdi), %%eax\n2:  ret\n"
+#else
+        "probe_read:\n    mov x1, x0\n    mov x0, #0\n1:  ldrb w0, [x1]\n2:  ret\n"
+#endif
         ".size probe_read, .-probe_read\n"
         "    extable_site 1b, 2b, 2b, data=0xfff20003\n"
-        ".globl filler\n.type filler, @function\n"
-        "filler:\n    .skip %(fill)d, 0xcc\n.size filler, .-filler\n");
+        ".globl filler\n.type filler, %%function\n"
+        "filler:\n    .skip %(fill)d, 0\n.size filler, .-filler\n");
 """
 
 

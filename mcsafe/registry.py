@@ -39,19 +39,24 @@ def _path_of(obj: ModuleOrPath) -> str:
 
 
 def _locate(path: str) -> tuple[int, int]:
-    """(address, size) of the loaded table section of the object at path."""
-    from extable.elf import ElfImage
-    from extable.errors import ExtableError
+    """(address, size) of the loaded table section of the object at path.
+
+    Only the section headers are read (pyelftools), so registering needs neither
+    numpy nor the rest of extable."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
 
     try:
-        with ElfImage(path) as image:
-            sec = image.section(TABLE_SECTION)
-            if sec is None or not sec.alloc:
+        with open(path, "rb") as f:
+            sec = ELFFile(f).get_section_by_name(TABLE_SECTION)
+            if sec is None or not sec["sh_flags"] & 0x2:          # SHF_ALLOC
                 raise TableError(f"{path}: no loaded {TABLE_SECTION!r} section: reserve one "
                                  "with EXTABLE_RESERVE() and run extable build")
-            vaddr, size = sec.addr, sec.size
-    except ExtableError as exc:
-        raise TableError(str(exc)) from None
+            vaddr, size = sec["sh_addr"], sec["sh_size"]
+    except OSError as exc:
+        raise TableError(f"{path}: cannot read: {exc.strerror}") from None
+    except (ELFError, ValueError, KeyError, IndexError) as exc:
+        raise TableError(f"{path}: not a readable ELF file: {exc}") from None
     base = _mcsafe._object_base(path)
     if base is None:
         try:

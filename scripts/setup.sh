@@ -4,7 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(gcc binutils gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+# The tests build fixtures and the C harness for both machines and run the
+# other machine's under qemu-user.
+case "$(uname -m)" in
+    aarch64) cross=(gcc-x86-64-linux-gnu libc6-dev-amd64-cross) ;;
+    *)       cross=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
+esac
+debs=(gcc binutils "${cross[@]}" qemu-user)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,12 @@ import pytest
 import extable
 
 FIXTURES = Path(__file__).parent / "fixtures"
-AARCH64_GCC = "aarch64-linux-gnu-gcc"
+HOST = platform.machine()
+#: A compiler for each machine the fixtures are built for: the host's own gcc,
+#: or Debian's cross compiler (scripts/setup.sh installs it).
+COMPILERS = {"x86_64": "gcc" if HOST == "x86_64" else "x86_64-linux-gnu-gcc",
+             "aarch64": "gcc" if HOST == "aarch64" else "aarch64-linux-gnu-gcc"}
+AARCH64_GCC = COMPILERS["aarch64"]
 
 
 def compile_so(source: Path, out: Path, cc: str = "gcc", extra: list[str] = ()) -> Path:
@@ -31,17 +37,24 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]
     return proc
 
 
+class Fixtures(dict):
+    """Compiled fixtures by name; one whose compiler is missing skips the test."""
+
+    def __missing__(self, name: str) -> Path:
+        pytest.skip(f"no compiler for fixture {name!r} on this machine "
+                    "(make test installs Debian's cross compilers)")
+
+
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
     """Fixture objects, compiled once per session."""
     d = tmp_path_factory.mktemp("fixtures")
-    out = {
-        "x86": compile_so(FIXTURES / "sites_x86_64.c", d / "sites_x86_64.so"),
-        "plain": compile_so(FIXTURES / "plain.c", d / "plain.so"),
-    }
-    if shutil.which(AARCH64_GCC):
-        out["arm"] = compile_so(FIXTURES / "sites_aarch64.c", d / "sites_aarch64.so",
-                                cc=AARCH64_GCC)
+    out = Fixtures(plain=compile_so(FIXTURES / "plain.c", d / "plain.so"))
+    for name, machine, source in (("x86", "x86_64", "sites_x86_64.c"),
+                                  ("arm", "aarch64", "sites_aarch64.c")):
+        if shutil.which(COMPILERS[machine]):
+            out[name] = compile_so(FIXTURES / source, d / source.replace(".c", ".so"),
+                                   cc=COMPILERS[machine])
     return out
 
 
@@ -49,8 +62,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def fresh(built: dict[str, Path], tmp_path: Path):
     """A writable copy of a fixture, by name."""
     def copy(name: str) -> Path:
-        if name not in built:
-            pytest.skip(f"{AARCH64_GCC} is not installed on this machine (make test installs it)")
         dst = tmp_path / built[name].name
         shutil.copyfile(built[name], dst)
         return dst

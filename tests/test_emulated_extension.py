@@ -83,3 +83,25 @@ def test_property_tests_pass_on_arm64(arm64_package) -> None:
     print(p.stdout[-2000:])
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert " passed" in p.stdout.splitlines()[-1] and "failed" not in p.stdout.splitlines()[-1]
+
+
+def test_another_module_registered_on_arm64(arm64_package) -> None:
+    so = arm64_package / "protected.so"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-shared", "-fPIC", "-I",
+                    extable.include_dir(), str(ROOT / "examples" / "protected" / "protected.c"),
+                    "-o", str(so)], check=True)
+    run_cli("build", so, "--in-place", check=True)
+    p = emulated(arm64_package, "-c", (
+        "import ctypes, mcsafe\nfrom mcsafe import inject\n"
+        f"lib = ctypes.CDLL({str(so)!r})\n"
+        "lib.probe_read.argtypes = [ctypes.c_void_p]; lib.probe_read.restype = ctypes.c_long\n"
+        "lib.sum_bytes.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]\n"
+        "lib.sum_bytes.restype = ctypes.c_size_t\n"
+        f"mcsafe.register({str(so)!r})\n"
+        "with inject.region('mprotect', 2, [1]) as r:\n"
+        "    r.buffer[inject.PAGE - 2:inject.PAGE] = bytes([5, 6])\n"
+        "    left = ctypes.c_size_t(0)\n"
+        "    total = lib.sum_bytes(r.address + inject.PAGE - 2, 10, ctypes.byref(left))\n"
+        "    print(lib.probe_read(r.address + inject.PAGE), total, left.value)\n"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["-14", "11", "8"]

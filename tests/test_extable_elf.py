@@ -6,6 +6,7 @@ import glob
 import json
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -14,10 +15,11 @@ from extable.elf import ElfImage
 
 
 def system_libraries() -> list[str]:
+    triplet = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
     found = []
-    for pattern in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libm.so.6",
-                    "/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libssl.so.3"):
-        found += glob.glob(pattern)
+    for pattern in ("/lib/{}/libc.so.6", "/lib/{}/libm.so.6", "/lib/{}/libz.so.1",
+                    "/usr/lib/{}/libssl.so.3"):
+        found += glob.glob(pattern.format(triplet))
     return found
 
 

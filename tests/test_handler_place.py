@@ -11,10 +11,14 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# rt_sigqueueinfo and rt_tgsigqueueinfo
+SYSCALLS = {"x86_64": (129, 297), "aarch64": (138, 240)}[__import__("platform").machine()]
 
 
 def child(*parts: str) -> subprocess.CompletedProcess[str]:
     code = "".join(textwrap.dedent(part) for part in parts)
+    code = code.replace("SYS_RT_TGSIGQUEUEINFO", str(SYSCALLS[1]))
+    code = code.replace("SYS_RT_SIGQUEUEINFO", str(SYSCALLS[0]))
     return subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, timeout=60, cwd=ROOT,
                           env={**os.environ, "PYTHONFAULTHANDLER": ""})
@@ -68,8 +72,8 @@ def test_ao_notice_is_logged_and_forwarded_not_claimed() -> None:
         info = struct.pack("iiii", signal.SIGBUS, 0, 5, 0) + struct.pack("Q", 0xdead000)
         info += bytes(128 - len(info))
         libc = ctypes.CDLL(None, use_errno=True)
-        rc = libc.syscall(297, os.getpid(), threading.get_native_id(), signal.SIGBUS,
-                          ctypes.c_char_p(info))        # rt_tgsigqueueinfo (297): to ourselves
+        rc = libc.syscall(SYS_RT_TGSIGQUEUEINFO, os.getpid(), threading.get_native_id(), signal.SIGBUS,
+                          ctypes.c_char_p(info))        # to ourselves
         print("rc", rc, ctypes.get_errno())
         print("claimed", mcsafe.claimed_faults() - claimed)
         print("hits", len(hits))
@@ -103,7 +107,7 @@ def test_ao_from_another_process_is_refused_by_the_kernel() -> None:
         target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
         info = struct.pack("iiii", signal.SIGBUS, 0, 5, 0) + bytes(112)
         libc = ctypes.CDLL(None, use_errno=True)
-        rc = libc.syscall(129, target.pid, signal.SIGBUS, ctypes.c_char_p(info))
+        rc = libc.syscall(SYS_RT_SIGQUEUEINFO, target.pid, signal.SIGBUS, ctypes.c_char_p(info))
         print(rc, ctypes.get_errno())
         target.kill()
     """)
@@ -115,7 +119,7 @@ def test_ao_with_default_previous_action_still_kills() -> None:
         import ctypes, os, signal, struct, threading, mcsafe
         info = struct.pack("iiii", signal.SIGBUS, 0, 5, 0) + struct.pack("Q", 0x1000)
         info += bytes(128 - len(info))
-        ctypes.CDLL(None).syscall(297, os.getpid(), threading.get_native_id(), signal.SIGBUS,
+        ctypes.CDLL(None).syscall(SYS_RT_TGSIGQUEUEINFO, os.getpid(), threading.get_native_id(), signal.SIGBUS,
                                   ctypes.c_char_p(info))
         print("survived", flush=True)
     """)

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "mcsafe" / "_core"
 CASES = 3000
 
-TARGETS = {
-    "x86_64": {"cc": "gcc", "run": [], "flags": []},
+TARGETS = {       # how to build and run for a machine that is not the host
+    "x86_64": {"cc": "x86_64-linux-gnu-gcc", "run": ["qemu-x86_64"], "flags": ["-static"]},
     "aarch64": {"cc": "aarch64-linux-gnu-gcc", "run": ["qemu-aarch64"], "flags": ["-static"]},
 }
 

@@ -15,11 +15,18 @@ EXTABLE_RESERVE(512);
 
 /* long probe_read(const unsigned char *p): the byte at p, or -EFAULT if
  * reading it faults. The load is one classic `errno` entry: on a fault the
- * runtime sets %rax to the entry's immediate (-EFAULT) and resumes at 2:. */
+ * runtime sets the return register (rax / x0, register 0 on both) to the
+ * entry's immediate (-EFAULT) and resumes at 2:.
+ *
+ * size_t sum_bytes(const unsigned char *p, size_t n, size_t *left): adds n
+ * bytes; on a fault stops and stores the bytes not read in *left. The loop's
+ * load is an extended `short_copy` entry naming the count register and the
+ * source cursor, so the runtime claims a fault only inside [src, src + count). */
+#if defined(__x86_64__)
 __asm__(EXTABLE_ASM_MACROS
         "    .text\n"
         "    .globl probe_read\n"
-        "    .type probe_read, @function\n"
+        "    .type probe_read, %function\n"
         "probe_read:\n"
         "    xor %eax, %eax\n"
         "1:  movzbl (%rdi), %eax\n"
@@ -27,14 +34,8 @@ __asm__(EXTABLE_ASM_MACROS
         "    .size probe_read, .-probe_read\n"
         /* classic data word: type 3 (errno), reg 0 (rax), imm -14 (-EFAULT) */
         "    extable_site 1b, 2b, 2b, data=0xfff20003\n"
-
-/* size_t sum_bytes(const unsigned char *p, size_t n, size_t *left): adds n
- * bytes; on a fault stops and stores the bytes not read in *left. The loop's
- * load is an extended `short_copy` entry naming %rsi as the count register
- * and %rdi as the source cursor, so the runtime claims a fault only inside
- * [rdi, rdi + rsi). */
         "    .globl sum_bytes\n"
-        "    .type sum_bytes, @function\n"
+        "    .type sum_bytes, %function\n"
         "sum_bytes:\n"
         "    xor %eax, %eax\n"
         "    test %rsi, %rsi\n"
@@ -47,4 +48,37 @@ __asm__(EXTABLE_ASM_MACROS
         "5:  mov %rsi, (%rdx)\n"
         "    ret\n"
         "    .size sum_bytes, .-sum_bytes\n"
+        /* count in rsi (6), source cursor in rdi (7) */
         "    extable_site 3b, 4b, 5b, kind=2, flags=1, side=1, reg=6, src=7, name=sum_load\n");
+#elif defined(__aarch64__)
+__asm__(EXTABLE_ASM_MACROS
+        "    .text\n"
+        "    .globl probe_read\n"
+        "    .type probe_read, %function\n"
+        "probe_read:\n"
+        "    mov x1, x0\n"
+        "    mov x0, #0\n"
+        "1:  ldrb w0, [x1]\n"
+        "2:  ret\n"
+        "    .size probe_read, .-probe_read\n"
+        /* classic data word: type 3 (errno), reg 0 (x0), imm -14 (-EFAULT) */
+        "    extable_site 1b, 2b, 2b, data=0xfff20003\n"
+        "    .globl sum_bytes\n"
+        "    .type sum_bytes, %function\n"
+        "sum_bytes:\n"
+        "    mov x3, x0\n"
+        "    mov x0, #0\n"
+        "    cbz x1, 5f\n"
+        "3:  ldrb w4, [x3]\n"
+        "4:  add x0, x0, x4\n"
+        "    add x3, x3, #1\n"
+        "    subs x1, x1, #1\n"
+        "    b.ne 3b\n"
+        "5:  str x1, [x2]\n"
+        "    ret\n"
+        "    .size sum_bytes, .-sum_bytes\n"
+        /* count in x1, source cursor in x3 */
+        "    extable_site 3b, 4b, 5b, kind=2, flags=1, side=1, reg=1, src=3, name=sum_load\n");
+#else
+#error "protected.c has routines for x86-64 and aarch64"
+#endif
