@@ -182,7 +182,9 @@ class MappedFile:
             if self._closed:
                 raise ValueError("I/O operation on closed MappedFile")
             return 0
-        n = self._before_bad(offset, memoryview(buf).nbytes) if self._starts else None
+        n = None
+        if self._starts:
+            n = self._before_bad(offset, min(memoryview(buf).nbytes, self._size - offset))
         return self._outcome(self._copy(buf, self._view, n, 0, offset), offset, "read")
 
     def read(self, n: int, offset: int = 0) -> bytes:

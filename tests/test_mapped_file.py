@@ -164,6 +164,12 @@ def test_concurrent_readers(tmp_path) -> None:
         errors: list[str] = []
 
         def reader(k: int) -> None:
+            try:
+                read_many(k)
+            except Exception as exc:  # noqa: BLE001 - any exception is a failure here
+                errors.append(f"{k}: {exc!r}")
+
+        def read_many(k: int) -> None:
             buf = bytearray(8 * PAGE)
             for i in range(200):
                 off = (k * 977 + i * 4099) % (64 * PAGE)
@@ -215,3 +221,13 @@ def test_scrub_of_a_sparse_multi_gib_file_keeps_memory_bounded(tmp_path) -> None
                          check=True, timeout=600).stdout.split()
     assert out[0] == "[]"
     assert int(out[1]) < 400 * 1024, f"peak RSS {int(out[1]) >> 10} MiB while scrubbing 3 GiB"
+
+
+def test_read_near_the_end_after_a_bad_range(tmp_path) -> None:
+    with bad_file("mprotect", tmp_path) as (mf, bad):
+        with pytest.raises(MemoryFaultError):
+            mf.readinto(bytearray(10), bad[0] * PAGE)          # remembers a bad range
+        off = NPAGES * PAGE - 1000
+        buf = bytearray(8 * PAGE)                               # larger than what is left
+        assert mf.readinto(buf, off) == 1000
+        assert buf[:1000] == inject.pattern(NPAGES * PAGE)[off:]
