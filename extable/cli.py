@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__, include_dir
 from .errors import CheckFailed, ExtableError
+
+if TYPE_CHECKING:
+    from .elf import ElfImage
+    from .table import Table
 
 EXIT_OK, EXIT_CHECK, EXIT_INPUT = 0, 1, 2
 
@@ -145,17 +149,16 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _entry_dict(image: object, table: object, i: int) -> dict[str, object]:
+def _entry_dict(image: ElfImage, table: Table, i: int) -> dict[str, object]:
     from .model import describe_data
 
-    e = table.entries[i]                                     # type: ignore[attr-defined]
+    e = table.entries[i]
     start, end, fixup, data = (int(e[k]) for k in ("start", "end", "fixup", "data"))
-    h = table.handler_of(data)                               # type: ignore[attr-defined]
+    h = table.handler_of(data)
     return {"index": i, "start": start, "end": end, "landing": fixup, "data": data,
-            "start_symbol": image.describe(start),           # type: ignore[attr-defined]
-            "landing_symbol": image.describe(fixup),         # type: ignore[attr-defined]
-            "handler": describe_data(table.machine, data, table.handlers),  # type: ignore
-            "descriptor": h.as_dict(table.machine) if h else None}  # type: ignore
+            "start_symbol": image.describe(start), "landing_symbol": image.describe(fixup),
+            "handler": describe_data(table.machine, data, table.handlers),
+            "descriptor": h.as_dict(table.machine) if h else None}
 
 
 def _entry_line(d: dict[str, object]) -> str:

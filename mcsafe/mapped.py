@@ -166,8 +166,9 @@ class MappedFile:
     def _outcome(self, res: int | CopyResult, offset: int, what: str) -> int:
         """The count of a copy at file offset; a fault is remembered, and is EIO if
         nothing was copied."""
-        if res.__class__ is int:
+        if isinstance(res, int):
             return res
+        assert res.fault is not None        # a short copy always carries its fault
         info = self._remember(res.fault, offset + res.fault.offset)
         if res.copied == 0:
             raise MemoryFaultError(info, f"{self.path}: {what}")
@@ -225,10 +226,11 @@ class MappedFile:
                 if bad is not None:
                     n = min(n, bad[0] - offset)
                 res = self._copy(buf, self._view, n, 0, offset)
-                if res.__class__ is int:
+                if isinstance(res, int):
                     self._drop(offset, n)
                     offset += n
                 else:
+                    assert res.fault is not None
                     self._remember(res.fault, offset + res.fault.offset)
                     self._drop(offset, res.copied)
                     offset += res.copied
