@@ -28,7 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="extable", description="Build, dump, verify and look up user-space "
-                "exception tables in ELF files.")
+                "exception tables in ELF files.",
+                epilog="exit codes: 0 success, 1 a check failed or nothing was found, "
+                "2 bad input or usage. docs/FORMAT.md describes the table.")
     p.add_argument("--version", action="version", version=f"extable {__version__}")
     p.add_argument("--include-dir", action="store_true",
                    help="print the folder holding extable.h and exit")
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="compile the table and write it into the ELF")
     b.add_argument("file")
     out = b.add_mutually_exclusive_group()
-    out.add_argument("-o", "--output", metavar="OUT")
+    out.add_argument("-o", "--output", metavar="OUT", help="write the result here")
     out.add_argument("--in-place", action="store_true", help="rewrite FILE itself")
     b.add_argument("--rule", action="append", default=[], metavar="GLOB=HANDLER[@LANDING]",
                    help="cover every function matching GLOB; LANDING defaults to {name}_fixup")
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--strict", action="store_true", help="a rule matching nothing is an error")
     b.add_argument("--no-records", action="store_true",
                    help="ignore the extable_sites records compiled into the file")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print a summary as JSON")
 
     for name, text in (("dump", "print the embedded table"),
                        ("verify", "check the embedded table against the file")):
