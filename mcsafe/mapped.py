@@ -50,6 +50,10 @@ class MappedFile:
         self._lock = threading.Lock()        # writers of the bad-range list only
         self._closed = False
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._starts)} bad ranges"
+        return f"<MappedFile {self.path!r} mode={self.mode!r} size={self._size} {state}>"
+
     # -- life cycle ----------------------------------------------------------
 
     def __enter__(self) -> MappedFile:

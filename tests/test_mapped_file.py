@@ -137,6 +137,8 @@ def test_plain_reads_and_edges(tmp_path) -> None:
         with pytest.raises(ValueError):
             mf.readinto(bytearray(4), -1)
         assert mf.bad_ranges() == []
+        assert repr(mf).endswith(f"mode='r' size={len(data)} 0 bad ranges>")
+    assert repr(mf).endswith("closed>")
     with pytest.raises(ValueError):
         mf.read(1, 0)
     (tmp_path / "empty").write_bytes(b"")
