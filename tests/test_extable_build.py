@@ -203,3 +203,30 @@ def test_a_million_entries_compile_and_round_trip() -> None:
     assert np.array_equal(back.entries, t.entries) and back.handlers == t.handlers
     assert back.lookup(0x2000 + 16 * 777 + 3) == 777
     assert back.lookup(0x2000 + 16 * 777 + 9) is None
+
+
+def test_et_exec_non_pie_executable(tmp_path) -> None:
+    """ET_EXEC: link-time addresses are absolute (load base 0)."""
+    src = tmp_path / "exe.c"
+    src.write_text((FIXTURES / "sites_x86_64.c").read_text() + "\nint main(void) { return 0; }\n")
+    exe = tmp_path / "exe"
+    from conftest import COMPILERS
+    import shutil
+    import subprocess
+
+    import extable
+
+    if not shutil.which(COMPILERS["x86_64"]):
+        pytest.skip(f"{COMPILERS['x86_64']} is not installed on this machine")
+    subprocess.run([COMPILERS["x86_64"], "-O2", "-no-pie", "-I", extable.include_dir(),
+                    str(src), "-o", str(exe)], check=True)
+    with ElfImage(exe) as image:
+        assert image.type == 2                                 # ET_EXEC
+    run_cli("build", exe, "--in-place", "--rule", "copy_word=errno", check=True)
+    assert run_cli("verify", exe).returncode == 0
+    d = dump(exe)
+    assert d["self_vaddr"] >= 0x400000
+    assert {e["start_symbol"] for e in d["entries"]} == {"fx_copy+0x3", "fx_load", "copy_word"}
+    assert all(e["start"] >= 0x400000 for e in d["entries"])
+    if __import__("platform").machine() == "x86_64":
+        assert subprocess.run([str(exe)]).returncode == 0      # still runs after the edit
