@@ -305,13 +305,6 @@ def buffer_address(obj):
         PyBuffer_Release(&b)
 
 
-def own_table_address():
-    """(address, size) of this module's reserved table section."""
-    cdef size_t size
-    cdef const void *p = mcsafe_own_table(&size)
-    return <uintptr_t>p, size
-
-
 cdef void _register_own():
     global _own_status, _own_ok
     cdef char err[256]

@@ -53,7 +53,7 @@ def show_table() -> None:
 def read_through(buffer: memoryview, size: int, chunk: int) -> list[tuple[int, int]]:
     """Read a region chunk by chunk; at a fault, note the bad page and go on after it."""
     out = bytearray(chunk)
-    bad: list[tuple[int, int]] = []
+    bad_pages: list[int] = []
     offset = 0
     while offset < size:
         want = min(chunk, size - offset)
@@ -66,13 +66,10 @@ def read_through(buffer: memoryview, size: int, chunk: int) -> list[tuple[int, i
         sig = signal.Signals(f.signal).name
         print(f"  read {want:6d} bytes at {offset:#07x}: SHORT, {res.copied} bytes, "
               f"{sig} code {f.code} at {f.address:#x} (offset {offset + f.offset:#07x})")
-        page = (offset + f.offset) // PAGE * PAGE
-        if bad and bad[-1][1] == page:
-            bad[-1] = (bad[-1][0], page + PAGE)
-        else:
-            bad.append((page, page + PAGE))
-        offset = page + PAGE
-    return bad
+        page = (offset + f.offset) // PAGE
+        bad_pages.append(page)
+        offset = (page + 1) * PAGE
+    return inject.page_ranges(bad_pages)
 
 
 def show_poison() -> None:
@@ -126,8 +123,7 @@ def show_mapped_file() -> None:
             found = mf.scrub()
             print(f"  scrub():   {_ranges(found)}  ({mcsafe.claimed_faults() - before} new "
                   "faults: pages already seen were skipped, not touched)")
-            made = inject.Region("uffd", mf.address, npages, bad, 0, (), memoryview(b""))
-            print(f"  poisoned:  {_ranges(made.bad_ranges())}")
+            print(f"  poisoned:  {_ranges(inject.page_ranges(bad))}")
     finally:
         os.close(fd)
 

@@ -73,6 +73,17 @@ UFFDIO_REGISTER = _iowr(0x00, 32)   # { struct uffdio_range range; u64 mode, ioc
 UFFDIO_POISON = _iowr(0x08, 32)     # { struct uffdio_range range; u64 mode; s64 updated; }
 
 
+def page_ranges(pages: Sequence[int]) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) covering the given page numbers, merged and sorted."""
+    out: list[tuple[int, int]] = []
+    for p in sorted(set(pages)):
+        if out and out[-1][1] == p * PAGE:
+            out[-1] = (out[-1][0], (p + 1) * PAGE)
+        else:
+            out.append((p * PAGE, (p + 1) * PAGE))
+    return out
+
+
 class InjectionUnavailable(OSError):
     """This machine cannot inject faults that way; the message says why."""
 
@@ -102,13 +113,7 @@ class Region:
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         """Bad byte ranges [start, end), merged and sorted."""
-        out: list[tuple[int, int]] = []
-        for p in self.bad_pages:
-            if out and out[-1][1] == p * PAGE:
-                out[-1] = (out[-1][0], (p + 1) * PAGE)
-            else:
-                out.append((p * PAGE, (p + 1) * PAGE))
-        return out
+        return page_ranges(self.bad_pages)
 
     def first_bad(self, offset: int) -> int | None:
         """Offset of the first bad byte at or after offset."""

@@ -55,13 +55,7 @@ def bad_file(method: str, tmp_path, npages: int = NPAGES, bad: list[int] = BAD):
 
 
 def ranges(pages: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for p in sorted(pages):
-        if out and out[-1][1] == p * PAGE:
-            out[-1] = (out[-1][0], (p + 1) * PAGE)
-        else:
-            out.append((p * PAGE, (p + 1) * PAGE))
-    return out
+    return inject.page_ranges(pages)
 
 
 METHODS = ["uffd", "truncate", "mprotect", "madvise"]

@@ -13,6 +13,11 @@
 
 EXTABLE_RESERVE(512);
 
+/* The directives around each routine: a global function with a size, so that
+ * `extable dump` can name addresses as symbol+offset. */
+#define FUNC(name) "    .globl " name "\n    .type " name ", %function\n" name ":\n"
+#define END(name)  "    .size " name ", .-" name "\n"
+
 /* long probe_read(const unsigned char *p): the byte at p, or -EFAULT if
  * reading it faults. The load is one classic `errno` entry: on a fault the
  * runtime sets the return register (rax / x0, register 0 on both) to the
@@ -25,18 +30,14 @@ EXTABLE_RESERVE(512);
 #if defined(__x86_64__)
 __asm__(EXTABLE_ASM_MACROS
         "    .text\n"
-        "    .globl probe_read\n"
-        "    .type probe_read, %function\n"
-        "probe_read:\n"
+        FUNC("probe_read")
         "    xor %eax, %eax\n"
         "1:  movzbl (%rdi), %eax\n"
         "2:  ret\n"
-        "    .size probe_read, .-probe_read\n"
+        END("probe_read")
         /* classic data word: type 3 (errno), reg 0 (rax), imm -14 (-EFAULT) */
         "    extable_site 1b, 2b, 2b, data=0xfff20003\n"
-        "    .globl sum_bytes\n"
-        "    .type sum_bytes, %function\n"
-        "sum_bytes:\n"
+        FUNC("sum_bytes")
         "    xor %eax, %eax\n"
         "    test %rsi, %rsi\n"
         "    jz 5f\n"
@@ -47,25 +48,21 @@ __asm__(EXTABLE_ASM_MACROS
         "    jnz 3b\n"
         "5:  mov %rsi, (%rdx)\n"
         "    ret\n"
-        "    .size sum_bytes, .-sum_bytes\n"
+        END("sum_bytes")
         /* count in rsi (6), source cursor in rdi (7) */
         "    extable_site 3b, 4b, 5b, kind=2, flags=1, side=1, reg=6, src=7, name=sum_load\n");
 #elif defined(__aarch64__)
 __asm__(EXTABLE_ASM_MACROS
         "    .text\n"
-        "    .globl probe_read\n"
-        "    .type probe_read, %function\n"
-        "probe_read:\n"
+        FUNC("probe_read")
         "    mov x1, x0\n"
         "    mov x0, #0\n"
         "1:  ldrb w0, [x1]\n"
         "2:  ret\n"
-        "    .size probe_read, .-probe_read\n"
+        END("probe_read")
         /* classic data word: type 3 (errno), reg 0 (x0), imm -14 (-EFAULT) */
         "    extable_site 1b, 2b, 2b, data=0xfff20003\n"
-        "    .globl sum_bytes\n"
-        "    .type sum_bytes, %function\n"
-        "sum_bytes:\n"
+        FUNC("sum_bytes")
         "    mov x3, x0\n"
         "    mov x0, #0\n"
         "    cbz x1, 5f\n"
@@ -76,7 +73,7 @@ __asm__(EXTABLE_ASM_MACROS
         "    b.ne 3b\n"
         "5:  str x1, [x2]\n"
         "    ret\n"
-        "    .size sum_bytes, .-sum_bytes\n"
+        END("sum_bytes")
         /* count in x1, source cursor in x3 */
         "    extable_site 3b, 4b, 5b, kind=2, flags=1, side=1, reg=1, src=3, name=sum_load\n");
 #else
