@@ -132,3 +132,24 @@ def test_cython_module_cimports_the_nogil_copy(tmp_path) -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"({2 * PAGE}, 1)"
+
+
+def test_fault_outside_the_named_buffers_is_not_claimed(tmp_path) -> None:
+    """The PC is covered, the signal is the kernel's, but the address lies outside the
+    buffer the entry's registers name: not attributable, so the process dies of it."""
+    so = compile_so(ROOT / "tests" / "fixtures" / "misattributed.c", tmp_path / "mis.so")
+    run_cli("build", so, "--in-place", check=True)
+    code = (f"import ctypes, mcsafe\nfrom mcsafe import inject\n"
+            f"lib = ctypes.CDLL({str(so)!r})\nmcsafe.register({str(so)!r})\n"
+            "f = lib.misattributed\n"
+            "f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]\n"
+            "with inject.region('mprotect', 2, [1]) as r:\n"
+            "    bad = r.address + inject.PAGE\n"
+            "    f(bad, 64, bad)                        # inside the named buffer: claimed\n"
+            "    print('claimed', mcsafe.claimed_faults(), flush=True)\n"
+            "    f(r.address, 64, bad)                  # outside it: not ours\n"
+            "    print('survived', flush=True)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**__import__("os").environ, "PYTHONFAULTHANDLER": ""})
+    assert p.stdout.split() == ["claimed", "1"], p.stderr
+    assert p.returncode == -11

@@ -183,3 +183,38 @@ def test_chaining_to_a_handler_that_longjmps_keeps_working(tmp_path) -> None:
     """)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split("\n")[:6] == ["cysignals raised", "mcsafe 4096"] * 3
+
+
+def test_queued_signal_naming_the_copy_buffer_is_not_claimed() -> None:
+    # A user-sent SIGBUS (SI_QUEUE) whose si_addr points into the copy under way,
+    # sent to the copying thread while it sits in rep movsb (thousands of copies in
+    # one nogil call): only the kernel's word counts, so it is not claimed and the
+    # process dies of it, as it would without mcsafe.
+    import platform as _platform
+
+    syscall = {"x86_64": 297, "aarch64": 240}[_platform.machine()]   # rt_tgsigqueueinfo
+    p = child(f"""
+        import ctypes, os, signal, struct, threading, time, mcsafe
+        size = 1 << 20
+        src, dst = bytes(size), bytearray(size)
+        target = mcsafe._mcsafe.buffer_address(dst) + size - 1
+        ready = threading.Event()
+
+        def copy_many():
+            ready.set()
+            mcsafe._mcsafe._copy_path("bulk", dst, src, 20000)
+
+        t = threading.Thread(target=copy_many)
+        t.start()
+        ready.wait()
+        time.sleep(0.05)
+        info = struct.pack("iiii", signal.SIGBUS, 0, -1, 0) + struct.pack("Q", target)
+        info += bytes(128 - len(info))
+        rc = ctypes.CDLL(None).syscall({syscall}, os.getpid(), t.native_id, signal.SIGBUS,
+                                       ctypes.c_char_p(info))
+        assert rc == 0
+        t.join()
+        print("survived", mcsafe.claimed_faults(), flush=True)
+    """)
+    assert p.returncode == -signal.SIGBUS, p.stdout + p.stderr
+    assert "survived" not in p.stdout
