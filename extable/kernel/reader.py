@@ -59,18 +59,30 @@ class Opened:
         return (self.namer.symbols(t.insn_sec, t.insn_off),
                 self.namer.symbols(t.fixup_sec, t.fixup_off))
 
-    def location(self, field: str, i: int) -> dict[str, object]:
-        assert self.table is not None
+    @cached_property
+    def _columns(self) -> dict[str, tuple[list[int], list[int], list[int] | None]]:
+        """Per field: section indices, offsets, addresses as Python lists (one conversion)."""
         t = self.table
-        sec, off, addr = ((t.insn_sec, t.insn_off, t.insn_addr) if field == "insn"
-                          else (t.fixup_sec, t.fixup_off, t.fixup_addr))
-        s = int(sec[i])
-        out: dict[str, object] = {"section": self.image.sections[s].name if s >= 0 else None,
-                                  "offset": int(off[i]) if s >= 0 else None}
-        if addr is not None:
-            out["address"] = int(addr[i])
+        assert t is not None
+        return {"insn": (t.insn_sec.tolist(), t.insn_off.tolist(),
+                         None if t.insn_addr is None else t.insn_addr.tolist()),
+                "fixup": (t.fixup_sec.tolist(), t.fixup_off.tolist(),
+                          None if t.fixup_addr is None else t.fixup_addr.tolist())}
+
+    def location(self, field: str, i: int) -> dict[str, object]:
+        """``{"section", "offset"[, "address"], "symbol"}`` of an entry's insn or fixup."""
+        secs, offs, addrs = self._columns[field]
+        s = secs[i]
+        out: dict[str, object] = {"section": self._section_names[s] if s >= 0 else None,
+                                  "offset": offs[i] if s >= 0 else None}
+        if addrs is not None:
+            out["address"] = addrs[i]
         out["symbol"] = self.symbols[0 if field == "insn" else 1][i]
         return out
+
+    @cached_property
+    def _section_names(self) -> list[str]:
+        return [s.name for s in self.image.sections]
 
     def where(self, field: str, i: int) -> str:
         """``.text+0x1a3 <foo+0x13>`` (module) or ``0xffffffff81001234 <foo+0x13>`` (image)."""
