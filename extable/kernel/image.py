@@ -3,6 +3,11 @@
 pyelftools reads the headers; the bulk arrays (symbols, relocations, the
 table itself) are numpy views of the mapping, so a 600 MB vmlinux costs its
 section headers plus the pages of the arrays actually read.
+
+Kept apart from :mod:`extable.elf` on purpose: that reader refuses ET_REL and
+checks what the user-space compiler needs; this one needs ``sh_info`` (which
+section a relocation section applies to), relocatable objects and compressed
+input, and must not change when the other one does.
 """
 
 from __future__ import annotations
