@@ -191,3 +191,27 @@ def test_linked_image_must_be_sorted(tmp_path: Path, arch: str, asm: str) -> Non
         assert [e["index"] for e in extable_json("lookup", image, "probe")["entries"]] == [1]
     else:
         assert run_cli("lookup", image, "probe").returncode == 1
+
+
+def test_lookup_of_an_ambiguous_static_name(tmp_path: Path) -> None:
+    """ld -r of two objects can leave two static functions of one name: say so, do not guess."""
+    asm = X86_GOOD + r"""
+.text
+.type dup, @function
+dup: ret
+.size dup, .-dup
+.section .text.unlikely,"ax"
+.type dup_b, @function
+dup_b: ret
+.size dup_b, .-dup_b
+"""
+    obj = assemble(tmp_path, "x86_64", "dup", asm)
+    # one .s cannot define a name twice: rename dup_b to dup in the string table
+    data = bytearray(obj.read_bytes())
+    at = data.find(b"\0dup_b\0")
+    data[at + 1:at + 6] = b"dup\0\0"
+    obj.write_bytes(bytes(data))
+    p = run_cli("lookup", obj, "dup")
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == (f"extable: {obj}: dup: 2 symbols are called 'dup' "
+                                "(.text+0xb, .text.unlikely+0x6); give SECTION+OFF")
