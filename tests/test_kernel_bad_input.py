@@ -84,3 +84,11 @@ def test_our_own_format_is_untouched(built) -> None:
     """A shared object of ours still goes to the user-space reader."""
     p = run_cli("dump", built["plain"])
     assert "linux-" not in p.stdout + p.stderr
+
+
+def test_gzip_module(tmp_path: Path) -> None:
+    import gzip
+    gz = tmp_path / "kvm-amd.ko.gz"
+    gz.write_bytes(gzip.compress(lzma.decompress(KVM.read_bytes())))
+    p = run_cli("dump", gz)
+    assert p.returncode == 0 and p.stdout.splitlines()[0].endswith("5.17+ types, 19 entries")

@@ -215,3 +215,13 @@ dup_b: ret
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip() == (f"extable: {obj}: dup: 2 symbols are called 'dup' "
                                 "(.text+0xb, .text.unlikely+0x6); give SECTION+OFF")
+
+
+def test_no_version_uses_the_newest_table_and_says_so(tmp_path: Path) -> None:
+    obj = assemble(tmp_path, "x86_64", "nover", X86_GOOD, vermagic=None)
+    p = run_cli("verify", obj)
+    assert p.returncode == 0
+    assert p.stderr == (f"extable: note: {obj}: kernel version unknown; "
+                        "using the 6.10+ types\n")
+    d = extable_json("dump", obj)
+    assert (d["kernel"], d["kernel_source"], d["types"]) == (None, "unknown", "6.10")
