@@ -49,7 +49,6 @@ class X86Usage:
     reg: str = NONE                  # NONE: must be 0; WRITE: the handler sets it; READ
     imm: bool = False                # False: must be 0
     imm_values: tuple[int, ...] = ()  # when not empty, the only values the kernel emits
-    split: bool = True               # False (5.16): the whole word is the type
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,7 @@ class TypeTable:
     names: Mapping[int, str]
     usage: Mapping[str, X86Usage | Arm64Usage] = field(default_factory=dict)
     source: str = ""
+    fields: bool = True     # x86 before 5.17: False, the whole data word is the type
 
     @property
     def label(self) -> str:
@@ -107,9 +107,8 @@ _X86_FIELDS: dict[str, X86Usage] = {
 }
 
 
-def _x86_usage(names: Mapping[int, str], split: bool) -> dict[str, X86Usage | Arm64Usage]:
-    return {n: _X86_FIELDS.get(n, X86Usage()) if split else X86Usage(split=False)
-            for n in names.values()}
+def _x86_usage(names: Mapping[int, str]) -> dict[str, X86Usage | Arm64Usage]:
+    return {n: _X86_FIELDS.get(n, X86Usage()) for n in names.values()}
 
 
 #: The IMM_REG spellings of extable_fixup_types.h, by immediate.
@@ -134,13 +133,13 @@ _ARM64_USAGE: dict[str, X86Usage | Arm64Usage] = {
     "LOAD_UNALIGNED_ZEROPAD": _ARM64_ZEROPAD}
 
 TABLES: tuple[TypeTable, ...] = (
-    TypeTable("x86_64", (5, 16), _X86_516, _x86_usage(_X86_516, split=False),
-              "v5.16 extable_fixup_types.h (tglx, x86/fpu + MCE_SAFE)"),
-    TypeTable("x86_64", (5, 17), _X86_517, _x86_usage(_X86_517, split=True),
+    TypeTable("x86_64", (5, 16), _X86_516, {n: X86Usage() for n in _X86_516.values()},
+              "v5.16 extable_fixup_types.h (tglx, x86/fpu + MCE_SAFE)", fields=False),
+    TypeTable("x86_64", (5, 17), _X86_517, _x86_usage(_X86_517),
               "v5.17..v6.8 extable_fixup_types.h (peterz, extend extable functionality)"),
-    TypeTable("x86_64", (6, 9), _X86_69, _x86_usage(_X86_69, split=True),
+    TypeTable("x86_64", (6, 9), _X86_69, _x86_usage(_X86_69),
               "v6.9 extable_fixup_types.h (FRED: ERETU)"),
-    TypeTable("x86_64", (6, 10), _X86_610, _x86_usage(_X86_610, split=True),
+    TypeTable("x86_64", (6, 10), _X86_610, _x86_usage(_X86_610),
               "mainline extable_fixup_types.h (EX_TYPE_COPY unused)"),
     TypeTable("arm64", (5, 16), _ARM64_516, _ARM64_USAGE,
               "v5.16 asm-extable.h (mark rutland, extable types)"),

@@ -22,23 +22,21 @@ def _usage(types: TypeTable, name: str | None) -> X86Usage:
     return u if isinstance(u, X86Usage) else X86Usage()
 
 
-def _split(types: TypeTable) -> bool:
-    return all(u.split for u in types.usage.values() if isinstance(u, X86Usage))
-
-
 def kinds(word: np.ndarray, types: TypeTable) -> np.ndarray:
     """The type number of each entry."""
-    return (word & 0xFF if _split(types) else word).astype(np.int64)
+    return (word & 0xFF if types.fields else word).astype(np.int64)
 
 
 def _fields(word: int) -> tuple[int, int, int, int]:
+    """(type, reg, flags, signed imm) of a 5.17+ data word."""
     imm = word >> 16
-    return word & 0xFF, (word >> 8) & 0xF, (word >> 12) & 0xF, imm - (1 << 16) if imm & 0x8000 else imm
+    return (word & 0xFF, (word >> 8) & 0xF, (word >> 12) & 0xF,
+            imm - (1 << 16) if imm & 0x8000 else imm)
 
 
 def decode(word: int, types: TypeTable) -> dict[str, object]:
     """The entry's type and fields, as dump shows them."""
-    if not _split(types):
+    if not types.fields:
         return {"type": types.name(word), "type_number": word, "data": word}
     kind, reg, flags, imm = _fields(word)
     name = types.name(kind)
@@ -70,7 +68,7 @@ def text(d: dict[str, object]) -> str:
 def check_fields(word: np.ndarray, types: TypeTable) -> list[tuple[int, str]]:
     """(index, problem) for every register, flag or immediate the type does not allow."""
     out: list[tuple[int, str]] = []
-    if not _split(types):
+    if not types.fields:
         return out
     kind = word & 0xFF
     reg = (word >> 8) & 0xF
