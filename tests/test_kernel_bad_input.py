@@ -92,3 +92,24 @@ def test_gzip_module(tmp_path: Path) -> None:
     gz.write_bytes(gzip.compress(lzma.decompress(KVM.read_bytes())))
     p = run_cli("dump", gz)
     assert p.returncode == 0 and p.stdout.splitlines()[0].endswith("5.17+ types, 19 entries")
+
+
+def test_file_truncated_while_being_read(tmp_path: Path) -> None:
+    """Another process truncates the module after we opened it: an error, not a SIGBUS."""
+    import subprocess
+    import sys
+    ko = decompress(KVM, tmp_path / "kvm-amd.ko")
+    code = ("import os, sys\n"
+            "from extable.errors import ExtableError\n"
+            "from extable.kernel import module, x86_64\n"
+            "from extable.kernel.image import KernelImage\n"
+            "image = KernelImage(sys.argv[1])\n"
+            "os.truncate(sys.argv[1], image.section('__ex_table').offset + 12)\n"
+            "try:\n"
+            "    module.read(image, x86_64)\n"
+            "except ExtableError as exc:\n"
+            "    print(exc)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(ko)], capture_output=True, text=True)
+    assert p.returncode == 0, p        # a mapping would have died of SIGBUS here (-7)
+    assert p.stdout.startswith(f"{ko}: the file ends at ")
+    assert p.stdout.rstrip().endswith("was it truncated while being read?")

@@ -1,8 +1,9 @@
 """The ELF side of a kernel object: sections, symbols, the kernel version.
 
 pyelftools reads the headers; the bulk arrays (symbols, relocations, the
-table itself) are numpy views of the mapping, so a 600 MB vmlinux costs its
-section headers plus the pages of the arrays actually read.
+table itself) are numpy arrays over the bytes of just those sections, read
+with ``pread``, so a 600 MB vmlinux costs its section headers plus the few
+sections used, and a file truncated under us is an error, not a SIGBUS.
 
 Kept apart from :mod:`extable.elf` on purpose: that reader refuses ET_REL and
 checks what the user-space compiler needs; this one needs ``sh_info`` (which
@@ -81,7 +82,7 @@ class KernelImage:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.source = Source(path)
         self.path = self.source.path
-        self.data = self.source.data
+        self._bytes: dict[int, bytes] = {}
         try:
             self._parse()
         except ExtableError:
@@ -105,7 +106,8 @@ class KernelImage:
         return ExtableError(message, self.path)
 
     def _parse(self) -> None:
-        data, size = self.data, len(self.data)
+        size = self.source.size
+        data = self.source.pread(min(64, size), 0)
         what = f"{self.source.compression}-compressed data" if self.source.compression else "file"
         if size < 64 or data[:4] != b"\x7fELF":
             raise self.error(f"{what} is not an ELF file")
@@ -152,17 +154,23 @@ class KernelImage:
         if section.size % dtype.itemsize:
             raise self.error(f"{section.name}: size {section.size} is not a multiple of "
                              f"{dtype.itemsize}")
-        return np.frombuffer(self.data, dtype, count=section.size // dtype.itemsize,
-                             offset=section.offset)
+        return np.frombuffer(self.section_bytes(section), dtype)
+
+    def section_bytes(self, section: Section) -> bytes:
+        """The section's bytes, read once."""
+        if section.index not in self._bytes:
+            self._bytes[section.index] = (b"" if section.type == SHT_NOBITS else
+                                          self.source.pread(section.size, section.offset))
+        return self._bytes[section.index]
 
     def cstring(self, section: Section, offset: int) -> str:
         if offset >= section.size:
             raise self.error(f"{section.name}: string offset {offset} out of range")
-        start = section.offset + offset
-        end = self.data.find(b"\0", start, section.offset + section.size)
+        blob = self.section_bytes(section)
+        end = blob.find(b"\0", offset)
         if end < 0:
             raise self.error(f"{section.name}: string at {offset} is not terminated")
-        return bytes(self.data[start:end]).decode("utf-8", "surrogateescape")
+        return blob[offset:end].decode("utf-8", "surrogateescape")
 
     @cached_property
     def symtab(self) -> tuple[np.ndarray, Section] | None:
@@ -204,12 +212,12 @@ class KernelImage:
             return []
         raw, strtab = self.symtab
         needle = name.encode("utf-8", "surrogateescape") + b"\0"
-        blob_start, blob_end = strtab.offset, strtab.offset + strtab.size
+        blob = self.section_bytes(strtab)
         offsets = []
-        at = self.data.find(needle, blob_start, blob_end)
+        at = blob.find(needle)
         while at >= 0:
-            offsets.append(at - blob_start)
-            at = self.data.find(needle, at + 1, blob_end)
+            offsets.append(at)
+            at = blob.find(needle, at + 1)
         hits = raw[np.isin(raw["name"], np.array(offsets, dtype=np.uint32))
                    & (raw["shndx"] != SHN_UNDEF) & (raw["shndx"] < len(self.sections))]
         out = []
@@ -227,22 +235,29 @@ class KernelImage:
             modinfo = self.section(".modinfo")
             if modinfo is None or modinfo.type == SHT_NOBITS:
                 return None
-            lo, hi = modinfo.offset, modinfo.offset + modinfo.size
-            at = self.data.find(b"vermagic=", lo, hi)
+            blob = self.section_bytes(modinfo)
+            at = blob.find(b"vermagic=")
             if at < 0:
                 return None
-            end = self.data.find(b"\0", at, hi)
-            text = bytes(self.data[at + 9:end if end >= 0 else hi]).decode("utf-8", "replace")
-            return text.split()[0] if text.split() else None
+            end = blob.find(b"\0", at)
+            words = blob[at + 9:end if end >= 0 else None].decode("utf-8", "replace").split()
+            return words[0] if words else None
         rodata = self.section(".rodata")
         lo, hi = ((rodata.offset, rodata.offset + rodata.size)
-                  if rodata is not None and rodata.type != SHT_NOBITS else (0, len(self.data)))
-        at = self.data.find(b"Linux version ", lo, hi)
-        while at >= 0:
-            m = _VERSION.match(self.data[at + 14:at + 14 + 128])
-            if m:
-                return m.group(0).decode("utf-8", "replace")
-            at = self.data.find(b"Linux version ", at + 1, hi)
+                  if rodata is not None and rodata.type != SHT_NOBITS else (0, self.source.size))
+        return self._banner(lo, hi)
+
+    def _banner(self, lo: int, hi: int) -> str | None:
+        """The release in the first ``Linux version N.M...`` between two file offsets."""
+        chunk, overlap = 8 << 20, 256
+        for start in range(lo, hi, chunk):
+            blob = self.source.pread(min(chunk + overlap, hi - start), start)
+            at = blob.find(b"Linux version ")
+            while at >= 0:
+                m = _VERSION.match(blob, at + 14)
+                if m and m.end() < len(blob):
+                    return m.group(0).decode("utf-8", "replace")
+                at = blob.find(b"Linux version ", at + 1)
         return None
 
 

@@ -1,16 +1,16 @@
 """Opening a kernel object: plain, or compressed as distributions ship modules.
 
 The compression is told by the file's first bytes, never by its name. A
-compressed file is streamed into an unlinked temporary file and that is
-mapped, so neither the compressed nor the decompressed bytes are ever held in
-memory whole.
+compressed file is streamed into an unlinked temporary file, so neither the
+compressed nor the decompressed bytes are ever held in memory whole. Readers
+take what they need with ``pread`` rather than a mapping: a file truncated
+under us then reads short (an error) instead of raising SIGBUS.
 """
 
 from __future__ import annotations
 
 import gzip
 import lzma
-import mmap
 import os
 import tempfile
 from typing import IO, Callable
@@ -46,7 +46,7 @@ _READERS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
 
 
 class Source:
-    """A kernel object's bytes, mapped read-only; ``file`` is for pyelftools."""
+    """A kernel object's bytes: ``pread`` for the reader, ``file`` for pyelftools."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -65,15 +65,21 @@ class Source:
             raise
         if self.file is not raw:
             raw.close()
-        try:
-            size = os.fstat(self.file.fileno()).st_size
-            if size == 0:
-                raise ExtableError("empty file" if not self.compression else
-                                   f"{self.compression} data decompresses to nothing", self.path)
-            self.data = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
-        except BaseException:
+        self.fd = self.file.fileno()
+        self.size = os.fstat(self.fd).st_size
+        if self.size == 0:
             self.file.close()
-            raise
+            raise ExtableError("empty file" if not self.compression else
+                               f"{self.compression} data decompresses to nothing", self.path)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``, or an error naming what happened."""
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise ExtableError(f"the file ends at {offset + len(data):#x}, before "
+                               f"{offset + size:#x}: was it truncated while being read?",
+                               self.path)
+        return data
 
     def _decompress(self, raw: IO[bytes]) -> IO[bytes]:
         assert self.compression is not None
@@ -102,10 +108,6 @@ class Source:
             raise ExtableError(f"corrupt {self.compression} data: {exc}", self.path) from None
 
     def close(self) -> None:
-        try:
-            self.data.close()
-        except (BufferError, AttributeError):   # a numpy view still refers to it
-            pass
         self.file.close()
 
     def __enter__(self) -> Source:
