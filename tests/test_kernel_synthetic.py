@@ -225,3 +225,26 @@ def test_no_version_uses_the_newest_table_and_says_so(tmp_path: Path) -> None:
                         "using the 6.10+ types\n")
     d = extable_json("dump", obj)
     assert (d["kernel"], d["kernel_source"], d["types"]) == (None, "unknown", "6.10")
+
+
+def test_relocation_kind_and_a_target_past_the_end(tmp_path: Path) -> None:
+    asm = r"""
+.text
+.globl probe
+.type probe, @function
+probe:
+10: movl (%rdi), %eax
+11: ret
+.size probe, .-probe
+12:
+.pushsection __ex_table,"a"
+.balign 4
+.long 10b; .long 11b - .; .long 1          # 0: absolute, not PC-relative
+.long 12b - .; .long 11b - .; .long 1      # 1: insn one past the end of .text
+.popsection
+"""
+    obj = assemble(tmp_path, "x86_64", "rel", asm)
+    d = extable_json("verify", obj)
+    assert [(f["index"], f["check"], f["message"]) for f in d["findings"]] == [
+        (0, "relocation", "insn relocation type 10, expected R_X86_64_PC32"),   # said once
+        (1, "location", "insn .text+0x3 lies past the end of .text")]
