@@ -17,8 +17,11 @@ arch/x86/mm/extable.c):
   renumbered (BPF 7, WRMSR 8, ...); FAULT_SGX 18, UCOPY_LEN 19 and ZEROPAD 20
   arrived in the same merge. Debian's 6.1 modules and vmlinux use this table.
 * 6.9: FRED added ERETU 21.
-* 6.10: EX_TYPE_COPY (4) removed, its number left unused (Tong Tiangen,
-  "x86/mce: remove EX_TYPE_COPY", on the same header revision as ERETU).
+* 6.10: EX_TYPE_COPY (4) unused ("x86/extable: Remove unused fixup type
+  EX_TYPE_COPY", cb517619f967, posted February 2024 on the same header
+  revision as ERETU; backported to 6.6.y in April 2025). Which merge window
+  took it is not checked here, so the table changes at the later candidate:
+  a kernel that still has COPY entries is never failed for them.
 
 arm64 (arch/arm64/include/asm/asm-extable.h, handlers in arch/arm64/mm/extable.c):
 
