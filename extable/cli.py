@@ -63,12 +63,16 @@ def _parser() -> argparse.ArgumentParser:
         d.add_argument("file")
         d.add_argument("--section", default=None, metavar="NAME")
         d.add_argument("--json", action="store_true")
+        d.add_argument("--kernel-version", metavar="VERSION",
+                       help="Linux kernel objects: the kernel whose types to use (like 6.1)")
 
     lk = sub.add_parser("lookup", help="the entry covering an address")
     lk.add_argument("file")
     lk.add_argument("address", help="0x1234, 4660, symbol or symbol+0x10")
     lk.add_argument("--section", default=None, metavar="NAME")
     lk.add_argument("--json", action="store_true")
+    lk.add_argument("--kernel-version", metavar="VERSION",
+                    help="Linux kernel objects: the kernel whose types to use (like 6.1)")
 
     sub.add_parser("include-dir", help="print the folder holding extable.h")
     return p
@@ -84,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_INPUT
     try:
+        if args.command in _KERNEL_COMMANDS:
+            kernel = _kernel_command(args)
+            if kernel is not None:
+                return kernel
         return _COMMANDS[args.command](args)
     except CheckFailed as exc:
         print(f"extable: {_one_line(exc, args)}", file=sys.stderr)
@@ -95,6 +103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+
+
+_KERNEL_COMMANDS = ("dump", "verify", "lookup")
+
+
+def _kernel_command(args: argparse.Namespace) -> int | None:
+    """Run a Linux kernel object's dump/verify/lookup (extable/kernel); None for other files."""
+    from .kernel.detect import is_kernel_object
+
+    if not is_kernel_object(args.file):
+        if args.kernel_version:
+            raise ExtableError("--kernel-version applies only to Linux kernel objects", args.file)
+        return None
+    from .kernel.cli import run
+
+    return run(args)
 
 
 def _one_line(exc: ExtableError, args: argparse.Namespace) -> str:
