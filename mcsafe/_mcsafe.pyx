@@ -7,6 +7,10 @@ from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
+cdef extern from "<signal.h>" nogil:
+    ctypedef struct siginfo_t:
+        pass
+
 cdef extern from "mcsafe_core.h" nogil:
     struct mcsafe_ao_record:
         uint64_t addr
@@ -26,6 +30,7 @@ cdef extern from "mcsafe_core.h" nogil:
     const void *mcsafe_own_table(size_t *size)
     int mcsafe_install()
     int mcsafe_handler_active()
+    int mcsafe_handle_fault(int sig, siginfo_t *info, void *ucontext)
     unsigned long mcsafe_claimed_count()
     int MCSAFE_SMALL_COPY
 
@@ -43,12 +48,14 @@ cdef struct mcsafe_c_api:
     size_t (*copy)(void *, const void *, size_t, mcsafe_fault *) noexcept nogil
     int (*register_table)(const void *, size_t, const char *, char *, size_t) noexcept nogil
     int (*unregister_table)(const void *) noexcept nogil
+    int (*handle_fault)(int, siginfo_t *, void *) noexcept nogil
 
 cdef mcsafe_c_api _c_api
-_c_api.version = 1
+_c_api.version = 2
 _c_api.copy = copy_nogil
 _c_api.register_table = mcsafe_register
 _c_api.unregister_table = mcsafe_unregister
+_c_api.handle_fault = mcsafe_handle_fault
 _C_API = PyCapsule_New(&_c_api, b"mcsafe._mcsafe._C_API", NULL)
 
 #: Copies of at least this many bytes release the GIL.

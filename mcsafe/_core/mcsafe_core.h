@@ -111,6 +111,12 @@ struct mcsafe_ao_record {
 size_t mcsafe_ao_read(struct mcsafe_ao_record *out, size_t max, unsigned long *total);
 
 int mcsafe_install(void);                 /* idempotent; 0 or -1 with errno */
+/* For a runtime that owns the SIGBUS/SIGSEGV handler: call it first from that
+ * handler. 1 if the fault was a copy's and the context was rewritten to resume
+ * it (return from the handler at once), 0 if it is not mcsafe's (handle it as
+ * if mcsafe did not exist). Async-signal-safe; preserves errno. */
+#include <signal.h>
+int mcsafe_handle_fault(int sig, siginfo_t *info, void *ucontext);
 int mcsafe_handler_active(void);          /* still the installed SIGBUS and SIGSEGV handler? */
 unsigned long mcsafe_claimed_count(void); /* faults claimed so far, all threads */
 
