@@ -17,7 +17,22 @@ cdef extern from "mcsafe_core.h" nogil:
         int64_t sec
         int64_t nsec
     size_t mcsafe_ao_read(mcsafe_ao_record *out, size_t max, unsigned long *total)
-    int mcsafe_object_base(const char *path, uintptr_t *base)
+    struct mcsafe_object_info:
+        char *name
+        uintptr_t bias
+        uintptr_t anchor
+        unsigned char *phdrs
+        size_t phdrs_size
+        unsigned char build_id[64]
+        size_t build_id_size
+    struct mcsafe_objects:
+        mcsafe_object_info *list
+        size_t n
+    int mcsafe_loaded_objects(mcsafe_objects *out)
+    void mcsafe_free_objects(mcsafe_objects *all)
+    int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
+                                   const char *name, char *err, size_t errlen)
+    int mcsafe_register_own(char *err, size_t errlen)
     int MCSAFE_AO_LOG
     size_t mcsafe_copy(void *dst, const void *src, size_t n, mcsafe_fault *rec)
     void mcsafe_arch_init()
@@ -281,16 +296,34 @@ def _register_table(uintptr_t address, size_t size, str name):
 
 
 def _unregister_table(uintptr_t address):
-    """Stop searching the table at address; False if it was not published."""
+    """Drop one registration of the table at address; False if none was held."""
     return mcsafe_unregister(<const void *>address) == 0
 
 
-def _object_base(path):
-    """The load bias of the loaded object backed by the file at path, or None."""
-    cdef uintptr_t base
-    if mcsafe_object_base(str(path).encode(), &base) != 0:
-        return None
-    return base
+def _register_file_table(bytes table, uintptr_t anchor, str name):
+    """Validate and publish a table read from the file of the loaded object at anchor."""
+    cdef char err[256]
+    if mcsafe_register_file_table(<const char *>table, len(table), anchor, name.encode()[:63],
+                                  err, sizeof(err)) != 0:
+        raise ValueError((<bytes>err).decode("utf-8", "replace"))
+
+
+def _loaded_objects():
+    """The loaded objects as (name, bias, anchor, program headers, build-id or None)."""
+    cdef mcsafe_objects objs
+    cdef size_t i
+    if mcsafe_loaded_objects(&objs) != 0:
+        mcsafe_free_objects(&objs)
+        raise MemoryError("cannot list the loaded objects")
+    try:
+        return [((<bytes>objs.list[i].name).decode("utf-8", "surrogateescape"),
+                 objs.list[i].bias, objs.list[i].anchor,
+                 objs.list[i].phdrs[:objs.list[i].phdrs_size],
+                 objs.list[i].build_id[:objs.list[i].build_id_size]
+                 if objs.list[i].build_id_size else None)
+                for i in range(objs.n)]
+    finally:
+        mcsafe_free_objects(&objs)
 
 
 def poison_log():
@@ -315,9 +348,7 @@ def buffer_address(obj):
 cdef void _register_own():
     global _own_status, _own_ok
     cdef char err[256]
-    cdef size_t size
-    cdef const void *table = mcsafe_own_table(&size)
-    if mcsafe_register(table, size, b"mcsafe._mcsafe", err, sizeof(err)) == 0:
+    if mcsafe_register_own(err, sizeof(err)) == 0:
         _own_status, _own_ok = "ok", True
     else:
         _own_status = (<bytes>err).decode("utf-8", "replace")
