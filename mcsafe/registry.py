@@ -44,6 +44,18 @@ _keys: dict[str, int] = {}                    # real path -> the C registry's ke
 def _reset_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
+    # On Python < 3.12 every functools.cached_property holds one class-wide RLock
+    # while it computes (CPython gh-87634), and pyelftools reads the file inside
+    # two of them: a thread forked away mid-read would leave it held forever.
+    import sys
+    from functools import cached_property
+
+    for name in ("elftools.elf.elffile", "elftools.elf.sections"):
+        module = sys.modules.get(name)
+        for cls in vars(module).values() if module else ():
+            for attr in vars(cls).values() if isinstance(cls, type) else ():
+                if isinstance(attr, cached_property) and hasattr(attr, "lock"):
+                    attr.lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
