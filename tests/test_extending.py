@@ -344,3 +344,46 @@ def test_fork_while_another_thread_registers(protected) -> None:
     """, timeout=240)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["children", "ok", "20"]
+
+
+X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",
+                              reason="the stack pointer has a register number only on x86-64 "
+                                     "(aarch64's sp is not one of x0..x30)")
+
+
+@pytest.mark.parametrize("how,words", [
+    pytest.param("rec_sp", "rec register rsp is the stack pointer", marks=X86_ONLY),
+    pytest.param("errno_sp", "errno register", marks=X86_ONLY),
+    ("no_buffers", "names neither a src nor a dst register"),
+])
+def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how: str,
+                                                                   words: str) -> None:
+    off, _ = table_of(protected)
+    blob = bytearray(protected.read_bytes())
+    entries_off, descs_off = struct.unpack_from("<II", blob, off + 24)
+    if how == "rec_sp":
+        blob[off + descs_off + 6] = 4                     # rec = rsp
+    elif how == "errno_sp":
+        data = struct.unpack_from("<I", blob, off + entries_off + 12)[0]   # probe_read's
+        assert data & 0xFF == 3
+        struct.pack_into("<I", blob, off + entries_off + 12, (data & ~0xF00) | (4 << 8))
+    else:
+        blob[off + descs_off + 4] = 0xFF                  # src = none, dst = none
+    protected.write_bytes(bytes(blob))
+    v = run_cli("verify", protected)
+    assert v.returncode != 0 and words in v.stderr, v.stderr
+    assert len(v.stderr.strip().splitlines()) == 1
+    before = mcsafe.published_tables()
+    with pytest.raises(mcsafe.TableError, match=words):
+        mcsafe.register(protected)
+    assert mcsafe.published_tables() == before
+
+
+@X86_ONLY
+def test_build_refuses_a_record_naming_the_stack_pointer(tmp_path) -> None:
+    src = tmp_path / "bad_rec.c"
+    src.write_text(EXAMPLE.read_text().replace("reg=6, src=7, name=sum_load",
+                                               "reg=6, src=7, rec=4, name=sum_load"))
+    so = compile_so(src, tmp_path / "bad_rec.so")
+    b = run_cli("build", so, "--in-place")
+    assert b.returncode != 0 and "rec register rsp is the stack pointer" in b.stderr, b.stderr
