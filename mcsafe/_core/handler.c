@@ -477,6 +477,13 @@ int mcsafe_handler_active(void)
     return 1;
 }
 
+int mcsafe_faults_blocked(void)
+{
+    sigset_t cur;
+    return pthread_sigmask(SIG_BLOCK, NULL, &cur) == 0
+           && (sigismember(&cur, SIGBUS) == 1 || sigismember(&cur, SIGSEGV) == 1);
+}
+
 unsigned long mcsafe_claimed_count(void)
 {
     return atomic_load_explicit(&claimed, memory_order_relaxed);

@@ -148,5 +148,9 @@ int mcsafe_install(void);                 /* idempotent; 0 or -1 with errno */
 int mcsafe_handle_fault(int sig, siginfo_t *info, void *ucontext);
 int mcsafe_handler_active(void);          /* still the installed SIGBUS and SIGSEGV handler? */
 unsigned long mcsafe_claimed_count(void); /* faults claimed so far, all threads */
+/* Whether this thread blocks SIGBUS or SIGSEGV. The kernel then kills the
+ * process on any such fault (it forces the default action on a blocked
+ * synchronous fault): no copy can be recovered on this thread. One syscall. */
+int mcsafe_faults_blocked(void);
 
 #endif /* MCSAFE_CORE_H */
