@@ -5,30 +5,50 @@
  *
  *  1. Async-signal-safe only. No malloc or free, no locks, no stdio, no
  *     Python, no thread-local storage (its first touch may allocate), no
- *     function not on the POSIX async-signal-safe list. It reads only
- *     immutable tables reached through one atomic pointer (registry.c), the
- *     saved previous actions (written before the handler is installed), and
- *     the interrupted context.
+ *     function not on the POSIX async-signal-safe list (the extension is
+ *     linked with -z now, so no call enters the dynamic linker's lazy
+ *     binding). It reads immutable tables reached through one atomic pointer
+ *     (registry.c), the previous actions through one atomic pointer each
+ *     (immutable copies, never freed), a fixed array of per-thread slots
+ *     keyed by thread id, and the interrupted context.
  *  2. Claim only what can be attributed precisely. A fault is claimed when
  *     all hold: the kernel sent it (si_code > 0: never SI_USER, SI_TKILL,
  *     SI_QUEUE or any other user-sent code); it is synchronous (never
  *     BUS_MCEERR_AO, the kernel's notice of poison found in the background);
  *     the PC lies in a published entry; and, for a copy, the fault address
  *     lies in the part of the source or destination still to be copied
- *     (checked from the registers the entry's descriptor names).
+ *     (checked from the registers the entry's descriptor names, without
+ *     wrapping past the top of the address space). mcsafe_handle_fault is
+ *     this decision alone, for runtimes that own the handler.
  *  3. Forward the rest exactly as the previous handler expects: SA_SIGINFO or
  *     plain, with its sa_mask and SA_NODEFER honoured, SA_RESETHAND applied.
  *     If the previous action was SIG_DFL (or SIG_IGN, which the kernel
- *     overrides for synchronous faults), restore SIG_DFL and return, so the
- *     instruction faults again and the process dies of the original signal,
- *     with a core dump that shows the real context. A user-sent signal does not
- *     recur by itself, so it is re-raised (or dropped, if it was ignored).
- *     Asynchronous poison notices (BUS_MCEERR_AO) are recorded in a fixed
- *     ring (address, time) before they are forwarded.
- *  4. No nesting. The handler runs with SIGBUS and SIGSEGV blocked; a fault
- *     inside it is a bug, and the kernel then kills the process with that
- *     signal (a blocked synchronous fault cannot be delivered).
- *  5. One small switch on the handler kind, as the kernel's
+ *     overrides for synchronous faults), install SIG_DFL, queue the original
+ *     siginfo to this thread and return: it is delivered at once, at the
+ *     faulting instruction, so the process dies of the original signal with a
+ *     core dump that shows the real context, whether or not the fault would
+ *     have recurred (it never lives on with SIG_DFL in mcsafe's place).
+ *     An ignored signal that does not recur (user-sent, BUS_MCEERR_AO) is
+ *     dropped. Asynchronous poison notices are recorded in a fixed ring
+ *     (address, time) before they are forwarded.
+ *  4. Bounded recurrence. A synchronous fault that comes back at the same PC
+ *     and address with the same registers, right after the previous handler
+ *     returned leaving its cause in place (the page still unmapped or still
+ *     without the access), is the same fault: after MCSAFE_RECUR_LIMIT of them
+ *     the process dies as in rule 3. A handler that fixes the page and returns
+ *     (a JIT guard page, a page mapped in) starts a new count each time.
+ *  5. A previous handler that re-raises into us (faulthandler restores the
+ *     handler it replaced, which may be ours, then raises) cannot loop: a
+ *     user-sent signal that arrives inside a forward of the same signal on the
+ *     same thread goes to SIG_DFL. A forward is "inside" only while its frame
+ *     is still on the stack with its token, so one left by siglongjmp
+ *     (cysignals) leaves nothing stuck.
+ *  6. No nesting of mcsafe itself. The handler runs with SIGBUS and SIGSEGV
+ *     blocked; a fault inside it is a bug, and the kernel then kills the
+ *     process with that signal (a blocked synchronous fault cannot be
+ *     delivered). The same holds for any thread that blocks them: such a
+ *     thread cannot recover a copy (mcsafe_faults_blocked tells).
+ *  7. One small switch on the handler kind, as the kernel's
  *     arch/x86/mm/extable.c fixup_exception(). The architecture-specific part
  *     (reading and writing registers) is in arch/<arch>/context.h.
  */
