@@ -387,3 +387,21 @@ def test_build_refuses_a_record_naming_the_stack_pointer(tmp_path) -> None:
     so = compile_so(src, tmp_path / "bad_rec.so")
     b = run_cli("build", so, "--in-place")
     assert b.returncode != 0 and "rec register rsp is the stack pointer" in b.stderr, b.stderr
+
+
+def test_file_truncated_under_the_loaded_object_is_refused_not_a_crash(protected) -> None:
+    # Truncating the file unmaps the loaded object's pages: its program headers in
+    # memory now fault. register() reads them with mcsafe's own copy, so it refuses.
+    # (Everything is imported first: the dynamic linker itself would fault on the
+    # truncated object's symbol tables in any later dlopen.)
+    p = child(f"""
+        import ctypes, os, mcsafe, elftools.elf.elffile
+        lib = ctypes.CDLL({str(protected)!r})
+        os.truncate({str(protected)!r}, 0)
+    """, REGISTER_AND_REPORT.format(so=str(protected)), """
+    import sys
+    sys.stdout.flush()
+    os._exit(0)     # exit handlers would run the truncated object's destructors
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"TableError: {protected}: "), p.stdout

@@ -122,6 +122,7 @@ struct mcsafe_object_info {
 struct mcsafe_objects {
     struct mcsafe_object_info *list;
     size_t n, cap;
+    int safe;                             /* read through mcsafe's own copy */
 };
 int mcsafe_loaded_objects(struct mcsafe_objects *out);
 void mcsafe_free_objects(struct mcsafe_objects *all);

@@ -86,9 +86,47 @@ __attribute__((constructor)) static void registry_init(void)
     pthread_atfork(NULL, NULL, reset_in_child);
 }
 
+static int own_published;
+
+/* Copy n bytes that were proved to lie in a loaded segment; 0 if a page faulted.
+ * Once mcsafe's own table is published and its handler installed, the copy is
+ * mcsafe's own, so a page that vanished since (a file truncated under a loaded
+ * object, a munmap) is a refusal, not a crash. `safe` says whether to use it. */
+static int read_loaded(void *dst, const void *src, size_t n, int safe, uintptr_t *fault)
+{
+    struct mcsafe_fault rec;
+    if (!safe) {
+        memcpy(dst, src, n);
+        return 1;
+    }
+    if (mcsafe_copy(dst, src, n, &rec) == n)
+        return 1;
+    *fault = rec.addr;
+    return 0;
+}
+
+static int can_read_safely(void)
+{
+    return own_published && mcsafe_handler_active();
+}
+
+#define MAX_PHDRS 64
+
+/* The object's program headers, read through read_loaded: a file truncated
+ * under a loaded object takes its program headers with it. -1 if unreadable. */
+static int copy_phdrs(const struct dl_phdr_info *info, ElfW(Phdr) *out, int safe)
+{
+    uintptr_t fault;
+    if (info->dlpi_phnum > MAX_PHDRS
+        || !read_loaded(out, info->dlpi_phdr, info->dlpi_phnum * sizeof *out, safe, &fault))
+        return -1;
+    return info->dlpi_phnum;
+}
+
 /* The PT_LOAD segments of the loaded object that contains `addr`. */
 struct segments {
     uintptr_t addr;
+    int safe;                       /* read program headers with mcsafe's copy */
     int found;
     uintptr_t bias;
     size_t n;
@@ -99,16 +137,18 @@ struct segments {
 static int find_object(struct dl_phdr_info *info, size_t size, void *data)
 {
     struct segments *s = data;
+    ElfW(Phdr) phdrs[MAX_PHDRS];
+    int phnum = copy_phdrs(info, phdrs, s->safe);
     (void)size;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    for (int i = 0; i < phnum; i++) {
+        const ElfW(Phdr) *ph = &phdrs[i];
         uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
         if (ph->p_type != PT_LOAD || s->addr < lo || s->addr - lo >= ph->p_memsz)
             continue;
         s->found = 1;
         s->bias = info->dlpi_addr;
-        for (int j = 0; j < info->dlpi_phnum && s->n < MAX_SEGMENTS; j++) {
-            const ElfW(Phdr) *x = &info->dlpi_phdr[j];
+        for (int j = 0; j < phnum && s->n < MAX_SEGMENTS; j++) {
+            const ElfW(Phdr) *x = &phdrs[j];
             if (x->p_type == PT_LOAD) {
                 s->lo[s->n] = info->dlpi_addr + x->p_vaddr;
                 s->hi[s->n] = s->lo[s->n] + x->p_memsz;
@@ -249,8 +289,6 @@ static int validate(const void *table, size_t size, uintptr_t base, const struct
     return 0;
 }
 
-static int own_published;
-
 /* A private, page-aligned copy of [src, src + size), already proved to lie in
  * one readable segment. Once mcsafe's own table is published the copy is
  * mcsafe's own, so a page that vanished since is a short count, not a crash. */
@@ -264,13 +302,11 @@ static void *private_copy(const void *src, size_t size, size_t *mapped, char *er
         fail(err, errlen, "cannot map %zu bytes for the table's copy", len);
         return NULL;
     }
-    struct mcsafe_fault rec;
-    size_t done = own_published && mcsafe_handler_active() ? mcsafe_copy(p, src, size, &rec)
-                                                           : (memcpy(p, src, size), size);
-    if (done != size) {
+    uintptr_t fault = 0;
+    if (!read_loaded(p, src, size, can_read_safely(), &fault)) {
         munmap(p, len);
         fail(err, errlen, "table at %p faulted at %#lx while being read", src,
-             (unsigned long)rec.addr);
+             (unsigned long)fault);
         return NULL;
     }
     *mapped = len;
@@ -342,7 +378,7 @@ static int register_loaded(const void *table, size_t size, const char *name, int
     if (!table || size < sizeof(struct extable_header) || size > MAX_TABLE_BYTES)
         return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
                     sizeof(struct extable_header), MAX_TABLE_BYTES);
-    struct segments s = {.addr = (uintptr_t)table};
+    struct segments s = {.addr = (uintptr_t)table, .safe = can_read_safely()};
     dl_iterate_phdr(find_object, &s);
     if (!s.found)
         return fail(err, errlen, "table at %p is not inside a loaded object", table);
@@ -397,7 +433,7 @@ int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
     if (size < sizeof(struct extable_header) || size > MAX_TABLE_BYTES)
         return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
                     sizeof(struct extable_header), MAX_TABLE_BYTES);
-    struct segments s = {.addr = anchor};
+    struct segments s = {.addr = anchor, .safe = can_read_safely()};
     dl_iterate_phdr(find_object, &s);
     if (!s.found)
         return fail(err, errlen, "no loaded object at %#lx", (unsigned long)anchor);
@@ -496,6 +532,7 @@ const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_modu
 static int collect_object(struct dl_phdr_info *info, size_t size, void *data)
 {
     struct mcsafe_objects *all = data;
+    uintptr_t fault;
     (void)size;
     if (all->n == all->cap) {
         size_t cap = all->cap ? 2 * all->cap : 64;
@@ -507,10 +544,12 @@ static int collect_object(struct dl_phdr_info *info, size_t size, void *data)
     }
     struct mcsafe_object_info *o = &all->list[all->n];
     memset(o, 0, sizeof *o);
+    ElfW(Phdr) phdrs[MAX_PHDRS];
+    int phnum = copy_phdrs(info, phdrs, all->safe);
     struct segments s = {0};
     uintptr_t lowest = UINTPTR_MAX;
-    for (int i = 0; i < info->dlpi_phnum && s.n < MAX_SEGMENTS; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    for (int i = 0; i < phnum && s.n < MAX_SEGMENTS; i++) {
+        const ElfW(Phdr) *ph = &phdrs[i];
         if (ph->p_type != PT_LOAD)
             continue;
         s.lo[s.n] = info->dlpi_addr + ph->p_vaddr;
@@ -519,25 +558,26 @@ static int collect_object(struct dl_phdr_info *info, size_t size, void *data)
         if (s.lo[s.n - 1] < lowest)
             lowest = s.lo[s.n - 1];
     }
-    if (!s.n)
-        return 0;
     o->bias = info->dlpi_addr;
-    o->anchor = lowest;
+    o->anchor = s.n ? lowest : 0;
     o->name = strdup(info->dlpi_name ? info->dlpi_name : "");
-    o->phdrs_size = (size_t)info->dlpi_phnum * sizeof(ElfW(Phdr));
+    o->phdrs_size = phnum > 0 ? (size_t)phnum * sizeof(ElfW(Phdr)) : 0;   /* 0: unreadable */
     o->phdrs = malloc(o->phdrs_size ? o->phdrs_size : 1);
     if (!o->name || !o->phdrs) {
         free(o->name);
         free(o->phdrs);
         return 1;
     }
-    memcpy(o->phdrs, info->dlpi_phdr, o->phdrs_size);
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    memcpy(o->phdrs, phdrs, o->phdrs_size);
+    for (int i = 0; i < phnum; i++) {
+        const ElfW(Phdr) *ph = &phdrs[i];
         uintptr_t at = info->dlpi_addr + ph->p_vaddr;
-        if (ph->p_type != PT_NOTE || !readable_span(&s, at, ph->p_memsz))
+        unsigned char notes[4096];
+        if (ph->p_type != PT_NOTE || ph->p_memsz > sizeof notes
+            || !readable_span(&s, at, ph->p_memsz)
+            || !read_loaded(notes, (const void *)at, ph->p_memsz, all->safe, &fault))
             continue;
-        const unsigned char *p = (const void *)at, *end = p + ph->p_memsz;
+        const unsigned char *p = notes, *end = p + ph->p_memsz;
         while (end - p >= 12) {
             uint32_t namesz, descsz, type;
             memcpy(&namesz, p, 4);
@@ -561,6 +601,7 @@ static int collect_object(struct dl_phdr_info *info, size_t size, void *data)
 int mcsafe_loaded_objects(struct mcsafe_objects *out)
 {
     memset(out, 0, sizeof *out);
+    out->safe = can_read_safely();
     return dl_iterate_phdr(collect_object, out) ? -1 : 0;
 }
 
