@@ -4,6 +4,7 @@
 #ifndef MCSAFE_CORE_H
 #define MCSAFE_CORE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -145,7 +146,6 @@ int mcsafe_install(void);                 /* idempotent; 0 or -1 with errno */
  * handler. 1 if the fault was a copy's and the context was rewritten to resume
  * it (return from the handler at once), 0 if it is not mcsafe's (handle it as
  * if mcsafe did not exist). Async-signal-safe; preserves errno. */
-#include <signal.h>
 int mcsafe_handle_fault(int sig, siginfo_t *info, void *ucontext);
 int mcsafe_handler_active(void);          /* still the installed SIGBUS and SIGSEGV handler? */
 unsigned long mcsafe_claimed_count(void); /* faults claimed so far, all threads */
