@@ -184,6 +184,23 @@ def test_inert_handler_on_a_protected_page_dies_after_bounded_retries(handlers) 
     # each retry reached the inert handler: a bounded number, then SIG_DFL
 
 
+def test_inert_handler_on_a_sigbus_dies_after_bounded_retries(handlers) -> None:
+    # A read past the end of a file that shrank (SIGBUS, BUS_ADRERR), in libc's
+    # memcpy: the inert handler returns, the cause cannot be probed, so it counts.
+    p = with_lib(handlers, """
+        import mcsafe
+        from mcsafe import inject
+        lib.install_inert(7)
+        mcsafe.install()
+        with inject.region("truncate", 2, [1]) as r:
+            print("armed", flush=True)
+            ctypes.string_at(r.address + inject.PAGE, 8)
+        print("survived", flush=True)
+    """, timeout=20)
+    assert p.returncode == -signal.SIGBUS, p.stderr
+    assert "armed" in p.stdout and "survived" not in p.stdout
+
+
 def test_guard_page_handler_that_fixes_and_returns_keeps_working(handlers) -> None:
     # A JIT guard page: the handler makes the page writable and returns. The same
     # store, with the same registers, faults 500 times: each is a new fault, not a
