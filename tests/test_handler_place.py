@@ -329,3 +329,18 @@ def test_copy_range_that_wraps_the_address_space_is_not_claimed(tmp_path) -> Non
     """)
     assert p.returncode == -signal.SIGSEGV, p.stdout + p.stderr
     assert "armed" in p.stdout and "survived" not in p.stdout
+
+
+def test_one_shot_previous_handler_runs_once_then_the_default_applies(handlers) -> None:
+    # SA_RESETHAND on the previous action: mcsafe swaps in SIG_DFL (atomically, as
+    # the kernel would) before the first forward; the second signal kills.
+    p = with_lib(handlers, """
+        lib.install_oneshot(11)
+        import mcsafe
+        lib.raise_segv()
+        print("once", lib.inert_count(), flush=True)
+        lib.raise_segv()
+        print("survived", flush=True)
+    """)
+    assert p.returncode == -signal.SIGSEGV, p.stderr
+    assert p.stdout.split() == ["once", "1"]
