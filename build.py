@@ -46,6 +46,9 @@ def extensions() -> list:
         depends=[f"{core}/mcsafe_core.h", f"{core}/arch/{arch}/context.h",
                  "extable/include/extable.h"],
         extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing"],
+        # Bind every symbol at load: the signal handler must never enter the
+        # dynamic linker's lazy binding (not async-signal-safe).
+        extra_link_args=["-Wl,-z,now"],
     )
     return cythonize([ext], language_level=3, quiet=True)
 

@@ -10,8 +10,10 @@ from typing import Callable
 
 import numpy as np
 
-from .elf import ElfImage, Segment
+from .elf import EM_X86_64, ElfImage, Segment
 from .errors import CheckFailed, ExtableError
+from .model import (DATA_EXTENDED, NOREG, Handler, Kind, decode_classic, describe_data,
+                    register_name)
 from .sites import Rule, SiteSet, from_ranges, from_records, from_rules, merge
 from .spec import Spec
 from .table import ENTRY_DTYPE, Table
@@ -66,7 +68,44 @@ def compile_sites(sites: SiteSet, machine: int, segments: list[Segment],
     entries = np.empty(len(start), ENTRY_DTYPE)
     entries["start"], entries["end"] = start, end
     entries["fixup"], entries["data"] = landing, data
-    return Table(machine, entries, list(sites.handlers))
+    table = Table(machine, entries, list(sites.handlers))
+    check_safety(table, path)
+    return table
+
+
+#: The stack pointer's register number (aarch64's sp has none: x0..x30 only).
+STACK_POINTER = {EM_X86_64: 4}
+
+
+def _unsafe(machine: int, h: Handler) -> str | None:
+    sp = STACK_POINTER.get(machine)
+    if sp is not None and h.rec_reg == sp:
+        return (f"rec register {register_name(machine, sp)} is the stack pointer "
+                "(the handler would write over the interrupted stack)")
+    if sp is not None and h.kind == Kind.ERRNO and h.reg == sp:
+        return f"errno register {register_name(machine, sp)} is the stack pointer"
+    if h.kind == Kind.SHORT_COPY and h.src_reg == NOREG and h.dst_reg == NOREG:
+        return "short_copy names neither a src nor a dst register (it would claim every " \
+               "fault at its PC)"
+    return None
+
+
+def check_safety(table: Table, path: str | None = None) -> None:
+    """Refuse well-formed but dangerous descriptors (docs/FORMAT.md, "Safety rules")."""
+    for i, h in enumerate(table.handlers):
+        why = _unsafe(table.machine, h)
+        if why:
+            raise CheckFailed(f"descriptor {i} ({h.name or '-'}): {why}", path)
+    for i, data in enumerate(int(d) for d in table.entries["data"]):
+        if data & DATA_EXTENDED:
+            continue
+        kind, reg, _flags, imm = decode_classic(data)
+        if kind not in (Kind.SHORT_COPY, Kind.ERRNO):
+            continue
+        why = _unsafe(table.machine, Handler(Kind(kind), reg=reg, imm=imm))
+        if why:
+            raise CheckFailed(f"entry {i} ({describe_data(table.machine, data, [])}): "
+                              f"{why}", path)
 
 
 def _check_addresses(start: np.ndarray, end: np.ndarray, landing: np.ndarray,
@@ -104,6 +143,7 @@ def check_table(table: Table, image: ElfImage) -> None:
     if table.machine != image.machine:
         raise CheckFailed(f"table is for machine {table.machine}, file is {image.machine}",
                           image.path)
+    check_safety(table, image.path)
     e = table.entries
     _check_addresses(e["start"].astype(np.uint64), e["end"].astype(np.uint64),
                      e["fixup"].astype(np.uint64), image.segments, image.describe, image.path)

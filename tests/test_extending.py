@@ -4,6 +4,7 @@ a Cython module that cimports the nogil copy."""
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import struct
 import subprocess
@@ -153,3 +154,254 @@ def test_fault_outside_the_named_buffers_is_not_claimed(tmp_path) -> None:
                        env={**__import__("os").environ, "PYTHONFAULTHANDLER": ""})
     assert p.stdout.split() == ["claimed", "1"], p.stderr
     assert p.returncode == -11
+
+
+# register() against files that are not what their path says, tables outside the
+# object, tables written after registration, and several owners. Cases that
+# crashed the old code run in a child.
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def child(*parts: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    import os
+    import textwrap
+
+    code = "".join(textwrap.dedent(part) for part in parts)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "PYTHONFAULTHANDLER": ""})
+
+
+def patch_section(so: Path, *, addr: int | None = None, size: int | None = None) -> None:
+    """Rewrite the extable_table section header's sh_addr / sh_size in place."""
+    with ElfImage(so) as image:
+        sec = image.section("extable_table")
+    from elftools.elf.elffile import ELFFile
+
+    with open(so, "rb") as f:
+        elf = ELFFile(f)
+        index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == "extable_table")
+        at = elf.header["e_shoff"] + index * elf.header["e_shentsize"]
+    blob = bytearray(so.read_bytes())
+    if addr is not None:
+        struct.pack_into("<Q", blob, at + 16, addr)
+    if size is not None:
+        struct.pack_into("<Q", blob, at + 32, size)
+        struct.pack_into("<I", blob, sec.offset + 24, size // 2)   # entries_off, far away
+    so.write_bytes(bytes(blob))
+
+
+def outside(so: Path) -> str:
+    """The refusal of a table that is not (wholly) in the object's loaded memory."""
+    return (f"TableError: {re.escape(str(so))}: table at 0x[0-9a-f]+ (is not inside a loaded "
+            r"object|\(\d+ bytes\) is not inside one loaded, readable segment of its object)$")
+
+
+REGISTER_AND_REPORT = """
+    import ctypes, mcsafe
+    try:
+        mcsafe.register({so!r})
+        print("registered")
+    except mcsafe.TableError as e:
+        print("TableError:", e)
+"""
+
+
+def test_file_replaced_on_disk_by_another_build_is_refused(protected, tmp_path) -> None:
+    other = compile_so(EXAMPLE, tmp_path / "other.so", extra=["-Wl,--defsym=variant=1"])
+    run_cli("build", other, "--in-place", check=True)
+    p = child(f"""
+        import ctypes, os
+        lib = ctypes.CDLL({str(protected)!r})
+        os.replace({str(other)!r}, {str(protected)!r})       # new inode, same path
+    """, REGISTER_AND_REPORT.format(so=str(protected)))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"TableError: {protected}: the file is not the loaded object ("), \
+        p.stdout
+
+
+def test_file_replaced_by_one_whose_table_is_elsewhere_is_refused(protected, tmp_path) -> None:
+    # Same build-id and program headers, but its table section names an address
+    # the loaded object does not have: proved outside before any byte is read.
+    other = tmp_path / "moved.so"
+    shutil.copyfile(protected, other)
+    patch_section(other, addr=0x40000000)
+    p = child(f"""
+        import ctypes, os
+        lib = ctypes.CDLL({str(protected)!r})
+        os.replace({str(other)!r}, {str(protected)!r})
+    """, REGISTER_AND_REPORT.format(so=str(protected)))
+    assert p.returncode == 0, p.stderr
+    assert re.match(outside(protected), p.stdout), p.stdout
+
+
+@pytest.mark.parametrize("how", ["unmapped address", "past the object"])
+def test_table_section_outside_the_loaded_object_is_refused(protected, how: str) -> None:
+    if how == "unmapped address":
+        patch_section(protected, addr=0x40000000)
+    else:
+        patch_section(protected, size=1 << 24)
+    p = child(REGISTER_AND_REPORT.format(so=str(protected)))
+    assert p.returncode == 0, p.stderr
+    assert re.match(outside(protected), p.stdout), p.stdout
+
+
+def test_writable_table_written_after_registration_changes_nothing(tmp_path) -> None:
+    so = compile_so(FIXTURES / "writable_table.c", tmp_path / "writable.so")
+    run_cli("build", so, "--in-place", check=True)
+    p = child(f"""
+        import ctypes, struct, mcsafe
+        from mcsafe import inject
+        lib = ctypes.CDLL({str(so)!r})
+        lib.probe_read.argtypes, lib.probe_read.restype = [ctypes.c_void_p], ctypes.c_long
+        mcsafe.register({str(so)!r})
+        table = ctypes.addressof(ctypes.c_ubyte.in_dll(lib, "writable_table"))
+        with inject.region("mprotect", 2, [1]) as r:
+            print(lib.probe_read(r.address + inject.PAGE))
+            # the entry's data word: errno, imm -14 -> -99
+            ctypes.memmove(table + 48 + 12, struct.pack("<I", 0xff9d0003), 4)
+            print(lib.probe_read(r.address + inject.PAGE))
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["-14", "-14"]
+
+
+def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_path) -> None:
+    so = compile_so(FIXTURES / "unreserved.c", tmp_path / "unreserved.so")
+    run_cli("build", so, "--in-place", "--add-section", check=True)
+    lib = load(so)
+    before = mcsafe.published_tables()
+    mcsafe.register(so)
+    try:
+        assert mcsafe.published_tables() == before + 1
+        with inject.region("mprotect", 2, [1]) as r:
+            assert lib.probe_read(r.address + PAGE + 1) == -14
+            left = ctypes.c_size_t(0)
+            r.buffer[PAGE - 2:PAGE] = bytes([5, 6])
+            assert lib.sum_bytes(r.address + PAGE - 2, 10, ctypes.byref(left)) == 11
+            assert left.value == 8
+    finally:
+        assert mcsafe.unregister(so)
+    assert mcsafe.published_tables() == before
+
+
+def test_each_registration_is_an_owner(protected) -> None:
+    load(protected)
+    before = mcsafe.published_tables()
+    mcsafe.register(protected)
+    mcsafe.register(str(protected))
+    assert mcsafe.published_tables() == before + 1
+    assert mcsafe.unregister(protected)
+    assert mcsafe.published_tables() == before + 1           # one owner left
+    assert mcsafe.unregister(protected)
+    assert mcsafe.published_tables() == before
+    assert not mcsafe.unregister(protected)
+
+
+def test_own_table_can_never_be_unregistered() -> None:
+    p = child("""
+        import mcsafe
+        from mcsafe import inject
+        n = mcsafe.published_tables()
+        mcsafe.register(mcsafe._mcsafe)
+        print(mcsafe.unregister(mcsafe._mcsafe), mcsafe.unregister(mcsafe._mcsafe),
+              mcsafe.published_tables() == n, mcsafe.table_status(), flush=True)
+        with inject.region("uffd", 3, [1]) as r:
+            print("copied", mcsafe.copy(bytearray(r.size), r.buffer), flush=True)
+    """)
+    assert p.stdout.split() == ["True", "False", "True", "ok", "copied", "4096"], p.stderr
+    assert p.returncode == 0
+
+
+def test_fork_while_another_thread_registers(protected) -> None:
+    # A thread registers and unregisters in a loop while the main thread forks;
+    # each child's register() must complete (a lock held across I/O in the parent
+    # would stay locked in the child forever).
+    p = child(f"""
+        import os, signal, threading, time, warnings, mcsafe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        so = {str(protected)!r}
+        stop = False
+        def churn():
+            while not stop:
+                mcsafe.register(so)
+                mcsafe.unregister(so)
+        t = threading.Thread(target=churn)
+        t.start()
+        ok = 0
+        for i in range(20):
+            time.sleep(0.003 * (i % 5))
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(10)
+                mcsafe.register(so)
+                os._exit(0)
+            ok += os.waitpid(pid, 0)[1] == 0
+        stop = True
+        t.join()
+        print("children ok", ok)
+    """, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["children", "ok", "20"]
+
+
+X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",
+                              reason="the stack pointer has a register number only on x86-64 "
+                                     "(aarch64's sp is not one of x0..x30)")
+
+
+@pytest.mark.parametrize("how,words", [
+    pytest.param("rec_sp", "rec register rsp is the stack pointer", marks=X86_ONLY),
+    pytest.param("errno_sp", "errno register", marks=X86_ONLY),
+    ("no_buffers", "names neither a src nor a dst register"),
+])
+def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how: str,
+                                                                   words: str) -> None:
+    off, _ = table_of(protected)
+    blob = bytearray(protected.read_bytes())
+    entries_off, descs_off = struct.unpack_from("<II", blob, off + 24)
+    if how == "rec_sp":
+        blob[off + descs_off + 6] = 4                     # rec = rsp
+    elif how == "errno_sp":
+        data = struct.unpack_from("<I", blob, off + entries_off + 12)[0]   # probe_read's
+        assert data & 0xFF == 3
+        struct.pack_into("<I", blob, off + entries_off + 12, (data & ~0xF00) | (4 << 8))
+    else:
+        blob[off + descs_off + 4] = 0xFF                  # src = none, dst = none
+    protected.write_bytes(bytes(blob))
+    v = run_cli("verify", protected)
+    assert v.returncode != 0 and words in v.stderr, v.stderr
+    assert len(v.stderr.strip().splitlines()) == 1
+    before = mcsafe.published_tables()
+    with pytest.raises(mcsafe.TableError, match=words):
+        mcsafe.register(protected)
+    assert mcsafe.published_tables() == before
+
+
+@X86_ONLY
+def test_build_refuses_a_record_naming_the_stack_pointer(tmp_path) -> None:
+    src = tmp_path / "bad_rec.c"
+    src.write_text(EXAMPLE.read_text().replace("reg=6, src=7, name=sum_load",
+                                               "reg=6, src=7, rec=4, name=sum_load"))
+    so = compile_so(src, tmp_path / "bad_rec.so")
+    b = run_cli("build", so, "--in-place")
+    assert b.returncode != 0 and "rec register rsp is the stack pointer" in b.stderr, b.stderr
+
+
+def test_file_truncated_under_the_loaded_object_is_refused_not_a_crash(protected) -> None:
+    # Truncating the file unmaps the loaded object's pages: its program headers in
+    # memory now fault. register() reads them with mcsafe's own copy, so it refuses.
+    # (Everything is imported first: the dynamic linker itself would fault on the
+    # truncated object's symbol tables in any later dlopen.)
+    p = child(f"""
+        import ctypes, os, mcsafe, elftools.elf.elffile
+        lib = ctypes.CDLL({str(protected)!r})
+        os.truncate({str(protected)!r}, 0)
+    """, REGISTER_AND_REPORT.format(so=str(protected)), """
+    import sys
+    sys.stdout.flush()
+    os._exit(0)     # exit handlers would run the truncated object's destructors
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"TableError: {protected}: "), p.stdout

@@ -10,17 +10,21 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from conftest import compile_so
+
 ROOT = Path(__file__).resolve().parent.parent
 # rt_sigqueueinfo and rt_tgsigqueueinfo
 SYSCALLS = {"x86_64": (129, 297), "aarch64": (138, 240)}[__import__("platform").machine()]
 
 
-def child(*parts: str) -> subprocess.CompletedProcess[str]:
+def child(*parts: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     code = "".join(textwrap.dedent(part) for part in parts)
     code = code.replace("SYS_RT_TGSIGQUEUEINFO", str(SYSCALLS[1]))
     code = code.replace("SYS_RT_SIGQUEUEINFO", str(SYSCALLS[0]))
     return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT,
+                          text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, "PYTHONFAULTHANDLER": ""})
 
 
@@ -124,3 +128,219 @@ def test_ao_with_default_previous_action_still_kills() -> None:
         print("survived", flush=True)
     """)
     assert p.returncode == -signal.SIGBUS and "survived" not in p.stdout
+
+
+# Handlers of other kinds, from tests/fixtures/handlers.c: each case runs in a child.
+
+@pytest.fixture(scope="module")
+def handlers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import sysconfig
+
+    import mcsafe
+
+    out = tmp_path_factory.mktemp("handlers") / "handlers.so"
+    incs = [f"-I{d}" for d in mcsafe.get_include() + [sysconfig.get_paths()["include"]]]
+    return compile_so(ROOT / "tests" / "fixtures" / "handlers.c", out, extra=[*incs, "-pthread"])
+
+
+def with_lib(lib: Path, *parts: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return child(f"""
+        import ctypes
+        lib = ctypes.CDLL({str(lib)!r})
+    """, *parts, timeout=timeout)
+
+
+def test_crash_forwarded_to_a_handler_that_returns_dies_instead_of_spinning() -> None:
+    # faulthandler, once disabled, returns from its handler at once: the NULL read
+    # faults again and again. It must end in death by SIGSEGV, not a hang.
+    p = child("""
+        import ctypes, faulthandler, mcsafe
+        faulthandler.enable()
+        mcsafe.install()
+        faulthandler.disable()
+        print("armed", mcsafe.handler_installed(), flush=True)
+        ctypes.string_at(0)
+        print("survived", flush=True)
+    """, timeout=20)
+    assert p.returncode == -signal.SIGSEGV, p.stderr
+    assert "armed True" in p.stdout and "survived" not in p.stdout
+
+
+@pytest.mark.parametrize("sig,method,access", [
+    # a write to a PROT_NONE page (SEGV_ACCERR): the page's protection is checked
+    # after the previous handler returns, and it still lacks the write
+    (signal.SIGSEGV, "mprotect", "ctypes.memset(r.address + inject.PAGE, 1, 1)"),
+    # a read past the end of a file that shrank (SIGBUS, BUS_ADRERR): the cause
+    # cannot be probed without touching the page, so it counts as remaining
+    (signal.SIGBUS, "truncate", "ctypes.string_at(r.address + inject.PAGE, 8)"),
+])
+def test_inert_handler_dies_after_bounded_retries(handlers, sig: int, method: str,
+                                                  access: str) -> None:
+    # In libc, not ours: forwarded to a handler that returns having fixed nothing.
+    p = with_lib(handlers, f"""
+        import mcsafe
+        from mcsafe import inject
+        lib.install_inert({int(sig)})
+        mcsafe.install()
+        with inject.region({method!r}, 2, [1]) as r:
+            print("armed", flush=True)
+            {access}
+        print("survived", flush=True)
+    """, timeout=20)
+    assert p.returncode == -sig, p.stderr
+    assert "armed" in p.stdout and "survived" not in p.stdout
+
+
+def test_guard_page_handler_that_fixes_and_returns_keeps_working(handlers) -> None:
+    # A JIT guard page: the handler makes the page writable and returns. The same
+    # store, with the same registers, faults 500 times: each is a new fault, not a
+    # recurrence, because the handler removed the cause each time.
+    p = with_lib(handlers, """
+        import mcsafe
+        lib.install_guard.restype = ctypes.c_void_p
+        page = lib.install_guard()
+        mcsafe.install()
+        for _ in range(500):
+            lib.protect_guard()
+            lib.poke(ctypes.c_void_p(page), 7)
+        print("hits", lib.guard_count(), ctypes.string_at(page, 1), mcsafe.handler_installed())
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["hits", "500", "b'\\x07'", "True"]
+
+
+SIGQUEUE_SEGV_MAPERR = """
+    import os, signal, struct, threading
+    info = struct.pack("iiii", signal.SIGSEGV, 0, 1, 0) + struct.pack("Q", 0x1000)  # SEGV_MAPERR
+    info += bytes(128 - len(info))
+    rc = ctypes.CDLL(None).syscall(SYS_RT_TGSIGQUEUEINFO, os.getpid(), threading.get_native_id(),
+                                   signal.SIGSEGV, ctypes.c_char_p(info))
+    print("rc", rc, "installed", mcsafe.handler_installed(), flush=True)
+"""
+
+
+def test_non_recurring_kernel_signal_with_default_action_kills() -> None:
+    # A kernel-coded SIGSEGV that does not recur (forged here; the kernel sends such
+    # ones when it cannot build a signal frame, or a fault another thread fixed
+    # before the retry). Without mcsafe SIG_DFL kills the process: so it must now,
+    # rather than leave it alive with SIG_DFL installed in mcsafe's place.
+    p = child("import ctypes, mcsafe\n", SIGQUEUE_SEGV_MAPERR, """
+        print("survived", flush=True)
+    """)
+    assert p.returncode == -signal.SIGSEGV, p.stdout + p.stderr
+    assert "rc" not in p.stdout and "survived" not in p.stdout
+
+
+def test_non_recurring_kernel_signal_reaches_the_previous_handler_and_keeps_mcsafe(
+        handlers) -> None:
+    p = with_lib(handlers, "lib.install_inert(11)\nimport mcsafe\n", SIGQUEUE_SEGV_MAPERR,
+                 POISONED_COPY, """
+        print("inert", lib.inert_count())
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["rc", "0", "installed", "True", "copied", "4096", "inert", "1"]
+
+
+def test_previous_action_is_always_seen_whole(handlers) -> None:
+    # Four threads forward user-sent SIGBUS while the main thread swaps the previous
+    # action between a counting SA_SIGINFO handler and SIG_IGN: a forward must see
+    # one or the other, never the flags of one with the handler of the other.
+    p = with_lib(handlers, """
+        import mcsafe, time
+        lib.set_storm_action(1)
+        mcsafe.install()
+        lib.start_storm()
+        end = time.monotonic() + 2
+        n = 0
+        while time.monotonic() < end:
+            lib.set_storm_action(n & 1)
+            mcsafe.install()
+            n += 1
+        print("forwarded", lib.stop_storm() > 0, flush=True)
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["forwarded", "True"]
+
+
+def test_user_signal_after_a_handler_left_by_longjmp_is_forwarded(handlers) -> None:
+    # The previous handler leaves a forwarded fault by siglongjmp (as cysignals
+    # does). A later raise(SIGSEGV) on that thread is an ordinary user-sent signal:
+    # it must reach that handler, not SIG_DFL.
+    p = with_lib(handlers, """
+        lib.install_jumper()
+        import mcsafe
+        for _ in range(3):
+            print("jumped", lib.fault_and_jump(), flush=True)
+            lib.raise_segv()
+        print("counted", lib.jumper_count(), mcsafe.handler_installed())
+    """)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split() == ["jumped", "1"] * 3 + ["counted", "3", "True"]
+
+
+def test_runtime_owning_the_handler_calls_mcsafe_first(handlers) -> None:
+    # A handler installed after mcsafe (a JVM, a wasm runtime) calls
+    # mcsafe_handle_fault first: copies recover, other faults stay the runtime's.
+    p = with_lib(handlers, """
+        import mcsafe
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        api = get(mcsafe._mcsafe._C_API, b"mcsafe._mcsafe._C_API")
+        lib.install_runtime.argtypes = [ctypes.c_void_p]
+        print("version", ctypes.c_int.from_address(api).value, lib.install_runtime(api))
+        print("installed", mcsafe.handler_installed(), flush=True)
+    """, POISONED_COPY, """
+        from mcsafe import inject
+        with inject.region("mprotect", 4, [3]) as r:
+            print("report", mcsafe.copy_report(bytearray(r.size), r.buffer).copied, flush=True)
+        ctypes.string_at(16)
+    """)
+    assert p.stdout.split() == ["version", "2", "0", "installed", "False", "copied", "4096",
+                                "report", str(3 * 4096)], p.stderr
+    assert p.returncode == 50 + signal.SIGSEGV and "runtime: not mcsafe's" in p.stderr
+
+
+def test_extension_binds_every_symbol_at_load() -> None:
+    # The handler calls libc (sigaction, syscall, ...): lazy binding would run the
+    # dynamic linker's resolver inside the handler.
+    import mcsafe
+
+    d = subprocess.run(["readelf", "-d", mcsafe._mcsafe.__file__], capture_output=True,
+                       text=True, check=True).stdout
+    assert "BIND_NOW" in d or "Flags: NOW" in d
+
+
+def test_copy_range_that_wraps_the_address_space_is_not_claimed(tmp_path) -> None:
+    # A short_copy entry's source register names the top of the address space and
+    # a count that runs past 2^64: a fault at a low address is not in that buffer.
+    from conftest import run_cli
+
+    so = compile_so(ROOT / "tests" / "fixtures" / "misattributed.c", tmp_path / "mis.so")
+    run_cli("build", so, "--in-place", check=True)
+    p = child(f"""
+        import ctypes, mcsafe
+        lib = ctypes.CDLL({str(so)!r})
+        mcsafe.register({str(so)!r})
+        f = lib.misattributed
+        f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        print("armed", flush=True)
+        f((1 << 64) - 4096, 1 << 63, 16)          # fault at 16: below the named buffer
+        print("survived", mcsafe.claimed_faults(), flush=True)
+    """)
+    assert p.returncode == -signal.SIGSEGV, p.stdout + p.stderr
+    assert "armed" in p.stdout and "survived" not in p.stdout
+
+
+def test_one_shot_previous_handler_runs_once_then_the_default_applies(handlers) -> None:
+    # SA_RESETHAND on the previous action: mcsafe swaps in SIG_DFL (atomically, as
+    # the kernel would) before the first forward; the second signal kills.
+    p = with_lib(handlers, """
+        lib.install_oneshot(11)
+        import mcsafe
+        lib.raise_segv()
+        print("once", lib.inert_count(), flush=True)
+        lib.raise_segv()
+        print("survived", flush=True)
+    """)
+    assert p.returncode == -signal.SIGSEGV, p.stderr
+    assert p.stdout.split() == ["once", "1"]

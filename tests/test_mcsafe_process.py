@@ -218,3 +218,30 @@ def test_queued_signal_naming_the_copy_buffer_is_not_claimed() -> None:
     """)
     assert p.returncode == -signal.SIGBUS, p.stdout + p.stderr
     assert "survived" not in p.stdout
+
+
+def test_copy_on_a_thread_that_blocks_the_fault_signals_raises_instead_of_dying() -> None:
+    # The kernel kills a process that takes a synchronous fault with the signal
+    # blocked, whatever handler is installed: mcsafe must refuse such a copy (one
+    # large enough for the check to be cheap) rather than let it die.
+    p = child("""
+        import signal, threading, mcsafe
+        from mcsafe import inject
+        out = []
+        def run():
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGBUS})
+            with inject.region("uffd", 512, [300]) as r:
+                for f in (mcsafe.copy, mcsafe.copy_report):
+                    try:
+                        f(bytearray(r.size), r.buffer)
+                        out.append("copied")
+                    except RuntimeError as e:
+                        out.append("refused" if "blocks SIGBUS or SIGSEGV" in str(e) else str(e))
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        with inject.region("uffd", 512, [300]) as r:       # this thread does not block them
+            print(*out, mcsafe.copy(bytearray(r.size), r.buffer), flush=True)
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["refused", "refused", str(300 * 4096)]

@@ -7,6 +7,10 @@
  *     size_t done = mcsafe_api->copy(dst, src, n, &rec);        // nogil is fine
  *     mcsafe_api->register_table(table, size, "mymod", err, sizeof err);
  *
+ *     // In a SIGBUS/SIGSEGV handler your runtime owns (version >= 2):
+ *     if (mcsafe_api->version >= 2 && mcsafe_api->handle_fault(sig, info, uc))
+ *         return;                                 // a copy's fault, resumed
+ *
  * See docs/EXTENDING.md.
  */
 #ifndef MCSAFE_H
@@ -17,12 +21,17 @@
 
 #include "mcsafe_core.h"
 
+/* Fields are only ever added at the end; `version` says which are there. */
 struct mcsafe_c_api {
-    int version;                          /* 1 */
+    int version;                          /* 2 */
     size_t (*copy)(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
+    /* Each successful register_table must be matched by one unregister_table;
+     * the table is searched while anyone holds a registration. */
     int (*register_table)(const void *table, size_t size, const char *name,
                           char *err, size_t errlen);
     int (*unregister_table)(const void *table);
+    /* version 2: 1 if mcsafe claimed the fault and rewrote the context, else 0 */
+    int (*handle_fault)(int sig, siginfo_t *info, void *ucontext);
 };
 
 static const struct mcsafe_c_api *mcsafe_api;

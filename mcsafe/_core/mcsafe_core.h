@@ -4,6 +4,7 @@
 #ifndef MCSAFE_CORE_H
 #define MCSAFE_CORE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -79,23 +80,53 @@ struct mcsafe_module {
     const struct extable_entry *entries;
     const struct extable_desc *descs;
     uint32_t nentries, ndescs;
-    const void *table;                    /* the header: the module's identity */
+    const void *table;                    /* the key: the loaded header, or for a table
+                                             read from the file, an address in its object */
+    const void *copy;                     /* the private read-only copy the handler reads */
+    size_t size;
+    unsigned owners;                      /* registrations held; writers only */
+    int pinned;                           /* mcsafe's own: never removed */
     char name[64];
 };
 
-/* Validates the table at [table, table + size) against the executable
- * segments of the object loaded around it, then publishes it. Returns 0, or -1
+/* Proves [table, table + size) lies in one loaded, readable segment of the
+ * object around it, copies it into private memory, validates the copy against
+ * that object's executable segments, makes it read-only and publishes it (or
+ * adds an owner to an equal table already published there). Returns 0, or -1
  * with a one-line reason in err. Not async-signal-safe (allocates). */
 int mcsafe_register(const void *table, size_t size, const char *name,
                     char *err, size_t errlen);
+/* The same for a table read from the file of a loaded object (a non-loaded
+ * section), once the caller proved the file is that object; `anchor` is an
+ * address inside it, and the registration's key. */
+int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
+                               const char *name, char *err, size_t errlen);
+/* mcsafe's own table, pinned. */
+int mcsafe_register_own(char *err, size_t errlen);
+/* Drops one owner of the table registered under `table`; 0, or -1 if nobody
+ * (but mcsafe itself, for its own table) holds it. */
 int mcsafe_unregister(const void *table);
 /* Async-signal-safe: the entry covering pc, and its module, or NULL. */
 const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_module **mod);
 size_t mcsafe_published(void);
 
-/* The load bias of the loaded object backed by the file at path (same device
- * and inode), for registering another module's table. 0, or -1 if not loaded. */
-int mcsafe_object_base(const char *path, uintptr_t *base);
+/* The loaded objects (dl_iterate_phdr), with their program headers and GNU
+ * build-id as loaded, for proving that a file is one of them. */
+struct mcsafe_object_info {
+    char *name;
+    uintptr_t bias, anchor;               /* load bias; lowest PT_LOAD address */
+    unsigned char *phdrs;
+    size_t phdrs_size;
+    unsigned char build_id[64];
+    size_t build_id_size;
+};
+struct mcsafe_objects {
+    struct mcsafe_object_info *list;
+    size_t n, cap;
+    int safe;                             /* read through mcsafe's own copy */
+};
+int mcsafe_loaded_objects(struct mcsafe_objects *out);
+void mcsafe_free_objects(struct mcsafe_objects *all);
 
 /* The core's own table, from the reserved section. */
 const void *mcsafe_own_table(size_t *size);
@@ -111,7 +142,16 @@ struct mcsafe_ao_record {
 size_t mcsafe_ao_read(struct mcsafe_ao_record *out, size_t max, unsigned long *total);
 
 int mcsafe_install(void);                 /* idempotent; 0 or -1 with errno */
+/* For a runtime that owns the SIGBUS/SIGSEGV handler: call it first from that
+ * handler. 1 if the fault was a copy's and the context was rewritten to resume
+ * it (return from the handler at once), 0 if it is not mcsafe's (handle it as
+ * if mcsafe did not exist). Async-signal-safe; preserves errno. */
+int mcsafe_handle_fault(int sig, siginfo_t *info, void *ucontext);
 int mcsafe_handler_active(void);          /* still the installed SIGBUS and SIGSEGV handler? */
 unsigned long mcsafe_claimed_count(void); /* faults claimed so far, all threads */
+/* Whether this thread blocks SIGBUS or SIGSEGV. The kernel then kills the
+ * process on any such fault (it forces the default action on a blocked
+ * synchronous fault): no copy can be recovered on this thread. One syscall. */
+int mcsafe_faults_blocked(void);
 
 #endif /* MCSAFE_CORE_H */

@@ -1,17 +1,35 @@
 /* registry.c: validated exception tables, published for the signal handler.
  *
- * A table is checked before anyone can search it (magic, version, machine,
- * bounds, sorted, non-overlapping, every address inside an executable segment
- * of the object it was loaded with, every descriptor sane). A table that fails
- * is never published, so a damaged table can make mcsafe claim nothing, but
- * never claim wrongly.
+ * register() never reads a byte it has not proved to be there, and never
+ * publishes memory it does not own:
  *
- * Publication is read-copy-update without the reclaim: writers (register and
- * unregister, from Python with the GIL, serialised by a mutex) build a new
- * immutable array and swap one atomic pointer; the handler loads that pointer
- * once and never waits. Old arrays are retired to a list and never freed, as a
- * handler running on another thread may still be reading one; they cost one
- * small allocation per registration.
+ *  1. The table's bytes must lie inside one loaded, readable PT_LOAD segment of
+ *     the object around them (dl_iterate_phdr), checked before the first read.
+ *     A table that is not in memory at all (`extable build --add-section`) is
+ *     read from the file by registry.py, after it proved the file to be the
+ *     loaded object, and handed over as bytes with an address inside that
+ *     object.
+ *  2. The bytes are copied into a private mapping (with mcsafe's own copy once
+ *     its table is published, so even a page unmapped under us is a refusal,
+ *     not a crash), validated there (magic, version, machine, bounds, sorted,
+ *     non-overlapping, every address inside an executable segment of the
+ *     object, every descriptor sane and safe), made read-only with mprotect,
+ *     and only then published. A later write to the module's own table
+ *     changes nothing the handler reads.
+ *
+ * A table that fails is never published, so a damaged table can make mcsafe
+ * claim nothing, but never claim wrongly.
+ *
+ * Each registration has an owner count: register() adds an owner (a second
+ * register of the same table is idempotent but counted), unregister() drops
+ * one, and the table goes when the last owner does. mcsafe's own table is
+ * pinned: it is never removed.
+ *
+ * Publication is read-copy-update without the reclaim: writers (serialised by
+ * a mutex that is never held across I/O, and re-initialised in a forked child)
+ * build a new immutable array and swap one atomic pointer; the handler loads
+ * that pointer once and never waits. Old arrays and copies are retired, never
+ * freed, as a handler running on another thread may still be reading one.
  */
 #define _GNU_SOURCE
 #include <link.h>
@@ -21,7 +39,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "mcsafe_core.h"
 #include "context.h"
@@ -57,33 +76,83 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
-/* The executable PT_LOAD ranges of the object that contains `addr`. */
+static void reset_in_child(void)
+{
+    pthread_mutex_init(&writer_lock, NULL);
+}
+
+__attribute__((constructor)) static void registry_init(void)
+{
+    pthread_atfork(NULL, NULL, reset_in_child);
+}
+
+static int own_published;
+
+/* Copy n bytes that were proved to lie in a loaded segment; 0 if a page faulted.
+ * Once mcsafe's own table is published and its handler installed, the copy is
+ * mcsafe's own, so a page that vanished since (a file truncated under a loaded
+ * object, a munmap) is a refusal, not a crash. `safe` says whether to use it. */
+static int read_loaded(void *dst, const void *src, size_t n, int safe, uintptr_t *fault)
+{
+    struct mcsafe_fault rec;
+    if (!safe) {
+        memcpy(dst, src, n);
+        return 1;
+    }
+    if (mcsafe_copy(dst, src, n, &rec) == n)
+        return 1;
+    *fault = rec.addr;
+    return 0;
+}
+
+static int can_read_safely(void)
+{
+    return own_published && mcsafe_handler_active();
+}
+
+#define MAX_PHDRS 64
+
+/* The object's program headers, read through read_loaded: a file truncated
+ * under a loaded object takes its program headers with it. -1 if unreadable. */
+static int copy_phdrs(const struct dl_phdr_info *info, ElfW(Phdr) *out, int safe)
+{
+    uintptr_t fault;
+    if (info->dlpi_phnum > MAX_PHDRS
+        || !read_loaded(out, info->dlpi_phdr, info->dlpi_phnum * sizeof *out, safe, &fault))
+        return -1;
+    return info->dlpi_phnum;
+}
+
+/* The PT_LOAD segments of the loaded object that contains `addr`. */
 struct segments {
     uintptr_t addr;
+    int safe;                       /* read program headers with mcsafe's copy */
     int found;
     uintptr_t bias;
     size_t n;
     uintptr_t lo[MAX_SEGMENTS], hi[MAX_SEGMENTS];
-    char path[256];
+    uint32_t flags[MAX_SEGMENTS];
 };
 
 static int find_object(struct dl_phdr_info *info, size_t size, void *data)
 {
     struct segments *s = data;
+    ElfW(Phdr) phdrs[MAX_PHDRS];
+    int phnum = copy_phdrs(info, phdrs, s->safe);
     (void)size;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    for (int i = 0; i < phnum; i++) {
+        const ElfW(Phdr) *ph = &phdrs[i];
         uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
-        if (ph->p_type != PT_LOAD || s->addr < lo || s->addr >= lo + ph->p_memsz)
+        if (ph->p_type != PT_LOAD || s->addr < lo || s->addr - lo >= ph->p_memsz)
             continue;
         s->found = 1;
         s->bias = info->dlpi_addr;
-        snprintf(s->path, sizeof s->path, "%s", info->dlpi_name ? info->dlpi_name : "");
-        for (int j = 0; j < info->dlpi_phnum && s->n < MAX_SEGMENTS; j++) {
-            const ElfW(Phdr) *x = &info->dlpi_phdr[j];
-            if (x->p_type == PT_LOAD && (x->p_flags & PF_X)) {
+        for (int j = 0; j < phnum && s->n < MAX_SEGMENTS; j++) {
+            const ElfW(Phdr) *x = &phdrs[j];
+            if (x->p_type == PT_LOAD) {
                 s->lo[s->n] = info->dlpi_addr + x->p_vaddr;
                 s->hi[s->n] = s->lo[s->n] + x->p_memsz;
+                s->flags[s->n] = x->p_flags;
                 s->n++;
             }
         }
@@ -92,17 +161,50 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
+/* The executable segment holding addr, or -1. */
 static int segment_of(const struct segments *s, uintptr_t addr)
 {
     for (size_t i = 0; i < s->n; i++)
-        if (addr >= s->lo[i] && addr < s->hi[i])
+        if ((s->flags[i] & PF_X) && addr >= s->lo[i] && addr < s->hi[i])
             return (int)i;
     return -1;
 }
 
+/* Whether [addr, addr + size) lies inside one readable segment. */
+static int readable_span(const struct segments *s, uintptr_t addr, size_t size)
+{
+    if (addr + size < addr)
+        return 0;
+    for (size_t i = 0; i < s->n; i++)
+        if ((s->flags[i] & PF_R) && addr >= s->lo[i] && addr + size <= s->hi[i])
+            return 1;
+    return 0;
+}
+
+#define MAX_TABLE_BYTES (64u << 20)
+
+static const char *reg_name(uint8_t reg, char *buf, size_t len)
+{
+#if MCSAFE_ARCH_MACHINE == 62
+    static const char *const names[] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"};
+    if (reg < 8)
+        return names[reg];
+    snprintf(buf, len, "r%u", reg);
+#else
+    snprintf(buf, len, "x%u", reg);
+#endif
+    return buf;
+}
+
+/* The rules a descriptor must follow to be safe, not merely well-formed: the
+ * handler writes the fault record through `rec` and the immediate into an
+ * errno entry's `reg`, so neither may be the stack pointer (it would write over
+ * the interrupted stack); a short_copy must name the buffer(s) it copies, or
+ * it would claim every fault at its PC. docs/FORMAT.md lists them. */
 static int check_desc(const struct extable_desc *d, uint32_t i, uint32_t strings_size,
                       char *err, size_t errlen)
 {
+    char rb[8];
     if (d->kind < EXTABLE_KIND_FIXUP || d->kind > EXTABLE_KIND_ERRNO)
         return fail(err, errlen, "descriptor %u has unknown kind %u", i, d->kind);
     if (d->side > EXTABLE_SIDE_BOTH)
@@ -113,41 +215,34 @@ static int check_desc(const struct extable_desc *d, uint32_t i, uint32_t strings
             return fail(err, errlen, "descriptor %u names register %u", i, regs[r]);
     if (d->kind != EXTABLE_KIND_FIXUP && d->reg == EXTABLE_NOREG)
         return fail(err, errlen, "descriptor %u needs a register", i);
+    if (d->rec_reg == MCSAFE_ARCH_SP)
+        return fail(err, errlen, "descriptor %u: rec register %s is the stack pointer (the "
+                    "handler would write over the interrupted stack)", i,
+                    reg_name(d->rec_reg, rb, sizeof rb));
+    if (d->kind == EXTABLE_KIND_ERRNO && d->reg == MCSAFE_ARCH_SP)
+        return fail(err, errlen, "descriptor %u: errno register %s is the stack pointer", i,
+                    reg_name(d->reg, rb, sizeof rb));
+    if (d->kind == EXTABLE_KIND_SHORT_COPY && d->src_reg == EXTABLE_NOREG
+        && d->dst_reg == EXTABLE_NOREG)
+        return fail(err, errlen, "descriptor %u: short_copy names neither a src nor a dst "
+                    "register (it would claim every fault at its PC)", i);
     if (d->name_off >= strings_size && strings_size)
         return fail(err, errlen, "descriptor %u name is out of range", i);
     return 0;
 }
 
-/* Every check the compiler makes, on the table as it is loaded in memory. */
-static int validate(const void *table, size_t size, struct mcsafe_module *m,
-                    char *err, size_t errlen)
+/* Every check the compiler makes, on a private copy of the table, for an
+ * object loaded at `base` with segments `s`. */
+static int validate(const void *table, size_t size, uintptr_t base, const struct segments *s,
+                    struct mcsafe_module *m, char *err, size_t errlen)
 {
     const struct extable_header *h = table;
-    if (size < sizeof *h || memcmp(h->magic, "EXTABLE", 8) != 0)
-        return fail(err, errlen, "no exception table (bad magic): was extable build run "
-                    "on this module?");
-    if (h->version != 1)
-        return fail(err, errlen, "table version %u is not supported", h->version);
-    if (h->machine != MCSAFE_ARCH_MACHINE)
-        return fail(err, errlen, "table is for machine %u, this is %u", h->machine,
-                    MCSAFE_ARCH_MACHINE);
-    if (!(h->flags & EXTABLE_TABLE_LOADED))
-        return fail(err, errlen, "table is not in a loaded section");
     if ((uint64_t)h->entries_off + 16ull * h->nentries > size
         || (uint64_t)h->descs_off + 16ull * h->ndescs > size
         || (uint64_t)h->strings_off + h->strings_size > size
         || h->entries_off % 4 || h->descs_off % 4)
         return fail(err, errlen, "table is truncated: counts and offsets exceed %zu bytes",
                     size);
-
-    struct segments s = {.addr = (uintptr_t)table};
-    dl_iterate_phdr(find_object, &s);
-    if (!s.found)
-        return fail(err, errlen, "table at %p is not inside a loaded object", table);
-    uintptr_t base = (uintptr_t)table - (uintptr_t)h->self_vaddr;
-    if (base != s.bias)
-        return fail(err, errlen, "table says its module is loaded at %#lx, but it is at %#lx",
-                    (unsigned long)base, (unsigned long)s.bias);
 
     const struct extable_entry *e = (const void *)((const char *)table + h->entries_off);
     const struct extable_desc *d = (const void *)((const char *)table + h->descs_off);
@@ -160,11 +255,11 @@ static int validate(const void *table, size_t size, struct mcsafe_module *m,
         if (i && e[i].start < e[i - 1].end)
             return fail(err, errlen, "entries %u and %u are %s", i - 1, i,
                         e[i].start < e[i - 1].start ? "unsorted" : "overlapping");
-        int seg = segment_of(&s, base + e[i].start);
-        if (seg < 0 || base + e[i].end > s.hi[seg])
+        int seg = segment_of(s, base + e[i].start);
+        if (seg < 0 || base + e[i].end > s->hi[seg])
             return fail(err, errlen, "entry %u (%#x..%#x) is outside the module's code", i,
                         e[i].start, e[i].end);
-        if (segment_of(&s, base + e[i].fixup) < 0)
+        if (segment_of(s, base + e[i].fixup) < 0)
             return fail(err, errlen, "entry %u landing pad %#x is outside the module's code",
                         i, e[i].fixup);
         uint32_t data = e[i].data;
@@ -176,6 +271,12 @@ static int validate(const void *table, size_t size, struct mcsafe_module *m,
                    || EXTABLE_DATA_TYPE(data) > EXTABLE_KIND_ERRNO) {
             return fail(err, errlen, "entry %u has unknown classic type %u", i,
                         EXTABLE_DATA_TYPE(data));
+        } else if (EXTABLE_DATA_TYPE(data) == EXTABLE_KIND_SHORT_COPY) {
+            return fail(err, errlen, "entry %u: a classic short_copy word names no buffer "
+                        "(it would claim every fault at its PC)", i);
+        } else if (EXTABLE_DATA_TYPE(data) == EXTABLE_KIND_ERRNO
+                   && EXTABLE_DATA_REG(data) == MCSAFE_ARCH_SP) {
+            return fail(err, errlen, "entry %u: errno register is the stack pointer", i);
         }
     }
     m->base = base;
@@ -185,8 +286,31 @@ static int validate(const void *table, size_t size, struct mcsafe_module *m,
     m->descs = d;
     m->nentries = h->nentries;
     m->ndescs = h->ndescs;
-    m->table = table;
     return 0;
+}
+
+/* A private, page-aligned copy of [src, src + size), already proved to lie in
+ * one readable segment. Once mcsafe's own table is published the copy is
+ * mcsafe's own, so a page that vanished since is a short count, not a crash. */
+static void *private_copy(const void *src, size_t size, size_t *mapped, char *err,
+                          size_t errlen)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t len = (size + page - 1) / page * page;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        fail(err, errlen, "cannot map %zu bytes for the table's copy", len);
+        return NULL;
+    }
+    uintptr_t fault = 0;
+    if (!read_loaded(p, src, size, can_read_safely(), &fault)) {
+        munmap(p, len);
+        fail(err, errlen, "table at %p faulted at %#lx while being read", src,
+             (unsigned long)fault);
+        return NULL;
+    }
+    *mapped = len;
+    return p;
 }
 
 static void publish(struct registry *next)
@@ -196,26 +320,46 @@ static void publish(struct registry *next)
     atomic_store_explicit(&current, next, memory_order_release);
 }
 
-int mcsafe_register(const void *table, size_t size, const char *name, char *err,
-                    size_t errlen)
+/* Validate a private copy, seal it and publish it under `key`; a second
+ * registration of an equal table under the same key adds an owner. Consumes
+ * the copy. */
+static int publish_copy(const void *key, void *copy, size_t size, size_t mapped,
+                        uintptr_t base, const struct segments *s, const char *name, int pinned,
+                        char *err, size_t errlen)
 {
     struct mcsafe_module m = {0};
-    if (validate(table, size, &m, err, errlen))
+    if (validate(copy, size, base, s, &m, err, errlen) || mprotect(copy, mapped, PROT_READ)) {
+        if (!*err)
+            fail(err, errlen, "cannot make the table's copy read-only");
+        munmap(copy, mapped);
         return -1;
+    }
     snprintf(m.name, sizeof m.name, "%s", name ? name : "");
+    m.table = key;
+    m.copy = copy;
+    m.size = size;
+    m.owners = 1;
+    m.pinned = pinned;
 
     pthread_mutex_lock(&writer_lock);
     struct registry *old = atomic_load_explicit(&current, memory_order_relaxed);
     size_t n = old ? old->n : 0;
     for (size_t i = 0; i < n; i++) {
-        if (old->mods[i].table == table) {            /* already published: idempotent */
-            pthread_mutex_unlock(&writer_lock);
-            return 0;
-        }
+        struct mcsafe_module *have = &old->mods[i];
+        if (have->table != key)
+            continue;
+        int same = have->size == size && memcmp(have->copy, copy, size) == 0;
+        if (same)
+            have->owners++;              /* never read by the handler */
+        pthread_mutex_unlock(&writer_lock);
+        munmap(copy, mapped);
+        return same ? 0 : fail(err, errlen, "a different table is already registered at %p: "
+                               "unregister it first", key);
     }
     struct registry *next = malloc(sizeof *next + (n + 1) * sizeof next->mods[0]);
     if (!next) {
         pthread_mutex_unlock(&writer_lock);
+        munmap(copy, mapped);
         return fail(err, errlen, "out of memory");
     }
     next->n = n + 1;
@@ -227,26 +371,123 @@ int mcsafe_register(const void *table, size_t size, const char *name, char *err,
     return 0;
 }
 
+static int register_loaded(const void *table, size_t size, const char *name, int pinned,
+                           char *err, size_t errlen)
+{
+    *err = 0;
+    if (!table || size < sizeof(struct extable_header) || size > MAX_TABLE_BYTES)
+        return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
+                    sizeof(struct extable_header), MAX_TABLE_BYTES);
+    struct segments s = {.addr = (uintptr_t)table, .safe = can_read_safely()};
+    dl_iterate_phdr(find_object, &s);
+    if (!s.found)
+        return fail(err, errlen, "table at %p is not inside a loaded object", table);
+    if (!readable_span(&s, (uintptr_t)table, size))
+        return fail(err, errlen, "table at %p (%zu bytes) is not inside one loaded, readable "
+                    "segment of its object", table, size);
+    size_t mapped;
+    void *copy = private_copy(table, size, &mapped, err, errlen);
+    if (!copy)
+        return -1;
+    const struct extable_header *h = copy;
+    uintptr_t base = (uintptr_t)table - (uintptr_t)h->self_vaddr;
+    if (memcmp(h->magic, "EXTABLE", 8) != 0)
+        fail(err, errlen, "no exception table (bad magic): was extable build run on this "
+             "module?");
+    else if (h->version != 1)
+        fail(err, errlen, "table version %u is not supported", h->version);
+    else if (h->machine != MCSAFE_ARCH_MACHINE)
+        fail(err, errlen, "table is for machine %u, this is %u", h->machine,
+             MCSAFE_ARCH_MACHINE);
+    else if (!(h->flags & EXTABLE_TABLE_LOADED))
+        fail(err, errlen, "table is not in a loaded section");
+    else if (base != s.bias)
+        fail(err, errlen, "table says its module is loaded at %#lx, but it is at %#lx",
+             (unsigned long)base, (unsigned long)s.bias);
+    if (*err) {
+        munmap(copy, mapped);
+        return -1;
+    }
+    return publish_copy(table, copy, size, mapped, base, &s, name, pinned, err, errlen);
+}
+
+int mcsafe_register(const void *table, size_t size, const char *name, char *err,
+                    size_t errlen)
+{
+    return register_loaded(table, size, name, 0, err, errlen);
+}
+
+int mcsafe_register_own(char *err, size_t errlen)
+{
+    size_t size;
+    const void *table = mcsafe_own_table(&size);
+    int rc = register_loaded(table, size, "mcsafe._mcsafe", 1, err, errlen);
+    own_published = rc == 0;
+    return rc;
+}
+
+int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
+                               const char *name, char *err, size_t errlen)
+{
+    *err = 0;
+    if (size < sizeof(struct extable_header) || size > MAX_TABLE_BYTES)
+        return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
+                    sizeof(struct extable_header), MAX_TABLE_BYTES);
+    struct segments s = {.addr = anchor, .safe = can_read_safely()};
+    dl_iterate_phdr(find_object, &s);
+    if (!s.found)
+        return fail(err, errlen, "no loaded object at %#lx", (unsigned long)anchor);
+    size_t mapped;
+    void *copy = private_copy(bytes, size, &mapped, err, errlen);
+    if (!copy)
+        return -1;
+    const struct extable_header *h = copy;
+    if (memcmp(h->magic, "EXTABLE", 8) != 0)
+        fail(err, errlen, "no exception table (bad magic): was extable build run on this "
+             "module?");
+    else if (h->version != 1)
+        fail(err, errlen, "table version %u is not supported", h->version);
+    else if (h->machine != MCSAFE_ARCH_MACHINE)
+        fail(err, errlen, "table is for machine %u, this is %u", h->machine,
+             MCSAFE_ARCH_MACHINE);
+    else if (h->flags & EXTABLE_TABLE_LOADED)
+        fail(err, errlen, "table says it is loaded, but its section is not");
+    if (*err) {
+        munmap(copy, mapped);
+        return -1;
+    }
+    return publish_copy((const void *)anchor, copy, size, mapped, s.bias, &s, name, 0, err,
+                        errlen);
+}
+
 int mcsafe_unregister(const void *table)
 {
     pthread_mutex_lock(&writer_lock);
     struct registry *old = atomic_load_explicit(&current, memory_order_relaxed);
-    size_t n = old ? old->n : 0, k = 0;
+    size_t n = old ? old->n : 0, at = n;
+    for (size_t i = 0; i < n; i++)
+        if (old->mods[i].table == table)
+            at = i;
+    if (at == n || (old->mods[at].pinned && old->mods[at].owners <= 1)) {
+        pthread_mutex_unlock(&writer_lock);
+        return -1;                                     /* not registered (by anyone but us) */
+    }
+    if (--old->mods[at].owners > 0) {
+        pthread_mutex_unlock(&writer_lock);
+        return 0;
+    }
     struct registry *next = malloc(sizeof *next + (n ? n : 1) * sizeof next->mods[0]);
     if (!next) {
+        old->mods[at].owners++;
         pthread_mutex_unlock(&writer_lock);
         return -1;
     }
+    size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (old->mods[i].table != table)
+        if (i != at)
             next->mods[k++] = old->mods[i];
     next->n = k;
-    if (k == n) {
-        free(next);
-        pthread_mutex_unlock(&writer_lock);
-        return -1;                                     /* was not registered */
-    }
-    publish(next);
+    publish(next);                                     /* the copy stays mapped: retired */
     pthread_mutex_unlock(&writer_lock);
     return 0;
 }
@@ -285,36 +526,91 @@ const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_modu
     return NULL;
 }
 
-struct base_query {
-    dev_t dev;
-    ino_t ino;
-    int found;
-    uintptr_t base;
-};
-
-static int match_file(struct dl_phdr_info *info, size_t size, void *data)
+/* The loaded objects, for registry.py to find the one a path names and prove
+ * the file is it. The build-id is read from the object's PT_NOTE in memory, once
+ * the note is proved to lie in one of its readable segments. */
+static int collect_object(struct dl_phdr_info *info, size_t size, void *data)
 {
-    struct base_query *q = data;
-    struct stat st;
+    struct mcsafe_objects *all = data;
+    uintptr_t fault;
     (void)size;
-    if (!info->dlpi_name || !info->dlpi_name[0] || stat(info->dlpi_name, &st) != 0)
-        return 0;
-    if (st.st_dev != q->dev || st.st_ino != q->ino)
-        return 0;
-    q->found = 1;
-    q->base = info->dlpi_addr;
-    return 1;
+    if (all->n == all->cap) {
+        size_t cap = all->cap ? 2 * all->cap : 64;
+        struct mcsafe_object_info *more = realloc(all->list, cap * sizeof *more);
+        if (!more)
+            return 1;
+        all->list = more;
+        all->cap = cap;
+    }
+    struct mcsafe_object_info *o = &all->list[all->n];
+    memset(o, 0, sizeof *o);
+    ElfW(Phdr) phdrs[MAX_PHDRS];
+    int phnum = copy_phdrs(info, phdrs, all->safe);
+    struct segments s = {0};
+    uintptr_t lowest = UINTPTR_MAX;
+    for (int i = 0; i < phnum && s.n < MAX_SEGMENTS; i++) {
+        const ElfW(Phdr) *ph = &phdrs[i];
+        if (ph->p_type != PT_LOAD)
+            continue;
+        s.lo[s.n] = info->dlpi_addr + ph->p_vaddr;
+        s.hi[s.n] = s.lo[s.n] + ph->p_memsz;
+        s.flags[s.n++] = ph->p_flags;
+        if (s.lo[s.n - 1] < lowest)
+            lowest = s.lo[s.n - 1];
+    }
+    o->bias = info->dlpi_addr;
+    o->anchor = s.n ? lowest : 0;
+    o->name = strdup(info->dlpi_name ? info->dlpi_name : "");
+    o->phdrs_size = phnum > 0 ? (size_t)phnum * sizeof(ElfW(Phdr)) : 0;   /* 0: unreadable */
+    o->phdrs = malloc(o->phdrs_size ? o->phdrs_size : 1);
+    if (!o->name || !o->phdrs) {
+        free(o->name);
+        free(o->phdrs);
+        return 1;
+    }
+    memcpy(o->phdrs, phdrs, o->phdrs_size);
+    for (int i = 0; i < phnum; i++) {
+        const ElfW(Phdr) *ph = &phdrs[i];
+        uintptr_t at = info->dlpi_addr + ph->p_vaddr;
+        unsigned char notes[4096];
+        if (ph->p_type != PT_NOTE || ph->p_memsz > sizeof notes
+            || !readable_span(&s, at, ph->p_memsz)
+            || !read_loaded(notes, (const void *)at, ph->p_memsz, all->safe, &fault))
+            continue;
+        const unsigned char *p = notes, *end = p + ph->p_memsz;
+        while (end - p >= 12) {
+            uint32_t namesz, descsz, type;
+            memcpy(&namesz, p, 4);
+            memcpy(&descsz, p + 4, 4);
+            memcpy(&type, p + 8, 4);
+            size_t name_len = (namesz + 3u) & ~3u, desc_len = (descsz + 3u) & ~3u;
+            if (name_len > (size_t)(end - p - 12) || desc_len > (size_t)(end - p - 12) - name_len)
+                break;
+            if (type == 3 && namesz == 4 && memcmp(p + 12, "GNU", 4) == 0
+                && descsz <= sizeof o->build_id) {
+                memcpy(o->build_id, p + 12 + name_len, descsz);
+                o->build_id_size = descsz;
+            }
+            p += 12 + name_len + desc_len;
+        }
+    }
+    all->n++;
+    return 0;
 }
 
-int mcsafe_object_base(const char *path, uintptr_t *base)
+int mcsafe_loaded_objects(struct mcsafe_objects *out)
 {
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return -1;
-    struct base_query q = {.dev = st.st_dev, .ino = st.st_ino};
-    dl_iterate_phdr(match_file, &q);
-    if (!q.found)
-        return -1;
-    *base = q.base;
-    return 0;
+    memset(out, 0, sizeof *out);
+    out->safe = can_read_safely();
+    return dl_iterate_phdr(collect_object, out) ? -1 : 0;
+}
+
+void mcsafe_free_objects(struct mcsafe_objects *all)
+{
+    for (size_t i = 0; i < all->n; i++) {
+        free(all->list[i].name);
+        free(all->list[i].phdrs);
+    }
+    free(all->list);
+    memset(all, 0, sizeof *all);
 }
