@@ -229,13 +229,17 @@ class ElfImage:
             Segment(vaddr, memsz, offset, filesz, flags)
             for (p_type, flags, offset, vaddr, _pa, filesz, memsz, _al) in self.program_headers
             if p_type == PT_LOAD]
+        self.sections: list[Section] = []
+        if e_shnum:
+            self._parse_sections(e_shoff, e_shnum, e_shstrndx)
+        # A separate debug file keeps the program headers of the file it came from.
         for seg in self.segments:
-            if seg.offset + seg.filesz > size or seg.filesz > seg.memsz:
+            if seg.filesz > seg.memsz or (seg.offset + seg.filesz > size
+                                          and not self.is_separate_debug):
                 raise self._error(f"PT_LOAD at {seg.vaddr:#x} lies outside the file")
 
-        self.sections: list[Section] = []
-        if not e_shnum:
-            return
+    def _parse_sections(self, e_shoff: int, e_shnum: int, e_shstrndx: int) -> None:
+        data, size = self.data, len(self.data)
         headers = list(SHDR.iter_unpack(data[e_shoff:e_shoff + e_shnum * SHDR.size]))
         _n, n_type, _f, _a, n_off, n_size = headers[e_shstrndx][:6]
         if n_type != SHT_STRTAB or n_off + n_size > size:
