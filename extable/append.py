@@ -32,8 +32,9 @@ _SHOFF_AT, _SHNUM_AT = 0x28, 0x3C
 ALIGN = 8
 
 
-def copy_file(src: IO[bytes], dst: IO[bytes]) -> None:
-    """Copy src to dst without passing the bytes through Python (reflinked where it can)."""
+def copy_file(src: IO[bytes], dst: IO[bytes]) -> int:
+    """Copy src to dst without passing the bytes through Python (reflinked where it can);
+    the number of bytes copied."""
     size = os.fstat(src.fileno()).st_size
     done = 0
     try:
@@ -48,6 +49,7 @@ def copy_file(src: IO[bytes], dst: IO[bytes]) -> None:
         src.seek(done)
         dst.seek(done)
         shutil.copyfileobj(src, dst, 1 << 20)
+    return dst.seek(0, os.SEEK_END)
 
 
 def _pad(f: IO[bytes], align: int) -> int:
@@ -72,14 +74,14 @@ def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> N
     names = image.sections[e_shstrndx]
     headers = [bytearray(data[e_shoff + i * SHDR.size:e_shoff + (i + 1) * SHDR.size])
                for i in range(count)]
+    strings = image.section_bytes(names)     # everything read before the copy starts
 
     with open(image.path, "rb") as src:
-        copy_file(src, out)
-    out.seek(0, os.SEEK_END)
+        if copy_file(src, out) != len(data):
+            raise ExtableError("the file changed size while it was being copied", image.path)
     section_at = _pad(out, ALIGN)
     out.write(blob)
 
-    strings = image.section_bytes(names)
     name_at = len(strings)
     strings_at = out.seek(0, os.SEEK_END)
     out.write(strings + name.encode() + b"\0")

@@ -165,16 +165,30 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _entry_dict(image: ElfImage, table: Table, i: int) -> dict[str, object]:
+def _entry_dicts(image: ElfImage, table: Table, which: Sequence[int] | None = None
+                 ) -> list[dict[str, object]]:
+    """The entries (all, or those in which) as dump and lookup print them."""
     from .model import describe_data
 
-    e = table.entries[i]
-    start, end, fixup, data = (int(e[k]) for k in ("start", "end", "fixup", "data"))
-    h = table.handler_of(data)
-    return {"index": i, "start": start, "end": end, "landing": fixup, "data": data,
-            "start_symbol": image.describe(start), "landing_symbol": image.describe(fixup),
-            "handler": describe_data(table.machine, data, table.handlers),
-            "descriptor": h.as_dict(table.machine) if h else None}
+    rows = table.entries.tolist()          # (start, end, fixup, data): plain ints, at once
+    by_word: dict[int, tuple[str, object]] = {}   # a data word's text and descriptor, once
+    out = []
+    for i in range(len(rows)) if which is None else which:
+        start, end, fixup, data = rows[i]
+        if data not in by_word:
+            h = table.handler_of(data)
+            by_word[data] = (describe_data(table.machine, data, table.handlers),
+                             h.as_dict(table.machine) if h else None)
+        text, descriptor = by_word[data]
+        out.append({"index": i, "start": start, "end": end, "landing": fixup, "data": data,
+                    "start_symbol": image.describe(start),
+                    "landing_symbol": image.describe(fixup),
+                    "handler": text, "descriptor": descriptor})
+    return out
+
+
+def _entry_dict(image: ElfImage, table: Table, i: int) -> dict[str, object]:
+    return _entry_dicts(image, table, [i])[0]
 
 
 def _entry_line(d: dict[str, object]) -> str:
@@ -190,7 +204,7 @@ def _dump(args: argparse.Namespace) -> int:
     with ElfImage(args.file) as image:
         section = args.section or DEFAULT_SECTION
         table = read_table(image, section)
-        entries = [_entry_dict(image, table, i) for i in range(len(table))]
+        entries = _entry_dicts(image, table)
         descs = [h.as_dict(table.machine) for h in table.handlers]
         head = (f"{args.file}: {image.machine_name} table in {section}, {len(table)} entries, "
                 f"{len(descs)} descriptors, "

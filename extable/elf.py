@@ -76,7 +76,7 @@ class Segment(NamedTuple):
 class Section(NamedTuple):
     """One section header, with its name resolved."""
 
-    index: int
+    index: int               # type: ignore[assignment]  # shadows tuple.index, on purpose
     name: str
     type: int
     flags: int

@@ -114,7 +114,9 @@ def write_into_section(image: ElfImage, table: Table, target: str,
 
     def produce(tmp: str) -> None:
         with open(image.path, "rb") as src, open(tmp, "wb") as out:
-            copy_file(src, out)
+            if copy_file(src, out) != len(image.data):
+                raise ExtableError("the file changed size while it was being copied",
+                                   image.path)
             out.seek(offset)
             out.write(blob)
 
