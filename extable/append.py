@@ -90,8 +90,8 @@ def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> N
     new = SHDR.pack(name_at, SHT_PROGBITS, 0, 0, section_at, len(blob), 0, 0, ALIGN, 0)
     headers.append(bytearray(new))
     count += 1
-    if count >= SHN_LORESERVE:             # extended numbering: the count lives in header 0
-        struct.pack_into("<Q", headers[0], 32, count)
+    if count >= SHN_LORESERVE or e_shnum == 0:    # extended numbering: the count is in
+        struct.pack_into("<Q", headers[0], 32, count)  # section header 0, as before
         e_shnum = 0
     else:
         e_shnum = count

@@ -10,27 +10,8 @@ import sysconfig
 
 import pytest
 
-from conftest import run_cli
+from conftest import readelf_functions, run_cli
 from extable.elf import ElfImage
-
-
-def readelf_functions(path, table: str) -> list[tuple[str, int, int]]:
-    """(name as readelf prints it, start, end) of defined FUNC and IFUNC symbols with a size."""
-    text = subprocess.run(["readelf", "-sW", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    rows, current = [], None
-    for line in text.splitlines():
-        if line.startswith("Symbol table"):
-            current = line.split("'")[1]
-            continue
-        parts = line.split()
-        if current != table or len(parts) < 8 or not parts[0][:-1].isdigit():
-            continue
-        _, value, size, typ, _bind, _vis, ndx, name = parts[:8]
-        size_v = int(size, 0) if size.startswith("0x") else int(size)
-        if typ in ("FUNC", "IFUNC") and size_v and ndx != "UND":
-            rows.append((name, int(value, 16), int(value, 16) + size_v))
-    return rows
 
 
 def system_libraries() -> list[str]:
