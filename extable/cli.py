@@ -134,9 +134,11 @@ def _symbols(args: argparse.Namespace) -> int:
     from .symbols import listing
 
     with ElfImage(args.file) as image:
-        text = listing(image, sort=args.sort, demangle=args.demangle, as_json=args.json)
-    sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+        chunks = listing(image, sort=args.sort, demangle=args.demangle, as_json=args.json)
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+        for chunk in chunks:      # bytes as in the file: a non-UTF-8 name is passed through
+            out.write(chunk.encode("utf-8", "surrogateescape"))
     return EXIT_OK
 
 

@@ -244,7 +244,7 @@ class ElfImage:
         _n, n_type, _f, _a, n_off, n_size = headers[e_shstrndx][:6]
         if n_type != SHT_STRTAB or n_off + n_size > size:
             raise self._error("section name table is damaged")
-        names = _Strings(bytes(data[n_off:n_off + n_size]))
+        names = _Strings(data[n_off:n_off + n_size])
         for index, (sh_name, sh_type, flags, addr, offset, sh_size, link, info, align,
                     entsize) in enumerate(headers):
             if sh_type not in (0, SHT_NOBITS) and offset + sh_size > size:
@@ -293,13 +293,19 @@ class ElfImage:
             raise self._error(f"{symtab.name}: bad symbol entry size {symtab.entsize}")
         if symtab.link >= len(self.sections) or self.sections[symtab.link].type != SHT_STRTAB:
             raise self._error(f"{symtab.name}: linked string table is missing")
-        strtab = self.sections[symtab.link]
-        return symtab, self.section_bytes(symtab), _Strings(self.section_bytes(strtab))
+        return symtab, self.section_bytes(symtab), self._strings(self.sections[symtab.link])
+
+    def _strings(self, section: Section) -> _Strings:
+        """A string table, decoded straight from the mapping (a 20 MB .strtab is one copy)."""
+        if not section.has_file_bytes or not isinstance(self.data, mmap.mmap):
+            return _Strings(self.section_bytes(section))
+        with memoryview(self.data) as mv, mv[section.offset:section.offset + section.size] as s:
+            return _Strings(s)
 
     def _name(self, strings: _Strings, offset: int, table: str) -> str:
         name = strings.get(offset)
         if name is None:
-            what = "out of range" if offset >= len(strings.raw) else "not terminated"
+            what = "out of range" if offset >= len(strings) else "not terminated"
             raise self._error(f"{table}: symbol name offset {offset} {what}")
         return name
 
@@ -311,7 +317,7 @@ class ElfImage:
         if versym is None or verdef is None or verdef.link >= len(self.sections):
             return None
         blob = self.section_bytes(verdef)
-        strings = _Strings(self.section_bytes(self.sections[verdef.link]))
+        strings = self._strings(self.sections[verdef.link])
         names: dict[int, str] = {}
         at = 0
         for _ in range(max(verdef.info, 1)):
@@ -350,8 +356,7 @@ class ElfImage:
         """Defined function symbols with nonzero size: the function ranges."""
         symtab, raw, strings = self._symtab_parts()
         keep = _function_mask(raw)
-        st_name, shndx, value, size = (list(itertools.compress(c, keep))
-                                       for c in _symbol_columns(raw))
+        st_name, shndx, value, size = _symbol_columns(raw, keep)
         names = strings.many(st_name)
         if names is None:
             names = [self._name(strings, o, symtab.name) for o in st_name]
@@ -428,44 +433,48 @@ def _function_mask(raw: bytes) -> bytes:
     return mask.to_bytes(n, "little")
 
 
-def _symbol_columns(raw: bytes) -> tuple[list[int], list[int], list[int], list[int]]:
-    """st_name, st_shndx, st_value and st_size of every symbol, each as one list."""
+def _symbol_columns(raw: bytes, keep: bytes) -> tuple[list[int], list[int], list[int],
+                                                      list[int]]:
+    """st_name, st_shndx, st_value and st_size of the symbols whose keep byte is set."""
+    compress = itertools.compress
     if sys.byteorder == "little":
         with memoryview(raw) as mv, mv.cast("I") as i32, mv.cast("H") as i16, \
                 mv.cast("Q") as i64:
-            return (i32[0::6].tolist(), i16[3::12].tolist(), i64[1::3].tolist(),
-                    i64[2::3].tolist())
-    rows = list(SYM.iter_unpack(raw))
+            return (list(compress(i32[0::6], keep)), list(compress(i16[3::12], keep)),
+                    list(compress(i64[1::3], keep)), list(compress(i64[2::3], keep)))
+    rows = list(compress(SYM.iter_unpack(raw), keep))
     return [r[0] for r in rows], [r[3] for r in rows], [r[4] for r in rows], [r[5] for r in rows]
 
 
 class _Strings:
     """A string table: NUL-terminated names by byte offset."""
 
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
+    def __init__(self, raw: bytes | memoryview) -> None:
         # Latin-1 maps each byte to one character, so str offsets are byte offsets and
         # str.find/slicing (much faster per call than bytes slicing + decode) apply.
-        self._text = raw.decode("latin-1")
+        self.text = str(raw, "latin-1")
+
+    def __len__(self) -> int:
+        return len(self.text)
 
     def many(self, offsets: list[int]) -> list[str] | None:
         """The strings at many offsets at once; None if any is out of range or unterminated."""
-        text, raw = self._text, self.raw
-        if not raw or raw[-1] != 0 or max(offsets, default=0) >= len(raw):
+        text = self.text
+        if not text or text[-1] != "\0" or max(offsets, default=0) >= len(text):
             return None           # the caller looks them up one by one to name the bad one
         find = text.find
         names = [text[o:find("\0", o)] for o in offsets]
-        if not raw.isascii():
+        if not text.isascii():
             names = [n if n.isascii() else n.encode("latin-1").decode("utf-8", "surrogateescape")
                      for n in names]
         return names
 
     def get(self, offset: int) -> str | None:
         """The string at ``offset``, None when out of range or not terminated."""
-        end = self._text.find("\0", offset)
-        if end < 0 or offset >= len(self.raw):
+        end = self.text.find("\0", offset)
+        if end < 0 or offset >= len(self.text):
             return None
-        name = self._text[offset:end]
+        name = self.text[offset:end]
         if name.isascii():
             return name
         return name.encode("latin-1").decode("utf-8", "surrogateescape")

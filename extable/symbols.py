@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from typing import Any
+from typing import Any, Iterator
 
 from .elf import ET_REL, ElfImage, FunctionSymbols
 from .errors import ExtableError
@@ -62,16 +62,16 @@ def demangle_names(names: list[str], path: str) -> list[str]:
 
 
 def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
-            as_json: bool = False) -> str:
+            as_json: bool = False) -> Iterator[str]:
     """The whole output of ``extable symbols``: one line per function, or a JSON array.
 
     Text: ``START END SIZE NAME`` (``SECTION+OFFSET SIZE NAME`` for ET_REL), with
     `` (ifunc)`` after STT_GNU_IFUNC symbols. JSON: objects with name, start,
     end, size, type (func or ifunc), version, default (and section for ET_REL).
-    Both are built with one ``%`` over all rows, so the loop runs in C.
+    Yielded in chunks, each built with one ``%`` over its rows so the loop runs in C.
     """
     f = image.functions
-    versioned = any(v is not None for v in f.versions)
+    versioned = f.versions.count(None) != len(f.versions)
     names = [f.display_name(i) for i in range(len(f))] if versioned else f.names
     if demangle:
         names = demangle_names(names, image.path)
@@ -97,28 +97,27 @@ def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
     if any(f.ifunc):
         cols.append([" (ifunc)" if x else "" for x in col(f.ifunc)])
         line += "%s"
-    return head + _format(line + "\n", cols)
+    return itertools.chain((head,), _format(line + "\n", cols))
 
 
-
-def _format(line: str, cols: list[list[Any]]) -> str:
-    return (line * len(cols[0])) % tuple(itertools.chain.from_iterable(zip(*cols)))
+def _format(line: str, cols: list[list[Any]], rows: int = 8192) -> Iterator[str]:
+    """``line % row`` for every row, in chunks of ``rows`` rows."""
+    for at in range(0, len(cols[0]), rows):
+        part = [c[at:at + rows] for c in cols]
+        yield (line * len(part[0])) % tuple(itertools.chain.from_iterable(zip(*part)))
 
 
 def _json(start: list[int], end: list[int], size: list[int], names: list[str],
           ifunc: list[bool], versions: list[str | None], hidden: list[bool],
-          where: list[str] | None) -> str:
+          where: list[str] | None) -> Iterator[str]:
     from json.encoder import encode_basestring_ascii as quote   # C; what json.dumps uses
 
     if not names:
-        return "[]\n"
+        yield "[]\n"
+        return
     # Columns that are the same for every row go into the format as literals.
-    joined = " ".join(names)
-    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
-        cols: list[list[Any]] = [names]           # nothing json would escape
-        line = '{"name":"%s"'
-    else:
-        cols, line = [[quote(n) for n in names]], '{"name":%s'
+    cols: list[list[Any]] = [list(map(quote, names))]
+    line = '{"name":%s'
     cols += [start, end, size]
     line += ',"start":%d,"end":%d,"size":%d'
     if any(ifunc):
@@ -126,7 +125,7 @@ def _json(start: list[int], end: list[int], size: list[int], names: list[str],
         line += ',"type":%s'
     else:
         line += ',"type":"func"'
-    if any(v is not None for v in versions):
+    if versions.count(None) != len(versions):
         quoted = {v: "null" if v is None else quote(v) for v in set(versions)}
         cols.append([quoted[v] for v in versions])
         cols.append(["true" if v is not None and not h else "false"
@@ -137,4 +136,12 @@ def _json(start: list[int], end: list[int], size: list[int], names: list[str],
     if where is not None:
         cols.append([quote(w) for w in where])
         line += ',"section":%s'
-    return "[" + _format(line + "},\n", cols)[:-2] + "]\n"
+    # Rows end in ",\n"; the last one's comma becomes the closing bracket.
+    parts = _format(line + "},\n", cols)
+    last = ""
+    yield "["
+    for part in parts:
+        if last:
+            yield last
+        last = part
+    yield last[:-2] + "]\n"
