@@ -109,4 +109,5 @@ def test_cli_add_section_to_the_largest_elf(benchmark, peer: str, tmp_path_facto
     benchmark.group = "cli-add-section"
     benchmark.extra_info.update(peer=peer, file=BIG, size=os.path.getsize(BIG))
     benchmark.pedantic(once, rounds=5 if FULL else 2, iterations=1)
-    assert out.stat().st_size > os.path.getsize(BIG)
+    if peer.startswith("extable"):            # appended: objcopy rewrites (and may shrink)
+        assert out.stat().st_size > os.path.getsize(BIG)

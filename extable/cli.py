@@ -21,7 +21,9 @@ EXIT_OK, EXIT_CHECK, EXIT_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    json_errors = False      # --json was given: a usage error is a JSON object on stdout too
+    #: --json is on the command line: a usage error is a JSON object on stdout too. A class
+    #: attribute because argparse makes the subcommand parsers itself; main() sets it.
+    json_errors = False
 
     def error(self, message: str) -> NoReturn:
         if self.json_errors:
@@ -54,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", metavar="OUT", help="write the result here")
     out.add_argument("--in-place", action="store_true", help="rewrite FILE itself")
     b.add_argument("--rule", action="append", default=[], metavar="GLOB=HANDLER[@LANDING]",
-                   help="cover every function matching GLOB; LANDING defaults to {name}_fixup")
+                   help="cover every function matching GLOB; LANDING is a symbol, symbol+0x4 "
+                   "or 0x1234, may use {name}, and defaults to {name}_fixup")
     b.add_argument("--spec", metavar="FILE", help="TOML file of handlers, rules and ranges")
     b.add_argument("--add-section", action="store_true",
                    help="add a non-loaded section (for files without a reservation)")
