@@ -26,7 +26,7 @@ from typing import Callable
 from .append import append_section, check_unchanged, copy_file
 from .elf import ET_REL, ElfImage
 from .errors import ExtableError
-from .table import FLAG_LOADED, Table, encode, encoded_size
+from .table import FLAG_LOADED, Table, encode, encoded_size, is_table
 
 DEFAULT_SECTION = "extable_table"
 
@@ -98,6 +98,10 @@ def table_bytes_for(image: ElfImage, table: Table, section_name: str) -> tuple[i
     if not sec.has_file_bytes:
         raise ExtableError(f"section {section_name!r} is NOBITS: the reservation must be "
                            "const and occupy file bytes", image.path)
+    current = image.section_bytes(sec)
+    if not is_table(current) and current.count(0) != len(current):
+        raise ExtableError(f"section {section_name!r} holds other data (neither an empty "
+                           "reservation nor a table): refusing to overwrite it", image.path)
     table.flags = FLAG_LOADED if sec.alloc else 0
     table.self_vaddr = sec.addr if sec.alloc else 0
     blob = encode(table)

@@ -122,3 +122,11 @@ def test_in_place_add_section_keeps_mode(built, tmp_path) -> None:
             check=True)
     assert os.stat(src).st_mode & 0o7777 == 0o751
     assert run_cli("verify", src).returncode == 0
+
+
+@pytest.mark.parametrize("extra", [[], ["--add-section"]])
+def test_a_section_holding_other_data_is_never_overwritten(built, tmp_path, extra) -> None:
+    out = tmp_path / "o.so"
+    proc = run_cli("build", built["x86"], "-o", out, "--section", ".text", *extra)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "holds other data" in proc.stderr and not out.exists()
