@@ -125,6 +125,8 @@ class Rule:
 def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                ) -> tuple[SiteSet, list[str]]:
     """Sites for every function a rule matches, and why each rule that covers nothing does not."""
+    if not rules:
+        return SiteSet.empty(), []
     funcs = image.functions
     pool = HandlerPool()
     claimed: dict[int, Rule] = {}
