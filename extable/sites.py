@@ -161,10 +161,9 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
             claimed[start] = rule
             pad = rule.landing.replace("{name}", name)
             try:
-                landing = resolve_address(image, pad, "landing pad")
-            except ExtableError:
-                raise ExtableError(f"{rule.origin}: landing pad {pad!r} for {name} "
-                                   "is not a symbol") from None
+                landing = resolve_address(image, pad, f"{rule.origin}: landing pad for {name}")
+            except ExtableError as exc:
+                raise ExtableError(exc.message) from None     # without the image's path twice
             if start < landing < end:       # the pad is part of the function: do not cover it
                 end = landing
             rows.append((start, end, landing, word))
@@ -209,7 +208,6 @@ def from_records(image: ElfImage, section_name: str = RECORD_SECTION) -> SiteSet
 
 
 # -- source 3: explicit ranges ------------------------------------------------
-
 
 
 def resolve_address(image: ElfImage, value: int | str, what: str) -> int:

@@ -246,3 +246,13 @@ def test_rule_that_matched_only_its_own_landing_pad_says_so(built, tmp_path) -> 
     nothing = run_cli(*args[:2], "-o", tmp_path / "n.so", "--add-section",
                       "--rule", "nosuch*=fixup@copy_word_fixup")
     assert "matches no function" in nothing.stderr
+
+
+@pytest.mark.parametrize("landing,words", [("nosuch_pad", "unknown symbol 'nosuch_pad'"),
+                                           ("copy_word-0x100000", "is negative"),
+                                           ("0x10000000000000000", "wider than 64 bits")])
+def test_a_landing_pad_that_does_not_resolve_says_why(built, tmp_path, landing, words) -> None:
+    proc = run_cli("build", built["plain"], "-o", tmp_path / "o.so", "--add-section",
+                   "--rule", f"copy_word=fixup@{landing}")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert words in proc.stderr and "landing pad for copy_word" in proc.stderr, proc.stderr
