@@ -53,6 +53,8 @@ assert (EHDR.size, PHDR.size, SHDR.size, SYM.size) == (64, 56, 64, 24)
 _FUNC_INFO = bytes(1 if (i & 0xF) in (STT_FUNC, STT_GNU_IFUNC) else 0 for i in range(256))
 _IFUNC_INFO = bytes(1 if (i & 0xF) == STT_GNU_IFUNC else 0 for i in range(256))
 _NONZERO = bytes([0] + [1] * 255)
+# Bytes a name would need escaped in JSON, mapped out of ASCII (NUL ends a name: kept).
+_UNPLAIN = bytes(0x80 if 0 < i < 32 or i in (0x22, 0x5C, 0x7F) else i for i in range(256))
 
 
 # The records are NamedTuples, not dataclasses: importing dataclasses (and with it
@@ -370,6 +372,15 @@ class ElfImage:
         ifunc = list(map(bool, itertools.compress(raw[4::SYM.size].translate(_IFUNC_INFO),
                                                   keep)))
         return FunctionSymbols(symtab.name, names, value, size, ifunc, shndx, versions, hidden)
+
+    @cached_property
+    def plain_symbol_names(self) -> bool:
+        """Whether every symbol name is printable ASCII without ``"`` or ``\\`` (so JSON
+        and C can quote them as they are): one pass over the string table, in C."""
+        symtab = self._symbol_table()
+        if symtab is None or symtab.link >= len(self.sections):
+            return False
+        return self.section_bytes(self.sections[symtab.link]).translate(_UNPLAIN).isascii()
 
     @cached_property
     def symbol_addresses(self) -> dict[str, int]:

@@ -86,8 +86,9 @@ def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
     where = col([image.sections[n].name if n < len(image.sections) else f"[{n}]"
                  for n in f.shndx]) if rel else None
     if as_json:
+        plain = image.plain_symbol_names and not demangle
         return _json(start, end, size, names, col(f.ifunc), col(f.versions), col(f.hidden),
-                     where)
+                     where, plain)
     head = (f"# {len(f)} functions from {f.table} of {image.path}"
             + (" (relocatable: section+offset)\n" if rel else "\n"))
     if where is not None:
@@ -109,15 +110,19 @@ def _format(line: str, cols: list[list[Any]], rows: int = 8192) -> Iterator[str]
 
 def _json(start: list[int], end: list[int], size: list[int], names: list[str],
           ifunc: list[bool], versions: list[str | None], hidden: list[bool],
-          where: list[str] | None) -> Iterator[str]:
+          where: list[str] | None, plain: bool = False) -> Iterator[str]:
     from json.encoder import encode_basestring_ascii as quote   # C; what json.dumps uses
 
     if not names:
         yield "[]\n"
         return
-    # Columns that are the same for every row go into the format as literals.
-    cols: list[list[Any]] = [list(map(quote, names))]
-    line = '{"name":%s'
+    # Names from a plain string table need no escaping; columns that are the same for
+    # every row go into the format as literals.
+    if plain:
+        cols: list[list[Any]] = [names]
+        line = '{"name":"%s"'
+    else:
+        cols, line = [list(map(quote, names))], '{"name":%s'
     cols += [start, end, size]
     line += ',"start":%d,"end":%d,"size":%d'
     if any(ifunc):
