@@ -81,7 +81,7 @@ def check_target(image: ElfImage, output: str | None, in_place: bool) -> str:
     if in_place:
         if output is not None:
             raise ExtableError("give either -o OUT or --in-place, not both", image.path)
-        return image.path
+        return os.path.realpath(image.path)    # a symlink stays one: its target is rewritten
     if output is None:
         raise ExtableError("no output: give -o OUT or --in-place", image.path)
     if os.path.exists(output) and os.path.samefile(output, image.path):

@@ -130,3 +130,17 @@ def test_a_section_holding_other_data_is_never_overwritten(built, tmp_path, extr
     proc = run_cli("build", built["x86"], "-o", out, "--section", ".text", *extra)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert "holds other data" in proc.stderr and not out.exists()
+
+
+def test_in_place_through_a_symlink_rewrites_the_target_and_keeps_the_link(built,
+                                                                           tmp_path) -> None:
+    real = tmp_path / "lib" / "libplain.so.1.0"
+    real.parent.mkdir()
+    real.write_bytes(built["plain"].read_bytes())
+    link = tmp_path / "libplain.so.1"
+    link.symlink_to(real)
+    run_cli("build", link, "--in-place", "--add-section", "--rule", "copy_word=errno",
+            check=True)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert run_cli("verify", real).returncode == 0
+    assert sorted(os.listdir(real.parent)) == ["libplain.so.1.0"]     # no temporary left
