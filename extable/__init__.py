@@ -7,14 +7,14 @@ bytes → ELF (:mod:`extable.writer`) → runtime (the ``mcsafe`` package).
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 __version__ = "0.1.0"
 
 
 def include_dir() -> str:
     """The folder holding ``extable.h``, for ``-I``."""
-    return str(Path(__file__).resolve().parent / "include")
+    return os.path.join(os.path.dirname(os.path.realpath(__file__)), "include")
 
 
 from .errors import CheckFailed, ExtableError  # noqa: E402

@@ -7,7 +7,6 @@ Errors are one line on stderr naming the file and the problem.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
@@ -22,7 +21,13 @@ EXIT_OK, EXIT_CHECK, EXIT_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
+    #: --json is on the command line: a usage error is a JSON object on stdout too. A class
+    #: attribute because argparse makes the subcommand parsers itself; main() sets it.
+    json_errors = False
+
     def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            _print_json({"error": message, "file": None, "exit": EXIT_INPUT})
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -36,8 +41,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the folder holding extable.h and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
-    s = sub.add_parser("symbols", help="list function ranges (STT_FUNC symbols with a size)")
+    s = sub.add_parser("symbols", help="list function ranges (STT_FUNC and STT_GNU_IFUNC "
+                       "symbols with a size)")
     s.add_argument("file")
+    s.add_argument("--sort", choices=("file", "address", "name", "size"), default="file",
+                   help="order of the list (default: symbol-table order)")
+    s.add_argument("--demangle", "-C", action="store_true",
+                   help="demangle C++ and Rust names (with binutils' c++filt)")
     s.add_argument("--json", action="store_true")
 
     b = sub.add_parser("build", help="compile the table and write it into the ELF")
@@ -46,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", metavar="OUT", help="write the result here")
     out.add_argument("--in-place", action="store_true", help="rewrite FILE itself")
     b.add_argument("--rule", action="append", default=[], metavar="GLOB=HANDLER[@LANDING]",
-                   help="cover every function matching GLOB; LANDING defaults to {name}_fixup")
+                   help="cover every function matching GLOB; LANDING is a symbol, symbol+0x4 "
+                   "or 0x1234, may use {name}, and defaults to {name}_fixup")
     b.add_argument("--spec", metavar="FILE", help="TOML file of handlers, rules and ranges")
     b.add_argument("--add-section", action="store_true",
                    help="add a non-loaded section (for files without a reservation)")
@@ -80,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
     args = parser.parse_args(argv)
     if args.include_dir or args.command == "include-dir":
         print(include_dir())
@@ -94,11 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return kernel
         return _COMMANDS[args.command](args)
     except CheckFailed as exc:
-        print(f"extable: {_one_line(exc, args)}", file=sys.stderr)
-        return EXIT_CHECK
+        return _fail(args, exc, EXIT_CHECK)
     except ExtableError as exc:
-        print(f"extable: {_one_line(exc, args)}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(args, exc, EXIT_INPUT)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -121,32 +132,40 @@ def _kernel_command(args: argparse.Namespace) -> int | None:
     return run(args)
 
 
-def _one_line(exc: ExtableError, args: argparse.Namespace) -> str:
-    text = str(exc) if exc.path else f"{args.file}: {exc.message}"
-    return " ".join(text.split("\n"))
+def _fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
+    """One line on stderr; with --json also {"error", "file", "exit"} on stdout."""
+    text = " ".join((str(exc) if exc.path else f"{args.file}: {exc.message}").split("\n"))
+    if getattr(args, "json", False):
+        _print_json({"error": " ".join(exc.message.split("\n")),
+                     "file": exc.path or args.file, "exit": code})
+    print(f"extable: {text}", file=sys.stderr)
+    return code
+
+
+def _print_json(obj: object) -> None:
+    import json
+
+    # Compact and in one call: json's C encoder runs only without indent.
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
 def _emit(args: argparse.Namespace, obj: object, lines: list[str]) -> None:
     if args.json:
-        json.dump(obj, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(obj)
     else:
         sys.stdout.write("".join(line + "\n" for line in lines))
 
 
 def _symbols(args: argparse.Namespace) -> int:
     from .elf import ElfImage
+    from .symbols import listing
 
     with ElfImage(args.file) as image:
-        f = image.functions
-        starts, ends = f.start.tolist(), f.end.tolist()
-        if args.json:
-            _emit(args, [{"name": n, "start": s, "end": e}
-                         for n, s, e in zip(f.names, starts, ends)], [])
-        else:
-            sys.stdout.write(f"# {len(f)} functions from {f.table} of {args.file}\n")
-            sys.stdout.writelines(f"{s:#018x} {e:#018x} {e - s:8d} {n}\n"
-                                  for n, s, e in zip(f.names, starts, ends))
+        chunks = listing(image, sort=args.sort, demangle=args.demangle, as_json=args.json)
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+        for chunk in chunks:      # bytes as in the file: a non-UTF-8 name is passed through
+            out.write(chunk.encode("utf-8", "surrogateescape"))
     return EXIT_OK
 
 
@@ -175,16 +194,30 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _entry_dict(image: ElfImage, table: Table, i: int) -> dict[str, object]:
+def _entry_dicts(image: ElfImage, table: Table, which: Sequence[int] | None = None
+                 ) -> list[dict[str, object]]:
+    """The entries (all, or those in which) as dump and lookup print them."""
     from .model import describe_data
 
-    e = table.entries[i]
-    start, end, fixup, data = (int(e[k]) for k in ("start", "end", "fixup", "data"))
-    h = table.handler_of(data)
-    return {"index": i, "start": start, "end": end, "landing": fixup, "data": data,
-            "start_symbol": image.describe(start), "landing_symbol": image.describe(fixup),
-            "handler": describe_data(table.machine, data, table.handlers),
-            "descriptor": h.as_dict(table.machine) if h else None}
+    rows = table.entries.tolist()          # (start, end, fixup, data): plain ints, at once
+    by_word: dict[int, tuple[str, object]] = {}   # a data word's text and descriptor, once
+    out = []
+    for i in range(len(rows)) if which is None else which:
+        start, end, fixup, data = rows[i]
+        if data not in by_word:
+            h = table.handler_of(data)
+            by_word[data] = (describe_data(table.machine, data, table.handlers),
+                             h.as_dict(table.machine) if h else None)
+        text, descriptor = by_word[data]
+        out.append({"index": i, "start": start, "end": end, "landing": fixup, "data": data,
+                    "start_symbol": image.describe(start),
+                    "landing_symbol": image.describe(fixup),
+                    "handler": text, "descriptor": descriptor})
+    return out
+
+
+def _entry_dict(image: ElfImage, table: Table, i: int) -> dict[str, object]:
+    return _entry_dicts(image, table, [i])[0]
 
 
 def _entry_line(d: dict[str, object]) -> str:
@@ -200,7 +233,7 @@ def _dump(args: argparse.Namespace) -> int:
     with ElfImage(args.file) as image:
         section = args.section or DEFAULT_SECTION
         table = read_table(image, section)
-        entries = [_entry_dict(image, table, i) for i in range(len(table))]
+        entries = _entry_dicts(image, table)
         descs = [h.as_dict(table.machine) for h in table.handlers]
         head = (f"{args.file}: {image.machine_name} table in {section}, {len(table)} entries, "
                 f"{len(descs)} descriptors, "
@@ -238,9 +271,8 @@ def _lookup(args: argparse.Namespace) -> int:
         address = resolve_address(image, args.address, "address")
         i = table.lookup(address)
         if i is None:
-            print(f"extable: {args.file}: no entry covers {address:#x} "
-                  f"({image.describe(address)})", file=sys.stderr)
-            return EXIT_CHECK
+            raise CheckFailed(f"no entry covers {address:#x} ({image.describe(address)})",
+                              args.file)
         d = _entry_dict(image, table, i)
         _emit(args, d, [_entry_line(d)])
     return EXIT_OK

@@ -155,10 +155,10 @@ def build(image: ElfImage, spec: Spec, extra_rules: list[Rule] = (),  # type: ig
     warnings = []
     rules = list(spec.rules) + list(extra_rules)
     ruled, unmatched = from_rules(image, rules, spec.handlers)
-    for rule in unmatched:
+    for problem in unmatched:
         if strict:
-            raise ExtableError(f"{rule.origin} matches no function", image.path)
-        warnings.append(f"{rule.origin} matches no function")
+            raise ExtableError(problem, image.path)
+        warnings.append(problem)
     parts = [ruled]
     if records:
         parts.append(from_records(image))

@@ -1,25 +1,29 @@
-"""The ELF reader: headers, segments and sections through pyelftools, symbols in bulk.
+"""The ELF reader: headers, segments, sections and function symbols.
 
-Only what the compiler needs is read: the machine, the loadable segments, the
-sections by name, and the function symbols (name, start, size). Every offset the
-file gives is checked against the file's size before it is used, so a damaged
-file raises :class:`ExtableError` and never an exception from deep inside a
-parser.
+Only what the compiler needs is read: the machine, the program headers, the
+sections by name, and the function symbols (name, version, start, size). Every
+offset the file gives is checked against the file's size before it is used, so
+a damaged file raises :class:`ExtableError` and never an exception from deep
+inside a parser.
+
+The headers and symbols are read here with :mod:`struct` rather than through
+pyelftools because every ``extable`` command starts here: importing pyelftools
+and numpy costs 150 ms before a byte is read, and pyelftools builds a Python
+object per symbol (40 µs each). pyelftools stays the independent reader that
+checks what the writer produced (:mod:`extable.append`) and what the tests
+compare against.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import bisect
+import itertools
 import mmap
 import os
 import struct
-from dataclasses import dataclass, replace
+import sys
 from functools import cached_property
-from typing import IO, Iterator
-
-import numpy as np
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import IO, Iterator, NamedTuple
 
 from .errors import ExtableError
 
@@ -27,28 +31,35 @@ EM_X86_64 = 62
 EM_AARCH64 = 183
 MACHINES = {EM_X86_64: "x86_64", EM_AARCH64: "aarch64"}
 
-ET_EXEC, ET_DYN = 2, 3
-PT_LOAD = 1
+ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
+PT_LOAD, PT_DYNAMIC = 1, 2
 PF_X = 1
-SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS, SHT_DYNSYM = 2, 3, 8, 11
+SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS, SHT_DYNSYM = 1, 2, 3, 8, 11
+SHT_GNU_VERDEF, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFF
 SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
-STT_FUNC = 2
-SHN_UNDEF = 0
+STT_FUNC, STT_GNU_IFUNC = 2, 10
+SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
+PN_XNUM = 0xFFFF
+VERSYM_HIDDEN = 0x8000
+VER_NDX_GLOBAL = 1
 
-#: Elf64_Sym, read straight from the section bytes (pyelftools builds one Python
-#: object per symbol, which is 40 µs each: too slow for 100k-symbol files).
-SYM_DTYPE = np.dtype(
-    [("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
-     ("value", "<u8"), ("size", "<u8")]
-)
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+SHDR = struct.Struct("<IIQQQQIIQQ")
+SYM = struct.Struct("<IBBHQQ")
+assert (EHDR.size, PHDR.size, SHDR.size, SYM.size) == (64, 56, 64, 24)
 
-# pyelftools raises these on damaged input; the reader turns them into ExtableError.
-_PARSE_ERRORS = (ELFError, struct.error, ValueError, IndexError, KeyError,
-                 UnicodeDecodeError, OverflowError, AttributeError, TypeError)
+# Which st_info bytes are a function (STT_FUNC or STT_GNU_IFUNC), for bytes.translate.
+_FUNC_INFO = bytes(1 if (i & 0xF) in (STT_FUNC, STT_GNU_IFUNC) else 0 for i in range(256))
+_IFUNC_INFO = bytes(1 if (i & 0xF) == STT_GNU_IFUNC else 0 for i in range(256))
+_NONZERO = bytes([0] + [1] * 255)
+# Bytes a name would need escaped in JSON, mapped out of ASCII (NUL ends a name: kept).
+_UNPLAIN = bytes(0x80 if 0 < i < 32 or i in (0x22, 0x5C, 0x7F) else i for i in range(256))
 
 
-@dataclass(frozen=True)
-class Segment:
+# The records are NamedTuples, not dataclasses: importing dataclasses (and with it
+# inspect) is 9 ms of every command's start.
+class Segment(NamedTuple):
     """One PT_LOAD program header."""
 
     vaddr: int
@@ -66,11 +77,10 @@ class Segment:
         return self.vaddr + self.memsz
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
     """One section header, with its name resolved."""
 
-    index: int
+    index: int               # type: ignore[assignment]  # shadows tuple.index, on purpose
     name: str
     type: int
     flags: int
@@ -79,6 +89,8 @@ class Section:
     size: int
     link: int
     entsize: int
+    info: int = 0
+    addralign: int = 0
 
     @property
     def alloc(self) -> bool:
@@ -89,32 +101,50 @@ class Section:
         return self.type != SHT_NOBITS
 
 
-@dataclass(frozen=True)
-class FunctionSymbols:
-    """STT_FUNC symbols of nonzero size, in file order, as parallel arrays."""
+class FunctionSymbols(NamedTuple):
+    """Defined STT_FUNC and STT_GNU_IFUNC symbols of nonzero size, in file order.
+
+    Parallel lists; ``names`` are bare (``memcpy``), ``versions`` the version a
+    symbol is defined at (None when unversioned) and ``hidden`` whether that is
+    a non-default version (``memcpy@GLIBC_2.2.5`` rather than ``@@``). In an
+    ET_REL object ``start`` is an offset into section ``shndx``.
+    """
 
     table: str               # ".symtab" or ".dynsym"
     names: list[str]
-    start: np.ndarray        # uint64
-    size: np.ndarray         # uint64
+    start: list[int]
+    size: list[int]
+    ifunc: list[bool]        # STT_GNU_IFUNC rather than STT_FUNC
+    shndx: list[int]
+    versions: list[str | None]
+    hidden: list[bool]
 
     def __len__(self) -> int:
         return len(self.names)
 
     @property
-    def end(self) -> np.ndarray:
-        return self.start + self.size
+    def end(self) -> list[int]:
+        return [s + n for s, n in zip(self.start, self.size)]
+
+    def display_name(self, i: int) -> str:
+        """The name as readelf and nm show it: ``name@@VERSION``, ``name@VERSION`` or ``name``."""
+        version = self.versions[i]
+        if version is None:
+            return self.names[i]
+        return f"{self.names[i]}{'@' if self.hidden[i] else '@@'}{version}"
 
     def matching(self, pattern: str) -> Iterator[int]:
         """Indices of the functions whose name matches a glob."""
         if not any(c in pattern for c in "*?["):
             return (i for i, name in enumerate(self.names) if name == pattern)
+        import fnmatch
+
         match = fnmatch.fnmatchcase
         return (i for i, name in enumerate(self.names) if match(name, pattern))
 
 
 class ElfImage:
-    """An ELF64 little-endian ET_DYN or ET_EXEC file for x86-64 or aarch64.
+    """An ELF64 little-endian file for x86-64 or aarch64 (ET_DYN, ET_EXEC or ET_REL).
 
     The file is mapped read-only; use as a context manager or call :meth:`close`.
     """
@@ -136,7 +166,7 @@ class ElfImage:
         except OSError as exc:
             self.close()
             raise ExtableError(f"cannot read: {exc.strerror}", self.path) from None
-        except _PARSE_ERRORS as exc:
+        except (struct.error, ValueError, IndexError, OverflowError) as exc:
             self.close()
             raise ExtableError(f"malformed ELF: {_describe(exc)}", self.path) from None
 
@@ -164,58 +194,71 @@ class ElfImage:
         data, size = self.data, len(self.data)
         if size < 4 or data[:4] != b"\x7fELF":
             raise self._error("not an ELF file")
-        if size < 64:
+        if size < EHDR.size:
             raise self._error(f"truncated ELF header ({size} bytes)")
         if data[4] != 2:
             raise self._error("32-bit ELF is not supported (need ELF64)")
         if data[5] != 1:
             raise self._error("big-endian ELF is not supported (need little-endian)")
-        (e_type, e_machine, _v, _entry, e_phoff, e_shoff, _fl, _eh, e_phentsize,
-         e_phnum, e_shentsize, e_shnum, e_shstrndx) = struct.unpack_from(
-            "<HHIQQQIHHHHHH", data, 16)
+        (_ident, e_type, e_machine, _v, self.entry, e_phoff, e_shoff, _fl, _eh, e_phentsize,
+         e_phnum, e_shentsize, e_shnum, e_shstrndx) = EHDR.unpack_from(data, 0)
         if e_machine not in MACHINES:
             raise self._error(f"unsupported machine {e_machine} (need x86-64 or aarch64)")
-        if e_type not in (ET_EXEC, ET_DYN):
-            raise self._error(f"unsupported ELF type {e_type} (need ET_DYN or ET_EXEC)")
-        if e_phnum and (e_phentsize != 56 or e_phoff + e_phnum * 56 > size):
-            raise self._error("program header table lies outside the file")
-        if e_shnum and (e_shentsize != 64 or e_shoff + e_shnum * 64 > size):
-            raise self._error("section header table lies outside the file")
-        if e_shnum and e_shstrndx >= e_shnum:
-            raise self._error(f"section name table index {e_shstrndx} out of range")
+        if e_type not in (ET_EXEC, ET_DYN, ET_REL):
+            raise self._error(f"unsupported ELF type {e_type} (need ET_DYN, ET_EXEC or ET_REL)")
         self.machine: int = e_machine
         self.type: int = e_type
 
-        elf = ELFFile(self._file)
-        self.segments: list[Segment] = [
-            Segment(s["p_vaddr"], s["p_memsz"], s["p_offset"], s["p_filesz"], s["p_flags"])
-            for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        for seg in self.segments:
-            if seg.offset + seg.filesz > size or seg.filesz > seg.memsz:
-                raise self._error(f"PT_LOAD at {seg.vaddr:#x} lies outside the file")
+        # Extended numbering: counts that do not fit 16 bits live in section header 0.
+        sh0 = None
+        if e_shoff and e_shentsize == SHDR.size and e_shoff + SHDR.size <= size:
+            sh0 = SHDR.unpack_from(data, e_shoff)
+        if e_shnum == 0 and sh0 is not None:
+            e_shnum = sh0[5]
+        if e_shstrndx == SHN_XINDEX and sh0 is not None:
+            e_shstrndx = sh0[6]
+        if e_phnum == PN_XNUM and sh0 is not None:
+            e_phnum = sh0[7]
 
+        if e_phnum and (e_phentsize != PHDR.size or e_phoff + e_phnum * PHDR.size > size):
+            raise self._error("program header table lies outside the file")
+        if e_shnum and (e_shentsize != SHDR.size or e_shoff + e_shnum * SHDR.size > size):
+            raise self._error("section header table lies outside the file")
+        if e_shnum and e_shstrndx >= e_shnum:
+            raise self._error(f"section name table index {e_shstrndx} out of range")
+
+        self.program_headers: list[tuple[int, ...]] = list(PHDR.iter_unpack(
+            data[e_phoff:e_phoff + e_phnum * PHDR.size])) if e_phnum else []
+        self.segments: list[Segment] = [
+            Segment(vaddr, memsz, offset, filesz, flags)
+            for (p_type, flags, offset, vaddr, _pa, filesz, memsz, _al) in self.program_headers
+            if p_type == PT_LOAD]
         self.sections: list[Section] = []
         if e_shnum:
-            names = elf.get_section(e_shstrndx)
-            if names["sh_type"] != "SHT_STRTAB" or names["sh_offset"] + names["sh_size"] > size:
-                raise self._error("section name table is damaged")
-        for index in range(e_shnum):
-            hdr = elf._get_section_header(index)
-            sec = Section(index, "", _sh_type(hdr["sh_type"]), hdr["sh_flags"], hdr["sh_addr"],
-                          hdr["sh_offset"], hdr["sh_size"], hdr["sh_link"], hdr["sh_entsize"])
-            if sec.has_file_bytes and sec.type and sec.offset + sec.size > size:
-                raise self._error(f"section {index} extends past the end of the file")
-            name = self._cstring(names["sh_offset"], names["sh_size"], hdr["sh_name"],
-                                 "section name")
-            self.sections.append(replace(sec, name=name))
+            self._parse_sections(e_shoff, e_shnum, e_shstrndx)
+        # A separate debug file keeps the program headers of the file it came from.
+        for seg in self.segments:
+            if seg.filesz > seg.memsz or (seg.offset + seg.filesz > size
+                                          and not self.is_separate_debug):
+                raise self._error(f"PT_LOAD at {seg.vaddr:#x} lies outside the file")
 
-    def _cstring(self, table_offset: int, table_size: int, offset: int, what: str) -> str:
-        if offset >= table_size:
-            raise self._error(f"{what} offset {offset} out of range")
-        end = self.data.find(b"\0", table_offset + offset, table_offset + table_size)
-        if end < 0:
-            raise self._error(f"{what} at offset {offset} is not terminated")
-        return bytes(self.data[table_offset + offset:end]).decode("utf-8", "surrogateescape")
+    def _parse_sections(self, e_shoff: int, e_shnum: int, e_shstrndx: int) -> None:
+        data, size = self.data, len(self.data)
+        headers = list(SHDR.iter_unpack(data[e_shoff:e_shoff + e_shnum * SHDR.size]))
+        _n, n_type, _f, _a, n_off, n_size = headers[e_shstrndx][:6]
+        if n_type != SHT_STRTAB or n_off + n_size > size:
+            raise self._error("section name table is damaged")
+        names = _Strings(data[n_off:n_off + n_size])
+        for index, (sh_name, sh_type, flags, addr, offset, sh_size, link, info, align,
+                    entsize) in enumerate(headers):
+            if sh_type not in (0, SHT_NOBITS) and offset + sh_size > size:
+                raise self._error(f"section {index} extends past the end of the file")
+            name = names.get(sh_name)
+            if name is None:
+                raise self._error(f"section name offset {sh_name} out of range or "
+                                  "not terminated")
+            self.sections.append(Section(index, name, sh_type, flags, addr, offset, sh_size,
+                                         link, entsize, info, align))
 
     # -- queries -----------------------------------------------------------
 
@@ -226,6 +269,12 @@ class ElfImage:
     @property
     def executable_segments(self) -> list[Segment]:
         return [s for s in self.segments if s.executable]
+
+    @property
+    def is_separate_debug(self) -> bool:
+        """A file from ``objcopy --only-keep-debug``: its code sections hold no bytes."""
+        code = [s for s in self.sections if s.flags & SHF_EXECINSTR and s.flags & SHF_ALLOC]
+        return bool(code) and all(not s.has_file_bytes for s in code)
 
     def section(self, name: str) -> Section | None:
         """The first section called ``name``, or None."""
@@ -240,57 +289,128 @@ class ElfImage:
         by_type = {s.type: s for s in reversed(self.sections)}
         return by_type.get(SHT_SYMTAB) or by_type.get(SHT_DYNSYM)
 
-    def _raw_symbols(self) -> tuple[Section, np.ndarray, Section]:
+    def _symtab_parts(self) -> tuple[Section, bytes, _Strings]:
         symtab = self._symbol_table()
         if symtab is None:
             raise self._error("no symbol table (.symtab or .dynsym)")
-        if symtab.entsize != SYM_DTYPE.itemsize or symtab.size % SYM_DTYPE.itemsize:
+        if symtab.entsize != SYM.size or symtab.size % SYM.size or not symtab.has_file_bytes:
             raise self._error(f"{symtab.name}: bad symbol entry size {symtab.entsize}")
         if symtab.link >= len(self.sections) or self.sections[symtab.link].type != SHT_STRTAB:
             raise self._error(f"{symtab.name}: linked string table is missing")
-        raw = np.frombuffer(self.data, SYM_DTYPE, count=symtab.size // SYM_DTYPE.itemsize,
-                            offset=symtab.offset)
-        return symtab, raw, self.sections[symtab.link]
+        return symtab, self.section_bytes(symtab), self._strings(self.sections[symtab.link])
 
-    def _names(self, strtab: Section, offsets: np.ndarray, table: str) -> list[str]:
-        strings = np.frombuffer(self.data, np.uint8, count=strtab.size, offset=strtab.offset)
-        if len(offsets) and int(offsets.max()) >= strtab.size:
-            raise self._error(f"{table}: symbol name offset {int(offsets.max())} out of range")
-        nuls = np.flatnonzero(strings == 0)
-        where = np.searchsorted(nuls, offsets)
-        if len(offsets) and (len(nuls) == 0 or int(where.max()) >= len(nuls)):
-            raise self._error(f"{table}: symbol name is not terminated")
-        ends = nuls[where] if len(offsets) else where
-        blob = bytes(strings)
-        return [blob[a:b].decode("utf-8", "surrogateescape")
-                for a, b in zip(offsets.tolist(), ends.tolist())]
+    def _strings(self, section: Section) -> _Strings:
+        """A string table, decoded straight from the mapping (a 20 MB .strtab is one copy)."""
+        if not section.has_file_bytes or not isinstance(self.data, mmap.mmap):
+            return _Strings(self.section_bytes(section))
+        with memoryview(self.data) as mv, mv[section.offset:section.offset + section.size] as s:
+            return _Strings(s)
+
+    def _name(self, strings: _Strings, offset: int, table: str) -> str:
+        name = strings.get(offset)
+        if name is None:
+            what = "out of range" if offset >= len(strings) else "not terminated"
+            raise self._error(f"{table}: symbol name offset {offset} {what}")
+        return name
+
+    @cached_property
+    def _versions(self) -> tuple[bytes, dict[int, str]] | None:
+        """(.gnu.version bytes, version index → name from .gnu.version_d), if both exist."""
+        versym = next((s for s in self.sections if s.type == SHT_GNU_VERSYM), None)
+        verdef = next((s for s in self.sections if s.type == SHT_GNU_VERDEF), None)
+        if versym is None or verdef is None or verdef.link >= len(self.sections):
+            return None
+        blob = self.section_bytes(verdef)
+        strings = self._strings(self.sections[verdef.link])
+        names: dict[int, str] = {}
+        at = 0
+        for _ in range(max(verdef.info, 1)):
+            if at + 20 > len(blob):
+                break
+            _ver, _flags, ndx, count, _hash, aux, nxt = struct.unpack_from("<HHHHIII", blob, at)
+            if count and at + aux + 8 <= len(blob):
+                name = strings.get(struct.unpack_from("<I", blob, at + aux)[0])
+                if name is not None:
+                    names[ndx] = name
+            if not nxt:
+                break
+            at += nxt
+        return self.section_bytes(versym), names
+
+    def _version_of(self, table: Section, index: int, name: str) -> tuple[str, str | None, bool]:
+        """(bare name, version, hidden) of symbol ``index``."""
+        if table.type == SHT_DYNSYM:
+            versions = self._versions
+            if versions is not None and 2 * index + 2 <= len(versions[0]):
+                v = versions[0][2 * index] | versions[0][2 * index + 1] << 8
+                ndx = v & ~VERSYM_HIDDEN
+                if ndx > VER_NDX_GLOBAL and ndx in versions[1]:
+                    return name, versions[1][ndx], bool(v & VERSYM_HIDDEN)
+            return name, None, False
+        # In .symtab the linker writes the version into the name: memcpy@@GLIBC_2.14.
+        if "@" in name and self._versions is not None:
+            bare, _, version = name.partition("@")
+            if version.startswith("@"):
+                return bare, version[1:], False
+            return bare, version, True
+        return name, None, False
 
     @cached_property
     def functions(self) -> FunctionSymbols:
-        """Defined STT_FUNC symbols with nonzero size: the function ranges."""
-        symtab, raw, strtab = self._raw_symbols()
-        keep = ((raw["info"] & 0xF) == STT_FUNC) & (raw["size"] > 0) & (raw["shndx"] != SHN_UNDEF)
-        chosen = raw[keep]
-        names = self._names(strtab, chosen["name"], symtab.name)
-        return FunctionSymbols(symtab.name, names, chosen["value"].astype(np.uint64),
-                               chosen["size"].astype(np.uint64))
+        """Defined function symbols with nonzero size: the function ranges."""
+        symtab, raw, strings = self._symtab_parts()
+        keep = _function_mask(raw)
+        st_name, shndx, value, size = _symbol_columns(raw, keep)
+        names = strings.many(st_name)
+        if names is None:
+            names = [self._name(strings, o, symtab.name) for o in st_name]
+        versions: list[str | None] = [None] * len(names)
+        hidden = [False] * len(names)
+        if self._versions is not None:
+            for k, i in enumerate(itertools.compress(range(len(keep)), keep)):
+                names[k], versions[k], hidden[k] = self._version_of(symtab, i, names[k])
+        ifunc = list(map(bool, itertools.compress(raw[4::SYM.size].translate(_IFUNC_INFO),
+                                                  keep)))
+        return FunctionSymbols(symtab.name, names, value, size, ifunc, shndx, versions, hidden)
+
+    @cached_property
+    def plain_symbol_names(self) -> bool:
+        """Whether every symbol name is printable ASCII without ``"`` or ``\\`` (so JSON
+        and C can quote them as they are): one pass over the string table, in C."""
+        symtab = self._symbol_table()
+        if symtab is None or symtab.link >= len(self.sections):
+            return False
+        return self.section_bytes(self.sections[symtab.link]).translate(_UNPLAIN).isascii()
 
     @cached_property
     def symbol_addresses(self) -> dict[str, int]:
-        """Every defined symbol's name → value (the first one wins), for labels."""
-        symtab, raw, strtab = self._raw_symbols()
-        defined = raw[(raw["shndx"] != SHN_UNDEF) & (raw["name"] != 0)]
-        names = self._names(strtab, defined["name"], symtab.name)
+        """Every defined symbol's name → value, for labels and landing pads.
+
+        Versioned symbols are there as ``name@VERSION`` / ``name@@VERSION`` and
+        by the bare name, which means the default version when there is one
+        (as the linker resolves it), else the first symbol of that name.
+        """
+        symtab, raw, strings = self._symtab_parts()
         table: dict[str, int] = {}
-        for name, value in zip(names, defined["value"].tolist()):
-            table.setdefault(name, value)
+        rank: dict[str, int] = {}
+        for i, (st_name, _info, _other, shndx, value, _size) in enumerate(SYM.iter_unpack(raw)):
+            if shndx == SHN_UNDEF or not st_name:
+                continue
+            full = self._name(strings, st_name, symtab.name)
+            name, version, hide = self._version_of(symtab, i, full)
+            if version is not None:
+                table.setdefault(f"{name}{'@' if hide else '@@'}{version}", value)
+            r = 2 if hide else 0 if version is not None else 1
+            if rank.get(name, 3) > r:
+                table[name], rank[name] = value, r
         return table
 
     @cached_property
-    def _sorted_functions(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _sorted_functions(self) -> tuple[list[int], list[int], list[str]]:
         funcs = self.functions
-        order = np.argsort(funcs.start, kind="stable")
-        return funcs.start[order], funcs.end[order], [funcs.names[i] for i in order.tolist()]
+        order = sorted(range(len(funcs)), key=funcs.start.__getitem__)
+        return ([funcs.start[i] for i in order], [funcs.start[i] + funcs.size[i] for i in order],
+                [funcs.names[i] for i in order])
 
     def describe(self, address: int) -> str:
         """``name+0xoff`` for an address inside a function, else the hex address."""
@@ -298,22 +418,79 @@ class ElfImage:
             starts, ends, names = self._sorted_functions
         except ExtableError:
             return f"{address:#x}"
-        i = int(np.searchsorted(starts, np.uint64(address), side="right")) - 1
+        i = bisect.bisect_right(starts, address) - 1
         # A later-starting function may end before an earlier, larger one; look back a little.
         for j in range(i, max(i - 8, -1), -1):
-            if int(starts[j]) <= address < int(ends[j]):
-                off = address - int(starts[j])
+            if starts[j] <= address < ends[j]:
+                off = address - starts[j]
                 return f"{names[j]}+{off:#x}" if off else names[j]
         return f"{address:#x}"
 
 
-def _sh_type(value: object) -> int:
-    """pyelftools names known section types; we want the number."""
-    if isinstance(value, int):
-        return value
-    return {"SHT_NULL": 0, "SHT_PROGBITS": 1, "SHT_SYMTAB": SHT_SYMTAB,
-            "SHT_STRTAB": SHT_STRTAB, "SHT_NOBITS": SHT_NOBITS,
-            "SHT_DYNSYM": SHT_DYNSYM}.get(str(value), -1)
+def _function_mask(raw: bytes) -> bytes:
+    """One byte per symbol, 1 for a defined function of nonzero size.
+
+    Built from strided slices of the table with big-integer bit operations, so
+    that no Python code runs per symbol (a vmlinux has 150k of them).
+    """
+    n = len(raw) // SYM.size
+
+    def nonzero(*at: int) -> int:      # bytes at these offsets of each entry: any set?
+        word = 0
+        for a in at:
+            word |= int.from_bytes(raw[a::SYM.size], "little")
+        return int.from_bytes(word.to_bytes(n, "little").translate(_NONZERO), "little")
+
+    func = int.from_bytes(raw[4::SYM.size].translate(_FUNC_INFO), "little")
+    mask = func & nonzero(6, 7) & nonzero(*range(16, 24))        # st_shndx, st_size
+    return mask.to_bytes(n, "little")
+
+
+def _symbol_columns(raw: bytes, keep: bytes) -> tuple[list[int], list[int], list[int],
+                                                      list[int]]:
+    """st_name, st_shndx, st_value and st_size of the symbols whose keep byte is set."""
+    compress = itertools.compress
+    if sys.byteorder == "little":
+        with memoryview(raw) as mv, mv.cast("I") as i32, mv.cast("H") as i16, \
+                mv.cast("Q") as i64:
+            return (list(compress(i32[0::6], keep)), list(compress(i16[3::12], keep)),
+                    list(compress(i64[1::3], keep)), list(compress(i64[2::3], keep)))
+    rows = list(compress(SYM.iter_unpack(raw), keep))
+    return [r[0] for r in rows], [r[3] for r in rows], [r[4] for r in rows], [r[5] for r in rows]
+
+
+class _Strings:
+    """A string table: NUL-terminated names by byte offset."""
+
+    def __init__(self, raw: bytes | memoryview) -> None:
+        # Latin-1 maps each byte to one character, so str offsets are byte offsets and
+        # str.find/slicing (much faster per call than bytes slicing + decode) apply.
+        self.text = str(raw, "latin-1")
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def many(self, offsets: list[int]) -> list[str] | None:
+        """The strings at many offsets at once; None if any is out of range or unterminated."""
+        text = self.text
+        if not text or text[-1] != "\0" or max(offsets, default=0) >= len(text):
+            return None           # the caller looks them up one by one to name the bad one
+        find = text.find
+        names = [text[o:find("\0", o)] for o in offsets]
+        if not text.isascii():
+            names = [n if n.isascii() else n.encode("latin-1").decode("utf-8", "surrogateescape")
+                     for n in names]
+        return names
+
+    def get(self, offset: int) -> str | None:
+        """The string at ``offset``, None when out of range or not terminated."""
+        end = self.text.find("\0", offset)
+        if end < 0 or offset >= len(self.text):
+            return None
+        name = self.text[offset:end]
+        if name.isascii():
+            return name
+        return name.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def _describe(exc: BaseException) -> str:

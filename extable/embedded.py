@@ -13,8 +13,9 @@ def read_table(image: ElfImage, section_name: str = DEFAULT_SECTION) -> Table:
     """The table embedded in the file's section, decoded (not yet checked against the file)."""
     sec = image.section(section_name)
     if sec is None:
-        raise ExtableError(f"no section {section_name!r}: no table was built into this file",
-                           image.path)
+        raise ExtableError(f"no section {section_name!r}: no table was built into this file, "
+                           "or it was stripped since (eu-strip and objcopy --remove-section "
+                           "drop it; binutils strip keeps it)", image.path)
     blob = image.section_bytes(sec)
     if not is_table(blob):
         raise ExtableError(f"section {section_name!r} holds no table yet (run extable build)",

@@ -22,6 +22,9 @@ RECORD = struct.Struct("<iiiIBBBBBBBxiI32s")
 RECORD_MAGIC = 0x31535458          # "XTS1"
 assert RECORD.size == 64
 
+#: An address: symbol, symbol+off, symbol-off or a number (decimal or 0x hex).
+_ADDR = re.compile(r"^\s*([A-Za-z_.$][\w.$@]*)?\s*(?:([+-])?\s*(0x[0-9a-fA-F]+|\d+))?\s*$")
+
 
 @dataclass
 class SiteSet:
@@ -99,20 +102,32 @@ class Rule:
 
     @classmethod
     def parse(cls, text: str) -> Rule:
-        """``GLOB=HANDLER`` or ``GLOB=HANDLER@LANDING`` (LANDING may use ``{name}``)."""
+        """``GLOB=HANDLER`` or ``GLOB=HANDLER@LANDING``.
+
+        LANDING is a symbol, ``symbol+0x4``, or an address (``0x1234``); it may
+        use ``{name}`` for the matched function's name. Without ``@`` it is
+        ``{name}_fixup``.
+        """
         glob, sep, rest = text.partition("=")
-        handler, _, landing = rest.partition("@")
-        if not sep or not glob or not handler:
+        handler, at, landing = rest.partition("@")
+        if not sep or not glob.strip() or not handler.strip():
             raise ExtableError(f"bad rule {text!r}: expected GLOB=HANDLER[@LANDING]")
-        return cls(glob.strip(), handler.strip(), landing.strip() or "{name}_fixup",
-                   f"rule {text!r}")
+        if at and not landing.strip():
+            raise ExtableError(f"bad rule {text!r}: empty landing pad after '@' (leave out "
+                               "'@' for the default {name}_fixup)")
+        landing = landing.strip() or "{name}_fixup"
+        if not _ADDR.match(landing.replace("{name}", "x")):
+            raise ExtableError(f"bad rule {text!r}: cannot read landing pad {landing!r} "
+                               "(a symbol, symbol+0x10 or 0x1234)")
+        return cls(glob.strip(), handler.strip(), landing, f"rule {text!r}")
 
 
 def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
-               ) -> tuple[SiteSet, list[Rule]]:
-    """Sites for every function a rule matches, and the rules that matched nothing."""
+               ) -> tuple[SiteSet, list[str]]:
+    """Sites for every function a rule matches, and why each rule that covers nothing does not."""
+    if not rules:
+        return SiteSet.empty(), []
     funcs = image.functions
-    labels = image.symbol_addresses if rules else {}
     pool = HandlerPool()
     claimed: dict[int, Rule] = {}
     rows: list[tuple[int, int, int, int]] = []
@@ -123,15 +138,20 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
             raise ExtableError(f"{rule.origin}: unknown handler {rule.handler!r} "
                                f"(known: {', '.join(sorted(handlers))})")
         word = pool.word(handlers[rule.handler])
-        hits = list(funcs.matching(rule.pattern))
-        # A glob like copy_* also matches copy_x_fixup; a landing pad is never covered.
-        pads = {rule.landing.replace("{name}", funcs.names[i]) for i in hits}
-        hits = [i for i in hits if funcs.names[i] not in pads]
+        found = list(funcs.matching(rule.pattern))
+        # A glob like copy_* also matches copy_x_fixup; a landing pad is never covered
+        # (one at sym+off is inside sym, which is covered up to the pad, below).
+        pads = {rule.landing.replace("{name}", funcs.names[i]) for i in found}
+        hits = [i for i in found if funcs.names[i] not in pads]
         if not hits:
-            unmatched.append(rule)
+            own = sorted({funcs.names[i] for i in found})
+            unmatched.append(
+                f"{rule.origin} matches only its own landing pad{'s' if len(own) > 1 else ''} "
+                f"{', '.join(own)}: no function to cover" if own
+                else f"{rule.origin} matches no function")
         for i in hits:
             name = funcs.names[i]
-            start, end = int(funcs.start[i]), int(funcs.end[i])
+            start, end = funcs.start[i], funcs.start[i] + funcs.size[i]
             if start in claimed:
                 other = claimed[start]
                 if (other.handler, other.landing) != (rule.handler, rule.landing):
@@ -139,11 +159,11 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                                        f"both match {name}")
                 continue
             claimed[start] = rule
-            landing_name = rule.landing.replace("{name}", name)
-            if landing_name not in labels:
-                raise ExtableError(f"{rule.origin}: landing pad {landing_name!r} for {name} "
-                                   "is not a symbol")
-            landing = labels[landing_name]
+            pad = rule.landing.replace("{name}", name)
+            try:
+                landing = resolve_address(image, pad, f"{rule.origin}: landing pad for {name}")
+            except ExtableError as exc:
+                raise ExtableError(exc.message) from None     # without the image's path twice
             if start < landing < end:       # the pad is part of the function: do not cover it
                 end = landing
             rows.append((start, end, landing, word))
@@ -189,23 +209,29 @@ def from_records(image: ElfImage, section_name: str = RECORD_SECTION) -> SiteSet
 
 # -- source 3: explicit ranges ------------------------------------------------
 
-_ADDR = re.compile(r"^\s*([A-Za-z_.$][\w.$@]*)?\s*(?:([+-])?\s*(0x[0-9a-fA-F]+|\d+))?\s*$")
-
 
 def resolve_address(image: ElfImage, value: int | str, what: str) -> int:
-    """An address given as an integer, ``"0x1234"``, ``"symbol"`` or ``"symbol+0x10"``."""
+    """An address given as an integer, ``"0x1234"``, ``"symbol"`` or ``"symbol+0x10"``.
+
+    The result must fit 64 bits and not be negative (ExtableError otherwise).
+    """
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _ADDR.match(str(value))
-    if not m or not (m.group(1) or m.group(3)):
-        raise ExtableError(f"{what}: cannot read address {value!r}")
-    base = 0
-    if m.group(1):
-        if m.group(1) not in image.symbol_addresses:
-            raise ExtableError(f"{what}: unknown symbol {m.group(1)!r}")
-        base = image.symbol_addresses[m.group(1)]
-    off = int(m.group(3), 0) if m.group(3) else 0
-    return base - off if m.group(2) == "-" else base + off
+        address = value
+    else:
+        m = _ADDR.match(str(value))
+        if not m or not (m.group(1) or m.group(3)):
+            raise ExtableError(f"{what}: cannot read address {value!r}")
+        base = 0
+        if m.group(1):
+            if m.group(1) not in image.symbol_addresses:
+                raise ExtableError(f"{what}: unknown symbol {m.group(1)!r}")
+            base = image.symbol_addresses[m.group(1)]
+        off = int(m.group(3), 0) if m.group(3) else 0
+        address = base - off if m.group(2) == "-" else base + off
+    if not 0 <= address < 1 << 64:
+        why = "negative" if address < 0 else "wider than 64 bits"
+        raise ExtableError(f"{what}: {value!r} is {why}")
+    return address
 
 
 def from_ranges(image: ElfImage, ranges: list[dict[str, object]],

@@ -6,12 +6,15 @@ Two ways, as docs/FORMAT.md describes:
   makes at compile time, or a section an earlier ``--add-section`` run added):
   the bytes are overwritten in a copy of the file and nothing else moves, as
   the kernel's ``scripts/sorttable.c`` does for ``__ex_table``;
-* into a new non-loaded section added with LIEF, for files built without a
-  reservation. LIEF's ``loaded=True`` is never used: it moves code and breaks
-  every address the table holds.
+* into a new non-loaded section appended after everything else, for files
+  built without a reservation (:mod:`extable.append`, the layout of
+  ``objcopy --add-section``): no segment and no loaded section moves, and the
+  result is checked with an independent reader before it is kept.
 
 Either way the output is written to a temporary file in the target folder,
-fsynced and renamed into place; on any error nothing is left behind.
+fsynced and renamed into place; on any error nothing is left behind. The copy
+is streamed (the kernel copies the file), so a 600 MB vmlinux costs neither
+its size in memory nor more than a few seconds.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import os
 import tempfile
 from typing import Callable
 
-from .elf import ElfImage
+from .append import append_section, check_unchanged, copy_file
+from .elf import ET_REL, ElfImage
 from .errors import ExtableError
-from .table import FLAG_LOADED, Table, decode, encode, encoded_size, is_table
+from .table import FLAG_LOADED, Table, encode, encoded_size, is_table
 
 DEFAULT_SECTION = "extable_table"
 
@@ -68,10 +72,16 @@ def _unlink(path: str) -> None:
 
 def check_target(image: ElfImage, output: str | None, in_place: bool) -> str:
     """The path to write: the input only with in_place, never by accident."""
+    if image.type == ET_REL:
+        raise ExtableError("a relocatable object (ET_REL) has no final addresses: build the "
+                           "table into the linked library or executable", image.path)
+    if image.is_separate_debug:
+        raise ExtableError("a separate debug file (its code sections hold no bytes): build "
+                           "the table into the binary it was split from", image.path)
     if in_place:
         if output is not None:
             raise ExtableError("give either -o OUT or --in-place, not both", image.path)
-        return image.path
+        return os.path.realpath(image.path)    # a symlink stays one: its target is rewritten
     if output is None:
         raise ExtableError("no output: give -o OUT or --in-place", image.path)
     if os.path.exists(output) and os.path.samefile(output, image.path):
@@ -88,6 +98,10 @@ def table_bytes_for(image: ElfImage, table: Table, section_name: str) -> tuple[i
     if not sec.has_file_bytes:
         raise ExtableError(f"section {section_name!r} is NOBITS: the reservation must be "
                            "const and occupy file bytes", image.path)
+    current = image.section_bytes(sec)
+    if not is_table(current) and current.count(0) != len(current):
+        raise ExtableError(f"section {section_name!r} holds other data (neither an empty "
+                           "reservation nor a table): refusing to overwrite it", image.path)
     table.flags = FLAG_LOADED if sec.alloc else 0
     table.self_vaddr = sec.addr if sec.alloc else 0
     blob = encode(table)
@@ -103,17 +117,19 @@ def write_into_section(image: ElfImage, table: Table, target: str,
     offset, blob = table_bytes_for(image, table, section_name)
 
     def produce(tmp: str) -> None:
-        with open(tmp, "wb") as out:
-            out.write(image.data[:offset])
+        with open(image.path, "rb") as src, open(tmp, "wb") as out:
+            if copy_file(src, out) != len(image.data):
+                raise ExtableError("the file changed size while it was being copied",
+                                   image.path)
+            out.seek(offset)
             out.write(blob)
-            out.write(image.data[offset + len(blob):])
 
     atomic_write(target, produce, mode_from=image.path)
 
 
 def write_added_section(image: ElfImage, table: Table, target: str,
                         section_name: str = DEFAULT_SECTION) -> None:
-    """Add a non-loaded section with LIEF; re-read the result and require a round trip."""
+    """Append a non-loaded section holding the table; refuse unless nothing else changed."""
     existing = image.section(section_name)
     if existing is not None and existing.size >= encoded_size(len(table), table.handlers):
         write_into_section(image, table, target, section_name)   # a re-run: same place
@@ -125,33 +141,12 @@ def write_added_section(image: ElfImage, table: Table, target: str,
     blob = encode(table)
 
     def produce(tmp: str) -> None:
-        import lief   # only this path needs LIEF, and it is slow to import
-
-        lief.logging.disable()
-        binary = lief.ELF.parse(image.path)
-        if binary is None:
-            raise ExtableError("LIEF cannot parse the file", image.path)
-        section = lief.ELF.Section(section_name)
-        section.type = lief.ELF.Section.TYPE.PROGBITS
-        section.content = list(blob)
-        section.alignment = 8
-        binary.add(section, loaded=False)
-        binary.write(tmp)
-        _require_round_trip(image, tmp, section_name, blob)
+        with open(tmp, "wb") as out:
+            append_section(image, out, section_name, blob)
+        try:
+            check_unchanged(image.path, tmp, section_name, blob)
+        except ExtableError as exc:
+            raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
+                               image.path) from None
 
     atomic_write(target, produce, mode_from=image.path)
-
-
-def _require_round_trip(image: ElfImage, written: str, section_name: str, blob: bytes) -> None:
-    try:
-        with ElfImage(written) as out:
-            sec = out.section(section_name)
-            got = out.section_bytes(sec)[:len(blob)] if sec else b""
-            if not is_table(got) or got != blob:
-                raise ExtableError("the added section did not read back as the table")
-            decode(got)
-            if out.executable_segments != image.executable_segments:
-                raise ExtableError("adding the section moved executable segments")
-    except ExtableError as exc:
-        raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
-                           image.path) from None

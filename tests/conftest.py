@@ -69,7 +69,8 @@ def fresh(built: dict[str, Path], tmp_path: Path):
 
 
 def readelf_functions(path: str | os.PathLike[str], table: str) -> list[tuple[str, int, int]]:
-    """(name, start, end) of FUNC symbols with a size in one symbol table, per readelf -sW."""
+    """(name as readelf prints it, with any @version; start; end) of the defined FUNC and
+    IFUNC symbols with a size in one symbol table, per readelf -sW."""
     text = subprocess.run(["readelf", "-sW", str(path)], capture_output=True, text=True,
                           check=True).stdout
     rows, current = [], None
@@ -82,8 +83,6 @@ def readelf_functions(path: str | os.PathLike[str], table: str) -> list[tuple[st
             continue
         _, value, size, typ, _bind, _vis, ndx, name = parts[:8]
         size_v = int(size, 0) if size.startswith("0x") else int(size)
-        if typ == "FUNC" and size_v and ndx != "UND":
-            if table == ".dynsym":
-                name = name.split("@")[0]
+        if typ in ("FUNC", "IFUNC") and size_v and ndx != "UND":
             rows.append((name, int(value, 16), int(value, 16) + size_v))
     return rows

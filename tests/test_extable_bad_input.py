@@ -69,8 +69,10 @@ def test_32_bit_and_big_endian_and_machine(fresh, tmp_path) -> None:
     build_refused(patched(so, tmp_path / "be.so", 5, b"\x02"), tmp_path, "big-endian")
     build_refused(patched(so, tmp_path / "ppc.so", 18, struct.pack("<H", 21)), tmp_path,
                   "unsupported machine 21")
+    build_refused(patched(so, tmp_path / "core.so", 16, struct.pack("<H", 4)), tmp_path,
+                  "unsupported ELF type 4")
     build_refused(patched(so, tmp_path / "rel.so", 16, struct.pack("<H", 1)), tmp_path,
-                  "unsupported ELF type 1")
+                  "relocatable object (ET_REL)")
 
 
 def test_corrupted_section_headers(fresh, tmp_path) -> None:
@@ -98,8 +100,9 @@ def test_symbol_name_offset_out_of_range(fresh, tmp_path) -> None:
     so = fresh("x86")
     _, symoff, strsize = symtab_header(so)
     with ElfImage(so) as image:
-        _, raw, _ = image._raw_symbols()
-        func = int(next(i for i, s in enumerate(raw) if s["info"] & 0xF == 2 and s["size"]))
+        _, raw, _ = image._symtab_parts()
+        func = next(i for i, s in enumerate(struct.iter_unpack("<IBBHQQ", raw))
+                    if s[1] & 0xF == 2 and s[5])
     bad = patched(so, tmp_path / "name.so", symoff + 24 * func, struct.pack("<I", strsize + 100))
     check_refused(run_cli("symbols", bad), bad, "symbol name offset")
     build_refused(bad, tmp_path, "symbol name offset", "--rule", "copy_word=errno")

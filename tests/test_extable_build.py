@@ -36,8 +36,8 @@ def test_all_three_sources_in_one_table(fresh, tmp_path) -> None:
     by_symbol = {e["start_symbol"]: e for e in d["entries"]}
     with ElfImage(so) as image:
         sym = image.symbol_addresses
-        funcs = dict(zip(image.functions.names, zip(image.functions.start.tolist(),
-                                                    image.functions.end.tolist())))
+        funcs = dict(zip(image.functions.names, zip(image.functions.start,
+                                                    image.functions.end)))
     # rule: the whole function, landing at its _fixup symbol
     e = by_symbol["copy_word"]
     assert (e["start"], e["end"], e["landing"]) == (*funcs["copy_word"], sym["copy_word_fixup"])

@@ -46,7 +46,7 @@ def test_stripped_file_falls_back_to_dynsym(built, tmp_path) -> None:
     subprocess.run(["strip", "-o", str(stripped), str(built["x86"])], check=True)
     with ElfImage(stripped) as image:
         assert image.functions.table == ".dynsym"
-        got = sorted(zip(image.functions.names, image.functions.start.tolist()))
+        got = sorted(zip(image.functions.names, image.functions.start))
     assert got == sorted((n, s) for n, s, _ in readelf_functions(stripped, ".dynsym"))
     assert "fx_copy" in dict(got)
 
