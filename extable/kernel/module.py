@@ -58,15 +58,18 @@ def _table(fmt: ModuleType, sec: Section, sections: list[np.ndarray], offsets: l
 def _apply(image: KernelImage, fmt: ModuleType, rela: np.ndarray, symtab: np.ndarray, n: int,
            sections: list[np.ndarray], offsets: list[np.ndarray]) -> list[Finding]:
     out: list[Finding] = []
-    off = rela["offset"].astype(np.int64)
+    # r_offset is unsigned: as int64 an offset of 2**64 - 12 would be slot -1, the last entry
+    inside = rela["offset"] < np.uint64(ENTRY_SIZE * n)
+    off = np.where(inside, rela["offset"], 0).astype(np.int64)
     sym = (rela["info"] >> np.uint64(32)).astype(np.int64)
     rtype = (rela["info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
     slot, rem = off // ENTRY_SIZE, off % ENTRY_SIZE
-    good = ((rem == 0) | (rem == 4)) & (slot < n)
+    good = ((rem == 0) | (rem == 4)) & inside
     for j in np.flatnonzero(~good).tolist():
-        where = int(slot[j]) if slot[j] < n else -1
-        out.append(Finding(where, "relocation", f"relocation at __ex_table+{int(off[j]):#x} "
-                                                "is not at an insn or fixup field"))
+        where = int(slot[j]) if inside[j] else -1
+        out.append(Finding(where, "relocation", f"relocation at __ex_table+"
+                                                f"{int(rela['offset'][j]):#x} is not at an insn "
+                                                "or fixup field"))
     for j in np.flatnonzero(good & (rtype != fmt.R_PC32)).tolist():
         want = fmt.R_NAMES[fmt.R_PC32]
         out.append(Finding(int(slot[j]), "relocation", f"{_field(rem[j])} relocation type "
