@@ -27,3 +27,39 @@ def test_relocation_offset_near_2_64_names_no_entry(tmp_path: Path) -> None:
     dump = run_cli("dump", ko)
     assert dump.returncode == 0
     assert dump.stdout.splitlines()[1].split()[:2] == ["0", "?"]
+
+
+VMLINUX_LIKE_ARGS = ["-5", "0x10000000000000000", "99999999999999999999999"]
+BAD_SYMBOLIC = [".text+", ".text+junk", ".text+-1", ".text++3", ".text+0x10000000000000000",
+                "+", ""]
+
+
+def test_lookup_arguments_that_are_not_addresses(tmp_path: Path) -> None:
+    """No silent wrap to 64 bits, no empty name matching the null section, no traceback."""
+    from kernel_helpers import assemble
+    image = assemble(tmp_path, "x86_64", "linked", X86_LINKED, link=["-static", "-Wl,-e,f"])
+    module = small_module(tmp_path).write(tmp_path / "m.ko")
+    for path, args in ((image, VMLINUX_LIKE_ARGS + BAD_SYMBOLIC), (module, BAD_SYMBOLIC),
+                       (image, ["--"])):
+        for arg in args:
+            p = run_cli("lookup", path, "--", arg)
+            assert p.returncode == 2, (arg, p.stdout, p.stderr)
+            assert p.stdout == "" and len(p.stderr.splitlines()) == 1, (arg, p.stderr)
+            assert p.stderr.startswith(f"extable: {path}: "), p.stderr
+    ok = run_cli("lookup", image, "f+1")
+    assert ok.returncode == 0 and " <f+0x1> " in ok.stdout, ok.stderr
+
+
+X86_LINKED = """
+.text
+.globl f
+.type f, @function
+f:  nop
+1:  movl (%rdi), %eax
+2:  ret
+.size f, . - f
+.pushsection __ex_table, "a"
+.balign 4
+.long 1b - ., 2b - ., 1
+.popsection
+"""

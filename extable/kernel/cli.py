@@ -128,20 +128,22 @@ def _verify(args: argparse.Namespace, opened: Opened) -> int:
 def _target(opened: Opened, text: str) -> tuple[int, int] | int:
     """(section, offset) for SYMBOL+OFF or SECTION+OFF; an address for a number."""
     image = opened.image
-    try:
-        number = int(text, 0)
-    except ValueError:
-        number = None
+    if not text:        # also argparse's None for ``lookup FILE -- --``
+        raise image.error("lookup needs an address, SYMBOL[+OFF] or SECTION[+OFF]")
+    number = _number(text)
     if number is not None:
         if not image.linked:
             raise image.error(f"{text}: a module has no addresses; give SYMBOL+OFF or "
                               "SECTION+OFF (like .text+0x1a3)")
-        return number & ((1 << 64) - 1)
-    name, _, off_text = text.partition("+")
-    try:
-        off = int(off_text, 0) if off_text else 0
-    except ValueError:
-        raise image.error(f"{text}: bad offset {off_text!r}") from None
+        if not 0 <= number < 1 << 64:
+            raise image.error(f"{text}: not a 64-bit address")
+        return number
+    name, plus, off_text = text.partition("+")
+    off = _number(off_text) if off_text else None
+    if not name or (plus and (off is None or not 0 <= off < 1 << 64 or off_text[0] in "+-")):
+        raise image.error(f"{text}: not an address, SYMBOL[+OFF] or SECTION[+OFF] "
+                          "(OFF a number from 0 to 2**64 - 1)")
+    off = off or 0
     sec = image.section(name)
     if sec is not None:
         return sec.index, off
@@ -154,6 +156,14 @@ def _target(opened: Opened, text: str) -> tuple[int, int] | int:
         raise image.error(f"{text}: {len(hits)} symbols are called {name!r} ({places}); "
                           "give SECTION+OFF")
     return hits[0][0], hits[0][1] + off
+
+
+def _number(text: str) -> int | None:
+    """``text`` as a number (0x.., 0o.., 0b.. or decimal), or None when it is not one."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
 
 
 def _lookup(args: argparse.Namespace, opened: Opened) -> int:
