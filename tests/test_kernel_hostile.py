@@ -4,10 +4,11 @@ bombs, failures under --json. Each case was seen going wrong before its fix."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 from conftest import run_cli
-from kernel_helpers import small_module
+from kernel_helpers import SH_OFFSET, SH_SIZE, small_module
 
 
 def test_relocation_offset_near_2_64_names_no_entry(tmp_path: Path) -> None:
@@ -63,3 +64,48 @@ f:  nop
 .long 1b - ., 2b - ., 1
 .popsection
 """
+
+
+def _json_failure(p, code: int) -> dict:
+    assert p.returncode == code, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_every_failure_under_json_is_a_json_object(tmp_path: Path) -> None:
+    """Bad input (exit 2) and a failed check (exit 1): JSON on stdout, one line on stderr."""
+    bad = small_module(tmp_path)
+    bad.set(".rela__ex_table", SH_SIZE, 43)
+    bad_ko = bad.write(tmp_path / "bad.ko")
+    reason = ".rela__ex_table: size 43 is not a multiple of 24"
+    for cmd in (["dump"], ["verify"], ["lookup", ".init.text+0x6a9"]):
+        p = run_cli(cmd[0], bad_ko, *cmd[1:], "--json")
+        assert _json_failure(p, 2) == {"error": reason, "file": str(bad_ko), "exit": 2}
+        assert p.stderr == f"extable: {bad_ko}: {reason}\n"
+    good = small_module(tmp_path).write(tmp_path / "good.ko")
+    p = run_cli("lookup", good, ".init.text+0x6aa", "--json")
+    assert _json_failure(p, 1) == {
+        "error": "no entry for the instruction at .init.text+0x6aa", "file": str(good), "exit": 1}
+    unresolved = small_module(tmp_path)
+    unresolved.set(".rela__ex_table", SH_SIZE, 24)
+    ko = unresolved.write(tmp_path / "half.ko")
+    p = run_cli("verify", ko, "--json")
+    doc = _json_failure(p, 1)
+    assert doc["ok"] is False
+    assert doc["findings"] == [{"index": 0, "check": "relocation",
+                                "message": "no relocation for its fixup field"}]
+    assert p.stderr == f"extable: {ko}: entry 0: no relocation for its fixup field\n"
+
+
+def test_a_bad_symbol_table_fails_dump_before_any_output(tmp_path: Path) -> None:
+    """Not half a JSON document followed by an error."""
+    elf = small_module(tmp_path)
+    symtab = elf.headers[elf.index(".symtab")]
+    for i in range(symtab[SH_SIZE] // 24):
+        struct.pack_into("<I", elf.data, symtab[SH_OFFSET] + 24 * i, 0xFFFFFFFF)
+    ko = elf.write(tmp_path / "names.ko")
+    reason = ".strtab: string offset 4294967295 out of range"
+    p = run_cli("dump", ko, "--json")
+    assert _json_failure(p, 2) == {"error": reason, "file": str(ko), "exit": 2}
+    p = run_cli("dump", ko)
+    assert (p.returncode, p.stdout, p.stderr) == (2, "", f"extable: {ko}: {reason}\n")

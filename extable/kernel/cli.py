@@ -19,11 +19,34 @@ from ..errors import CheckFailed, ExtableError
 from .reader import Opened, describe, read
 from .verify import verify
 
-EXIT_OK, EXIT_CHECK = 0, 1
+EXIT_OK, EXIT_CHECK, EXIT_INPUT = 0, 1, 2
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run dump, verify or lookup on the kernel object ``args.file``."""
+    """Run dump, verify or lookup on the kernel object ``args.file``; failures end here.
+
+    A failure is one line on stderr and, with --json, also ``{"error", "file", "exit"}``
+    on stdout, so that a script can parse every outcome.
+    """
+    try:
+        return _run(args)
+    except CheckFailed as exc:
+        return fail(args, exc, EXIT_CHECK)
+    except ExtableError as exc:
+        return fail(args, exc, EXIT_INPUT)
+
+
+def fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
+    """Report ``exc`` as the command's outcome and return ``code``."""
+    message = " ".join(exc.message.split())
+    path = exc.path or args.file
+    if args.json:
+        sys.stdout.write(json.dumps({"error": message, "file": path, "exit": code}) + "\n")
+    print(f"extable: {path}: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     if getattr(args, "section", None):
         raise ExtableError("--section does not apply to kernel objects (the table is "
                            "__ex_table)", args.file)
@@ -97,6 +120,7 @@ def _chunks(lines: Iterable[str], sep: str = "\n", size: int = 4096) -> Iterator
 
 
 def _dump(args: argparse.Namespace, opened: Opened) -> int:
+    opened.symbols      # a bad symbol table fails here, before the first line is written
     decoded: dict[int, dict[str, object]] = {}
     entries = (entry(opened, i, decoded) for i in range(len(opened)))
     if args.json:
@@ -110,15 +134,20 @@ def _dump(args: argparse.Namespace, opened: Opened) -> int:
 def _verify(args: argparse.Namespace, opened: Opened) -> int:
     findings = ([] if opened.table is None else
                 verify(opened.image, opened.table, opened.fmt, opened.types, opened.where))
+    if findings:
+        first = findings[0]
+        more = (f" (+{len(findings) - 1} more; --json lists all)"
+                if len(findings) > 1 and not args.json else "")
+        who = f"entry {first.index}" if first.index >= 0 else "__ex_table"
+        summary = f"{who}: {first.message}{more}"
     if args.json:
         _emit(args, {**_head(opened), "ok": not findings, "entries": len(opened)}, [],
               (f.as_dict() for f in findings), key="findings")
+        if findings:
+            print(f"extable: {args.file}: {summary}", file=sys.stderr)
         return EXIT_CHECK if findings else EXIT_OK
     if findings:
-        first = findings[0]
-        more = f" (+{len(findings) - 1} more; --json lists all)" if len(findings) > 1 else ""
-        who = f"entry {first.index}" if first.index >= 0 else "__ex_table"
-        raise CheckFailed(f"{who}: {first.message}{more}", args.file)
+        raise CheckFailed(summary, args.file)
     _emit(args, {}, [f"{args.file}: ok, {len(opened)} entries ({opened.fmt.FORMAT} "
                      f"{opened.kind}, kernel {opened.version or 'unknown'}, "
                      f"{opened.types.label}+ types)"])
