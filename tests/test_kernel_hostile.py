@@ -109,3 +109,24 @@ def test_a_bad_symbol_table_fails_dump_before_any_output(tmp_path: Path) -> None
     assert _json_failure(p, 2) == {"error": reason, "file": str(ko), "exit": 2}
     p = run_cli("dump", ko)
     assert (p.returncode, p.stdout, p.stderr) == (2, "", f"extable: {ko}: {reason}\n")
+
+
+def test_a_module_with_broken_section_headers_is_read_as_a_module(tmp_path: Path) -> None:
+    """Not handed to our own format's reader ('unsupported ELF type 1'), nor read as a
+    module with nameless sections and no table (exit 0)."""
+    cases = {"e_shstrndx": (62, "<H", 999), "e_shentsize": (58, "<H", 40),
+             "e_shoff": (40, "<Q", 2**63)}
+    for name, (at, fmt, value) in cases.items():
+        elf = small_module(tmp_path)
+        struct.pack_into(fmt, elf.data, at, value)
+        ko = elf.write(tmp_path / f"{name}.ko")
+        p = run_cli("dump", ko)
+        assert p.returncode == 2 and "ELF type" not in p.stderr, (name, p.stderr)
+        assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+    elf = small_module(tmp_path)
+    for i in range(len(elf.headers)):
+        struct.pack_into("<I", elf.data, elf.shoff + 64 * i, 0xFFFFFFF0)
+    ko = elf.write(tmp_path / "names.ko")
+    p = run_cli("dump", ko)
+    assert (p.returncode, p.stderr) == (2, f"extable: {ko}: section 0: name offset 0xfffffff0 "
+                                           "lies outside the section name table\n")

@@ -126,8 +126,12 @@ class KernelImage:
         self.arch: str = ARCHES[e_machine]
         elf = ELFFile(self.source.file)
         self.sections: list[Section] = []
+        names_size = elf.get_section(elf.get_shstrndx()).header["sh_size"]
         for index, sec in enumerate(elf.iter_sections()):
             h = sec.header
+            if h["sh_name"] >= names_size:    # pyelftools would call it ""
+                raise self.error(f"section {index}: name offset {h['sh_name']:#x} lies "
+                                 "outside the section name table")
             s = Section(index, sec.name, _num(h["sh_type"]), h["sh_flags"], h["sh_addr"],
                         h["sh_offset"], h["sh_size"], h["sh_link"], h["sh_info"],
                         h["sh_entsize"])
