@@ -4,7 +4,10 @@ bombs, failures under --json. Each case was seen going wrong before its fix."""
 from __future__ import annotations
 
 import json
+import resource
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import run_cli
@@ -130,3 +133,52 @@ def test_a_module_with_broken_section_headers_is_read_as_a_module(tmp_path: Path
     p = run_cli("dump", ko)
     assert (p.returncode, p.stderr) == (2, f"extable: {ko}: section 0: name offset 0xfffffff0 "
                                            "lies outside the section name table\n")
+
+
+def _zstd_of(path: Path, head: bytes, zeros: int) -> Path:
+    import zstandard
+    with open(path, "wb") as f, zstandard.ZstdCompressor(level=1).stream_writer(f) as w:
+        w.write(head)
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            w.write(block)
+    return path
+
+
+def _run_with_file_limit(*args: str | Path,
+                         limit: int = 100 << 20) -> subprocess.CompletedProcess[str]:
+    """The CLI unable to write more than ``limit`` bytes to any file (SIGXFSZ past it)."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return subprocess.run([sys.executable, "-m", "extable", *map(str, args)],
+                          capture_output=True, text=True, preexec_fn=cap)
+
+
+def test_a_decompression_bomb_is_refused_early(tmp_path: Path) -> None:
+    """A module header and 256 MiB of zeros (about 10 KB of zstd) stops at 64 MiB."""
+    head = bytes(small_module(tmp_path).data[:64])
+    bomb = _zstd_of(tmp_path / "bomb.ko.zst", head, 256 << 20)
+    packed = bomb.stat().st_size
+    assert packed < 100_000
+    p = _run_with_file_limit("dump", bomb, "--json")
+    assert p.returncode == 2, p.stderr
+    error = json.loads(p.stdout)["error"]
+    assert error.startswith("zstd data decompresses to more than 64 MiB (")
+    assert f"times its {packed} bytes): a decompression bomb?" in error
+
+
+def test_compressed_data_that_is_not_elf_is_refused_at_its_first_bytes(tmp_path: Path) -> None:
+    """Said after the first chunk, not after inflating a gigabyte of zeros."""
+    zeros = _zstd_of(tmp_path / "zeros.ko.zst", b"", 1 << 30)
+    p = _run_with_file_limit("verify", zeros, limit=8 << 20)
+    assert (p.returncode, p.stderr) == (2, f"extable: {zeros}: zstd-compressed data is not an "
+                                           "ELF file\n")
+
+
+def test_no_room_for_the_decompressed_module_is_not_corrupt_data(tmp_path: Path) -> None:
+    """A full temporary directory (here: a 256 KiB file size limit) says so."""
+    kvm = Path(__file__).parent / "fixtures" / "kernel" / "kvm-amd-6.1.0-50-amd64.ko.xz"
+    p = _run_with_file_limit("dump", kvm, limit=256 << 10)
+    assert p.returncode == 2
+    assert p.stderr.startswith(f"extable: {kvm}: cannot decompress into "), p.stderr
+    assert p.stderr.endswith(": File too large\n"), p.stderr
