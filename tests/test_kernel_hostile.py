@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from conftest import run_cli
-from kernel_helpers import SH_OFFSET, SH_SIZE, small_module
+from kernel_helpers import SH_LINK, SH_OFFSET, SH_SIZE, small_module
 
 
 def test_relocation_offset_near_2_64_names_no_entry(tmp_path: Path) -> None:
@@ -182,3 +182,14 @@ def test_no_room_for_the_decompressed_module_is_not_corrupt_data(tmp_path: Path)
     assert p.returncode == 2
     assert p.stderr.startswith(f"extable: {kvm}: cannot decompress into "), p.stderr
     assert p.stderr.endswith(": File too large\n"), p.stderr
+
+
+def test_relocations_whose_symbol_table_is_another_section(tmp_path: Path) -> None:
+    """sh_link naming __ex_table itself: not '__ex_table: size 12 is not a multiple of 24'."""
+    elf = small_module(tmp_path)
+    table = elf.index("__ex_table")
+    elf.set(".rela__ex_table", SH_LINK, table)
+    ko = elf.write(tmp_path / "link.ko")
+    p = run_cli("verify", ko)
+    assert (p.returncode, p.stderr) == (2, f"extable: {ko}: .rela__ex_table: its symbol table "
+                                           f"(sh_link {table}) is __ex_table, not a SHT_SYMTAB\n")

@@ -13,7 +13,8 @@ from types import ModuleType
 import numpy as np
 
 from ..errors import ExtableError
-from .image import SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, SYM_DTYPE, KernelImage, Section
+from .image import (SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, SHT_SYMTAB, SYM_DTYPE, KernelImage,
+                    Section)
 from .table import ENTRY_SIZE, RAW_DTYPE, Finding, KernelTable
 
 RELA_DTYPE = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
@@ -40,7 +41,11 @@ def read(image: KernelImage, fmt: ModuleType) -> KernelTable:
         rela = image.array(rsec, RELA_DTYPE)
         if rsec.link >= len(image.sections):
             raise image.error(f"{rsec.name}: symbol table index {rsec.link} out of range")
-        symtab = image.array(image.sections[rsec.link], SYM_DTYPE)
+        linked = image.sections[rsec.link]
+        if linked.type != SHT_SYMTAB:
+            raise image.error(f"{rsec.name}: its symbol table (sh_link {rsec.link}) is "
+                              f"{linked.name or 'a nameless section'}, not a SHT_SYMTAB")
+        symtab = image.array(linked, SYM_DTYPE)
         findings += _apply(image, fmt, rela, symtab, n, sections, offsets)
     for field, name in ((0, "insn"), (1, "fixup")):
         for i in np.flatnonzero(sections[field] == -1).tolist():
