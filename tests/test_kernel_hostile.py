@@ -4,6 +4,7 @@ bombs, failures under --json. Each case was seen going wrong before its fix."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import struct
 import subprocess
@@ -193,3 +194,13 @@ def test_relocations_whose_symbol_table_is_another_section(tmp_path: Path) -> No
     p = run_cli("verify", ko)
     assert (p.returncode, p.stderr) == (2, f"extable: {ko}: .rela__ex_table: its symbol table "
                                            f"(sh_link {table}) is __ex_table, not a SHT_SYMTAB\n")
+
+
+def test_detecting_a_fifo_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """The detector runs before every dump: it must not block in open()."""
+    fifo = tmp_path / "pipe.ko"
+    os.mkfifo(fifo)
+    code = ("from extable.kernel.detect import is_kernel_object; "
+            f"print(is_kernel_object({str(fifo)!r}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert p.stdout == "False\n", p.stderr

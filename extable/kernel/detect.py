@@ -8,6 +8,7 @@ for the question on its own files.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 ET_REL = 1
@@ -63,10 +64,13 @@ def is_kernel_object(path: str | os.PathLike[str]) -> bool:
     Files that cannot be read say False: the caller's own reader reports them.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         if compression_of(os.pread(fd, 8, 0)):
             return True
         found = section_names(fd, os.fstat(fd).st_size)
