@@ -13,8 +13,6 @@ import json
 import sys
 from typing import Iterable, Iterator
 
-import numpy as np
-
 from ..errors import CheckFailed, ExtableError
 from .reader import Opened, describe, read
 from .verify import verify
@@ -72,7 +70,7 @@ def _header_line(opened: Opened) -> str:
 
 def entry(opened: Opened, i: int, decoded: dict[int, dict[str, object]]) -> dict[str, object]:
     assert opened.table is not None
-    word = int(opened.table.word[i])
+    word = opened.table.word[i]
     if word not in decoded:
         decoded[word] = opened.fmt.decode(word, opened.types)
     return {"index": i, "insn": opened.location("insn", i), "fixup": opened.location("fixup", i),
@@ -202,15 +200,16 @@ def _lookup(args: argparse.Namespace, opened: Opened) -> int:
         raise CheckFailed("no __ex_table: no entry for anything", args.file)
     if isinstance(target, int):
         assert t.insn_addr is not None
-        match = np.flatnonzero(t.insn_addr == np.uint64(target))
+        match = [i for i, a in enumerate(t.insn_addr) if a == target]
         what = f"{target:#x}"
     else:
         sec, off = target
-        match = np.flatnonzero((t.insn_sec == sec) & (t.insn_off == off))
+        match = [i for i, (s, o) in enumerate(zip(t.insn_sec, t.insn_off))
+                 if s == sec and o == off]
         what = f"{opened.image.sections[sec].name}+{off:#x}"
-    if not len(match):
+    if not match:
         raise CheckFailed(f"no entry for the instruction at {what}", args.file)
     decoded: dict[int, dict[str, object]] = {}
-    entries = [entry(opened, i, decoded) for i in match.tolist()]
+    entries = [entry(opened, i, decoded) for i in match]
     _emit(args, _head(opened), [line(opened, d) for d in entries], entries)
     return EXIT_OK
