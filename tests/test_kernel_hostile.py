@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from conftest import run_cli
-from kernel_helpers import SH_LINK, SH_OFFSET, SH_SIZE, small_module
+from kernel_helpers import SH_LINK, SH_OFFSET, SH_SIZE, Elf, decompress, small_module
 
 
 def test_relocation_offset_near_2_64_names_no_entry(tmp_path: Path) -> None:
@@ -204,3 +204,22 @@ def test_detecting_a_fifo_does_not_wait_for_a_writer(tmp_path: Path) -> None:
             f"print(is_kernel_object({str(fifo)!r}))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert p.stdout == "False\n", p.stderr
+
+
+def test_a_table_of_garbage_stops_at_the_findings_limit(tmp_path: Path) -> None:
+    """kvm-amd.ko's whole body called __ex_table: 33k entries, 66k findings; verify lists
+    the first 10000 and says where it stopped (it used to hold every one: 8 GB for a
+    vmlinux treated the same way)."""
+    kvm = Path(__file__).parent / "fixtures" / "kernel" / "kvm-amd-6.1.0-50-amd64.ko.xz"
+    elf = Elf(decompress(kvm, tmp_path / "kvm.ko").read_bytes())
+    n = len(elf.data) // 12
+    elf.set("__ex_table", SH_OFFSET, 0)
+    elf.set("__ex_table", SH_SIZE, 12 * n)
+    ko = elf.write(tmp_path / "garbage.ko")
+    p = run_cli("verify", ko, "--json")
+    assert p.returncode == 1, p.stderr
+    findings = json.loads(p.stdout)["findings"]
+    assert len(findings) == 10_001
+    assert findings[-1]["check"] == "limit"
+    assert findings[-1]["message"].startswith("stopped after 10000 findings, at entry ")
+    assert findings[-1]["message"].endswith(f" of {n}")

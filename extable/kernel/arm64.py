@@ -43,23 +43,18 @@ def text(d: dict[str, object]) -> str:
     return name + (f" data={d['data']:#x}" if d["data"] else "")
 
 
-def check_fields(word: list[int], types: TypeTable) -> list[tuple[int, str]]:
-    """(index, problem) for data the type's handler would misread."""
-    out: list[tuple[int, str]] = []
-    for i, w in enumerate(word):
-        kind, data = w & 0xFFFF, w >> 16
-        name = types.names.get(kind)
-        usage = types.usage.get(name or "")
-        if not isinstance(usage, Arm64Usage) or usage.any_data:
-            continue
-        if not usage.low:
-            if data:
-                out.append((i, f"{name} takes no data, but data={data:#x}"))
-            continue
-        if data >> 10:
-            out.append((i, f"{name}: data bits 10-15 set ({data:#x})"))
-        if not usage.xzr_ok:
-            out += [(i, f"{name}: the {field} register is xzr")
-                    for field, shift in ((usage.low, 0), (usage.high, 5))
-                    if (data >> shift) & 0x1F == XZR]
+def check_word(word: int, types: TypeTable) -> list[str]:
+    """What in one entry's data the type's handler would misread."""
+    kind, data = word & 0xFFFF, word >> 16
+    name = types.names.get(kind)
+    usage = types.usage.get(name or "")
+    if not isinstance(usage, Arm64Usage) or usage.any_data:
+        return []
+    if not usage.low:
+        return [f"{name} takes no data, but data={data:#x}"] if data else []
+    out = [f"{name}: data bits 10-15 set ({data:#x})"] if data >> 10 else []
+    if not usage.xzr_ok:
+        out += [f"{name}: the {field} register is xzr"
+                for field, shift in ((usage.low, 0), (usage.high, 5))
+                if (data >> shift) & 0x1F == XZR]
     return out

@@ -48,10 +48,10 @@ def read(image: KernelImage, fmt: ModuleType) -> KernelTable:
                               f"{linked.name or 'a nameless section'}, not a SHT_SYMTAB")
         symtab: list[Sym] = image.records(linked, SYM)   # type: ignore[assignment]
         findings += _apply(image, fmt, rela, symtab, n, sections, offsets)
+    said = {(f.index, name) for f in findings for name in ("insn", "fixup") if name in f.message}
     for field, name in ((0, "insn"), (1, "fixup")):
-        for i in [i for i, s in enumerate(sections[field]) if s == -1]:
-            if not any(f.index == i and name in f.message for f in findings):
-                findings.append(Finding(i, "relocation", f"no relocation for its {name} field"))
+        findings += [Finding(i, "relocation", f"no relocation for its {name} field")
+                     for i, s in enumerate(sections[field]) if s == -1 and (i, name) not in said]
     return _table(fmt, sec, sections, offsets, raw, findings)
 
 

@@ -8,6 +8,7 @@ leaves it (the kernel's binary search depends on it).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from types import ModuleType
 from typing import Callable
 
@@ -17,60 +18,69 @@ from .types import TypeTable
 
 _ORDER = {"relocation": 0, "location": 1, "type": 2, "fields": 3, "duplicate": 4, "order": 5}
 Where = Callable[[str, int], str]
+#: A table of garbage (a hostile file's whole body called __ex_table) has findings by the
+#: million; past this many, verify says so and stops instead of filling memory.
+MAX_FINDINGS = 10_000
 
 
 def verify(image: KernelImage, table: KernelTable, fmt: ModuleType, types: TypeTable,
-           where: Where) -> list[Finding]:
-    """Every finding, sorted by entry; ``where(field, i)`` names an entry's insn or fixup."""
-    out = list(table.findings)
-    out += _locations(image, table, where)
-    kinds = fmt.kinds(table.word, types)
-    out += [Finding(i, "type", f"unknown type {k} for kernel {types.label}+ ({fmt.ARCH}) at "
-                               f"{where('insn', i)}")
-            for i, k in enumerate(kinds) if k not in types.names]
+           where: Where, limit: int = MAX_FINDINGS) -> list[Finding]:
+    """The findings, entry by entry; ``where(field, i)`` names an entry's insn or fixup."""
+    read: dict[int, list[Finding]] = defaultdict(list)
+    for f in table.findings:
+        read[f.index].append(f)
+    out = sorted(read.pop(-1, []), key=lambda f: _ORDER.get(f.check, 9))
     none = {n for n, name in types.names.items() if name == "NONE"}
-    out += [Finding(i, "type", f"type NONE at {where('insn', i)}: it fixes nothing")
-            for i, k in enumerate(kinds) if k in none]
-    out += [Finding(i, "fields", f"{problem} at {where('insn', i)}")
-            for i, problem in fmt.check_fields(table.word, types)]
-    out += _duplicates(table, where)
-    a = table.insn_addr
-    if table.linked and a is not None:
-        out += [Finding(i, "order", f"insn {where('insn', i)} sorts before entry {i - 1}'s "
-                                    f"{where('insn', i - 1)}: the table is not sorted "
-                                    "(scripts/sorttable)")
-                for i in range(1, len(a)) if a[i] < a[i - 1]]
-    out.sort(key=lambda f: (f.index, _ORDER.get(f.check, 9)))
+    kinds = fmt.kinds(table.word, types)
+    first: dict[tuple[int, int], int] = {}
+    addr = table.insn_addr if table.linked else None
+    for i in range(len(table)):
+        if len(out) > limit:
+            break
+        mine = read.get(i, [])
+        mine += _locations(image, table, i, where)
+        if kinds[i] not in types.names:
+            mine.append(Finding(i, "type", f"unknown type {kinds[i]} for kernel {types.label}+ "
+                                           f"({fmt.ARCH}) at {where('insn', i)}"))
+        elif kinds[i] in none:
+            mine.append(Finding(i, "type", f"type NONE at {where('insn', i)}: it fixes nothing"))
+        mine += [Finding(i, "fields", f"{problem} at {where('insn', i)}")
+                 for problem in fmt.check_word(table.word[i], types)]
+        key = (table.insn_sec[i], table.insn_off[i])
+        if key[0] >= 0:
+            if key in first:
+                mine.append(Finding(i, "duplicate", f"insn {where('insn', i)} already has entry "
+                                                    f"{first[key]}"))
+            else:
+                first[key] = i
+        if addr is not None and i and addr[i] < addr[i - 1]:
+            mine.append(Finding(i, "order", f"insn {where('insn', i)} sorts before entry "
+                                            f"{i - 1}'s {where('insn', i - 1)}: the table is not "
+                                            "sorted (scripts/sorttable)"))
+        out += sorted(mine, key=lambda f: _ORDER.get(f.check, 9))
+    if len(out) > limit:
+        at = out[limit].index
+        del out[limit:]
+        place = f"at entry {at} of {len(table)}" if at >= 0 else "before the first entry"
+        out.append(Finding(-1, "limit", f"stopped after {limit} findings, {place}"))
     return out
 
 
-def _locations(image: KernelImage, table: KernelTable, where: Where) -> list[Finding]:
+def _locations(image: KernelImage, table: KernelTable, i: int, where: Where) -> list[Finding]:
     out = []
     for field, secs, offs in (("insn", table.insn_sec, table.insn_off),
                               ("fixup", table.fixup_sec, table.fixup_off)):
-        if table.linked:
-            out += [Finding(i, "location", f"{field} {where(field, i)} lies in no loaded section")
-                    for i, s in enumerate(secs) if s < 0]
-        out += [Finding(i, "location", f"{field} {where(field, i)} is not in an executable "
-                                       "section")
-                for i, s in enumerate(secs) if s >= 0 and not image.sections[s].executable]
-        for i, (s, off) in enumerate(zip(secs, offs)):
-            sec = image.sections[s] if s >= 0 else None
-            if sec is not None and sec.executable and not 0 <= off < sec.size:
-                out.append(Finding(i, "location", f"{field} {where(field, i)} lies past the end "
-                                                  f"of {sec.name}"))
-    return out
-
-
-def _duplicates(table: KernelTable, where: Where) -> list[Finding]:
-    first: dict[tuple[int, int], int] = {}
-    out = []
-    for i, key in enumerate(zip(table.insn_sec, table.insn_off)):
-        if key[0] < 0:
+        s = secs[i]
+        if s < 0:
+            if table.linked:
+                out.append(Finding(i, "location", f"{field} {where(field, i)} lies in no loaded "
+                                                  "section"))
             continue
-        if key in first:
-            out.append(Finding(i, "duplicate", f"insn {where('insn', i)} already has entry "
-                                               f"{first[key]}"))
-        else:
-            first[key] = i
+        sec = image.sections[s]
+        if not sec.executable:
+            out.append(Finding(i, "location", f"{field} {where(field, i)} is not in an "
+                                              "executable section"))
+        elif not 0 <= offs[i] < sec.size:
+            out.append(Finding(i, "location", f"{field} {where(field, i)} lies past the end of "
+                                              f"{sec.name}"))
     return out

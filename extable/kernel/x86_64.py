@@ -63,26 +63,25 @@ def text(d: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def check_fields(word: list[int], types: TypeTable) -> list[tuple[int, str]]:
-    """(index, problem) for every register, flag or immediate the type does not allow."""
-    out: list[tuple[int, str]] = []
+def check_word(word: int, types: TypeTable) -> list[str]:
+    """Every register, flag or immediate of one entry that its type does not allow."""
+    out: list[str] = []
     if not types.fields:
         return out
-    for i, w in enumerate(word):
-        kind, reg, flags, imm = _fields(w)
-        if flags & ~3:
-            out.append((i, f"unknown flag bits {flags & ~3:#x} (only CLEAR_AX 1, CLEAR_DX 2)"))
-        name = types.names.get(kind)
-        if name is None:
-            continue
-        usage = _usage(types, name)
-        if usage.reg == NONE and reg:
-            out.append((i, f"{name} does not use a register, but reg={X86_REGS[reg]}"))
-        elif usage.reg == WRITE and reg == _RSP:
-            out.append((i, f"{name} would write %rsp"))
-        if not usage.imm and imm:
-            out.append((i, f"{name} does not use an immediate, but imm={imm}"))
-        elif usage.imm and usage.imm_values and imm not in usage.imm_values:
-            allowed = ", ".join(map(str, usage.imm_values))
-            out.append((i, f"{name} immediate {imm} is not one of {allowed}"))
+    kind, reg, flags, imm = _fields(word)
+    if flags & ~3:
+        out.append(f"unknown flag bits {flags & ~3:#x} (only CLEAR_AX 1, CLEAR_DX 2)")
+    name = types.names.get(kind)
+    if name is None:
+        return out
+    usage = _usage(types, name)
+    if usage.reg == NONE and reg:
+        out.append(f"{name} does not use a register, but reg={X86_REGS[reg]}")
+    elif usage.reg == WRITE and reg == _RSP:
+        out.append(f"{name} would write %rsp")
+    if not usage.imm and imm:
+        out.append(f"{name} does not use an immediate, but imm={imm}")
+    elif usage.imm and usage.imm_values and imm not in usage.imm_values:
+        allowed = ", ".join(map(str, usage.imm_values))
+        out.append(f"{name} immediate {imm} is not one of {allowed}")
     return out
