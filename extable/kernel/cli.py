@@ -134,7 +134,7 @@ def _verify(args: argparse.Namespace, opened: Opened) -> int:
                 verify(opened.image, opened.table, opened.fmt, opened.types, opened.where))
     if findings:
         first = findings[0]
-        more = (f" (+{len(findings) - 1} more; --json lists all)"
+        more = (f" (+{len(findings) - 1} more; --json lists them)"
                 if len(findings) > 1 and not args.json else "")
         who = f"entry {first.index}" if first.index >= 0 else "__ex_table"
         summary = f"{who}: {first.message}{more}"
