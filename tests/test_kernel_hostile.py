@@ -223,3 +223,12 @@ def test_a_table_of_garbage_stops_at_the_findings_limit(tmp_path: Path) -> None:
     assert findings[-1]["check"] == "limit"
     assert findings[-1]["message"].startswith("stopped after 10000 findings, at entry ")
     assert findings[-1]["message"].endswith(f" of {n}")
+
+
+def test_a_target_before_its_section_reads_section_minus_offset(tmp_path: Path) -> None:
+    elf = small_module(tmp_path)
+    elf.rela(".rela__ex_table", 0, addend=-0x10)
+    ko = elf.write(tmp_path / "before.ko")
+    p = run_cli("verify", ko)
+    assert (p.returncode, p.stderr) == (1, f"extable: {ko}: entry 0: insn .init.text-0x10 lies "
+                                           "before the start of .init.text\n")

@@ -94,7 +94,9 @@ def describe(loc: dict[str, object]) -> str:
         return f"{addr:#018x}{sym}"
     if loc.get("section") is None:
         return "?"
-    return f"{loc['section']}+{loc['offset']:#x}{sym}"
+    off = int(loc["offset"])  # type: ignore[call-overload]
+    # a negative addend can put a target before its section: .text-0x10, not .text+-0x10
+    return f"{loc['section']}{'+' if off >= 0 else '-'}{abs(off):#x}{sym}"
 
 
 def read(path: str | os.PathLike[str], kernel_version: str | None = None) -> Opened:

@@ -81,6 +81,7 @@ def _locations(image: KernelImage, table: KernelTable, i: int, where: Where) -> 
             out.append(Finding(i, "location", f"{field} {where(field, i)} is not in an "
                                               "executable section"))
         elif not 0 <= offs[i] < sec.size:
-            out.append(Finding(i, "location", f"{field} {where(field, i)} lies past the end of "
+            side = "before the start" if offs[i] < 0 else "past the end"
+            out.append(Finding(i, "location", f"{field} {where(field, i)} lies {side} of "
                                               f"{sec.name}"))
     return out
