@@ -34,18 +34,26 @@ def verify(image: KernelImage, table: KernelTable, fmt: ModuleType, types: TypeT
     kinds = fmt.kinds(table.word, types)
     first: dict[tuple[int, int], int] = {}
     addr = table.insn_addr if table.linked else None
+    problems: dict[int, list[str]] = {}     # by data word: a table has few distinct ones
+    sizes = [sec.size if sec.executable else -1 for sec in image.sections]
     for i in range(len(table)):
         if len(out) > limit:
             break
         mine = read.get(i, [])
-        mine += _locations(image, table, i, where)
+        si, sf = table.insn_sec[i], table.fixup_sec[i]
+        if not (si >= 0 and sf >= 0 and 0 <= table.insn_off[i] < sizes[si]
+                and 0 <= table.fixup_off[i] < sizes[sf]):
+            mine += _locations(image, table, i, where)
         if kinds[i] not in types.names:
             mine.append(Finding(i, "type", f"unknown type {kinds[i]} for kernel {types.label}+ "
                                            f"({fmt.ARCH}) at {where('insn', i)}"))
         elif kinds[i] in none:
             mine.append(Finding(i, "type", f"type NONE at {where('insn', i)}: it fixes nothing"))
+        word = table.word[i]
+        if word not in problems:
+            problems[word] = fmt.check_word(word, types)
         mine += [Finding(i, "fields", f"{problem} at {where('insn', i)}")
-                 for problem in fmt.check_word(table.word[i], types)]
+                 for problem in problems[word]]
         key = (table.insn_sec[i], table.insn_off[i])
         if key[0] >= 0:
             if key in first:
@@ -57,7 +65,8 @@ def verify(image: KernelImage, table: KernelTable, fmt: ModuleType, types: TypeT
             mine.append(Finding(i, "order", f"insn {where('insn', i)} sorts before entry "
                                             f"{i - 1}'s {where('insn', i - 1)}: the table is not "
                                             "sorted (scripts/sorttable)"))
-        out += sorted(mine, key=lambda f: _ORDER.get(f.check, 9))
+        if mine:
+            out += sorted(mine, key=lambda f: _ORDER.get(f.check, 9))
     if len(out) > limit:
         at = out[limit].index
         del out[limit:]
