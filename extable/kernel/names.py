@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from .image import KEY_SHIFT, KernelImage, Symbols
+from .image import KEY_SHIFT, KernelImage
 
 
 class Namer:
@@ -43,6 +43,3 @@ class Namer:
         if off not in self._names:
             self._names[off] = self.image.cstring(self.syms.strtab, off)
         return self._names[off]
-
-    def section_name(self, sec: int) -> str | None:
-        return self.image.sections[sec].name if sec >= 0 else None
