@@ -33,38 +33,38 @@ def verify(image: KernelImage, table: KernelTable, fmt: ModuleType, types: TypeT
     none = {n for n, name in types.names.items() if name == "NONE"}
     kinds = fmt.kinds(table.word, types)
     first: dict[tuple[int, int], int] = {}
-    addr = table.insn_addr if table.linked else None
+    addr = table.insn_addr if table.insn_addr is not None else [0] * len(table)
     problems: dict[int, list[str]] = {}     # by data word: a table has few distinct ones
     sizes = [sec.size if sec.executable else -1 for sec in image.sections]
-    for i in range(len(table)):
+    names, previous = types.names, 0
+    columns = zip(table.insn_sec, table.insn_off, table.fixup_sec, table.fixup_off, kinds,
+                  table.word, addr)
+    for i, (si, oi, sf, of, kind, word, a) in enumerate(columns):
         if len(out) > limit:
             break
         mine = read.get(i, [])
-        si, sf = table.insn_sec[i], table.fixup_sec[i]
-        if not (si >= 0 and sf >= 0 and 0 <= table.insn_off[i] < sizes[si]
-                and 0 <= table.fixup_off[i] < sizes[sf]):
+        if not (si >= 0 and sf >= 0 and 0 <= oi < sizes[si] and 0 <= of < sizes[sf]):
             mine += _locations(image, table, i, where)
-        if kinds[i] not in types.names:
-            mine.append(Finding(i, "type", f"unknown type {kinds[i]} for kernel {types.label}+ "
+        if kind not in names:
+            mine.append(Finding(i, "type", f"unknown type {kind} for kernel {types.label}+ "
                                            f"({fmt.ARCH}) at {where('insn', i)}"))
-        elif kinds[i] in none:
+        elif kind in none:
             mine.append(Finding(i, "type", f"type NONE at {where('insn', i)}: it fixes nothing"))
-        word = table.word[i]
         if word not in problems:
             problems[word] = fmt.check_word(word, types)
-        mine += [Finding(i, "fields", f"{problem} at {where('insn', i)}")
-                 for problem in problems[word]]
-        key = (table.insn_sec[i], table.insn_off[i])
-        if key[0] >= 0:
-            if key in first:
+        if problems[word]:
+            mine += [Finding(i, "fields", f"{problem} at {where('insn', i)}")
+                     for problem in problems[word]]
+        if si >= 0:
+            seen = first.setdefault((si, oi), i)
+            if seen != i:
                 mine.append(Finding(i, "duplicate", f"insn {where('insn', i)} already has entry "
-                                                    f"{first[key]}"))
-            else:
-                first[key] = i
-        if addr is not None and i and addr[i] < addr[i - 1]:
+                                                    f"{seen}"))
+        if a < previous:
             mine.append(Finding(i, "order", f"insn {where('insn', i)} sorts before entry "
                                             f"{i - 1}'s {where('insn', i - 1)}: the table is not "
                                             "sorted (scripts/sorttable)"))
+        previous = a
         if mine:
             out += sorted(mine, key=lambda f: _ORDER.get(f.check, 9))
     if len(out) > limit:

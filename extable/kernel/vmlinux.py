@@ -20,8 +20,9 @@ def read(image: KernelImage, fmt: ModuleType) -> KernelTable:
     assert sec is not None
     raw = image.records(sec, RAW_ENTRY)
     # modulo 2**64, exactly as the kernel's pointer arithmetic wraps
-    insn = [(sec.addr + ENTRY_SIZE * i + r[0]) & _MASK for i, r in enumerate(raw)]
-    fixup = [(sec.addr + ENTRY_SIZE * i + 4 + r[1]) & _MASK for i, r in enumerate(raw)]
+    insn = [(field + r[0]) & _MASK for field, r in zip(range(sec.addr, 1 << 65, ENTRY_SIZE), raw)]
+    fixup = [(field + r[1]) & _MASK
+             for field, r in zip(range(sec.addr + 4, 1 << 65, ENTRY_SIZE), raw)]
     insn_sec, insn_off = locate(image, insn)
     fixup_sec, fixup_off = locate(image, fixup)
     return KernelTable(fmt.ARCH, True, sec, insn_sec, insn_off, fixup_sec, fixup_off,
@@ -34,9 +35,14 @@ def locate(image: KernelImage, addr: list[int]) -> tuple[list[int], list[int]]:
                      and not (s.flags & SHF_TLS and s.type == SHT_NOBITS)),
                     key=lambda s: s.addr)
     starts = [s.addr for s in loaded]
+    ends = [s.addr + s.size for s in loaded]
     secs, offs = [-1] * len(addr), [0] * len(addr)
+    i = -1
     for k, a in enumerate(addr):
-        i = bisect_right(starts, a) - 1
-        if i >= 0 and a < starts[i] + loaded[i].size:
-            secs[k], offs[k] = loaded[i].index, a - starts[i]
+        if not (i >= 0 and starts[i] <= a < ends[i]):    # neighbours share a section
+            i = bisect_right(starts, a) - 1
+            if i < 0 or a >= ends[i]:
+                i = -1
+                continue
+        secs[k], offs[k] = loaded[i].index, a - starts[i]
     return secs, offs
