@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -87,3 +88,48 @@ def decompress(src: Path, dst: Path) -> Path:
     with open(dst, "wb") as f:
         subprocess.run([*tool, str(src)], stdout=f, check=True)
     return dst
+
+
+TEST_USER_COPY = KERNEL_FIXTURES / "test_user_copy-6.1.0-50-amd64.ko.zst"
+#: Fields of an Elf64_Shdr, in order, as struct.unpack gives them.
+SHDR = struct.Struct("<IIQQQQIIQQ")
+SH_TYPE, SH_OFFSET, SH_SIZE, SH_LINK, SH_INFO = 1, 4, 5, 6, 7
+
+
+class Elf:
+    """A little ELF64 editor for corrupting a module the way a fuzzer would."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+        self.shoff, = struct.unpack_from("<Q", self.data, 40)
+        shnum, shstrndx = struct.unpack_from("<HH", self.data, 60)
+        self.headers = [list(SHDR.unpack_from(self.data, self.shoff + 64 * i))
+                        for i in range(shnum)]
+        names = self.headers[shstrndx][SH_OFFSET]
+        self.names = [bytes(self.data[names + h[0]:]).split(b"\0")[0].decode()
+                      for h in self.headers]
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def set(self, name: str, field: int, value: int) -> None:
+        i = self.index(name)
+        self.headers[i][field] = value
+        SHDR.pack_into(self.data, self.shoff + 64 * i, *self.headers[i])
+
+    def rela(self, name: str, j: int, offset: int | None = None, info: int | None = None,
+             addend: int | None = None) -> None:
+        """Rewrite relocation ``j`` of RELA section ``name``."""
+        at = self.headers[self.index(name)][SH_OFFSET] + 24 * j
+        old = struct.unpack_from("<QQq", self.data, at)
+        struct.pack_into("<QQq", self.data, at, *(o if v is None else v for o, v in
+                                                   zip(old, (offset, info, addend))))
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(bytes(self.data))
+        return path
+
+
+def small_module(tmp: Path) -> Elf:
+    """test_user_copy.ko (one entry, .init.text+0x6a9 -> +0x6ae, UACCESS), decompressed."""
+    return Elf(decompress(TEST_USER_COPY, tmp / "test_user_copy.ko").read_bytes())

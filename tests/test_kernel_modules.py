@@ -110,7 +110,7 @@ def test_kernel_version_override_changes_the_types() -> None:
     p = run_cli("verify", path, "--kernel-version", "5.16")
     assert p.returncode == 1
     assert p.stderr.startswith(f"extable: {path}: entry 3: unknown type 779 for kernel 5.16+ ")
-    assert "(+4 more; --json lists all)" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert "(+4 more; --json lists them)" in p.stderr and len(p.stderr.splitlines()) == 1
 
 
 def test_unknown_versions_use_the_nearest_table_and_say_so() -> None:

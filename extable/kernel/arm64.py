@@ -6,8 +6,6 @@ registers they are depends on the type (:mod:`.types`).
 
 from __future__ import annotations
 
-import numpy as np
-
 from .types import Arm64Usage, TypeTable
 
 ARCH = "arm64"
@@ -21,8 +19,9 @@ def reg_name(n: int) -> str:
     return "xzr" if n == XZR else f"x{n}"
 
 
-def kinds(word: np.ndarray, types: TypeTable) -> np.ndarray:
-    return (word & 0xFFFF).astype(np.int64)
+def kinds(word: list[int], types: TypeTable) -> list[int]:
+    """The type number of each entry."""
+    return [w & 0xFFFF for w in word]
 
 
 def decode(word: int, types: TypeTable) -> dict[str, object]:
@@ -44,24 +43,18 @@ def text(d: dict[str, object]) -> str:
     return name + (f" data={d['data']:#x}" if d["data"] else "")
 
 
-def check_fields(word: np.ndarray, types: TypeTable) -> list[tuple[int, str]]:
-    """(index, problem) for data the type's handler would misread."""
+def check_word(word: int, types: TypeTable) -> list[str]:
+    """What in one entry's data the type's handler would misread."""
     kind, data = word & 0xFFFF, word >> 16
-    out: list[tuple[int, str]] = []
-    for number, name in types.names.items():
-        usage = types.usage.get(name)
-        mine = kind == number
-        if not isinstance(usage, Arm64Usage) or usage.any_data or not mine.any():
-            continue
-        if not usage.low:
-            out += [(i, f"{name} takes no data, but data={int(data[i]):#x}")
-                    for i in np.flatnonzero(mine & (data != 0)).tolist()]
-            continue
-        out += [(i, f"{name}: data bits 10-15 set ({int(data[i]):#x})")
-                for i in np.flatnonzero(mine & (data >> 10 != 0)).tolist()]
-        if not usage.xzr_ok:
-            for field, shift in ((usage.low, 0), (usage.high, 5)):
-                hit = mine & (((data >> shift) & 0x1F) == XZR)
-                out += [(i, f"{name}: the {field} register is xzr")
-                        for i in np.flatnonzero(hit).tolist()]
+    name = types.names.get(kind)
+    usage = types.usage.get(name or "")
+    if not isinstance(usage, Arm64Usage) or usage.any_data:
+        return []
+    if not usage.low:
+        return [f"{name} takes no data, but data={data:#x}"] if data else []
+    out = [f"{name}: data bits 10-15 set ({data:#x})"] if data >> 10 else []
+    if not usage.xzr_ok:
+        out += [f"{name}: the {field} register is xzr"
+                for field, shift in ((usage.low, 0), (usage.high, 5))
+                if (data >> shift) & 0x1F == XZR]
     return out

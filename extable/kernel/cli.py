@@ -13,17 +13,38 @@ import json
 import sys
 from typing import Iterable, Iterator
 
-import numpy as np
-
 from ..errors import CheckFailed, ExtableError
 from .reader import Opened, describe, read
 from .verify import verify
 
-EXIT_OK, EXIT_CHECK = 0, 1
+EXIT_OK, EXIT_CHECK, EXIT_INPUT = 0, 1, 2
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run dump, verify or lookup on the kernel object ``args.file``."""
+    """Run dump, verify or lookup on the kernel object ``args.file``; failures end here.
+
+    A failure is one line on stderr and, with --json, also ``{"error", "file", "exit"}``
+    on stdout, so that a script can parse every outcome.
+    """
+    try:
+        return _run(args)
+    except CheckFailed as exc:
+        return fail(args, exc, EXIT_CHECK)
+    except ExtableError as exc:
+        return fail(args, exc, EXIT_INPUT)
+
+
+def fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
+    """Report ``exc`` as the command's outcome and return ``code``."""
+    message = " ".join(exc.message.split())
+    path = exc.path or args.file
+    if args.json:
+        sys.stdout.write(json.dumps({"error": message, "file": path, "exit": code}) + "\n")
+    print(f"extable: {path}: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     if getattr(args, "section", None):
         raise ExtableError("--section does not apply to kernel objects (the table is "
                            "__ex_table)", args.file)
@@ -49,7 +70,7 @@ def _header_line(opened: Opened) -> str:
 
 def entry(opened: Opened, i: int, decoded: dict[int, dict[str, object]]) -> dict[str, object]:
     assert opened.table is not None
-    word = int(opened.table.word[i])
+    word = opened.table.word[i]
     if word not in decoded:
         decoded[word] = opened.fmt.decode(word, opened.types)
     return {"index": i, "insn": opened.location("insn", i), "fixup": opened.location("fixup", i),
@@ -97,6 +118,7 @@ def _chunks(lines: Iterable[str], sep: str = "\n", size: int = 4096) -> Iterator
 
 
 def _dump(args: argparse.Namespace, opened: Opened) -> int:
+    opened.symbols      # a bad symbol table fails here, before the first line is written
     decoded: dict[int, dict[str, object]] = {}
     entries = (entry(opened, i, decoded) for i in range(len(opened)))
     if args.json:
@@ -110,15 +132,20 @@ def _dump(args: argparse.Namespace, opened: Opened) -> int:
 def _verify(args: argparse.Namespace, opened: Opened) -> int:
     findings = ([] if opened.table is None else
                 verify(opened.image, opened.table, opened.fmt, opened.types, opened.where))
+    if findings:
+        first = findings[0]
+        more = (f" (+{len(findings) - 1} more; --json lists them)"
+                if len(findings) > 1 and not args.json else "")
+        who = f"entry {first.index}" if first.index >= 0 else "__ex_table"
+        summary = f"{who}: {first.message}{more}"
     if args.json:
         _emit(args, {**_head(opened), "ok": not findings, "entries": len(opened)}, [],
               (f.as_dict() for f in findings), key="findings")
+        if findings:
+            print(f"extable: {args.file}: {summary}", file=sys.stderr)
         return EXIT_CHECK if findings else EXIT_OK
     if findings:
-        first = findings[0]
-        more = f" (+{len(findings) - 1} more; --json lists all)" if len(findings) > 1 else ""
-        who = f"entry {first.index}" if first.index >= 0 else "__ex_table"
-        raise CheckFailed(f"{who}: {first.message}{more}", args.file)
+        raise CheckFailed(summary, args.file)
     _emit(args, {}, [f"{args.file}: ok, {len(opened)} entries ({opened.fmt.FORMAT} "
                      f"{opened.kind}, kernel {opened.version or 'unknown'}, "
                      f"{opened.types.label}+ types)"])
@@ -128,20 +155,22 @@ def _verify(args: argparse.Namespace, opened: Opened) -> int:
 def _target(opened: Opened, text: str) -> tuple[int, int] | int:
     """(section, offset) for SYMBOL+OFF or SECTION+OFF; an address for a number."""
     image = opened.image
-    try:
-        number = int(text, 0)
-    except ValueError:
-        number = None
+    if not text:        # also argparse's None for ``lookup FILE -- --``
+        raise image.error("lookup needs an address, SYMBOL[+OFF] or SECTION[+OFF]")
+    number = _number(text)
     if number is not None:
         if not image.linked:
             raise image.error(f"{text}: a module has no addresses; give SYMBOL+OFF or "
                               "SECTION+OFF (like .text+0x1a3)")
-        return number & ((1 << 64) - 1)
-    name, _, off_text = text.partition("+")
-    try:
-        off = int(off_text, 0) if off_text else 0
-    except ValueError:
-        raise image.error(f"{text}: bad offset {off_text!r}") from None
+        if not 0 <= number < 1 << 64:
+            raise image.error(f"{text}: not a 64-bit address")
+        return number
+    name, plus, off_text = text.partition("+")
+    off = _number(off_text) if off_text else None
+    if not name or (plus and (off is None or not 0 <= off < 1 << 64 or off_text[0] in "+-")):
+        raise image.error(f"{text}: not an address, SYMBOL[+OFF] or SECTION[+OFF] "
+                          "(OFF a number from 0 to 2**64 - 1)")
+    off = off or 0
     sec = image.section(name)
     if sec is not None:
         return sec.index, off
@@ -156,6 +185,14 @@ def _target(opened: Opened, text: str) -> tuple[int, int] | int:
     return hits[0][0], hits[0][1] + off
 
 
+def _number(text: str) -> int | None:
+    """``text`` as a number (0x.., 0o.., 0b.. or decimal), or None when it is not one."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
 def _lookup(args: argparse.Namespace, opened: Opened) -> int:
     target = _target(opened, args.address)
     t = opened.table
@@ -163,15 +200,16 @@ def _lookup(args: argparse.Namespace, opened: Opened) -> int:
         raise CheckFailed("no __ex_table: no entry for anything", args.file)
     if isinstance(target, int):
         assert t.insn_addr is not None
-        match = np.flatnonzero(t.insn_addr == np.uint64(target))
+        match = [i for i, a in enumerate(t.insn_addr) if a == target]
         what = f"{target:#x}"
     else:
         sec, off = target
-        match = np.flatnonzero((t.insn_sec == sec) & (t.insn_off == off))
+        match = [i for i, (s, o) in enumerate(zip(t.insn_sec, t.insn_off))
+                 if s == sec and o == off]
         what = f"{opened.image.sections[sec].name}+{off:#x}"
-    if not len(match):
+    if not match:
         raise CheckFailed(f"no entry for the instruction at {what}", args.file)
     decoded: dict[int, dict[str, object]] = {}
-    entries = [entry(opened, i, decoded) for i in match.tolist()]
+    entries = [entry(opened, i, decoded) for i in match]
     _emit(args, _head(opened), [line(opened, d) for d in entries], entries)
     return EXIT_OK

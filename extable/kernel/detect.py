@@ -8,6 +8,7 @@ for the question on its own files.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 ET_REL = 1
@@ -27,8 +28,11 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
-def section_names(fd: int, size: int) -> tuple[int, set[str]] | None:
-    """(e_type, section names) of an ELF64 little-endian file, or None."""
+def section_names(fd: int, size: int) -> tuple[int, set[str] | None] | None:
+    """(e_type, section names) of an ELF64 little-endian file, or None.
+
+    The names are None when the section headers or their name table are broken.
+    """
     head = os.pread(fd, 64, 0)
     if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
         return None
@@ -36,20 +40,21 @@ def section_names(fd: int, size: int) -> tuple[int, set[str]] | None:
     e_shoff, = struct.unpack_from("<Q", head, 40)
     e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", head, 58)
     if e_shentsize != 64 or not 0 < e_shnum < _MAX_SHNUM or e_shstrndx >= e_shnum:
-        return None
+        return e_type, None
     if e_shoff + 64 * e_shnum > size:
-        return None
+        return e_type, None
     table = os.pread(fd, 64 * e_shnum, e_shoff)
     _n, _t, _f, _a, str_off, str_size = struct.unpack_from("<IIQQQQ", table, 64 * e_shstrndx)
     if str_off + str_size > size or str_size > (64 << 20):
-        return None
+        return e_type, None
     strings = os.pread(fd, str_size, str_off)
     names = set()
     for i in range(e_shnum):
         name_off, = struct.unpack_from("<I", table, 64 * i)
         end = strings.find(b"\0", name_off)
-        if name_off < len(strings) and end > 0:
-            names.add(strings[name_off:end].decode("latin-1"))
+        if name_off >= len(strings) or end < 0:
+            return e_type, None
+        names.add(strings[name_off:end].decode("latin-1"))
     return e_type, names
 
 
@@ -59,10 +64,13 @@ def is_kernel_object(path: str | os.PathLike[str]) -> bool:
     Files that cannot be read say False: the caller's own reader reports them.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         if compression_of(os.pread(fd, 8, 0)):
             return True
         found = section_names(fd, os.fstat(fd).st_size)
@@ -74,5 +82,6 @@ def is_kernel_object(path: str | os.PathLike[str]) -> bool:
         return False
     e_type, names = found
     if e_type == ET_REL:
-        return KERNEL_SECTION in names or ".modinfo" in names
-    return KERNEL_SECTION in names and OWN_SECTION not in names
+        # our own reader refuses ET_REL anyway; the kernel reader says what is broken
+        return names is None or KERNEL_SECTION in names or ".modinfo" in names
+    return names is not None and KERNEL_SECTION in names and OWN_SECTION not in names

@@ -1,9 +1,9 @@
 """The ELF side of a kernel object: sections, symbols, the kernel version.
 
-pyelftools reads the headers; the bulk arrays (symbols, relocations, the
-table itself) are numpy arrays over the bytes of just those sections, read
-with ``pread``, so a 600 MB vmlinux costs its section headers plus the few
-sections used, and a file truncated under us is an error, not a SIGBUS.
+pyelftools reads the headers; the records (symbols, relocations, the table
+itself) are unpacked with ``struct`` from the bytes of just those sections,
+read with ``pread``, so a 600 MB vmlinux costs its section headers plus the
+few sections used, and a file truncated under us is an error, not a SIGBUS.
 
 Kept apart from :mod:`extable.elf` on purpose: that reader refuses ET_REL and
 checks what the user-space compiler needs; this one needs ``sh_info`` (which
@@ -18,8 +18,8 @@ import re
 import struct
 from dataclasses import dataclass
 from functools import cached_property
+from operator import itemgetter
 
-import numpy as np
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
@@ -34,8 +34,11 @@ SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x2, 0x4, 0x400
 SHN_UNDEF, SHN_LORESERVE = 0, 0xFF00
 STT_NOTYPE, STT_FUNC, STT_SECTION = 0, 2, 3
 
-SYM_DTYPE = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
-                      ("value", "<u8"), ("size", "<u8")])
+#: Elf64_Sym: name, info, other, shndx, value, size.
+SYM = struct.Struct("<IBBHQQ")
+Sym = tuple[int, int, int, int, int, int]
+#: A code location as one sortable number: section index << KEY_SHIFT | offset.
+KEY_SHIFT = 64
 
 _PARSE_ERRORS = (ELFError, struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError,
                  OverflowError, AttributeError, TypeError)
@@ -64,9 +67,9 @@ class Section:
 class Symbols:
     """Code symbols with a size, sorted by (section, offset), names decoded on demand."""
 
-    key: np.ndarray        # uint64: section index << 44 | offset in section
-    size: np.ndarray       # uint64
-    name_off: np.ndarray   # uint32, into strtab
+    key: list[int]         # section index << KEY_SHIFT | offset in section, ascending
+    size: list[int]
+    name_off: list[int]    # into strtab
     strtab: Section
 
 
@@ -126,8 +129,12 @@ class KernelImage:
         self.arch: str = ARCHES[e_machine]
         elf = ELFFile(self.source.file)
         self.sections: list[Section] = []
+        names_size = elf.get_section(elf.get_shstrndx()).header["sh_size"]
         for index, sec in enumerate(elf.iter_sections()):
             h = sec.header
+            if h["sh_name"] >= names_size:    # pyelftools would call it ""
+                raise self.error(f"section {index}: name offset {h['sh_name']:#x} lies "
+                                 "outside the section name table")
             s = Section(index, sec.name, _num(h["sh_type"]), h["sh_flags"], h["sh_addr"],
                         h["sh_offset"], h["sh_size"], h["sh_link"], h["sh_info"],
                         h["sh_entsize"])
@@ -147,14 +154,14 @@ class KernelImage:
     def section(self, name: str) -> Section | None:
         return self._by_name.get(name)
 
-    def array(self, section: Section, dtype: np.dtype) -> np.ndarray:
-        """The section's bytes as a read-only array of ``dtype`` (a view of the mapping)."""
+    def records(self, section: Section, record: struct.Struct) -> list[tuple[int, ...]]:
+        """The section's bytes unpacked as consecutive ``record``s."""
         if section.type == SHT_NOBITS:
             raise self.error(f"{section.name} has no bytes in the file")
-        if section.size % dtype.itemsize:
+        if section.size % record.size:
             raise self.error(f"{section.name}: size {section.size} is not a multiple of "
-                             f"{dtype.itemsize}")
-        return np.frombuffer(self.section_bytes(section), dtype)
+                             f"{record.size}")
+        return list(record.iter_unpack(self.section_bytes(section)))
 
     def section_bytes(self, section: Section) -> bytes:
         """The section's bytes, read once."""
@@ -173,14 +180,14 @@ class KernelImage:
         return blob[offset:end].decode("utf-8", "surrogateescape")
 
     @cached_property
-    def symtab(self) -> tuple[np.ndarray, Section] | None:
+    def symtab(self) -> tuple[list[Sym], Section] | None:
         """The raw .symtab and its string table, or None when stripped."""
         tab = next((s for s in self.sections if s.type == SHT_SYMTAB), None)
         if tab is None:
             return None
         if tab.link >= len(self.sections):
             raise self.error(f"{tab.name}: string table index {tab.link} out of range")
-        return self.array(tab, SYM_DTYPE), self.sections[tab.link]
+        return self.records(tab, SYM), self.sections[tab.link]   # type: ignore[return-value]
 
     @cached_property
     def code_symbols(self) -> Symbols | None:
@@ -188,20 +195,15 @@ class KernelImage:
         if self.symtab is None:
             return None
         raw, strtab = self.symtab
-        kind = raw["info"] & 0xF
-        keep = (((kind == STT_FUNC) | (kind == STT_NOTYPE)) & (raw["size"] > 0)
-                & (raw["shndx"] != SHN_UNDEF) & (raw["shndx"] < min(SHN_LORESERVE,
-                                                                     len(self.sections))))
-        chosen = raw[keep]
-        shndx = chosen["shndx"].astype(np.uint64)
-        offset = chosen["value"].astype(np.uint64)
-        if self.linked:
-            base = np.array([s.addr for s in self.sections], dtype=np.uint64)
-            offset = offset - base[shndx.astype(np.intp)]
-        key = (shndx << np.uint64(44)) | (offset & np.uint64((1 << 44) - 1))
-        order = np.argsort(key, kind="stable")
-        return Symbols(key[order], chosen["size"][order].astype(np.uint64),
-                       chosen["name"][order], strtab)
+        limit = min(SHN_LORESERVE, len(self.sections))
+        base = [s.addr if self.linked else 0 for s in self.sections]
+        chosen = [((shndx << KEY_SHIFT) | (value - base[shndx]), size, name)
+                  for name, info, _other, shndx, value, size in raw
+                  if size and SHN_UNDEF < shndx < limit and (info & 0xF) in (STT_FUNC, STT_NOTYPE)
+                  and value >= base[shndx]]
+        chosen.sort(key=itemgetter(0))
+        return Symbols([c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen],
+                       strtab)
 
     def symbol_name(self, syms: Symbols, i: int) -> str:
         return self.cstring(syms.strtab, int(syms.name_off[i]))
@@ -218,13 +220,12 @@ class KernelImage:
         while at >= 0:
             offsets.append(at)
             at = blob.find(needle, at + 1)
-        hits = raw[np.isin(raw["name"], np.array(offsets, dtype=np.uint32))
-                   & (raw["shndx"] != SHN_UNDEF) & (raw["shndx"] < len(self.sections))]
-        out = []
-        for shndx, value in zip(hits["shndx"].tolist(), hits["value"].tolist()):
-            base = self.sections[shndx].addr if self.linked else 0
-            out.append((shndx, value - base))
-        return sorted(set(out))
+        wanted = set(offsets)
+        out = set()
+        for name_off, _info, _other, shndx, value, _size in raw:
+            if name_off in wanted and SHN_UNDEF != shndx < len(self.sections):
+                out.add((shndx, value - (self.sections[shndx].addr if self.linked else 0)))
+        return sorted(out)
 
     # -- the kernel version -------------------------------------------------------
 

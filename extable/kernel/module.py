@@ -8,28 +8,30 @@ order; the kernel sorts them when it loads the module.
 
 from __future__ import annotations
 
+import struct
+from collections import Counter
 from types import ModuleType
 
-import numpy as np
-
 from ..errors import ExtableError
-from .image import SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, SYM_DTYPE, KernelImage, Section
-from .table import ENTRY_SIZE, RAW_DTYPE, Finding, KernelTable
+from .image import (SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, SHT_SYMTAB, SYM, KernelImage,
+                    Section, Sym)
+from .table import ENTRY_SIZE, RAW_ENTRY, Finding, KernelTable
 
-RELA_DTYPE = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
+#: Elf64_Rela: offset, info (symbol << 32 | type), addend.
+RELA = struct.Struct("<QQq")
 
 
 def read(image: KernelImage, fmt: ModuleType) -> KernelTable:
     """The module's table, with every relocation problem as a finding."""
     sec = image.section("__ex_table")
     assert sec is not None
-    raw = image.array(sec, RAW_DTYPE)
+    raw = image.records(sec, RAW_ENTRY)
     n = len(raw)
     targets = [s for s in image.sections if s.info == sec.index and s.type in (SHT_RELA, SHT_REL)]
     if any(s.type == SHT_REL for s in targets):
         raise image.error("__ex_table has SHT_REL relocations (the kernel uses RELA)")
-    sections = [np.full(n, -1, np.int32), np.full(n, -1, np.int32)]
-    offsets = [np.zeros(n, np.int64), np.zeros(n, np.int64)]
+    sections = [[-1] * n, [-1] * n]
+    offsets = [[0] * n, [0] * n]
     findings: list[Finding] = []
     if not targets:
         if n:
@@ -37,71 +39,74 @@ def read(image: KernelImage, fmt: ModuleType) -> KernelTable:
                                                       "no entry can be resolved"))
         return _table(fmt, sec, sections, offsets, raw, findings)
     for rsec in targets:
-        rela = image.array(rsec, RELA_DTYPE)
+        rela = image.records(rsec, RELA)
         if rsec.link >= len(image.sections):
             raise image.error(f"{rsec.name}: symbol table index {rsec.link} out of range")
-        symtab = image.array(image.sections[rsec.link], SYM_DTYPE)
+        linked = image.sections[rsec.link]
+        if linked.type != SHT_SYMTAB:
+            raise image.error(f"{rsec.name}: its symbol table (sh_link {rsec.link}) is "
+                              f"{linked.name or 'a nameless section'}, not a SHT_SYMTAB")
+        symtab: list[Sym] = image.records(linked, SYM)   # type: ignore[assignment]
         findings += _apply(image, fmt, rela, symtab, n, sections, offsets)
+    said = {(f.index, name) for f in findings for name in ("insn", "fixup") if name in f.message}
     for field, name in ((0, "insn"), (1, "fixup")):
-        for i in np.flatnonzero(sections[field] == -1).tolist():
-            if not any(f.index == i and name in f.message for f in findings):
-                findings.append(Finding(i, "relocation", f"no relocation for its {name} field"))
+        findings += [Finding(i, "relocation", f"no relocation for its {name} field")
+                     for i, s in enumerate(sections[field]) if s == -1 and (i, name) not in said]
     return _table(fmt, sec, sections, offsets, raw, findings)
 
 
-def _table(fmt: ModuleType, sec: Section, sections: list[np.ndarray], offsets: list[np.ndarray],
-           raw: np.ndarray, findings: list[Finding]) -> KernelTable:
+def _table(fmt: ModuleType, sec: Section, sections: list[list[int]], offsets: list[list[int]],
+           raw: list[tuple[int, ...]], findings: list[Finding]) -> KernelTable:
     return KernelTable(fmt.ARCH, False, sec, sections[0], offsets[0], sections[1], offsets[1],
-                       raw["word"].copy(), findings=findings)
+                       [r[2] for r in raw], findings=findings)
 
 
-def _apply(image: KernelImage, fmt: ModuleType, rela: np.ndarray, symtab: np.ndarray, n: int,
-           sections: list[np.ndarray], offsets: list[np.ndarray]) -> list[Finding]:
+def _apply(image: KernelImage, fmt: ModuleType, rela: list[tuple[int, ...]], symtab: list[Sym],
+           n: int, sections: list[list[int]], offsets: list[list[int]]) -> list[Finding]:
+    """Resolve one relocation section into ``sections``/``offsets``; what is wrong, as findings.
+
+    One pass per kind of problem, so findings come out grouped as verify reports them.
+    """
     out: list[Finding] = []
-    off = rela["offset"].astype(np.int64)
-    sym = (rela["info"] >> np.uint64(32)).astype(np.int64)
-    rtype = (rela["info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    slot, rem = off // ENTRY_SIZE, off % ENTRY_SIZE
-    good = ((rem == 0) | (rem == 4)) & (slot < n)
-    for j in np.flatnonzero(~good).tolist():
-        where = int(slot[j]) if slot[j] < n else -1
-        out.append(Finding(where, "relocation", f"relocation at __ex_table+{int(off[j]):#x} "
-                                                "is not at an insn or fixup field"))
-    for j in np.flatnonzero(good & (rtype != fmt.R_PC32)).tolist():
-        want = fmt.R_NAMES[fmt.R_PC32]
-        out.append(Finding(int(slot[j]), "relocation", f"{_field(rem[j])} relocation type "
-                                                       f"{int(rtype[j])}, expected {want}"))
-    good &= rtype == fmt.R_PC32
-    bad_sym = good & (sym >= len(symtab))
-    for j in np.flatnonzero(bad_sym).tolist():
-        out.append(Finding(int(slot[j]), "relocation",
-                           f"{_field(rem[j])} relocation names symbol {int(sym[j])} of "
-                           f"{len(symtab)}"))
-    good &= ~bad_sym
-    idx = np.flatnonzero(good)
-    s = symtab[sym[idx]]
-    shndx = s["shndx"].astype(np.int64)
-    target = s["value"].astype(np.int64) + rela["addend"][idx]
-    undefined = (shndx == SHN_UNDEF) | (shndx >= min(SHN_LORESERVE, len(image.sections)))
-    for k in np.flatnonzero(undefined).tolist():
-        j = int(idx[k])
-        name = _symbol_name(image, int(s["name"][k]))
-        out.append(Finding(int(slot[j]), "location",
-                           f"{_field(rem[j])} refers to {name or 'a symbol'} outside the module "
-                           f"(section index {int(shndx[k])})"))
-    keep = ~undefined
-    idx, shndx, target = idx[keep], shndx[keep], target[keep]
+    good = []                     # (slot, field offset 0 or 4, symbol, addend)
+    for off, info, addend in rela:
+        slot, rem = divmod(off, ENTRY_SIZE)
+        if off >= ENTRY_SIZE * n or rem not in (0, 4):
+            out.append(Finding(slot if off < ENTRY_SIZE * n else -1, "relocation",
+                               f"relocation at __ex_table+{off:#x} is not at an insn or fixup "
+                               "field"))
+        else:
+            good.append((slot, rem, info, addend))
+    want = fmt.R_NAMES[fmt.R_PC32]
+    out += [Finding(slot, "relocation", f"{_field(rem)} relocation type {info & 0xFFFFFFFF}, "
+                                        f"expected {want}")
+            for slot, rem, info, _a in good if info & 0xFFFFFFFF != fmt.R_PC32]
+    good = [g for g in good if g[2] & 0xFFFFFFFF == fmt.R_PC32]
+    out += [Finding(slot, "relocation", f"{_field(rem)} relocation names symbol {info >> 32} of "
+                                        f"{len(symtab)}")
+            for slot, rem, info, _a in good if info >> 32 >= len(symtab)]
+    good = [g for g in good if g[2] >> 32 < len(symtab)]
+    limit = min(SHN_LORESERVE, len(image.sections))
+    resolved = []                 # (slot, rem, section, offset)
+    for slot, rem, info, addend in good:
+        name_off, _i, _o, shndx, value, _s = symtab[info >> 32]
+        if shndx == SHN_UNDEF or shndx >= limit:
+            name = _symbol_name(image, name_off)
+            out.append(Finding(slot, "location", f"{_field(rem)} refers to {name or 'a symbol'} "
+                                                 f"outside the module (section index {shndx})"))
+        else:
+            # S + A in 64 bits, as the loader computes it, read back as signed
+            target = (value + addend) & ((1 << 64) - 1)
+            resolved.append((slot, rem, shndx, target - (1 << 64) if target >> 63 else target))
     for field in (0, 1):
-        mine = rem[idx] == 4 * field
-        where = slot[idx][mine]
-        counts = np.bincount(where, minlength=n)
-        for i in np.flatnonzero(counts > 1).tolist():
-            out.append(Finding(i, "relocation", f"{_field(4 * field)} field has "
-                                                f"{int(counts[i])} relocations"))
-        sections[field][where] = shndx[mine]
-        offsets[field][where] = target[mine]
+        mine = [r for r in resolved if r[1] == 4 * field]
+        counts = Counter(r[0] for r in mine)
+        out += [Finding(i, "relocation", f"{_field(4 * field)} field has {c} relocations")
+                for i, c in sorted(counts.items()) if c > 1]
+        for slot, _rem, shndx, target in mine:
+            sections[field][slot] = shndx
+            offsets[field][slot] = target
     return out
-
 
 def _field(rem: int) -> str:
     return "insn" if rem == 0 else "fixup"

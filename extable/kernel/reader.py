@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from types import ModuleType
 
-import numpy as np
-
 from . import arm64, module, vmlinux, x86_64
 from .image import KernelImage, parse_version
 from .names import Namer
@@ -61,13 +59,11 @@ class Opened:
 
     @cached_property
     def _columns(self) -> dict[str, tuple[list[int], list[int], list[int] | None]]:
-        """Per field: section indices, offsets, addresses as Python lists (one conversion)."""
+        """Per field: section indices, offsets, addresses."""
         t = self.table
         assert t is not None
-        return {"insn": (t.insn_sec.tolist(), t.insn_off.tolist(),
-                         None if t.insn_addr is None else t.insn_addr.tolist()),
-                "fixup": (t.fixup_sec.tolist(), t.fixup_off.tolist(),
-                          None if t.fixup_addr is None else t.fixup_addr.tolist())}
+        return {"insn": (t.insn_sec, t.insn_off, t.insn_addr),
+                "fixup": (t.fixup_sec, t.fixup_off, t.fixup_addr)}
 
     def location(self, field: str, i: int) -> dict[str, object]:
         """``{"section", "offset"[, "address"], "symbol"}`` of an entry's insn or fixup."""
@@ -98,7 +94,9 @@ def describe(loc: dict[str, object]) -> str:
         return f"{addr:#018x}{sym}"
     if loc.get("section") is None:
         return "?"
-    return f"{loc['section']}+{loc['offset']:#x}{sym}"
+    off = int(loc["offset"])  # type: ignore[call-overload]
+    # a negative addend can put a target before its section: .text-0x10, not .text+-0x10
+    return f"{loc['section']}{'+' if off >= 0 else '-'}{abs(off):#x}{sym}"
 
 
 def read(path: str | os.PathLike[str], kernel_version: str | None = None) -> Opened:

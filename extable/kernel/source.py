@@ -20,6 +20,10 @@ from .detect import compression_of
 
 #: No module or vmlinux comes near this; a bigger stream is not what we think it is.
 MAX_DECOMPRESSED = 4 << 30
+#: Kernel objects (code, DWARF) compress 3-8 times; a stream that inflates more than
+#: RATIO times its size past FLOOR is a bomb, and would fill the temporary directory
+#: (often tmpfs, so memory) long before MAX_DECOMPRESSED.
+RATIO, FLOOR = 32, 64 << 20
 _CHUNK = 1 << 20
 
 
@@ -83,16 +87,31 @@ class Source:
 
     def _decompress(self, raw: IO[bytes]) -> IO[bytes]:
         assert self.compression is not None
+        packed = os.fstat(raw.fileno()).st_size
+        limit = min(MAX_DECOMPRESSED, max(FLOOR, RATIO * packed))
         out = tempfile.TemporaryFile(prefix="extable-kernel-")
         try:
             with _READERS[self.compression](raw) as stream:
-                written = 0
+                written, head = 0, b""
                 while chunk := stream.read(_CHUNK):
+                    if len(head) < 4:
+                        head += chunk[:4 - len(head)]
+                        if not b"\x7fELF".startswith(head):
+                            # said now, not after inflating the whole stream
+                            raise ExtableError(f"{self.compression}-compressed data is not "
+                                               "an ELF file", self.path)
                     written += len(chunk)
-                    if written > MAX_DECOMPRESSED:
-                        raise ExtableError(f"{self.compression} data decompresses to more "
-                                           f"than {MAX_DECOMPRESSED >> 30} GiB", self.path)
-                    out.write(chunk)
+                    if written > limit:
+                        raise ExtableError(
+                            f"{self.compression} data decompresses to more than "
+                            f"{limit >> 20} MiB ({written // max(packed, 1)} times its "
+                            f"{packed} bytes): a decompression bomb? (decompress it "
+                            "yourself if it is real)", self.path)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:     # a full /tmp is not corrupt input
+                        raise ExtableError(f"cannot decompress into {tempfile.gettempdir()}: "
+                                           f"{exc.strerror}", self.path) from None
             out.flush()
             out.seek(0)
             return out

@@ -4,19 +4,22 @@ Both layouts are 12 bytes: two 32-bit fields relative to their own address
 (insn, fixup) and 4 bytes of type and data whose split is the architecture's
 (:mod:`.x86_64`, :mod:`.arm64` decode it). Every location is kept as (section, offset)
 and, in a linked image, also as an address.
+
+Plain lists, not numpy: a module has tens of entries, and importing numpy
+would cost more than reading them; a 100k-entry vmlinux still takes well under
+a second of Python (benchmarks/test_kernel.py).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from .image import Section
 
 ENTRY_SIZE = 12
 #: The raw entry: both fields, then the architecture's 4 bytes as one word.
-RAW_DTYPE = np.dtype([("insn", "<i4"), ("fixup", "<i4"), ("word", "<u4")])
+RAW_ENTRY = struct.Struct("<iiI")
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,13 @@ class KernelTable:
     arch: str
     linked: bool
     section: Section
-    insn_sec: np.ndarray       # int32 section index, -1 when it could not be resolved
-    insn_off: np.ndarray       # int64 offset in that section
-    fixup_sec: np.ndarray
-    fixup_off: np.ndarray
-    word: np.ndarray           # uint32: the last 4 bytes (x86 data; arm64 type | data << 16)
-    insn_addr: np.ndarray | None = None     # uint64, linked images only
-    fixup_addr: np.ndarray | None = None
+    insn_sec: list[int]        # section index, -1 when it could not be resolved
+    insn_off: list[int]        # offset in that section
+    fixup_sec: list[int]
+    fixup_off: list[int]
+    word: list[int]            # the last 4 bytes, unsigned (x86 data; arm64 type | data << 16)
+    insn_addr: list[int] | None = None      # 64-bit addresses, linked images only
+    fixup_addr: list[int] | None = None
     findings: list[Finding] = field(default_factory=list)   # from reading (relocations)
 
     def __len__(self) -> int:

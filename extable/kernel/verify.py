@@ -1,4 +1,4 @@
-"""The checks of ``extable verify`` on a kernel table, all vectorised.
+"""The checks of ``extable verify`` on a kernel table.
 
 Every insn and fixup inside an executable section; every type known for the
 kernel version; the data fields valid for the type; no two entries for one
@@ -8,10 +8,9 @@ leaves it (the kernel's binary search depends on it).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from types import ModuleType
 from typing import Callable
-
-import numpy as np
 
 from .image import KernelImage
 from .table import Finding, KernelTable
@@ -19,65 +18,79 @@ from .types import TypeTable
 
 _ORDER = {"relocation": 0, "location": 1, "type": 2, "fields": 3, "duplicate": 4, "order": 5}
 Where = Callable[[str, int], str]
+#: A table of garbage (a hostile file's whole body called __ex_table) has findings by the
+#: million; past this many, verify says so and stops instead of filling memory.
+MAX_FINDINGS = 10_000
 
 
 def verify(image: KernelImage, table: KernelTable, fmt: ModuleType, types: TypeTable,
-           where: Where) -> list[Finding]:
-    """Every finding, sorted by entry; ``where(field, i)`` names an entry's insn or fixup."""
-    out = list(table.findings)
-    out += _locations(image, table, where)
-    kind = fmt.kinds(table.word, types)
-    known = np.array(sorted(types.names), dtype=np.int64)
-    for i in np.flatnonzero(~np.isin(kind, known)).tolist():
-        out.append(Finding(i, "type", f"unknown type {int(kind[i])} for kernel {types.label}+ "
-                                      f"({fmt.ARCH}) at {where('insn', i)}"))
-    none = [n for n, name in types.names.items() if name == "NONE"]
-    for i in np.flatnonzero(np.isin(kind, none)).tolist():
-        out.append(Finding(i, "type", f"type NONE at {where('insn', i)}: it fixes nothing"))
-    for i, problem in fmt.check_fields(table.word, types):
-        out.append(Finding(i, "fields", f"{problem} at {where('insn', i)}"))
-    out += _duplicates(table, where)
-    if table.linked and table.insn_addr is not None and len(table) > 1:
-        a = table.insn_addr
-        for i in np.flatnonzero(a[1:] < a[:-1]).tolist():
-            out.append(Finding(i + 1, "order", f"insn {where('insn', i + 1)} sorts before entry "
-                                               f"{i}'s {where('insn', i)}: the table is not "
-                                               "sorted (scripts/sorttable)"))
-    out.sort(key=lambda f: (f.index, _ORDER.get(f.check, 9)))
+           where: Where, limit: int = MAX_FINDINGS) -> list[Finding]:
+    """The findings, entry by entry; ``where(field, i)`` names an entry's insn or fixup."""
+    read: dict[int, list[Finding]] = defaultdict(list)
+    for f in table.findings:
+        read[f.index].append(f)
+    out = sorted(read.pop(-1, []), key=lambda f: _ORDER.get(f.check, 9))
+    none = {n for n, name in types.names.items() if name == "NONE"}
+    kinds = fmt.kinds(table.word, types)
+    first: dict[tuple[int, int], int] = {}
+    addr = table.insn_addr if table.insn_addr is not None else [0] * len(table)
+    problems: dict[int, list[str]] = {}     # by data word: a table has few distinct ones
+    sizes = [sec.size if sec.executable else -1 for sec in image.sections]
+    names, previous = types.names, 0
+    columns = zip(table.insn_sec, table.insn_off, table.fixup_sec, table.fixup_off, kinds,
+                  table.word, addr)
+    for i, (si, oi, sf, of, kind, word, a) in enumerate(columns):
+        if len(out) > limit:
+            break
+        mine = read.get(i, [])
+        if not (si >= 0 and sf >= 0 and 0 <= oi < sizes[si] and 0 <= of < sizes[sf]):
+            mine += _locations(image, table, i, where)
+        if kind not in names:
+            mine.append(Finding(i, "type", f"unknown type {kind} for kernel {types.label}+ "
+                                           f"({fmt.ARCH}) at {where('insn', i)}"))
+        elif kind in none:
+            mine.append(Finding(i, "type", f"type NONE at {where('insn', i)}: it fixes nothing"))
+        if word not in problems:
+            problems[word] = fmt.check_word(word, types)
+        if problems[word]:
+            mine += [Finding(i, "fields", f"{problem} at {where('insn', i)}")
+                     for problem in problems[word]]
+        if si >= 0:
+            seen = first.setdefault((si, oi), i)
+            if seen != i:
+                mine.append(Finding(i, "duplicate", f"insn {where('insn', i)} already has entry "
+                                                    f"{seen}"))
+        if a < previous:
+            mine.append(Finding(i, "order", f"insn {where('insn', i)} sorts before entry "
+                                            f"{i - 1}'s {where('insn', i - 1)}: the table is not "
+                                            "sorted (scripts/sorttable)"))
+        previous = a
+        if mine:
+            out += sorted(mine, key=lambda f: _ORDER.get(f.check, 9))
+    if len(out) > limit:
+        at = out[limit].index
+        del out[limit:]
+        place = f"at entry {at} of {len(table)}" if at >= 0 else "before the first entry"
+        out.append(Finding(-1, "limit", f"stopped after {limit} findings, {place}"))
     return out
 
 
-def _locations(image: KernelImage, table: KernelTable, where: Where) -> list[Finding]:
+def _locations(image: KernelImage, table: KernelTable, i: int, where: Where) -> list[Finding]:
     out = []
-    executable = np.array([s.executable for s in image.sections] + [False])
-    sizes = np.array([s.size for s in image.sections] + [0], dtype=np.int64)
-    for field, sec, off in (("insn", table.insn_sec, table.insn_off),
-                            ("fixup", table.fixup_sec, table.fixup_off)):
-        resolved = sec >= 0
-        if table.linked:
-            for i in np.flatnonzero(~resolved).tolist():
-                out.append(Finding(i, "location", f"{field} {where(field, i)} lies in no "
-                                                  "loaded section"))
-        s = np.where(resolved, sec, len(image.sections))
-        for i in np.flatnonzero(resolved & ~executable[s]).tolist():
+    for field, secs, offs in (("insn", table.insn_sec, table.insn_off),
+                              ("fixup", table.fixup_sec, table.fixup_off)):
+        s = secs[i]
+        if s < 0:
+            if table.linked:
+                out.append(Finding(i, "location", f"{field} {where(field, i)} lies in no loaded "
+                                                  "section"))
+            continue
+        sec = image.sections[s]
+        if not sec.executable:
             out.append(Finding(i, "location", f"{field} {where(field, i)} is not in an "
                                               "executable section"))
-        for i in np.flatnonzero(resolved & executable[s] & ((off < 0) | (off >= sizes[s]))
-                                ).tolist():
-            out.append(Finding(i, "location", f"{field} {where(field, i)} lies past the end "
-                                              f"of {image.sections[int(sec[i])].name}"))
-    return out
-
-
-def _duplicates(table: KernelTable, where: Where) -> list[Finding]:
-    resolved = np.flatnonzero(table.insn_sec >= 0)
-    key = (table.insn_sec[resolved].astype(np.uint64) << np.uint64(44)) | (
-        table.insn_off[resolved].astype(np.uint64) & np.uint64((1 << 44) - 1))
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    out = []
-    for j in np.flatnonzero(k[1:] == k[:-1]).tolist():
-        first, again = int(resolved[order[j]]), int(resolved[order[j + 1]])
-        out.append(Finding(again, "duplicate", f"insn {where('insn', again)} already has "
-                                               f"entry {first}"))
+        elif not 0 <= offs[i] < sec.size:
+            side = "before the start" if offs[i] < 0 else "past the end"
+            out.append(Finding(i, "location", f"{field} {where(field, i)} lies {side} of "
+                                              f"{sec.name}"))
     return out

@@ -6,8 +6,6 @@ signed immediate (16-31); in 5.16 it is the type alone.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .types import NONE, WRITE, X86_FLAGS, X86_IMM_REG_ALIASES, X86_REGS, TypeTable, X86Usage
 
 ARCH = "x86_64"
@@ -22,9 +20,9 @@ def _usage(types: TypeTable, name: str | None) -> X86Usage:
     return u if isinstance(u, X86Usage) else X86Usage()
 
 
-def kinds(word: np.ndarray, types: TypeTable) -> np.ndarray:
+def kinds(word: list[int], types: TypeTable) -> list[int]:
     """The type number of each entry."""
-    return (word & 0xFF if types.fields else word).astype(np.int64)
+    return [w & 0xFF for w in word] if types.fields else list(word)
 
 
 def _fields(word: int) -> tuple[int, int, int, int]:
@@ -65,35 +63,25 @@ def text(d: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def check_fields(word: np.ndarray, types: TypeTable) -> list[tuple[int, str]]:
-    """(index, problem) for every register, flag or immediate the type does not allow."""
-    out: list[tuple[int, str]] = []
+def check_word(word: int, types: TypeTable) -> list[str]:
+    """Every register, flag or immediate of one entry that its type does not allow."""
+    out: list[str] = []
     if not types.fields:
         return out
-    kind = word & 0xFF
-    reg = (word >> 8) & 0xF
-    flags = (word >> 12) & 0xF
-    imm = (word >> 16).astype(np.int32)
-    imm = np.where(imm >= 0x8000, imm - 0x10000, imm)
-    for i in np.flatnonzero(flags & ~np.uint32(3)).tolist():
-        out.append((i, f"unknown flag bits {int(flags[i]) & ~3:#x} (only CLEAR_AX 1, CLEAR_DX 2)"))
-    for number, name in types.names.items():
-        usage = _usage(types, name)
-        mine = kind == number
-        if not mine.any():
-            continue
-        if usage.reg == NONE:
-            out += [(i, f"{name} does not use a register, but reg={X86_REGS[int(reg[i])]}")
-                    for i in np.flatnonzero(mine & (reg != 0)).tolist()]
-        elif usage.reg == WRITE:
-            out += [(i, f"{name} would write %rsp") for i in
-                    np.flatnonzero(mine & (reg == _RSP)).tolist()]
-        if not usage.imm:
-            out += [(i, f"{name} does not use an immediate, but imm={int(imm[i])}")
-                    for i in np.flatnonzero(mine & (imm != 0)).tolist()]
-        elif usage.imm_values:
-            bad = mine & ~np.isin(imm, np.array(usage.imm_values))
-            allowed = ", ".join(map(str, usage.imm_values))
-            out += [(i, f"{name} immediate {int(imm[i])} is not one of {allowed}")
-                    for i in np.flatnonzero(bad).tolist()]
+    kind, reg, flags, imm = _fields(word)
+    if flags & ~3:
+        out.append(f"unknown flag bits {flags & ~3:#x} (only CLEAR_AX 1, CLEAR_DX 2)")
+    name = types.names.get(kind)
+    if name is None:
+        return out
+    usage = _usage(types, name)
+    if usage.reg == NONE and reg:
+        out.append(f"{name} does not use a register, but reg={X86_REGS[reg]}")
+    elif usage.reg == WRITE and reg == _RSP:
+        out.append(f"{name} would write %rsp")
+    if not usage.imm and imm:
+        out.append(f"{name} does not use an immediate, but imm={imm}")
+    elif usage.imm and usage.imm_values and imm not in usage.imm_values:
+        allowed = ", ".join(map(str, usage.imm_values))
+        out.append(f"{name} immediate {imm} is not one of {allowed}")
     return out
