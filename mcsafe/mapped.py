@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from ._mcsafe import _copy_or_report
+from ._mcsafe import _copy_bracketed, _copy_or_report
 from ._types import CopyResult, FaultInfo, MemoryFaultError
 
 PAGE = mmap.PAGESIZE
 SCRUB_CHUNK = 4 << 20       # measured: 1 MiB chunks cost scrub 15% in page-table churn
+RETRIES = 2                 # copies again of a page that faulted inside the file
 RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (address space only)
 CLOSED = "I/O operation on closed file"
 
@@ -45,6 +46,12 @@ _PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x64626720: "debugfs",
               0x73636673: "securityfs", 0x6E736673: "nsfs", 0xCAFE4A11: "bpf"}
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
           stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+
+
+def _state(view: memoryview, size: int) -> tuple[memoryview, int, int]:
+    """What the fast path reads in one go: a view of the file's bytes, its size,
+    and the first byte of its last page (the probe; see MappedFile.readinto)."""
+    return view, size, (size - 1) // PAGE * PAGE if size else -1
 
 
 def _pages(n: int) -> int:
@@ -126,13 +133,13 @@ class MappedFile:
             raise
         self._retired: list[_Mapping] = []   # outgrown mappings, unmapped by close()
         self._stale: list[memoryview] = []   # size views still exported when replaced
-        self._state = (self._map.view[:size], size)   # (a view of the file's bytes, size)
-        self._probe = bytearray(1)
+        self._state = _state(self._map.view[:size], size)
         self._starts: list[int] = []         # bad ranges, sorted and disjoint
         self._ends: list[int] = []
         self._first_fault: dict[int, FaultInfo] = {}
         self._lock = threading.Lock()        # writers of the bad-range list and the size
         self._closed = False
+        self._users = 0                      # calls using the descriptor (see _enter)
 
     def __repr__(self) -> str:
         if self._closed:
@@ -160,7 +167,9 @@ class MappedFile:
                 return
             self._closed = True
             view = self._state[0]
-            self._state = (view, 0)          # every call now takes the checked path
+            self._state = (view, 0, -1)      # every call now takes the careful path
+        while self._users:                   # calls that passed _enter before this
+            time.sleep(0.001)
         self._release(view)
         for v in self._stale:
             self._release(v)
@@ -181,6 +190,19 @@ class MappedFile:
         if self._closed:
             raise ValueError(CLOSED)
 
+    def _enter(self) -> None:
+        """Start a call that uses the descriptor; close() waits for it to _leave().
+        (Copies alone need no such count: the export of the view they hold keeps
+        close() waiting.)"""
+        with self._lock:
+            if self._closed:
+                raise ValueError(CLOSED)
+            self._users += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -188,8 +210,11 @@ class MappedFile:
     @property
     def size(self) -> int:
         """The file's size now (it follows the file as it grows or shrinks)."""
-        self._check_open()
-        return self._refresh()
+        self._enter()
+        try:
+            return self._refresh()
+        finally:
+            self._leave()
 
     @property
     def address(self) -> int:
@@ -223,7 +248,7 @@ class MappedFile:
             self._retired.append(self._map)
             self._map = new
         old = self._state[0]
-        self._state = (self._map.view[:size], size)
+        self._state = _state(self._map.view[:size], size)
         try:
             old.release()   # a thread that fetched it before the swap retries (_copy)
         except BufferError:
@@ -277,57 +302,82 @@ class MappedFile:
         """Fill buf from the file at offset, as pread(2): the count, short at a bad
         byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
         if the first byte is bad."""
-        if offset < 0:
-            raise ValueError(f"negative offset {offset}")
-        data, size = self._state
-        if offset < size and not self._starts:
-            # The fast path: one copy, then one byte of the next page. A page maps
-            # only if some byte of it is in the file, so if the page after the last
-            # byte copied is readable, every byte copied was in the file then. The
-            # bytes of the last page past the end read as zeros without a fault:
-            # the probe is what keeps them out of the count.
+        data, size, last = self._state
+        if 0 <= offset < size and not self._starts:
             try:
-                got = _copy_or_report(buf, data, None, 0, offset)
-                if type(got) is int:
-                    probe = -(-(offset + got) // PAGE) * PAGE
-                    if probe < size and _copy_or_report(self._probe, data, 1, 0, probe) == 1:
-                        return got
-                    return self._checked(buf, offset, True, got, None)
+                got = _copy_bracketed(buf, data, 0, offset, True, last)
             except (ValueError, TypeError):      # closed, or resized by another thread
-                return self._checked(buf, offset, True, 0, None)
+                got = -1
+            if type(got) is int:
+                return got if got >= 0 else self._checked(buf, offset, True, 0, None)
             assert isinstance(got, CopyResult)
             return self._checked(buf, offset, True, got.copied, got.fault)
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
         return self._checked(buf, offset, True, 0, None)
+
+    # The fast path of readinto() and write(): a page maps only while some byte of
+    # it is in the file, so if the first byte of the file's last page (as last
+    # seen) reads without a fault before the copy and again after it, the file
+    # held every byte of a copy that ends before that page for the whole call.
+    # Copies that reach into the last page (whose tail past the end reads as
+    # zeros without a fault), faults and failed probes take _checked(), which
+    # asks the size before and after each copy.
 
     def read(self, n: int, offset: int = 0) -> bytes:
         """Up to n bytes from offset (fewer at a bad byte or the end of the file)."""
         if n < 0:
             raise ValueError(f"negative size {n}")
-        self._check_open()
-        buf = bytearray(max(0, min(n, self._refresh() - offset)))
+        buf = bytearray(max(0, min(n, self.size - offset)))
         got = self.readinto(buf, offset) if buf else 0
         return bytes(buf) if got == len(buf) else bytes(buf[:got])
 
-    def write(self, data: Buffer, offset: int = 0) -> int:
+    def write(self, buf: Buffer, offset: int = 0) -> int:
         """Write data at offset (mode 'r+'), as pwrite(2) but never extending the
         file: the count of bytes now in the file, short at a bad byte or the end
         of the file, 0 at or past the end. Raises MemoryFaultError if the first
         byte is bad (ENOSPC for a hole the full file system cannot fill)."""
         if self.mode != "r+":
             raise OSError(errno.EBADF, "not open for writing (mode 'r+')", self.path)
+        data, size, last = self._state
+        if 0 <= offset < size and not self._starts:
+            try:
+                got = _copy_bracketed(data, buf, offset, 0, False, last)
+            except (ValueError, TypeError):
+                got = -1
+            if type(got) is int:
+                return got if got >= 0 else self._checked(buf, offset, False, 0, None)
+            assert isinstance(got, CopyResult)
+            return self._checked(buf, offset, False, got.copied, got.fault)
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
-        return self._checked(data, offset, False, 0, None)
+        return self._checked(buf, offset, False, 0, None)
 
     def _checked(self, buf: Buffer, offset: int, reading: bool, done: int,
                  fault: FaultInfo | None) -> int:
         """The careful path of a read or a write that has copied `done` bytes (and
         met `fault`): the size asked after every copy, growth followed, the
         bad-range list obeyed and kept. Returns the count that was in the file."""
-        self._check_open()
+        self._enter()
+        try:
+            return self._careful(buf, offset, reading, done, fault)
+        finally:
+            self._leave()
+
+    def _careful(self, buf: Buffer, offset: int, reading: bool, done: int,
+                 fault: FaultInfo | None) -> int:
         want = memoryview(buf).nbytes
         size: int | None = None        # the size, if asked after the last copy
-        while fault is None:
+        retries = RETRIES
+        while True:
+            if fault is not None:
+                size = None
+                if self._judge(fault, offset, done, reading, retries == 0):
+                    break
+                # The file was shorter when the page faulted: the page before it may
+                # have been copied past the end then (zeros). Copy it again.
+                done = max(0, min(done, ((offset + done) // PAGE - 1) * PAGE - offset))
+                fault, retries = None, retries - 1
             pos = offset + done
             size = self._refresh()
             if done >= want or pos >= size:
@@ -349,9 +399,6 @@ class MappedFile:
             else:
                 done += res.copied
                 fault = res.fault
-                size = None
-        if fault is not None:
-            self._fault(fault, offset, done, reading)
         if size is None:
             size = self._refresh()
         return max(0, min(done, size - offset))
@@ -370,27 +417,36 @@ class MappedFile:
                     raise
                 # the file changed size after this thread fetched its view: again
 
-    def _fault(self, fault: FaultInfo, offset: int, done: int, reading: bool) -> None:
-        """Judge a fault met `done` bytes into a call at file offset `offset`:
-        raise if the call must fail, remember the page if it is bad."""
+    def _judge(self, fault: FaultInfo, offset: int, done: int, reading: bool,
+               last: bool) -> bool:
+        """Judge a fault met `done` bytes into a call at file offset `offset`: True
+        if the call stops there (raising if nothing was done, remembering the page
+        if it is bad), False if it should copy again from there."""
         what = "read" if reading else "write"
-        ours = "src" if reading else "dst"
-        if fault.side != ours:
+        if fault.side != ("src" if reading else "dst"):
             # The caller's buffer is bad, not the file: EFAULT, nothing remembered.
             raise MemoryFaultError(fault, f"{what}: the caller's buffer ({fault.side})",
                                    self.path, errno.EFAULT)
         at = offset + done
         info = fault._replace(offset=at)
-        if info.signal == signal.SIGBUS and at // PAGE * PAGE >= self._refresh():
-            return                         # the page is past the end now: a short count
         err = errno.EIO
-        if info.signal == signal.SIGBUS and not reading and info.cause == "io" and \
-                self._fs_full():
-            info, err = info._replace(cause="no space"), errno.ENOSPC   # not a bad page
+        if info.signal == signal.SIGBUS and info.cause == "io":
+            if not last:
+                # The file may have been shorter when the page faulted, and longer
+                # since (cut, then written again): the caller copies again. Only a
+                # page that faults again and again while the file holds it is bad.
+                return False
+            if at // PAGE * PAGE >= self._refresh():
+                return True                # the page is past the end now: a short count
+            if not reading and self._fs_full():
+                info, err = info._replace(cause="no space"), errno.ENOSPC
+            else:
+                self._remember(info)
         else:
-            self._remember(info)
+            self._remember(info)           # poison and protection say so themselves
         if done == 0:
             raise MemoryFaultError(info, what, self.path, err)
+        return True
 
     def _fs_full(self) -> bool:
         """Whether the file system has no blocks left: a write fault into a hole
@@ -403,9 +459,15 @@ class MappedFile:
     def sync(self, offset: int = 0, length: int | None = None) -> None:
         """Write the dirty pages of [offset, offset + length) back to the file and
         wait (msync MS_SYNC); a write-back error (EIO, ENOSPC) is an OSError."""
-        self._check_open()
         if offset < 0 or (length is not None and length < 0):
             raise ValueError(f"negative offset or length ({offset}, {length})")
+        self._enter()
+        try:
+            self._sync(offset, length)
+        finally:
+            self._leave()
+
+    def _sync(self, offset: int, length: int | None) -> None:
         size = self._refresh()
         end = size if length is None else min(size, offset + length)
         start = offset // PAGE * PAGE
@@ -429,11 +491,18 @@ class MappedFile:
         """Read the whole file and return every bad range (page-granular, merged,
         sorted). Pages are dropped from this process as it goes, so files larger
         than memory can be scrubbed. progress(done, size) is called per chunk."""
-        self._check_open()
+        self._enter()
+        try:
+            return self._scrub(progress)
+        finally:
+            self._leave()
+
+    def _scrub(self, progress: Callable[[int, int], object] | None) -> list[tuple[int, int]]:
         buf = bytearray(SCRUB_CHUNK)
         offset = 0
         size = self._refresh()
         while offset < size:
+            self._check_open()                      # close() in another thread: stop
             bad = self._bad_at_or_after(offset)
             if bad is not None and bad[0] <= offset:
                 offset = bad[1]                     # known bad: skip, untouched
@@ -449,8 +518,9 @@ class MappedFile:
                     assert res.fault is not None
                     self._drop(offset, res.copied)
                     offset += res.copied
-                    with contextlib.suppress(MemoryFaultError):
-                        self._fault(res.fault, offset, 0, True)     # remembers a bad page
+                    rest_of_page = memoryview(buf)[:PAGE - offset % PAGE]
+                    with contextlib.suppress(MemoryFaultError):     # remembers a bad page
+                        self._checked(rest_of_page, offset, True, 0, res.fault)
                     size = min(size, self._refresh())
                     bad = self._bad_at_or_after(offset)
                     if offset < size and (bad is None or bad[0] > offset):
