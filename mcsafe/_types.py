@@ -90,6 +90,7 @@ class MemoryFaultError(OSError):
         self.signal = fault.signal
         self.code = fault.code
         self.cause = fault.cause
+        self.element: int | None = None     #: the array element, for read_array
 
     def __reduce__(self) -> tuple[Any, ...]:
         # OSError pickles its args (errno, strerror): rebuild from the fault instead.
