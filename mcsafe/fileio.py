@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from typing import IO, TYPE_CHECKING, Any
@@ -17,7 +18,8 @@ class MappedFileIO(io.RawIOBase):
     io.TextIOWrapper, shutil.copyfileobj, tarfile, zipfile and pickle.load take.
 
     Reads stop short at a bad byte; the next read raises MemoryFaultError, as a
-    disk with a bad sector would. Writes (mode 'r+') never extend the file.
+    disk with a bad sector would. Writes (mode 'r+') never extend the file: one
+    that starts at its end raises OSError EFBIG.
     flush() has nothing to do (writes go straight to the page cache, as
     os.write's do); sync() makes them durable. ``file`` is a MappedFile (left
     open by close() unless closefd), a path or an open descriptor.
@@ -79,6 +81,11 @@ class MappedFileIO(io.RawIOBase):
         if self.mapped.mode != "r+":
             raise io.UnsupportedOperation("not writable (open with mode 'r+')")
         n = self.mapped.write(buf, self._pos)
+        if n == 0 and memoryview(buf).nbytes:
+            # 0 would make io.BufferedWriter try again forever
+            raise OSError(errno.EFBIG, f"cannot write past the end of the file (size "
+                                       f"{self.mapped.size}): a mapping never extends it",
+                          self.mapped.path)
         self._pos += n
         return n
 
