@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 import numpy as np
 import numpy.typing as npt
@@ -30,14 +33,14 @@ def read_array(file: MappedFile, dtype: npt.DTypeLike, count: int = -1, offset: 
     if count < 0:
         count = max(0, file.size - offset) // dt.itemsize
     out = np.empty(count, dt)
-    raw = memoryview(out.reshape(-1).view(np.uint8))
+    raw = memoryview(cast("Buffer", out.reshape(-1).view(np.uint8)))
     want, got = raw.nbytes, 0
     while got < want:
         try:
             n = file.readinto(raw[got:], offset + got)
         except MemoryFaultError as exc:
-            raise _at_element(exc.fault._replace(offset=offset + got), exc.errno, file, dt,
-                              count, offset, got) from None
+            raise _at_element(exc.fault._replace(offset=offset + got), exc.errno or errno.EIO,
+                              file, dt, count, offset, got) from None
         if n == 0:
             end = FaultInfo(file.address + offset + got, offset + got, "src", 0, 0, "truncated")
             raise _at_element(end, errno.EIO, file, dt, count, offset, got)

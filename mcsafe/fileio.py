@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -121,7 +121,7 @@ class MappedFileIO(io.RawIOBase):
 
 def open(file: MappedFile | str | os.PathLike[str] | int, mode: str = "rb",
          buffering: int = -1, encoding: str | None = None, errors: str | None = None,
-         newline: str | None = None) -> IO[Any]:
+         newline: str | None = None) -> io.IOBase:
     """Like the built-in open() for reading through a mapping: 'rb' (buffered),
     'rb+', 'r'/'rt' (text); buffering=0 gives the MappedFileIO itself."""
     text = "b" not in mode
@@ -134,8 +134,8 @@ def open(file: MappedFile | str | os.PathLike[str] | int, mode: str = "rb",
             raise ValueError("can't have unbuffered text I/O")
         return raw
     size = buffering if buffering > 1 else io.DEFAULT_BUFFER_SIZE
-    buffered: io.BufferedIOBase = io.BufferedRandom(raw, size) if plain == "r+" else \
-        io.BufferedReader(raw, size)
+    buffered: io.BufferedReader | io.BufferedRandom = \
+        io.BufferedRandom(raw, size) if plain == "r+" else io.BufferedReader(raw, size)
     if not text:
         return buffered
     return io.TextIOWrapper(buffered, encoding, errors, newline)

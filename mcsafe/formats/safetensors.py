@@ -13,6 +13,7 @@ the file and read it with plain loads, which is the SIGBUS this avoids.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -85,7 +86,7 @@ class SafetensorsFile:
             element = exc.element if exc.element is not None else 0
             err = MemoryFaultError(exc.fault, f"tensor {name!r} ({entry['dtype']} "
                                               f"{list(entry['shape'])}): {exc.what}",
-                                   self.mapped.path, exc.errno)
+                                   self.mapped.path, exc.errno or errno.EIO)
             err.element = element
             raise err from None
         return flat.reshape(entry["shape"])
