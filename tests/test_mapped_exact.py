@@ -173,16 +173,19 @@ def test_readers_while_the_file_grows_and_then_closes(tmp_path) -> None:
     threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    with open(path, "ab") as f:
-        for start in range(PAGE, 12 << 20, 256 << 10):
-            f.write(data[start:start + (256 << 10)])
-            f.flush()
-            mf.size                                   # noqa: B018 - follow the file now
-    assert mf.size == 12 << 20
-    mf.close()
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        with open(path, "ab") as f:
+            for start in range(PAGE, 12 << 20, 256 << 10):
+                f.write(data[start:start + (256 << 10)])
+                f.flush()
+                mf.size                               # noqa: B018 - follow the file now
+        assert mf.size == 12 << 20
+        mf.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        mf.close()
     assert errors == []
 
 
