@@ -254,6 +254,16 @@ class MappedFile:
         except BufferError:
             self._stale.append(old)
 
+    def _probe_failed(self, size: int) -> None:
+        """The probe byte faulted. If the file still has the size the probe was
+        chosen for, its last page is bad: stop probing it (every call would pay a
+        fault) until the size changes; the careful path serves meanwhile."""
+        if self._refresh() == size:
+            with self._lock:
+                view, now, _ = self._state
+                if now == size and not self._closed:
+                    self._state = (view, size, -1)
+
     # -- the bad-range list ----------------------------------------------------
 
     def bad_ranges(self) -> list[tuple[int, int]]:
@@ -307,9 +317,13 @@ class MappedFile:
             try:
                 got = _copy_bracketed(buf, data, 0, offset, True, last)
             except (ValueError, TypeError):      # closed, or resized by another thread
-                got = -1
+                got = -3
             if type(got) is int:
-                return got if got >= 0 else self._checked(buf, offset, True, 0, None)
+                if got >= 0:
+                    return got
+                if got == -1:
+                    self._probe_failed(size)
+                return self._checked(buf, offset, True, 0, None)
             assert isinstance(got, CopyResult)
             return self._checked(buf, offset, True, got.copied, got.fault)
         if offset < 0:
@@ -346,9 +360,13 @@ class MappedFile:
             try:
                 got = _copy_bracketed(data, buf, offset, 0, False, last)
             except (ValueError, TypeError):
-                got = -1
+                got = -3
             if type(got) is int:
-                return got if got >= 0 else self._checked(buf, offset, False, 0, None)
+                if got >= 0:
+                    return got
+                if got == -1:
+                    self._probe_failed(size)
+                return self._checked(buf, offset, False, 0, None)
             assert isinstance(got, CopyResult)
             return self._checked(buf, offset, False, got.copied, got.fault)
         if offset < 0:

@@ -206,3 +206,23 @@ def test_the_callers_bad_buffer_is_not_blamed_on_the_file(tmp_path) -> None:
                 ("src", errno.EFAULT, PAGE)
         assert mf.bad_ranges() == []
         assert mf.read(8 * PAGE) == data[PAGE:2 * PAGE] + data[PAGE:]     # a page went in
+
+
+def test_a_bad_last_page_costs_one_fault_not_one_per_read(tmp_path) -> None:
+    """The fast path probes the file's last page; a bad one must not make every
+    read pay a fault."""
+    path = tmp_path / "f"
+    data = inject.pattern(6 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path, "r+") as mf:
+        assert inject._libc.mprotect(mf.address + 5 * PAGE, PAGE, 0) == 0
+        before = mcsafe.claimed_faults()
+        for i in range(50):
+            assert mf.read(100, i * 10) == data[i * 10:i * 10 + 100]
+            assert mf.write(data[i:i + 1], i) == 1
+        assert mcsafe.claimed_faults() - before == 1
+        with pytest.raises(MemoryFaultError):
+            mf.read(1, 5 * PAGE)
+        with open(path, "ab") as f:                      # a new size: a new last page
+            f.write(b"z" * PAGE)
+        assert mf.read(PAGE, 0) == data[:PAGE] and mf.read(10, 6 * PAGE) == b"z" * 10
