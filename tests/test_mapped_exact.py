@@ -226,3 +226,32 @@ def test_a_bad_last_page_costs_one_fault_not_one_per_read(tmp_path) -> None:
         with open(path, "ab") as f:                      # a new size: a new last page
             f.write(b"z" * PAGE)
         assert mf.read(PAGE, 0) == data[:PAGE] and mf.read(10, 6 * PAGE) == b"z" * 10
+
+
+def test_a_forked_child_reads_and_closes_its_own_copy(tmp_path) -> None:
+    path = tmp_path / "f"
+    data = inject.pattern(4 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        assert inject._libc.mprotect(mf.address + 2 * PAGE, PAGE, 0) == 0
+        with pytest.raises(MemoryFaultError):
+            mf.read(1, 2 * PAGE)
+        pid = os.fork()
+        if pid == 0:                                     # the child: no pytest from here
+            code = 3
+            try:
+                ok = mf.read(2 * PAGE, 0) == data[:2 * PAGE]
+                try:
+                    mf.read(1, 2 * PAGE + 9)             # remembered across the fork
+                except MemoryFaultError as e:
+                    ok = ok and e.offset == 2 * PAGE + 9
+                else:
+                    ok = False
+                mf.close()
+                code = 0 if ok else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert mf.read(PAGE, 3 * PAGE) == data[3 * PAGE:]      # the parent's is intact
+        assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]
