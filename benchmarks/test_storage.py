@@ -1,5 +1,6 @@
 """Storage: MappedFile.readinto against os.preadv and a plain mmap slice, from the
-page cache; scrub() against a readinto loop over the same file."""
+page cache; scrub() against an os.preadv loop and a readinto loop over the same
+file; read_array() against numpy.fromfile."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import mmap
 import os
 from functools import partial
 
+import numpy as np
 import pytest
 
 from benchmarks.conftest import FULL, measure
@@ -67,7 +69,7 @@ def scrub_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("peer", ["scrub", "readinto loop"])
+@pytest.mark.parametrize("peer", ["scrub", "os.preadv loop", "readinto loop"])
 def test_scrub(benchmark, scrub_file, peer: str) -> None:
     """One pass over a file just opened, for both peers: a scrub gives up the page
     tables it builds (to bound memory), so a second pass over a mapping the loop
@@ -90,8 +92,33 @@ def test_scrub(benchmark, scrub_file, peer: str) -> None:
     def loop(mf: MappedFile) -> int:
         return sum(mf.readinto(buf, off) for off in range(0, mf.size, len(buf)))
 
-    done = benchmark.pedantic(scrub if peer == "scrub" else loop, setup=fresh,
+    def preadv_loop(mf: MappedFile) -> int:
+        fd = os.open(scrub_file, os.O_RDONLY)
+        try:
+            return sum(os.preadv(fd, [buf], off) for off in range(0, mf.size, len(buf)))
+        finally:
+            os.close(fd)
+
+    run = {"scrub": scrub, "os.preadv loop": preadv_loop, "readinto loop": loop}[peer]
+    done = benchmark.pedantic(run, setup=fresh,
                               rounds=5 if FULL else 3, warmup_rounds=1)
     fresh()
     files.pop().close()
     assert done == SCRUB_SIZE
+
+
+@pytest.mark.parametrize("peer", ["read_array", "numpy.fromfile"])
+@pytest.mark.parametrize("size", [4096, 1 << 20, 16 << 20], ids=lambda s: f"{s}B")
+def test_read_array(benchmark, data_file, peer: str, size: int) -> None:
+    """A new float32 array of `size` bytes from offset 48 KiB of a cached file."""
+    offset, count = 12 * 4096, size // 4
+    benchmark.group = f"read_array-{size}"
+    benchmark.extra_info.update(peer=peer, size=size)
+    if peer == "read_array":
+        with MappedFile(data_file) as mf:
+            out = measure(benchmark, partial(mf.read_array, np.float32, count, offset), size)
+    else:
+        out = measure(benchmark, partial(np.fromfile, data_file, np.float32, count,
+                                         offset=offset), size)
+    assert np.array_equal(out, np.fromfile(data_file, np.float32, count, offset=offset),
+                          equal_nan=True)

@@ -4,17 +4,52 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import NamedTuple
+import signal as _signal
+from typing import Any, NamedTuple
+
+BUS_OBJERR, BUS_MCEERR_AR = 3, 4
+SEGV_MAPERR = 1
+_ARM64 = os.uname().machine == "aarch64"
+
+#: Why a copy faulted, as FaultInfo.cause says it.
+CAUSES = ("poison", "io", "io or poison", "truncated", "no space", "protection", "unmapped")
 
 
-class FaultInfo(NamedTuple):
-    """Where a copy stopped: the faulting address and what the kernel said."""
+def fault_cause(signo: int, code: int) -> str:
+    """What the signal alone says about a fault. 'truncated' and 'no space' need
+    the file's size and its file system: only MappedFile can tell those."""
+    if signo == _signal.SIGSEGV:
+        return "unmapped" if code == SEGV_MAPERR else "protection"
+    if code == BUS_MCEERR_AR:
+        return "poison"
+    if code == BUS_OBJERR and _ARM64:
+        # Without firmware error reporting (APEI/GHES) a synchronous external
+        # abort on poisoned memory reaches user space as BUS_OBJERR too.
+        return "io or poison"
+    return "io"
 
+
+class _FaultRecord(NamedTuple):
     address: int        #: the fault address (si_addr)
     offset: int         #: from the start of the copy on that side
     side: str           #: 'src' or 'dst'
     signal: int         #: signal.SIGBUS or signal.SIGSEGV
     code: int           #: si_code, e.g. BUS_ADRERR, BUS_MCEERR_AR, SEGV_ACCERR
+    cause: str          #: one of CAUSES
+
+
+class FaultInfo(_FaultRecord):
+    """Where a copy stopped: the faulting address, what the kernel said, and why.
+
+    ``cause`` defaults to what the signal says (:func:`fault_cause`); MappedFile
+    refines it to 'truncated' or 'no space' once it has checked the file."""
+
+    __slots__ = ()
+
+    def __new__(cls, address: int, offset: int, side: str, signal: int, code: int,
+                cause: str | None = None) -> FaultInfo:
+        return super().__new__(cls, address, offset, side, signal, code,
+                               cause if cause is not None else fault_cause(signal, code))
 
 
 class CopyResult(NamedTuple):
@@ -32,15 +67,31 @@ class PoisonNotice(NamedTuple):
 
 
 class MemoryFaultError(OSError):
-    """A read or write hit memory that faulted (errno EIO), with the fault's details."""
+    """A read or write hit memory that faulted, with the fault's details.
 
-    def __init__(self, fault: FaultInfo, what: str = "memory fault") -> None:
-        super().__init__(errno.EIO, f"{what}: {os.strerror(errno.EIO)} at {fault.side} "
-                                    f"offset {fault.offset} (address {fault.address:#x}, "
-                                    f"signal {fault.signal}, code {fault.code})")
+    errno is EIO for a bad byte of a file, ENOSPC for a write into a hole of a
+    file whose file system is full, EFAULT for a bad byte of the caller's own
+    buffer; ``filename`` is the file's path when there is one."""
+
+    def __init__(self, fault: FaultInfo, what: str = "memory fault",
+                 filename: str | None = None, err: int = errno.EIO) -> None:
+        text = (f"{what}: {os.strerror(err)} ({fault.cause}) at {fault.side} offset "
+                f"{fault.offset} (address {fault.address:#x}, signal {fault.signal}, "
+                f"code {fault.code})")
+        if filename is None:
+            super().__init__(err, text)
+        else:
+            super().__init__(err, text, filename)
         self.fault = fault
+        self.what = what
         self.address = fault.address
         self.offset = fault.offset
         self.side = fault.side
         self.signal = fault.signal
         self.code = fault.code
+        self.cause = fault.cause
+        self.element: int | None = None     #: the array element, for read_array
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError pickles its args (errno, strerror): rebuild from the fault instead.
+        return (type(self), (self.fault, self.what, self.filename, self.errno), self.__dict__)

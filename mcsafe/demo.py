@@ -118,7 +118,7 @@ def show_mapped_file() -> None:
                     print(f"  readinto({len(buf)}, {offset:#07x}) -> {n:5d}  {tag}")
                 except MemoryFaultError as e:
                     print(f"  readinto({len(buf)}, {offset:#07x}) -> MemoryFaultError "
-                          f"errno={e.errno} (EIO) offset={e.offset:#x} code={e.code}")
+                          f"errno={e.errno} (EIO) offset={e.offset:#x} cause={e.cause}")
             before = mcsafe.claimed_faults()
             found = mf.scrub()
             print(f"  scrub():   {_ranges(found)}  ({mcsafe.claimed_faults() - before} new "
@@ -135,9 +135,10 @@ def show_truncated_file() -> None:
         f.flush()
         with MappedFile(f.name) as mf:
             os.truncate(f.name, 10 * PAGE + 100)
-            data = mf.read(mf.size)
-            print(f"  read({mf.size}) -> {len(data)} bytes (the rest of the last page reads "
-                  "as zeros, as the kernel maps it)")
+            data = mf.read(16 * PAGE)
+            print(f"  read({16 * PAGE}) -> {len(data)} bytes: what the file holds now, as "
+                  "pread(2) would say (the zeros past the end of its last page are not counted)")
+            print(f"  size:      {mf.size} (follows the file)")
             print(f"  scrub():   {_ranges(mf.scrub())}")
 
 

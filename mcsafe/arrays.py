@@ -1,0 +1,60 @@
+"""numpy arrays read from a MappedFile: a copy, never a view of the mapping."""
+
+from __future__ import annotations
+
+import errno
+import signal
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+import numpy as np
+import numpy.typing as npt
+
+from ._types import FaultInfo, MemoryFaultError
+from .mapped import MappedFile
+
+
+def read_array(file: MappedFile, dtype: npt.DTypeLike, count: int = -1, offset: int = 0
+               ) -> np.ndarray[Any, np.dtype[Any]]:
+    """A new 1-D array of `count` items of `dtype` read from `file` at `offset`
+    (count -1: as many whole items as the file holds after offset), filled by
+    the table-driven copy.
+
+    The array is never short: a bad byte inside the request raises
+    MemoryFaultError naming the element and the file offset (``element`` holds
+    the index), and so does an end of file inside it (cause 'truncated')."""
+    dt = np.dtype(dtype)
+    if dt.hasobject or dt.itemsize == 0:
+        raise TypeError(f"read_array needs a fixed-size dtype without objects, not {dt}")
+    if offset < 0:
+        raise ValueError(f"negative offset {offset}")
+    if count < 0:
+        count = max(0, file.size - offset) // dt.itemsize
+    out = np.empty(count, dt)
+    raw = memoryview(cast("Buffer", out.reshape(-1).view(np.uint8)))
+    want, got = raw.nbytes, 0
+    while got < want:
+        try:
+            n = file.readinto(raw[got:], offset + got)
+        except MemoryFaultError as exc:
+            raise _at_element(exc.fault._replace(offset=offset + got), exc.errno or errno.EIO,
+                              file, dt, count, offset, got) from None
+        if n == 0:
+            end = FaultInfo(file.address + offset + got, offset + got, "src", 0, 0, "truncated")
+            raise _at_element(end, errno.EIO, file, dt, count, offset, got)
+        got += n
+    return out
+
+
+def _at_element(fault: FaultInfo, err: int, file: MappedFile, dt: np.dtype[Any],
+                count: int, offset: int, got: int) -> MemoryFaultError:
+    element = got // dt.itemsize
+    where = "the file ends" if fault.cause == "truncated" else "bad byte"
+    signame = f", {signal.Signals(fault.signal).name}" if fault.signal else ""
+    exc = MemoryFaultError(fault, f"read_array: {where} in element {element} of {count} "
+                                  f"({dt}, byte {got % dt.itemsize}) at file offset "
+                                  f"{offset + got}{signame}", file.path, err)
+    exc.element = element
+    return exc

@@ -1,0 +1,257 @@
+"""MappedFile counts only bytes that are in the file (items 1-3 and 9 of issue 10):
+shrinking and growing files, other processes doing it, the caller's own bad buffer."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import mcsafe
+from mcsafe import MappedFile, MemoryFaultError, inject
+
+PAGE = inject.PAGE
+
+
+def _truncate_elsewhere(path, size: int) -> None:
+    """Another process cuts the file (as a log rotator or a writer's rewrite would)."""
+    subprocess.run(["truncate", "-s", str(size), str(path)], check=True)
+
+
+def test_write_counts_only_bytes_that_reach_the_file(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(inject.pattern(4 * PAGE))
+    with MappedFile(path, "r+") as mf:
+        _truncate_elsewhere(path, PAGE + 100)
+        # the tail of page 1 past the new end is writable without a fault, and lost
+        assert mf.write(b"w" * (3 * PAGE), 0) == PAGE + 100
+        assert mf.write(b"v" * 10, PAGE + 95) == 5
+        assert mf.write(b"v", PAGE + 100) == 0          # at the end: never extends
+        assert mf.write(b"v", 3 * PAGE) == 0            # past it
+        mf.sync()
+    assert path.read_bytes() == b"w" * (PAGE + 95) + b"v" * 5
+
+
+def test_read_returns_only_bytes_in_the_file(tmp_path) -> None:
+    path = tmp_path / "f"
+    data = inject.pattern(4 * PAGE, seed=1)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        _truncate_elsewhere(path, 100)
+        assert len(mf.read(4096, 0)) == 100
+        buf = bytearray(4096)
+        assert mf.readinto(buf, 0) == 100 and buf[:100] == data[:100]
+        assert mf.readinto(buf, 100) == 0 and mf.readinto(buf, 5000) == 0
+    with MappedFile(path) as mf:              # the end inside a page that stays mapped
+        path.write_bytes(data)
+        _truncate_elsewhere(path, 2 * PAGE + 100)
+        assert mf.readinto(bytearray(PAGE), 2 * PAGE) == 100
+        assert mf.readinto(bytearray(PAGE), 2 * PAGE + 50) == 50
+        assert mf.read(PAGE, PAGE) == data[PAGE:2 * PAGE]  # a full page before: fast path
+        assert mf.bad_ranges() == []
+
+
+def test_no_zero_is_counted_while_another_process_cuts_and_appends(tmp_path) -> None:
+    """Every byte the writer puts in the file is nonzero, so a zero in a count is a
+    byte that was not in the file: the tail of the last page, read past the end."""
+    path = tmp_path / "churn"
+    ramp = bytes(range(1, 256)) * 400                 # 102000 nonzero bytes
+    path.write_bytes(ramp)
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, random, time
+        fd = os.open({str(path)!r}, os.O_WRONLY)
+        ramp = bytes(range(1, 256)) * 400
+        end = time.monotonic() + 2.0
+        rnd = random.Random(5)
+        while time.monotonic() < end:
+            size = min(os.fstat(fd).st_size, rnd.randrange(0, {8 * PAGE}))
+            os.ftruncate(fd, size)                       # only ever shorter: no holes
+            os.pwrite(fd, ramp[size:size + rnd.randrange(1, {6 * PAGE})], size)
+    """)])
+    counted = zeros = 0
+    rnd = random.Random(7)
+    try:
+        with MappedFile(path) as mf:
+            buf = bytearray(3 * PAGE)
+            while writer.poll() is None:
+                off = rnd.randrange(0, 8 * PAGE)
+                n = mf.readinto(memoryview(buf)[:rnd.randrange(1, 3 * PAGE)], off)
+                counted += n
+                zeros += buf[:n].count(0)
+            assert mf.bad_ranges() == []
+    finally:
+        writer.wait()
+    assert writer.returncode == 0
+    assert counted > 0 and zeros == 0, f"{zeros} zero bytes counted of {counted}"
+
+
+def test_growth_is_followed_and_remapped(tmp_path) -> None:
+    path = tmp_path / "segment.log"
+    path.write_bytes(b"a" * 100)
+    with MappedFile(path) as mf, open(path, "ab") as log:
+        assert mf.size == 100 and mf.read(1000) == b"a" * 100
+        log.write(b"b" * 1000)
+        log.flush()
+        assert mf.readinto(bytearray(50), 1050) == 50      # inside the first mapping
+        assert mf.read(2000, 0) == b"a" * 100 + b"b" * 1000
+        first = mf.address
+        chunk = inject.pattern(1 << 20)
+        for _ in range(5):                                  # 5 MiB: past the mapping
+            log.write(chunk)
+        log.flush()
+        assert mf.size == 1100 + (5 << 20)
+        assert mf.read(1 << 20, 1100 + (3 << 20)) == chunk
+        assert mf.address != first                          # the file was mapped again
+        assert mf.read(10, mf.size) == b""
+
+
+def test_a_read_that_reaches_the_end_picks_up_what_was_appended(tmp_path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"x" * PAGE)
+    with MappedFile(path) as mf:
+        assert mf.size == PAGE
+        with open(path, "ab") as f:
+            f.write(b"y" * 10)
+        buf = bytearray(2 * PAGE)
+        assert mf.readinto(buf, 0) == PAGE + 10 and buf[PAGE:PAGE + 10] == b"y" * 10
+
+
+def test_bad_ranges_are_kept_as_the_file_grows(tmp_path) -> None:
+    if inject.available()["uffd"] is not None:
+        pytest.skip(f"uffd unavailable on this machine: {inject.available()['uffd']}")
+    fd, path = inject.memfd_file(16, [4, 9])
+    try:
+        with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, 16, [4, 9]):
+            assert mf.scrub() == inject.page_ranges([4, 9])
+            before = mcsafe.claimed_faults()
+            os.ftruncate(fd, 8 << 20)                  # grows past the mapping: remapped
+            assert mf.size == 8 << 20
+            assert mf.bad_ranges() == inject.page_ranges([4, 9])
+            with pytest.raises(MemoryFaultError) as info:
+                mf.read(10, 9 * PAGE + 1)              # the new mapping reads it as zeros
+            assert info.value.offset == 9 * PAGE + 1
+            assert mf.readinto(bytearray(2 * PAGE), 3 * PAGE) == PAGE
+            assert mf.read(PAGE, 7 << 20) == bytes(PAGE)
+            assert mcsafe.claimed_faults() == before   # known bad pages were not touched
+    finally:
+        os.close(fd)
+
+
+def test_readers_while_the_file_grows_and_then_closes(tmp_path) -> None:
+    """Threads read while another appends past several mappings; close() under
+    them gives each a clean 'closed' error, never a fault on an unmapped view."""
+    path = tmp_path / "grow"
+    data = inject.pattern(12 << 20)
+    path.write_bytes(data[:PAGE])
+    errors: list[str] = []
+    stop = threading.Event()
+    mf = MappedFile(path)
+
+    def reader(k: int) -> None:
+        rnd = random.Random(k)
+        buf = bytearray(3 * PAGE + 7)
+        while not stop.is_set():
+            off = rnd.randrange(0, 12 << 20)
+            try:
+                n = mf.readinto(buf, off)
+            except ValueError as exc:
+                if str(exc) != "I/O operation on closed file":
+                    errors.append(repr(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - anything else is a failure
+                errors.append(repr(exc))
+                return
+            if buf[:n] != data[off:off + n]:
+                errors.append(f"wrong bytes at {off}")
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with open(path, "ab") as f:
+            for start in range(PAGE, 12 << 20, 256 << 10):
+                f.write(data[start:start + (256 << 10)])
+                f.flush()
+                mf.size                               # noqa: B018 - follow the file now
+        assert mf.size == 12 << 20
+        mf.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        mf.close()
+    assert errors == []
+
+
+def test_the_callers_bad_buffer_is_not_blamed_on_the_file(tmp_path) -> None:
+    path = tmp_path / "healthy"
+    data = inject.pattern(8 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path, "r+") as mf:
+        with inject.region("truncate", 4, [2, 3]) as bad:       # the caller's buffer
+            with pytest.raises(MemoryFaultError) as info:
+                mf.readinto(bad.buffer, 0)
+            e = info.value
+            assert (e.side, e.errno, e.offset, e.cause) == ("dst", errno.EFAULT, 2 * PAGE, "io")
+            assert "caller's buffer" in str(e)
+            with pytest.raises(MemoryFaultError) as info:
+                mf.write(bad.buffer[PAGE:], 0)
+            assert (info.value.side, info.value.errno, info.value.offset) == \
+                ("src", errno.EFAULT, PAGE)
+        assert mf.bad_ranges() == []
+        assert mf.read(8 * PAGE) == data[PAGE:2 * PAGE] + data[PAGE:]     # a page went in
+
+
+def test_a_bad_last_page_costs_one_fault_not_one_per_read(tmp_path) -> None:
+    """The fast path probes the file's last page; a bad one must not make every
+    read pay a fault."""
+    path = tmp_path / "f"
+    data = inject.pattern(6 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path, "r+") as mf:
+        assert inject._libc.mprotect(mf.address + 5 * PAGE, PAGE, 0) == 0
+        before = mcsafe.claimed_faults()
+        for i in range(50):
+            assert mf.read(100, i * 10) == data[i * 10:i * 10 + 100]
+            assert mf.write(data[i:i + 1], i) == 1
+        assert mcsafe.claimed_faults() - before == 1
+        with pytest.raises(MemoryFaultError):
+            mf.read(1, 5 * PAGE)
+        with open(path, "ab") as f:                      # a new size: a new last page
+            f.write(b"z" * PAGE)
+        assert mf.read(PAGE, 0) == data[:PAGE] and mf.read(10, 6 * PAGE) == b"z" * 10
+
+
+def test_a_forked_child_reads_and_closes_its_own_copy(tmp_path) -> None:
+    path = tmp_path / "f"
+    data = inject.pattern(4 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        assert inject._libc.mprotect(mf.address + 2 * PAGE, PAGE, 0) == 0
+        with pytest.raises(MemoryFaultError):
+            mf.read(1, 2 * PAGE)
+        pid = os.fork()
+        if pid == 0:                                     # the child: no pytest from here
+            code = 3
+            try:
+                ok = mf.read(2 * PAGE, 0) == data[:2 * PAGE]
+                try:
+                    mf.read(1, 2 * PAGE + 9)             # remembered across the fork
+                except MemoryFaultError as e:
+                    ok = ok and e.offset == 2 * PAGE + 9
+                else:
+                    ok = False
+                mf.close()
+                code = 0 if ok else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert mf.read(PAGE, 3 * PAGE) == data[3 * PAGE:]      # the parent's is intact
+        assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]

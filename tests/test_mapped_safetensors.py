@@ -1,0 +1,143 @@
+"""mcsafe.formats.safetensors (item 12 of issue 10) against files the safetensors
+package writes: whole, truncated by another process, poisoned."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcsafe import MappedFile, MemoryFaultError, inject
+from mcsafe.formats.safetensors import SafetensorsError, SafetensorsFile, load_file
+
+st_numpy = pytest.importorskip("safetensors.numpy", reason="pip install safetensors "
+                               "(the test extra has it)")
+PAGE = inject.PAGE
+EXAMPLE = Path(__file__).parent.parent / "examples" / "safetensors_load.py"
+
+
+def tensors() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "embed.weight": rng.standard_normal((64, 48)).astype(np.float32),
+        "ids": np.arange(1000, dtype=np.int64).reshape(10, 100),
+        "mask": rng.integers(0, 2, 333).astype(np.bool_),
+        "half": rng.standard_normal(700).astype(np.float16),
+        "big": rng.standard_normal((128, 256)).astype(np.float64),      # 256 KiB
+        "scalar": np.array(7, dtype=np.uint8),
+        "empty": np.zeros((0, 4), dtype=np.int16),
+    }
+
+
+@pytest.fixture
+def shard(tmp_path) -> Path:
+    path = tmp_path / "model.safetensors"
+    st_numpy.save_file(tensors(), str(path), metadata={"format": "np", "step": "12"})
+    return path
+
+
+def _span(path: Path, name: str) -> tuple[int, int]:
+    """Where a tensor's bytes are in the file, from the header the package wrote."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    begin, end = json.loads(raw[8:8 + n])[name]["data_offsets"]
+    return 8 + n + begin, 8 + n + end
+
+
+def test_loads_what_the_package_wrote(shard) -> None:
+    ours, theirs = load_file(shard), st_numpy.load_file(str(shard))
+    assert ours.keys() == theirs.keys() == tensors().keys()
+    for name, want in theirs.items():
+        assert ours[name].dtype == want.dtype and ours[name].shape == want.shape, name
+        assert np.array_equal(ours[name], want), name
+    with SafetensorsFile(shard) as f:
+        assert f.metadata == {"format": "np", "step": "12"}
+        assert f.shape("embed.weight") == (64, 48)
+        with pytest.raises(KeyError, match="no tensor 'nope'"):
+            f.get_tensor("nope")
+
+
+def test_truncated_mid_tensor_by_another_process(shard) -> None:
+    begin, end = _span(shard, "big")
+    with SafetensorsFile(shard) as f:                  # header read, file mapped
+        cut = begin + (end - begin) // 2 + 3
+        subprocess.run(["truncate", "-s", str(cut), str(shard)], check=True)
+        before = {n for n in f if _span(shard, n)[1] <= cut}
+        for name in before:
+            assert np.array_equal(f.get_tensor(name), tensors()[name])
+        with pytest.raises(MemoryFaultError) as info:
+            f.get_tensor("big")
+        e = info.value
+        assert "tensor 'big' (F64 [128, 256])" in str(e) and e.cause == "truncated"
+        assert e.offset == cut and e.element == (cut - begin) // 8
+        assert str(shard) in str(e)
+        after = [n for n in f if _span(shard, n)[1] > max(cut, _span(shard, n)[0])]
+        assert after                                   # (an empty tensor needs no bytes)
+        for name in after:
+            with pytest.raises(MemoryFaultError, match=f"tensor '{name}'"):
+                f.get_tensor(name)
+    with pytest.raises(MemoryFaultError, match="tensor 'big'"):
+        load_file(shard)                               # truncated before it was opened
+
+
+def test_a_poisoned_page_names_the_tensor(shard) -> None:
+    if inject.available()["uffd"] is not None:
+        pytest.skip(f"uffd unavailable on this machine: {inject.available()['uffd']}")
+    raw = shard.read_bytes()
+    begin, end = _span(shard, "big")
+    bad_page = begin // PAGE + 3
+    fd = os.memfd_create("shard", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, len(raw))
+        for p in range(-(-len(raw) // PAGE)):
+            if p != bad_page:                          # the poisoned page stays a hole
+                os.pwrite(fd, raw[p * PAGE:(p + 1) * PAGE], p * PAGE)
+        with MappedFile(f"/proc/self/fd/{fd}", "r+") as mf, \
+                inject.poison_range(mf.address, -(-len(raw) // PAGE), [bad_page]), \
+                SafetensorsFile(mf) as f:
+            assert np.array_equal(f.get_tensor("embed.weight"), tensors()["embed.weight"])
+            with pytest.raises(MemoryFaultError) as info:
+                f.get_tensor("big")
+            assert "tensor 'big'" in str(info.value) and info.value.offset == bad_page * PAGE
+            assert info.value.element == (bad_page * PAGE - begin) // 8
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"\x01\x02", "shorter than the 8-byte header length"),
+    (struct.pack("<Q", 1 << 40) + b"{}", "does not fit"),
+    (struct.pack("<Q", 4) + b"{no}", "not JSON"),
+    (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+    (struct.pack("<Q", 40) + json.dumps({"a": {"dtype": "F32", "shape": [2],
+                                               "data_offsets": [0, 4]}}).encode()[:40],
+     "not JSON"),
+    (struct.pack("<Q", 56) + b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}   ',
+     "needs 8 bytes"),
+    (struct.pack("<Q", 56) + b'{"a":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}  ',
+     "no numpy equivalent"),
+])
+def test_malformed_headers_name_the_file(tmp_path, content: bytes, why: str) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(SafetensorsError) as info:
+        load_file(path)
+    assert why in str(info.value) and str(path) in str(info.value)
+
+
+def test_the_example_reports_in_one_line(shard) -> None:
+    ok = subprocess.run([sys.executable, str(EXAMPLE), str(shard)], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0 and "big F64 [128, 256]" in ok.stdout
+    begin, _ = _span(shard, "big")
+    os.truncate(shard, begin + 100)
+    bad = subprocess.run([sys.executable, str(EXAMPLE), str(shard)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "tensor 'big'" in bad.stderr and "Traceback" not in bad.stderr
