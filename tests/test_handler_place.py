@@ -344,3 +344,32 @@ def test_one_shot_previous_handler_runs_once_then_the_default_applies(handlers) 
     """)
     assert p.returncode == -signal.SIGSEGV, p.stderr
     assert p.stdout.split() == ["once", "1"]
+
+
+@pytest.mark.parametrize("altstack", [False, True])
+def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
+        handlers, altstack: bool) -> None:
+    # mcsafe, then a handler that saved mcsafe and calls it directly for faults
+    # not its own, then install() again: mcsafe forwards to that handler, which
+    # calls mcsafe, which forwarded to it again, until the stack (or the small
+    # alternate stack faulthandler leaves) overflowed. The loop is cut at once:
+    # death by the original signal after one pass through the chain.
+    p = with_lib(handlers, """
+        import faulthandler
+        if ALTSTACK:
+            faulthandler.enable()
+            faulthandler.disable()          # leaves its alternate stack installed
+        import mcsafe
+        lib.install_chainer()
+        mcsafe.install()
+        from mcsafe import inject
+        with inject.region("mprotect", 2, [1]) as r:       # copies still recover
+            print("copied", mcsafe.copy(bytearray(r.size), r.buffer), flush=True)
+        print("armed", mcsafe.handler_installed(), flush=True)
+        ctypes.string_at(16)
+        print("survived", flush=True)
+    """.replace("ALTSTACK", str(altstack)), timeout=30)
+    assert p.returncode == -signal.SIGSEGV, p.stderr[-300:]
+    assert p.stdout.split() == ["copied", "4096", "armed", "True"]
+    assert p.stderr.count("chainer") == 1, p.stderr.count("chainer")
+

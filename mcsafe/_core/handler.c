@@ -42,7 +42,10 @@
  *     user-sent signal that arrives inside a forward of the same signal on the
  *     same thread goes to SIG_DFL. A forward is "inside" only while its frame
  *     is still on the stack with its token, so one left by siglongjmp
- *     (cysignals) leaves nothing stuck.
+ *     (cysignals) leaves nothing stuck. Nor can a handler that chains by
+ *     calling its previous action directly, when that action was mcsafe's
+ *     (install() ran again after it saved us): the same siginfo coming back
+ *     into a forward of it still under way goes to SIG_DFL, not round again.
  *  6. No nesting of mcsafe itself. The handler runs with SIGBUS and SIGSEGV
  *     blocked; a fault inside it is a bug, and the kernel then kills the
  *     process with that signal (a blocked synchronous fault cannot be
@@ -234,6 +237,7 @@ struct thread_slot {
     atomic_int fwd_sig;                  /* signal being forwarded, 0 if none */
     atomic_uintptr_t fwd_frame;          /* where forward()'s token lives */
     _Atomic uint64_t fwd_token;
+    _Atomic(const siginfo_t *) fwd_info; /* the siginfo it forwards */
 };
 
 static struct thread_slot slots[MCSAFE_THREAD_SLOTS];
@@ -258,7 +262,33 @@ static struct thread_slot *slot_of(long tid)
     atomic_store(&s->unfixed, 0);
     atomic_store(&s->repeats, 0);
     atomic_store(&s->fwd_sig, 0);
+    atomic_store(&s->fwd_info, NULL);
     return s;
+}
+
+/* Whether the 8 bytes at frame hold token, read with process_vm_readv, which
+ * fails instead of faulting; where seccomp forbids it (EPERM, ENOSYS),
+ * directly, and only when frame lies less than 64 KiB above `low`, an address
+ * on the same live stack. */
+static int frame_holds(uintptr_t frame, uint64_t token, uintptr_t low)
+{
+    uint64_t got = 0;
+    struct iovec local = {&got, sizeof got}, remote = {(void *)frame, sizeof got};
+    if (syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) == sizeof got)
+        return got == token;
+    if (errno != EPERM && errno != ENOSYS)
+        return 0;
+    return frame - low < 65536 && *(volatile uint64_t *)frame == token;
+}
+
+/* Whether the forward recorded in the slot is still under way, an ancestor of
+ * the frame at `mine` (the caller's own token, already written: a mark left at
+ * that very address by a forward that left by siglongjmp reads as ours). */
+static int forward_live(struct thread_slot *s, uintptr_t mine)
+{
+    uintptr_t frame = atomic_load_explicit(&s->fwd_frame, memory_order_relaxed);
+    return frame > mine
+           && frame_holds(frame, atomic_load_explicit(&s->fwd_token, memory_order_relaxed), mine);
 }
 
 static uint64_t fault_key(int sig, const siginfo_t *info, const ucontext_t *uc)
@@ -339,16 +369,11 @@ static int nested_forward(struct thread_slot *s, int sig, const ucontext_t *uc)
     if (atomic_load_explicit(&s->fwd_sig, memory_order_relaxed) != sig)
         return 0;
     uintptr_t frame = atomic_load_explicit(&s->fwd_frame, memory_order_relaxed);
-    uint64_t token = atomic_load_explicit(&s->fwd_token, memory_order_relaxed), got = 0;
+    uint64_t token = atomic_load_explicit(&s->fwd_token, memory_order_relaxed);
     uintptr_t sp = arch_sp(uc), here = (uintptr_t)__builtin_frame_address(0);
     if (!(here < sp && sp < frame))
         return 0;
-    struct iovec local = {&got, sizeof got}, remote = {(void *)frame, sizeof got};
-    if (syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) == sizeof got)
-        return got == token;
-    if (errno != EPERM && errno != ENOSYS)
-        return 0;
-    return frame - sp < 65536 && *(volatile uint64_t *)frame == token;
+    return frame_holds(frame, token, sp);
 }
 
 static void forward(int sig, siginfo_t *info, void *context)
@@ -367,9 +392,23 @@ static void forward(int sig, siginfo_t *info, void *context)
         return;
     }
 
-    struct thread_slot *slot = slot_of(syscall(SYS_gettid));
+    long tid = syscall(SYS_gettid);
+    struct thread_slot *slot = slot_of(tid);
     uint64_t key = 0, before = 0;
-    if (!kernel && nested_forward(slot, sig, uc)) {
+    /* This forward's mark, written before anything reads the slot. */
+    volatile uint64_t token = (atomic_fetch_add(&tokens, 1) + 1) * 0x9E3779B97F4A7C15ull
+                              ^ (uintptr_t)&token;
+    if (atomic_load(&slot->fwd_sig) && !forward_live(slot, (uintptr_t)&token)) {
+        atomic_store(&slot->fwd_sig, 0);             /* left by siglongjmp: stale */
+        atomic_store(&slot->fwd_info, NULL);
+    }
+    /* Our own forward of this very signal, back in mcsafe_on_fault through a
+     * handler that chains by calling its previous action (Wasmtime's and V8's
+     * do), which was mcsafe: install() ran again after that handler saved us.
+     * Forwarding again would recurse until the (alternate) stack overflows. */
+    int looped = kernel && atomic_load(&slot->fwd_sig) == sig
+                 && atomic_load(&slot->fwd_info) == info;
+    if (looped || (!kernel && nested_forward(slot, sig, uc))) {
         die_by_default(sig, info);
         return;
     }
@@ -392,13 +431,13 @@ static void forward(int sig, siginfo_t *info, void *context)
     }
 
     /* Mark the forward (nested forwards of the other signal save and restore it). */
-    volatile uint64_t token = (atomic_fetch_add(&tokens, 1) + 1) * 0x9E3779B97F4A7C15ull
-                              ^ (uintptr_t)&token;
     int outer_sig = atomic_load(&slot->fwd_sig);
     uintptr_t outer_frame = atomic_load(&slot->fwd_frame);
     uint64_t outer_token = atomic_load(&slot->fwd_token);
+    const siginfo_t *outer_info = atomic_load(&slot->fwd_info);
     atomic_store(&slot->fwd_frame, (uintptr_t)&token);
     atomic_store(&slot->fwd_token, token);
+    atomic_store(&slot->fwd_info, info);
     atomic_store(&slot->fwd_sig, sig);
 
     /* Run the previous handler with the mask it asked for. */
@@ -423,6 +462,7 @@ static void forward(int sig, siginfo_t *info, void *context)
     atomic_store(&slot->fwd_sig, outer_sig);
     atomic_store(&slot->fwd_frame, outer_frame);
     atomic_store(&slot->fwd_token, outer_token);
+    atomic_store(&slot->fwd_info, outer_info);
     if (sync && arch_context_hash(uc) == before && cause_remains(sig, info, uc))
         atomic_store(&slot->unfixed, key);
 }
