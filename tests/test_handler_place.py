@@ -373,3 +373,28 @@ def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
     assert p.stdout.split() == ["copied", "4096", "armed", "True"]
     assert p.stderr.count("chainer") == 1, p.stderr.count("chainer")
 
+
+def test_threads_that_forwarded_once_do_not_take_the_slot_of_one_still_forwarding(
+        handlers) -> None:
+    # One thread sits in a faulthandler-like previous handler (it will restore
+    # mcsafe and re-raise) while 70 other threads each have a signal forwarded
+    # and return. A thread keeps its slot only while it needs it, so those 70
+    # leave the waiting thread's forward alone: its re-raise is seen as nested
+    # and ends in death by SIGBUS after one pass, not a loop through the handler.
+    p = with_lib(handlers, """
+        import signal, threading
+        import mcsafe
+        lib.install_reraiser()
+        mcsafe.install()
+        lib.start_reraiser()
+        for _ in range(70):
+            t = threading.Thread(target=lambda: signal.pthread_kill(threading.get_ident(),
+                                                                   signal.SIGBUS))
+            t.start()
+            t.join()
+        print("others done", flush=True)
+        print("forwarded", lib.release_reraiser(), flush=True)
+    """, timeout=30)
+    assert p.returncode == -signal.SIGBUS, p.stderr[-300:]
+    assert p.stdout.split() == ["others", "done"]
+    assert p.stderr.count("reraiser") == 1, p.stderr.count("reraiser")

@@ -224,9 +224,10 @@ static void die_by_default(int sig, const siginfo_t *info)
 /* Per-thread forwarding state, in a fixed array of lock-free slots keyed by
  * thread id (no TLS: its first touch may allocate). A slot remembers the last
  * synchronous fault its thread forwarded that the previous handler returned
- * from without removing the cause, and the forward in progress, if any. With
- * more than MCSAFE_THREAD_SLOTS threads forwarding at once, slots are reused
- * round-robin and a count may restart. */
+ * from without removing the cause, and the forward in progress, if any; the
+ * thread gives it back when it holds neither. With more than
+ * MCSAFE_THREAD_SLOTS threads forwarding at once, slots are reused round-robin
+ * and a count may restart. */
 #define MCSAFE_THREAD_SLOTS 64
 #define MCSAFE_RECUR_LIMIT 32            /* unfixed retries before death by SIG_DFL */
 
@@ -264,6 +265,14 @@ static struct thread_slot *slot_of(long tid)
     atomic_store(&s->fwd_sig, 0);
     atomic_store(&s->fwd_info, NULL);
     return s;
+}
+
+/* Give the slot back once its thread keeps nothing in it (no fault to count,
+ * no forward under way), so that only threads forwarding right now hold one. */
+static void slot_release(struct thread_slot *s, long tid)
+{
+    if (atomic_load(&s->unfixed) == 0 && atomic_load(&s->fwd_sig) == 0)
+        atomic_compare_exchange_strong(&s->tid, &tid, 0);
 }
 
 /* Whether the 8 bytes at frame hold token, read with process_vm_readv, which
@@ -465,6 +474,7 @@ static void forward(int sig, siginfo_t *info, void *context)
     atomic_store(&slot->fwd_info, outer_info);
     if (sync && arch_context_hash(uc) == before && cause_remains(sig, info, uc))
         atomic_store(&slot->unfixed, key);
+    slot_release(slot, tid);
 }
 
 static void mcsafe_on_fault(int sig, siginfo_t *info, void *context)
