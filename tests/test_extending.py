@@ -286,6 +286,36 @@ def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_pa
     assert mcsafe.published_tables() == before
 
 
+@pytest.mark.parametrize("replaced", [False, True])
+def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
+        tmp_path, replaced: bool) -> None:
+    # No build-id: two builds whose code differs by one instruction have the same
+    # program headers, so only the code itself tells the file that is loaded from
+    # one put in its place. The table is read from the file: it must be the
+    # loaded object's, or nothing is published.
+    source = (FIXTURES / "unreserved.c").read_text()
+    other = tmp_path / "other.c"
+    other.write_text(source.replace("xor %eax, %eax", "xor %ecx, %ecx", 1))
+    so, twin = tmp_path / "nobuildid.so", tmp_path / "twin.so"
+    for src, out in ((FIXTURES / "unreserved.c", so), (other, twin)):
+        compile_so(src, out, extra=["-Wl,--build-id=none"])
+        run_cli("build", out, "--in-place", "--add-section", check=True)
+    assert so.read_bytes() != twin.read_bytes()
+    p = child(f"""
+        import ctypes, os
+        lib = ctypes.CDLL({str(so)!r})
+        if {replaced}:
+            os.replace({str(twin)!r}, {str(so)!r})       # new inode, same path
+    """, REGISTER_AND_REPORT.format(so=str(so)))
+    assert p.returncode == 0, p.stderr
+    if replaced:
+        assert p.stdout.strip() == (
+            f"TableError: {so}: the file is not the loaded object (it has no build-id, and "
+            "its code differs from the loaded code): was it replaced after it was loaded?")
+    else:
+        assert p.stdout.strip() == "registered"
+
+
 def test_each_registration_is_an_owner(protected) -> None:
     load(protected)
     before = mcsafe.published_tables()
