@@ -329,6 +329,45 @@ def test_each_registration_is_an_owner(protected) -> None:
     assert not mcsafe.unregister(protected)
 
 
+def test_register_unregister_churn_frees_what_it_retires(protected) -> None:
+    # Each unregister retires a private copy and an array of modules; they are
+    # freed once no handler is inside a lookup, so a loop of register and
+    # unregister does not grow without bound (it took 5 KiB a cycle), while
+    # another thread's copies fault through the lookup all along.
+    p = child(f"""
+        import ctypes, threading, mcsafe
+        from mcsafe import _mcsafe, inject, registry
+        from elftools.elf.elffile import ELFFile
+        so = {str(protected)!r}
+        ctypes.CDLL(so)
+        mcsafe.register(so)
+        key = registry._keys[so]
+        with open(so, "rb") as f:
+            size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
+        assert _mcsafe._unregister_table(key)
+        stop, copied = False, []
+        def fault():
+            with inject.region("mprotect", 2, [1]) as r:
+                while not stop:
+                    copied.append(mcsafe.copy(bytearray(r.size), r.buffer))
+        t = threading.Thread(target=fault)
+        t.start()
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+        for window in range(3):
+            before = rss()
+            for _ in range(4000):
+                _mcsafe._register_table(key, size, "churn")
+                assert _mcsafe._unregister_table(key)
+        stop = True
+        t.join()
+        print("grew", rss() - before > 1 << 20, "copies", len(copied) > 0,
+              set(copied) == {{inject.PAGE}}, mcsafe.published_tables())
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["grew", "False", "copies", "True", "True", "1"]
+
+
 def test_own_table_can_never_be_unregistered() -> None:
     p = child("""
         import mcsafe

@@ -199,7 +199,9 @@ int mcsafe_handle_fault(int sig, siginfo_t *info, void *context)
         return 0;
     int saved_errno = errno;
     ucontext_t *uc = context;
+    mcsafe_readers_enter();
     int done = (e = mcsafe_lookup(arch_pc(uc), &m)) != NULL && fixup(m, e, sig, info, uc);
+    mcsafe_readers_leave();
     errno = saved_errno;
     return done;
 }

@@ -28,8 +28,11 @@
  * Publication is read-copy-update without the reclaim: writers (serialised by
  * a mutex that is never held across I/O, and re-initialised in a forked child)
  * build a new immutable array and swap one atomic pointer; the handler loads
- * that pointer once and never waits. Old arrays and copies are retired, never
- * freed, as a handler running on another thread may still be reading one.
+ * that pointer once and never waits. Old arrays, and the copies of tables no
+ * longer published, are retired, and freed by a later writer that sees no
+ * handler inside a lookup (mcsafe_readers, counted around the search and the
+ * fixup): a handler that entered after the swap can only have loaded the new
+ * pointer.
  */
 #define _GNU_SOURCE
 #include <link.h>
@@ -49,9 +52,19 @@
 
 struct registry {
     size_t n;
-    struct registry *retired;       /* the one this replaced (kept, never freed) */
+    struct registry *retired;       /* the one this replaced, until reclaimed */
     struct mcsafe_module mods[];
 };
+
+/* A copy no longer published, unmapped once no handler can be reading it. */
+struct dropped {
+    struct dropped *next;
+    void *copy;
+    size_t mapped;
+};
+
+atomic_long mcsafe_readers;
+static struct dropped *dropped;     /* under writer_lock */
 
 static _Atomic(struct registry *) current;
 static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -289,14 +302,19 @@ static int validate(const void *table, size_t size, uintptr_t base, const struct
     return 0;
 }
 
+static size_t mapped_size(size_t size)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return (size + page - 1) / page * page;
+}
+
 /* A private, page-aligned copy of [src, src + size), already proved to lie in
  * one readable segment. Once mcsafe's own table is published the copy is
  * mcsafe's own, so a page that vanished since is a short count, not a crash. */
 static void *private_copy(const void *src, size_t size, size_t *mapped, char *err,
                           size_t errlen)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t len = (size + page - 1) / page * page;
+    size_t len = mapped_size(size);
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         fail(err, errlen, "cannot map %zu bytes for the table's copy", len);
@@ -313,11 +331,27 @@ static void *private_copy(const void *src, size_t size, size_t *mapped, char *er
     return p;
 }
 
+/* Under writer_lock. Swap in `next`; then, if no handler is inside a lookup,
+ * none can hold anything retired (one that enters from now on loads `next`):
+ * free the retired arrays and unmap the dropped copies. Sequentially
+ * consistent, paired with mcsafe_readers_enter(). */
 static void publish(struct registry *next)
 {
-    struct registry *old = atomic_load_explicit(&current, memory_order_relaxed);
-    next->retired = old;
-    atomic_store_explicit(&current, next, memory_order_release);
+    next->retired = atomic_load_explicit(&current, memory_order_relaxed);
+    atomic_store_explicit(&current, next, memory_order_seq_cst);
+    if (atomic_load_explicit(&mcsafe_readers, memory_order_seq_cst) != 0)
+        return;                               /* a later writer reclaims them */
+    for (struct registry *r = next->retired, *older; r; r = older) {
+        older = r->retired;
+        free(r);
+    }
+    next->retired = NULL;
+    for (struct dropped *d = dropped, *after; d; d = after) {
+        after = d->next;
+        munmap(d->copy, d->mapped);
+        free(d);
+    }
+    dropped = NULL;
 }
 
 /* Validate a private copy, seal it and publish it under `key`; a second
@@ -477,7 +511,10 @@ int mcsafe_unregister(const void *table)
         return 0;
     }
     struct registry *next = malloc(sizeof *next + (n ? n : 1) * sizeof next->mods[0]);
-    if (!next) {
+    struct dropped *gone = malloc(sizeof *gone);
+    if (!next || !gone) {
+        free(next);
+        free(gone);
         old->mods[at].owners++;
         pthread_mutex_unlock(&writer_lock);
         return -1;
@@ -487,22 +524,30 @@ int mcsafe_unregister(const void *table)
         if (i != at)
             next->mods[k++] = old->mods[i];
     next->n = k;
-    publish(next);                                     /* the copy stays mapped: retired */
+    gone->copy = (void *)old->mods[at].copy;
+    gone->mapped = mapped_size(old->mods[at].size);
+    gone->next = dropped;
+    dropped = gone;
+    publish(next);
     pthread_mutex_unlock(&writer_lock);
     return 0;
 }
 
 size_t mcsafe_published(void)
 {
-    struct registry *r = atomic_load_explicit(&current, memory_order_acquire);
-    return r ? r->n : 0;
+    mcsafe_readers_enter();
+    struct registry *r = atomic_load_explicit(&current, memory_order_seq_cst);
+    size_t n = r ? r->n : 0;
+    mcsafe_readers_leave();
+    return n;
 }
 
 /* Async-signal-safe: one atomic load, then a binary search for the last entry
- * starting at or before pc (as the kernel's lib/extable.c search_extable). */
+ * starting at or before pc (as the kernel's lib/extable.c search_extable).
+ * Only between mcsafe_readers_enter() and mcsafe_readers_leave(). */
 const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_module **mod)
 {
-    const struct registry *r = atomic_load_explicit(&current, memory_order_acquire);
+    const struct registry *r = atomic_load_explicit(&current, memory_order_seq_cst);
     if (!r)
         return NULL;
     for (size_t i = 0; i < r->n; i++) {
