@@ -398,3 +398,19 @@ def test_threads_that_forwarded_once_do_not_take_the_slot_of_one_still_forwardin
     assert p.returncode == -signal.SIGBUS, p.stderr[-300:]
     assert p.stdout.split() == ["others", "done"]
     assert p.stderr.count("reraiser") == 1, p.stderr.count("reraiser")
+
+
+def test_handler_chaining_to_mcsafe_without_siginfo_is_forwarded(handlers) -> None:
+    # A plain handler installed over mcsafe calls it with NULL siginfo and
+    # context: nothing can be attributed, so it is forwarded as a user-sent
+    # signal (here to a counting handler), never dereferenced.
+    p = with_lib(handlers, """
+        import signal
+        lib.install_inert(signal.SIGSEGV)
+        import mcsafe
+        lib.install_plain_chainer(signal.SIGSEGV)
+        lib.raise_segv()
+        print("counted", lib.inert_count(), flush=True)
+    """)
+    assert p.returncode == 0, p.stderr[-300:]
+    assert p.stdout.split() == ["counted", "1"] and p.stderr.count("plain chainer") == 1

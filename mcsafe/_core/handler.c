@@ -218,8 +218,10 @@ static void die_by_default(int sig, const siginfo_t *info)
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigaction(sig, &dfl, NULL);
-    siginfo_t again = *info;
-    if (syscall(SYS_rt_tgsigqueueinfo, getpid(), syscall(SYS_gettid), sig, &again) != 0)
+    siginfo_t again;
+    if (info)
+        again = *info;
+    if (!info || syscall(SYS_rt_tgsigqueueinfo, getpid(), syscall(SYS_gettid), sig, &again) != 0)
         raise(sig);
 }
 
@@ -387,11 +389,14 @@ static int nested_forward(struct thread_slot *s, int sig, const ucontext_t *uc)
     return frame_holds(frame, token, sp);
 }
 
+/* info and context may be NULL when a handler that chains by calling its
+ * previous action has none to pass (a plain handler forwarding to us): such a
+ * call is forwarded as a user-sent signal, with the mask of the moment. */
 static void forward(int sig, siginfo_t *info, void *context)
 {
     const struct sigaction *prev = previous_for(sig);
     ucontext_t *uc = context;
-    int kernel = info->si_code > 0;
+    int kernel = info && uc && info->si_code > 0;
     /* A synchronous fault happens again when we return; anything else does not. */
     int sync = kernel && !is_ao(sig, info);
 
@@ -419,7 +424,7 @@ static void forward(int sig, siginfo_t *info, void *context)
      * Forwarding again would recurse until the (alternate) stack overflows. */
     int looped = kernel && atomic_load(&slot->fwd_sig) == sig
                  && atomic_load(&slot->fwd_info) == info;
-    if (looped || (!kernel && nested_forward(slot, sig, uc))) {
+    if (looped || (!kernel && uc && nested_forward(slot, sig, uc))) {
         die_by_default(sig, info);
         return;
     }
@@ -452,7 +457,11 @@ static void forward(int sig, siginfo_t *info, void *context)
     atomic_store(&slot->fwd_sig, sig);
 
     /* Run the previous handler with the mask it asked for. */
-    sigset_t mask = uc->uc_sigmask, saved;
+    sigset_t mask, saved;
+    if (uc)
+        mask = uc->uc_sigmask;
+    else
+        pthread_sigmask(SIG_BLOCK, NULL, &mask);
     for (int s = 1; s < NSIG; s++)
         if (sigismember(&prev->sa_mask, s) == 1)
             sigaddset(&mask, s);
@@ -482,7 +491,7 @@ static void forward(int sig, siginfo_t *info, void *context)
 static void mcsafe_on_fault(int sig, siginfo_t *info, void *context)
 {
     int saved_errno = errno;
-    if (is_ao(sig, info))
+    if (info && is_ao(sig, info))
         log_ao(info);                    /* never claimed: no instruction of ours faulted */
     else if (mcsafe_handle_fault(sig, info, context))
         return;
