@@ -414,3 +414,40 @@ def test_handler_chaining_to_mcsafe_without_siginfo_is_forwarded(handlers) -> No
     """)
     assert p.returncode == 0, p.stderr[-300:]
     assert p.stdout.split() == ["counted", "1"] and p.stderr.count("plain chainer") == 1
+
+
+def test_fork_while_a_c_thread_churns_the_registry(handlers, tmp_path) -> None:
+    # A C thread registers and unregisters through the C API (no GIL) while the
+    # main thread forks: every child finds the registry whole, and registers and
+    # unregisters once more (a child forked while a writer was freeing retired
+    # arrays must never free them again).
+    so = compile_so(ROOT / "examples" / "protected" / "protected.c", tmp_path / "p.so")
+    subprocess.run([sys.executable, "-m", "extable", "build", str(so), "--in-place"],
+                   check=True, capture_output=True, cwd=ROOT)
+    p = with_lib(handlers, f"""
+        import os, mcsafe
+        from mcsafe import registry
+        from elftools.elf.elffile import ELFFile
+        ctypes.CDLL({str(so)!r})
+        mcsafe.register({str(so)!r})
+        key = registry._keys[{str(so)!r}]
+        with open({str(so)!r}, "rb") as f:
+            size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
+        assert mcsafe.unregister({str(so)!r})
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        api = get(mcsafe._mcsafe._C_API, b"mcsafe._mcsafe._C_API")
+        lib.start_churn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        lib.start_churn(api, key, size)
+        bad = []
+        for _ in range(300):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(lib.churn_once())
+            _, status = os.waitpid(pid, 0)
+            if status:
+                bad.append(status)
+        print("cycles", lib.stop_churn() > 0, "bad", bad, flush=True)
+    """, timeout=60)
+    assert p.returncode == 0, p.stderr[-500:]
+    assert p.stdout.split() == ["cycles", "True", "bad", "[]"]

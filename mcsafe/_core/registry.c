@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "mcsafe_core.h"
@@ -89,14 +90,49 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* dl_iterate_phdr holds the dynamic linker's lock, which glibc (2.36 here) does
+ * not reset in a forked child: a fork while one of our walks runs on another
+ * thread (a C API caller, without the GIL) would leave every later walk in the
+ * child waiting forever. So our walks take phdr_lock, and fork() waits for the
+ * one under way (short: no I/O) unless this very thread is inside it (a
+ * handler forking on top of it). A walk by anyone else (C++ unwinding, dlopen)
+ * during a fork can still leave the child's linker lock held: glibc's to fix. */
+static pthread_mutex_t phdr_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_long phdr_owner;
+static int fork_waited;
+
+static int walk_objects(int (*callback)(struct dl_phdr_info *, size_t, void *), void *data)
+{
+    pthread_mutex_lock(&phdr_lock);
+    atomic_store(&phdr_owner, syscall(SYS_gettid));
+    int rc = dl_iterate_phdr(callback, data);
+    atomic_store(&phdr_owner, 0);
+    pthread_mutex_unlock(&phdr_lock);
+    return rc;
+}
+
+static void before_fork(void)
+{
+    fork_waited = atomic_load(&phdr_owner) != syscall(SYS_gettid)
+                  && pthread_mutex_lock(&phdr_lock) == 0;
+}
+
+static void after_fork_in_parent(void)
+{
+    if (fork_waited)
+        pthread_mutex_unlock(&phdr_lock);
+}
+
 static void reset_in_child(void)
 {
     pthread_mutex_init(&writer_lock, NULL);
+    pthread_mutex_init(&phdr_lock, NULL);
+    atomic_store(&phdr_owner, 0);
 }
 
 __attribute__((constructor)) static void registry_init(void)
 {
-    pthread_atfork(NULL, NULL, reset_in_child);
+    pthread_atfork(before_fork, after_fork_in_parent, reset_in_child);
 }
 
 static int own_published;
@@ -341,17 +377,21 @@ static void publish(struct registry *next)
     atomic_store_explicit(&current, next, memory_order_seq_cst);
     if (atomic_load_explicit(&mcsafe_readers, memory_order_seq_cst) != 0)
         return;                               /* a later writer reclaims them */
-    for (struct registry *r = next->retired, *older; r; r = older) {
+    /* Detached before they are freed: a child forked meanwhile (the lock is
+     * re-initialised there) then leaks the rest, but never frees it twice. */
+    struct registry *r = next->retired, *older;
+    struct dropped *d = dropped, *after;
+    next->retired = NULL;
+    dropped = NULL;
+    for (; r; r = older) {
         older = r->retired;
         free(r);
     }
-    next->retired = NULL;
-    for (struct dropped *d = dropped, *after; d; d = after) {
+    for (; d; d = after) {
         after = d->next;
         munmap(d->copy, d->mapped);
         free(d);
     }
-    dropped = NULL;
 }
 
 /* Validate a private copy, seal it and publish it under `key`; a second
@@ -413,7 +453,7 @@ static int register_loaded(const void *table, size_t size, const char *name, int
         return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
                     sizeof(struct extable_header), MAX_TABLE_BYTES);
     struct segments s = {.addr = (uintptr_t)table, .safe = can_read_safely()};
-    dl_iterate_phdr(find_object, &s);
+    walk_objects(find_object, &s);
     if (!s.found)
         return fail(err, errlen, "table at %p is not inside a loaded object", table);
     if (!readable_span(&s, (uintptr_t)table, size))
@@ -468,7 +508,7 @@ int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
         return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
                     sizeof(struct extable_header), MAX_TABLE_BYTES);
     struct segments s = {.addr = anchor, .safe = can_read_safely()};
-    dl_iterate_phdr(find_object, &s);
+    walk_objects(find_object, &s);
     if (!s.found)
         return fail(err, errlen, "no loaded object at %#lx", (unsigned long)anchor);
     size_t mapped;
@@ -647,7 +687,7 @@ int mcsafe_loaded_objects(struct mcsafe_objects *out)
 {
     memset(out, 0, sizeof *out);
     out->safe = can_read_safely();
-    return dl_iterate_phdr(collect_object, out) ? -1 : 0;
+    return walk_objects(collect_object, out) ? -1 : 0;
 }
 
 void mcsafe_free_objects(struct mcsafe_objects *all)
