@@ -43,9 +43,38 @@ _handles: dict[str, ctypes.CDLL] = {}         # objects we dlopen'ed, kept loade
 _keys: dict[str, int] = {}                    # real path -> the C registry's key
 
 
+# Held while pyelftools is first imported, and across fork(): a child forked
+# while another thread was inside that import would find the module half
+# initialised and its import lock held forever (CPython resets only the global
+# import lock in a child). Imported lazily: it doubles the time of import mcsafe.
+_import_lock = threading.Lock()
+_elf: tuple[type, type[Exception]] | None = None
+
+
+def _elftools() -> tuple[type, type[Exception]]:
+    """pyelftools' ELFFile and ELFError."""
+    global _elf
+    if _elf is None:
+        with _import_lock:
+            from elftools.common.exceptions import ELFError
+            from elftools.elf.elffile import ELFFile
+
+            _elf = (ELFFile, ELFError)
+    return _elf
+
+
+def _hold_for_fork() -> None:
+    _import_lock.acquire()
+
+
+def _release_after_fork() -> None:
+    _import_lock.release()
+
+
 def _reset_after_fork() -> None:
-    global _lock
+    global _lock, _import_lock
     _lock = threading.Lock()
+    _import_lock = threading.Lock()
     # On Python < 3.12 every functools.cached_property holds one class-wide RLock
     # while it computes (CPython gh-87634), and pyelftools reads the file inside
     # two of them: a thread forked away mid-read would leave it held forever.
@@ -60,7 +89,8 @@ def _reset_after_fork() -> None:
                     attr.lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(before=_hold_for_fork, after_in_parent=_release_after_fork,
+                    after_in_child=_reset_after_fork)
 
 
 @dataclass(frozen=True)
@@ -160,9 +190,7 @@ def _prove_code(f: BinaryIO, elf: object, path: str, obj: LoadedObject) -> None:
 
 def _register_path(path: str, obj: LoadedObject) -> int:
     """Prove the file, find its table and publish it; the C registry's key."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
+    ELFFile, ELFError = _elftools()
     name = os.path.basename(path)
     try:
         with open(path, "rb") as f:

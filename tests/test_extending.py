@@ -415,6 +415,28 @@ def test_fork_while_another_thread_registers(protected) -> None:
     assert p.stdout.split() == ["children", "ok", "20"]
 
 
+def test_fork_while_another_thread_first_imports_pyelftools(protected) -> None:
+    # The first register() imports pyelftools; a fork in the middle of that
+    # import used to leave the child's import of it waiting forever on the
+    # module's lock. fork() now waits for that import to finish.
+    script = f"""
+        import os, signal, threading, time, mcsafe
+        so = {str(protected)!r}
+        t = threading.Thread(target=mcsafe.register, args=(so,))
+        t.start()
+        time.sleep(0.002)                 # inside pyelftools' first import
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            mcsafe.register(so)
+            os._exit(0)
+        t.join()
+        print("child", os.waitpid(pid, 0)[1], flush=True)
+    """
+    results = [child(script).stdout.split() for _ in range(4)]
+    assert results == [["child", "0"]] * 4
+
+
 X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",
                               reason="the stack pointer has a register number only on x86-64 "
                                      "(aarch64's sp is not one of x0..x30)")
