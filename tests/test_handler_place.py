@@ -451,3 +451,20 @@ def test_fork_while_a_c_thread_churns_the_registry(handlers, tmp_path) -> None:
     """, timeout=60)
     assert p.returncode == 0, p.stderr[-500:]
     assert p.stdout.split() == ["cycles", "True", "bad", "[]"]
+
+
+def test_forwarding_adds_little_stack_under_the_previous_handler(handlers) -> None:
+    # The previous handler runs on the same (often small) alternate stack as
+    # mcsafe's forward: whatever mcsafe keeps in its frame meanwhile is taken
+    # from it. Only mcsafe_on_fault's and forward()'s own frames may be there,
+    # not the buffer that reads /proc/self/maps after the handler returns.
+    p = with_lib(handlers, """
+        lib.install_depth()
+        direct = lib.depth_of_raise()
+        import mcsafe
+        forwarded = lib.depth_of_raise()
+        print("extra", forwarded - direct, flush=True)
+    """)
+    assert p.returncode == 0, p.stderr
+    extra = int(p.stdout.split()[1])
+    assert 0 < extra <= 768, extra

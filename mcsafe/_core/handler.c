@@ -353,11 +353,13 @@ static int page_allows(uintptr_t addr, char need)
 }
 
 /* After the previous handler returned without touching the context: would the
- * fault happen again? A SIGSEGV is gone when the page is now mapped with the
+ * fault happen again? Never inlined: its buffer must not sit in forward()'s
+ * frame, on the (alternate) stack under the previous handler, while it runs. A SIGSEGV is gone when the page is now mapped with the
  * access it needs (a JIT guard page made writable, a page mapped in); SIGBUS
  * causes (poison, a file that shrank, a missing userfaultfd page) cannot be
  * probed without touching the page, so they count as remaining. */
-static int cause_remains(int sig, const siginfo_t *info, const ucontext_t *uc)
+__attribute__((noinline)) static int cause_remains(int sig, const siginfo_t *info,
+                                                  const ucontext_t *uc)
 {
     if (sig != SIGSEGV || (info->si_code != SEGV_MAPERR && info->si_code != SEGV_ACCERR))
         return 1;
