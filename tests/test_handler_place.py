@@ -346,13 +346,14 @@ def test_one_shot_previous_handler_runs_once_then_the_default_applies(handlers) 
     assert p.stdout.split() == ["once", "1"]
 
 
-@pytest.mark.parametrize("altstack", [False, True])
+@pytest.mark.parametrize("altstack,copies", [(False, False), (True, False), (True, True)])
 def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
-        handlers, altstack: bool) -> None:
+        handlers, altstack: bool, copies: bool) -> None:
     # mcsafe, then a handler that saved mcsafe and calls it directly for faults
     # not its own, then install() again: mcsafe forwards to that handler, which
     # calls mcsafe, which forwarded to it again, until the stack (or the small
-    # alternate stack faulthandler leaves) overflowed. The loop is cut at once:
+    # alternate stack faulthandler leaves) overflowed, also when it passes a copy of
+    # the siginfo on. The loop is cut at once:
     # death by the original signal after one pass through the chain.
     p = with_lib(handlers, """
         import faulthandler
@@ -360,7 +361,7 @@ def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
             faulthandler.enable()
             faulthandler.disable()          # leaves its alternate stack installed
         import mcsafe
-        lib.install_chainer()
+        lib.install_chainer(COPIES)
         mcsafe.install()
         from mcsafe import inject
         with inject.region("mprotect", 2, [1]) as r:       # copies still recover
@@ -368,7 +369,7 @@ def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
         print("armed", mcsafe.handler_installed(), flush=True)
         ctypes.string_at(16)
         print("survived", flush=True)
-    """.replace("ALTSTACK", str(altstack)), timeout=30)
+    """.replace("ALTSTACK", str(altstack)).replace("COPIES", str(int(copies))), timeout=30)
     assert p.returncode == -signal.SIGSEGV, p.stderr[-300:]
     assert p.stdout.split() == ["copied", "4096", "armed", "True"]
     assert p.stderr.count("chainer") == 1, p.stderr.count("chainer")

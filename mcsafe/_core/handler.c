@@ -243,6 +243,7 @@ struct thread_slot {
     atomic_uintptr_t fwd_frame;          /* where forward()'s token lives */
     _Atomic uint64_t fwd_token;
     _Atomic(const siginfo_t *) fwd_info; /* the siginfo it forwards */
+    _Atomic(const void *) fwd_context;   /* and the context */
 };
 
 static struct thread_slot slots[MCSAFE_THREAD_SLOTS];
@@ -268,6 +269,7 @@ static struct thread_slot *slot_of(long tid)
     atomic_store(&s->repeats, 0);
     atomic_store(&s->fwd_sig, 0);
     atomic_store(&s->fwd_info, NULL);
+    atomic_store(&s->fwd_context, NULL);
     return s;
 }
 
@@ -419,13 +421,17 @@ static void forward(int sig, siginfo_t *info, void *context)
     if (atomic_load(&slot->fwd_sig) && !forward_live(slot, (uintptr_t)&token)) {
         atomic_store(&slot->fwd_sig, 0);             /* left by siglongjmp: stale */
         atomic_store(&slot->fwd_info, NULL);
+        atomic_store(&slot->fwd_context, NULL);
     }
     /* Our own forward of this very signal, back in mcsafe_on_fault through a
      * handler that chains by calling its previous action (Wasmtime's and V8's
      * do), which was mcsafe: install() ran again after that handler saved us.
-     * Forwarding again would recurse until the (alternate) stack overflows. */
+     * Forwarding again would recurse until the (alternate) stack overflows.
+     * A new fault always comes with a new siginfo and context; a chaining
+     * handler may pass a copy of one of them, hardly of both. */
     int looped = kernel && atomic_load(&slot->fwd_sig) == sig
-                 && atomic_load(&slot->fwd_info) == info;
+                 && (atomic_load(&slot->fwd_info) == info
+                     || atomic_load(&slot->fwd_context) == context);
     if (looped || (!kernel && uc && nested_forward(slot, sig, uc))) {
         die_by_default(sig, info);
         return;
@@ -453,9 +459,11 @@ static void forward(int sig, siginfo_t *info, void *context)
     uintptr_t outer_frame = atomic_load(&slot->fwd_frame);
     uint64_t outer_token = atomic_load(&slot->fwd_token);
     const siginfo_t *outer_info = atomic_load(&slot->fwd_info);
+    const void *outer_context = atomic_load(&slot->fwd_context);
     atomic_store(&slot->fwd_frame, (uintptr_t)&token);
     atomic_store(&slot->fwd_token, token);
     atomic_store(&slot->fwd_info, info);
+    atomic_store(&slot->fwd_context, context);
     atomic_store(&slot->fwd_sig, sig);
 
     /* Run the previous handler with the mask it asked for. */
@@ -485,6 +493,7 @@ static void forward(int sig, siginfo_t *info, void *context)
     atomic_store(&slot->fwd_frame, outer_frame);
     atomic_store(&slot->fwd_token, outer_token);
     atomic_store(&slot->fwd_info, outer_info);
+    atomic_store(&slot->fwd_context, outer_context);
     if (sync && arch_context_hash(uc) == before && cause_remains(sig, info, uc))
         atomic_store(&slot->unfixed, key);
     slot_release(slot, tid);
