@@ -44,8 +44,9 @@
  *     is still on the stack with its token, so one left by siglongjmp
  *     (cysignals) leaves nothing stuck. Nor can a handler that chains by
  *     calling its previous action directly, when that action was mcsafe's
- *     (install() ran again after it saved us): the same siginfo coming back
- *     into a forward of it still under way goes to SIG_DFL, not round again.
+ *     (install() ran again after it saved us): the same siginfo or context
+ *     coming back into a forward of it still under way goes to SIG_DFL, not
+ *     round again.
  *  6. No nesting of mcsafe itself. The handler runs with SIGBUS and SIGSEGV
  *     blocked; a fault inside it is a bug, and the kernel then kills the
  *     process with that signal (a blocked synchronous fault cannot be
