@@ -5,7 +5,9 @@ through its own table.
 The object is identified by what is loaded, never by what its path names now:
 the loaded object whose name is the path is found among the loaded objects, and
 the file is read only once it is proved to be that object (the same program
-headers, and the same GNU build-id where either has one). The table is then
+headers, and the same GNU build-id where either has one; for a table read from
+the file of an object with no build-id, the same bytes in every executable
+segment, as program headers alone do not tell two builds apart). The table is then
 taken from the loaded memory (a loaded section; the C core proves every byte
 lies in one readable segment before reading it) or from the file (a section
 ``extable build --add-section`` added), and the C core publishes a private,
@@ -41,9 +43,38 @@ _handles: dict[str, ctypes.CDLL] = {}         # objects we dlopen'ed, kept loade
 _keys: dict[str, int] = {}                    # real path -> the C registry's key
 
 
+# Held while pyelftools is first imported, and across fork(): a child forked
+# while another thread was inside that import would find the module half
+# initialised and its import lock held forever (CPython resets only the global
+# import lock in a child). Imported lazily: it doubles the time of import mcsafe.
+_import_lock = threading.Lock()
+_elf: tuple[type, type[Exception]] | None = None
+
+
+def _elftools() -> tuple[type, type[Exception]]:
+    """pyelftools' ELFFile and ELFError."""
+    global _elf
+    if _elf is None:
+        with _import_lock:
+            from elftools.common.exceptions import ELFError
+            from elftools.elf.elffile import ELFFile
+
+            _elf = (ELFFile, ELFError)
+    return _elf
+
+
+def _hold_for_fork() -> None:
+    _import_lock.acquire()
+
+
+def _release_after_fork() -> None:
+    _import_lock.release()
+
+
 def _reset_after_fork() -> None:
-    global _lock
+    global _lock, _import_lock
     _lock = threading.Lock()
+    _import_lock = threading.Lock()
     # On Python < 3.12 every functools.cached_property holds one class-wide RLock
     # while it computes (CPython gh-87634), and pyelftools reads the file inside
     # two of them: a thread forked away mid-read would leave it held forever.
@@ -58,7 +89,8 @@ def _reset_after_fork() -> None:
                     attr.lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(before=_hold_for_fork, after_in_parent=_release_after_fork,
+                    after_in_child=_reset_after_fork)
 
 
 @dataclass(frozen=True)
@@ -132,11 +164,33 @@ def _prove_identity(f: BinaryIO, elf: object, path: str, obj: LoadedObject) -> N
                          "replaced after it was loaded?")
 
 
+PF_X = 0x1
+
+
+def _prove_code(f: BinaryIO, elf: object, path: str, obj: LoadedObject) -> None:
+    """Refuse unless every executable segment of the file is, byte for byte, the
+    code that is loaded: for a table read from a file with no build-id, whose
+    program headers alone do not tell two builds apart."""
+    from ._mcsafe import copy
+
+    for seg in elf.iter_segments():                      # type: ignore[attr-defined]
+        if seg["p_type"] != "PT_LOAD" or not seg["p_flags"] & PF_X:
+            continue
+        size = seg["p_filesz"]
+        f.seek(seg["p_offset"])
+        on_disk = f.read(size)
+        loaded = bytearray(size)
+        # mcsafe's own copy: a page gone from the mapping is a refusal, not a crash
+        got = copy(loaded, (ctypes.c_char * size).from_address(obj.bias + seg["p_vaddr"]))
+        if got != size or on_disk != loaded:
+            raise TableError(f"{path}: the file is not the loaded object (it has no build-id, "
+                             "and its code differs from the loaded code): was it replaced "
+                             "after it was loaded?")
+
+
 def _register_path(path: str, obj: LoadedObject) -> int:
     """Prove the file, find its table and publish it; the C registry's key."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
+    ELFFile, ELFError = _elftools()
     name = os.path.basename(path)
     try:
         with open(path, "rb") as f:
@@ -157,6 +211,8 @@ def _register_path(path: str, obj: LoadedObject) -> int:
                 size = sec["sh_size"]
                 if size > MAX_TABLE_BYTES or sec["sh_offset"] + size > os.fstat(f.fileno()).st_size:
                     raise TableError(f"{path}: section {TABLE_SECTION!r} reaches past the file")
+                if obj.build_id is None:
+                    _prove_code(f, elf, path, obj)
                 f.seek(sec["sh_offset"])
                 blob = f.read(size)
     except OSError as exc:

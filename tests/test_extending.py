@@ -286,6 +286,36 @@ def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_pa
     assert mcsafe.published_tables() == before
 
 
+@pytest.mark.parametrize("replaced", [False, True])
+def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
+        tmp_path, replaced: bool) -> None:
+    # No build-id: two builds whose code differs by one instruction have the same
+    # program headers, so only the code itself tells the file that is loaded from
+    # one put in its place. The table is read from the file: it must be the
+    # loaded object's, or nothing is published.
+    source = (FIXTURES / "unreserved.c").read_text()
+    other = tmp_path / "other.c"
+    other.write_text(source.replace("xor %eax, %eax", "xor %ecx, %ecx", 1))
+    so, twin = tmp_path / "nobuildid.so", tmp_path / "twin.so"
+    for src, out in ((FIXTURES / "unreserved.c", so), (other, twin)):
+        compile_so(src, out, extra=["-Wl,--build-id=none"])
+        run_cli("build", out, "--in-place", "--add-section", check=True)
+    assert so.read_bytes() != twin.read_bytes()
+    p = child(f"""
+        import ctypes, os
+        lib = ctypes.CDLL({str(so)!r})
+        if {replaced}:
+            os.replace({str(twin)!r}, {str(so)!r})       # new inode, same path
+    """, REGISTER_AND_REPORT.format(so=str(so)))
+    assert p.returncode == 0, p.stderr
+    if replaced:
+        assert p.stdout.strip() == (
+            f"TableError: {so}: the file is not the loaded object (it has no build-id, and "
+            "its code differs from the loaded code): was it replaced after it was loaded?")
+    else:
+        assert p.stdout.strip() == "registered"
+
+
 def test_each_registration_is_an_owner(protected) -> None:
     load(protected)
     before = mcsafe.published_tables()
@@ -297,6 +327,45 @@ def test_each_registration_is_an_owner(protected) -> None:
     assert mcsafe.unregister(protected)
     assert mcsafe.published_tables() == before
     assert not mcsafe.unregister(protected)
+
+
+def test_register_unregister_churn_frees_what_it_retires(protected) -> None:
+    # Each unregister retires a private copy and an array of modules; they are
+    # freed once no handler is inside a lookup, so a loop of register and
+    # unregister does not grow without bound (it took 5 KiB a cycle), while
+    # another thread's copies fault through the lookup all along.
+    p = child(f"""
+        import ctypes, threading, mcsafe
+        from mcsafe import _mcsafe, inject, registry
+        from elftools.elf.elffile import ELFFile
+        so = {str(protected)!r}
+        ctypes.CDLL(so)
+        mcsafe.register(so)
+        key = registry._keys[so]
+        with open(so, "rb") as f:
+            size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
+        assert _mcsafe._unregister_table(key)
+        stop, copied = False, []
+        def fault():
+            with inject.region("mprotect", 2, [1]) as r:
+                while not stop:
+                    copied.append(mcsafe.copy(bytearray(r.size), r.buffer))
+        t = threading.Thread(target=fault)
+        t.start()
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+        for window in range(3):
+            before = rss()
+            for _ in range(4000):
+                _mcsafe._register_table(key, size, "churn")
+                assert _mcsafe._unregister_table(key)
+        stop = True
+        t.join()
+        print("grew", rss() - before > 1 << 20, "copies", len(copied) > 0,
+              set(copied) == {{inject.PAGE}}, mcsafe.published_tables())
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["grew", "False", "copies", "True", "True", "1"]
 
 
 def test_own_table_can_never_be_unregistered() -> None:
@@ -344,6 +413,28 @@ def test_fork_while_another_thread_registers(protected) -> None:
     """, timeout=240)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["children", "ok", "20"]
+
+
+def test_fork_while_another_thread_first_imports_pyelftools(protected) -> None:
+    # The first register() imports pyelftools; a fork in the middle of that
+    # import used to leave the child's import of it waiting forever on the
+    # module's lock. fork() now waits for that import to finish.
+    script = f"""
+        import os, signal, threading, time, mcsafe
+        so = {str(protected)!r}
+        t = threading.Thread(target=mcsafe.register, args=(so,))
+        t.start()
+        time.sleep(0.002)                 # inside pyelftools' first import
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            mcsafe.register(so)
+            os._exit(0)
+        t.join()
+        print("child", os.waitpid(pid, 0)[1], flush=True)
+    """
+    results = [child(script).stdout.split() for _ in range(4)]
+    assert results == [["child", "0"]] * 4
 
 
 X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",

@@ -344,3 +344,128 @@ def test_one_shot_previous_handler_runs_once_then_the_default_applies(handlers) 
     """)
     assert p.returncode == -signal.SIGSEGV, p.stderr
     assert p.stdout.split() == ["once", "1"]
+
+
+@pytest.mark.parametrize("altstack,copies", [(False, False), (True, False), (True, True)])
+def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
+        handlers, altstack: bool, copies: bool) -> None:
+    # mcsafe, then a handler that saved mcsafe and calls it directly for faults
+    # not its own, then install() again: mcsafe forwards to that handler, which
+    # calls mcsafe, which forwarded to it again, until the stack (or the small
+    # alternate stack faulthandler leaves) overflowed, also when it passes a copy of
+    # the siginfo on. The loop is cut at once:
+    # death by the original signal after one pass through the chain.
+    p = with_lib(handlers, """
+        import faulthandler
+        if ALTSTACK:
+            faulthandler.enable()
+            faulthandler.disable()          # leaves its alternate stack installed
+        import mcsafe
+        lib.install_chainer(COPIES)
+        mcsafe.install()
+        from mcsafe import inject
+        with inject.region("mprotect", 2, [1]) as r:       # copies still recover
+            print("copied", mcsafe.copy(bytearray(r.size), r.buffer), flush=True)
+        print("armed", mcsafe.handler_installed(), flush=True)
+        ctypes.string_at(16)
+        print("survived", flush=True)
+    """.replace("ALTSTACK", str(altstack)).replace("COPIES", str(int(copies))), timeout=30)
+    assert p.returncode == -signal.SIGSEGV, p.stderr[-300:]
+    assert p.stdout.split() == ["copied", "4096", "armed", "True"]
+    assert p.stderr.count("chainer") == 1, p.stderr.count("chainer")
+
+
+def test_threads_that_forwarded_once_do_not_take_the_slot_of_one_still_forwarding(
+        handlers) -> None:
+    # One thread sits in a faulthandler-like previous handler (it will restore
+    # mcsafe and re-raise) while 70 other threads each have a signal forwarded
+    # and return. A thread keeps its slot only while it needs it, so those 70
+    # leave the waiting thread's forward alone: its re-raise is seen as nested
+    # and ends in death by SIGBUS after one pass, not a loop through the handler.
+    p = with_lib(handlers, """
+        import signal, threading
+        import mcsafe
+        lib.install_reraiser()
+        mcsafe.install()
+        lib.start_reraiser()
+        for _ in range(70):
+            t = threading.Thread(target=lambda: signal.pthread_kill(threading.get_ident(),
+                                                                   signal.SIGBUS))
+            t.start()
+            t.join()
+        print("others done", flush=True)
+        print("forwarded", lib.release_reraiser(), flush=True)
+    """, timeout=30)
+    assert p.returncode == -signal.SIGBUS, p.stderr[-300:]
+    assert p.stdout.split() == ["others", "done"]
+    assert p.stderr.count("reraiser") == 1, p.stderr.count("reraiser")
+
+
+def test_handler_chaining_to_mcsafe_without_siginfo_is_forwarded(handlers) -> None:
+    # A plain handler installed over mcsafe calls it with NULL siginfo and
+    # context: nothing can be attributed, so it is forwarded as a user-sent
+    # signal (here to a counting handler), never dereferenced.
+    p = with_lib(handlers, """
+        import signal
+        lib.install_inert(signal.SIGSEGV)
+        import mcsafe
+        lib.install_plain_chainer(signal.SIGSEGV)
+        lib.raise_segv()
+        print("counted", lib.inert_count(), flush=True)
+    """)
+    assert p.returncode == 0, p.stderr[-300:]
+    assert p.stdout.split() == ["counted", "1"] and p.stderr.count("plain chainer") == 1
+
+
+def test_fork_while_a_c_thread_churns_the_registry(handlers, tmp_path) -> None:
+    # A C thread registers and unregisters through the C API (no GIL) while the
+    # main thread forks: every child finds the registry whole, and registers and
+    # unregisters once more (a child forked while a writer was freeing retired
+    # arrays must never free them again).
+    so = compile_so(ROOT / "examples" / "protected" / "protected.c", tmp_path / "p.so")
+    subprocess.run([sys.executable, "-m", "extable", "build", str(so), "--in-place"],
+                   check=True, capture_output=True, cwd=ROOT)
+    p = with_lib(handlers, f"""
+        import os, mcsafe
+        from mcsafe import registry
+        from elftools.elf.elffile import ELFFile
+        ctypes.CDLL({str(so)!r})
+        mcsafe.register({str(so)!r})
+        key = registry._keys[{str(so)!r}]
+        with open({str(so)!r}, "rb") as f:
+            size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
+        assert mcsafe.unregister({str(so)!r})
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        api = get(mcsafe._mcsafe._C_API, b"mcsafe._mcsafe._C_API")
+        lib.start_churn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        lib.start_churn(api, key, size)
+        bad = []
+        for _ in range(300):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(lib.churn_once())
+            _, status = os.waitpid(pid, 0)
+            if status:
+                bad.append(status)
+        print("cycles", lib.stop_churn() > 0, "bad", bad, flush=True)
+    """, timeout=60)
+    assert p.returncode == 0, p.stderr[-500:]
+    assert p.stdout.split() == ["cycles", "True", "bad", "[]"]
+
+
+def test_forwarding_adds_little_stack_under_the_previous_handler(handlers) -> None:
+    # The previous handler runs on the same (often small) alternate stack as
+    # mcsafe's forward: whatever mcsafe keeps in its frame meanwhile is taken
+    # from it. Only mcsafe_on_fault's and forward()'s own frames may be there,
+    # not the buffer that reads /proc/self/maps after the handler returns.
+    p = with_lib(handlers, """
+        lib.install_depth()
+        direct = lib.depth_of_raise()
+        import mcsafe
+        forwarded = lib.depth_of_raise()
+        print("extra", forwarded - direct, flush=True)
+    """)
+    assert p.returncode == 0, p.stderr
+    extra = int(p.stdout.split()[1])
+    assert 0 < extra <= 768, extra

@@ -42,7 +42,11 @@
  *     user-sent signal that arrives inside a forward of the same signal on the
  *     same thread goes to SIG_DFL. A forward is "inside" only while its frame
  *     is still on the stack with its token, so one left by siglongjmp
- *     (cysignals) leaves nothing stuck.
+ *     (cysignals) leaves nothing stuck. Nor can a handler that chains by
+ *     calling its previous action directly, when that action was mcsafe's
+ *     (install() ran again after it saved us): the same siginfo or context
+ *     coming back into a forward of it still under way goes to SIG_DFL, not
+ *     round again.
  *  6. No nesting of mcsafe itself. The handler runs with SIGBUS and SIGSEGV
  *     blocked; a fault inside it is a bug, and the kernel then kills the
  *     process with that signal (a blocked synchronous fault cannot be
@@ -196,7 +200,9 @@ int mcsafe_handle_fault(int sig, siginfo_t *info, void *context)
         return 0;
     int saved_errno = errno;
     ucontext_t *uc = context;
+    mcsafe_readers_enter();
     int done = (e = mcsafe_lookup(arch_pc(uc), &m)) != NULL && fixup(m, e, sig, info, uc);
+    mcsafe_readers_leave();
     errno = saved_errno;
     return done;
 }
@@ -213,17 +219,20 @@ static void die_by_default(int sig, const siginfo_t *info)
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigaction(sig, &dfl, NULL);
-    siginfo_t again = *info;
-    if (syscall(SYS_rt_tgsigqueueinfo, getpid(), syscall(SYS_gettid), sig, &again) != 0)
+    siginfo_t again;
+    if (info)
+        again = *info;
+    if (!info || syscall(SYS_rt_tgsigqueueinfo, getpid(), syscall(SYS_gettid), sig, &again) != 0)
         raise(sig);
 }
 
 /* Per-thread forwarding state, in a fixed array of lock-free slots keyed by
  * thread id (no TLS: its first touch may allocate). A slot remembers the last
  * synchronous fault its thread forwarded that the previous handler returned
- * from without removing the cause, and the forward in progress, if any. With
- * more than MCSAFE_THREAD_SLOTS threads forwarding at once, slots are reused
- * round-robin and a count may restart. */
+ * from without removing the cause, and the forward in progress, if any; the
+ * thread gives it back when it holds neither. With more than
+ * MCSAFE_THREAD_SLOTS threads forwarding at once, slots are reused round-robin
+ * and a count may restart. */
 #define MCSAFE_THREAD_SLOTS 64
 #define MCSAFE_RECUR_LIMIT 32            /* unfixed retries before death by SIG_DFL */
 
@@ -234,6 +243,8 @@ struct thread_slot {
     atomic_int fwd_sig;                  /* signal being forwarded, 0 if none */
     atomic_uintptr_t fwd_frame;          /* where forward()'s token lives */
     _Atomic uint64_t fwd_token;
+    _Atomic(const siginfo_t *) fwd_info; /* the siginfo it forwards */
+    _Atomic(const void *) fwd_context;   /* and the context */
 };
 
 static struct thread_slot slots[MCSAFE_THREAD_SLOTS];
@@ -258,7 +269,42 @@ static struct thread_slot *slot_of(long tid)
     atomic_store(&s->unfixed, 0);
     atomic_store(&s->repeats, 0);
     atomic_store(&s->fwd_sig, 0);
+    atomic_store(&s->fwd_info, NULL);
+    atomic_store(&s->fwd_context, NULL);
     return s;
+}
+
+/* Give the slot back once its thread keeps nothing in it (no fault to count,
+ * no forward under way), so that only threads forwarding right now hold one. */
+static void slot_release(struct thread_slot *s, long tid)
+{
+    if (atomic_load(&s->unfixed) == 0 && atomic_load(&s->fwd_sig) == 0)
+        atomic_compare_exchange_strong(&s->tid, &tid, 0);
+}
+
+/* Whether the 8 bytes at frame hold token, read with process_vm_readv, which
+ * fails instead of faulting; where seccomp forbids it (EPERM, ENOSYS),
+ * directly, and only when frame lies less than 64 KiB above `low`, an address
+ * on the same live stack. */
+static int frame_holds(uintptr_t frame, uint64_t token, uintptr_t low)
+{
+    uint64_t got = 0;
+    struct iovec local = {&got, sizeof got}, remote = {(void *)frame, sizeof got};
+    if (syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) == sizeof got)
+        return got == token;
+    if (errno != EPERM && errno != ENOSYS)
+        return 0;
+    return frame - low < 65536 && *(volatile uint64_t *)frame == token;
+}
+
+/* Whether the forward recorded in the slot is still under way, an ancestor of
+ * the frame at `mine` (the caller's own token, already written: a mark left at
+ * that very address by a forward that left by siglongjmp reads as ours). */
+static int forward_live(struct thread_slot *s, uintptr_t mine)
+{
+    uintptr_t frame = atomic_load_explicit(&s->fwd_frame, memory_order_relaxed);
+    return frame > mine
+           && frame_holds(frame, atomic_load_explicit(&s->fwd_token, memory_order_relaxed), mine);
 }
 
 static uint64_t fault_key(int sig, const siginfo_t *info, const ucontext_t *uc)
@@ -310,11 +356,13 @@ static int page_allows(uintptr_t addr, char need)
 }
 
 /* After the previous handler returned without touching the context: would the
- * fault happen again? A SIGSEGV is gone when the page is now mapped with the
+ * fault happen again? Never inlined: its buffer must not sit in forward()'s
+ * frame, on the (alternate) stack under the previous handler, while it runs. A SIGSEGV is gone when the page is now mapped with the
  * access it needs (a JIT guard page made writable, a page mapped in); SIGBUS
  * causes (poison, a file that shrank, a missing userfaultfd page) cannot be
  * probed without touching the page, so they count as remaining. */
-static int cause_remains(int sig, const siginfo_t *info, const ucontext_t *uc)
+__attribute__((noinline)) static int cause_remains(int sig, const siginfo_t *info,
+                                                  const ucontext_t *uc)
 {
     if (sig != SIGSEGV || (info->si_code != SEGV_MAPERR && info->si_code != SEGV_ACCERR))
         return 1;
@@ -339,23 +387,21 @@ static int nested_forward(struct thread_slot *s, int sig, const ucontext_t *uc)
     if (atomic_load_explicit(&s->fwd_sig, memory_order_relaxed) != sig)
         return 0;
     uintptr_t frame = atomic_load_explicit(&s->fwd_frame, memory_order_relaxed);
-    uint64_t token = atomic_load_explicit(&s->fwd_token, memory_order_relaxed), got = 0;
+    uint64_t token = atomic_load_explicit(&s->fwd_token, memory_order_relaxed);
     uintptr_t sp = arch_sp(uc), here = (uintptr_t)__builtin_frame_address(0);
     if (!(here < sp && sp < frame))
         return 0;
-    struct iovec local = {&got, sizeof got}, remote = {(void *)frame, sizeof got};
-    if (syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) == sizeof got)
-        return got == token;
-    if (errno != EPERM && errno != ENOSYS)
-        return 0;
-    return frame - sp < 65536 && *(volatile uint64_t *)frame == token;
+    return frame_holds(frame, token, sp);
 }
 
+/* info and context may be NULL when a handler that chains by calling its
+ * previous action has none to pass (a plain handler forwarding to us): such a
+ * call is forwarded as a user-sent signal, with the mask of the moment. */
 static void forward(int sig, siginfo_t *info, void *context)
 {
     const struct sigaction *prev = previous_for(sig);
     ucontext_t *uc = context;
-    int kernel = info->si_code > 0;
+    int kernel = info && uc && info->si_code > 0;
     /* A synchronous fault happens again when we return; anything else does not. */
     int sync = kernel && !is_ao(sig, info);
 
@@ -367,9 +413,27 @@ static void forward(int sig, siginfo_t *info, void *context)
         return;
     }
 
-    struct thread_slot *slot = slot_of(syscall(SYS_gettid));
+    long tid = syscall(SYS_gettid);
+    struct thread_slot *slot = slot_of(tid);
     uint64_t key = 0, before = 0;
-    if (!kernel && nested_forward(slot, sig, uc)) {
+    /* This forward's mark, written before anything reads the slot. */
+    volatile uint64_t token = (atomic_fetch_add(&tokens, 1) + 1) * 0x9E3779B97F4A7C15ull
+                              ^ (uintptr_t)&token;
+    if (atomic_load(&slot->fwd_sig) && !forward_live(slot, (uintptr_t)&token)) {
+        atomic_store(&slot->fwd_sig, 0);             /* left by siglongjmp: stale */
+        atomic_store(&slot->fwd_info, NULL);
+        atomic_store(&slot->fwd_context, NULL);
+    }
+    /* Our own forward of this very signal, back in mcsafe_on_fault through a
+     * handler that chains by calling its previous action (Wasmtime's and V8's
+     * do), which was mcsafe: install() ran again after that handler saved us.
+     * Forwarding again would recurse until the (alternate) stack overflows.
+     * A new fault always comes with a new siginfo and context; a chaining
+     * handler may pass a copy of one of them, hardly of both. */
+    int looped = kernel && atomic_load(&slot->fwd_sig) == sig
+                 && (atomic_load(&slot->fwd_info) == info
+                     || atomic_load(&slot->fwd_context) == context);
+    if (looped || (!kernel && uc && nested_forward(slot, sig, uc))) {
         die_by_default(sig, info);
         return;
     }
@@ -392,17 +456,23 @@ static void forward(int sig, siginfo_t *info, void *context)
     }
 
     /* Mark the forward (nested forwards of the other signal save and restore it). */
-    volatile uint64_t token = (atomic_fetch_add(&tokens, 1) + 1) * 0x9E3779B97F4A7C15ull
-                              ^ (uintptr_t)&token;
     int outer_sig = atomic_load(&slot->fwd_sig);
     uintptr_t outer_frame = atomic_load(&slot->fwd_frame);
     uint64_t outer_token = atomic_load(&slot->fwd_token);
+    const siginfo_t *outer_info = atomic_load(&slot->fwd_info);
+    const void *outer_context = atomic_load(&slot->fwd_context);
     atomic_store(&slot->fwd_frame, (uintptr_t)&token);
     atomic_store(&slot->fwd_token, token);
+    atomic_store(&slot->fwd_info, info);
+    atomic_store(&slot->fwd_context, context);
     atomic_store(&slot->fwd_sig, sig);
 
     /* Run the previous handler with the mask it asked for. */
-    sigset_t mask = uc->uc_sigmask, saved;
+    sigset_t mask, saved;
+    if (uc)
+        mask = uc->uc_sigmask;
+    else
+        pthread_sigmask(SIG_BLOCK, NULL, &mask);
     for (int s = 1; s < NSIG; s++)
         if (sigismember(&prev->sa_mask, s) == 1)
             sigaddset(&mask, s);
@@ -423,14 +493,17 @@ static void forward(int sig, siginfo_t *info, void *context)
     atomic_store(&slot->fwd_sig, outer_sig);
     atomic_store(&slot->fwd_frame, outer_frame);
     atomic_store(&slot->fwd_token, outer_token);
+    atomic_store(&slot->fwd_info, outer_info);
+    atomic_store(&slot->fwd_context, outer_context);
     if (sync && arch_context_hash(uc) == before && cause_remains(sig, info, uc))
         atomic_store(&slot->unfixed, key);
+    slot_release(slot, tid);
 }
 
 static void mcsafe_on_fault(int sig, siginfo_t *info, void *context)
 {
     int saved_errno = errno;
-    if (is_ao(sig, info))
+    if (info && is_ao(sig, info))
         log_ao(info);                    /* never claimed: no instruction of ours faulted */
     else if (mcsafe_handle_fault(sig, info, context))
         return;

@@ -5,6 +5,7 @@
 #define MCSAFE_CORE_H
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -106,8 +107,19 @@ int mcsafe_register_own(char *err, size_t errlen);
 /* Drops one owner of the table registered under `table`; 0, or -1 if nobody
  * (but mcsafe itself, for its own table) holds it. */
 int mcsafe_unregister(const void *table);
-/* Async-signal-safe: the entry covering pc, and its module, or NULL. */
+/* Async-signal-safe: the entry covering pc, and its module, or NULL. Call it,
+ * and use what it returns, only between mcsafe_readers_enter() and _leave():
+ * writers free retired tables only while no reader is counted. */
 const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_module **mod);
+extern atomic_long mcsafe_readers;
+static inline void mcsafe_readers_enter(void)
+{
+    atomic_fetch_add_explicit(&mcsafe_readers, 1, memory_order_seq_cst);
+}
+static inline void mcsafe_readers_leave(void)
+{
+    atomic_fetch_sub_explicit(&mcsafe_readers, 1, memory_order_release);
+}
 size_t mcsafe_published(void);
 
 /* The loaded objects (dl_iterate_phdr), with their program headers and GNU

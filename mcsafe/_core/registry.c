@@ -28,8 +28,11 @@
  * Publication is read-copy-update without the reclaim: writers (serialised by
  * a mutex that is never held across I/O, and re-initialised in a forked child)
  * build a new immutable array and swap one atomic pointer; the handler loads
- * that pointer once and never waits. Old arrays and copies are retired, never
- * freed, as a handler running on another thread may still be reading one.
+ * that pointer once and never waits. Old arrays, and the copies of tables no
+ * longer published, are retired, and freed by a later writer that sees no
+ * handler inside a lookup (mcsafe_readers, counted around the search and the
+ * fixup): a handler that entered after the swap can only have loaded the new
+ * pointer.
  */
 #define _GNU_SOURCE
 #include <link.h>
@@ -40,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "mcsafe_core.h"
@@ -49,9 +53,19 @@
 
 struct registry {
     size_t n;
-    struct registry *retired;       /* the one this replaced (kept, never freed) */
+    struct registry *retired;       /* the one this replaced, until reclaimed */
     struct mcsafe_module mods[];
 };
+
+/* A copy no longer published, unmapped once no handler can be reading it. */
+struct dropped {
+    struct dropped *next;
+    void *copy;
+    size_t mapped;
+};
+
+atomic_long mcsafe_readers;
+static struct dropped *dropped;     /* under writer_lock */
 
 static _Atomic(struct registry *) current;
 static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -76,14 +90,49 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* dl_iterate_phdr holds the dynamic linker's lock, which glibc (2.36 here) does
+ * not reset in a forked child: a fork while one of our walks runs on another
+ * thread (a C API caller, without the GIL) would leave every later walk in the
+ * child waiting forever. So our walks take phdr_lock, and fork() waits for the
+ * one under way (short: no I/O) unless this very thread is inside it (a
+ * handler forking on top of it). A walk by anyone else (C++ unwinding, dlopen)
+ * during a fork can still leave the child's linker lock held: glibc's to fix. */
+static pthread_mutex_t phdr_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_long phdr_owner;
+static int fork_waited;
+
+static int walk_objects(int (*callback)(struct dl_phdr_info *, size_t, void *), void *data)
+{
+    pthread_mutex_lock(&phdr_lock);
+    atomic_store(&phdr_owner, syscall(SYS_gettid));
+    int rc = dl_iterate_phdr(callback, data);
+    atomic_store(&phdr_owner, 0);
+    pthread_mutex_unlock(&phdr_lock);
+    return rc;
+}
+
+static void before_fork(void)
+{
+    fork_waited = atomic_load(&phdr_owner) != syscall(SYS_gettid)
+                  && pthread_mutex_lock(&phdr_lock) == 0;
+}
+
+static void after_fork_in_parent(void)
+{
+    if (fork_waited)
+        pthread_mutex_unlock(&phdr_lock);
+}
+
 static void reset_in_child(void)
 {
     pthread_mutex_init(&writer_lock, NULL);
+    pthread_mutex_init(&phdr_lock, NULL);
+    atomic_store(&phdr_owner, 0);
 }
 
 __attribute__((constructor)) static void registry_init(void)
 {
-    pthread_atfork(NULL, NULL, reset_in_child);
+    pthread_atfork(before_fork, after_fork_in_parent, reset_in_child);
 }
 
 static int own_published;
@@ -289,14 +338,19 @@ static int validate(const void *table, size_t size, uintptr_t base, const struct
     return 0;
 }
 
+static size_t mapped_size(size_t size)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return (size + page - 1) / page * page;
+}
+
 /* A private, page-aligned copy of [src, src + size), already proved to lie in
  * one readable segment. Once mcsafe's own table is published the copy is
  * mcsafe's own, so a page that vanished since is a short count, not a crash. */
 static void *private_copy(const void *src, size_t size, size_t *mapped, char *err,
                           size_t errlen)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t len = (size + page - 1) / page * page;
+    size_t len = mapped_size(size);
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         fail(err, errlen, "cannot map %zu bytes for the table's copy", len);
@@ -313,11 +367,31 @@ static void *private_copy(const void *src, size_t size, size_t *mapped, char *er
     return p;
 }
 
+/* Under writer_lock. Swap in `next`; then, if no handler is inside a lookup,
+ * none can hold anything retired (one that enters from now on loads `next`):
+ * free the retired arrays and unmap the dropped copies. Sequentially
+ * consistent, paired with mcsafe_readers_enter(). */
 static void publish(struct registry *next)
 {
-    struct registry *old = atomic_load_explicit(&current, memory_order_relaxed);
-    next->retired = old;
-    atomic_store_explicit(&current, next, memory_order_release);
+    next->retired = atomic_load_explicit(&current, memory_order_relaxed);
+    atomic_store_explicit(&current, next, memory_order_seq_cst);
+    if (atomic_load_explicit(&mcsafe_readers, memory_order_seq_cst) != 0)
+        return;                               /* a later writer reclaims them */
+    /* Detached before they are freed: a child forked meanwhile (the lock is
+     * re-initialised there) then leaks the rest, but never frees it twice. */
+    struct registry *r = next->retired, *older;
+    struct dropped *d = dropped, *after;
+    next->retired = NULL;
+    dropped = NULL;
+    for (; r; r = older) {
+        older = r->retired;
+        free(r);
+    }
+    for (; d; d = after) {
+        after = d->next;
+        munmap(d->copy, d->mapped);
+        free(d);
+    }
 }
 
 /* Validate a private copy, seal it and publish it under `key`; a second
@@ -379,7 +453,7 @@ static int register_loaded(const void *table, size_t size, const char *name, int
         return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
                     sizeof(struct extable_header), MAX_TABLE_BYTES);
     struct segments s = {.addr = (uintptr_t)table, .safe = can_read_safely()};
-    dl_iterate_phdr(find_object, &s);
+    walk_objects(find_object, &s);
     if (!s.found)
         return fail(err, errlen, "table at %p is not inside a loaded object", table);
     if (!readable_span(&s, (uintptr_t)table, size))
@@ -434,7 +508,7 @@ int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
         return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
                     sizeof(struct extable_header), MAX_TABLE_BYTES);
     struct segments s = {.addr = anchor, .safe = can_read_safely()};
-    dl_iterate_phdr(find_object, &s);
+    walk_objects(find_object, &s);
     if (!s.found)
         return fail(err, errlen, "no loaded object at %#lx", (unsigned long)anchor);
     size_t mapped;
@@ -477,7 +551,10 @@ int mcsafe_unregister(const void *table)
         return 0;
     }
     struct registry *next = malloc(sizeof *next + (n ? n : 1) * sizeof next->mods[0]);
-    if (!next) {
+    struct dropped *gone = malloc(sizeof *gone);
+    if (!next || !gone) {
+        free(next);
+        free(gone);
         old->mods[at].owners++;
         pthread_mutex_unlock(&writer_lock);
         return -1;
@@ -487,22 +564,30 @@ int mcsafe_unregister(const void *table)
         if (i != at)
             next->mods[k++] = old->mods[i];
     next->n = k;
-    publish(next);                                     /* the copy stays mapped: retired */
+    gone->copy = (void *)old->mods[at].copy;
+    gone->mapped = mapped_size(old->mods[at].size);
+    gone->next = dropped;
+    dropped = gone;
+    publish(next);
     pthread_mutex_unlock(&writer_lock);
     return 0;
 }
 
 size_t mcsafe_published(void)
 {
-    struct registry *r = atomic_load_explicit(&current, memory_order_acquire);
-    return r ? r->n : 0;
+    mcsafe_readers_enter();
+    struct registry *r = atomic_load_explicit(&current, memory_order_seq_cst);
+    size_t n = r ? r->n : 0;
+    mcsafe_readers_leave();
+    return n;
 }
 
 /* Async-signal-safe: one atomic load, then a binary search for the last entry
- * starting at or before pc (as the kernel's lib/extable.c search_extable). */
+ * starting at or before pc (as the kernel's lib/extable.c search_extable).
+ * Only between mcsafe_readers_enter() and mcsafe_readers_leave(). */
 const struct extable_entry *mcsafe_lookup(uintptr_t pc, const struct mcsafe_module **mod)
 {
-    const struct registry *r = atomic_load_explicit(&current, memory_order_acquire);
+    const struct registry *r = atomic_load_explicit(&current, memory_order_seq_cst);
     if (!r)
         return NULL;
     for (size_t i = 0; i < r->n; i++) {
@@ -602,7 +687,7 @@ int mcsafe_loaded_objects(struct mcsafe_objects *out)
 {
     memset(out, 0, sizeof *out);
     out->safe = can_read_safely();
-    return dl_iterate_phdr(collect_object, out) ? -1 : 0;
+    return walk_objects(collect_object, out) ? -1 : 0;
 }
 
 void mcsafe_free_objects(struct mcsafe_objects *all)
