@@ -117,8 +117,8 @@ def write_into_section(image: ElfImage, table: Table, target: str,
     offset, blob = table_bytes_for(image, table, section_name)
 
     def produce(tmp: str) -> None:
-        with open(image.path, "rb") as src, open(tmp, "wb") as out:
-            if copy_file(src, out) != len(image.data):
+        with open(tmp, "wb") as out:
+            if copy_file(image.file, out) != image.size:
                 raise ExtableError("the file changed size while it was being copied",
                                    image.path)
             out.seek(offset)
@@ -144,7 +144,7 @@ def write_added_section(image: ElfImage, table: Table, target: str,
         with open(tmp, "wb") as out:
             append_section(image, out, section_name, blob)
         try:
-            check_unchanged(image.path, tmp, section_name, blob)
+            check_unchanged(image.file, tmp, section_name, blob)
         except ExtableError as exc:
             raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
                                image.path) from None
