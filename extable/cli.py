@@ -7,6 +7,7 @@ Errors are one line on stderr naming the file and the problem.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
@@ -123,7 +124,9 @@ def _kernel_command(args: argparse.Namespace) -> int | None:
     """Run a Linux kernel object's dump/verify/lookup (extable/kernel); None for other files."""
     from .kernel.detect import is_kernel_object
 
-    if not is_kernel_object(args.file):
+    # Only a regular file is asked about: opening a FIFO to look would wait for a writer.
+    # ElfImage refuses anything else in one line.
+    if not os.path.isfile(args.file) or not is_kernel_object(args.file):
         if args.kernel_version:
             raise ExtableError("--kernel-version applies only to Linux kernel objects", args.file)
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
+import stat
 import struct
 import sys
 from functools import cached_property
@@ -163,6 +164,8 @@ class ElfImage:
         self.file: IO[bytes] = open(fd, "rb", buffering=0)
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._error("not a regular file")
             self.size: int = st.st_size
             self._parse()
         except ExtableError:

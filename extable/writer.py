@@ -86,6 +86,10 @@ def check_target(image: ElfImage, output: str | None, in_place: bool) -> str:
         raise ExtableError("no output: give -o OUT or --in-place", image.path)
     if os.path.exists(output) and os.path.samefile(output, image.path):
         raise ExtableError("output is the input file: use --in-place to modify it", output)
+    if os.path.exists(output) and not os.path.isfile(output):
+        # The result is renamed into place: that would replace a device or FIFO (as
+        # root, -o /dev/null) with a regular file.
+        raise ExtableError("output exists and is not a regular file", output)
     return output
 
 

@@ -8,6 +8,9 @@ import subprocess
 import sys
 import pytest
 
+from conftest import run_cli
+
+RULE = "copy_word=errno"
 
 _TRUNCATE_THEN_READ = """
 import os, sys
@@ -44,3 +47,37 @@ def test_a_file_truncated_while_held_is_an_error_not_sigbus(built, tmp_path, wha
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert str(src) in proc.stdout and "shrank" in proc.stdout, proc.stdout
     assert sorted(os.listdir(tmp_path)) == ["shrinking.so"]      # no output, no temporary
+
+
+@pytest.mark.parametrize("command", ["symbols", "build", "dump", "verify", "lookup"])
+def test_a_fifo_input_is_refused_at_once(tmp_path, command) -> None:
+    fifo = tmp_path / "pipe.so"
+    os.mkfifo(fifo)
+    extra = {"build": ["-o", str(tmp_path / "o.so"), "--add-section"],
+             "lookup": ["0x10"]}.get(command, [])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "extable", command, str(fifo), *extra],
+                              capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"extable {command} blocked opening a FIFO")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert f"{fifo}: not a regular file" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["pipe.so"]
+
+
+def test_an_output_that_is_not_a_regular_file_is_never_replaced(built, tmp_path) -> None:
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    proc = run_cli("build", built["plain"], "-o", fifo, "--add-section", "--rule", RULE)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert f"{fifo}: " in proc.stderr and "not a regular file" in proc.stderr
+    assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["out.pipe"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+def test_an_output_that_is_a_device_is_never_replaced(built, tmp_path) -> None:
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))     # a second /dev/null
+    proc = run_cli("build", built["plain"], "-o", dev, "--add-section", "--rule", RULE)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
+    assert dev.is_char_device()
