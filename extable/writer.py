@@ -31,9 +31,16 @@ from .table import FLAG_LOADED, Table, encode, encoded_size, is_table
 DEFAULT_SECTION = "extable_table"
 
 
-def atomic_write(target: str, produce: Callable[[str], None], mode_from: str | None = None
-                 ) -> None:
-    """Call produce(tmp_path) to fill a temporary file, then rename it onto target."""
+def atomic_write(target: str, produce: Callable[[str], None],
+                 like: os.stat_result | None = None) -> None:
+    """Call produce(tmp_path) to fill a temporary file, then put it at target.
+
+    The temporary file takes the mode of ``like`` (the input's stat). When target is
+    that same file (``--in-place``) it also keeps the owner, and a file with several
+    hard links is rewritten through its inode, as objcopy, strip and patchelf do, so
+    that every name sees the result; otherwise the temporary file is renamed onto
+    target, atomically.
+    """
     folder = os.path.dirname(os.path.abspath(target))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".extable-", dir=folder)
@@ -42,11 +49,18 @@ def atomic_write(target: str, produce: Callable[[str], None], mode_from: str | N
     os.close(fd)
     try:
         produce(tmp)
-        if mode_from is not None:
-            os.chmod(tmp, os.stat(mode_from).st_mode & 0o7777)
+        same = _same_file(target, like)
+        if same is not None:
+            _chown(tmp, same)              # before chmod: chown clears set-id bits
+        if like is not None:
+            os.chmod(tmp, like.st_mode & 0o7777)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if same is not None and same.st_nlink > 1:
+            _rewrite_inode(tmp, target)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, target)
     except OSError as exc:
         _unlink(tmp)
         raise ExtableError(f"cannot write: {exc.strerror}", target) from None
@@ -61,6 +75,33 @@ def atomic_write(target: str, produce: Callable[[str], None], mode_from: str | N
             os.close(dirfd)
     except OSError:
         pass
+
+
+def _same_file(target: str, like: os.stat_result | None) -> os.stat_result | None:
+    """target's stat if it is the file ``like`` describes (an in-place rewrite), else None."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    if like is None or (st.st_dev, st.st_ino) != (like.st_dev, like.st_ino):
+        return None
+    return st
+
+
+def _chown(path: str, like: os.stat_result) -> None:
+    try:
+        os.chown(path, like.st_uid, like.st_gid)
+    except PermissionError:          # not root and not our file: keep our own ownership
+        pass
+
+
+def _rewrite_inode(src: str, target: str) -> None:
+    """Overwrite target's bytes with src's, keeping target's inode (and so its other
+    names). Not atomic: binutils' smart_rename makes the same trade for linked files."""
+    with open(src, "rb") as s, open(target, "r+b") as t:
+        copy_file(s, t)
+        t.truncate(os.fstat(s.fileno()).st_size)
+        os.fsync(t.fileno())
 
 
 def _unlink(path: str) -> None:
@@ -128,7 +169,7 @@ def write_into_section(image: ElfImage, table: Table, target: str,
             out.seek(offset)
             out.write(blob)
 
-    atomic_write(target, produce, mode_from=image.path)
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()))
 
 
 def write_added_section(image: ElfImage, table: Table, target: str,
@@ -153,4 +194,4 @@ def write_added_section(image: ElfImage, table: Table, target: str,
             raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
                                image.path) from None
 
-    atomic_write(target, produce, mode_from=image.path)
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()))

@@ -81,3 +81,43 @@ def test_an_output_that_is_a_device_is_never_replaced(built, tmp_path) -> None:
     proc = run_cli("build", built["plain"], "-o", dev, "--add-section", "--rule", RULE)
     assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
     assert dev.is_char_device()
+
+
+@pytest.mark.parametrize("fixture,extra", [("plain", ["--add-section"]), ("x86", [])])
+def test_in_place_on_a_hard_link_rewrites_the_shared_inode(built, tmp_path, fixture,
+                                                           extra) -> None:
+    """As objcopy, strip and patchelf do: every name of the file sees the result."""
+    first = tmp_path / "lib.so.1.0"
+    first.write_bytes(built[fixture].read_bytes())
+    second = tmp_path / "lib.so.1"
+    os.link(first, second)
+    inode = os.stat(first).st_ino
+    run_cli("build", second, "--in-place", "--rule", RULE, *extra, check=True)
+    assert os.stat(first).st_ino == os.stat(second).st_ino == inode
+    assert os.stat(first).st_nlink == 2
+    proc = run_cli("lookup", first, "copy_word")
+    assert proc.returncode == 0 and "copy_word" in proc.stdout, proc.stderr
+    assert run_cli("verify", second).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["lib.so.1", "lib.so.1.0"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_in_place_keeps_the_owner_and_mode(built, tmp_path) -> None:
+    src = tmp_path / "lib.so"
+    src.write_bytes(built["plain"].read_bytes())
+    os.chown(src, 1234, 4321)
+    os.chmod(src, 0o4755)              # set-user-ID survives: chown happens before chmod
+    run_cli("build", src, "--in-place", "--add-section", "--rule", RULE, check=True)
+    st = os.stat(src)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 4321, 0o4755)
+
+
+def test_in_place_on_a_hard_link_refused_input_is_untouched(built, tmp_path) -> None:
+    first = tmp_path / "a.so"
+    first.write_bytes(built["plain"].read_bytes())
+    os.link(first, tmp_path / "b.so")
+    before = first.read_bytes()
+    proc = run_cli("build", tmp_path / "b.so", "--in-place", "--rule", "nothing*=fixup@",
+                   "--add-section")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert first.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["a.so", "b.so"]
