@@ -313,6 +313,9 @@ class ElfImage:
 
     def _symtab_parts(self) -> tuple[Section, bytes, _Strings]:
         symtab = self._symbol_table()
+        if symtab is None and not self.sections:
+            raise self._error("no section headers (e_shnum is 0, as after sstrip), so no "
+                              "symbol table to read")
         if symtab is None:
             raise self._error("no symbol table (.symtab or .dynsym)")
         if symtab.entsize != SYM.size or symtab.size % SYM.size or not symtab.has_file_bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import pytest
@@ -121,3 +122,20 @@ def test_in_place_on_a_hard_link_refused_input_is_untouched(built, tmp_path) -> 
                    "--add-section")
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert first.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["a.so", "b.so"]
+
+
+def test_a_file_without_section_headers_says_so(built, tmp_path) -> None:
+    """sstrip and some packers leave e_shnum 0: refused in one line that says why."""
+    blob = bytearray(built["plain"].read_bytes())
+    struct.pack_into("<Q", blob, 0x28, 0)                  # e_shoff
+    struct.pack_into("<HH", blob, 0x3C, 0, 0)              # e_shnum, e_shstrndx
+    src = tmp_path / "nosections.so"
+    src.write_bytes(bytes(blob))
+    for args in (["symbols", src], ["build", src, "-o", tmp_path / "o.so", "--add-section",
+                                    "--rule", RULE]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert f"{src}: no section headers (e_shnum is 0" in proc.stderr, proc.stderr
+    proc = run_cli("build", src, "-o", tmp_path / "o.so", "--add-section")
+    assert proc.returncode == 2 and "no section headers to add a section to" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["nosections.so"]
