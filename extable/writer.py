@@ -99,8 +99,17 @@ def _rewrite_inode(src: str, target: str) -> None:
     """Overwrite target's bytes with src's, keeping target's inode (and so its other
     names). Not atomic: binutils' smart_rename makes the same trade for linked files."""
     with open(src, "rb") as s, open(target, "r+b") as t:
+        size, old = os.fstat(s.fileno()).st_size, os.fstat(t.fileno()).st_size
+        if size > old:
+            # Claim the space first: running out of it half way would leave the file
+            # neither old nor new.
+            try:
+                os.posix_fallocate(t.fileno(), 0, size)
+            except OSError:
+                t.truncate(old)
+                raise
         copy_file(s, t)
-        t.truncate(os.fstat(s.fileno()).st_size)
+        t.truncate(size)
         os.fsync(t.fileno())
 
 

@@ -139,3 +139,35 @@ def test_a_file_without_section_headers_says_so(built, tmp_path) -> None:
     proc = run_cli("build", src, "-o", tmp_path / "o.so", "--add-section")
     assert proc.returncode == 2 and "no section headers to add a section to" in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["nosections.so"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_in_place_on_a_hard_link_with_no_room_leaves_the_file_as_it_was(built, tmp_path,
+                                                                        small_tmpfs) -> None:
+    """Room for the temporary file but not for growing the linked file: refused, and the
+    file keeps its bytes (it was once left half rewritten)."""
+    first = small_tmpfs / "a.so"
+    first.write_bytes(built["plain"].read_bytes())
+    os.link(first, small_tmpfs / "b.so")
+    before = first.read_bytes()
+    probe = tmp_path / "probe.so"
+    run_cli("build", first, "-o", probe, "--add-section", "--rule", RULE, check=True)
+    st = os.statvfs(small_tmpfs)
+    room = -(-probe.stat().st_size // st.f_bsize) * st.f_bsize       # the temporary's pages
+    with open(small_tmpfs / "fill", "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_bsize - room))
+    proc = run_cli("build", small_tmpfs / "b.so", "--in-place", "--add-section", "--rule", RULE)
+    assert proc.returncode == 2 and "No space left on device" in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert first.read_bytes() == before
+    assert sorted(os.listdir(small_tmpfs)) == ["a.so", "b.so", "fill"]
