@@ -101,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_usage(sys.stderr)
         return EXIT_INPUT
+    if args.command == "build":
+        _unwind_on_termination()
     try:
         if args.command in _KERNEL_COMMANDS:
             kernel = _kernel_command(args)
@@ -115,6 +117,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except _Terminated as exc:
+        import signal
+
+        signal.signal(exc.signum, signal.SIG_DFL)      # the temporary file is gone: now die
+        os.kill(os.getpid(), exc.signum)               # of the signal, as the sender expects
+        raise
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived during build."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _unwind_on_termination() -> None:
+    """Turn SIGTERM/SIGHUP into an exception, so that build's cleanup removes its
+    temporary output file (Python's default would die at once and leave it)."""
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)           # once is enough while unwinding
+        raise _Terminated(signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) is signal.SIG_DFL:      # not if the caller ignores it (nohup)
+            signal.signal(s, handler)
 
 
 _KERNEL_COMMANDS = ("dump", "verify", "lookup")

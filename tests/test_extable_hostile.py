@@ -171,3 +171,29 @@ def test_in_place_on_a_hard_link_with_no_room_leaves_the_file_as_it_was(built, t
     assert len(proc.stderr.splitlines()) == 1
     assert first.read_bytes() == before
     assert sorted(os.listdir(small_tmpfs)) == ["a.so", "b.so", "fill"]
+
+
+_TERMINATED_WHILE_WRITING = """
+import os, signal, sys
+import extable.writer
+from extable.cli import main
+real = extable.writer.check_unchanged
+
+def check_then_terminated(*args):
+    real(*args)                          # the temporary output is complete at this point
+    os.kill(os.getpid(), signal.SIGTERM)
+
+extable.writer.check_unchanged = check_then_terminated
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_build_removes_the_temporary_and_dies_of_sigterm(built,
+                                                                        tmp_path) -> None:
+    out = tmp_path / "out.so"
+    proc = subprocess.run([sys.executable, "-c", _TERMINATED_WHILE_WRITING, "build",
+                           str(built["plain"]), "-o", str(out), "--add-section", "--rule", RULE],
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path) == []                # neither out.so nor .extable-*
