@@ -219,7 +219,7 @@ def _build(args: argparse.Namespace) -> int:
             print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
         section = args.section or DEFAULT_SECTION
         write = write_added_section if args.add_section else write_into_section
-        write(image, result.table, target, section)
+        write(image, result.table, target, section, in_place=args.in_place)
     t = result.table
     _emit(args, {"output": target, "section": section, "sites": result.sites,
                  "entries": len(t), "descriptors": len(t.handlers)},

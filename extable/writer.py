@@ -32,14 +32,15 @@ DEFAULT_SECTION = "extable_table"
 
 
 def atomic_write(target: str, produce: Callable[[str], None],
-                 like: os.stat_result | None = None) -> None:
+                 like: os.stat_result | None = None, in_place: bool = False) -> None:
     """Call produce(tmp_path) to fill a temporary file, then put it at target.
 
     The temporary file takes the mode of ``like`` (the input's stat). When target is
     that same file (``--in-place``) it also keeps the owner, and a file with several
     hard links is rewritten through its inode, as objcopy, strip and patchelf do, so
     that every name sees the result; otherwise the temporary file is renamed onto
-    target, atomically.
+    target, atomically. With ``in_place``, a target that is no longer that file (it was
+    replaced or removed meanwhile) is refused rather than overwritten.
     """
     folder = os.path.dirname(os.path.abspath(target))
     try:
@@ -50,6 +51,9 @@ def atomic_write(target: str, produce: Callable[[str], None],
     try:
         produce(tmp)
         same = _same_file(target, like)
+        if in_place and same is None:
+            raise ExtableError("the file was replaced or removed while extable read it: "
+                               "nothing written", target)
         if same is not None:
             _chown(tmp, same)              # before chmod: chown clears set-id bits
         if like is not None:
@@ -166,7 +170,7 @@ def table_bytes_for(image: ElfImage, table: Table, section_name: str) -> tuple[i
 
 
 def write_into_section(image: ElfImage, table: Table, target: str,
-                       section_name: str = DEFAULT_SECTION) -> None:
+                       section_name: str = DEFAULT_SECTION, in_place: bool = False) -> None:
     """Overwrite the named section's bytes in a copy of the file written to target."""
     offset, blob = table_bytes_for(image, table, section_name)
 
@@ -178,15 +182,15 @@ def write_into_section(image: ElfImage, table: Table, target: str,
             out.seek(offset)
             out.write(blob)
 
-    atomic_write(target, produce, like=os.fstat(image.file.fileno()))
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place)
 
 
 def write_added_section(image: ElfImage, table: Table, target: str,
-                        section_name: str = DEFAULT_SECTION) -> None:
+                        section_name: str = DEFAULT_SECTION, in_place: bool = False) -> None:
     """Append a non-loaded section holding the table; refuse unless nothing else changed."""
     existing = image.section(section_name)
     if existing is not None and existing.size >= encoded_size(len(table), table.handlers):
-        write_into_section(image, table, target, section_name)   # a re-run: same place
+        write_into_section(image, table, target, section_name, in_place)   # a re-run
         return
     if existing is not None:
         raise ExtableError(f"section {section_name!r} exists but is too small for the table",
@@ -203,4 +207,4 @@ def write_added_section(image: ElfImage, table: Table, target: str,
             raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
                                image.path) from None
 
-    atomic_write(target, produce, like=os.fstat(image.file.fileno()))
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place)

@@ -197,3 +197,33 @@ def test_sigterm_during_build_removes_the_temporary_and_dies_of_sigterm(built,
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     assert os.listdir(tmp_path) == []                # neither out.so nor .extable-*
+
+
+@pytest.mark.parametrize("replaced_by", ["another file", "nothing"])
+def test_in_place_refuses_when_the_path_was_replaced_meanwhile(built, tmp_path,
+                                                               replaced_by) -> None:
+    """A package manager installs a new version while extable works on the old one: the
+    new file must not be overwritten with a table built from the old one."""
+    from extable.compiler import build
+    from extable.elf import ElfImage
+    from extable.errors import ExtableError
+    from extable.sites import Rule
+    from extable.spec import load
+    from extable.writer import write_added_section
+
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(built["plain"].read_bytes())
+    newer = b"the newer version"
+    with ElfImage(lib) as image:
+        table = build(image, load(None, image.machine), [Rule.parse(RULE)]).table
+        if replaced_by == "nothing":
+            lib.unlink()
+        else:
+            (tmp_path / "new").write_bytes(newer)
+            os.replace(tmp_path / "new", lib)
+        with pytest.raises(ExtableError, match="replaced or removed while extable read it"):
+            write_added_section(image, table, str(lib), in_place=True)
+    if replaced_by == "nothing":
+        assert os.listdir(tmp_path) == []
+    else:
+        assert lib.read_bytes() == newer and os.listdir(tmp_path) == ["lib.so"]
