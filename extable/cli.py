@@ -145,7 +145,10 @@ def _unwind_on_termination() -> None:
 
     for s in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(s) is signal.SIG_DFL:      # not if the caller ignores it (nohup)
-            signal.signal(s, handler)
+            try:
+                signal.signal(s, handler)
+            except ValueError:                         # main() called off the main thread
+                return
 
 
 _KERNEL_COMMANDS = ("dump", "verify", "lookup")

@@ -227,3 +227,18 @@ def test_in_place_refuses_when_the_path_was_replaced_meanwhile(built, tmp_path,
         assert os.listdir(tmp_path) == []
     else:
         assert lib.read_bytes() == newer and os.listdir(tmp_path) == ["lib.so"]
+
+
+def test_build_from_a_thread_works_without_the_termination_handler(built, tmp_path) -> None:
+    """Signal handlers can only be set on the main thread: main() elsewhere still builds."""
+    import threading
+
+    from extable.cli import main
+
+    out = tmp_path / "out.so"
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(main(
+        ["build", str(built["plain"]), "-o", str(out), "--add-section", "--rule", RULE])))
+    t.start()
+    t.join()
+    assert result == [0] and run_cli("verify", out).returncode == 0
