@@ -211,7 +211,8 @@ def _build(args: argparse.Namespace) -> int:
     from .compiler import build
     from .elf import ElfImage
     from .sites import Rule
-    from .writer import DEFAULT_SECTION, check_target, write_added_section, write_into_section
+    from .table import DEFAULT_SECTION
+    from .writer import check_target, write_added_section, write_into_section
 
     with ElfImage(args.file) as image:
         target = check_target(image, args.output, args.in_place)
@@ -265,7 +266,7 @@ def _entry_line(d: dict[str, object]) -> str:
 def _dump(args: argparse.Namespace) -> int:
     from .elf import ElfImage
     from .embedded import read_table
-    from .writer import DEFAULT_SECTION
+    from .table import DEFAULT_SECTION
 
     with ElfImage(args.file) as image:
         section = args.section or DEFAULT_SECTION
@@ -288,7 +289,7 @@ def _dump(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .elf import ElfImage
     from .embedded import verify
-    from .writer import DEFAULT_SECTION
+    from .table import DEFAULT_SECTION
 
     with ElfImage(args.file) as image:
         table = verify(image, args.section or DEFAULT_SECTION)
@@ -301,7 +302,7 @@ def _lookup(args: argparse.Namespace) -> int:
     from .elf import ElfImage
     from .embedded import read_table
     from .sites import resolve_address
-    from .writer import DEFAULT_SECTION
+    from .table import DEFAULT_SECTION
 
     with ElfImage(args.file) as image:
         table = read_table(image, args.section or DEFAULT_SECTION)

@@ -26,9 +26,10 @@ from typing import Callable
 from .append import append_section, check_unchanged, copy_file
 from .elf import ET_REL, ElfImage
 from .errors import ExtableError
-from .table import FLAG_LOADED, Table, encode, encoded_size, is_table
+from .table import DEFAULT_SECTION, FLAG_LOADED, Table, encode, encoded_size, is_table
 
-DEFAULT_SECTION = "extable_table"
+__all__ = ["DEFAULT_SECTION", "atomic_write", "check_target", "write_added_section",
+           "write_into_section"]
 
 
 def atomic_write(target: str, produce: Callable[[str], None],
