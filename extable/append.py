@@ -65,20 +65,18 @@ def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> N
         raise ExtableError(f"section {name!r} exists already", image.path)
     if not image.sections:
         raise ExtableError("the file has no section headers to add a section to", image.path)
-    data = image.data
     (_id, _t, _m, _v, _e, _ph, e_shoff, _fl, _eh, _pe, _pn, _se, e_shnum,
-     e_shstrndx) = EHDR.unpack_from(data, 0)
+     e_shstrndx) = EHDR.unpack(image.read(0, EHDR.size))
     count = len(image.sections)
     if e_shstrndx == SHN_XINDEX:
         e_shstrndx = image.sections[0].link
     names = image.sections[e_shstrndx]
-    headers = [bytearray(data[e_shoff + i * SHDR.size:e_shoff + (i + 1) * SHDR.size])
-               for i in range(count)]
+    table = image.read(e_shoff, count * SHDR.size)
+    headers = [bytearray(table[i * SHDR.size:(i + 1) * SHDR.size]) for i in range(count)]
     strings = image.section_bytes(names)     # everything read before the copy starts
 
-    with open(image.path, "rb") as src:
-        if copy_file(src, out) != len(data):
-            raise ExtableError("the file changed size while it was being copied", image.path)
+    if copy_file(image.file, out) != image.size:
+        raise ExtableError("the file changed size while it was being copied", image.path)
     section_at = _pad(out, ALIGN)
     out.write(blob)
 
@@ -119,8 +117,9 @@ def _alloc_view(sec: Any) -> tuple[object, ...]:
             h["sh_link"], h["sh_info"], h["sh_addralign"], h["sh_entsize"])
 
 
-def check_unchanged(before: str, after: str, name: str, blob: bytes) -> None:
-    """Refuse (ExtableError) unless ``after`` is ``before`` plus section ``name`` = blob.
+def check_unchanged(before: IO[bytes], after: str, name: str, blob: bytes) -> None:
+    """Refuse (ExtableError) unless file ``after`` is the open file ``before`` plus section
+    ``name`` = blob.
 
     Compared with pyelftools: the ELF header except the section header fields,
     every program header, every SHF_ALLOC section header (address, size, type,
@@ -130,7 +129,9 @@ def check_unchanged(before: str, after: str, name: str, blob: bytes) -> None:
     from elftools.common.exceptions import ELFError
 
     try:
-        with open(before, "rb") as fa, open(after, "rb") as fb:
+        # A duplicate of the input's descriptor: the file that was copied, whatever its
+        # path names now.
+        with open(os.dup(before.fileno()), "rb") as fa, open(after, "rb") as fb:
             a, b = _elf(fa), _elf(fb)
             keep = ("e_ident", "e_type", "e_machine", "e_version", "e_entry", "e_phoff",
                     "e_flags", "e_ehsize", "e_phentsize", "e_phnum", "e_shentsize")

@@ -7,6 +7,7 @@ Errors are one line on stderr naming the file and the problem.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_usage(sys.stderr)
         return EXIT_INPUT
+    if args.command == "build":
+        _unwind_on_termination()
     try:
         if args.command in _KERNEL_COMMANDS:
             kernel = _kernel_command(args)
@@ -114,6 +117,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except _Terminated as exc:
+        import signal
+
+        signal.signal(exc.signum, signal.SIG_DFL)      # the temporary file is gone: now die
+        os.kill(os.getpid(), exc.signum)               # of the signal, as the sender expects
+        raise
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived during build."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _unwind_on_termination() -> None:
+    """Turn SIGTERM/SIGHUP into an exception, so that build's cleanup removes its
+    temporary output file (Python's default would die at once and leave it)."""
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)           # once is enough while unwinding
+        raise _Terminated(signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) is signal.SIG_DFL:      # not if the caller ignores it (nohup)
+            try:
+                signal.signal(s, handler)
+            except ValueError:                         # main() called off the main thread
+                return
 
 
 _KERNEL_COMMANDS = ("dump", "verify", "lookup")
@@ -123,7 +158,9 @@ def _kernel_command(args: argparse.Namespace) -> int | None:
     """Run a Linux kernel object's dump/verify/lookup (extable/kernel); None for other files."""
     from .kernel.detect import is_kernel_object
 
-    if not is_kernel_object(args.file):
+    # Only a regular file is asked about: opening a FIFO to look would wait for a writer.
+    # ElfImage refuses anything else in one line.
+    if not os.path.isfile(args.file) or not is_kernel_object(args.file):
         if args.kernel_version:
             raise ExtableError("--kernel-version applies only to Linux kernel objects", args.file)
         return None
@@ -174,7 +211,8 @@ def _build(args: argparse.Namespace) -> int:
     from .compiler import build
     from .elf import ElfImage
     from .sites import Rule
-    from .writer import DEFAULT_SECTION, check_target, write_added_section, write_into_section
+    from .table import DEFAULT_SECTION
+    from .writer import check_target, write_added_section, write_into_section
 
     with ElfImage(args.file) as image:
         target = check_target(image, args.output, args.in_place)
@@ -185,7 +223,7 @@ def _build(args: argparse.Namespace) -> int:
             print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
         section = args.section or DEFAULT_SECTION
         write = write_added_section if args.add_section else write_into_section
-        write(image, result.table, target, section)
+        write(image, result.table, target, section, in_place=args.in_place)
     t = result.table
     _emit(args, {"output": target, "section": section, "sites": result.sites,
                  "entries": len(t), "descriptors": len(t.handlers)},
@@ -228,7 +266,7 @@ def _entry_line(d: dict[str, object]) -> str:
 def _dump(args: argparse.Namespace) -> int:
     from .elf import ElfImage
     from .embedded import read_table
-    from .writer import DEFAULT_SECTION
+    from .table import DEFAULT_SECTION
 
     with ElfImage(args.file) as image:
         section = args.section or DEFAULT_SECTION
@@ -251,7 +289,7 @@ def _dump(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .elf import ElfImage
     from .embedded import verify
-    from .writer import DEFAULT_SECTION
+    from .table import DEFAULT_SECTION
 
     with ElfImage(args.file) as image:
         table = verify(image, args.section or DEFAULT_SECTION)
@@ -264,7 +302,7 @@ def _lookup(args: argparse.Namespace) -> int:
     from .elf import ElfImage
     from .embedded import read_table
     from .sites import resolve_address
-    from .writer import DEFAULT_SECTION
+    from .table import DEFAULT_SECTION
 
     with ElfImage(args.file) as image:
         table = read_table(image, args.section or DEFAULT_SECTION)

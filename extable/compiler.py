@@ -6,7 +6,7 @@ Works on numpy arrays so that a million sites compile in well under a second.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -14,9 +14,11 @@ from .elf import EM_X86_64, ElfImage, Segment
 from .errors import CheckFailed, ExtableError
 from .model import (DATA_EXTENDED, NOREG, Handler, Kind, decode_classic, describe_data,
                     register_name)
-from .sites import Rule, SiteSet, from_ranges, from_records, from_rules, merge
-from .spec import Spec
 from .table import ENTRY_DTYPE, Table
+
+if TYPE_CHECKING:           # verify and dump need only the checks, not the sources of sites
+    from .sites import Rule, SiteSet
+    from .spec import Spec
 
 
 @dataclass
@@ -152,6 +154,8 @@ def check_table(table: Table, image: ElfImage) -> None:
 def build(image: ElfImage, spec: Spec, extra_rules: list[Rule] = (),  # type: ignore[assignment]
           records: bool = True, strict: bool = False) -> Build:
     """Gather sites from every source in the file and the spec, and compile them."""
+    from .sites import from_ranges, from_records, from_rules, merge
+
     warnings = []
     rules = list(spec.rules) + list(extra_rules)
     ruled, unmatched = from_rules(image, rules, spec.handlers)

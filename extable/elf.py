@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import mmap
 import os
+import stat
 import struct
 import sys
 from functools import cached_property
@@ -146,19 +146,27 @@ class FunctionSymbols(NamedTuple):
 class ElfImage:
     """An ELF64 little-endian file for x86-64 or aarch64 (ET_DYN, ET_EXEC or ET_REL).
 
-    The file is mapped read-only; use as a context manager or call :meth:`close`.
+    The file stays open and is read with ``pread``, not mapped: another process
+    that truncates it while we read makes a read come up short, which is an
+    :class:`ExtableError`, where a mapping would kill us with SIGBUS. Use as a
+    context manager or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         try:
-            self._file: IO[bytes] = open(self.path, "rb")
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise ExtableError(f"cannot open: {exc.strerror}", self.path) from None
+        #: The open file; the writer copies from it, so what is written is what was read
+        #: even if the path is replaced meanwhile.
+        self.file: IO[bytes] = open(fd, "rb", buffering=0)
         try:
-            size = os.fstat(self._file.fileno()).st_size
-            self.data: bytes | mmap.mmap = (
-                mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._error("not a regular file")
+            self.size: int = st.st_size
             self._parse()
         except ExtableError:
             self.close()
@@ -177,13 +185,26 @@ class ElfImage:
         self.close()
 
     def close(self) -> None:
-        data = getattr(self, "data", None)
-        if isinstance(data, mmap.mmap):
-            try:
-                data.close()
-            except BufferError:   # a numpy view still refers to it; GC closes it later
-                pass
-        self._file.close()
+        self.file.close()
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``; an error if the file no longer holds them."""
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise self._error(f"{size} bytes at {offset:#x} lie outside the file")
+        try:
+            chunks = [os.pread(self.file.fileno(), size, offset)]
+            got = len(chunks[0])
+            while got < size:                 # Linux reads at most 2 GiB per call
+                chunk = os.pread(self.file.fileno(), size - got, offset + got)
+                if not chunk:
+                    raise self._error(f"the file shrank while it was being read (to "
+                                      f"{os.fstat(self.file.fileno()).st_size} of "
+                                      f"{self.size} bytes)")
+                chunks.append(chunk)
+                got += len(chunk)
+        except OSError as exc:
+            raise ExtableError(f"cannot read: {exc.strerror}", self.path) from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _error(self, message: str) -> ExtableError:
         return ExtableError(message, self.path)
@@ -191,7 +212,8 @@ class ElfImage:
     # -- headers -----------------------------------------------------------
 
     def _parse(self) -> None:
-        data, size = self.data, len(self.data)
+        size = self.size
+        data = self.read(0, min(size, EHDR.size))
         if size < 4 or data[:4] != b"\x7fELF":
             raise self._error("not an ELF file")
         if size < EHDR.size:
@@ -212,7 +234,7 @@ class ElfImage:
         # Extended numbering: counts that do not fit 16 bits live in section header 0.
         sh0 = None
         if e_shoff and e_shentsize == SHDR.size and e_shoff + SHDR.size <= size:
-            sh0 = SHDR.unpack_from(data, e_shoff)
+            sh0 = SHDR.unpack(self.read(e_shoff, SHDR.size))
         if e_shnum == 0 and sh0 is not None:
             e_shnum = sh0[5]
         if e_shstrndx == SHN_XINDEX and sh0 is not None:
@@ -228,7 +250,7 @@ class ElfImage:
             raise self._error(f"section name table index {e_shstrndx} out of range")
 
         self.program_headers: list[tuple[int, ...]] = list(PHDR.iter_unpack(
-            data[e_phoff:e_phoff + e_phnum * PHDR.size])) if e_phnum else []
+            self.read(e_phoff, e_phnum * PHDR.size))) if e_phnum else []
         self.segments: list[Segment] = [
             Segment(vaddr, memsz, offset, filesz, flags)
             for (p_type, flags, offset, vaddr, _pa, filesz, memsz, _al) in self.program_headers
@@ -243,12 +265,12 @@ class ElfImage:
                 raise self._error(f"PT_LOAD at {seg.vaddr:#x} lies outside the file")
 
     def _parse_sections(self, e_shoff: int, e_shnum: int, e_shstrndx: int) -> None:
-        data, size = self.data, len(self.data)
-        headers = list(SHDR.iter_unpack(data[e_shoff:e_shoff + e_shnum * SHDR.size]))
+        size = self.size
+        headers = list(SHDR.iter_unpack(self.read(e_shoff, e_shnum * SHDR.size)))
         _n, n_type, _f, _a, n_off, n_size = headers[e_shstrndx][:6]
         if n_type != SHT_STRTAB or n_off + n_size > size:
             raise self._error("section name table is damaged")
-        names = _Strings(data[n_off:n_off + n_size])
+        names = _Strings(self.read(n_off, n_size))
         for index, (sh_name, sh_type, flags, addr, offset, sh_size, link, info, align,
                     entsize) in enumerate(headers):
             if sh_type not in (0, SHT_NOBITS) and offset + sh_size > size:
@@ -283,7 +305,7 @@ class ElfImage:
     def section_bytes(self, section: Section) -> bytes:
         if not section.has_file_bytes:
             return b""
-        return bytes(self.data[section.offset:section.offset + section.size])
+        return self.read(section.offset, section.size)
 
     def _symbol_table(self) -> Section | None:
         by_type = {s.type: s for s in reversed(self.sections)}
@@ -291,6 +313,9 @@ class ElfImage:
 
     def _symtab_parts(self) -> tuple[Section, bytes, _Strings]:
         symtab = self._symbol_table()
+        if symtab is None and not self.sections:
+            raise self._error("no section headers (e_shnum is 0, as after sstrip), so no "
+                              "symbol table to read")
         if symtab is None:
             raise self._error("no symbol table (.symtab or .dynsym)")
         if symtab.entsize != SYM.size or symtab.size % SYM.size or not symtab.has_file_bytes:
@@ -300,11 +325,7 @@ class ElfImage:
         return symtab, self.section_bytes(symtab), self._strings(self.sections[symtab.link])
 
     def _strings(self, section: Section) -> _Strings:
-        """A string table, decoded straight from the mapping (a 20 MB .strtab is one copy)."""
-        if not section.has_file_bytes or not isinstance(self.data, mmap.mmap):
-            return _Strings(self.section_bytes(section))
-        with memoryview(self.data) as mv, mv[section.offset:section.offset + section.size] as s:
-            return _Strings(s)
+        return _Strings(self.section_bytes(section))
 
     def _name(self, strings: _Strings, offset: int, table: str) -> str:
         name = strings.get(offset)

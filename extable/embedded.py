@@ -5,8 +5,7 @@ from __future__ import annotations
 from .compiler import check_table
 from .elf import ElfImage
 from .errors import CheckFailed, ExtableError
-from .table import FLAG_LOADED, Table, decode, is_table
-from .writer import DEFAULT_SECTION
+from .table import DEFAULT_SECTION, FLAG_LOADED, Table, decode, is_table
 
 
 def read_table(image: ElfImage, section_name: str = DEFAULT_SECTION) -> Table:

@@ -17,6 +17,8 @@ import numpy as np
 from .errors import CheckFailed, ExtableError
 from .model import DATA_EXTENDED, DATA_IMM_SHIFT, Handler, Kind, Side, descriptor_index
 
+#: The section ``extable build`` writes and dump/verify/lookup read unless told otherwise.
+DEFAULT_SECTION = "extable_table"
 MAGIC = b"EXTABLE\0"
 VERSION = 1
 FLAG_LOADED = 0x1          # the table lies in a loaded section at self_vaddr

@@ -26,14 +26,23 @@ from typing import Callable
 from .append import append_section, check_unchanged, copy_file
 from .elf import ET_REL, ElfImage
 from .errors import ExtableError
-from .table import FLAG_LOADED, Table, encode, encoded_size, is_table
+from .table import DEFAULT_SECTION, FLAG_LOADED, Table, encode, encoded_size, is_table
 
-DEFAULT_SECTION = "extable_table"
+__all__ = ["DEFAULT_SECTION", "atomic_write", "check_target", "write_added_section",
+           "write_into_section"]
 
 
-def atomic_write(target: str, produce: Callable[[str], None], mode_from: str | None = None
-                 ) -> None:
-    """Call produce(tmp_path) to fill a temporary file, then rename it onto target."""
+def atomic_write(target: str, produce: Callable[[str], None],
+                 like: os.stat_result | None = None, in_place: bool = False) -> None:
+    """Call produce(tmp_path) to fill a temporary file, then put it at target.
+
+    The temporary file takes the mode of ``like`` (the input's stat). When target is
+    that same file (``--in-place``) it also keeps the owner, and a file with several
+    hard links is rewritten through its inode, as objcopy, strip and patchelf do, so
+    that every name sees the result; otherwise the temporary file is renamed onto
+    target, atomically. With ``in_place``, a target that is no longer that file (it was
+    replaced or removed meanwhile) is refused rather than overwritten.
+    """
     folder = os.path.dirname(os.path.abspath(target))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".extable-", dir=folder)
@@ -42,11 +51,21 @@ def atomic_write(target: str, produce: Callable[[str], None], mode_from: str | N
     os.close(fd)
     try:
         produce(tmp)
-        if mode_from is not None:
-            os.chmod(tmp, os.stat(mode_from).st_mode & 0o7777)
+        same = _same_file(target, like)
+        if in_place and same is None:
+            raise ExtableError("the file was replaced or removed while extable read it: "
+                               "nothing written", target)
+        if same is not None:
+            _chown(tmp, same)              # before chmod: chown clears set-id bits
+        if like is not None:
+            os.chmod(tmp, like.st_mode & 0o7777)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if same is not None and same.st_nlink > 1:
+            _rewrite_inode(tmp, target)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, target)
     except OSError as exc:
         _unlink(tmp)
         raise ExtableError(f"cannot write: {exc.strerror}", target) from None
@@ -61,6 +80,42 @@ def atomic_write(target: str, produce: Callable[[str], None], mode_from: str | N
             os.close(dirfd)
     except OSError:
         pass
+
+
+def _same_file(target: str, like: os.stat_result | None) -> os.stat_result | None:
+    """target's stat if it is the file ``like`` describes (an in-place rewrite), else None."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    if like is None or (st.st_dev, st.st_ino) != (like.st_dev, like.st_ino):
+        return None
+    return st
+
+
+def _chown(path: str, like: os.stat_result) -> None:
+    try:
+        os.chown(path, like.st_uid, like.st_gid)
+    except PermissionError:          # not root and not our file: keep our own ownership
+        pass
+
+
+def _rewrite_inode(src: str, target: str) -> None:
+    """Overwrite target's bytes with src's, keeping target's inode (and so its other
+    names). Not atomic: binutils' smart_rename makes the same trade for linked files."""
+    with open(src, "rb") as s, open(target, "r+b") as t:
+        size, old = os.fstat(s.fileno()).st_size, os.fstat(t.fileno()).st_size
+        if size > old:
+            # Claim the space first: running out of it half way would leave the file
+            # neither old nor new.
+            try:
+                os.posix_fallocate(t.fileno(), 0, size)
+            except OSError:
+                t.truncate(old)
+                raise
+        copy_file(s, t)
+        t.truncate(size)
+        os.fsync(t.fileno())
 
 
 def _unlink(path: str) -> None:
@@ -86,6 +141,10 @@ def check_target(image: ElfImage, output: str | None, in_place: bool) -> str:
         raise ExtableError("no output: give -o OUT or --in-place", image.path)
     if os.path.exists(output) and os.path.samefile(output, image.path):
         raise ExtableError("output is the input file: use --in-place to modify it", output)
+    if os.path.exists(output) and not os.path.isfile(output):
+        # The result is renamed into place: that would replace a device or FIFO (as
+        # root, -o /dev/null) with a regular file.
+        raise ExtableError("output exists and is not a regular file", output)
     return output
 
 
@@ -112,27 +171,27 @@ def table_bytes_for(image: ElfImage, table: Table, section_name: str) -> tuple[i
 
 
 def write_into_section(image: ElfImage, table: Table, target: str,
-                       section_name: str = DEFAULT_SECTION) -> None:
+                       section_name: str = DEFAULT_SECTION, in_place: bool = False) -> None:
     """Overwrite the named section's bytes in a copy of the file written to target."""
     offset, blob = table_bytes_for(image, table, section_name)
 
     def produce(tmp: str) -> None:
-        with open(image.path, "rb") as src, open(tmp, "wb") as out:
-            if copy_file(src, out) != len(image.data):
+        with open(tmp, "wb") as out:
+            if copy_file(image.file, out) != image.size:
                 raise ExtableError("the file changed size while it was being copied",
                                    image.path)
             out.seek(offset)
             out.write(blob)
 
-    atomic_write(target, produce, mode_from=image.path)
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place)
 
 
 def write_added_section(image: ElfImage, table: Table, target: str,
-                        section_name: str = DEFAULT_SECTION) -> None:
+                        section_name: str = DEFAULT_SECTION, in_place: bool = False) -> None:
     """Append a non-loaded section holding the table; refuse unless nothing else changed."""
     existing = image.section(section_name)
     if existing is not None and existing.size >= encoded_size(len(table), table.handlers):
-        write_into_section(image, table, target, section_name)   # a re-run: same place
+        write_into_section(image, table, target, section_name, in_place)   # a re-run
         return
     if existing is not None:
         raise ExtableError(f"section {section_name!r} exists but is too small for the table",
@@ -144,9 +203,9 @@ def write_added_section(image: ElfImage, table: Table, target: str,
         with open(tmp, "wb") as out:
             append_section(image, out, section_name, blob)
         try:
-            check_unchanged(image.path, tmp, section_name, blob)
+            check_unchanged(image.file, tmp, section_name, blob)
         except ExtableError as exc:
             raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
                                image.path) from None
 
-    atomic_write(target, produce, mode_from=image.path)
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place)

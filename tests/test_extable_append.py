@@ -66,7 +66,7 @@ def test_a_result_that_moved_a_header_is_refused_and_nothing_written(built, tmp_
 
     def breaks_a_segment(image, out, name, blob) -> None:
         real(image, out, name, blob)
-        phoff, = struct.unpack_from("<Q", image.data, 0x20)
+        phoff, = struct.unpack_from("<Q", image.read(0, 64), 0x20)
         out.seek(phoff + 8)                  # p_offset of the first program header
         out.write(struct.pack("<Q", 0x40))
 

@@ -92,7 +92,7 @@ def symtab_header(path: Path) -> tuple[int, int, int]:
     with ElfImage(path) as image:
         sec = next(s for s in image.sections if s.name == ".symtab")
         strtab = image.sections[sec.link]
-        shoff = struct.unpack_from("<Q", bytes(image.data[:64]), 0x28)[0]
+        shoff = struct.unpack_from("<Q", image.read(0, 64), 0x28)[0]
         return shoff + sec.index * 64, sec.offset, strtab.size
 
 

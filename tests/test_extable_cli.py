@@ -40,6 +40,24 @@ def test_build_into_a_reservation_needs_neither_pyelftools_nor_lief(built, tmp_p
                           "--rule", "copy_word=errno") == {"numpy"}
 
 
+def test_dump_and_verify_import_no_writer_spec_or_rule_sources(built, tmp_path) -> None:
+    """They read a table: the writer (tempfile), the spec (tomllib) and the site sources
+    are build's, and cost every dump/verify several milliseconds of startup."""
+    out = tmp_path / "o.so"
+    run_cli("build", built["plain"], "-o", out, "--add-section", "--rule", "copy_word=errno",
+            check=True)
+    unwanted = ("tempfile", "tomllib", "extable.writer", "extable.append", "extable.spec",
+                "extable.sites", "elftools", "lief")
+    code = ("import sys; from extable.cli import main; rc = main(sys.argv[1:]); "
+            f"print([m for m in {unwanted!r} if m in sys.modules], file=sys.stderr); "
+            "sys.exit(rc)")
+    for command in ("dump", "verify"):
+        proc = subprocess.run([sys.executable, "-c", code, command, str(out)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == "[]", (command, proc.stderr)
+
+
 # -- 6: JSON ----------------------------------------------------------------------
 
 def weird_names_so(tmp_path: Path) -> Path:
