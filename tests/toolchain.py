@@ -1,0 +1,31 @@
+"""What the tests for the other machine need from this one, and why it may be missing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+
+def _installed(package: str) -> bool:
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
+                             capture_output=True, text=True).stdout
+    except FileNotFoundError:                     # not a Debian machine
+        return False
+    return "ok installed" in out
+
+
+def missing(tools: list[str]) -> str | None:
+    """None when every tool is on PATH, else a sentence naming the missing ones.
+
+    Debian's gcc-multilib conflicts with the gcc-*-linux-gnu cross compilers,
+    so scripts/setup.sh leaves them out where it is installed: say so.
+    """
+    absent = [tool for tool in tools if not shutil.which(tool)]
+    if not absent:
+        return None
+    why = "make test installs them (scripts/setup.sh)"
+    if any(tool.endswith("-linux-gnu-gcc") for tool in absent) and _installed("gcc-multilib"):
+        why = ("Debian's gcc-multilib is installed here and conflicts with the cross "
+               "compiler; MCSAFE_REPLACE_MULTILIB=1 make test replaces it")
+    return f"not installed on this machine: {', '.join(absent)} ({why})"
