@@ -15,7 +15,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m mcsafe",
         description="mcsafe: a machine-check-safe copy, recovered through exception tables.")
     parser.add_argument("--version", action="version", version=f"mcsafe {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="read poisoned memory and a truncated file, and live",
                    description="Read memory with poisoned pages, a data file with poisoned "
                    "pages and a mapped file truncated underneath, printing each short read; "

@@ -39,6 +39,7 @@ mkdir -p "$(dirname "$ROOT")"
 exec 9>"$ROOT.lock"
 flock 9
 complete "$ROOT" && exit 0                 # another run finished it while we waited
+rm -rf "$ROOT".tmp.*                       # made under this lock: a killed run's leftovers
 if [ -d "$ROOT" ] && [ ! -e "$ROOT/$STAMP" ] && has_all "$ROOT"; then
     # Unpacked by the previous version of this script, which wrote no stamp:
     # adopt it rather than pull it from under tests that may be using it.

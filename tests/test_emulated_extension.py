@@ -17,18 +17,10 @@ import pytest
 
 import extable
 from conftest import run_cli
-from toolchain import missing
+from toolchain import SYSROOT, SYSROOT_NEEDED, SYSROOT_STAMP, missing
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSROOT = Path(os.environ.get("MCSAFE_ARM64_SYSROOT",
-                              Path.home() / ".cache" / "mcsafe" / "arm64-sysroot"))
 PYTHON = SYSROOT / "usr" / "bin" / "python3.11"
-#: Written by scripts/arm64-sysroot.sh once the sysroot is complete.
-STAMP = SYSROOT / ".mcsafe-sysroot-complete"
-#: What the tests use from the sysroot (the script checks the same list).
-NEEDED = ("usr/bin/python3.11", "lib/ld-linux-aarch64.so.1", "usr/lib/python3.11/os.py",
-          "usr/include/python3.11/Python.h", "usr/include/aarch64-linux-gnu/python3.11/pyconfig.h",
-          "usr/lib/python3.11/lib-dynload/_ctypes.cpython-311-aarch64-linux-gnu.so")
 PURE = sysconfig.get_paths()["purelib"]   # pytest and hypothesis, run by the arm64 Python
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64",
@@ -44,10 +36,10 @@ def check_sysroot() -> None:
     if not SYSROOT.exists():
         pytest.skip(f"no arm64 sysroot at {SYSROOT} (make test unpacks it: "
                     "scripts/arm64-sysroot.sh)")
-    lacking = [f for f in NEEDED if not (SYSROOT / f).exists()]
-    if lacking or not STAMP.exists():
+    lacking = [f for f in SYSROOT_NEEDED if not (SYSROOT / f).exists()]
+    if lacking or not SYSROOT_STAMP.exists():
         pytest.fail(f"the arm64 sysroot {SYSROOT} is incomplete (lacks "
-                    f"{', '.join(lacking) or STAMP.name}); scripts/arm64-sysroot.sh rebuilds it")
+                    f"{', '.join(lacking) or SYSROOT_STAMP.name}); scripts/arm64-sysroot.sh rebuilds it")
     compiled = sorted(str(p.relative_to(PURE)) for p in Path(PURE, "hypothesis").rglob("*.so"))
     if compiled:
         pytest.fail(f"hypothesis in {PURE} has compiled modules ({', '.join(compiled)}) "

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
+
+#: The arm64 Python that scripts/arm64-sysroot.sh unpacks for the emulated tests,
+#: the stamp it writes once complete, and what it checks is there (the same list).
+SYSROOT = Path(os.environ.get("MCSAFE_ARM64_SYSROOT",
+                              Path.home() / ".cache" / "mcsafe" / "arm64-sysroot"))
+SYSROOT_STAMP = SYSROOT / ".mcsafe-sysroot-complete"
+SYSROOT_NEEDED = (
+    "usr/bin/python3.11", "lib/ld-linux-aarch64.so.1", "usr/lib/python3.11/os.py",
+    "usr/include/python3.11/Python.h", "usr/include/aarch64-linux-gnu/python3.11/pyconfig.h",
+    "usr/lib/python3.11/lib-dynload/_ctypes.cpython-311-aarch64-linux-gnu.so")
 
 
 def _installed(package: str) -> bool:
