@@ -32,14 +32,13 @@ flock 9
 if ! "$PY" -c '' 2>/dev/null || [ "$(cat "$VENV/.mcsafe-install" 2>/dev/null)" != "$want_install" ]; then
     echo "setup: installing the project into $VENV ($PYTHON: ${interp#* })"
     rm -f "$VENV/.mcsafe-install" "$VENV/.mcsafe-ext"
-    "$PYTHON" -m venv --clear "$VENV"
-    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$PYTHON" -m venv --clear --upgrade-deps "$VENV" >/dev/null
     "$PY" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
     echo "$want_install" > "$VENV/.mcsafe-install"
     echo "$want_ext" > "$VENV/.mcsafe-ext"
 elif [ "$(cat "$VENV/.mcsafe-ext" 2>/dev/null)" != "$want_ext" ] \
         || ! "$PY" -c 'import mcsafe._mcsafe' 2>/dev/null; then
-    echo "setup: extension sources changed; rebuilding in place"
+    echo "setup: rebuilding the extension in place (its sources changed, or it does not import)"
     "$PY" build.py >/dev/null
     echo "$want_ext" > "$VENV/.mcsafe-ext"
 fi
