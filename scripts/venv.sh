@@ -42,3 +42,6 @@ elif [ "$(cat "$VENV/.mcsafe-ext" 2>/dev/null)" != "$want_ext" ] \
     "$PY" build.py >/dev/null
     echo "$want_ext" > "$VENV/.mcsafe-ext"
 fi
+# The docs the installed extable names in its help (build.py copies them into
+# the package); cheap, so always, in case docs/ changed since the last build.
+"$PY" -c 'import sys; sys.path.insert(0, "."); import build; build.package_docs()'
