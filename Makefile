@@ -1,10 +1,29 @@
-# The two Quick start commands. Each does all the set-up it needs first.
-.PHONY: demo test
+# The two Quick start commands. Each does all the set-up it needs first: the
+# Debian packages (scripts/setup.sh), then the project, editable, in a virtual
+# environment (scripts/venv.sh), which everything then runs from.
+#
+#   make test PYTHON=python3.12 VENV=.venv-3.12    another interpreter
+#   make test-all                                  every installed CPython
+PYTHON ?= python3
+VENV   ?= .venv
+PYTEST  = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
-demo:
-	@scripts/setup.sh
-	@python3 -m mcsafe demo
+export PYTHON VENV
 
-test:
+.PHONY: demo test test-all setup clean
+
+setup:
 	@scripts/setup.sh
-	@python3 -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable
+	@scripts/venv.sh
+
+demo: setup
+	@$(VENV)/bin/python -m mcsafe demo
+
+test: setup
+	@$(PYTEST) tests benchmarks --benchmark-disable
+
+test-all:
+	@scripts/test-all.sh
+
+clean:
+	rm -rf build dist .venv .venv-3.* mcsafe/_mcsafe.c mcsafe/*.so *.egg-info

@@ -92,7 +92,26 @@ def build_ext_class() -> type:
     return BuildExt
 
 
+#: The documents the installed ``extable`` names in its help, shipped inside the
+#: package as extable/docs/ (generated here from docs/, like _mcsafe.c from the .pyx).
+PACKAGE_DOCS = ("FORMAT.md", "EXTENDING.md")
+
+
+def package_docs() -> None:
+    """Copy PACKAGE_DOCS from docs/ into extable/docs/ where they differ."""
+    out = ROOT / "extable" / "docs"
+    for name in PACKAGE_DOCS:
+        src = ROOT / "docs" / name
+        if not src.exists():            # a tree without docs/ (an unpacked wheel): keep ours
+            continue
+        out.mkdir(exist_ok=True)
+        dst = out / name
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.write_bytes(src.read_bytes())
+
+
 def setup_kwargs() -> dict:
+    package_docs()
     return {"ext_modules": extensions(), "cmdclass": {"build_ext": build_ext_class()}}
 
 

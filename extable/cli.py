@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="extable", description="Build, dump, verify and look up user-space "
                 "exception tables in ELF files.",
                 epilog="exit codes: 0 success, 1 a check failed or nothing was found, "
-                "2 bad input or usage. docs/FORMAT.md describes the table.")
+                "2 bad input or usage. The table format: "
+                f"{__file__.rpartition('/')[0]}/docs/FORMAT.md")
     p.add_argument("--version", action="version", version=f"extable {__version__}")
     p.add_argument("--include-dir", action="store_true",
                    help="print the folder holding extable.h and exit")

@@ -25,8 +25,13 @@
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                  # the same parser, before it joined the stdlib
+    import tomli as tomllib
 
 from .errors import ExtableError
 from .model import FLAG_MC_SAFE, Handler, Kind, Side, builtin_handlers, register_number

@@ -8,10 +8,7 @@ this package's extension: the signal handler looks the faulting instruction up
 and resumes the copy at its landing pad.
 """
 
-from __future__ import annotations
-
-import os
-
+from . import inject
 from ._mcsafe import (GIL_RELEASE_BYTES, SMALL_COPY_BYTES, claimed_faults, copy, copy_report,
                       handler_installed, install, poison_log, published_tables, table_status)
 from ._types import CopyResult, FaultInfo, MemoryFaultError, PoisonNotice
@@ -23,6 +20,8 @@ __version__ = "0.1.0"
 
 def get_include() -> list[str]:
     """Include folders for C or Cython code using mcsafe.h, _mcsafe.pxd or extable.h."""
+    import os
+
     import extable
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -31,5 +30,5 @@ def get_include() -> list[str]:
 
 __all__ = ["GIL_RELEASE_BYTES", "SMALL_COPY_BYTES", "CopyResult", "FaultInfo", "MappedFile",
            "MemoryFaultError", "PoisonNotice", "TableError", "claimed_faults", "copy",
-           "copy_report", "get_include", "handler_installed", "install", "poison_log",
+           "copy_report", "get_include", "handler_installed", "inject", "install", "poison_log",
            "published_tables", "register", "table_status", "unregister"]

@@ -4,7 +4,11 @@
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
+from cpython.number cimport PyIndex_Check
+from cpython.ref cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
+from cpython.pyport cimport PY_SSIZE_T_MAX, PY_SSIZE_T_MIN
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
 cdef extern from "<signal.h>" nogil:
@@ -95,11 +99,46 @@ cdef bint _own_ok = False
 cdef tuple _SIDES = (None, "src", "dst")
 
 
+cdef object _ZERO = 0
+
+
+cdef extern from "Python.h":
+    # With NULL for exc, a value outside the Py_ssize_t range is clipped to it.
+    Py_ssize_t _as_ssize_t "PyNumber_AsSsize_t"(object o, PyObject *exc) except? -1
+
+
+cdef inline Py_ssize_t _size(object value, str name) except? -1:
+    """An integer argument as a Py_ssize_t: a TypeError for a non-integer, and
+    a ValueError, like any other size out of range, for one that does not fit."""
+    cdef int overflow = 0
+    cdef long v
+    if PyLong_CheckExact(value):            # long is Py_ssize_t on Linux (LP64, ILP32)
+        v = PyLong_AsLongAndOverflow(value, &overflow)
+        if not overflow:
+            return v
+    return _size_slow(value, name)
+
+
+cdef Py_ssize_t _size_slow(object value, str name) except? -1:
+    cdef Py_ssize_t v
+    if not PyIndex_Check(value):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    v = _as_ssize_t(value, NULL)
+    if (v == PY_SSIZE_T_MAX or v == PY_SSIZE_T_MIN) \
+            and not PY_SSIZE_T_MIN <= value <= PY_SSIZE_T_MAX:
+        raise ValueError(f"{name}={value} is out of range (no buffer is that large)")
+    return v
+
+
+cdef inline Py_ssize_t _offset(object value, str name) except? -1:
+    return 0 if value is _ZERO else _size(value, name)
+
+
 cdef inline Py_ssize_t _span(Py_ssize_t avail_dst, Py_ssize_t avail_src, object n) except -2:
     cdef Py_ssize_t want
     if n is None:
         return avail_dst if avail_dst < avail_src else avail_src
-    want = n
+    want = _size(n, "n")
     if want < 0:
         raise ValueError(f"n must be >= 0, got {want}")
     if want > avail_src:
@@ -115,21 +154,24 @@ cdef extern from "Python.h":
     int _get_buffer "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
 
 
-cdef int _raise_buffer_error(str which) except -1:
-    """Turn the pending BufferError (or numpy's ValueError) into a TypeError."""
-    if not (PyErr_ExceptionMatches(BufferError) or PyErr_ExceptionMatches(ValueError)):
+cdef int _raise_buffer_error(str which, object obj) except -1:
+    """Turn the pending error of a buffer request (BufferError, TypeError for
+    an object with no buffer, numpy's ValueError) into a TypeError naming the
+    argument."""
+    if not (PyErr_ExceptionMatches(BufferError) or PyErr_ExceptionMatches(TypeError)
+            or PyErr_ExceptionMatches(ValueError)):
         return -1                                  # anything else propagates as it is
     PyErr_Clear()
     raise TypeError(f"{which} must be a {'writable ' if which == 'dst' else ''}contiguous "
-                    "buffer (bytes-like, C-contiguous)")
+                    f"buffer (bytes-like, C-contiguous), not {type(obj).__name__}")
 
 
 cdef inline int _acquire(object dst, object src, Py_buffer *d, Py_buffer *s) except -1:
     if _get_buffer(dst, d, PyBUF_WRITABLE) < 0:
-        _raise_buffer_error("dst")
+        _raise_buffer_error("dst", dst)
     if _get_buffer(src, s, PyBUF_SIMPLE) < 0:
         PyBuffer_Release(d)
-        _raise_buffer_error("src")
+        _raise_buffer_error("src", src)
     return 0
 
 
@@ -169,7 +211,7 @@ cdef Py_ssize_t _copy(object dst, object src, object n, Py_ssize_t dst_offset,
         PyBuffer_Release(&d)
 
 
-def copy(dst, src, n=None, *, Py_ssize_t dst_offset=0, Py_ssize_t src_offset=0):
+def copy(dst, src, n=None, *, dst_offset=_ZERO, src_offset=_ZERO):
     """Copy bytes from src to dst; return how many were copied before any fault.
 
     n defaults to as many bytes as both buffers hold after their offsets.
@@ -179,8 +221,10 @@ def copy(dst, src, n=None, *, Py_ssize_t dst_offset=0, Py_ssize_t src_offset=0):
     cdef Py_ssize_t count, done
     cdef char *dp
     cdef const char *sp
-    if n is not None or dst_offset or src_offset or not _own_ok:
-        return _copy(dst, src, n, dst_offset, src_offset, &rec, &count, <uintptr_t *>&dp,
+    # The defaults are _ZERO's object; any other offset takes the checked path.
+    if n is not None or dst_offset is not _ZERO or src_offset is not _ZERO or not _own_ok:
+        return _copy(dst, src, n, _offset(dst_offset, "dst_offset"),
+                     _offset(src_offset, "src_offset"), &rec, &count, <uintptr_t *>&dp,
                      <uintptr_t *>&sp)
     # The common call, copy(dst, src): the same steps as _copy, without the options.
     _acquire(dst, src, &d, &s)
@@ -213,12 +257,13 @@ cdef object _fault_info(mcsafe_fault *rec, uintptr_t dst_at, uintptr_t src_at):
                      rec.code)
 
 
-def copy_report(dst, src, n=None, *, Py_ssize_t dst_offset=0, Py_ssize_t src_offset=0):
+def copy_report(dst, src, n=None, *, dst_offset=_ZERO, src_offset=_ZERO):
     """Like copy(), and say where the copy faulted: a CopyResult(copied, fault)."""
     cdef mcsafe_fault rec
     cdef Py_ssize_t length, done
     cdef uintptr_t dst_at, src_at
-    done = _copy(dst, src, n, dst_offset, src_offset, &rec, &length, &dst_at, &src_at)
+    done = _copy(dst, src, n, _offset(dst_offset, "dst_offset"),
+                 _offset(src_offset, "src_offset"), &rec, &length, &dst_at, &src_at)
     return CopyResult(done, _fault_info(&rec, dst_at, src_at) if done < length else None)
 
 

@@ -17,22 +17,39 @@ import pytest
 
 import extable
 from conftest import run_cli
+from toolchain import SYSROOT, SYSROOT_NEEDED, SYSROOT_STAMP, missing
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSROOT = Path(os.environ.get("MCSAFE_ARM64_SYSROOT",
-                              Path.home() / ".cache" / "mcsafe" / "arm64-sysroot"))
 PYTHON = SYSROOT / "usr" / "bin" / "python3.11"
+PURE = sysconfig.get_paths()["purelib"]   # pytest and hypothesis, run by the arm64 Python
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64",
                                 reason="emulation is for x86-64 hosts; arm64 runs natively")
 
 
+def check_sysroot() -> None:
+    """Skip when the emulation is not set up here; fail, saying what is wrong, when
+    it is set up but broken (scripts/arm64-sysroot.sh repairs it)."""
+    absent = missing(["qemu-aarch64", "aarch64-linux-gnu-gcc"])
+    if absent:
+        pytest.skip(absent)
+    if not SYSROOT.exists():
+        pytest.skip(f"no arm64 sysroot at {SYSROOT} (make test unpacks it: "
+                    "scripts/arm64-sysroot.sh)")
+    lacking = [f for f in SYSROOT_NEEDED if not (SYSROOT / f).exists()]
+    if lacking or not SYSROOT_STAMP.exists():
+        pytest.fail(f"the arm64 sysroot {SYSROOT} is incomplete (lacks "
+                    f"{', '.join(lacking) or SYSROOT_STAMP.name}); scripts/arm64-sysroot.sh rebuilds it")
+    compiled = sorted(str(p.relative_to(PURE)) for p in Path(PURE, "hypothesis").rglob("*.so"))
+    if compiled:
+        pytest.fail(f"hypothesis in {PURE} has compiled modules ({', '.join(compiled)}) "
+                    "that the arm64 Python cannot load: the test extra pins a pure-Python "
+                    "release (pip install -e '.[test]')")
+
+
 @pytest.fixture(scope="module")
 def arm64_package(tmp_path_factory) -> Path:
-    missing = [t for t in ("qemu-aarch64", "aarch64-linux-gnu-gcc") if not shutil.which(t)]
-    if missing or not PYTHON.exists():
-        pytest.skip(f"not on this machine: {', '.join(missing) or PYTHON} "
-                    "(make test sets them up: scripts/setup.sh)")
+    check_sysroot()
     pkg = tmp_path_factory.mktemp("arm64")
     for name in ("mcsafe", "extable"):
         shutil.copytree(ROOT / name, pkg / name,
@@ -55,8 +72,7 @@ def arm64_package(tmp_path_factory) -> Path:
 
 
 def emulated(pkg: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    pure = sysconfig.get_paths()["purelib"]   # pytest and hypothesis are pure Python
-    env = {**os.environ, "PYTHONPATH": f"{pkg}{os.pathsep}{pure}", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{pkg}{os.pathsep}{PURE}", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(["qemu-aarch64", "-L", str(SYSROOT), str(PYTHON), *args],
                           capture_output=True, text=True, env=env, cwd=pkg, timeout=timeout)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 import extable
 from conftest import run_cli
+from toolchain import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "mcsafe" / "_core"
@@ -30,9 +30,9 @@ def build(arch: str, out: Path) -> Path:
     t = TARGETS[arch]
     if platform.machine() == arch:
         t = {"cc": "gcc", "run": [], "flags": []}
-    missing = [tool for tool in [t["cc"], *t["run"]] if not shutil.which(tool)]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed on this machine (make test installs them)")
+    absent = missing([t["cc"], *t["run"]])
+    if absent:
+        pytest.skip(absent)
     exe = out / f"harness_{arch}"
     subprocess.run([t["cc"], "-O2", "-std=gnu11", *t["flags"], "-I", extable.include_dir(),
                     "-I", str(CORE), "-I", str(CORE / "arch" / arch),
