@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("mcsafe", "MappedFile.readinto", "scrub", "extable")
+OURS = ("mcsafe", "MappedFile.readinto", "scrub", "read_array", "extable")
 
 
 def run_suite(quick: bool, json_path: Path) -> None:
@@ -148,6 +148,26 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     r = ratio("scrub", "readinto loop", "scrub")
     if r:
         out.append(("scrub() ≥ 0.8× the throughput of a readinto loop", f"{r:.2f}×", r >= 0.8))
+    r = ratio("scrub", "os.preadv loop", "scrub")
+    if r:
+        out.append(("scrub() ≥ 0.9× the throughput of an os.preadv loop", f"{r:.2f}×", r >= 0.9))
+    for g in sorted((g for g in res.groups if g.startswith("read_array-")), key=size_of):
+        r = ratio(g, "numpy.fromfile", "read_array")
+        if r:
+            out.append((f"read_array {fmt_size(size_of(g))} vs numpy.fromfile (no target)",
+                        f"{r:.2f}×", None))
+    st = res.groups.get("cli-symbols-small", {}).get("extable symbols")
+    if st:
+        out.append(("extable symbols on a small library < 80 ms (whole process)",
+                    fmt_time(st["median"]), st["median"] < 0.080))
+    r = ratio("cli-symbols-large", "extable symbols", "readelf -sW")
+    if r:
+        out.append(("extable symbols, largest ELF, ≤ 0.5× readelf -sW (whole process)",
+                    f"{r:.2f}×", r <= 0.5))
+    r = ratio("cli-symbols-large", "extable symbols --json", "extable symbols")
+    if r:
+        out.append(("extable symbols --json within 1.2× text (largest ELF)", f"{r:.2f}×",
+                    r <= 1.2))
     r = ratio("symbols", "extable", "readelf -sW")
     if r:
         out.append(("extable symbols ≤ 0.5× readelf -sW", f"{r:.2f}×", r <= 0.5))
@@ -266,10 +286,19 @@ SECTIONS = [
     ("Storage", "read-", "`MappedFile.readinto` against `os.preadv` and a plain mmap slice, "
      "from the page cache."),
     ("Scrub", "scrub", "`scrub()` against a `readinto` loop, one pass over a file just opened."),
+    ("Storage", "read_array-", "`MappedFile.read_array` against `numpy.fromfile`, a new "
+     "array from the page cache."),
     ("The compiler", "symbols", "Function symbols of the largest ELF on the machine."),
     ("The compiler", "build", "`extable build`'s work on the largest ELF: a rule over every "
      "function, compiled and encoded (not written)."),
     ("The compiler", "compile", "Compiling a synthetic table of 1,000,000 entries."),
+    ("The command line", "cli-", "Whole processes, as a build step runs them: `extable` "
+     "against readelf, nm and objcopy on a small library (libz), the largest ELF on the "
+     "machine, and a table built into it."),
+    ("Kernel exception tables", "kernel", "`extable dump`/`verify` on Linux kernel objects "
+     "against `objdump -s -j __ex_table` plus `readelf -r` (which only show raw bytes and "
+     "relocations): a Debian module, Debian's vmlinux, and a synthetic 600 MB vmlinux with "
+     "100k entries."),
 ]
 
 
@@ -285,8 +314,9 @@ def render(res: Results, quick: bool, plots: list[tuple[str, str]], plot_dir: st
            "| target | measured | |", "|---|---|---|"]
     tg = targets(res)
     for name, value, met in tg:
-        out.append(f"| {name} | {value} | {'met' if met else '**missed**'} |")
-    missed = [name for name, _, met in tg if not met]
+        verdict = "" if met is None else "met" if met else "**missed**"
+        out.append(f"| {name} | {value} | {verdict} |")
+    missed = [name for name, _, met in tg if met is False]
     if missed:
         out += ["", "Missed, and why:", ""]
         out += [f"* *{name}*: {WHY_MISSED.get(name, 'noise or a real gap; see the tables.')}"
