@@ -428,6 +428,11 @@ class MappedFile:
         while True:
             data = self._state[0]
             try:
+                # Another thread may have followed the file down since the caller
+                # asked its size: the file ends where the view does.
+                n = min(n, len(data) - pos)
+                if n <= 0:
+                    return 0
                 if reading:
                     return _copy_or_report(buf, data, n, done, pos)
                 return _copy_or_report(data, buf, n, pos, done)
@@ -532,8 +537,10 @@ class MappedFile:
                     n = min(n, bad[0] - offset)
                 res = self._copy(buf, 0, offset, n, True)
                 if isinstance(res, int):
-                    self._drop(offset, n)
-                    offset += n
+                    self._drop(offset, res)
+                    offset += res
+                    if res < n:                             # the file shrank under us
+                        size = min(size, self._refresh())
                 else:
                     assert res.fault is not None
                     self._drop(offset, res.copied)

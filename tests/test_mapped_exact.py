@@ -255,3 +255,24 @@ def test_a_forked_child_reads_and_closes_its_own_copy(tmp_path) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         assert mf.read(PAGE, 3 * PAGE) == data[3 * PAGE:]      # the parent's is intact
         assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]
+
+
+def test_a_shrink_between_the_size_and_the_copy_is_a_short_count(tmp_path) -> None:
+    """Another thread follows the file down to 0 bytes after this call asked the
+    size and before it copied: the read ends there (0), no ValueError escapes.
+    (Seen with a writer process cutting the file to 0 in a loop.)"""
+    path = tmp_path / "f"
+    path.write_bytes(b"\xab" * (4 * PAGE))
+    with MappedFile(path) as mf:
+        os.truncate(path, 0)
+        real, lied = mf._refresh, []
+
+        def stale_once() -> int:
+            now = real()                  # the state follows the file to 0 bytes...
+            if not lied:
+                lied.append(now)
+                return 4 * PAGE           # ...but this call saw the size before the cut
+            return now
+        mf._refresh = stale_once          # type: ignore[method-assign]
+        assert mf.readinto(bytearray(4 * PAGE), 100) == 0
+        assert lied == [0] and mf.bad_ranges() == []
