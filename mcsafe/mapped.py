@@ -147,6 +147,10 @@ class MappedFile:
         return (f"<MappedFile {self.path!r} mode={self.mode!r} size={self._state[1]} "
                 f"{len(self._starts)} bad ranges>")
 
+    def __reduce__(self) -> Any:
+        raise TypeError(f"cannot pickle a MappedFile ({self.path!r}): a mapping and a "
+                        "descriptor belong to one process; send its path and open it again")
+
     # -- life cycle ----------------------------------------------------------
 
     def __enter__(self) -> MappedFile:
