@@ -13,6 +13,7 @@ import signal
 import stat
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -139,7 +140,9 @@ class MappedFile:
         self._first_fault: dict[int, FaultInfo] = {}
         self._lock = threading.Lock()        # writers of the bad-range list and the size
         self._closed = False
-        self._users = 0                      # calls using the descriptor (see _enter)
+        self._users: dict[int, int] = {}     # calls using the descriptor, per thread
+        self._leaked: list[memoryview] = []  # views exported by threads a fork left behind
+        _open_files.add(self)
 
     def __repr__(self) -> str:
         if self._closed:
@@ -172,7 +175,8 @@ class MappedFile:
             self._closed = True
             view = self._state[0]
             self._state = (view, 0, -1)      # every call now takes the careful path
-        while self._users:                   # calls that passed _enter before this
+        me = threading.get_ident()
+        while any(t != me for t in self._users):   # other threads' calls under way
             time.sleep(0.001)
         self._release(view)
         for v in self._stale:
@@ -201,11 +205,28 @@ class MappedFile:
         with self._lock:
             if self._closed:
                 raise ValueError(CLOSED)
-            self._users += 1
+            me = threading.get_ident()
+            self._users[me] = self._users.get(me, 0) + 1
 
     def _leave(self) -> None:
         with self._lock:
-            self._users -= 1
+            me = threading.get_ident()
+            n = self._users.pop(me) - 1
+            if n:
+                self._users[me] = n
+
+    def _after_fork(self) -> None:
+        """In a forked child only the forking thread lives on: the lock another
+        thread held, its calls and the views its copies exported are gone with it."""
+        self._lock = threading.Lock()
+        me = threading.get_ident()
+        self._users = {me: self._users[me]} if me in self._users else {}
+        if self._closed:
+            return
+        view, size, last = self._state
+        self._leaked += [view] + self._stale       # never released: left mapped, unused
+        self._stale = []
+        self._state = (self._map.view[:size], size, last)
 
     @property
     def closed(self) -> bool:
@@ -574,6 +595,17 @@ class MappedFile:
         filled from offset; see :func:`mcsafe.arrays.read_array`."""
         from .arrays import read_array
         return read_array(self, dtype, count, offset)
+
+
+_open_files: weakref.WeakSet[MappedFile] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for mf in list(_open_files):
+        mf._after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
 def _open(file: str | os.PathLike[str] | int, mode: str) -> tuple[int, str]:

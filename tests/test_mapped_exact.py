@@ -9,7 +9,10 @@ import random
 import subprocess
 import sys
 import textwrap
+import signal
 import threading
+import time
+from typing import Callable
 
 import pytest
 
@@ -276,3 +279,72 @@ def test_a_shrink_between_the_size_and_the_copy_is_a_short_count(tmp_path) -> No
         mf._refresh = stale_once          # type: ignore[method-assign]
         assert mf.readinto(bytearray(4 * PAGE), 100) == 0
         assert lied == [0] and mf.bad_ranges() == []
+
+
+def _in_child(body: Callable[[], bool]) -> int:
+    """Run body in a forked child with 5 s to live; its exit status (SIGALRM: hung)."""
+    pid = os.fork()
+    if pid == 0:                                         # the child: no pytest from here
+        code = 3
+        try:
+            signal.alarm(5)
+            code = 0 if body() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_child_forked_while_another_thread_holds_the_lock_does_not_hang(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"q" * (3 * PAGE))
+    with MappedFile(path) as mf:
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with mf._lock:
+                held.set()
+                release.wait()
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+
+        def child() -> bool:
+            with open(path, "ab") as f:                  # growth: the child takes the lock
+                f.write(b"z")
+            ok = mf.read(10, 3 * PAGE) == b"z"
+            mf.close()
+            return ok
+        try:
+            assert _in_child(child) == 0                 # -14 (SIGALRM) when it hung
+        finally:
+            release.set()
+            holder.join()
+
+
+def test_a_child_forked_during_another_threads_copy_can_close(tmp_path) -> None:
+    """The copying thread does not exist in the child, and never releases the view
+    it held there: the child's close() must not wait for it."""
+    path = tmp_path / "f"
+    with open(path, "wb") as f:
+        f.truncate(256 << 20)                            # sparse: a long copy of holes
+    with MappedFile(path) as mf:
+        started = threading.Event()
+
+        def read() -> None:
+            started.set()
+            for _ in range(4):
+                mf.readinto(bytearray(256 << 20), 0)
+        reader = threading.Thread(target=read)
+        reader.start()
+        started.wait()
+        time.sleep(0.1)
+
+        def child() -> bool:
+            ok = mf.read(3, 0) == bytes(3)
+            mf.close()
+            return ok and mf.closed
+        try:
+            assert _in_child(child) == 0
+        finally:
+            reader.join()
