@@ -271,7 +271,13 @@ class MappedFile:
 
     def _resize(self, size: int) -> None:
         if size > self._map.length:
-            new = _Mapping(self._fd, _pages(2 * size), self.mode == "r+", self.path)
+            try:
+                new = _Mapping(self._fd, _pages(2 * size), self.mode == "r+", self.path)
+            except OSError as exc:
+                if exc.errno != errno.ENOMEM:
+                    raise
+                # no address space for room to grow: map just the file
+                new = _Mapping(self._fd, _pages(size), self.mode == "r+", self.path)
             self._retired.append(self._map)
             self._map = new
         old = self._state[0]

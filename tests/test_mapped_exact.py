@@ -348,3 +348,25 @@ def test_a_child_forked_during_another_threads_copy_can_close(tmp_path) -> None:
             assert _in_child(child) == 0
         finally:
             reader.join()
+
+
+def test_a_file_too_large_to_map_twice_is_mapped_once(tmp_path) -> None:
+    """Growth maps twice the new size; when the address space has no room for that
+    (a 48 TiB sparse file in x86-64's 128 TiB user space), it maps just the file."""
+    shm = "/dev/shm"
+    if not os.path.isdir(shm):
+        pytest.skip("no /dev/shm (tmpfs) on this machine for a 48 TiB sparse file")
+    path = os.path.join(shm, f"mcsafe-huge-{os.getpid()}")
+    with open(path, "wb") as f:
+        f.write(b"hello")
+    try:
+        with MappedFile(path) as mf:
+            size = 48 << 40
+            try:
+                os.truncate(path, size)
+            except OSError as exc:
+                pytest.skip(f"tmpfs here refuses a {size}-byte file: {exc}")
+            assert mf.size == size                     # was OSError ENOMEM from mmap
+            assert mf.read(5, 0) == b"hello" and mf.read(10, size - 3) == bytes(3)
+    finally:
+        os.unlink(path)
