@@ -29,6 +29,7 @@ SCRUB_BUF = 1 << 20         # the copies' sink, re-used per piece: measured 3-4%
 RETRIES = 2                 # copies again of a page that faulted inside the file
 RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (address space only)
 CLOSED = "I/O operation on closed file"
+RETRY, STOP, CUT = range(3)  # verdicts on a fault (MappedFile._judge)
 
 # Python's mmap refuses to map past the end of a file, and a file that can grow
 # has to be mapped past its end: the four calls, through ctypes.
@@ -422,14 +423,21 @@ class MappedFile:
         want = memoryview(buf).nbytes
         size: int | None = None        # the size, if asked after the last copy
         retries = RETRIES
+        stamp: tuple[int, int, int] | None = None   # the file's, at the first fault
         while True:
             if fault is not None:
                 size = None
-                if self._judge(fault, offset, done, reading, retries == 0):
-                    break
+                if stamp is None:
+                    stamp = self._stamp()
+                verdict = self._judge(fault, offset, done, reading, retries == 0, stamp)
                 # The file was shorter when the page faulted: the page before it may
-                # have been copied past the end then (zeros). Copy it again.
-                done = max(0, min(done, ((offset + done) // PAGE - 1) * PAGE - offset))
+                # have been copied past the end then (zeros). Copy it again, or (when
+                # the file churned under every retry) do not count it.
+                if verdict != RETRY:
+                    if verdict == CUT:
+                        done = _before_page_before(offset, done)
+                    break
+                done = _before_page_before(offset, done)
                 fault, retries = None, retries - 1
             pos = offset + done
             size = self._refresh()
@@ -475,11 +483,19 @@ class MappedFile:
                     raise
                 # the file changed size after this thread fetched its view: again
 
+    def _stamp(self) -> tuple[int, int, int]:
+        """What changes when anyone cuts or writes the file. (Asking for ctime also
+        makes the kernel's next change of it fine-grained, on multigrain file
+        systems, so two changes within a clock tick still differ.)"""
+        st = os.fstat(self._fd)
+        return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
     def _judge(self, fault: FaultInfo, offset: int, done: int, reading: bool,
-               last: bool) -> bool:
-        """Judge a fault met `done` bytes into a call at file offset `offset`: True
+               last: bool, stamp: tuple[int, int, int]) -> int:
+        """Judge a fault met `done` bytes into a call at file offset `offset`: STOP
         if the call stops there (raising if nothing was done, remembering the page
-        if it is bad), False if it should copy again from there."""
+        if it is bad), RETRY if it should copy again from there, CUT if it stops
+        before the page before it (the file was cut and written again under it)."""
         what = "read" if reading else "write"
         if fault.side != ("src" if reading else "dst"):
             # The caller's buffer is bad, not the file: EFAULT, nothing remembered.
@@ -493,9 +509,14 @@ class MappedFile:
                 # The file may have been shorter when the page faulted, and longer
                 # since (cut, then written again): the caller copies again. Only a
                 # page that faults again and again while the file holds it is bad.
-                return False
+                return RETRY
             if at // PAGE * PAGE >= self._refresh():
-                return True                # the page is past the end now: a short count
+                return STOP                # the page is past the end now: a short count
+            if self._stamp() != stamp:
+                # Cut and written again while we retried (a log being rewritten): the
+                # page may have been past the end at each fault. Not proof it is bad:
+                # the call ends short there, as pread racing a truncate may.
+                return CUT
             if not reading and self._fs_full():
                 info, err = info._replace(cause="no space"), errno.ENOSPC
             else:
@@ -504,7 +525,7 @@ class MappedFile:
             self._remember(info)           # poison and protection say so themselves
         if done == 0:
             raise MemoryFaultError(info, what, self.path, err)
-        return True
+        return STOP
 
     def _fs_full(self) -> bool:
         """Whether the file system has no blocks left: a write fault into a hole
@@ -628,6 +649,12 @@ def _reinit_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
+def _before_page_before(offset: int, done: int) -> int:
+    """The count of a call at offset that stops before the page before the one
+    where it is now."""
+    return max(0, min(done, ((offset + done) // PAGE - 1) * PAGE - offset))
 
 
 def _open(file: str | os.PathLike[str] | int, mode: str) -> tuple[int, str]:

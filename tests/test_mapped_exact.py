@@ -370,3 +370,31 @@ def test_a_file_too_large_to_map_twice_is_mapped_once(tmp_path) -> None:
             assert mf.read(5, 0) == b"hello" and mf.read(10, size - 3) == bytes(3)
     finally:
         os.unlink(path)
+
+
+def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tmp_path
+                                                                             ) -> None:
+    """Another process cuts the file below the page before each copy and writes it
+    back after: every retry faults, yet the file holds the page whenever asked. That
+    is churn, not a bad page: the call ends short and nothing is remembered (the
+    page was remembered bad, and every later read of it raised EIO)."""
+    path = tmp_path / "f"
+    data = b"\xab" * (4 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        real, copies = mf._copy, []
+
+        def cut_during(*args: object) -> object:
+            os.truncate(path, PAGE)
+            try:
+                return real(*args)             # type: ignore[arg-type]
+            finally:
+                with open(path, "r+b") as f:
+                    f.seek(PAGE)
+                    f.write(data[PAGE:])
+                copies.append(1)
+        mf._copy = cut_during                  # type: ignore[method-assign]
+        got = mf.readinto(bytearray(2 * PAGE), 2 * PAGE)
+        assert len(copies) == 3 and got == 0 and mf.bad_ranges() == []
+        del mf._copy
+        assert mf.read(2 * PAGE, 2 * PAGE) == data[2 * PAGE:]
