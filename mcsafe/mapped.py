@@ -422,7 +422,7 @@ class MappedFile:
                  fault: FaultInfo | None) -> int:
         want = memoryview(buf).nbytes
         size: int | None = None        # the size, if asked after the last copy
-        retries = RETRIES
+        retries, churn = RETRIES, RETRIES
         stamp: tuple[int, int, int] | None = None   # the file's, at the first fault
         while True:
             if fault is not None:
@@ -451,8 +451,20 @@ class MappedFile:
                 raise self._known_bad(bad[0], pos, "read" if reading else "write")
             if bad is not None and bad[0] < pos + n:
                 n = bad[0] - pos
+            before = self._stamp()
+            n = min(n, self._file_size() - pos)   # cut since the size was asked
+            if n <= 0:                            # (st_size is 0 for a block device)
+                size = None
+                break
             res = self._copy(buf, done, pos, n, reading)
             if isinstance(res, int):
+                if self._stamp() != before:
+                    # Cut and written again during the copy: the tail of the page the
+                    # cut fell in read as zeros, and the size after cannot tell.
+                    churn -= 1
+                    if churn >= 0:
+                        continue           # copy it again
+                    break                  # still churning: count none of it
                 done += res
                 if bad is not None and pos + n == bad[0]:
                     size = None
@@ -511,7 +523,9 @@ class MappedFile:
                 # page that faults again and again while the file holds it is bad.
                 return RETRY
             if at // PAGE * PAGE >= self._refresh():
-                return STOP                # the page is past the end now: a short count
+                # the page is past the end now: a short count, before the page before
+                # it (cut inside that one at the fault, its tail read as zeros)
+                return CUT
             if self._stamp() != stamp:
                 # Cut and written again while we retried (a log being rewritten): the
                 # page may have been past the end at each fault. Not proof it is bad:

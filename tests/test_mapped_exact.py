@@ -399,3 +399,31 @@ def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tm
         assert len(copies) == 3 and got == 0 and mf.bad_ranges() == []
         del mf._copy
         assert mf.read(2 * PAGE, 2 * PAGE) == data[2 * PAGE:]
+
+
+def test_a_cut_and_append_during_a_careful_copy_counts_no_zero(tmp_path) -> None:
+    """Another process cuts the file inside the page being copied (the kernel zeroes
+    the rest of that page, which stays mapped) and appends the bytes back before
+    the size is asked again: the size after looks unchanged, the copy read zeros."""
+    path = tmp_path / "f"
+    data = b"\xab" * (3 * PAGE + 2000)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        real, copies = mf._copy, []
+
+        def cut_during(*args: object) -> object:
+            if len(copies) < 2:
+                os.truncate(path, 3 * PAGE + 100)
+            try:
+                return real(*args)             # type: ignore[arg-type]
+            finally:
+                if len(copies) < 2:
+                    with open(path, "r+b") as f:
+                        f.seek(3 * PAGE + 100)
+                        f.write(data[3 * PAGE + 100:])
+                copies.append(1)
+        mf._copy = cut_during                  # type: ignore[method-assign]
+        buf = bytearray(PAGE)
+        got = mf.readinto(buf, 3 * PAGE)
+        assert buf[:got].count(0) == 0, f"{buf[:got].count(0)} zeros counted of {got}"
+        assert got == 2000 and len(copies) == 3          # copied again, once it held
