@@ -30,8 +30,17 @@ def read_array(file: MappedFile, dtype: npt.DTypeLike, count: int = -1, offset: 
         raise TypeError(f"read_array needs a fixed-size dtype without objects, not {dt}")
     if offset < 0:
         raise ValueError(f"negative offset {offset}")
-    if count < 0:
-        count = max(0, file.size - offset) // dt.itemsize
+    if count < -1:
+        raise ValueError(f"count must be -1 or at least 0, not {count}")
+    size = file.size
+    if count == -1:
+        count = max(0, size - offset) // dt.itemsize
+    elif offset + count * dt.itemsize > size:
+        # The file cannot hold the request now: say so before asking numpy for
+        # memory a hostile count would exhaust (what the copy would have raised).
+        got = max(0, size - offset)
+        end = FaultInfo(file.address + offset + got, offset + got, "src", 0, 0, "truncated")
+        raise _at_element(end, errno.EIO, file, dt, count, offset, got)
     out = np.empty(count, dt)
     raw = memoryview(cast("Buffer", out.reshape(-1).view(np.uint8)))
     want, got = raw.nbytes, 0

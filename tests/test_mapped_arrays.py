@@ -64,3 +64,27 @@ def test_truncated_under_the_read_is_an_error_not_a_short_array(tmp_path) -> Non
         assert (e.cause, e.offset, e.element) == ("truncated", 2 * PAGE + 6, 2 * PAGE // 4 + 1)
         assert "the file ends in element" in str(e)
         assert len(mf.read_array("<u4")) == 2 * PAGE // 4 + 1          # what is there
+
+
+def test_a_count_past_the_end_is_refused_before_allocating(tmp_path) -> None:
+    """A count the file cannot hold (a hostile header's, say) raises 'truncated'
+    naming the first missing element, without asking numpy for the memory."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(bytes(range(100)))
+    with MappedFile(path) as mf:
+        with pytest.raises(MemoryFaultError) as info:
+            mf.read_array("u1", 1 << 50, 10)          # a PiB: MemoryError if allocated
+        e = info.value
+        assert e.cause == "truncated" and e.offset == 100 and e.element == 90
+        assert "element 90 of 1125899906842624" in str(e)
+        with pytest.raises(MemoryFaultError) as info:
+            mf.read_array("<u4", 30, 0)
+        assert info.value.offset == 100 and info.value.element == 25
+
+
+def test_a_negative_count_other_than_minus_one_is_refused(tmp_path) -> None:
+    path = tmp_path / "a.bin"
+    path.write_bytes(bytes(100))
+    with MappedFile(path) as mf:
+        with pytest.raises(ValueError, match="count must be -1 or at least 0, not -2"):
+            mf.read_array("u1", -2)

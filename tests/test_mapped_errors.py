@@ -260,3 +260,15 @@ def test_a_write_into_a_hole_of_a_full_file_system_is_enospc(full_tmpfs: Path) -
         os.unlink(full_tmpfs / "filler")                  # space is back
         assert mf.write(b"w" * 100, 8 * PAGE) == 100
         assert mf.read(100, 8 * PAGE) == b"w" * 100
+
+
+def test_a_mapped_file_refuses_pickling_clearly(tmp_path) -> None:
+    """A mapping and a descriptor do not travel: the refusal says what to send."""
+    from mcsafe.fileio import MappedFileIO
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    with MappedFile(path) as mf:
+        for obj in (mf, MappedFileIO(mf, closefd=False)):
+            with pytest.raises(TypeError, match=r"cannot pickle a MappedFile \('.*/f'\): .*"
+                                                r"send its path and open it again"):
+                pickle.dumps(obj)

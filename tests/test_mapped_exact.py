@@ -9,7 +9,10 @@ import random
 import subprocess
 import sys
 import textwrap
+import signal
 import threading
+import time
+from typing import Callable
 
 import pytest
 
@@ -255,3 +258,172 @@ def test_a_forked_child_reads_and_closes_its_own_copy(tmp_path) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         assert mf.read(PAGE, 3 * PAGE) == data[3 * PAGE:]      # the parent's is intact
         assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]
+
+
+def test_a_shrink_between_the_size_and_the_copy_is_a_short_count(tmp_path) -> None:
+    """Another thread follows the file down to 0 bytes after this call asked the
+    size and before it copied: the read ends there (0), no ValueError escapes.
+    (Seen with a writer process cutting the file to 0 in a loop.)"""
+    path = tmp_path / "f"
+    path.write_bytes(b"\xab" * (4 * PAGE))
+    with MappedFile(path) as mf:
+        os.truncate(path, 0)
+        real, lied = mf._refresh, []
+
+        def stale_once() -> int:
+            now = real()                  # the state follows the file to 0 bytes...
+            if not lied:
+                lied.append(now)
+                return 4 * PAGE           # ...but this call saw the size before the cut
+            return now
+        mf._refresh = stale_once          # type: ignore[method-assign]
+        assert mf.readinto(bytearray(4 * PAGE), 100) == 0
+        assert lied == [0] and mf.bad_ranges() == []
+
+
+def _in_child(body: Callable[[], bool]) -> int:
+    """Run body in a forked child with 5 s to live; its exit status (SIGALRM: hung)."""
+    pid = os.fork()
+    if pid == 0:                                         # the child: no pytest from here
+        code = 3
+        try:
+            signal.alarm(5)
+            code = 0 if body() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_child_forked_while_another_thread_holds_the_lock_does_not_hang(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"q" * (3 * PAGE))
+    with MappedFile(path) as mf:
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with mf._lock:
+                held.set()
+                release.wait()
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+
+        def child() -> bool:
+            with open(path, "ab") as f:                  # growth: the child takes the lock
+                f.write(b"z")
+            ok = mf.read(10, 3 * PAGE) == b"z"
+            mf.close()
+            return ok
+        try:
+            assert _in_child(child) == 0                 # -14 (SIGALRM) when it hung
+        finally:
+            release.set()
+            holder.join()
+
+
+def test_a_child_forked_during_another_threads_copy_can_close(tmp_path) -> None:
+    """The copying thread does not exist in the child, and never releases the view
+    it held there: the child's close() must not wait for it."""
+    path = tmp_path / "f"
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)                             # sparse: a long copy of holes
+    with MappedFile(path) as mf:
+        started = threading.Event()
+
+        def read() -> None:
+            started.set()
+            buf = bytearray(64 << 20)
+            for _ in range(16):
+                mf.readinto(buf, 0)
+        reader = threading.Thread(target=read)
+        reader.start()
+        started.wait()
+        time.sleep(0.1)
+
+        def child() -> bool:
+            ok = mf.read(3, 0) == bytes(3)
+            mf.close()
+            return ok and mf.closed
+        try:
+            assert _in_child(child) == 0
+        finally:
+            reader.join()
+
+
+def test_a_file_too_large_to_map_twice_is_mapped_once(tmp_path) -> None:
+    """Growth maps twice the new size; when the address space has no room for that
+    (a 48 TiB sparse file in x86-64's 128 TiB user space), it maps just the file."""
+    shm = "/dev/shm"
+    if not os.path.isdir(shm):
+        pytest.skip("no /dev/shm (tmpfs) on this machine for a 48 TiB sparse file")
+    path = os.path.join(shm, f"mcsafe-huge-{os.getpid()}")
+    with open(path, "wb") as f:
+        f.write(b"hello")
+    try:
+        with MappedFile(path) as mf:
+            size = 48 << 40
+            try:
+                os.truncate(path, size)
+            except OSError as exc:
+                pytest.skip(f"tmpfs here refuses a {size}-byte file: {exc}")
+            assert mf.size == size                     # was OSError ENOMEM from mmap
+            assert mf.read(5, 0) == b"hello" and mf.read(10, size - 3) == bytes(3)
+    finally:
+        os.unlink(path)
+
+
+def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tmp_path
+                                                                             ) -> None:
+    """Another process cuts the file below the page before each copy and writes it
+    back after: every retry faults, yet the file holds the page whenever asked. That
+    is churn, not a bad page: the call ends short and nothing is remembered (the
+    page was remembered bad, and every later read of it raised EIO)."""
+    path = tmp_path / "f"
+    data = b"\xab" * (4 * PAGE)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        real, copies = mf._copy, []
+
+        def cut_during(*args: object) -> object:
+            os.truncate(path, PAGE)
+            try:
+                return real(*args)             # type: ignore[arg-type]
+            finally:
+                with open(path, "r+b") as f:
+                    f.seek(PAGE)
+                    f.write(data[PAGE:])
+                copies.append(1)
+        mf._copy = cut_during                  # type: ignore[method-assign]
+        got = mf.readinto(bytearray(2 * PAGE), 2 * PAGE)
+        assert len(copies) == 3 and got == 0 and mf.bad_ranges() == []
+        del mf._copy
+        assert mf.read(2 * PAGE, 2 * PAGE) == data[2 * PAGE:]
+
+
+def test_a_cut_and_append_during_a_careful_copy_counts_no_zero(tmp_path) -> None:
+    """Another process cuts the file inside the page being copied (the kernel zeroes
+    the rest of that page, which stays mapped) and appends the bytes back before
+    the size is asked again: the size after looks unchanged, the copy read zeros."""
+    path = tmp_path / "f"
+    data = b"\xab" * (3 * PAGE + 2000)
+    path.write_bytes(data)
+    with MappedFile(path) as mf:
+        real, copies = mf._copy, []
+
+        def cut_during(*args: object) -> object:
+            if len(copies) < 2:
+                os.truncate(path, 3 * PAGE + 100)
+            try:
+                return real(*args)             # type: ignore[arg-type]
+            finally:
+                if len(copies) < 2:
+                    with open(path, "r+b") as f:
+                        f.seek(3 * PAGE + 100)
+                        f.write(data[3 * PAGE + 100:])
+                copies.append(1)
+        mf._copy = cut_during                  # type: ignore[method-assign]
+        buf = bytearray(PAGE)
+        got = mf.readinto(buf, 3 * PAGE)
+        assert buf[:got].count(0) == 0, f"{buf[:got].count(0)} zeros counted of {got}"
+        assert got == 2000 and len(copies) == 3          # copied again, once it held

@@ -141,3 +141,40 @@ def test_the_example_reports_in_one_line(shard) -> None:
                          text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert "tensor 'big'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _entry(shape: object = (4,), offsets: object = (0, 4)) -> dict[str, object]:
+    return {"dtype": "U8", "shape": shape, "data_offsets": offsets}
+
+
+@pytest.mark.parametrize("header, why", [
+    (b"[" * 100000 + b"]" * 100000, "not JSON"),                       # RecursionError
+    (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}',
+     "not JSON"),                                                      # int digit limit
+    (json.dumps({"a": _entry([True, 4])}).encode(), "not a list of sizes"),
+    (json.dumps({"a": _entry(offsets=[False, 4])}).encode(), "is not [begin, end]"),
+    (json.dumps({"__metadata__": [1, 2], "a": _entry()}).encode(), "__metadata__"),
+    (json.dumps({"__metadata__": {"step": 1}, "a": _entry()}).encode(), "__metadata__"),
+    (b'{"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}, '
+     b'"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}', "twice"),
+])
+def test_hostile_headers_are_refused_in_one_line(tmp_path, header: bytes, why: str) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"x" * 4)
+    with pytest.raises(SafetensorsError) as info:
+        load_file(path)
+    assert why in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape, dtype", [([1 << 40], "U8"), ([1 << 40, 1 << 40], "F64")])
+def test_a_tensor_larger_than_the_file_names_it_without_allocating(tmp_path, shape, dtype
+                                                                    ) -> None:
+    header = json.dumps({"a": {"dtype": dtype, "shape": shape, "data_offsets":
+                               [0, int(np.prod(shape, dtype=object)) * (8 if dtype == "F64"
+                                                                         else 1)]}}).encode()
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"x" * 4)
+    with pytest.raises(MemoryFaultError) as info:
+        load_file(path)                       # was MemoryError / "dimension exceeded"
+    assert "tensor 'a'" in str(info.value) and info.value.cause == "truncated"

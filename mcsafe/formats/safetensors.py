@@ -119,12 +119,20 @@ def _header(mf: MappedFile) -> tuple[dict[str, str], dict[str, dict[str, Any]], 
     if len(raw) < n:
         raise bad(f"the file ends inside the header (at byte {8 + len(raw)})")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(f"header is not JSON ({exc})") from None
+        header = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _Duplicate as exc:
+        raise bad(f"key {exc.args[0]!r} appears twice in the header") from None
+    # ValueError: bad JSON, or an integer past Python's digit limit; RecursionError:
+    # arrays nested deeper than the parser's stack (a hostile header's cheap attack)
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"header is not JSON ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:200]})") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and
+            all(isinstance(v, str) for v in metadata.values())):
+        raise bad(f"__metadata__ {str(metadata)[:200]} is not a map of strings to strings")
     tensors: dict[str, dict[str, Any]] = {}
     for name, entry in header.items():
         tensors[name] = _check_entry(name, entry, bad)
@@ -139,16 +147,36 @@ def _check_entry(name: str, entry: Any, bad: Any) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise bad(f"tensor {name!r}: dtype {dtype!r} has no numpy equivalent "
                   f"(known: {', '.join(DTYPES)})")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(_size(d) for d in shape)):
         raise bad(f"tensor {name!r}: shape {shape!r} is not a list of sizes")
     if not (isinstance(offsets, list) and len(offsets) == 2 and
-            all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            all(_size(o) for o in offsets) and offsets[0] <= offsets[1]):
         raise bad(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
     want = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
     if offsets[1] - offsets[0] != want:
         raise bad(f"tensor {name!r}: {dtype} {shape} needs {want} bytes, data_offsets "
                   f"give {offsets[1] - offsets[0]}")
     return entry
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object without repeated keys (json keeps the last one silently, which
+    would hide a tensor, or leave its bytes unaccounted for)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def _size(value: Any) -> bool:
+    """A JSON integer >= 0 (JSON true and false are Python ints: not sizes)."""
+    return type(value) is int and value >= 0
 
 
 def _check_layout(tensors: dict[str, dict[str, Any]], bad: Any) -> None:
