@@ -267,8 +267,18 @@ def test_writable_table_written_after_registration_changes_nothing(tmp_path) -> 
     assert p.stdout.split() == ["-14", "-14"]
 
 
+def unreserved_source(tmp_path: Path) -> Path:
+    """The example without EXTABLE_RESERVE: its table can only be added with
+    `extable build --add-section`, into a section that is not loaded."""
+    text = EXAMPLE.read_text()
+    assert "EXTABLE_RESERVE(512);" in text
+    out = tmp_path / "unreserved.c"
+    out.write_text(text.replace("EXTABLE_RESERVE(512);", ""))
+    return out
+
+
 def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_path) -> None:
-    so = compile_so(FIXTURES / "unreserved.c", tmp_path / "unreserved.so")
+    so = compile_so(unreserved_source(tmp_path), tmp_path / "unreserved.so")
     run_cli("build", so, "--in-place", "--add-section", check=True)
     lib = load(so)
     before = mcsafe.published_tables()
@@ -293,11 +303,12 @@ def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
     # program headers, so only the code itself tells the file that is loaded from
     # one put in its place. The table is read from the file: it must be the
     # loaded object's, or nothing is published.
-    source = (FIXTURES / "unreserved.c").read_text()
+    unreserved = unreserved_source(tmp_path)
+    source = unreserved.read_text()
     other = tmp_path / "other.c"
     other.write_text(source.replace("xor %eax, %eax", "xor %ecx, %ecx", 1))
     so, twin = tmp_path / "nobuildid.so", tmp_path / "twin.so"
-    for src, out in ((FIXTURES / "unreserved.c", so), (other, twin)):
+    for src, out in ((unreserved, so), (other, twin)):
         compile_so(src, out, extra=["-Wl,--build-id=none"])
         run_cli("build", out, "--in-place", "--add-section", check=True)
     assert so.read_bytes() != twin.read_bytes()

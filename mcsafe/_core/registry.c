@@ -445,6 +445,25 @@ static int publish_copy(const void *key, void *copy, size_t size, size_t mapped,
     return 0;
 }
 
+/* Magic, version, machine and whether the table says it lies in a loaded
+ * section (as it must, or must not, for `loaded`); -1 with the reason in err. */
+static int check_header(const struct extable_header *h, int loaded, char *err, size_t errlen)
+{
+    if (memcmp(h->magic, "EXTABLE", 8) != 0)
+        return fail(err, errlen, "no exception table (bad magic): was extable build run on "
+                    "this module?");
+    if (h->version != 1)
+        return fail(err, errlen, "table version %u is not supported", h->version);
+    if (h->machine != MCSAFE_ARCH_MACHINE)
+        return fail(err, errlen, "table is for machine %u, this is %u", h->machine,
+                    MCSAFE_ARCH_MACHINE);
+    if (loaded && !(h->flags & EXTABLE_TABLE_LOADED))
+        return fail(err, errlen, "table is not in a loaded section");
+    if (!loaded && (h->flags & EXTABLE_TABLE_LOADED))
+        return fail(err, errlen, "table says it is loaded, but its section is not");
+    return 0;
+}
+
 static int register_loaded(const void *table, size_t size, const char *name, int pinned,
                            char *err, size_t errlen)
 {
@@ -465,17 +484,7 @@ static int register_loaded(const void *table, size_t size, const char *name, int
         return -1;
     const struct extable_header *h = copy;
     uintptr_t base = (uintptr_t)table - (uintptr_t)h->self_vaddr;
-    if (memcmp(h->magic, "EXTABLE", 8) != 0)
-        fail(err, errlen, "no exception table (bad magic): was extable build run on this "
-             "module?");
-    else if (h->version != 1)
-        fail(err, errlen, "table version %u is not supported", h->version);
-    else if (h->machine != MCSAFE_ARCH_MACHINE)
-        fail(err, errlen, "table is for machine %u, this is %u", h->machine,
-             MCSAFE_ARCH_MACHINE);
-    else if (!(h->flags & EXTABLE_TABLE_LOADED))
-        fail(err, errlen, "table is not in a loaded section");
-    else if (base != s.bias)
+    if (check_header(h, 1, err, errlen) == 0 && base != s.bias)
         fail(err, errlen, "table says its module is loaded at %#lx, but it is at %#lx",
              (unsigned long)base, (unsigned long)s.bias);
     if (*err) {
@@ -516,17 +525,7 @@ int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
     if (!copy)
         return -1;
     const struct extable_header *h = copy;
-    if (memcmp(h->magic, "EXTABLE", 8) != 0)
-        fail(err, errlen, "no exception table (bad magic): was extable build run on this "
-             "module?");
-    else if (h->version != 1)
-        fail(err, errlen, "table version %u is not supported", h->version);
-    else if (h->machine != MCSAFE_ARCH_MACHINE)
-        fail(err, errlen, "table is for machine %u, this is %u", h->machine,
-             MCSAFE_ARCH_MACHINE);
-    else if (h->flags & EXTABLE_TABLE_LOADED)
-        fail(err, errlen, "table says it is loaded, but its section is not");
-    if (*err) {
+    if (check_header(h, 0, err, errlen)) {
         munmap(copy, mapped);
         return -1;
     }
