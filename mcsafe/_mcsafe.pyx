@@ -296,19 +296,20 @@ def _copy_or_report(dst, src, n=None, Py_ssize_t dst_offset=0, Py_ssize_t src_of
 
 
 def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint from_src,
-                    Py_ssize_t probe):
-    """MappedFile's fast path, in one call: read byte `probe` of the file's buffer
-    (src if from_src, else dst), copy as much as both buffers hold after their
-    offsets, read byte `probe` again; every access through the table-driven copy.
-    Returns the count, or -1 if a probe faulted (the copy may have run), or -2
-    if the copy would pass `probe` (nothing done), or a CopyResult if it faulted."""
+                    Py_ssize_t limit, uintptr_t probe, uint64_t expect):
+    """MappedFile's fast path, in one call: read the 8-byte word at address `probe`,
+    copy as much as both buffers hold after their offsets, read the word again;
+    every access through the table-driven copy. The copy must end at or before
+    offset `limit` of the file's buffer (src if from_src, else dst).
+    Returns the count, or -1 if a probe faulted or read other than `expect` (the
+    copy may have run), or -2 if the copy would pass `limit` (nothing done), or a
+    CopyResult if the copy faulted."""
     cdef mcsafe_fault rec
     cdef Py_buffer d, s
     cdef Py_ssize_t count, done
     cdef char *dp
     cdef const char *sp
-    cdef const char *probe_at
-    cdef char byte
+    cdef uint64_t word
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     _acquire(dst, src, &d, &s)
@@ -316,15 +317,14 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
         if not (0 <= dst_offset <= d.len and 0 <= src_offset <= s.len):
             raise ValueError("offset outside its buffer")
         count = _span(d.len - dst_offset, s.len - src_offset, None)
-        if (src_offset if from_src else dst_offset) + count > probe or \
-                probe >= (s.len if from_src else d.len):
+        if (src_offset if from_src else dst_offset) + count > limit or \
+                limit >= (s.len if from_src else d.len):
             return -2
         dp = <char *>d.buf + dst_offset
         sp = <const char *>s.buf + src_offset
         if count and dp < sp + count and sp < dp + count:
             raise ValueError("src and dst overlap")
-        probe_at = (<const char *>s.buf if from_src else <const char *>d.buf) + probe
-        if mcsafe_copy(&byte, probe_at, 1, &rec) != 1:
+        if mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8 or word != expect:
             return -1
         if count >= GIL_RELEASE:
             with nogil:
@@ -333,7 +333,7 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
             done = <Py_ssize_t>mcsafe_copy(dp, sp, <size_t>count, &rec)
         if done < count:
             return CopyResult(done, _fault_info(&rec, <uintptr_t>dp, <uintptr_t>sp))
-        if mcsafe_copy(&byte, probe_at, 1, &rec) != 1:
+        if mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8 or word != expect:
             return -1
         return done
     finally:

@@ -42,6 +42,8 @@ _libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 MAP_FAILED = ctypes.c_void_p(-1).value
+MAP_FIXED = 0x10
+PROT_NONE = 0
 MS_SYNC = 4
 
 # File systems whose files have no pages to map, by statfs f_type.
@@ -50,12 +52,6 @@ _PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x64626720: "debugfs",
               0x73636673: "securityfs", 0x6E736673: "nsfs", 0xCAFE4A11: "bpf"}
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
           stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
-
-
-def _state(view: memoryview, size: int) -> tuple[memoryview, int, int]:
-    """What the fast path reads in one go: a view of the file's bytes, its size,
-    and the first byte of its last page (the probe; see MappedFile.readinto)."""
-    return view, size, (size - 1) // PAGE * PAGE if size else -1
 
 
 def _pages(n: int) -> int:
@@ -95,6 +91,57 @@ class _Mapping:
             _libc.madvise(self.address + start, end - start, mmap.MADV_DONTNEED)
 
 
+class _Probe:
+    """One page of address space that holds, privately mapped, the file's last
+    page with a random word of ours written over its start (a copy-on-write
+    page: the file never sees it).
+
+    Cutting a file to or below a page's start unmaps that page from every
+    mapping of the file, private copies included (truncate_pagecache(): POSIX
+    says such a page must fault), and only cutting does so. So while the word
+    reads back as written, the file has not been cut to the page's start since
+    it was written, and held every byte before it: the fast path's proof
+    (MappedFile.readinto). After a cut the word reads as the file's own bytes
+    (the page faulted in again from a file written long again) or faults (it
+    was not). The word is random so that no file's bytes are expected to equal
+    it: 2**-64 per cut."""
+
+    def __init__(self) -> None:
+        self.address: int | None = self._reserve(None)
+        self._word = memoryview((ctypes.c_ubyte * 8).from_address(self.address)).cast("B") \
+            if self.address else None
+
+    @staticmethod
+    def _reserve(at: int | None) -> int | None:
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (MAP_FIXED if at else 0)
+        address = _libc.mmap(at, PAGE, PROT_NONE, flags, -1, 0)
+        return None if address in (None, MAP_FAILED) else address
+
+    def arm(self, fd: int, offset: int) -> int | None:
+        """Map the file's page at offset here and write a fresh word over its start:
+        the word, or None if the page could not be mapped or read."""
+        if self.address is None or self._word is None:
+            return None
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        at = _libc.mmap(self.address, PAGE, prot, mmap.MAP_PRIVATE | MAP_FIXED, fd, offset)
+        if at != self.address:
+            # A failed MAP_FIXED may have unmapped the page: reserve it again, or
+            # give it up (never probed, never unmapped by us: it may be another's).
+            if self._reserve(self.address) != self.address:
+                self.address = None
+            return None
+        word = int.from_bytes(os.urandom(8), "little")
+        if _copy_or_report(self._word, word.to_bytes(8, "little"), 8) != 8:
+            return None         # the page faults: cut under us, or unreadable
+        return word
+
+    def close(self) -> None:
+        if self._word is not None:
+            self._word.release()
+        if self.address is not None:
+            _libc.munmap(self.address, PAGE)
+
+
 class MappedFile:
     """A file mapped into memory, read and written through the table-driven copy.
 
@@ -126,6 +173,7 @@ class MappedFile:
             reserve = _pages(max(2 * size, size + RESERVE_MIN)) if self._growable else \
                 _pages(max(size, 1))
             self._map = _Mapping(self._fd, reserve, mode == "r+", self.path)
+            self._probe = _Probe()
         except OSError as exc:
             os.close(self._fd)
             if exc.errno == errno.ENODEV:     # the file system has no pages to map
@@ -137,7 +185,9 @@ class MappedFile:
             raise
         self._retired: list[_Mapping] = []   # outgrown mappings, unmapped by close()
         self._stale: list[memoryview] = []   # size views still exported when replaced
-        self._state = _state(self._map.view[:size], size)
+        # (a view of the file's bytes, its size, the probe's limit, address and word)
+        self._state: tuple[memoryview, int, int, int, int]
+        self._publish(self._map.view[:size], size)
         self._starts: list[int] = []         # bad ranges, sorted and disjoint
         self._ends: list[int] = []
         self._first_fault: dict[int, FaultInfo] = {}
@@ -177,7 +227,7 @@ class MappedFile:
                 return
             self._closed = True
             view = self._state[0]
-            self._state = (view, 0, -1)      # every call now takes the careful path
+            self._state = (view, 0, -1, 0, 0)   # every call now takes the careful path
         me = threading.get_ident()
         while any(t != me for t in self._users):   # other threads' calls under way
             time.sleep(0.001)
@@ -186,6 +236,7 @@ class MappedFile:
             self._release(v)
         for m in self._retired + [self._map]:
             m.close()
+        self._probe.close()
         os.close(self._fd)
 
     @staticmethod
@@ -226,10 +277,10 @@ class MappedFile:
         self._users = {me: self._users[me]} if me in self._users else {}
         if self._closed:
             return
-        view, size, last = self._state
+        view, size, limit, probe, word = self._state
         self._leaked += [view] + self._stale       # never released: left mapped, unused
         self._stale = []
-        self._state = (self._map.view[:size], size, last)
+        self._state = (self._map.view[:size], size, limit, probe, word)
 
     @property
     def closed(self) -> bool:
@@ -282,21 +333,33 @@ class MappedFile:
             self._retired.append(self._map)
             self._map = new
         old = self._state[0]
-        self._state = _state(self._map.view[:size], size)
+        self._publish(self._map.view[:size], size)
         try:
             old.release()   # a thread that fetched it before the swap retries (_copy)
         except BufferError:
             self._stale.append(old)
 
+    def _publish(self, view: memoryview, size: int) -> None:
+        """Make (view, size) what calls see, with the probe armed on the file's
+        last page. If the page cannot be read (a bad page, or the file cut under
+        us), every call takes the careful path until the size changes."""
+        limit = (size - 1) // PAGE * PAGE if size else -1
+        word = self._probe.arm(self._fd, limit) if size else None
+        address = self._probe.address
+        if word is None or address is None:
+            self._state = (view, size, -1, 0, 0)
+        else:
+            self._state = (view, size, limit, address, word)
+
     def _probe_failed(self, size: int) -> None:
-        """The probe byte faulted. If the file still has the size the probe was
-        chosen for, its last page is bad: stop probing it (every call would pay a
-        fault) until the size changes; the careful path serves meanwhile."""
+        """The probe faulted or read another word: the file was cut since it was
+        armed. If the file has the size the probe was armed for (cut and written
+        long again), arm it again; a new size is armed by _refresh()."""
         if self._refresh() == size:
             with self._lock:
-                view, now, _ = self._state
-                if now == size and not self._closed:
-                    self._state = (view, size, -1)
+                view, now, limit, _, _ = self._state
+                if now == size and limit >= 0 and not self._closed:
+                    self._publish(view, size)
 
     # -- the bad-range list ----------------------------------------------------
 
@@ -346,10 +409,10 @@ class MappedFile:
         """Fill buf from the file at offset, as pread(2): the count, short at a bad
         byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
         if the first byte is bad."""
-        data, size, last = self._state
+        data, size, limit, probe, word = self._state
         if 0 <= offset < size and not self._starts:
             try:
-                got = _copy_bracketed(buf, data, 0, offset, True, last)
+                got = _copy_bracketed(buf, data, 0, offset, True, limit, probe, word)
             except (ValueError, TypeError):      # closed, or resized by another thread
                 got = -3
             if type(got) is int:
@@ -364,13 +427,13 @@ class MappedFile:
             raise ValueError(f"negative offset {offset}")
         return self._checked(buf, offset, True, 0, None)
 
-    # The fast path of readinto() and write(): a page maps only while some byte of
-    # it is in the file, so if the first byte of the file's last page (as last
-    # seen) reads without a fault before the copy and again after it, the file
-    # held every byte of a copy that ends before that page for the whole call.
-    # Copies that reach into the last page (whose tail past the end reads as
-    # zeros without a fault), faults and failed probes take _checked(), which
-    # asks the size before and after each copy.
+    # The fast path of readinto() and write(): if the probe's word (_Probe) reads
+    # back as armed before the copy and after it, the file was not cut to or
+    # below the start of its last page (as last seen) during the call, so it
+    # held every byte of a copy that ends before that page. Copies that reach
+    # into the last page (whose tail past the end reads as zeros without a
+    # fault), faults and failed probes take _checked(), which asks the size
+    # before and after each copy.
 
     def read(self, n: int, offset: int = 0) -> bytes:
         """Up to n bytes from offset (fewer at a bad byte or the end of the file)."""
@@ -389,10 +452,10 @@ class MappedFile:
             raise OSError(errno.EBADF, "not open for writing (mode 'r+')", self.path)
         # readinto's fast path, mirrored (written out twice: a shared helper costs
         # a call, a fifth of a 4 KiB read)
-        data, size, last = self._state
+        data, size, limit, probe, word = self._state
         if 0 <= offset < size and not self._starts:
             try:
-                got = _copy_bracketed(data, buf, offset, 0, False, last)
+                got = _copy_bracketed(data, buf, offset, 0, False, limit, probe, word)
             except (ValueError, TypeError):
                 got = -3
             if type(got) is int:
