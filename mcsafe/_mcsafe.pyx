@@ -341,6 +341,44 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
         PyBuffer_Release(&d)
 
 
+def _copy_through(sink, src, Py_ssize_t src_offset, Py_ssize_t n):
+    """scrub()'s reader: copy n bytes of src from src_offset through sink, a
+    sink-full at a time (each overwriting the last), without the GIL. Returns n,
+    or a CopyResult whose count is the bytes read before the fault."""
+    cdef mcsafe_fault rec
+    cdef Py_buffer d, s
+    cdef size_t piece, got, done = 0
+    cdef const char *sp
+    if not _own_ok:
+        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
+    _acquire(sink, src, &d, &s)
+    try:
+        if not (0 <= src_offset <= s.len and 0 <= n <= s.len - src_offset) or \
+                (n and d.len == 0):
+            raise ValueError("src_offset or n outside src, or an empty sink")
+        sp = <const char *>s.buf + src_offset
+        if n and <char *>d.buf < sp + n and sp < <char *>d.buf + d.len:
+            raise ValueError("src and sink overlap")
+        if n >= MASK_CHECK and mcsafe_faults_blocked():
+            _refuse_blocked()
+        with nogil:
+            while done < <size_t>n:
+                piece = <size_t>n - done
+                if piece > <size_t>d.len:
+                    piece = <size_t>d.len
+                got = mcsafe_copy(d.buf, sp + done, piece, &rec)
+                done += got
+                if got < piece:
+                    break
+        if done < <size_t>n:
+            return CopyResult(<Py_ssize_t>done,
+                              _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>s.buf))
+        return n
+    finally:
+        PyBuffer_Release(&s)
+        PyBuffer_Release(&d)
+
+
 def _copy_path(path, dst, src, Py_ssize_t repeat=1):
     """Test and benchmark hook: copy src into dst with one path of copy_paths()
     only, repeat times (the result is the last one's)."""

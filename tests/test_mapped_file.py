@@ -228,3 +228,25 @@ def test_read_near_the_end_after_a_bad_range(tmp_path) -> None:
         buf = bytearray(8 * PAGE)                               # larger than what is left
         assert mf.readinto(buf, off) == 1000
         assert buf[:1000] == inject.pattern(NPAGES * PAGE)[off:]
+
+
+def test_scrubs_reader_counts_up_to_a_fault_in_a_later_piece() -> None:
+    """_copy_through (scrub's reader, looping sink-sized pieces in C) reports the
+    bytes before the fault across pieces, and the fault's offset in src."""
+    from mcsafe._mcsafe import _copy_through
+    with inject.region("mprotect", 8, [6]) as r:
+        sink = bytearray(PAGE)                     # one page per piece
+        assert _copy_through(sink, r.buffer, 0, 6 * PAGE) == 6 * PAGE
+        assert bytes(sink) == bytes(r.buffer[5 * PAGE:6 * PAGE])   # the last piece
+        res = _copy_through(sink, r.buffer, 100, 7 * PAGE)
+        assert not isinstance(res, int)
+        assert res.copied == 6 * PAGE - 100 and res.fault is not None
+        assert (res.fault.side, res.fault.offset) == ("src", 6 * PAGE)
+        assert _copy_through(sink, r.buffer, 8 * PAGE, 0) == 0
+        for args in ((sink, r.buffer, 0, 8 * PAGE + 1), (sink, r.buffer, -1, 1),
+                     (bytearray(), r.buffer, 0, 1)):
+            with pytest.raises(ValueError):
+                _copy_through(*args)
+        view = memoryview(sink)
+        with pytest.raises(ValueError, match="overlap"):
+            _copy_through(view[:100], view, 50, 100)
