@@ -289,8 +289,9 @@ SECTIONS = [
      "entries."),
     ("Threads", "threads-", "Aggregate throughput of 1 and 2 threads copying at once."),
     ("Storage", "read-", "`MappedFile.readinto` against `os.preadv` and a plain mmap slice, "
-     "from the page cache."),
-    ("Scrub", "scrub", "`scrub()` against a `readinto` loop, one pass over a file just opened."),
+     "from the page cache, into a page-aligned buffer for every peer."),
+    ("Scrub", "scrub", "`scrub()` against an `os.preadv` loop and a `readinto` loop (1 MiB "
+     "page-aligned buffer), one pass over a file just opened."),
     ("Arrays", "read_array-", "`MappedFile.read_array` against `numpy.fromfile`, a new "
      "array from the page cache."),
     ("The compiler", "symbols", "Function symbols of the largest ELF on the machine."),

@@ -324,6 +324,8 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
         sp = <const char *>s.buf + src_offset
         if count and dp < sp + count and sp < dp + count:
             raise ValueError("src and dst overlap")
+        if count >= MASK_CHECK and mcsafe_faults_blocked():
+            _refuse_blocked()
         if mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8 or word != expect:
             return -1
         if count >= GIL_RELEASE:

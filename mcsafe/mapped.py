@@ -13,6 +13,7 @@ import signal
 import stat
 import threading
 import time
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,6 +30,7 @@ SCRUB_BUF = 1 << 20         # the copies' sink, re-used per piece: measured 3-4%
                             # 4 MiB one (cache), 256 KiB pieces 25% slower
 RETRIES = 2                 # copies again of a page that faulted inside the file
 RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (address space only)
+GROWTH_REARM = 64 << 10     # growth (at least, or an eighth of the file) that moves the probe
 CLOSED = "I/O operation on closed file"
 RETRY, STOP, CUT = range(3)  # verdicts on a fault (MappedFile._judge)
 
@@ -47,6 +49,7 @@ MAP_FIXED = 0x10
 PROT_NONE = 0
 MS_SYNC = 4
 
+HUGETLBFS_MAGIC = 0x958458F6
 # File systems whose files have no pages to map, by statfs f_type.
 _PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x64626720: "debugfs",
               0x74726163: "tracefs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2",
@@ -92,7 +95,7 @@ class _Mapping:
             _libc.madvise(self.address + start, end - start, mmap.MADV_DONTNEED)
 
 
-class _Probe:
+class _ProbePage:
     """One page of address space that holds, privately mapped, the file's last
     page with a random word of ours written over its start (a copy-on-write
     page: the file never sees it).
@@ -143,6 +146,29 @@ class _Probe:
             _libc.munmap(self.address, PAGE)
 
 
+class _Probe:
+    """Two probe pages, armed in turn, so that arming one (the file changed
+    size) never fails the calls in flight that check the other."""
+
+    def __init__(self) -> None:
+        self._pages = [p for p in (_ProbePage(), _ProbePage()) if p.address is not None]
+        self._turn = 0
+
+    def arm(self, fd: int, offset: int) -> tuple[int, int] | None:
+        """Arm the next page on the file's page at offset: (its address, its word),
+        or None if the page could not be mapped or read."""
+        if not self._pages:
+            return None
+        page = self._pages[self._turn % len(self._pages)]
+        self._turn += 1
+        word = page.arm(fd, offset)
+        return None if word is None or page.address is None else (page.address, word)
+
+    def close(self) -> None:
+        for page in self._pages:
+            page.close()
+
+
 class MappedFile:
     """A file mapped into memory, read and written through the table-driven copy.
 
@@ -169,9 +195,13 @@ class MappedFile:
         self._fd, self.path = _open(file, mode)
         try:
             st = os.fstat(self._fd)
-            self._growable = stat.S_ISREG(st.st_mode)
+            # Regular files are probed (block devices shrink without a cut: see
+            # _publish) and mapped with room to grow, except on hugetlbfs, where a
+            # writable mapping past the end makes the file that long.
+            self._probed = stat.S_ISREG(st.st_mode)
+            self._room = self._probed and _fs_type(self._fd) != HUGETLBFS_MAGIC
             size = self._file_size()
-            reserve = _pages(max(2 * size, size + RESERVE_MIN)) if self._growable else \
+            reserve = _pages(max(2 * size, size + RESERVE_MIN)) if self._room else \
                 _pages(max(size, 1))
             self._map = _Mapping(self._fd, reserve, mode == "r+", self.path)
             self._probe = _Probe()
@@ -204,6 +234,16 @@ class MappedFile:
         return (f"<MappedFile {self.path!r} mode={self.mode!r} size={self._state[1]} "
                 f"{len(self._starts)} bad ranges>")
 
+    def __del__(self) -> None:
+        # Dropped without close(): close it, as io's files do, and say so.
+        if getattr(self, "_closed", True) or not hasattr(self, "_lock"):
+            return
+        try:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self.close()
+        except Exception:   # pragma: no cover - interpreter shutdown
+            pass
+
     def __reduce__(self) -> Any:
         raise TypeError(f"cannot pickle a MappedFile ({self.path!r}): a mapping and a "
                         "descriptor belong to one process; send its path and open it again")
@@ -230,7 +270,10 @@ class MappedFile:
             view = self._state[0]
             self._state = (view, 0, -1, 0, 0)   # every call now takes the careful path
         me = threading.get_ident()
-        while any(t != me for t in self._users):   # other threads' calls under way
+        while True:                              # other threads' calls under way
+            with self._lock:
+                if all(t == me for t in self._users):
+                    break
             time.sleep(0.001)
         self._release(view)
         for v in self._stale:
@@ -325,7 +368,8 @@ class MappedFile:
     def _resize(self, size: int) -> None:
         if size > self._map.length:
             try:
-                new = _Mapping(self._fd, _pages(2 * size), self.mode == "r+", self.path)
+                new = _Mapping(self._fd, _pages(2 * size if self._room else size),
+                               self.mode == "r+", self.path)
             except OSError as exc:
                 if exc.errno != errno.ENOMEM:
                     raise
@@ -340,27 +384,40 @@ class MappedFile:
         except BufferError:
             self._stale.append(old)
 
-    def _publish(self, view: memoryview, size: int) -> None:
+    def _publish(self, view: memoryview, size: int, rearm: bool = False) -> None:
         """Make (view, size) what calls see, with the probe armed on the file's
         last page. If the page cannot be read (a bad page, or the file cut under
-        us), every call takes the careful path until the size changes."""
-        limit = (size - 1) // PAGE * PAGE if size else -1
-        word = self._probe.arm(self._fd, limit) if size else None
-        address = self._probe.address
-        if word is None or address is None:
+        us), every call takes the careful path until the size changes.
+
+        A file that grew a little keeps its probe (still the proof for every copy
+        that ends before the probe's page; copies past it take the careful path):
+        a log appended to in small writes is not re-armed on every write."""
+        # A block device that shrinks (a loop device's backing file cut, then
+        # losetup -c) keeps its page cache: no cut unmaps the probe, so a device
+        # is always read the careful way, which asks its size.
+        limit = (size - 1) // PAGE * PAGE if size and self._probed else -1
+        if limit < 0:
+            self._state = (view, size, -1, 0, 0)
+            return
+        _, _, kept, address, word = getattr(self, "_state", (None, 0, -1, 0, 0))
+        if not rearm and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
+            self._state = (view, size, kept, address, word)
+            return
+        armed = self._probe.arm(self._fd, limit)
+        if armed is None:
             self._state = (view, size, -1, 0, 0)
         else:
-            self._state = (view, size, limit, address, word)
+            self._state = (view, size, limit, *armed)
 
-    def _probe_failed(self, size: int) -> None:
-        """The probe faulted or read another word: the file was cut since it was
-        armed. If the file has the size the probe was armed for (cut and written
-        long again), arm it again; a new size is armed by _refresh()."""
-        if self._refresh() == size:
-            with self._lock:
-                view, now, limit, _, _ = self._state
-                if now == size and limit >= 0 and not self._closed:
-                    self._publish(view, size)
+    def _probe_failed(self, word: int) -> None:
+        """The probe armed with word faulted or read another word: the file was cut
+        since it was armed (or the probe armed again). Follow the size and arm
+        the probe again, unless another thread has."""
+        self._refresh()
+        with self._lock:
+            view, size, limit, _, now = self._state
+            if limit >= 0 and now == word and not self._closed:
+                self._publish(view, size, rearm=True)
 
     # -- the bad-range list ----------------------------------------------------
 
@@ -419,9 +476,7 @@ class MappedFile:
             if type(got) is int:
                 if got >= 0:
                     return got
-                if got == -1:
-                    self._probe_failed(size)
-                return self._checked(buf, offset, True, 0, None)
+                return self._checked(buf, offset, True, 0, None, word if got == -1 else None)
             assert isinstance(got, CopyResult)
             return self._checked(buf, offset, True, got.copied, got.fault)
         if offset < 0:
@@ -462,9 +517,7 @@ class MappedFile:
             if type(got) is int:
                 if got >= 0:
                     return got
-                if got == -1:
-                    self._probe_failed(size)
-                return self._checked(buf, offset, False, 0, None)
+                return self._checked(buf, offset, False, 0, None, word if got == -1 else None)
             assert isinstance(got, CopyResult)
             return self._checked(buf, offset, False, got.copied, got.fault)
         if offset < 0:
@@ -472,12 +525,15 @@ class MappedFile:
         return self._checked(buf, offset, False, 0, None)
 
     def _checked(self, buf: Buffer, offset: int, reading: bool, done: int,
-                 fault: FaultInfo | None) -> int:
+                 fault: FaultInfo | None, failed_probe: int | None = None) -> int:
         """The careful path of a read or a write that has copied `done` bytes (and
-        met `fault`): the size asked after every copy, growth followed, the
-        bad-range list obeyed and kept. Returns the count that was in the file."""
+        met `fault`, or found the probe armed with `failed_probe` failed): the size
+        asked after every copy, growth followed, the bad-range list obeyed and
+        kept. Returns the count that was in the file."""
         self._enter()
         try:
+            if failed_probe is not None:
+                self._probe_failed(failed_probe)
             return self._careful(buf, offset, reading, done, fault)
         finally:
             self._leave()
@@ -522,13 +578,14 @@ class MappedFile:
                 break
             res = self._copy(buf, done, pos, n, reading)
             if isinstance(res, int):
-                if self._stamp() != before:
-                    # Cut and written again during the copy: the tail of the page the
-                    # cut fell in read as zeros, and the size after cannot tell.
+                if self._stamp() != before and churn > 0:
+                    # Cut and written again during the copy, perhaps: the tail of the
+                    # page a cut fell in reads as zeros, and the size after cannot
+                    # tell. Copy it again; if the file still changes (a log being
+                    # appended to changes it on every write), count the copy as
+                    # pread(2) would, by the size asked just before it.
                     churn -= 1
-                    if churn >= 0:
-                        continue           # copy it again
-                    break                  # still churning: count none of it
+                    continue
                 done += res
                 if bad is not None and pos + n == bad[0]:
                     size = None
@@ -779,12 +836,18 @@ def _check_kind(st: os.stat_result, path: str) -> None:
                   f"{kind}, not a regular file or a block device: cannot be mapped", path)
 
 
+def _fs_type(fd: int) -> int:
+    """The statfs f_type of fd's file system (0 if unknown)."""
+    buf = ctypes.create_string_buffer(256)       # struct statfs; f_type comes first
+    if _libc.fstatfs(fd, buf) != 0:
+        return 0
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
 def _check_fs(fd: int, path: str) -> None:
     """Refuse a file of procfs, sysfs and the like: its size is not its contents,
     and mapping it fails or shows nothing."""
-    buf = ctypes.create_string_buffer(256)       # struct statfs; f_type comes first
-    if _libc.fstatfs(fd, buf) == 0:
-        fs = _PSEUDO_FS.get(ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF)
-        if fs:
-            raise OSError(errno.ENODEV, f"a {fs} file, whose size is not its contents: "
-                                        "cannot be mapped", path)
+    fs = _PSEUDO_FS.get(_fs_type(fd))
+    if fs:
+        raise OSError(errno.ENODEV, f"a {fs} file, whose size is not its contents: "
+                                    "cannot be mapped", path)

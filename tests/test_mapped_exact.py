@@ -332,7 +332,7 @@ def test_a_probe_that_faults_costs_one_fault_not_one_per_read(tmp_path) -> None:
     data = inject.pattern(6 * PAGE)
     path.write_bytes(data)
     with MappedFile(path, "r+") as mf:
-        assert inject._libc.mprotect(mf._probe.address, PAGE, 0) == 0
+        assert inject._libc.mprotect(mf._state[3], PAGE, 0) == 0
         before = mcsafe.claimed_faults()
         for i in range(50):
             assert mf.read(100, i * 10) == data[i * 10:i * 10 + 100]

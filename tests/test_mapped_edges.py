@@ -1,0 +1,251 @@
+"""MappedFile at the edges a hostile review found: logs appended to while read by
+several threads, close() racing calls, a shrinking block device, a thread that
+blocks SIGBUS, hugetlbfs, objects dropped without close()."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from mcsafe import MappedFile, inject
+
+PAGE = inject.PAGE
+BASE = bytes(i % 251 + 1 for i in range(2 << 20))
+
+
+def _appender(path, seconds: float) -> subprocess.Popen:
+    """Another process appending 512 bytes at a time: the bytes before never change."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time
+        fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)
+        end = time.monotonic() + {seconds}
+        while time.monotonic() < end:
+            os.write(fd, b"x" * 512)
+    """)])
+
+
+@pytest.mark.parametrize("mode", ["read", "write"])
+def test_calls_on_a_log_being_appended_to_count_in_full(tmp_path, mode: str) -> None:
+    """Threads read (or write) 256 KiB in the first 2 MiB while another thread
+    follows the size and another process appends: every call counts all of it.
+    (Each size change used to arm the probe again, failing calls in flight, whose
+    careful path then counted none: end of file, in the middle of the file.)"""
+    path = tmp_path / "log"
+    path.write_bytes(BASE)
+    appender = _appender(path, 2.0)
+    results = {"calls": 0, "bad": []}
+    stop = threading.Event()
+    with MappedFile(path, "r" if mode == "read" else "r+") as mf:
+        def follow() -> None:
+            while not stop.is_set():
+                mf.size
+
+        def call(i: int) -> None:
+            off = i * 100_000
+            expect = BASE[off:off + (256 << 10)]
+            buf = bytearray(expect)
+            while not stop.is_set():
+                n = mf.readinto(buf, off) if mode == "read" else mf.write(expect, off)
+                results["calls"] += 1
+                if n != len(expect) or (mode == "read" and buf != expect):
+                    results["bad"].append((off, n))
+        threads = [threading.Thread(target=follow)] + \
+            [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        appender.wait()
+        stop.set()
+        for t in threads:
+            t.join()
+    assert appender.returncode == 0
+    assert results["calls"] > 100 and not results["bad"], \
+        f"{len(results['bad'])} of {results['calls']} calls short, e.g. {results['bad'][:3]}"
+    assert path.read_bytes()[:len(BASE)] == BASE
+
+
+def test_a_read_near_the_end_of_a_growing_log_is_never_end_of_file(tmp_path) -> None:
+    """64 KiB ending 8 KiB before the end of a log another process appends to (the
+    careful path: past the probe), one thread: pread(2) returns all of it."""
+    path = tmp_path / "log"
+    path.write_bytes(b"\x01" * (4 << 20))
+    appender = _appender(path, 1.5)
+    reads = zeros = 0
+    buf = bytearray(64 << 10)
+    with MappedFile(path) as mf:
+        while appender.poll() is None:
+            end = os.fstat(mf.fileno()).st_size
+            n = mf.readinto(buf, end - (72 << 10))
+            reads += 1
+            zeros += n != len(buf)
+    assert reads > 100 and zeros == 0, f"{zeros} of {reads} reads short"
+
+
+def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch) -> None:
+    """A call whose probe failed asks the file's size with MappedFile's descriptor:
+    close() must wait for it, or the call moves the offset of whatever file the
+    caller opens next under the same number (or fails with EBADF)."""
+    path = tmp_path / "f"
+    data = inject.pattern(8 * PAGE)
+    path.write_bytes(data)
+    held, release = threading.Event(), threading.Event()
+    failed = MappedFile._probe_failed
+
+    def slow(self: MappedFile, word: int) -> None:
+        held.set()
+        release.wait(10)
+        failed(self, word)
+
+    monkeypatch.setattr(MappedFile, "_probe_failed", slow)
+    mf = MappedFile(path)
+    assert inject._libc.mprotect(mf._state[3], PAGE, 0) == 0     # the probe faults
+    got: list[object] = []
+
+    def read() -> None:
+        try:
+            got.append(mf.read(10, 0))
+        except Exception as exc:       # noqa: BLE001 - reported by the assertion
+            got.append(exc)
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert held.wait(10)
+    closer = threading.Thread(target=mf.close)
+    closer.start()
+    closer.join(0.3)
+    waited = closer.is_alive()
+    release.set()
+    reader.join(10)
+    closer.join(10)
+    assert waited, "close() returned while a call was still using the descriptor"
+    assert got == [data[:10]] and mf.closed
+
+
+def test_close_while_other_threads_calls_come_and_go(tmp_path) -> None:
+    """close() looks at the calls under way under the lock (it raised "dictionary
+    changed size during iteration", and then leaked the descriptor)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"\x01" * 2 * PAGE)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(150):
+            mf = MappedFile(path)
+
+            def call() -> None:
+                try:
+                    while True:
+                        mf.size                  # enters and leaves, each call
+                except ValueError:
+                    pass
+            threads = [threading.Thread(target=call) for _ in range(6)]
+            for t in threads:
+                t.start()
+            time.sleep(0.001)
+            mf.close()
+            for t in threads:
+                t.join()
+            assert not os.path.exists(f"/proc/self/fd/{mf._fd}") or \
+                os.readlink(f"/proc/self/fd/{mf._fd}") != str(path)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_a_block_device_that_shrinks_is_read_to_its_new_end(tmp_path) -> None:
+    """A loop device whose backing file is cut (losetup -c) keeps its page cache,
+    so no cut unmaps anything: reads past the new end must still stop there."""
+    backing = tmp_path / "disk.img"
+    data = inject.pattern(64 * PAGE, seed=4)
+    backing.write_bytes(data)
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
+                          text=True)
+    if made.returncode:
+        pytest.skip(f"no loop device on this machine: losetup said {made.stderr.strip()!r}")
+    dev = made.stdout.strip()
+    try:
+        with MappedFile(dev, "r+") as mf:
+            buf = bytearray(PAGE)
+            for p in range(64):                          # every page read, mapped
+                assert mf.readinto(buf, p * PAGE) == PAGE
+            os.truncate(backing, 8 * PAGE)
+            subprocess.run(["losetup", "-c", dev], check=True)
+            assert [mf.readinto(buf, p * PAGE) for p in range(6, 64)] == [PAGE] * 2 + [0] * 56
+            assert mf.write(b"w" * PAGE, 40 * PAGE) == 0
+            assert mf.size == 8 * PAGE
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=True)
+
+
+def test_a_thread_that_blocks_sigbus_gets_runtimeerror_on_the_fast_path(tmp_path) -> None:
+    """Copies of 1 MiB or more refuse on a thread that blocks SIGBUS (the kernel
+    would kill the process on a fault): readinto's fast path too."""
+    path = tmp_path / "f"
+    path.write_bytes(b"\x01" * (8 << 20))
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import signal, os
+        from mcsafe import MappedFile
+        mf = MappedFile({str(path)!r})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGBUS}})
+        buf = bytearray(2 << 20)
+        assert mf.readinto(bytearray(4096), 0) == 4096     # small: not checked
+        os.truncate({str(path)!r}, 0)
+        try:
+            mf.readinto(buf, 0)
+        except RuntimeError as exc:
+            print("RuntimeError:", exc)
+    """)], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, f"died of {-child.returncode}: {child.stderr[-500:]}"
+    assert "blocks SIGBUS" in child.stdout
+
+
+def test_a_mapped_file_dropped_open_is_closed_with_a_resource_warning(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"\x01" * PAGE)
+    fds = len(os.listdir("/proc/self/fd"))
+    maps = len(open("/proc/self/maps").readlines())
+    with pytest.warns(ResourceWarning, match="unclosed <MappedFile"):
+        for _ in range(20):
+            MappedFile(path).read(10)
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert len(open("/proc/self/maps").readlines()) <= maps
+
+
+@pytest.fixture
+def huge_pages():
+    """Two huge pages reserved for the test (vm.nr_hugepages, restored after)."""
+    knob = "/proc/sys/vm/nr_hugepages"
+    try:
+        before = int(open(knob).read())
+        if before < 4:
+            with open(knob, "w") as f:
+                f.write("4")
+    except OSError as exc:
+        pytest.skip(f"cannot reserve huge pages here ({knob}: {exc.strerror})")
+    if int(open(knob).read()) < 2:
+        pytest.skip("the kernel reserved no huge pages (vm.nr_hugepages stays below 2)")
+    yield
+    if before < 4:
+        with open(knob, "w") as f:
+            f.write(str(before))
+
+
+def test_opening_a_hugetlbfs_file_for_writing_leaves_its_size(huge_pages) -> None:
+    """hugetlbfs makes a file as long as a writable mapping of it: the room to grow
+    MappedFile maps elsewhere would double the file."""
+    huge = 2 << 20
+    fd = os.memfd_create("mcsafe-test", os.MFD_HUGETLB)
+    try:
+        os.ftruncate(fd, 2 * huge)
+        with MappedFile(fd, "r+") as mf:
+            assert os.fstat(fd).st_size == 2 * huge and mf.size == 2 * huge
+            assert mf.write(b"x" * 100, 0) == 100 and mf.read(100) == b"x" * 100
+            assert mf.readinto(bytearray(100), 2 * huge) == 0
+        assert os.fstat(fd).st_size == 2 * huge
+    finally:
+        os.close(fd)
