@@ -200,10 +200,11 @@ WHY_MISSED = {
         "handling for copy()'s five parameters (n and the keyword-only offsets) against the "
         "peer's two; closing it would mean parsing the arguments by hand in C.",
     "extable symbols, largest ELF, ≤ 0.5× readelf -sW (whole process)":
-        "Within a few percent of the goal, and on either side of it between runs (0.45-0.55×). "
+        "Near the goal, on either side of it between runs (0.45-0.61× so far; the same "
+        "command timed by hand here takes 0.19-0.26 s, so the spread is the machine's). "
         "The benchmark runs the editable install's console script, whose import finder costs "
-        "about 10 ms of every start (5% here) that an installed wheel does not pay; the rest "
-        "is formatting 100k lines in Python.",
+        "about 10 ms of every start that an installed wheel does not pay; the rest is "
+        "formatting 100k lines in Python (extable/symbols.py _format, elf.py's name list).",
     "64 B per call ≤ 1.0× memoryview (interleaved)":
         "Within a few ns, changing sign between runs.",
 }
