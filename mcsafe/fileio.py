@@ -28,6 +28,7 @@ class MappedFileIO(io.RawIOBase):
     def __init__(self, file: MappedFile | str | os.PathLike[str] | int, mode: str = "r", *,
                  closefd: bool = True) -> None:
         super().__init__()
+        self._owned = False              # for close() if MappedFile() below raises
         if isinstance(file, MappedFile):
             self.mapped, self._owned = file, closefd
         else:

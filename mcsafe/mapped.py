@@ -139,6 +139,15 @@ class _ProbePage:
             return None         # the page faults: cut under us, or unreadable
         return word
 
+    def read(self) -> int | None:
+        """The word the page holds now, or None if reading it faults."""
+        if self._word is None:
+            return None
+        got = bytearray(8)
+        if _copy_or_report(got, self._word, 8) != 8:
+            return None
+        return int.from_bytes(got, "little")
+
     def close(self) -> None:
         if self._word is not None:
             self._word.release()
@@ -238,11 +247,11 @@ class MappedFile:
         # Dropped without close(): close it, as io's files do, and say so.
         if getattr(self, "_closed", True) or not hasattr(self, "_lock"):
             return
+        message = f"unclosed {self!r}"
         try:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
             self.close()
-        except Exception:   # pragma: no cover - interpreter shutdown
-            pass
+        finally:            # an error here (-W error) is reported as unraisable
+            warnings.warn(message, ResourceWarning, source=self)
 
     def __reduce__(self) -> Any:
         raise TypeError(f"cannot pickle a MappedFile ({self.path!r}): a mapping and a "
@@ -534,6 +543,8 @@ class MappedFile:
         try:
             if failed_probe is not None:
                 self._probe_failed(failed_probe)
+            if not self._probed and done == 0 and fault is None and not self._starts:
+                return self._device_copy(buf, offset, reading)
             return self._careful(buf, offset, reading, done, fault)
         finally:
             self._leave()
@@ -578,14 +589,18 @@ class MappedFile:
                 break
             res = self._copy(buf, done, pos, n, reading)
             if isinstance(res, int):
-                if self._stamp() != before and churn > 0:
+                if self._stamp() != before:
                     # Cut and written again during the copy, perhaps: the tail of the
                     # page a cut fell in reads as zeros, and the size after cannot
-                    # tell. Copy it again; if the file still changes (a log being
-                    # appended to changes it on every write), count the copy as
-                    # pread(2) would, by the size asked just before it.
-                    churn -= 1
-                    continue
+                    # tell. Copy it again; if the file changes during every copy (a
+                    # log appended to changes it on every write), count what a probe
+                    # can prove: the bytes before the page the copy ends in.
+                    if churn > 0:
+                        churn -= 1
+                        continue
+                    done += self._proven_copy(buf, done, pos, n, reading)
+                    size = None
+                    break
                 done += res
                 if bad is not None and pos + n == bad[0]:
                     size = None
@@ -615,6 +630,39 @@ class MappedFile:
                 if data is self._state[0]:
                     raise
                 # the file changed size after this thread fetched its view: again
+
+    def _device_copy(self, buf: Buffer, offset: int, reading: bool) -> int:
+        """A block device's fast path: nothing cuts it (so no probe, no stamps), but
+        it may shrink: the count is bounded by its size asked before and after."""
+        size = self._refresh()
+        want = memoryview(buf).nbytes
+        if offset >= size or want == 0:
+            return 0
+        res = self._copy(buf, 0, offset, min(want, size - offset), reading)
+        if not isinstance(res, int):
+            return self._careful(buf, offset, reading, res.copied, res.fault)
+        return max(0, min(res, self._file_size() - offset))
+
+    def _proven_copy(self, buf: Buffer, done: int, pos: int, n: int, reading: bool) -> int:
+        """Copy [pos, pos + n) again, with a probe armed for this copy alone on the
+        first page at or after its end (as _Probe proves the fast path's copies):
+        all of it counts. Where the file does not reach past that page, the probe
+        goes on the page the copy ends in, and only the bytes before it count."""
+        for at in (-(-(pos + n) // PAGE) * PAGE, (pos + n - 1) // PAGE * PAGE):
+            if at <= pos:
+                return 0
+            probe = _ProbePage()
+            try:
+                word = probe.arm(self._fd, at)
+                if word is None:
+                    continue
+                res = self._copy(buf, done, pos, min(n, at - pos), reading)
+                if not isinstance(res, int) or probe.read() != word:
+                    return 0
+                return res
+            finally:
+                probe.close()
+        return 0
 
     def _stamp(self) -> tuple[int, int, int]:
         """What changes when anyone cuts or writes the file. (Asking for ctime also

@@ -203,31 +203,101 @@ def test_a_thread_that_blocks_sigbus_gets_runtimeerror_on_the_fast_path(tmp_path
     assert "blocks SIGBUS" in child.stdout
 
 
+def _maps() -> int:
+    with open("/proc/self/maps") as f:
+        return len(f.readlines())
+
+
 def test_a_mapped_file_dropped_open_is_closed_with_a_resource_warning(tmp_path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"\x01" * PAGE)
-    fds = len(os.listdir("/proc/self/fd"))
-    maps = len(open("/proc/self/maps").readlines())
+    fds, maps = len(os.listdir("/proc/self/fd")), _maps()
     with pytest.warns(ResourceWarning, match="unclosed <MappedFile"):
         for _ in range(20):
             MappedFile(path).read(10)
         gc.collect()
-    assert len(os.listdir("/proc/self/fd")) == fds
-    assert len(open("/proc/self/maps").readlines()) <= maps
+    assert len(os.listdir("/proc/self/fd")) == fds and _maps() <= maps
+
+
+def test_dropped_open_it_is_closed_even_when_the_warning_is_an_error(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"\x01" * PAGE)
+    child = subprocess.run([sys.executable, "-W", "error::ResourceWarning", "-c", textwrap.dedent(f"""
+        import gc, os
+        from mcsafe import MappedFile
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            MappedFile({str(path)!r}).read(10)
+        gc.collect()
+        print(len(os.listdir("/proc/self/fd")) - fds)
+    """)], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr[-1000:]
+    assert child.stdout.split() == ["0"], f"descriptors left open: {child.stdout}"
+    assert "unclosed <MappedFile" in child.stderr         # reported, as unraisable
+
+
+def test_a_file_object_that_fails_to_open_leaves_no_noise() -> None:
+    child = subprocess.run([sys.executable, "-X", "dev", "-c", textwrap.dedent("""
+        import mcsafe.fileio
+        try:
+            mcsafe.fileio.open("/nonexistent/file")
+        except FileNotFoundError:
+            print("refused")
+    """)], capture_output=True, text=True, timeout=60)
+    assert child.stdout.split() == ["refused"] and "Exception ignored" not in child.stderr, \
+        child.stderr[-1000:]
+
+
+def test_a_file_cut_and_written_again_during_every_careful_copy(tmp_path) -> None:
+    """A writer that cuts the file inside the page being copied, and writes it long
+    again, during every try of a careful copy: nothing dropped or zeroed counts
+    (pwrite(2) never counts a byte the kernel dropped)."""
+    path = tmp_path / "f"
+    data = b"\xab" * (3 * PAGE + 2000)
+    for mode in ("write", "read"):
+        path.write_bytes(data)
+        with MappedFile(path, "r+") as mf:
+            copy, tries = mf._copy, []
+
+            def cut_during(*args):
+                os.truncate(path, 3 * PAGE + 100)
+                try:
+                    return copy(*args)
+                finally:
+                    with open(path, "r+b") as f:
+                        f.seek(3 * PAGE + 100)
+                        f.write(data[3 * PAGE + 100:])
+                    tries.append(1)
+            mf._copy = cut_during
+            if mode == "write":
+                n = mf.write(b"\xcd" * PAGE, 3 * PAGE)
+                del mf._copy
+                mf.sync()
+                landed = path.read_bytes()[3 * PAGE:3 * PAGE + n]
+                assert landed == b"\xcd" * n, f"{n} counted, {landed.count(0xcd)} in the file"
+            else:
+                buf = bytearray(PAGE)
+                n = mf.readinto(buf, 3 * PAGE)
+                assert buf[:n].count(0) == 0, f"{buf[:n].count(0)} zeros counted of {n}"
+            assert len(tries) >= 3                   # every try saw the file change
 
 
 @pytest.fixture
 def huge_pages():
     """Two huge pages reserved for the test (vm.nr_hugepages, restored after)."""
     knob = "/proc/sys/vm/nr_hugepages"
+
+    def now() -> int:
+        with open(knob) as f:
+            return int(f.read())
     try:
-        before = int(open(knob).read())
+        before = now()
         if before < 4:
             with open(knob, "w") as f:
                 f.write("4")
     except OSError as exc:
         pytest.skip(f"cannot reserve huge pages here ({knob}: {exc.strerror})")
-    if int(open(knob).read()) < 2:
+    if now() < 2:
         pytest.skip("the kernel reserved no huge pages (vm.nr_hugepages stays below 2)")
     yield
     if before < 4:
