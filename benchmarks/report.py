@@ -291,6 +291,8 @@ SECTIONS = [
     ("Threads", "threads-", "Aggregate throughput of 1 and 2 threads copying at once."),
     ("Storage", "read-", "`MappedFile.readinto` against `os.preadv` and a plain mmap slice, "
      "from the page cache, into a page-aligned buffer for every peer."),
+    ("Whole small files", "whole-read-", "A 10,000-byte file read whole: `MappedFile` takes "
+     "its careful path (the copy reaches the last page), against `os.preadv`. No target."),
     ("Scrub", "scrub", "`scrub()` against an `os.preadv` loop and a `readinto` loop (1 MiB "
      "page-aligned buffer), one pass over a file just opened."),
     ("Arrays", "read_array-", "`MappedFile.read_array` against `numpy.fromfile`, a new "

@@ -69,6 +69,29 @@ def test_read(benchmark, data_file, peer: str, size: int) -> None:
         assert buf[:] == f.read(size)
 
 
+@pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv"])
+def test_read_whole_small_file(benchmark, tmp_path_factory, peer: str) -> None:
+    """A 10,000-byte file read whole: the copy reaches the file's last page, so
+    MappedFile takes its careful path (the size and the file's times asked around
+    the copy), where a read in the middle of a file takes the fast path."""
+    path = tmp_path_factory.mktemp("small") / "small.bin"
+    data = os.urandom(10_000)
+    path.write_bytes(data)
+    buf = sink(10_000)
+    benchmark.group = "whole-read-10000"
+    benchmark.extra_info.update(peer=peer, size=len(data))
+    if peer == "MappedFile.readinto":
+        with MappedFile(path) as mf:
+            measure(benchmark, partial(mf.readinto, buf, 0), len(data))
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            measure(benchmark, partial(os.preadv, fd, [buf], 0), len(data))
+        finally:
+            os.close(fd)
+    assert buf[:] == data
+
+
 @pytest.fixture(scope="module")
 def scrub_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("scrub") / "scrub.bin"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from ._mcsafe import _copy_bracketed, _copy_or_report, _copy_through
+from ._mcsafe import _copy_bracketed, _copy_or_report, _copy_through, _file_stamp
 from ._types import CopyResult, FaultInfo, MemoryFaultError
 
 PAGE = mmap.PAGESIZE
@@ -583,8 +583,9 @@ class MappedFile:
             if bad is not None and bad[0] < pos + n:
                 n = bad[0] - pos
             before = self._stamp()
-            n = min(n, self._file_size() - pos)   # cut since the size was asked
-            if n <= 0:                            # (st_size is 0 for a block device)
+            # cut since the size was asked? (st_size is 0 for a block device)
+            n = min(n, (before[0] if self._probed else self._file_size()) - pos)
+            if n <= 0:
                 size = None
                 break
             res = self._copy(buf, done, pos, n, reading)
@@ -604,6 +605,9 @@ class MappedFile:
                 done += res
                 if bad is not None and pos + n == bad[0]:
                     size = None
+                    break
+                if done >= want and self._probed:
+                    size = before[0]    # the size after the copy: the stamp is unchanged
                     break
             else:
                 done += res.copied
@@ -668,8 +672,7 @@ class MappedFile:
         """What changes when anyone cuts or writes the file. (Asking for ctime also
         makes the kernel's next change of it fine-grained, on multigrain file
         systems, so two changes within a clock tick still differ.)"""
-        st = os.fstat(self._fd)
-        return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        return _file_stamp(self._fd)
 
     def _judge(self, fault: FaultInfo, offset: int, done: int, reading: bool,
                last: bool, stamp: tuple[int, int, int]) -> int:
