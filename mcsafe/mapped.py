@@ -29,6 +29,7 @@ SCRUB_CHUNK = 16 << 20      # pages dropped per madvise: measured 8-13% faster t
 SCRUB_BUF = 1 << 20         # the copies' sink, re-used per piece: measured 3-4% faster than a
                             # 4 MiB one (cache), 256 KiB pieces 25% slower
 RETRIES = 2                 # copies again of a page that faulted inside the file
+CHURN_RETRIES = 4           # copies again of a file that changed during the copy
 RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (address space only)
 GROWTH_REARM = 64 << 10     # growth (at least, or an eighth of the file) that moves the probe
 CLOSED = "I/O operation on closed file"
@@ -466,8 +467,8 @@ class MappedFile:
             info = self._first_fault.get(start)
         if info is None:   # pragma: no cover - merged away under us: any fault of the range
             info = FaultInfo(self._map.address + offset, offset, "src", signal.SIGBUS, 0)
-        return MemoryFaultError(info._replace(offset=offset,
-                                              address=self._map.address + offset),
+        return MemoryFaultError(info._replace(offset=offset, address=self._map.address + offset,
+                                              side="src" if what == "read" else "dst"),
                                 f"{what} (known bad range)", self.path)
 
     # -- reading and writing -------------------------------------------------
@@ -553,7 +554,7 @@ class MappedFile:
                  fault: FaultInfo | None) -> int:
         want = memoryview(buf).nbytes
         size: int | None = None        # the size, if asked after the last copy
-        retries, churn = RETRIES, RETRIES
+        retries, churn = RETRIES, CHURN_RETRIES
         stamp: tuple[int, int, int] | None = None   # the file's, at the first fault
         while True:
             if fault is not None:
@@ -582,31 +583,40 @@ class MappedFile:
                 raise self._known_bad(bad[0], pos, "read" if reading else "write")
             if bad is not None and bad[0] < pos + n:
                 n = bad[0] - pos
+            # The last try of a file that changed during every copy (a log
+            # appended to, a file written in place) has a probe of its own.
+            proof = self._probe_past(pos + n) if churn == 0 else None
             before = self._stamp()
             # cut since the size was asked? (st_size is 0 for a block device)
             n = min(n, (before[0] if self._probed else self._file_size()) - pos)
+            res = self._copy(buf, done, pos, n, reading) if n > 0 else 0
+            proven = proof is not None and proof[0].read() == proof[1]
+            if proof is not None:
+                proof[0].close()
             if n <= 0:
                 size = None
                 break
-            res = self._copy(buf, done, pos, n, reading)
             if isinstance(res, int):
-                if self._stamp() != before:
+                changed = self._stamp() != before
+                if changed and not proven:
                     # Cut and written again during the copy, perhaps: the tail of the
                     # page a cut fell in reads as zeros, and the size after cannot
-                    # tell. Copy it again; if the file changes during every copy (a
-                    # log appended to changes it on every write), count what a probe
-                    # can prove: the bytes before the page the copy ends in.
+                    # tell. Copy it again, the last time with a probe on the page
+                    # past the copy's end, which no cut below that page spares.
                     if churn > 0:
                         churn -= 1
                         continue
-                    done += self._proven_copy(buf, done, pos, n, reading)
-                    size = None
-                    break
+                    if proof is not None:       # the probe saw a cut: count none
+                        size = None
+                        break
+                    # The file ends in the copy's last page (no page past it to
+                    # probe): count the copy as pread(2) would, by the size asked
+                    # just before it.
                 done += res
                 if bad is not None and pos + n == bad[0]:
                     size = None
                     break
-                if done >= want and self._probed:
+                if done >= want and self._probed and not changed:
                     size = before[0]    # the size after the copy: the stamp is unchanged
                     break
             else:
@@ -647,26 +657,16 @@ class MappedFile:
             return self._careful(buf, offset, reading, res.copied, res.fault)
         return max(0, min(res, self._file_size() - offset))
 
-    def _proven_copy(self, buf: Buffer, done: int, pos: int, n: int, reading: bool) -> int:
-        """Copy [pos, pos + n) again, with a probe armed for this copy alone on the
-        first page at or after its end (as _Probe proves the fast path's copies):
-        all of it counts. Where the file does not reach past that page, the probe
-        goes on the page the copy ends in, and only the bytes before it count."""
-        for at in (-(-(pos + n) // PAGE) * PAGE, (pos + n - 1) // PAGE * PAGE):
-            if at <= pos:
-                return 0
-            probe = _ProbePage()
-            try:
-                word = probe.arm(self._fd, at)
-                if word is None:
-                    continue
-                res = self._copy(buf, done, pos, min(n, at - pos), reading)
-                if not isinstance(res, int) or probe.read() != word:
-                    return 0
-                return res
-            finally:
-                probe.close()
-        return 0
+    def _probe_past(self, end: int) -> tuple[_ProbePage, int] | None:
+        """A probe (see _ProbePage) armed for one copy on the first page at or after
+        file offset `end`: (the page, its word), or None if the file does not
+        reach past that page's start."""
+        page = _ProbePage()
+        word = page.arm(self._fd, -(-end // PAGE) * PAGE)
+        if word is None:
+            page.close()
+            return None
+        return page, word
 
     def _stamp(self) -> tuple[int, int, int]:
         """What changes when anyone cuts or writes the file. (Asking for ctime also

@@ -4,6 +4,7 @@ blocks SIGBUS, hugetlbfs, objects dropped without close()."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import subprocess
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from mcsafe import MappedFile, inject
+from mcsafe import MappedFile, MemoryFaultError, inject
 
 PAGE = inject.PAGE
 BASE = bytes(i % 251 + 1 for i in range(2 << 20))
@@ -248,74 +249,87 @@ def test_a_file_object_that_fails_to_open_leaves_no_noise() -> None:
         child.stderr[-1000:]
 
 
-def test_a_file_cut_and_written_again_during_every_careful_copy(tmp_path) -> None:
-    """A writer that cuts the file inside the page being copied, and writes it long
-    again, during every try of a careful copy: nothing dropped or zeroed counts
-    (pwrite(2) never counts a byte the kernel dropped)."""
-    path = tmp_path / "f"
-    data = b"\xab" * (3 * PAGE + 2000)
-    for mode in ("write", "read"):
-        path.write_bytes(data)
-        with MappedFile(path, "r+") as mf:
-            copy, tries = mf._copy, []
+def _during_every_copy(mf: MappedFile, action) -> list[int]:
+    """Run action() around every careful copy of mf (each copy is one try)."""
+    copy, tries = mf._copy, []
 
-            def cut_during(*args):
-                os.truncate(path, 3 * PAGE + 100)
-                try:
-                    return copy(*args)
-                finally:
+    def wrapped(*args):
+        tries.append(len(tries) + 1)
+        action("before", len(tries))
+        try:
+            return copy(*args)
+        finally:
+            action("after", len(tries))
+    mf._copy = wrapped
+    return tries
+
+
+def test_a_file_cut_and_written_again_during_every_careful_copy(tmp_path) -> None:
+    """A writer that cuts the file inside the page being copied and writes it long
+    again, during every try of a careful copy: nothing dropped or zeroed counts
+    (pwrite(2) never counts a byte the kernel dropped). The last try is proved by
+    a probe on the page past the copy's end."""
+    path = tmp_path / "f"
+    data = b"\xab" * (5 * PAGE)
+    for mode in ("write", "read"):
+        path.write_bytes(data[:3 * PAGE + 2000])
+        with MappedFile(path, "r+") as mf:
+            path.write_bytes(data)     # grown since: the call reaches past the probe
+            def churn(when: str, _: int) -> None:
+                if when == "before":
+                    os.truncate(path, 3 * PAGE + 100)
+                else:
                     with open(path, "r+b") as f:
                         f.seek(3 * PAGE + 100)
                         f.write(data[3 * PAGE + 100:])
-                    tries.append(1)
-            mf._copy = cut_during
+            tries = _during_every_copy(mf, churn)
             if mode == "write":
-                n = mf.write(b"\xcd" * PAGE, 3 * PAGE)
+                n = mf.write(b"\xcd" * 1000, 3 * PAGE)
                 del mf._copy
                 mf.sync()
                 landed = path.read_bytes()[3 * PAGE:3 * PAGE + n]
                 assert landed == b"\xcd" * n, f"{n} counted, {landed.count(0xcd)} in the file"
             else:
-                buf = bytearray(PAGE)
+                buf = bytearray(1000)
                 n = mf.readinto(buf, 3 * PAGE)
                 assert buf[:n].count(0) == 0, f"{buf[:n].count(0)} zeros counted of {n}"
-            assert len(tries) >= 3                   # every try saw the file change
+            assert len(tries) >= 5                   # every try saw the file change
 
 
-@pytest.fixture
-def huge_pages():
-    """Two huge pages reserved for the test (vm.nr_hugepages, restored after)."""
-    knob = "/proc/sys/vm/nr_hugepages"
-
-    def now() -> int:
-        with open(knob) as f:
-            return int(f.read())
-    try:
-        before = now()
-        if before < 4:
-            with open(knob, "w") as f:
-                f.write("4")
-    except OSError as exc:
-        pytest.skip(f"cannot reserve huge pages here ({knob}: {exc.strerror})")
-    if now() < 2:
-        pytest.skip("the kernel reserved no huge pages (vm.nr_hugepages stays below 2)")
-    yield
-    if before < 4:
-        with open(knob, "w") as f:
-            f.write(str(before))
+@pytest.mark.parametrize("size", [3 * PAGE + 2000, 4 * PAGE])
+def test_a_file_whose_times_change_during_every_copy_is_counted_in_full(tmp_path,
+                                                                        size: int) -> None:
+    """Writes in place (or a touch) change the file's times but cut nothing: the
+    careful path's last try must count everything, at a page-aligned end too."""
+    path = tmp_path / "f"
+    path.write_bytes(b"\xab" * size)
+    with MappedFile(path, "r+") as mf:
+        tries = _during_every_copy(mf, lambda when, _: os.utime(path))
+        assert mf.write(b"\xcd" * 100, size - 100) == 100
+        assert mf.readinto(bytearray(size), 0) == size
+        buf = bytearray(100)
+        assert mf.readinto(buf, size - 100) == 100 and buf == b"\xcd" * 100
+        assert len(tries) >= 15
+    assert path.read_bytes()[-100:] == b"\xcd" * 100
 
 
-def test_opening_a_hugetlbfs_file_for_writing_leaves_its_size(huge_pages) -> None:
-    """hugetlbfs makes a file as long as a writable mapping of it: the room to grow
-    MappedFile maps elsewhere would double the file."""
-    huge = 2 << 20
-    fd = os.memfd_create("mcsafe-test", os.MFD_HUGETLB)
-    try:
-        os.ftruncate(fd, 2 * huge)
-        with MappedFile(fd, "r+") as mf:
-            assert os.fstat(fd).st_size == 2 * huge and mf.size == 2 * huge
-            assert mf.write(b"x" * 100, 0) == 100 and mf.read(100) == b"x" * 100
-            assert mf.readinto(bytearray(100), 2 * huge) == 0
-        assert os.fstat(fd).st_size == 2 * huge
-    finally:
-        os.close(fd)
+def test_a_fault_in_the_last_try_is_reported_and_remembered(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"\xab" * (3 * PAGE + 2000))
+    with MappedFile(path) as mf:
+        def touch(when: str, k: int) -> None:
+            if when == "before" and k == 5:          # the last try: page 2 goes bad
+                assert inject._libc.mprotect(mf.address + 2 * PAGE, PAGE, 0) == 0
+            if when == "after":
+                os.utime(path)
+        _during_every_copy(mf, touch)
+        assert mf.readinto(bytearray(PAGE + 2000), 2 * PAGE - 500) == 500
+        assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]
+        del mf._copy
+        with pytest.raises(MemoryFaultError) as err:
+            mf.read(10, 2 * PAGE)
+        assert err.value.errno == errno.EIO
+        with pytest.raises(MemoryFaultError) as err:
+            mf.write(b"x", 2 * PAGE) if mf.mode == "r+" else mf.read(1, 2 * PAGE + 1)
+        assert err.value.side == "src"
+        inject._libc.mprotect(mf.address + 2 * PAGE, PAGE, 1)
