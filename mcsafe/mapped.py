@@ -554,7 +554,7 @@ class MappedFile:
                  fault: FaultInfo | None) -> int:
         want = memoryview(buf).nbytes
         size: int | None = None        # the size, if asked after the last copy
-        retries, churn = RETRIES, CHURN_RETRIES
+        retries, churn, probes = RETRIES, CHURN_RETRIES, CHURN_RETRIES
         stamp: tuple[int, int, int] | None = None   # the file's, at the first fault
         while True:
             if fault is not None:
@@ -586,13 +586,15 @@ class MappedFile:
             # The last try of a file that changed during every copy (a log
             # appended to, a file written in place) has a probe of its own.
             proof = self._probe_past(pos + n) if churn == 0 else None
-            before = self._stamp()
-            # cut since the size was asked? (st_size is 0 for a block device)
-            n = min(n, (before[0] if self._probed else self._file_size()) - pos)
-            res = self._copy(buf, done, pos, n, reading) if n > 0 else 0
-            proven = proof is not None and proof[0].read() == proof[1]
-            if proof is not None:
-                proof[0].close()
+            try:
+                before = self._stamp()
+                # cut since the size was asked? (st_size is 0 for a block device)
+                n = min(n, (before[0] if self._probed else self._file_size()) - pos)
+                res = self._copy(buf, done, pos, n, reading) if n > 0 else 0
+                proven = proof is not None and proof[0].read() == proof[1]
+            finally:
+                if proof is not None:
+                    proof[0].close()
             if n <= 0:
                 size = None
                 break
@@ -606,7 +608,13 @@ class MappedFile:
                     if churn > 0:
                         churn -= 1
                         continue
-                    if proof is not None:       # the probe saw a cut: count none
+                    if proof is not None:
+                        # The probe saw a cut, below the copy's end or above it:
+                        # again, and if the file is cut under every probe, count
+                        # none of it (the file may have been that short).
+                        if probes > 0:
+                            probes -= 1
+                            continue
                         size = None
                         break
                     # The file ends in the copy's last page (no page past it to
