@@ -377,18 +377,27 @@ class MappedFile:
 
     def _resize(self, size: int) -> None:
         if size > self._map.length:
+            new = None
             try:
                 new = _Mapping(self._fd, _pages(2 * size if self._room else size),
                                self.mode == "r+", self.path)
             except OSError as exc:
                 if exc.errno != errno.ENOMEM:
                     raise
-                # no address space for room to grow: map just the file
-                new = _Mapping(self._fd, _pages(size), self.mode == "r+", self.path)
-            self._retired.append(self._map)
-            self._map = new
+                # no address space for room to grow: map just the file; and if even
+                # that fails (vm.max_map_count), serve what is mapped (_careful says
+                # why it cannot go past it)
+                try:
+                    new = _Mapping(self._fd, _pages(size), self.mode == "r+", self.path)
+                except OSError as again:
+                    if again.errno != errno.ENOMEM:
+                        raise
+            if new is not None:
+                self._retired.append(self._map)
+                self._map = new
         old = self._state[0]
-        self._publish(self._map.view[:size], size)
+        seen = min(size, self._map.length)
+        self._publish(self._map.view[:seen], seen)
         try:
             old.release()   # a thread that fetched it before the swap retries (_copy)
         except BufferError:
@@ -575,6 +584,10 @@ class MappedFile:
             size = self._refresh()
             if done >= want or pos >= size:
                 break
+            if pos >= self._map.length:     # the file outgrew a mapping made again in vain
+                if done:
+                    break
+                raise _oserror(errno.ENOMEM, self.path, "mmap of the file's new length")
             n = min(want - done, size - pos)
             bad = self._bad_at_or_after(pos)
             if bad is not None and bad[0] <= pos:

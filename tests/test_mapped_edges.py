@@ -333,3 +333,31 @@ def test_a_fault_in_the_last_try_is_reported_and_remembered(tmp_path) -> None:
             mf.write(b"x", 2 * PAGE) if mf.mode == "r+" else mf.read(1, 2 * PAGE + 1)
         assert err.value.side == "src"
         inject._libc.mprotect(mf.address + 2 * PAGE, PAGE, 1)
+
+
+def test_a_file_that_outgrows_its_mapping_when_no_mapping_can_be_made(tmp_path) -> None:
+    """vm.max_map_count reached: reads within what is mapped still work, and a
+    read past it says why (ENOMEM) instead of reading as the end of the file."""
+    knob = "/proc/sys/vm/max_map_count"
+    path = tmp_path / "f"
+    data = bytes(i % 251 + 1 for i in range(256 * PAGE))
+    path.write_bytes(data)
+    with open(knob) as f:
+        before = f.read().strip()
+    with MappedFile(path) as mf:
+        reserved = mf._map.length
+        try:
+            with open(knob, "w") as f:
+                f.write(str(_maps() - 5))
+        except OSError as exc:
+            pytest.skip(f"cannot lower {knob} here: {exc.strerror}")
+        try:
+            os.truncate(path, reserved + 64 * PAGE)
+            assert mf.read(100, 100 * PAGE) == data[100 * PAGE:100 * PAGE + 100]
+            with pytest.raises(OSError) as err:
+                mf.read(100, reserved + PAGE)
+            assert err.value.errno == errno.ENOMEM and err.value.filename == str(path)
+        finally:
+            with open(knob, "w") as f:
+                f.write(before)
+        assert mf.read(100, reserved + PAGE) == bytes(100)    # mapped again: a hole
