@@ -86,3 +86,21 @@ def readelf_functions(path: str | os.PathLike[str], table: str) -> list[tuple[st
         if typ in ("FUNC", "IFUNC") and size_v and ndx != "UND":
             rows.append((name, int(value, 16), int(value, 16) + size_v))
     return rows
+
+
+@pytest.fixture
+def loop_device():
+    """attach(path) -> /dev/loopN: the file attached as a loop device, detached after
+    the test; the test is skipped where the machine has no loop devices."""
+    attached: list[str] = []
+
+    def attach(backing: Path) -> str:
+        made = subprocess.run(["losetup", "--find", "--show", str(backing)],
+                              capture_output=True, text=True)
+        if made.returncode:
+            pytest.skip(f"no loop device on this machine: losetup said {made.stderr.strip()!r}")
+        attached.append(made.stdout.strip())
+        return attached[-1]
+    yield attach
+    for dev in attached:
+        subprocess.run(["losetup", "-d", dev], check=True)

@@ -157,29 +157,22 @@ def test_close_while_other_threads_calls_come_and_go(tmp_path) -> None:
         sys.setswitchinterval(interval)
 
 
-def test_a_block_device_that_shrinks_is_read_to_its_new_end(tmp_path) -> None:
+def test_a_block_device_that_shrinks_is_read_to_its_new_end(tmp_path, loop_device) -> None:
     """A loop device whose backing file is cut (losetup -c) keeps its page cache,
     so no cut unmaps anything: reads past the new end must still stop there."""
     backing = tmp_path / "disk.img"
     data = inject.pattern(64 * PAGE, seed=4)
     backing.write_bytes(data)
-    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
-                          text=True)
-    if made.returncode:
-        pytest.skip(f"no loop device on this machine: losetup said {made.stderr.strip()!r}")
-    dev = made.stdout.strip()
-    try:
-        with MappedFile(dev, "r+") as mf:
-            buf = bytearray(PAGE)
-            for p in range(64):                          # every page read, mapped
-                assert mf.readinto(buf, p * PAGE) == PAGE
-            os.truncate(backing, 8 * PAGE)
-            subprocess.run(["losetup", "-c", dev], check=True)
-            assert [mf.readinto(buf, p * PAGE) for p in range(6, 64)] == [PAGE] * 2 + [0] * 56
-            assert mf.write(b"w" * PAGE, 40 * PAGE) == 0
-            assert mf.size == 8 * PAGE
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=True)
+    dev = loop_device(backing)
+    with MappedFile(dev, "r+") as mf:
+        buf = bytearray(PAGE)
+        for p in range(64):                          # every page read, mapped
+            assert mf.readinto(buf, p * PAGE) == PAGE
+        os.truncate(backing, 8 * PAGE)
+        subprocess.run(["losetup", "-c", dev], check=True)
+        assert [mf.readinto(buf, p * PAGE) for p in range(6, 64)] == [PAGE] * 2 + [0] * 56
+        assert mf.write(b"w" * PAGE, 40 * PAGE) == 0
+        assert mf.size == 8 * PAGE
 
 
 def test_a_thread_that_blocks_sigbus_gets_runtimeerror_on_the_fast_path(tmp_path) -> None:

@@ -123,23 +123,15 @@ def test_an_open_descriptor_is_used_and_stays_the_callers(tmp_path) -> None:
         os.close(w)
 
 
-def test_a_block_device_is_read_like_a_file(tmp_path) -> None:
+def test_a_block_device_is_read_like_a_file(tmp_path, loop_device) -> None:
     backing = tmp_path / "disk.img"
     data = inject.pattern(64 * PAGE, seed=3)
     backing.write_bytes(data)
-    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
-                          text=True)
-    if made.returncode:
-        pytest.skip(f"no loop device on this machine: losetup said {made.stderr.strip()!r}")
-    dev = made.stdout.strip()
-    try:
-        with MappedFile(dev) as mf:
-            assert mf.size == len(data)
-            assert mf.read(len(data) + 100) == data
-            assert mf.read(PAGE, 63 * PAGE + 5) == data[63 * PAGE + 5:]
-            assert mf.scrub() == []
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=True)
+    with MappedFile(loop_device(backing)) as mf:
+        assert mf.size == len(data)
+        assert mf.read(len(data) + 100) == data
+        assert mf.read(PAGE, 63 * PAGE + 5) == data[63 * PAGE + 5:]
+        assert mf.scrub() == []
 
 
 # -- a closed file ----------------------------------------------------------------
