@@ -19,6 +19,11 @@ method        how                                                        signal
 
 :func:`available` says which work on this machine, and why the others do not.
 Nothing here may touch a bad page: only :func:`mcsafe.copy` may.
+
+Those poison one mapping in one process. :func:`failing_file` makes a *file*
+whose chosen byte ranges fail for every reader and every path, as a failing
+disk's do (FUSE: ``read(2)`` gives EIO, a mapped read SIGBUS, in any process),
+and that can grow, shrink and be rewritten while it is in use.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ import signal
 import struct
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from ._failfs import FailingFile
 
 PAGE = mmap.PAGESIZE
 METHODS = ("uffd", "madvise", "truncate", "mprotect")
@@ -304,3 +312,30 @@ def uffd_poison_code() -> int | None:
     with region("uffd", 1, [0]) as r:
         fault = copy_report(bytearray(PAGE), r.buffer).fault
         return fault.code if fault else None
+
+
+def failing_file(data: bytes | int, bad: Sequence[tuple[int, int]] = (), *,
+                 name: str = "data", dir: str | None = None) -> FailingFile:
+    """A file holding `data` (or pattern(data) bytes for an int) whose byte ranges
+    `bad` fail with EIO for every reader, on a FUSE mount of its own in a
+    temporary directory (under `dir`): see :class:`mcsafe._failfs.FailingFile`
+    for what it can do (``.path``, ``.resize()``, ``.write()``, ``.set_bad()``,
+    ``.on_failed_read()``, ``.stats()``, ``.contents()``).
+
+    Use it in a ``with`` block, or close() it. The server runs in a process of
+    its own; the mount is taken away on close(), when the block ends or raises,
+    when the object is collected, and when this process dies (even of SIGKILL:
+    the server sees its control socket close, and a fusermount3 watchdog
+    unmounts if the server itself is killed). Raises InjectionUnavailable,
+    with the reason, where FUSE cannot be used."""
+    from ._failfs import FailingFile
+
+    return FailingFile(data, bad, name=name, dir=dir)
+
+
+def fuse_unavailable() -> str | None:
+    """Why :func:`failing_file` cannot work here (no /dev/fuse, no fusermount3, no
+    mfusepy or libfuse3), or None if nothing is known to be missing."""
+    from ._failfs import unavailable
+
+    return unavailable()
