@@ -72,10 +72,16 @@ class MappedFileIO(io.RawIOBase):
         return n
 
     def readall(self) -> bytes:
+        """Read to the end of the file, as FileIO.readall does: a bad byte on the
+        way raises (MemoryFaultError) rather than ending the data early."""
         self._checkClosed()
-        data = self.mapped.read(max(0, self.mapped.size - self._pos), self._pos)
-        self._pos += len(data)
-        return data
+        chunks = []
+        while True:
+            data = self.mapped.read(max(0, self.mapped.size - self._pos), self._pos)
+            if not data:
+                return b"".join(chunks)
+            self._pos += len(data)
+            chunks.append(data)
 
     def write(self, buf: Buffer) -> int:
         self._checkClosed()

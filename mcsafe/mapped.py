@@ -573,7 +573,7 @@ class MappedFile:
                 verdict = self._judge(fault, offset, done, reading, retries == 0, stamp)
                 # The file was shorter when the page faulted: the page before it may
                 # have been copied past the end then (zeros). Copy it again, or (when
-                # the file churned under every retry) do not count it.
+                # the file ends before the fault now) do not count it.
                 if verdict != RETRY:
                     if verdict == CUT:
                         done = _before_page_before(offset, done)
@@ -700,7 +700,18 @@ class MappedFile:
         """Judge a fault met `done` bytes into a call at file offset `offset`: STOP
         if the call stops there (raising if nothing was done, remembering the page
         if it is bad), RETRY if it should copy again from there, CUT if it stops
-        before the page before it (the file was cut and written again under it)."""
+        before the page before it (the file was cut under it).
+
+        A SIGBUS that says nothing of its cause (BUS_ADRERR) is a page past the end
+        of the file or a page the kernel could not read. read(2) of the byte
+        tells them apart, now: 0 bytes is the end of the file (a cut), EIO a bad
+        page, whatever else the file did meanwhile (a log appended to, a page
+        rewritten); bytes mean the page is readable now (the file was cut and
+        written again since the fault), so the copy is tried again. A page that
+        faults on every try while read(2) reads it is bad in this mapping (poison
+        the kernel did not name) and remembered, unless the file changed since
+        the first fault (`stamp`): then it was cut under every copy, and the call
+        fails there as at a bad byte, but nothing is remembered."""
         what = "read" if reading else "write"
         if fault.side != ("src" if reading else "dst"):
             # The caller's buffer is bad, not the file: EFAULT, nothing remembered.
@@ -710,29 +721,34 @@ class MappedFile:
         info = fault._replace(offset=at)
         err = errno.EIO
         if info.signal == signal.SIGBUS and info.cause == "io":
-            if not last:
-                # The file may have been shorter when the page faulted, and longer
-                # since (cut, then written again): the caller copies again. Only a
-                # page that faults again and again while the file holds it is bad.
+            readable = self._readable(at)
+            if readable is None:
+                return CUT              # at or past the end of the file now
+            if readable == 0 and not last:
                 return RETRY
-            if at // PAGE * PAGE >= self._refresh():
-                # the page is past the end now: a short count, before the page before
-                # it (cut inside that one at the fault, its tail read as zeros)
-                return CUT
-            if self._stamp() != stamp:
-                # Cut and written again while we retried (a log being rewritten): the
-                # page may have been past the end at each fault. Not proof it is bad:
-                # the call ends short there, as pread racing a truncate may.
-                return CUT
-            if not reading and self._fs_full():
+            if readable == 0 and not reading and self._fs_full():
+                # A hole the full file system could not fill: not a bad page.
                 info, err = info._replace(cause="no space"), errno.ENOSPC
+            elif readable == 0 and self._stamp() != stamp:
+                pass                    # cut under every copy: fail this call only
             else:
+                # read(2) fails there too (readable is its errno), or the mapping
+                # faults on every try while read(2) reads it (poison in our mapping)
+                err = readable or errno.EIO
                 self._remember(info)
         else:
             self._remember(info)           # poison and protection say so themselves
         if done == 0:
             raise MemoryFaultError(info, what, self.path, err)
         return STOP
+
+    def _readable(self, at: int) -> int | None:
+        """Ask read(2) for the byte at file offset `at`: None if it is at or past the
+        end of the file, 0 if it reads, else the errno it fails with."""
+        try:
+            return 0 if os.pread(self._fd, 1, at) else None
+        except OSError as exc:
+            return exc.errno or errno.EIO
 
     def _fs_full(self) -> bool:
         """Whether the file system has no blocks left: a write fault into a hole

@@ -487,8 +487,10 @@ def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tm
                                                                              ) -> None:
     """Another process cuts the file below the page before each copy and writes it
     back after: every retry faults, yet the file holds the page whenever asked. That
-    is churn, not a bad page: the call ends short and nothing is remembered (the
-    page was remembered bad, and every later read of it raised EIO)."""
+    is churn, not a bad page: nothing is remembered (the page was remembered bad,
+    and every later read of it raised EIO). Nor is it the end of the file, which
+    holds the page: the call fails as at a bad byte (it returned 0, an end of file
+    where there was none: issue 18)."""
     path = tmp_path / "f"
     data = b"\xab" * (4 * PAGE)
     path.write_bytes(data)
@@ -505,8 +507,10 @@ def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tm
                     f.write(data[PAGE:])
                 copies.append(1)
         mf._copy = cut_during                  # type: ignore[method-assign]
-        got = mf.readinto(bytearray(2 * PAGE), 2 * PAGE)
-        assert len(copies) == 3 and got == 0 and mf.bad_ranges() == []
+        with pytest.raises(MemoryFaultError) as exc:
+            mf.readinto(bytearray(2 * PAGE), 2 * PAGE)
+        assert exc.value.errno == errno.EIO and exc.value.offset == 2 * PAGE
+        assert len(copies) == 3 and mf.bad_ranges() == []
         del mf._copy
         assert mf.read(2 * PAGE, 2 * PAGE) == data[2 * PAGE:]
 
