@@ -75,7 +75,7 @@ class MappedFileIO(io.RawIOBase):
         """Read to the end of the file, as FileIO.readall does: a bad byte on the
         way raises (MemoryFaultError) rather than ending the data early."""
         self._checkClosed()
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = self.mapped.read(max(0, self.mapped.size - self._pos), self._pos)
             if not data:
