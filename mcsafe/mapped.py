@@ -214,7 +214,14 @@ class MappedFile:
             size = self._file_size()
             reserve = _pages(max(2 * size, size + RESERVE_MIN)) if self._room else \
                 _pages(max(size, 1))
-            self._map = _Mapping(self._fd, reserve, mode == "r+", self.path)
+            try:
+                self._map = _Mapping(self._fd, reserve, mode == "r+", self.path)
+            except OSError as exc:
+                if exc.errno != errno.ENOMEM or reserve == _pages(max(size, 1)):
+                    raise
+                # no address space for room to grow (a sparse file of tens of
+                # TiB): map just the file, as mmap.mmap would
+                self._map = _Mapping(self._fd, _pages(max(size, 1)), mode == "r+", self.path)
             self._probe = _Probe()
         except OSError as exc:
             os.close(self._fd)
@@ -835,7 +842,8 @@ class MappedFile:
         """Whether the file system has no blocks left: a write fault into a hole
         then means the kernel could not allocate it (ENOSPC, not a bad page)."""
         st = os.fstatvfs(self._fd)
-        return st.f_bavail == 0 or st.f_bfree == 0
+        # No blocks at all (a memfd, a tmpfs without a size limit) is "unknown".
+        return st.f_blocks > 0 and (st.f_bavail == 0 or st.f_bfree == 0)
 
     # -- durability ----------------------------------------------------------
 
