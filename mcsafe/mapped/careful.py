@@ -80,10 +80,10 @@ class Careful:
                 raise self.known_bad(bad[0], pos, "read")
             if bad is not None and bad[0] < pos + n:
                 n = bad[0] - pos
-            data, _, limit, probe, word = w.state
+            data, _, limit, probe, word, fd = w.state
             try:
                 got = _read_split(out[done:done + n], data, pos, limit, probe, word,
-                                  w.fd) if probes else -2
+                                  fd) if probes else -2
             except (ValueError, TypeError):
                 w.check_open()
                 continue            # the file changed size after the view was fetched

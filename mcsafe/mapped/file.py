@@ -177,11 +177,10 @@ class MappedFile:
         """Fill buf from the file at offset, as pread(2): the count, short at a bad
         byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
         if the first byte is bad."""
-        w = self._window
-        data, size, limit, probe, word = w.state
+        data, size, limit, probe, word, fd = self._window.state
         if 0 <= offset < size and not self._bad.starts:
             try:
-                got = _read_split(buf, data, offset, limit, probe, word, w.fd)
+                got = _read_split(buf, data, offset, limit, probe, word, fd)
             except (ValueError, TypeError):      # closed, or resized by another thread
                 got = -2
             if type(got) is int:
@@ -218,7 +217,7 @@ class MappedFile:
         if self.mode != "r+":
             raise OSError(errno.EBADF, "not open for writing (mode 'r+')", self.path)
         # readinto's fast path, mirrored without the pread half
-        data, size, limit, probe, word = self._window.state
+        data, size, limit, probe, word, _ = self._window.state
         if 0 <= offset < size and not self._bad.starts:
             try:
                 got = _copy_bracketed(data, buf, offset, 0, False, limit, probe, word)

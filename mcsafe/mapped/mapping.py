@@ -30,7 +30,9 @@ RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (addres
 GROWTH_REARM = 64 << 10     # growth (at least, or an eighth of the file) that moves the probe
 CLOSED = "I/O operation on closed file"
 
-State = tuple[memoryview, int, int, int, int]   # view, size, probe limit, address, word
+# view, size, probe limit, probe address, probe word, descriptor: one tuple, so the
+# fast path fetches all it needs with one attribute lookup
+State = tuple[memoryview, int, int, int, int, int]
 
 
 class Mapping:
@@ -154,17 +156,17 @@ class Window:
         # is never probed.
         limit = (size - 1) // PAGE * PAGE if size and self.probed else -1
         if limit < 0:
-            self.state = (view, size, -1, 0, 0)
+            self.state = (view, size, -1, 0, 0, self.fd)
             return
-        _, _, kept, address, word = getattr(self, "state", (None, 0, -1, 0, 0))
+        _, _, kept, address, word, _ = getattr(self, "state", (None, 0, -1, 0, 0, 0))
         if not rearm and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
-            self.state = (view, size, kept, address, word)
+            self.state = (view, size, kept, address, word, self.fd)
             return
         armed = self.probe.arm(self.fd, limit)
         if armed is None:
-            self.state = (view, size, -1, 0, 0)
+            self.state = (view, size, -1, 0, 0, self.fd)
         else:
-            self.state = (view, size, limit, *armed)
+            self.state = (view, size, limit, *armed, self.fd)
 
     def probe_failed(self, word: int) -> None:
         """The probe armed with word faulted or read another word: the file was cut
@@ -172,7 +174,7 @@ class Window:
         the probe again, unless another thread has."""
         self.refresh()
         with self.lock:
-            view, size, limit, _, now = self.state
+            view, size, limit, _, now, _ = self.state
             if limit >= 0 and now == word and not self.closed:
                 self.publish(view, size, rearm=True)
 
@@ -234,7 +236,7 @@ class Window:
                 return None
             self.closed = True
             view = self.state[0]
-            self.state = (view, 0, -1, 0, 0)
+            self.state = (view, 0, -1, 0, 0, self.fd)
             return view
 
     def unmap(self, view: memoryview) -> None:
@@ -253,7 +255,7 @@ class Window:
         self.lock = threading.Lock()
         if self.closed:
             return
-        view, size, limit, probe, word = self.state
+        view, size, limit, probe, word, fd = self.state
         self.leaked += [view] + self.stale       # never released: left mapped, unused
         self.stale = []
-        self.state = (self.map.view[:size], size, limit, probe, word)
+        self.state = (self.map.view[:size], size, limit, probe, word, fd)
