@@ -54,6 +54,9 @@ class Careful:
         fault judged; pread(2) alone where there is no probe to prove a copy."""
         w = self.window
         out = memoryview(buf).cast("B")
+        if out.readonly:        # refused wherever offset lies, as FileIO.readinto refuses it
+            raise TypeError("readinto() argument must be read-write bytes-like object, "
+                            f"not {type(buf).__name__}")
         want = out.nbytes
         retries, probes = RETRIES, CHURN_RETRIES
         stamp: Stamp | None = None          # the file's, at the first fault
@@ -91,6 +94,8 @@ class Careful:
                                   fd) if probes else -2
             except (ValueError, TypeError):
                 w.check_open()
+                if data is w.state[0]:
+                    raise           # the caller's buffer: not one to write into
                 continue            # the file changed size after the view was fetched
             if isinstance(got, CopyResult):
                 done += got.copied
