@@ -72,6 +72,38 @@ def test_a_passed_descriptor_is_read_from_its_position(data_file) -> None:
     assert results[0] == results[1] == (1000, data[1000:1010])
 
 
+def test_a_descriptor_is_used_for_what_it_was_opened_for(data_file) -> None:
+    """A write-only descriptor cannot be read (open() fails the read with EBADF; the
+    file opened again through /proc would read it), and an O_APPEND descriptor
+    writes only at the end (FileIO.write and pwrite(2) append; a mapping never
+    extends the file, so it would write elsewhere): both refused, naming why,
+    before anything is read or written."""
+    path, data = data_file
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with open(fd, "rb", closefd=False) as f, pytest.raises(OSError) as ref:
+            f.read(1)
+        for make in (lambda: MappedFile(fd), lambda: fileio.open(fd, "rb", closefd=False)):
+            with pytest.raises(OSError) as exc:
+                make()
+            assert exc.value.errno == ref.value.errno == errno.EBADF
+            assert "not open for reading" in str(exc.value)
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        for make in (lambda: MappedFile(fd, "r+"),
+                     lambda: fileio.open(fd, "rb+", buffering=0, closefd=False)):
+            with pytest.raises(OSError) as exc:
+                make()
+            assert exc.value.errno == errno.EBADF and "O_APPEND" in str(exc.value)
+        with MappedFile(fd) as mf:                      # reading it is fine
+            assert mf.read(10, 0) == data[:10]
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data                    # nothing written anywhere
+
+
 # -- item 7: the raw and text objects ------------------------------------------------
 
 def test_truncate_in_rb_plus_as_open_does(tmp_path) -> None:
