@@ -88,13 +88,12 @@ class Careful:
                 raise self.known_bad(bad[0], pos, "read")
             if bad is not None and bad[0] < pos + n:
                 n = bad[0] - pos
-            data, _, limit, probe, word, fd = w.state
+            state = w.state
             try:
-                got = _read_split(out[done:done + n], data, pos, limit, probe, word,
-                                  fd) if probes else -2
+                got = _read_split(out[done:done + n], state, pos) if probes else -2
             except (ValueError, TypeError):
                 w.check_open()
-                if data is w.state[0]:
+                if state[0] is w.state[0]:
                     raise           # the caller's buffer: not one to write into
                 continue            # the file changed size after the view was fetched
             if isinstance(got, CopyResult):
@@ -102,7 +101,7 @@ class Careful:
                 fault = got.fault
                 continue
             if got == -1:           # cut during the copy, perhaps: count none of it
-                w.probe_failed(word)
+                w.probe_failed(state[4])
                 probes -= 1
                 continue
             if got < 0:
