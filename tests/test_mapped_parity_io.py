@@ -104,6 +104,29 @@ def test_a_descriptor_is_used_for_what_it_was_opened_for(data_file) -> None:
     assert path.read_bytes() == data                    # nothing written anywhere
 
 
+def test_the_descriptor_from_fileno_keeps_its_offset_as_opens_does(tmp_path) -> None:
+    """What reads through fileno() (numpy.fromfile of a stream, os.read, stdio)
+    finds the offset where it left it, whatever the file object does meanwhile
+    (its size asked, reads at the end of a file ending in a 0 byte, writes):
+    MappedFile asked its size with lseek(SEEK_END) on that very descriptor, so a
+    thread's numpy.fromfile(fileio.open(mf)) could read from the end of the file
+    (numpy then fills the array with whatever memory held)."""
+    path = tmp_path / "data.bin"
+    data = inject.pattern(3 * PAGE + 123)[:-1] + b"\0"
+    path.write_bytes(data)
+    results = []
+    for kind in ("open", "MappedFile"):
+        f = open(path, "rb+", buffering=0) if kind == "open" else MappedFile(path, "r+")
+        with f:
+            fd = f.fileno()
+            os.lseek(fd, 100, os.SEEK_SET)
+            size = os.fstat(fd).st_size if kind == "open" else f.size
+            tail = os.pread(fd, 50, size - 50) if kind == "open" else f.read(50, size - 50)
+            wrote = os.pwrite(fd, b"w", 5) if kind == "open" else f.write(b"w", 5)
+            results.append((size, tail, wrote, os.lseek(fd, 0, os.SEEK_CUR), os.read(fd, 10)))
+    assert results[1] == results[0] == (len(data), data[-50:], 1, 100, data[100:110])
+
+
 # -- item 7: the raw and text objects ------------------------------------------------
 
 def test_truncate_in_rb_plus_as_open_does(tmp_path) -> None:

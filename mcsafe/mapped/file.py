@@ -162,9 +162,10 @@ class MappedFile:
         return self._window.map.address
 
     def fileno(self) -> int:
-        """The file descriptor of MappedFile's own open file."""
-        self._window.check_open()
-        return self._window.fd
+        """A descriptor of the file (for fstat, locks, fsync, or reads of the
+        caller's own): an open file of its own, opened on first use and closed
+        with the MappedFile, whose offset only the caller moves."""
+        return self._window.export()
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         """Every bad range seen so far: page-granular [start, end), merged and sorted."""
