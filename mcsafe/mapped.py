@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from ._mcsafe import _copy_bracketed, _copy_or_report, _copy_through, _file_stamp
+from ._mcsafe import (_copy_bracketed, _copy_or_report, _copy_through, _ensure_front,
+                      _file_stamp)
 from ._types import CopyResult, FaultInfo, MemoryFaultError
 
 PAGE = mmap.PAGESIZE
@@ -200,6 +201,7 @@ class MappedFile:
     def __init__(self, file: str | os.PathLike[str] | int, mode: str = "r") -> None:
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
+        _ensure_front(2)          # a handler installed over mcsafe: in front again, warned
         self.mode = mode
         self.name: str | int = file if isinstance(file, int) else os.fspath(file)
         self._fd, self.path = _open(file, mode)
@@ -777,6 +779,7 @@ class MappedFile:
         """Read the whole file and return every bad range (page-granular, merged,
         sorted). Pages are dropped from this process as it goes, so files larger
         than memory can be scrubbed. progress(done, size) is called per chunk."""
+        _ensure_front(2)
         self._enter()
         try:
             return self._scrub(progress)

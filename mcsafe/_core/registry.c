@@ -125,6 +125,9 @@ static void after_fork_in_parent(void)
 
 static void reset_in_child(void)
 {
+    /* The forking thread is not inside a lookup (it is not in a handler with
+     * every signal blocked): any count left is other threads', gone here. */
+    atomic_store(&mcsafe_readers, 0);
     pthread_mutex_init(&writer_lock, NULL);
     pthread_mutex_init(&phdr_lock, NULL);
     atomic_store(&phdr_owner, 0);
