@@ -5,6 +5,7 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches
 from libc.errno cimport errno as c_errno
+from libc.signal cimport SIGBUS, SIGSEGV
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
 from cpython.number cimport PyIndex_Check
 from cpython.ref cimport PyObject
@@ -54,6 +55,7 @@ cdef extern from "mcsafe_core.h" nogil:
     int mcsafe_handler_origin(uintptr_t address, const char **file, const char **symbol,
                               uintptr_t *vaddr)
     int MCSAFE_GENERATIONS
+    int mcsafe_generations_taken(int sig)
     int mcsafe_faults_blocked()
     int mcsafe_handle_fault(int sig, siginfo_t *info, void *ucontext)
     unsigned long mcsafe_claimed_count()
@@ -129,7 +131,7 @@ def _handler_origin(uintptr_t address):
 cdef int _front_again(int stacklevel) except -1:
     cdef uintptr_t handler = 0
     replaced = []
-    for sig, signame in ((11, "SIGSEGV"), (7, "SIGBUS")):
+    for sig, signame in ((SIGSEGV, "SIGSEGV"), (SIGBUS, "SIGBUS")):
         if not mcsafe_in_front(sig, &handler):
             from ._names import handler_name
             replaced.append(f"{signame} by {handler_name(sig, handler)}")
@@ -522,6 +524,15 @@ def handler_installed():
     """Whether mcsafe is in front of both the SIGBUS and the SIGSEGV handlers (no
     handler was installed over it since it was last installed)."""
     return bool(mcsafe_handler_active())
+
+
+def _generations_taken():
+    """How many generations install() has taken, (SIGSEGV, SIGBUS), of GENERATIONS."""
+    return mcsafe_generations_taken(SIGSEGV), mcsafe_generations_taken(SIGBUS)
+
+
+#: How many places in front of other handlers install() can take, per signal.
+GENERATIONS = MCSAFE_GENERATIONS
 
 
 def claimed_faults():

@@ -259,8 +259,9 @@ static void die_by_default(int sig, const siginfo_t *info)
 
 /* Whether the kernel forces this signal on the thread even where it is
  * ignored: a fault (the thread's fault record is this one) or SI_KERNEL.
- * A child's exit signal (CLD_*) and F_SETSIG's POLL_* codes share the fault
- * codes' numbers; only the record tells them apart. */
+ * A child's exit signal (CLD_EXITED, _KILLED, _DUMPED) shares the fault codes'
+ * numbers (BUS_ADRALN, _ADRERR, _OBJERR); only the record tells them apart.
+ * (F_SETSIG sends SIGBUS and SIGSEGV with SI_SIGIO, not POLL_*: fs/fcntl.c.) */
 static int forced(const siginfo_t *info, const ucontext_t *uc)
 {
     if (!info || info->si_code <= 0)

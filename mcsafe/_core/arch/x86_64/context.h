@@ -44,8 +44,8 @@ static inline void arch_set_reg(ucontext_t *uc, unsigned reg, uintptr_t value)
  * just before it sends SIGSEGV or SIGBUS with that address; an alignment
  * check (17) and a control-protection fault (21) record their trap and send
  * no address (do_trap, do_user_cp_fault). A signal that was sent, not raised
- * by a fault (a child's exit signal, F_SETSIG), finds the record of an
- * earlier fault or none. */
+ * by a fault (a child's exit signal), finds the record of an earlier fault or
+ * none. */
 static inline int arch_fault_recorded(const ucontext_t *uc, const void *addr)
 {
     greg_t trap = uc->uc_mcontext.gregs[REG_TRAPNO];
