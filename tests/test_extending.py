@@ -453,10 +453,22 @@ X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",
                                      "(aarch64's sp is not one of x0..x30)")
 
 
+# sum_load's descriptor: kind, flags, side, reg (count), src, dst, rec at offsets 0..6
+COUNT, SRC = (6, 7) if __import__("platform").machine() == "x86_64" else (1, 3)
+
+
 @pytest.mark.parametrize("how,words", [
     pytest.param("rec_sp", "rec register rsp is the stack pointer", marks=X86_ONLY),
     pytest.param("errno_sp", "errno register", marks=X86_ONLY),
+    pytest.param("count_sp", "short_copy count register rsp is the stack pointer",
+                 marks=X86_ONLY),
     ("no_buffers", "names neither a src nor a dst register"),
+    # the record written through the copy's own registers (issue 17, item 12)
+    ("rec_src", "is also the src register (the handler would write the fault record "
+                "through the source pointer that faulted)"),
+    ("rec_count", "is also the count register"),
+    ("rec_dst", "is also the dst register (the handler would write the fault record over "
+                "the destination the copy reports as copied)"),
 ])
 def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how: str,
                                                                    words: str) -> None:
@@ -469,6 +481,14 @@ def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how
         data = struct.unpack_from("<I", blob, off + entries_off + 12)[0]   # probe_read's
         assert data & 0xFF == 3
         struct.pack_into("<I", blob, off + entries_off + 12, (data & ~0xF00) | (4 << 8))
+    elif how == "count_sp":
+        blob[off + descs_off + 3] = 4                     # count = rsp
+    elif how == "rec_src":
+        blob[off + descs_off + 6] = SRC
+    elif how == "rec_count":
+        blob[off + descs_off + 6] = COUNT
+    elif how == "rec_dst":
+        blob[off + descs_off + 5] = blob[off + descs_off + 6] = 2     # dst = rec = rdx / x2
     else:
         blob[off + descs_off + 4] = 0xFF                  # src = none, dst = none
     protected.write_bytes(bytes(blob))
@@ -476,9 +496,21 @@ def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how
     assert v.returncode != 0 and words in v.stderr, v.stderr
     assert len(v.stderr.strip().splitlines()) == 1
     before = mcsafe.published_tables()
-    with pytest.raises(mcsafe.TableError, match=words):
+    with pytest.raises(mcsafe.TableError, match=re.escape(words)):
         mcsafe.register(protected)
     assert mcsafe.published_tables() == before
+
+
+def test_build_refuses_a_record_naming_the_copys_source(tmp_path) -> None:
+    src = tmp_path / "rec_src.c"
+    text, n = re.subn(r"src=(\d+), name=sum_load", r"src=\1, rec=\1, name=sum_load",
+                      EXAMPLE.read_text())
+    assert n == 2                         # x86-64 and aarch64
+    src.write_text(text)
+    so = compile_so(src, tmp_path / "rec_src.so")
+    b = run_cli("build", so, "--in-place")
+    assert b.returncode != 0 and "is also the src register" in b.stderr, b.stderr
+    assert len(b.stderr.strip().splitlines()) == 1
 
 
 @X86_ONLY
