@@ -223,7 +223,8 @@ def test_file_replaced_on_disk_by_another_build_is_refused(protected, tmp_path) 
 
 def test_file_replaced_by_one_whose_table_is_elsewhere_is_refused(protected, tmp_path) -> None:
     # Same build-id and program headers, but its table section names an address
-    # the loaded object does not have: proved outside before any byte is read.
+    # the loaded object does not have: another file (device and inode), refused
+    # before any of it is read.
     other = tmp_path / "moved.so"
     shutil.copyfile(protected, other)
     patch_section(other, addr=0x40000000)
@@ -233,7 +234,9 @@ def test_file_replaced_by_one_whose_table_is_elsewhere_is_refused(protected, tmp
         os.replace({str(other)!r}, {str(protected)!r})
     """, REGISTER_AND_REPORT.format(so=str(protected)))
     assert p.returncode == 0, p.stderr
-    assert re.match(outside(protected), p.stdout), p.stdout
+    assert p.stdout.strip() == (f"TableError: {protected}: the file is not the loaded object "
+                                "(another file is at its path now): was it replaced after it "
+                                "was loaded?")
 
 
 @pytest.mark.parametrize("how", ["unmapped address", "past the object"])
@@ -300,9 +303,9 @@ def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_pa
 def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
         tmp_path, replaced: bool) -> None:
     # No build-id: two builds whose code differs by one instruction have the same
-    # program headers, so only the code itself tells the file that is loaded from
-    # one put in its place. The table is read from the file: it must be the
-    # loaded object's, or nothing is published.
+    # program headers, so neither tells the file that is loaded from one put in
+    # its place; the file's identity (device and inode) does. The table is read
+    # from the file: it must be the loaded object's, or nothing is published.
     unreserved = unreserved_source(tmp_path)
     source = unreserved.read_text()
     other = tmp_path / "other.c"
@@ -321,8 +324,8 @@ def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
     assert p.returncode == 0, p.stderr
     if replaced:
         assert p.stdout.strip() == (
-            f"TableError: {so}: the file is not the loaded object (it has no build-id, and "
-            "its code differs from the loaded code): was it replaced after it was loaded?")
+            f"TableError: {so}: the file is not the loaded object (another file is at its "
+            "path now): was it replaced after it was loaded?")
     else:
         assert p.stdout.strip() == "registered"
 
@@ -352,7 +355,7 @@ def test_register_unregister_churn_frees_what_it_retires(protected) -> None:
         so = {str(protected)!r}
         ctypes.CDLL(so)
         mcsafe.register(so)
-        key = registry._keys[so]
+        key = registry._key_of(so)
         with open(so, "rb") as f:
             size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
         assert _mcsafe._unregister_table(key)

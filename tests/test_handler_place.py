@@ -407,7 +407,7 @@ def test_fork_while_a_c_thread_churns_the_registry(handlers, tmp_path) -> None:
         from elftools.elf.elffile import ELFFile
         ctypes.CDLL({str(so)!r})
         mcsafe.register({str(so)!r})
-        key = registry._keys[{str(so)!r}]
+        key = registry._key_of({str(so)!r})
         with open({str(so)!r}, "rb") as f:
             size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
         assert mcsafe.unregister({str(so)!r})
