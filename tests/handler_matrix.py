@@ -159,16 +159,23 @@ class Run:
                 signal.signal(sig, lambda s, f: self.say(f"PY:handler {s}"))
         elif kind == "faulthandler":
             import faulthandler
-            faulthandler.enable()
+            faulthandler.enable(all_threads=self.fh_all_threads)
         elif kind == "cysignals":
             import cysignals.signals  # noqa: F401  (installs its handlers)
+
+    @property
+    def fh_all_threads(self) -> bool:
+        # Dumping the other threads' tracebacks reads their frames while they run
+        # (faulthandler's documented hazard): with copier threads busy, the dump
+        # itself may crash with SIGSEGV, in either run, at random.
+        return not self.cell.threads
 
     def arrange(self) -> None:
         import faulthandler
 
         c = self.cell
         if c.fh in ("on", "around"):
-            faulthandler.enable()
+            faulthandler.enable(all_threads=self.fh_all_threads)
         if c.order == "before":
             self.install_previous()
             self.import_mcsafe()
