@@ -72,6 +72,7 @@ def compile_sites(sites: SiteSet, machine: int, segments: list[Segment],
     entries["fixup"], entries["data"] = landing, data
     table = Table(machine, entries, list(sites.handlers))
     check_safety(table, path)
+    check_landing_pads(table, describe, path)
     return table
 
 
@@ -110,6 +111,33 @@ def check_safety(table: Table, path: str | None = None) -> None:
                               f"{why}", path)
 
 
+def check_landing_pads(table: Table, describe: Callable[[int], str] = hex,
+                       path: str | None = None) -> None:
+    """No landing pad lies inside a covered range: a fault after a pad inside its own
+    range resumes before the faulting instruction and faults again, forever; a pad inside
+    another entry's range would be recovered again in turn."""
+    e = table.entries
+    if not len(e):
+        return
+    fixup = e["fixup"]
+    i = np.searchsorted(e["start"], fixup, side="right").astype(np.int64) - 1
+    inside = (i >= 0) & (fixup < e["end"][np.clip(i, 0, None)])
+    bad = np.flatnonzero(inside)
+    if not len(bad):
+        return
+    k = int(bad[0])
+    j = int(i[k])
+    start, end, pad = int(e["start"][k]), int(e["end"][k]), int(fixup[k])
+    where = f"entry {k} ({describe(start)}): landing pad {pad:#x} ({describe(pad)})"
+    if j == k:
+        raise CheckFailed(f"{where} lies inside the range it covers ({start:#x}..{end:#x}): "
+                          "a fault there would resume at or before the faulting instruction "
+                          "and repeat forever", path)
+    raise CheckFailed(f"{where} lies inside entry {j} ({int(e['start'][j]):#x}.."
+                      f"{int(e['end'][j]):#x}): a landing pad must not be covered (a fault "
+                      "at it would be recovered again, and could repeat forever)", path)
+
+
 def _check_addresses(start: np.ndarray, end: np.ndarray, landing: np.ndarray,
                      segments: list[Segment], describe: Callable[[int], str],
                      path: str | None) -> None:
@@ -146,6 +174,7 @@ def check_table(table: Table, image: ElfImage) -> None:
         raise CheckFailed(f"table is for machine {table.machine}, file is {image.machine}",
                           image.path)
     check_safety(table, image.path)
+    check_landing_pads(table, image.describe, image.path)
     e = table.entries
     _check_addresses(e["start"].astype(np.uint64), e["end"].astype(np.uint64),
                      e["fixup"].astype(np.uint64), image.segments, image.describe, image.path)

@@ -14,6 +14,7 @@
     match = "copy_*"             # a glob over function names
     handler = "short_copy"
     landing = "{name}_fixup"     # optional
+    end = "landing"              # optional: a pad inside the function ends its range
 
     [[ranges]]
     start = "func+0x10"          # integer, "0x..." or "symbol+offset"
@@ -35,7 +36,7 @@ else:                                  # the same parser, before it joined the s
 
 from .errors import ExtableError
 from .model import FLAG_MC_SAFE, Handler, Kind, Side, builtin_handlers, register_number
-from .sites import Rule
+from .sites import DEFAULT_LANDING, Rule
 
 _HANDLER_KEYS = {"kind", "reg", "src", "dst", "record", "side", "mc_safe", "imm"}
 
@@ -71,12 +72,14 @@ def load(path: str | os.PathLike[str] | None, machine: int) -> Spec:
         for name, body in doc.get("handlers", {}).items():
             spec.handlers[name] = _handler(name, body, machine)
         for i, body in enumerate(doc.get("rules", [])):
-            if not isinstance(body, dict) or set(body) - {"match", "handler", "landing"} \
+            if not isinstance(body, dict) or set(body) - {"match", "handler", "landing", "end"} \
                     or not {"match", "handler"} <= set(body):
-                raise ExtableError(f"rules[{i}]: needs match and handler (and optional landing)")
+                raise ExtableError(f"rules[{i}]: needs match and handler (and optional "
+                                   "landing and end)")
             spec.rules.append(Rule(str(body["match"]), str(body["handler"]),
-                                   str(body.get("landing", "{name}_fixup")),
-                                   f"{path}: rules[{i}] {body['match']!r}"))
+                                   str(body.get("landing", DEFAULT_LANDING)),
+                                   f"{path}: rules[{i}] {body['match']!r}",
+                                   str(body.get("end", "function"))))
         ranges = doc.get("ranges", [])
         if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges):
             raise ExtableError("ranges must be an array of tables")

@@ -280,6 +280,40 @@ static int check_desc(const struct extable_desc *d, uint32_t i, uint32_t strings
     return 0;
 }
 
+/* The entry of the sorted table e[0..n) covering off, or n. */
+static uint32_t covering(const struct extable_entry *e, uint32_t n, uint32_t off)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (e[mid].start <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo && off < e[lo - 1].end ? lo - 1 : n;
+}
+
+/* No landing pad lies inside a covered range (docs/FORMAT.md): a fault after a
+ * pad inside its own range resumes before the faulting instruction and faults
+ * again, forever; one inside another entry's range is recovered again in turn.
+ * The entries are already proved sorted and non-overlapping. */
+static int check_pads(const struct extable_entry *e, uint32_t n, char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t j = covering(e, n, e[i].fixup);
+        if (j == i)
+            return fail(err, errlen, "entry %u landing pad %#x lies inside the range it "
+                        "covers (%#x..%#x): a fault there would repeat forever", i,
+                        e[i].fixup, e[i].start, e[i].end);
+        if (j < n)
+            return fail(err, errlen, "entry %u landing pad %#x lies inside entry %u "
+                        "(%#x..%#x): a landing pad must not be covered, or a fault could "
+                        "repeat forever", i, e[i].fixup, j, e[j].start, e[j].end);
+    }
+    return 0;
+}
+
 /* Every check the compiler makes, on a private copy of the table, for an
  * object loaded at `base` with segments `s`. */
 static int validate(const void *table, size_t size, uintptr_t base, const struct segments *s,
@@ -328,6 +362,8 @@ static int validate(const void *table, size_t size, uintptr_t base, const struct
             return fail(err, errlen, "entry %u: errno register is the stack pointer", i);
         }
     }
+    if (check_pads(e, h->nentries, err, errlen))
+        return -1;
     m->base = base;
     m->lo = h->nentries ? base + e[0].start : 0;
     m->hi = h->nentries ? base + e[h->nentries - 1].end : 0;
