@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from . import __version__, include_dir
 from .errors import CheckFailed, ExtableError
@@ -91,7 +91,75 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class StdoutFailed(ExtableError):
+    """Standard output could not be written: a full disk (``> /dev/full``), a closed
+    descriptor (``>&-``), an I/O error. Exit 2, one line, and no output file."""
+
+
+class _Guarded:
+    """sys.stdout (or its .buffer) for the command's run: a failed write or flush
+    raises StdoutFailed instead of an OSError from deep inside the output code.
+    BrokenPipeError passes: a reader that left (``| head``) is not an error."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._stream, name)
+        if name == "buffer":
+            return _Guarded(attr)
+        if name not in ("write", "writelines", "flush"):
+            return attr
+
+        def guarded(*args: object) -> object:
+            try:
+                return attr(*args)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise StdoutFailed(f"cannot write: {exc.strerror}", "standard output") \
+                    from None
+        return guarded
+
+
+def _silence_stdout() -> None:
+    """Point descriptor 1 at /dev/null, so that the interpreter's own flush at exit
+    neither fails again nor prints "Exception ignored" (what Python's docs advise
+    for a closed pipe)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except OSError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stderr is None:                         # 2>&-: print(file=None) would go to stdout
+        sys.stderr = open(os.devnull, "w")
+    if sys.stdout is None:                         # >&-: say so before doing any work
+        print("extable: standard output: cannot write: it is closed", file=sys.stderr)
+        return EXIT_INPUT
+    real_stdout = sys.stdout
+    if hasattr(real_stdout, "reconfigure"):        # a path's bytes that are not UTF-8 pass
+        real_stdout.reconfigure(errors="surrogateescape")    # through, as in ls and readelf
+    sys.stdout = _Guarded(real_stdout)             # type: ignore[assignment]
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except StdoutFailed as exc:
+        _silence_stdout()
+        print(f"extable: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+    finally:
+        sys.stdout = real_stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     _Parser.json_errors = "--json" in argv
@@ -110,14 +178,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if kernel is not None:
                 return kernel
         return _COMMANDS[args.command](args)
+    except StdoutFailed:
+        raise
     except CheckFailed as exc:
         return _fail(args, exc, EXIT_CHECK)
     except ExtableError as exc:
         return _fail(args, exc, EXIT_INPUT)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
     except _Terminated as exc:
         import signal
 
@@ -181,10 +249,10 @@ def _fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
 
 
 def _print_json(obj: object) -> None:
-    import json
+    from .names import json_text
 
     # Compact and in one call: json's C encoder runs only without indent.
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.write(json_text(obj, separators=(",", ":")) + "\n")
 
 
 def _emit(args: argparse.Namespace, obj: object, lines: list[str]) -> None:
@@ -223,13 +291,19 @@ def _build(args: argparse.Namespace) -> int:
         for warning in result.warnings:
             print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
         section = args.section or DEFAULT_SECTION
+        t = result.table
+
+        def announce() -> None:
+            # Printed before the output is put in place: if stdout cannot take it, the
+            # build fails and leaves nothing (and --in-place leaves the input as it was).
+            _emit(args, {"output": target, "section": section, "sites": result.sites,
+                         "entries": len(t), "descriptors": len(t.handlers)},
+                  [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} "
+                   f"descriptors written into section {section}"])
+            sys.stdout.flush()
+
         write = write_added_section if args.add_section else write_into_section
-        write(image, result.table, target, section, in_place=args.in_place)
-    t = result.table
-    _emit(args, {"output": target, "section": section, "sites": result.sites,
-                 "entries": len(t), "descriptors": len(t.handlers)},
-          [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} descriptors "
-           f"written into section {section}"])
+        write(image, t, target, section, in_place=args.in_place, before_commit=announce)
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ from functools import cached_property
 from typing import IO, Iterator, NamedTuple
 
 from .errors import ExtableError
+from .names import shown
 
 EM_X86_64 = 62
 EM_AARCH64 = 183
@@ -158,14 +159,20 @@ class ElfImage:
             # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise ExtableError(f"cannot open: {exc.strerror}", self.path) from None
+            raise ExtableError(_open_failure(self.path, exc), self.path) from None
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise ExtableError(f"cannot read: {exc.strerror}", self.path) from None
+        if not stat.S_ISREG(st.st_mode):
+            # Before open(fd): it would raise IsADirectoryError naming the descriptor.
+            os.close(fd)
+            raise self._error(f"not a regular file: {_file_kind(st.st_mode)}")
         #: The open file; the writer copies from it, so what is written is what was read
         #: even if the path is replaced meanwhile.
         self.file: IO[bytes] = open(fd, "rb", buffering=0)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise self._error("not a regular file")
             self.size: int = st.st_size
             self._parse()
         except ExtableError:
@@ -434,7 +441,8 @@ class ElfImage:
                 [funcs.names[i] for i in order])
 
     def describe(self, address: int) -> str:
-        """``name+0xoff`` for an address inside a function, else the hex address."""
+        """``name+0xoff`` for an address inside a function, else the hex address; a name
+        that is not UTF-8 is shown as readelf shows it (:mod:`extable.names`)."""
         try:
             starts, ends, names = self._sorted_functions
         except ExtableError:
@@ -444,7 +452,8 @@ class ElfImage:
         for j in range(i, max(i - 8, -1), -1):
             if starts[j] <= address < ends[j]:
                 off = address - starts[j]
-                return f"{names[j]}+{off:#x}" if off else names[j]
+                name = shown(names[j])
+                return f"{name}+{off:#x}" if off else name
         return f"{address:#x}"
 
 
@@ -512,6 +521,30 @@ class _Strings:
         if name.isascii():
             return name
         return name.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return f"file type {stat.S_IFMT(mode):#o}"
+
+
+def _open_failure(path: str, exc: OSError) -> str:
+    """Why a path could not be opened, saying what it is when errno alone misleads
+    (ENXIO for a socket, ENOENT for a symbolic link whose target is gone)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return f"cannot open: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode) and not os.path.exists(path):
+        return f"cannot open: a dangling symbolic link (to {os.readlink(path)!r})"
+    if stat.S_ISSOCK(st.st_mode):
+        return "not a regular file: a socket"
+    return f"cannot open: {exc.strerror}"
 
 
 def _describe(exc: BaseException) -> str:

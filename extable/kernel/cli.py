@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from typing import Iterable, Iterator
 
 from ..errors import CheckFailed, ExtableError
+from ..names import json_text
 from .reader import Opened, describe, read
 from .verify import verify
 
@@ -39,7 +39,7 @@ def fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
     message = " ".join(exc.message.split())
     path = exc.path or args.file
     if args.json:
-        sys.stdout.write(json.dumps({"error": message, "file": path, "exit": code}) + "\n")
+        sys.stdout.write(json_text({"error": message, "file": path, "exit": code}) + "\n")
     print(f"extable: {path}: {message}", file=sys.stderr)
     return code
 
@@ -95,11 +95,11 @@ def _emit(args: argparse.Namespace, obj: dict[str, object], lines: Iterable[str]
             write(chunk)
         return
     if items is None:
-        write(json.dumps(obj) + "\n")
+        write(json_text(obj) + "\n")
         return
-    write(json.dumps(obj)[:-1] + f', "{key}": [')
+    write(json_text(obj)[:-1] + f', "{key}": [')
     sep = "\n"
-    for chunk in _chunks(map(json.dumps, items), sep=",\n"):
+    for chunk in _chunks(map(json_text, items), sep=",\n"):
         write(sep + chunk)
         sep = ",\n"
     write("\n]}\n" if sep != "\n" else "]}\n")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+from ..names import shown
 from .image import KEY_SHIFT, KernelImage
 
 
 class Namer:
-    """Turns (section, offset) lists into symbol+offset strings, decoding only the names used."""
+    """Turns (section, offset) lists into symbol+offset strings, decoding only the names used
+    (one that is not UTF-8 shown as readelf shows it)."""
 
     def __init__(self, image: KernelImage) -> None:
         self.image = image
@@ -41,5 +43,5 @@ class Namer:
         assert self.syms is not None
         off = self.syms.name_off[i]
         if off not in self._names:
-            self._names[off] = self.image.cstring(self.syms.strtab, off)
+            self._names[off] = shown(self.image.cstring(self.syms.strtab, off))
         return self._names[off]
