@@ -313,6 +313,7 @@ def _entry_dicts(image: ElfImage, table: Table, which: Sequence[int] | None = No
     from .model import describe_data
 
     rows = table.entries.tolist()          # (start, end, fixup, data): plain ints, at once
+    unwinding = table.unwinding().tolist()
     by_word: dict[int, tuple[str, object]] = {}   # a data word's text and descriptor, once
     out = []
     for i in range(len(rows)) if which is None else which:
@@ -322,10 +323,17 @@ def _entry_dicts(image: ElfImage, table: Table, which: Sequence[int] | None = No
             by_word[data] = (describe_data(table.machine, data, table.handlers),
                              h.as_dict(table.machine) if h else None)
         text, descriptor = by_word[data]
-        out.append({"index": i, "start": start, "end": end, "landing": fixup, "data": data,
-                    "start_symbol": image.describe(start),
-                    "landing_symbol": image.describe(fixup),
-                    "handler": text, "descriptor": descriptor})
+        d: dict[str, object] = {"index": i, "start": start, "end": end, "landing": fixup,
+                                "data": data, "start_symbol": image.describe(start),
+                                "landing_symbol": image.describe(fixup),
+                                "handler": text, "descriptor": descriptor}
+        if unwinding[i] and table.unwind is not None:
+            # No landing pad: the function returns to its caller, its frame per these rows.
+            d["landing"] = d["landing_symbol"] = None
+            d["unwind"] = [{"start": ip, "symbol": image.describe(ip),
+                            **row.as_dict(table.machine)}
+                           for ip, row in table.unwind.within(start, end)]
+        out.append(d)
     return out
 
 
@@ -333,9 +341,22 @@ def _entry_dict(image: ElfImage, table: Table, i: int) -> dict[str, object]:
     return _entry_dicts(image, table, [i])[0]
 
 
-def _entry_line(d: dict[str, object]) -> str:
-    return (f"{d['index']:6d}  {d['start']:#010x}..{d['end']:#010x}  {d['start_symbol']:<36} "
-            f"-> {d['landing']:#010x} {d['landing_symbol']:<28}  {d['handler']}")
+def _entry_line(d: dict[str, object], at: int | None = None) -> str:
+    """An entry's line (and, for an unwind entry, a line per row: all of them, or only
+    the one in effect at ``at``)."""
+    head = f"{d['index']:6d}  {d['start']:#010x}..{d['end']:#010x}  {d['start_symbol']:<36} "
+    if d["landing"] is not None:
+        return f"{head}-> {d['landing']:#010x} {d['landing_symbol']:<28}  {d['handler']}"
+    lines = [f"{head}-> {'(returns to its caller)':<39}  {d['handler']}"]
+    rows = d["unwind"]
+    assert isinstance(rows, list)
+    if at is not None:
+        rows = [r for r in rows if r["start"] <= at][-1:]
+    for r in rows:
+        saved = " ".join(f"{slot}=cfa{off:+d}" for slot, off in r["saved"].items())
+        lines.append(f"{'':8}{r['start']:#010x}  {r['symbol']:<36} cfa={r['cfa']['reg']}"
+                     f"{r['cfa']['offset']:+d} {saved}".rstrip())
+    return "\n".join(lines)
 
 
 def _dump(args: argparse.Namespace) -> int:
@@ -348,8 +369,10 @@ def _dump(args: argparse.Namespace) -> int:
         table = read_table(image, section)
         entries = _entry_dicts(image, table)
         descs = [h.as_dict(table.machine) for h in table.handlers]
+        nrows = len(table.unwind) if table.unwind is not None else 0
         head = (f"{args.file}: {image.machine_name} table in {section}, {len(table)} entries, "
                 f"{len(descs)} descriptors, "
+                + (f"{nrows} unwind rows, " if nrows else "")
                 + (f"loaded at {table.self_vaddr:#x}" if table.self_vaddr else "not loaded"))
         lines = [head, "descriptors:"]
         lines += [f"  [{i}] {h.name or '-'}: {h.describe(table.machine)}"
@@ -357,7 +380,7 @@ def _dump(args: argparse.Namespace) -> int:
         lines += ["entries:"] + [_entry_line(d) for d in entries]
         _emit(args, {"file": args.file, "machine": image.machine_name, "section": section,
                      "self_vaddr": table.self_vaddr, "flags": table.flags,
-                     "descriptors": descs, "entries": entries}, lines)
+                     "unwind_rows": nrows, "descriptors": descs, "entries": entries}, lines)
     return EXIT_OK
 
 
@@ -368,8 +391,11 @@ def _verify(args: argparse.Namespace) -> int:
 
     with ElfImage(args.file) as image:
         table = verify(image, args.section or DEFAULT_SECTION)
-        _emit(args, {"file": args.file, "ok": True, "entries": len(table)},
-              [f"{args.file}: ok, {len(table)} entries, {len(table.handlers)} descriptors"])
+        nrows = len(table.unwind) if table.unwind is not None else 0
+        _emit(args, {"file": args.file, "ok": True, "entries": len(table),
+                     "unwind_rows": nrows},
+              [f"{args.file}: ok, {len(table)} entries, {len(table.handlers)} descriptors"
+               + (f", {nrows} unwind rows" if nrows else "")])
     return EXIT_OK
 
 
@@ -387,7 +413,9 @@ def _lookup(args: argparse.Namespace) -> int:
             raise CheckFailed(f"no entry covers {address:#x} ({image.describe(address)})",
                               args.file)
         d = _entry_dict(image, table, i)
-        _emit(args, d, [_entry_line(d)])
+        if "unwind" in d:          # the row in effect at the address
+            d["row"] = [r for r in d["unwind"] if r["start"] <= address][-1]  # type: ignore
+        _emit(args, d, [_entry_line(d, address)])
     return EXIT_OK
 
 

@@ -107,7 +107,7 @@ class Rule:
 
     pattern: str
     handler: str
-    landing: str = DEFAULT_LANDING
+    landing: str | None = None          # None: {name}_fixup, or none for an unwind rule
     origin: str = ""
     end: str = "function"
 
@@ -133,9 +133,9 @@ class Rule:
         if at and not landing.strip():
             raise ExtableError(f"bad rule {text!r}: empty landing pad after '@' (leave out "
                                "'@' for the default {name}_fixup)")
-        landing = landing.strip() or DEFAULT_LANDING
-        if not _ADDR.match(landing.replace("{name}", "x")):
-            raise ExtableError(f"bad rule {text!r}: cannot read landing pad {landing!r} "
+        pad = landing.strip() or None
+        if pad is not None and not _ADDR.match(pad.replace("{name}", "x")):
+            raise ExtableError(f"bad rule {text!r}: cannot read landing pad {pad!r} "
                                "(a symbol, symbol+0x10 or 0x1234)")
         end = "function"
         for option in options:
@@ -144,16 +144,17 @@ class Rule:
                 raise ExtableError(f"bad rule {text!r}: unknown option {option.strip()!r} "
                                    "(the one option is end=landing)")
             end = value
-        return cls(glob.strip(), handler.strip(), landing, f"rule {text!r}", end)
+        return cls(glob.strip(), handler.strip(), pad, f"rule {text!r}", end)
 
 
 def _pads(image: ElfImage, rule: Rule, names: list[str], found: list[int]
           ) -> dict[int, int | ExtableError]:
     """Each matched function's landing pad address, or why it does not resolve."""
     out: dict[int, int | ExtableError] = {}
+    landing = rule.landing or DEFAULT_LANDING
     for i in found:
         try:
-            out[i] = resolve_address(image, rule.landing.replace("{name}", names[i]),
+            out[i] = resolve_address(image, landing.replace("{name}", names[i]),
                                      f"{rule.origin}: landing pad for {names[i]}")
         except ExtableError as exc:
             out[i] = ExtableError(exc.message)       # without the image's path twice
@@ -182,9 +183,14 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
         if rule.handler not in handlers:
             raise ExtableError(f"{rule.origin}: unknown handler {rule.handler!r} "
                                f"(known: {', '.join(sorted(handlers))})")
-        word = pool.word(handlers[rule.handler])
+        handler = handlers[rule.handler]
+        word = pool.word(handler)
         found = list(funcs.matching(rule.pattern))
-        pads = _pads(image, rule, funcs.names, found)
+        unwind = handler.kind == Kind.UNWIND
+        if unwind and (rule.landing is not None or rule.end != "function"):
+            raise ExtableError(f"{rule.origin}: {rule.handler} returns to the function's "
+                               "caller: it takes no landing pad and no end=")
+        pads = {} if unwind else _pads(image, rule, funcs.names, found)
         taken = {p for i, p in pads.items() if isinstance(p, int) and p != funcs.start[i]}
         hits = [i for i in found if funcs.start[i] not in taken]
         if not hits:
@@ -202,6 +208,10 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                                        f"both match {name}")
                 continue
             claimed[start] = rule
+            if unwind:
+                rows.append((start, end, 0, word))      # no landing pad: fixup 0
+                origins.append(name)
+                continue
             landing = pads[i]
             if isinstance(landing, ExtableError):
                 raise landing
@@ -250,6 +260,8 @@ def from_records(image: ElfImage, section_name: str = RECORD_SECTION) -> SiteSet
             raise ExtableError(f"section {section_name}: record {i} has bad magic {magic:#x}",
                                image.path)
         a, b, pad = where + start, where + 4 + end, where + 8 + landing
+        if kind == Kind.UNWIND:
+            pad = 0                                  # returns to the caller: no pad
         if kind:
             if kind not in Kind._value2member_map_ or side not in Side._value2member_map_:
                 raise ExtableError(f"section {section_name}: record {i} has unknown kind "
@@ -300,12 +312,16 @@ def from_ranges(image: ElfImage, ranges: list[dict[str, object]],
     for i, r in enumerate(ranges):
         what = f"{origin}: ranges[{i}]"
         unknown = set(r) - {"start", "end", "landing", "handler", "data"}
-        if unknown or not {"start", "end", "landing"} <= set(r):
-            raise ExtableError(f"{what}: needs start, end, landing and handler or data "
-                               f"(unexpected: {', '.join(sorted(unknown)) or 'none'})")
+        handler = handlers.get(str(r.get("handler", "")))
+        unwind = handler is not None and handler.kind == Kind.UNWIND
+        needed = {"start", "end"} | (set() if unwind else {"landing"})
+        if unknown or not needed <= set(r) or (unwind and "landing" in r):
+            raise ExtableError(f"{what}: needs start, end, landing and handler or data (an "
+                               "unwind handler: no landing) (unexpected: "
+                               f"{', '.join(sorted(unknown)) or 'none'})")
         start = resolve_address(image, r["start"], what)          # type: ignore[arg-type]
         end = resolve_address(image, r["end"], what)              # type: ignore[arg-type]
-        landing = resolve_address(image, r["landing"], what)      # type: ignore[arg-type]
+        landing = 0 if unwind else resolve_address(image, r["landing"], what)  # type: ignore[arg-type]
         if "data" in r:
             data = int(r["data"])                                 # type: ignore[call-overload]
             if not 0 <= data < (1 << 32) or data & DATA_EXTENDED:

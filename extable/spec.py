@@ -1,14 +1,15 @@
 """The TOML spec file: handler definitions, rules and explicit ranges.
 
     [handlers.copy_src]          # a named extended handler descriptor
-    kind = "short_copy"          # fixup | short_copy | errno
-    reg = "rcx"                  # bytes remaining (short_copy) / errno target (errno)
+    kind = "short_copy"          # fixup | short_copy | errno | unwind
+    reg = "rcx"                  # bytes remaining (short_copy) / errno target (errno) /
+                                 # return register (unwind)
     src = "rsi"                  # current source address
     dst = "rdi"                  # current destination address
     record = "r8"                # pointer to a fault record the runtime fills
     side = "src"                 # none | src | dst | both
     mc_safe = true
-    imm = -14                    # errno value (errno)
+    imm = -14                    # errno value (errno), the value returned (unwind)
 
     [[rules]]
     match = "copy_*"             # a glob over function names
@@ -36,7 +37,7 @@ else:                                  # the same parser, before it joined the s
 
 from .errors import ExtableError
 from .model import FLAG_MC_SAFE, Handler, Kind, Side, builtin_handlers, register_number
-from .sites import DEFAULT_LANDING, Rule
+from .sites import Rule
 
 _HANDLER_KEYS = {"kind", "reg", "src", "dst", "record", "side", "mc_safe", "imm"}
 
@@ -77,7 +78,7 @@ def load(path: str | os.PathLike[str] | None, machine: int) -> Spec:
                 raise ExtableError(f"rules[{i}]: needs match and handler (and optional "
                                    "landing and end)")
             spec.rules.append(Rule(str(body["match"]), str(body["handler"]),
-                                   str(body.get("landing", DEFAULT_LANDING)),
+                                   None if "landing" not in body else str(body["landing"]),
                                    f"{path}: rules[{i}] {body['match']!r}",
                                    str(body.get("end", "function"))))
         ranges = doc.get("ranges", [])

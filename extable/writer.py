@@ -198,7 +198,7 @@ def write_added_section(image: ElfImage, table: Table, target: str,
                         before_commit: Callable[[], None] | None = None) -> None:
     """Append a non-loaded section holding the table; refuse unless nothing else changed."""
     existing = image.section(section_name)
-    if existing is not None and existing.size >= encoded_size(len(table), table.handlers):
+    if existing is not None and existing.size >= encoded_size(table):
         write_into_section(image, table, target, section_name, in_place,   # a re-run
                            before_commit)
         return

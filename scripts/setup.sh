@@ -7,14 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-# The tests build fixtures and the C harness for both machines and run the
+# The tests build fixtures and the C harness for both machines (and the unwind
+# fixtures with clang as well as gcc) and run the
 # other machine's under qemu-user; they read ELF files with elfutils and
 # patchelf (auditwheel needs patchelf too) and compressed files with zstd/xz.
 case "$(uname -m)" in
     aarch64) cross=(gcc-x86-64-linux-gnu libc6-dev-amd64-cross) ;;
     *)       cross=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
 esac
-debs=(gcc binutils "${cross[@]}" qemu-user elfutils patchelf zstd xz-utils)
+debs=(gcc clang binutils "${cross[@]}" qemu-user elfutils patchelf zstd xz-utils)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
@@ -26,7 +27,7 @@ if installed gcc-multilib && [ "${MCSAFE_REPLACE_MULTILIB:-0}" != 1 ] && ! insta
          "not installing the cross compiler, so the tests for the other machine" \
          "will be skipped (MCSAFE_REPLACE_MULTILIB=1 make test replaces gcc-multilib)" >&2
     cross=()
-    debs=(gcc binutils qemu-user elfutils patchelf zstd xz-utils)
+    debs=(gcc clang binutils qemu-user elfutils patchelf zstd xz-utils)
 fi
 
 # A python3 that cannot make a virtual environment (Debian without python3-venv):
