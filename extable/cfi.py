@@ -147,14 +147,18 @@ def rows_for(image: ElfImage, ranges: list[tuple[int, int, str]]) -> list[tuple[
     ExtableError naming the range and the reason when one cannot be unwound."""
     if image.machine not in _SLOT_DWARF:
         raise ExtableError(f"unwind is not supported on {image.machine_name}", image.path)
+    from .framecheck import Unproved, check
+
     frames = CallFrames(image)
     out: list[tuple[int, Row]] = []
     for start, end, label in ranges:
         try:
-            out += _rows(frames, start, end)
-        except Refused as exc:
+            rows = _rows(frames, start, end)
+            check(image.machine, image.code_bytes(start, end), start, rows)
+        except (Refused, Unproved) as exc:
             raise ExtableError(f"{label} ({start:#x}..{end:#x}) cannot be unwound: {exc}",
                                image.path) from None
+        out += rows
     return out
 
 

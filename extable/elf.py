@@ -309,6 +309,13 @@ class ElfImage:
         """The first section called ``name``, or None."""
         return next((s for s in self.sections if s.name == name), None)
 
+    def code_bytes(self, start: int, end: int) -> bytes:
+        """The file's bytes at link-time addresses [start, end), from the PT_LOAD holding them."""
+        for seg in self.segments:
+            if seg.vaddr <= start and end <= seg.vaddr + seg.filesz:
+                return self.read(seg.offset + start - seg.vaddr, end - start)
+        raise self._error(f"{start:#x}..{end:#x} is not in the file's loaded bytes")
+
     def section_bytes(self, section: Section) -> bytes:
         if not section.has_file_bytes:
             return b""
