@@ -39,6 +39,17 @@ class Namer:
                     break
         return out
 
+    def check(self) -> None:
+        """Raise now, before anything is printed, if a code symbol's name could not be read
+        (its offset past the string table, or a table not ending in NUL)."""
+        syms = self.syms
+        if syms is None or not syms.name_off:
+            return
+        worst = max(syms.name_off)
+        self.image.cstring(syms.strtab, worst)
+        if not self.image.section_bytes(syms.strtab).endswith(b"\0"):
+            self.image.cstring(syms.strtab, len(self.image.section_bytes(syms.strtab)) - 1)
+
     def _name(self, i: int) -> str:
         assert self.syms is not None
         off = self.syms.name_off[i]
