@@ -434,3 +434,31 @@ def test_lookup_shows_the_row_in_effect(csum_unwind) -> None:
     assert d["row"]["saved"]["ra"] == -8
     text = run_cli("lookup", csum_unwind, "csum+1", check=True).stdout
     assert "(returns to its caller)" in text and "cfa=rsp+" in text
+
+
+# -- the example and the demo ----------------------------------------------------------
+
+def test_the_three_command_recipe_of_the_example(tmp_path) -> None:
+    """examples/unwind: cc, extable build --add-section --rule, run.py (EXTENDING.md)."""
+    so = tmp_path / "checksum.so"
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", str(ROOT / "examples" / "unwind" /
+                                                         "checksum.c"), "-o", str(so)],
+                   check=True)
+    run_cli("build", so, "--in-place", "--add-section", "--rule", "checksum=unwind", check=True)
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "unwind" / "run.py"), str(so)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    ours, theirs = re.findall(r"0x[0-9a-f]{8}", lines[0])
+    assert ours == theirs
+    assert lines[1].startswith("checksum(pages 0..1)  = -14 ")
+    assert lines[2] == "faults recovered: 1"
+
+
+def test_the_demo_shows_a_plain_c_function_returning_efault() -> None:
+    p = subprocess.run([sys.executable, "-m", "mcsafe", "demo"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    part = p.stdout.split("== a plain C function")[1].split("\n== ")[0]
+    assert "(returns to its caller)" in part
+    assert "checksum(pages 0..1) = -14 " in part
