@@ -137,6 +137,10 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     r = ratio("fault", "mcsafe (mprotect)", "bare C handler")
     if r:
         out.append(("fault recovery ≤ 1.5× a bare C signal round trip", f"{r:.2f}×", r <= 1.5))
+    r = ratio("fault", "mcsafe unwind (mprotect)", "bare C handler")
+    if r:
+        out.append(("a fault recovered by unwinding ≤ 1.0× a bare C signal round trip",
+                    f"{r:.2f}×", r <= 1.0))
     if res.groups.get("lookup"):
         bests = [st["min"] for st in res.groups["lookup"].values()]
         spread = max(bests) / min(bests)
@@ -168,6 +172,24 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     if r:
         out.append(("extable symbols --json within 1.2× text (largest ELF)", f"{r:.2f}×",
                     r <= 1.2))
+    r = ratio("cli-symbols-symtab", "extable symbols", "readelf -sW")
+    if r:
+        out.append(("extable symbols ≤ 0.5× readelf -sW on a .symtab-heavy file (debug "
+                    "vmlinux, whole process)", f"{r:.2f}×", r <= 0.5))
+    r = ratio("cli-add-section-star", "extable build --add-section --rule '*'",
+              "objcopy --add-section")
+    if r:
+        out.append(("build --add-section with a * rule ≤ 2× objcopy --add-section",
+                    f"{r:.2f}×", r <= 2.0))
+        kib = res.groups["cli-add-section-star"]["extable build --add-section --rule '*'"].get(
+            "peak_kib")
+        if kib:
+            out.append(("build --add-section with a * rule, peak memory (no target)",
+                        f"{kib / 1024:.0f} MiB", None))
+    st = res.groups.get("cli-build-unwind", {}).get("extable build (1,000 unwind rules)")
+    if st:
+        out.append(("build with unwind rules for 1,000 functions of the largest library < 2 s",
+                    fmt_time(st["median"]), st["median"] < 2))
     r = ratio("symbols", "extable", "readelf -sW")
     if r:
         out.append(("extable symbols ≤ 0.5× readelf -sW", f"{r:.2f}×", r <= 0.5))
@@ -251,6 +273,10 @@ def plot(res: Results, folder: Path) -> list[tuple[str, str]]:
                            "throughput (GB/s, median; interleaved where measured)",
                            "Copy throughput from Python, same buffers for every peer",
                            "copy_throughput.png"))
+    r = ratio("fault", "mcsafe unwind (mprotect)", "bare C handler")
+    if r:
+        out.append(("a fault recovered by unwinding ≤ 1.0× a bare C signal round trip",
+                    f"{r:.2f}×", r <= 1.0))
     if res.groups.get("lookup"):
         pts = sorted((st["entries"], st["median"], st["min"])
                      for st in res.groups["lookup"].values())

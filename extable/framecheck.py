@@ -28,6 +28,7 @@ slots would still unwind wrongly; no compiler does).
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from typing import Any, NamedTuple
 
@@ -77,18 +78,57 @@ def _arm_aliases() -> dict[str, int]:
 
 SLOT_OF = {EM_X86_64: _x86_aliases(), EM_AARCH64: _arm_aliases()}
 FP_SLOT = {EM_X86_64: 1, EM_AARCH64: 10}                  # rbp, x29
-#: Lite-decoded text that makes an instruction worth a detailed look.
-_INTERESTING = {
-    EM_X86_64: re.compile(r"\b(?:[re]?sp|spl|[re]?bp|bpl|[re]?bx|b[lh]|r1[2-5][dwb]?)\b"),
-    EM_AARCH64: re.compile(r"\b(?:sp|wsp|[xw](?:19|2\d|30)|fp|lr|[bhsdqv](?:[89]|1[0-5]))\b"),
-}
-_X86_FLOW = {"ret", "call", "leave", "enter", "push", "pop", "pushfq", "popfq", "cpuid",
-             "xchg", "ud2", "hlt", "int3", "syscall"}
-_ARM_FLOW = {"ret", "bl", "blr", "b", "br", "brk", "udf", "hlt"}
 _HEX = re.compile(r"#?(-?0x[0-9a-f]+|-?\d+)$")
+_NUMBER = re.compile(r"#?-?(?:0x[0-9a-f]+|\d+)$")
+_X86_MEM = re.compile(r"\[(\w+)(?: ([+-]) (0x[0-9a-f]+|\d+))?\]$")
+_X86_PREFIXES = {"lock", "rep", "repe", "repz", "repne", "repnz", "notrack", "bnd", "data16"}
+#: x86 instructions whose first operand, even a register, is only read.
+_X86_READS_FIRST = {"cmp", "test", "bt", "push", "call", "jmp", "ucomisd", "ucomiss", "comisd",
+                    "comiss", "vucomisd", "vucomiss", "vcomisd", "vcomiss", "ptest", "vptest",
+                    "vtestps", "vtestpd"}
+#: arm64 instructions whose first operand is not written.
+_ARM_READS_FIRST = {"cmp", "cmn", "tst", "ccmp", "ccmn", "fcmp", "fcmpe", "fccmp", "fccmpe",
+                    "b", "br", "blr", "bl", "ret", "cbz", "cbnz", "tbz", "tbnz", "prfm", "prfum",
+                    "dmb", "dsb", "isb", "nop", "hint", "yield", "brk", "udf", "hlt", "svc",
+                    "hvc", "dc", "ic", "tlbi", "msr", "bti", "autiasp", "paciasp", "at", "csdb"}
+_ARM_MEM = re.compile(r"\[(\w+)(?:, #(-?0x[0-9a-f]+|-?\d+))?\](!?)$")
+
+
+_OUTER_COMMA = re.compile(r", (?![^\[{]*[\]}])")
+
+
+def _split(op_str: str) -> list[str]:
+    """Operands, split at the commas outside brackets and braces."""
+    return _OUTER_COMMA.split(op_str) if op_str else []
+
+
+#: Text that may concern the frame: a slot register, the stack or frame pointer. An
+#: instruction without it, and not among the ones with implicit effects, has none.
+_MENTIONS = {
+    EM_X86_64: re.compile(r"\b(?:[re]?[sb]p|[sb]pl|[re]?bx|b[lh]|r1[2-5][dwb]?)\b"),
+    EM_AARCH64: re.compile(r"\b(?:w?sp|[xw](?:19|2\d|30)|fp|lr|[bhsdqv](?:[89]|1[0-5]))\b"),
+}
+_IMPLICIT = {
+    EM_X86_64: {"push", "pop", "pushfq", "popfq", "pushf", "popf", "leave", "enter", "cpuid",
+                "call", "ret"},
+    EM_AARCH64: {"bl", "blr", "blraa", "blrab", "mov", "movz", "movk"},
+}
+
+
+def _arm_reg(text: str) -> str:
+    """v8.16b -> v8, v8.d[1] -> v8, x19 -> x19."""
+    return text.split(".", 1)[0].split("[", 1)[0].strip()
+
+
+_NOTHING = Effect()
 
 
 class _Checker:
+    """Decodes instructions with capstone (boundaries and text only: the "lite" mode is
+    twenty times faster than the detailed one) and reads each one's effect on the frame
+    from its text. tests/test_framecheck.py holds this reading against capstone's detailed
+    decoding (the registers it says an instruction writes) over whole libraries."""
+
     def __init__(self, machine: int) -> None:
         import capstone
 
@@ -96,35 +136,39 @@ class _Checker:
         arch = (capstone.CS_ARCH_X86, capstone.CS_MODE_64) if machine == EM_X86_64 else \
             (capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
         self.lite = capstone.Cs(*arch)
-        self.full = capstone.Cs(*arch)
-        self.full.detail = True
         self.slot_of = SLOT_OF[machine]
-        self.interesting = _INTERESTING[machine]
-        self.flow = _X86_FLOW if machine == EM_X86_64 else _ARM_FLOW
+        self.mentions = _MENTIONS[machine].search
+        self.implicit = _IMPLICIT[machine]
 
-    # -- decoding ----------------------------------------------------------------------
-
-    def effect(self, code: bytes, start: int, address: int, size: int, mnemonic: str,
-               op_str: str, consts: dict[str, int]) -> Effect:
+    def effect(self, mnemonic: str, op_str: str, consts: dict[str, int]) -> Effect:
         """The instruction's effect. ``consts`` holds the arm64 registers known to hold a
         constant (a frame size set with mov/movk before ``sub sp, sp, x12``), kept up to
         date in straight-line code."""
-        branch = self._branch(mnemonic, op_str)
-        if self.machine == EM_AARCH64:
+        branch = self._branch(mnemonic, op_str) if mnemonic[:1] in "jbrcthiu" else None
+        if not self.mentions(op_str) and mnemonic not in self.implicit \
+                and " " not in mnemonic:
+            if self.machine == EM_AARCH64 and op_str:
+                consts.pop("x" + op_str.split(",", 1)[0][1:], None)
+            return branch or _NOTHING
+        if self.machine == EM_X86_64:
+            dst = op_str.split(", ", 1)[0]
+            if (dst not in self.slot_of and dst not in ("rsp", "rbp") and "[rsp" not in dst
+                    and "[rbp" not in dst and mnemonic not in self.implicit
+                    and mnemonic not in ("xchg", "xadd") and " " not in mnemonic):
+                return branch or _NOTHING      # reads a slot register, writes none
+            eff = self._x86(mnemonic, op_str)
+        else:
+            eff = self._arm(mnemonic, op_str, consts)
             _track_constant(consts, mnemonic, op_str)
-        if mnemonic not in self.flow and not self.interesting.search(op_str):
-            return branch or Effect()
-        off = address - start
-        ins = next(self.full.disasm(code[off:off + size], address, 1))
-        eff = self._x86(ins) if self.machine == EM_X86_64 else self._arm(ins, consts)
         if branch is not None:
             eff = eff._replace(ends=branch.ends or eff.ends, target=branch.target)
-        return eff
+        return _NOTHING if eff == _NOTHING else eff
 
     def _branch(self, mnemonic: str, op_str: str) -> Effect | None:
         """Direct branches: (ends, target); None for anything else."""
         m = _HEX.search(op_str)
         if self.machine == EM_X86_64:
+            mnemonic = mnemonic.split()[-1] if mnemonic else mnemonic
             if mnemonic in ("ret", "ud2", "hlt", "int3"):
                 return Effect(ends=True)
             if mnemonic == "jmp":
@@ -141,133 +185,155 @@ class _Checker:
             return Effect(target=int(m.group(1), 0))
         return None
 
-    def _writes(self, ins: Any, skip: set[int] = set()) -> frozenset[int]:
-        _, written = ins.regs_access()
-        slots = {self.slot_of.get(ins.reg_name(r)) for r in written}
-        return frozenset(s for s in slots if s is not None and s not in skip)
+    def _slots(self, names: list[str]) -> frozenset[int]:
+        return frozenset(s for s in (self.slot_of.get(n) for n in names) if s is not None)
 
-    def _x86(self, ins: Any) -> Effect:
-        from capstone import x86
+    def _x86(self, mnemonic: str, op_str: str) -> Effect:
+        words = mnemonic.split()
+        m = next((w for w in words if w not in _X86_PREFIXES), words[-1] if words else "")
+        ops = _split(op_str)
+        dst = ops[0] if ops else ""
 
-        m, ops = ins.mnemonic, ins.operands
-        name = ins.reg_name
-
-        def reg(i: int) -> str | None:
-            return name(ops[i].reg) if len(ops) > i and ops[i].type == x86.X86_OP_REG else None
-
-        def imm(i: int) -> int | None:
-            return ops[i].imm if len(ops) > i and ops[i].type == x86.X86_OP_IMM else None
-
-        def mem(i: int) -> tuple[str, int] | None:
-            if len(ops) <= i or ops[i].type != x86.X86_OP_MEM or ops[i].mem.index:
+        def mem(o: str) -> tuple[str, int] | None:
+            inner = _X86_MEM.search(o)
+            if inner is None or inner.group(1) not in ("rsp", "rbp"):
                 return None
-            base = name(ops[i].mem.base) if ops[i].mem.base else None
-            return {"rsp": ("sp", ops[i].mem.disp), "rbp": ("fp", ops[i].mem.disp)}.get(
-                base or "")
+            d = int(inner.group(3), 0) if inner.group(3) else 0
+            return ("sp" if inner.group(1) == "rsp" else "fp", -d if inner.group(2) == "-" else d)
 
-        slot = self.slot_of.get(reg(0) or "")
+        def imm(o: str) -> int | None:
+            return int(o, 0) if _NUMBER.match(o) else None
+
+        full = SLOTS[EM_X86_64]                     # the 64-bit names
+        slot = self.slot_of.get(dst)
         if m == "push":
-            stores = ((slot, "sp", -8),) if slot is not None and reg(0) in SLOTS[EM_X86_64] \
-                else ()
-            return Effect(sp=("add", -8), stores=stores)
-        if m == "pushfq":
+            return Effect(sp=("add", -8), stores=((slot, "sp", -8),)
+                          if slot is not None and dst in full else ())
+        if m in ("pushfq", "pushf"):
             return Effect(sp=("add", -8))
-        if m in ("pop", "popfq"):
-            if m == "pop" and reg(0) is None:
-                return Effect(sp=("?", 0))
-            loads = ((slot, "sp", 0),) if slot is not None else ()
-            fp = ("load", 0) if reg(0) == "rbp" else None
-            return Effect(sp=("add", 8), fp=fp, loads=loads,
-                          writes=frozenset() if slot is not None or m == "popfq"
-                          else self._writes(ins))
+        if m in ("popfq", "popf"):
+            return Effect(sp=("add", 8))
+        if m == "pop":
+            if slot is None or dst not in full:
+                return Effect(sp=("add", 8), writes=self._slots([dst]))
+            return Effect(sp=("add", 8), fp=("load", 0) if dst == "rbp" else None,
+                          loads=((slot, "sp", 0),))
         if m == "leave":                      # mov rsp, rbp; pop rbp
             return Effect(sp=("fp", 8), fp=("load", 0), loads=((1, "fp", 0),))
-        if m in ("call", "ret", "jmp") or m.startswith("j"):
+        if m == "enter":
+            return Effect(sp=("?", 0), fp=("?", 0))
+        if m in ("call", "ret") or m.startswith("j"):
             return Effect()                   # a call's push and the callee's ret cancel
-        if reg(0) == "rsp":
-            if m in ("sub", "add") and imm(1) is not None:
-                return Effect(sp=("add", imm(1) if m == "add" else -imm(1)))  # type: ignore
-            where = mem(1)
+        if m == "cpuid":
+            return Effect(writes=frozenset({0}))                      # rbx
+        if m in ("syscall", "sysenter", "rdtsc", "rdtscp", "cqo", "cdq", "cwd", "xgetbv"):
+            return Effect()
+        if dst == "rsp":
+            src = ops[1] if len(ops) > 1 else ""
+            if m in ("sub", "add") and imm(src) is not None:
+                return Effect(sp=("add", imm(src) if m == "add" else -imm(src)))  # type: ignore
+            where = mem(src)
             if m == "lea" and where is not None:
                 return Effect(sp=("add", where[1]) if where[0] == "sp" else ("fp", where[1]))
-            if m == "mov" and reg(1) == "rbp":
+            if m == "mov" and src == "rbp":
                 return Effect(sp=("fp", 0))
             return Effect(sp=("?", 0))
-        if reg(0) == "rbp":
-            where = mem(1)
-            if m == "mov" and reg(1) == "rsp":
+        if dst == "rbp" and m not in _X86_READS_FIRST:
+            src = ops[1] if len(ops) > 1 else ""
+            where = mem(src)
+            if m == "mov" and src == "rsp":
                 return Effect(fp=("sp", 0))
             if m == "lea" and where is not None and where[0] == "sp":
                 return Effect(fp=("sp", where[1]))
             if m == "mov" and where is not None:
                 return Effect(fp=("load", 0), loads=((1, *where),))
             return Effect(fp=("?", 0), writes=frozenset({1}))
-        if m == "mov" and slot is not None and mem(1) is not None:
-            return Effect(loads=((slot, *mem(1)),))      # type: ignore[misc]
-        if m == "mov" and mem(0) is not None and reg(1) is not None \
-                and self.slot_of.get(reg(1) or "") is not None and reg(1) in SLOTS[EM_X86_64]:
-            return Effect(stores=((self.slot_of[reg(1) or ""], *mem(0)),))   # type: ignore
-        return Effect(writes=self._writes(ins), sp=("?", 0) if "rsp" in
-                      {name(r) for r in ins.regs_access()[1]} else None)
+        if m == "mov" and slot is not None and dst in full and len(ops) > 1 and mem(ops[1]):
+            return Effect(loads=((slot, *mem(ops[1])),))             # type: ignore[misc]
+        if m == "mov" and len(ops) > 1 and ops[1] in full and mem(dst) is not None:
+            return Effect(stores=((self.slot_of[ops[1]], *mem(dst)),))  # type: ignore[misc]
+        written = []
+        if ops and m not in _X86_READS_FIRST and not (m in ("mul", "div", "idiv", "imul")
+                                                        and len(ops) == 1):
+            written.append(dst)
+        if m in ("xchg", "xadd") and len(ops) > 1:
+            written.append(ops[1])
+        return Effect(writes=self._slots(written))
 
-    def _arm(self, ins: Any, consts: dict[str, int]) -> Effect:
-        from capstone import arm64
-
-        m, ops = ins.mnemonic, ins.operands
-        name = ins.reg_name
-
-        def reg(i: int) -> str | None:
-            return name(ops[i].reg) if len(ops) > i and ops[i].type == arm64.ARM64_OP_REG \
-                else None
-
-        def imm(i: int) -> int | None:
-            if len(ops) <= i or ops[i].type != arm64.ARM64_OP_IMM:
-                return None
-            shift = ops[i].shift.value if ops[i].shift.type else 0
-            return ops[i].imm << shift
-
-        mems = [o for o in ops if o.type == arm64.ARM64_OP_MEM]
-        if m in ("stp", "ldp", "str", "ldr", "stur", "ldur") and mems:
-            mo = mems[0].mem
-            base = {"sp": "sp", "fp": "fp", "x29": "fp"}.get(name(mo.base) if mo.base else "")
-            regs = [reg(i) for i in range(len(ops) - len(mems) - (1 if ins.post_index else 0))]
-            width = 16 if any(r and r.startswith("q") for r in regs) else 8
-            post = ops[-1].imm if ins.post_index else 0
-            disp = mo.disp
+    def _arm(self, m: str, op_str: str, consts: dict[str, int]) -> Effect:
+        ops = _split(op_str)
+        regs: list[str] = []
+        for o in ops:
+            if o.startswith("{"):
+                regs += [_arm_reg(r) for r in o.strip("{}").split(",")]
+            elif not o.startswith(("[", "#")):
+                regs.append(_arm_reg(o))
+        memory = next((o for o in ops if o.startswith("[")), None)
+        if memory is not None and m.startswith(("ld", "st")):
+            if m.startswith(("stxr", "stlxr", "stxp", "stlxp")):     # a status register first
+                return Effect(writes=self._slots(regs[:1]))
+            inner = _ARM_MEM.match(memory)
+            base = {"sp": "sp", "x29": "fp", "fp": "fp"}.get(inner.group(1)) if inner else None
+            data = [r for r in regs if r != _arm_reg(memory)]
+            pair = m.startswith(("ldp", "stp", "ldnp", "stnp", "ldxp", "ldaxp"))
+            data = data[:2] if pair else data[:1]
+            if m.startswith(("ld1", "ld2", "ld3", "ld4", "st1", "st2", "st3", "st4")):
+                data = [r for r in regs]
             sp = None
-            if base == "sp" and ins.writeback:
-                sp = ("add", post if ins.post_index else disp)
-                if ins.post_index:
-                    disp = 0
-            if base is None or mo.index:
-                return Effect(writes=self._writes(ins)) if m.startswith("ld") else Effect()
-            pairs = [(self.slot_of.get(r or ""), disp + width * k) for k, r in enumerate(regs)]
-            if m.startswith("st"):
-                return Effect(sp=sp, stores=tuple((s, base, d) for s, d in pairs
-                                                  if s is not None))
-            fp = ("load", 0) if any(r in ("fp", "x29") for r in regs) else None
-            return Effect(sp=sp, fp=fp, loads=tuple((s, base, d) for s, d in pairs
-                                                    if s is not None))
-        if m in ("bl", "blr"):
+            disp = int(inner.group(2), 0) if inner and inner.group(2) else 0
+            post = ops[-1] if ops[-1].startswith("#") and ops[-1] is not memory else None
+            if base == "sp" and inner is not None and (inner.group(3) or post):
+                sp = ("add", int(post.lstrip("#"), 0) if post else disp)
+            loading = m.startswith("ld")
+            base_reg = _arm_reg(memory.strip("[]!").split(",")[0])
+            written_base = self._slots([base_reg]) if (inner is not None and (
+                inner.group(3) or post)) or (inner is None and memory.endswith("!")) \
+                or (post and inner is None) else frozenset()
+            if base is None or inner is None:
+                return Effect(writes=(self._slots(data) if loading else frozenset())
+                              | written_base)
+            width = 16 if any(r.startswith("q") for r in data) else 8
+            # (slot, displacement) of each register moved; a save is a whole x, d or q one
+            moved = [(self.slot_of.get(r), disp + width * k, r[0] in "xdq" or r in ("fp", "lr"))
+                     for k, r in enumerate(data)]
+            fp_moved = written_base if base == "fp" else frozenset()   # x29 written back
+            if not loading:
+                return Effect(sp=sp, fp=("?", 0) if fp_moved else None, writes=fp_moved,
+                              stores=tuple((s, base, d) for s, d, whole in moved
+                                           if s is not None and whole))
+            fp = ("load", 0) if any(r in ("x29", "fp") for r in data) else \
+                ("?", 0) if fp_moved else None
+            return Effect(sp=sp, fp=fp, writes=fp_moved,
+                          loads=tuple((s, base, d) for s, d, _w in moved if s is not None))
+        if m in ("bl", "blr", "blraa", "blrab"):
             return Effect(writes=frozenset({RA_SLOT[EM_AARCH64]}))
-        dst = reg(0)
+        dst = regs[0] if regs else ""
         if dst == "sp":
-            src = reg(1)
-            amount = imm(2) if imm(2) is not None else consts.get(reg(2) or "")
-            if m in ("add", "sub") and src in ("sp", "fp", "x29") and amount is not None:
+            src = regs[1] if len(regs) > 1 else ""
+            last = ops[-1] if ops else ""
+            amount = (int(last.lstrip("#").split()[0], 0) if last.startswith("#") and
+                      len(ops) == 3 else consts.get(regs[2] if len(regs) > 2 else ""))
+            shift = re.search(r"lsl #(\d+)", op_str)
+            if amount is not None and shift and last.startswith("#"):
+                amount <<= int(shift.group(1))
+            if m in ("add", "sub") and src in ("sp", "x29", "fp") and amount is not None:
                 d = amount * (1 if m == "add" else -1)
                 return Effect(sp=("add", d) if src == "sp" else ("fp", d))
-            if m == "mov" and src in ("fp", "x29"):
+            if m == "mov" and src in ("x29", "fp"):
                 return Effect(sp=("fp", 0))
             return Effect(sp=("?", 0))
-        if dst in ("fp", "x29"):
-            src = reg(1)
+        if dst in ("x29", "fp") and m not in _ARM_READS_FIRST:
+            src = regs[1] if len(regs) > 1 else ""
+            last = ops[-1] if ops else ""
             if m == "mov" and src == "sp":
                 return Effect(fp=("sp", 0))
-            if m in ("add", "sub") and src == "sp" and imm(2) is not None:
-                return Effect(fp=("sp", imm(2) if m == "add" else -imm(2)))  # type: ignore
+            if m in ("add", "sub") and src == "sp" and last.startswith("#") and len(ops) == 3:
+                d = int(last.lstrip("#"), 0)
+                return Effect(fp=("sp", d if m == "add" else -d))
             return Effect(fp=("?", 0), writes=frozenset({FP_SLOT[EM_AARCH64]}))
-        return Effect(writes=self._writes(ins))
+        if m in _ARM_READS_FIRST or m.startswith("b."):
+            return Effect()
+        return Effect(writes=self._slots(regs[:1]))
 
 
 _MOVE = re.compile(r"([xw])(\d+), #(-?0x[0-9a-f]+|-?\d+)(?:, lsl #(\d+))?$")
@@ -296,6 +362,11 @@ def _merge(a: object, b: int | None) -> int | None:
     return b if a is _UNVISITED else a if a == b else None      # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=None)
+def _checker(machine: int) -> _Checker:
+    return _Checker(machine)
+
+
 def check(machine: int, code: bytes, start: int, rows: list[tuple[int, Row]]) -> None:
     """Refuse (Unproved) unless the rows hold at every instruction of code at start.
 
@@ -306,7 +377,7 @@ def check(machine: int, code: bytes, start: int, rows: list[tuple[int, Row]]) ->
     one pass checks each step, tracking where each slot's register was stored while
     it held the caller's value and which registers were loaded back from their slots.
     """
-    chk = _Checker(machine)
+    chk = _checker(machine)
     sp_reg, fp_reg, fp_slot = SP_REG[machine], 5 if machine == EM_X86_64 else 29, FP_SLOT[machine]
     ips = [ip for ip, _ in rows]
     end = start + len(code)
@@ -318,26 +389,27 @@ def check(machine: int, code: bytes, start: int, rows: list[tuple[int, Row]]) ->
     covered = sum(size for _, size, _, _ in decoded)
     if covered != len(code):
         raise Unproved(f"at {start + covered:#x}: bytes that do not decode as instructions")
-    insns = []
+    effects = []
     consts: dict[str, int] = {}
-    for address, size, mnemonic, op_str in decoded:
-        eff = Effect() if mnemonic == "nop" else \
-            chk.effect(code, start, address, size, mnemonic, op_str, consts)
+    for _address, _size, mnemonic, op_str in decoded:
+        eff = _NOTHING if mnemonic == "nop" else chk.effect(mnemonic, op_str, consts)
         if eff.ends:
             consts.clear()
         if eff.fp is not None and eff.fp[0] != "load":
             eff = eff._replace(writes=eff.writes | {fp_slot})
-        insns.append((address, size, f"{mnemonic} {op_str}".strip(), eff))
-    at = {a: i for i, (a, *_) in enumerate(insns)}
+        effects.append(eff)
+    at = {a: i for i, (a, *_) in enumerate(decoded)}
+    row_of = [row_at(a) for a, *_ in decoded]
 
     def step(i: int, sp: int | None, fp: int | None) -> tuple[int | None, int | None]:
         """(sp, fp) after instruction i, given them before (a row overrides its base)."""
-        r = row_at(insns[i][0])
-        eff = insns[i][3]
+        r, eff = row_of[i], effects[i]
         if r.cfa_reg == sp_reg:
             sp = -r.cfa_off
         elif r.cfa_reg == fp_reg:
             fp = -r.cfa_off
+        if eff is _NOTHING:
+            return sp, fp
         new_sp, new_fp = sp, fp
         if eff.sp is not None:
             kind, d = eff.sp
@@ -350,19 +422,21 @@ def check(machine: int, code: bytes, start: int, rows: list[tuple[int, Row]]) ->
             new_fp = None
         return new_sp, new_fp
 
-    succs: list[list[int]] = [[] for _ in insns]
-    for i, (_a, _s, text, eff) in enumerate(insns):
-        if not eff.ends and i + 1 < len(insns):
+    n = len(decoded)
+    succs: list[list[int]] = [[] for _ in decoded]
+    for i, eff in enumerate(effects):
+        if not eff.ends and i + 1 < n:
             succs[i].append(i + 1)
         if eff.target is not None and eff.target in at:
             succs[i].append(at[eff.target])
     reached = {j for js in succs for j in js} | {0}
-    orphans = [i for i in range(len(insns)) if i not in reached]
-    for i, (_a, _s, text, eff) in enumerate(insns):
-        if eff.ends and eff.target is None and not text.startswith(("ret", "ud2", "hlt",
-                                                                   "int3", "brk", "udf")):
+    orphans = [i for i in range(n) if i not in reached]
+    unreached = set(orphans)              # reached by no direct branch nor fall-through
+    for i, eff in enumerate(effects):
+        if eff.ends and eff.target is None and decoded[i][2] not in (
+                "ret", "ud2", "hlt", "int3", "brk", "udf"):
             succs[i] += orphans                  # an indirect jump: a jump table's cases
-    state_in: list[Any] = [(_UNVISITED, _UNVISITED)] * len(insns)
+    state_in: list[Any] = [(_UNVISITED, _UNVISITED)] * n
     state_in[0] = (None, None)
     work = [0]
     while work:
@@ -377,72 +451,90 @@ def check(machine: int, code: bytes, start: int, rows: list[tuple[int, Row]]) ->
 
     saved_at: dict[int, set[int]] = {}          # slot -> CFA offsets holding the caller's value
     restored: set[int] = set()                  # slots loaded back from their save slot
-    for i, (address, size, text, eff) in enumerate(insns):
-        where = f"at {address:#x} ({text})"
-        r = row_at(address)
-        if r.cfa_reg not in (sp_reg, fp_reg):
-            raise Unproved(f"{where}: the CFA rests on a register that is neither the stack "
-                           "nor the frame pointer")
-        if i in orphans and not any(i in js for js in succs):
-            restored = set()
-        sp_in, fp_in = (None if v is _UNVISITED else v for v in state_in[i])
-        sp = -r.cfa_off if r.cfa_reg == sp_reg else sp_in
-        fp = -r.cfa_off if r.cfa_reg == fp_reg else fp_in
-        if text.startswith("nop"):
-            # No effect, and no fault can happen at it: padding after a return may carry
-            # the row before it while falling into the next block's.
-            continue
-
-        def rel(base: str, disp: int) -> int | None:
-            b = sp if base == "sp" else fp
-            return None if b is None else b + disp
-
-        if eff.target is not None and eff.target in at:
-            t = row_at(eff.target)
-            if t.cfa_reg == r.cfa_reg and t.cfa_off != r.cfa_off:
-                raise Unproved(f"{where}: jumps to {eff.target:#x}, where the rows put the "
-                               "CFA elsewhere")
-        for s, base, disp in eff.stores:
-            addr = rel(base, disp)
-            if addr is not None and (r.saves[s] == 0 or s in restored):
-                saved_at.setdefault(s, set()).add(addr)
-        writes = set(eff.writes)
-        for s, base, disp in eff.loads:
-            if r.saves[s] and rel(base, disp) == r.saves[s]:
-                restored.add(s)
-            else:
-                writes.add(s)
-        restored -= writes
+    for i, (address, size, mnemonic, op_str) in enumerate(decoded):
+        r, eff = row_of[i], effects[i]
         nxt = address + size
         last = nxt >= end or eff.ends
-        n = r if last else row_at(nxt)
-        _check_slots(machine, r, n, writes, saved_at, restored, where)
+        nrow = r if last else row_of[i + 1]
+        if i in unreached:
+            restored = set()
+        if nrow is r and r.cfa_reg in (sp_reg, fp_reg) and (
+                eff is _NOTHING or (eff.sp is None and eff.fp is None and not eff.stores
+                                    and not eff.loads and not eff.writes and not eff.ends
+                                    and (eff.target not in at
+                                         or row_of[at[eff.target]].cfa_reg != r.cfa_reg
+                                         or row_of[at[eff.target]].cfa_off == r.cfa_off))):
+            continue                      # nothing moves, the row holds: the common case
+        why = _step_problem(machine, r, nrow, eff, state_in[i], saved_at, restored, last,
+                            step(i, *(None if v is _UNVISITED else v for v in state_in[i])),
+                            row_at(eff.target) if eff.target is not None and eff.target in at
+                            else None, mnemonic)
+        if why:
+            raise Unproved(f"at {address:#x} ({f'{mnemonic} {op_str}'.strip()}): {why}")
         if last:
             restored = set()
-            continue
-        new_sp, new_fp = step(i, sp_in, fp_in)
-        need = new_sp if n.cfa_reg == sp_reg else new_fp
-        if need is None or need != -n.cfa_off:
-            base = "stack" if n.cfa_reg == sp_reg else "frame"
-            raise Unproved(f"{where}: the next row puts the CFA at the {base} pointer "
-                           f"{n.cfa_off:+d}, where this instruction does not leave it: the "
-                           "call-frame information is not precise at every instruction "
-                           "(synchronous unwind tables, as Clang 14 emits on arm64; GCC's "
-                           "and Clang's x86-64 defaults, -fasynchronous-unwind-tables, are)")
+
+
+def _step_problem(machine: int, r: Row, nrow: Row, eff: Effect, state: Any,
+                  saved_at: dict[int, set[int]], restored: set[int], last: bool,
+                  after: tuple[int | None, int | None], target: Row | None,
+                  mnemonic: str) -> str | None:
+    """What is wrong with one step from row r to row nrow, or None; updates saved_at and
+    restored."""
+    sp_reg, fp_reg = SP_REG[machine], 5 if machine == EM_X86_64 else 29
+    if r.cfa_reg not in (sp_reg, fp_reg):
+        return "the CFA rests on a register that is neither the stack nor the frame pointer"
+    sp_in, fp_in = (None if v is _UNVISITED else v for v in state)
+    sp = -r.cfa_off if r.cfa_reg == sp_reg else sp_in
+    fp = -r.cfa_off if r.cfa_reg == fp_reg else fp_in
+    if mnemonic == "nop":
+        # No effect, and no fault can happen at it: padding after a return may carry the
+        # row before it while falling into the next block's.
+        return None
+
+    def rel(base: str, disp: int) -> int | None:
+        b = sp if base == "sp" else fp
+        return None if b is None else b + disp
+
+    if target is not None and target.cfa_reg == r.cfa_reg and target.cfa_off != r.cfa_off:
+        return f"jumps to {eff.target:#x}, where the rows put the CFA elsewhere"
+    for s, base, disp in eff.stores:
+        addr = rel(base, disp)
+        if addr is not None and (r.saves[s] == 0 or s in restored):
+            saved_at.setdefault(s, set()).add(addr)
+    writes = set(eff.writes)
+    for s, base, disp in eff.loads:
+        if r.saves[s] and rel(base, disp) == r.saves[s]:
+            restored.add(s)
+        else:
+            writes.add(s)
+    restored -= writes
+    why = _check_slots(machine, r, nrow, writes, saved_at, restored)
+    if why or last:
+        return why
+    new_sp, new_fp = after
+    need = new_sp if nrow.cfa_reg == sp_reg else new_fp
+    if need is None or need != -nrow.cfa_off:
+        base = "stack" if nrow.cfa_reg == sp_reg else "frame"
+        return (f"the next row puts the CFA at the {base} pointer {nrow.cfa_off:+d}, where this "
+                "instruction does not leave it: the call-frame information is not precise at "
+                "every instruction here (tables precise only at calls, as Clang 14 emits on "
+                "arm64; GCC's, and Clang's on x86-64, are precise everywhere)")
+    return None
 
 
 def _check_slots(machine: int, r: Row, n: Row, writes: set[int], saved_at: dict[int, set[int]],
-                 restored: set[int], where: str) -> None:
+                 restored: set[int]) -> str | None:
     for s, slot in enumerate(SLOTS[machine]):
         if machine == EM_X86_64 and s == RA_SLOT[machine]:
             continue                                   # pushed by the call, never moves
         a, b = r.saves[s], n.saves[s]
         if b and b != a and b not in saved_at.get(s, ()):
-            raise Unproved(f"{where}: the next row says {slot} is saved at CFA{b:+d}, but "
-                           "the caller's value was not stored there")
+            return (f"the next row says {slot} is saved at CFA{b:+d}, but the caller's value "
+                    "was not stored there")
         if a and not b and s not in restored:
-            raise Unproved(f"{where}: the next row says {slot} is back in its register, but "
-                           f"it was not loaded back from CFA{a:+d}")
+            return (f"the next row says {slot} is back in its register, but it was not loaded "
+                    f"back from CFA{a:+d}")
         if not a and s in writes and s not in restored:
-            raise Unproved(f"{where}: writes {slot} while no row says where the caller's "
-                           f"{slot} is saved")
+            return f"writes {slot} while no row says where the caller's {slot} is saved"
+    return None

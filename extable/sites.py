@@ -152,6 +152,13 @@ def _pads(image: ElfImage, rule: Rule, names: list[str], found: list[int]
     """Each matched function's landing pad address, or why it does not resolve."""
     out: dict[int, int | ExtableError] = {}
     landing = rule.landing or DEFAULT_LANDING
+    if "{name}" not in landing and found:        # one pad for every function: resolve once
+        try:
+            pad: int | ExtableError = resolve_address(image, landing, f"{rule.origin}: "
+                                                      f"landing pad for {names[found[0]]}")
+        except ExtableError as exc:
+            pad = ExtableError(exc.message)
+        return dict.fromkeys(found, pad)
     for i in found:
         try:
             out[i] = resolve_address(image, landing.replace("{name}", names[i]),
@@ -176,6 +183,7 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
     funcs = image.functions
     pool = HandlerPool()
     claimed: dict[int, Rule] = {}
+    by_name: dict[str, list[int]] = {}       # for rules naming one function: built once
     rows: list[tuple[int, int, int, int]] = []
     origins: list[str] = []
     unmatched = []
@@ -185,7 +193,13 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                                f"(known: {', '.join(sorted(handlers))})")
         handler = handlers[rule.handler]
         word = pool.word(handler)
-        found = list(funcs.matching(rule.pattern))
+        if any(c in rule.pattern for c in "*?["):
+            found = list(funcs.matching(rule.pattern))
+        else:
+            if not by_name:
+                for i, name in enumerate(funcs.names):
+                    by_name.setdefault(name, []).append(i)
+            found = list(by_name.get(rule.pattern, ()))
         unwind = handler.kind == Kind.UNWIND
         if unwind and (rule.landing is not None or rule.end != "function"):
             raise ExtableError(f"{rule.origin}: {rule.handler} returns to the function's "
