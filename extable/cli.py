@@ -57,9 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     out = b.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", metavar="OUT", help="write the result here")
     out.add_argument("--in-place", action="store_true", help="rewrite FILE itself")
-    b.add_argument("--rule", action="append", default=[], metavar="GLOB=HANDLER[@LANDING]",
+    b.add_argument("--rule", action="append", default=[],
+                   metavar="GLOB=HANDLER[@LANDING][,end=landing]",
                    help="cover every function matching GLOB; LANDING is a symbol, symbol+0x4 "
-                   "or 0x1234, may use {name}, and defaults to {name}_fixup")
+                   "or 0x1234, may use {name}, and defaults to {name}_fixup; a pad inside "
+                   "the function is refused unless end=landing ends the range there; "
+                   "HANDLER unwind returns -EFAULT to the function's caller (no LANDING)")
     b.add_argument("--spec", metavar="FILE", help="TOML file of handlers, rules and ranges")
     b.add_argument("--add-section", action="store_true",
                    help="add a non-loaded section (for files without a reservation)")
