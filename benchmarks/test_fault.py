@@ -92,3 +92,31 @@ def test_unwound_function_fault(benchmark, unwound) -> None:
         benchmark.extra_info.update(peer="mcsafe unwind (mprotect)")
         result = measure(benchmark, lambda: unwound.checksum(addr, 64), 1 << 20)
     assert result == -14
+
+
+LOOP = 200            # faults per call in the C-loop group
+
+
+def test_unwound_function_fault_in_a_c_loop(benchmark, unwound, peers) -> None:
+    """The same, 200 faults per Python call (a C loop calls the function): what the
+    recovery costs without ctypes' per-call overhead, against bare_loop below."""
+    fn = ctypes.cast(unwound.checksum, ctypes.c_void_p).value
+    with inject.region("mprotect", 2, [1]) as r:
+        addr = r.address + inject.PAGE
+        benchmark.group = "fault-c-loop"
+        benchmark.extra_info.update(peer="mcsafe unwind", faults_per_call=LOOP)
+        result = measure(benchmark, lambda: peers.call_loop(fn, addr, 64, LOOP), 1 << 24)
+    assert result == -14
+
+
+def test_bare_signal_round_trip_in_a_c_loop(benchmark, peers) -> None:
+    with inject.region("mprotect", 2, [1]) as r:
+        peers.bare_install()
+        try:
+            benchmark.group = "fault-c-loop"
+            benchmark.extra_info.update(peer="bare C handler", faults_per_call=LOOP)
+            addr = r.address + inject.PAGE
+            measure(benchmark, lambda: peers.bare_loop(addr, LOOP), 1 << 24)
+        finally:
+            peers.bare_uninstall()
+    assert mcsafe.handler_installed()

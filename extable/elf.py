@@ -138,10 +138,13 @@ class FunctionSymbols(NamedTuple):
         """Indices of the functions whose name matches a glob."""
         if not any(c in pattern for c in "*?["):
             return (i for i, name in enumerate(self.names) if name == pattern)
+        if pattern == "*":
+            return iter(range(len(self.names)))
         import fnmatch
+        import re
 
-        match = fnmatch.fnmatchcase
-        return (i for i, name in enumerate(self.names) if match(name, pattern))
+        match = re.compile(fnmatch.translate(pattern)).match    # fnmatchcase, compiled once
+        return (i for i, name in enumerate(self.names) if match(name))
 
 
 class ElfImage:
@@ -426,18 +429,23 @@ class ElfImage:
         (as the linker resolves it), else the first symbol of that name.
         """
         symtab, raw, strings = self._symtab_parts()
+        keep = _defined_mask(raw)
+        st_name, _shndx, value, _size = _symbol_columns(raw, keep)
+        names = strings.many(st_name)
+        if names is None:
+            names = [self._name(strings, o, symtab.name) for o in st_name]
+        if self._versions is None:
+            # The first symbol of each name wins: reversed, so that a dict keeps it.
+            return dict(zip(reversed(names), reversed(value)))
         table: dict[str, int] = {}
         rank: dict[str, int] = {}
-        for i, (st_name, _info, _other, shndx, value, _size) in enumerate(SYM.iter_unpack(raw)):
-            if shndx == SHN_UNDEF or not st_name:
-                continue
-            full = self._name(strings, st_name, symtab.name)
+        for i, full, v in zip(itertools.compress(range(len(keep)), keep), names, value):
             name, version, hide = self._version_of(symtab, i, full)
             if version is not None:
-                table.setdefault(f"{name}{'@' if hide else '@@'}{version}", value)
+                table.setdefault(f"{name}{'@' if hide else '@@'}{version}", v)
             r = 2 if hide else 0 if version is not None else 1
             if rank.get(name, 3) > r:
-                table[name], rank[name] = value, r
+                table[name], rank[name] = v, r
         return table
 
     @cached_property
@@ -481,6 +489,19 @@ def _function_mask(raw: bytes) -> bytes:
     func = int.from_bytes(raw[4::SYM.size].translate(_FUNC_INFO), "little")
     mask = func & nonzero(6, 7) & nonzero(*range(16, 24))        # st_shndx, st_size
     return mask.to_bytes(n, "little")
+
+
+def _defined_mask(raw: bytes) -> bytes:
+    """One byte per symbol, 1 for a defined symbol (st_shndx set) with a name."""
+    n = len(raw) // SYM.size
+
+    def nonzero(*at: int) -> int:
+        word = 0
+        for a in at:
+            word |= int.from_bytes(raw[a::SYM.size], "little")
+        return int.from_bytes(word.to_bytes(n, "little").translate(_NONZERO), "little")
+
+    return (nonzero(0, 1, 2, 3) & nonzero(6, 7)).to_bytes(n, "little")
 
 
 def _symbol_columns(raw: bytes, keep: bytes) -> tuple[list[int], list[int], list[int],

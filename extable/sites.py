@@ -45,10 +45,12 @@ class SiteSet:
     @classmethod
     def from_lists(cls, rows: list[tuple[int, int, int, int]], handlers: list[Handler],
                    origins: list[str]) -> SiteSet:
-        if any(not 0 <= v < (1 << 64) for row in rows for v in row):
-            bad = next(o for row, o in zip(rows, origins) if min(row) < 0)
-            raise ExtableError(f"{bad}: address out of range")
-        arr = np.array(rows, dtype=np.uint64).reshape(-1, 4)
+        try:                         # numpy refuses a negative or wider than 64 bits
+            arr = np.array(rows, dtype=np.uint64).reshape(-1, 4)
+        except OverflowError:
+            bad = next(o for row, o in zip(rows, origins)
+                       if not all(0 <= v < (1 << 64) for v in row))
+            raise ExtableError(f"{bad}: address out of range") from None
         return cls(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3].astype(np.uint32), handlers,
                    origins)
 
