@@ -294,14 +294,6 @@ def plot(res: Results, folder: Path) -> list[tuple[str, str]]:
                            "throughput (GB/s, median; interleaved where measured)",
                            "Copy throughput from Python, same buffers for every peer",
                            "copy_throughput.png"))
-    r = ratio("fault-c-loop", "mcsafe unwind", "bare C handler")
-    if r:
-        out.append(("a fault recovered by unwinding ≤ 1.0× a bare C signal round trip "
-                    "(C loops, 200 faults per call)", f"{r:.2f}×", r <= 1.0))
-    r = ratio("fault", "mcsafe unwind (mprotect)", "bare C handler")
-    if r:
-        out.append(("a fault recovered by unwinding, one ctypes call each, vs the bare round "
-                    "trip (no target: two ctypes arguments against one)", f"{r:.2f}×", None))
     if res.groups.get("lookup"):
         pts = sorted((st["entries"], st["median"], st["min"])
                      for st in res.groups["lookup"].values())
