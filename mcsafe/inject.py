@@ -19,6 +19,11 @@ method        how                                                        signal
 
 :func:`available` says which work on this machine, and why the others do not.
 Nothing here may touch a bad page: only :func:`mcsafe.copy` may.
+
+Those poison one mapping in one process. :func:`failing_file` makes a *file*
+whose chosen byte ranges fail for every reader and every path, as a failing
+disk's do (FUSE: ``read(2)`` gives EIO, a mapped read SIGBUS, in any process),
+and that can grow, shrink and be rewritten while it is in use.
 """
 
 from __future__ import annotations
@@ -33,7 +38,13 @@ import signal
 import struct
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from ._libc import MAP_FAILED
+from ._libc import libc as _libc
+
+if TYPE_CHECKING:
+    from ._failfs import FailingFile
 
 PAGE = mmap.PAGESIZE
 METHODS = ("uffd", "madvise", "truncate", "mprotect")
@@ -41,17 +52,7 @@ METHODS = ("uffd", "madvise", "truncate", "mprotect")
 BUS_ADRERR, BUS_MCEERR_AR = 2, 4
 SEGV_ACCERR = 2
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.syscall.restype = ctypes.c_long
-
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
-MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_HWPOISON = 100
 SYS_userfaultfd = 323            # x86-64
 if os.uname().machine == "aarch64":
@@ -304,3 +305,30 @@ def uffd_poison_code() -> int | None:
     with region("uffd", 1, [0]) as r:
         fault = copy_report(bytearray(PAGE), r.buffer).fault
         return fault.code if fault else None
+
+
+def failing_file(data: bytes | int, bad: Sequence[tuple[int, int]] = (), *,
+                 name: str = "data", dir: str | None = None) -> FailingFile:
+    """A file holding `data` (or pattern(data) bytes for an int) whose byte ranges
+    `bad` fail with EIO for every reader, on a FUSE mount of its own in a
+    temporary directory (under `dir`): see :class:`mcsafe._failfs.FailingFile`
+    for what it can do (``.path``, ``.resize()``, ``.write()``, ``.set_bad()``,
+    ``.on_failed_read()``, ``.stats()``, ``.contents()``).
+
+    Use it in a ``with`` block, or close() it. The server runs in a process of
+    its own; the mount is taken away on close(), when the block ends or raises,
+    when the object is collected, and when this process dies (even of SIGKILL:
+    the server sees its control socket close, and a fusermount3 watchdog
+    unmounts if the server itself is killed). Raises InjectionUnavailable,
+    with the reason, where FUSE cannot be used."""
+    from ._failfs import FailingFile
+
+    return FailingFile(data, bad, name=name, dir=dir)
+
+
+def fuse_unavailable() -> str | None:
+    """Why :func:`failing_file` cannot work here (no /dev/fuse, no fusermount3, no
+    mfusepy or libfuse3), or None if nothing is known to be missing."""
+    from ._failfs import unavailable
+
+    return unavailable()

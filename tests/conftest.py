@@ -110,3 +110,22 @@ def loop_device():
     yield attach
     for dev in attached:
         subprocess.run(["losetup", "-d", dev], check=True)
+
+
+@pytest.fixture
+def failing_file():
+    """make(data, bad=()) -> an open mcsafe.inject FailingFile (a FUSE file whose bad
+    byte ranges fail for every reader), closed after the test; the test is skipped
+    only where the machine has no /dev/fuse."""
+    from mcsafe import inject
+
+    made = []
+
+    def make(data, bad=(), **kwargs):
+        if not os.path.exists("/dev/fuse"):
+            pytest.skip("no /dev/fuse on this machine: failing files need FUSE")
+        made.append(inject.failing_file(data, bad, **kwargs))
+        return made[-1]
+    yield make
+    for f in reversed(made):
+        f.close()

@@ -70,7 +70,7 @@ int mcsafe_unwind(const struct mcsafe_module *m, const struct extable_entry *e, 
     const int16_t *save = row_at(m, e, (uint32_t)(arch_pc(uc) - m->base), &cfa_off, &cfa_reg);
     if (!save)
         return 0;
-    uintptr_t sp = arch_sp(uc);
+    uintptr_t sp = arch_unwind_sp(uc);
     uintptr_t base = cfa_reg == MCSAFE_ARCH_SP ? sp : arch_reg(uc, cfa_reg);
     uintptr_t cfa = base + (uintptr_t)(uint32_t)cfa_off;        /* cfa_off >= 0: validated */
     if (cfa < base || cfa < sp || cfa % 8)

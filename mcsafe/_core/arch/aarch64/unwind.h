@@ -19,6 +19,12 @@
 #define MCSAFE_SVE_MAGIC      0x53564501u
 #define MCSAFE_EXTRA_MAGIC    0x45585401u
 
+/* The interrupted stack pointer. */
+static inline uintptr_t arch_unwind_sp(const ucontext_t *uc)
+{
+    return (uintptr_t)uc->uc_mcontext.sp;
+}
+
 /* The record with `magic` in the signal frame (uc_mcontext.__reserved, and the
  * extra space an EXTRA record points to), and its size; NULL if absent. */
 static inline unsigned char *arch_frame_record(ucontext_t *uc, uint32_t magic, uint32_t *size)

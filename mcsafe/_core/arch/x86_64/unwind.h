@@ -15,6 +15,12 @@
 #define MCSAFE_UNWIND_REDZONE 128
 #define MCSAFE_EFLAGS_DF      0x400
 
+/* The interrupted stack pointer. */
+static inline uintptr_t arch_unwind_sp(const ucontext_t *uc)
+{
+    return (uintptr_t)uc->uc_mcontext.gregs[REG_RSP];
+}
+
 static const int mcsafe_unwind_greg[MCSAFE_UNWIND_SLOTS - 1] = {
     REG_RBX, REG_RBP, REG_R12, REG_R13, REG_R14, REG_R15,
 };
