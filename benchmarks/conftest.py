@@ -25,6 +25,9 @@ def peers(tmp_path_factory) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(out))
     lib.bare_touch.argtypes = [ctypes.c_void_p]
     lib.setjmp_copy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    lib.bare_loop.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    lib.call_loop.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+    lib.call_loop.restype = ctypes.c_int64
     return lib
 
 

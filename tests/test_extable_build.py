@@ -103,7 +103,7 @@ def test_lookup_finds_the_covering_entry_and_exit_1_when_none(fresh, tmp_path) -
     assert run_cli("lookup", out, "fx_copy+5").returncode == 1   # end is exclusive
 
 
-def test_rule_landing_inside_the_function_ends_the_range(tmp_path) -> None:
+def test_rule_landing_inside_the_function_ends_the_range_when_the_rule_says_so(tmp_path) -> None:
     src = tmp_path / "pad.c"
     src.write_text(
         '__asm__(".text\\n.globl f\\n.type f,@function\\nf:\\n nop\\n nop\\n'
@@ -112,7 +112,9 @@ def test_rule_landing_inside_the_function_ends_the_range(tmp_path) -> None:
     from conftest import compile_so
     so = compile_so(src, tmp_path / "pad.so")
     out = tmp_path / "o.so"
-    run_cli("build", so, "-o", out, "--rule", "f=fixup", check=True)
+    refused = run_cli("build", so, "-o", out, "--rule", "f=fixup")
+    assert refused.returncode == 2 and "end=landing" in refused.stderr and not out.exists()
+    run_cli("build", so, "-o", out, "--rule", "f=fixup,end=landing", check=True)
     (e,) = dump(out)["entries"]
     assert e["end"] == e["landing"] == e["start"] + 2
 

@@ -74,7 +74,9 @@
  *     SIGBUS or SIGSEGV: it cannot recover a copy (mcsafe_faults_blocked).
  *  6. One small switch on the handler kind, as the kernel's
  *     arch/x86/mm/extable.c fixup_exception(). The architecture-specific part
- *     (registers, the fault record) is in arch/<arch>/context.h.
+ *     (registers, the fault record) is in arch/<arch>/context.h; the
+ *     `unwind` kind's restore of the caller's frame is unwind.c, whose own
+ *     rules say which loads it makes from the interrupted stack.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -166,6 +168,13 @@ static int fixup(const struct mcsafe_module *m, const struct extable_entry *e, i
     case EXTABLE_KIND_ERRNO:
         arch_set_reg(uc, d.reg, (uintptr_t)(intptr_t)d.imm);
         break;
+    case EXTABLE_KIND_UNWIND:
+        /* Returns to the function's caller (unwind.c): no landing pad, and no fault
+         * record (registry.c refuses one: the function's registers are gone). */
+        if (!mcsafe_unwind(m, e, d.reg, d.imm, uc))
+            return 0;
+        atomic_fetch_add_explicit(&claimed, 1, memory_order_relaxed);
+        return 1;
     case EXTABLE_KIND_SHORT_COPY: {
         /* registry.c refuses a short_copy that names neither buffer */
         uintptr_t left = arch_reg(uc, d.reg);

@@ -88,7 +88,18 @@ struct mcsafe_module {
     unsigned owners;                      /* registrations held; writers only */
     int pinned;                           /* mcsafe's own: never removed */
     char name[64];
+    /* A version-2 table's unwind rows (docs/FORMAT.md), inside `copy`; 0 and NULL
+     * otherwise. ips[] are sorted sub-range starts, idx[] their rows. */
+    const uint32_t *unwind_ips, *unwind_idx;
+    const unsigned char *unwind_rows;
+    uint32_t nunwind, nrows, row_size;
 };
+
+/* unwind.c: for an `unwind` entry, rewrite the context to return from the
+ * interrupted function to its caller with register `reg` = value; 0 (context
+ * untouched) if the row does not hold. Async-signal-safe. */
+int mcsafe_unwind(const struct mcsafe_module *m, const struct extable_entry *e, unsigned reg,
+                  int32_t value, void *ucontext);
 
 /* Proves [table, table + size) lies in one loaded, readable segment of the
  * object around it, copies it into private memory, validates the copy against
