@@ -67,3 +67,12 @@ def _at_element(fault: FaultInfo, err: int, file: MappedFile, dt: np.dtype[Any],
                                   f"{offset + got}{signame}", file.path, err)
     exc.element = element
     return exc
+
+
+def load(file: Any, mmap_mode: None = None, allow_pickle: bool = False, fix_imports: bool = True,
+         encoding: str = "ASCII", *, max_header_size: int = 10000) -> Any:
+    """numpy.load's drop-in for .npy and .npz files, through the table-driven copy:
+    see :func:`mcsafe.formats.npy.load`."""
+    from .formats.npy import load as _load
+    return _load(file, mmap_mode, allow_pickle, fix_imports, encoding,
+                 max_header_size=max_header_size)
