@@ -69,9 +69,10 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
             raise EOFError(f"{path}: no data left in file")
         pickled = {"encoding": encoding, "fix_imports": fix_imports}
         if magic.startswith(ZIP_PREFIXES):
-            keep = owned
-            return NpzFile(mf, own=owned, allow_pickle=allow_pickle, pickle_kwargs=pickled,
-                           max_header_size=max_header_size)
+            npz = NpzFile(mf, own=owned, allow_pickle=allow_pickle, pickle_kwargs=pickled,
+                          max_header_size=max_header_size)
+            keep = owned            # the NpzFile closes it
+            return npz
         if magic == npformat.MAGIC_PREFIX:
             reader = _Reader(mf, path, 0, mf.size)
             return _read_npy(reader, f"{path}", allow_pickle, pickled, max_header_size)
@@ -131,11 +132,13 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
         with io.BufferedReader(MappedFileIO(mf, closefd=False)) as f:
             f.seek(reader.pos)
             return pickle.load(f, **pickled)    # type: ignore[arg-type]
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{what}: not a .npy file: negative dimensions in shape {shape}")
     count = 1
     for d in shape:
         count *= d
     nbytes = count * dtype.itemsize
-    if count < 0 or reader.pos + nbytes > reader.end:
+    if reader.pos + nbytes > reader.end:
         # Cannot hold the array now: say so before asking numpy for memory a
         # hostile shape would exhaust (numpy.load: "Failed to read all data").
         have = max(0, reader.end - reader.pos) // max(dtype.itemsize, 1)
@@ -206,7 +209,8 @@ class NpzFile(Mapping[str, Any]):
 
     def __init__(self, mf: MappedFile, *, own: bool, allow_pickle: bool,
                  pickle_kwargs: dict[str, Any], max_header_size: int) -> None:
-        self._mf: MappedFile | None = mf
+        self.zip: zipfile.ZipFile | None = None
+        self._mf: MappedFile | None = None      # set once open: close() is then due
         self._own = own
         self.path = mf.path
         self.allow_pickle = allow_pickle
@@ -214,10 +218,11 @@ class NpzFile(Mapping[str, Any]):
         self.max_header_size = max_header_size
         self._fileobj = io.BufferedReader(MappedFileIO(mf, closefd=False))
         try:
-            self.zip: zipfile.ZipFile | None = zipfile.ZipFile(self._fileobj)
+            self.zip = zipfile.ZipFile(self._fileobj)
         except zipfile.BadZipFile as exc:
             self._fileobj.close()
             raise zipfile.BadZipFile(f"{self.path}: not a .npz archive: {exc}") from None
+        self._mf = mf
         names = self.zip.namelist()
         self.files = [n.removesuffix(".npy") for n in names]
         self._files = dict(zip(self.files, names))
