@@ -36,6 +36,7 @@ MAX_HEADER_SIZE = 10000             # numpy.load's default max_header_size
 ZIP_PREFIXES = (b"PK\x03\x04", b"PK\x05\x06")   # a zip archive; an empty one
 LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")     # a zip member's local file header
 ENCODINGS = ("ASCII", "latin1", "bytes")
+SMALL_FILE = 64 << 10               # read whole, in one call
 
 
 class UnprotectedMemberWarning(UserWarning):
@@ -64,7 +65,10 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
     path = mf.path
     keep = False
     try:
-        magic = _Reader(mf, path, 0, mf.size).read(len(npformat.MAGIC_PREFIX))
+        size = mf.size
+        reader = _Reader(mf, path, 0, size, _head(mf, size))
+        magic = reader.read(len(npformat.MAGIC_PREFIX))
+        reader.pos = 0
         if not magic:
             raise EOFError(f"{path}: no data left in file")
         pickled = {"encoding": encoding, "fix_imports": fix_imports}
@@ -74,7 +78,6 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
             keep = owned            # the NpzFile closes it
             return npz
         if magic == npformat.MAGIC_PREFIX:
-            reader = _Reader(mf, path, 0, mf.size)
             return _read_npy(reader, f"{path}", allow_pickle, pickled, max_header_size)
         if not allow_pickle:
             raise ValueError(f"{path}: this file contains pickled (object) data; if you "
@@ -92,15 +95,34 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
             mf.close()
 
 
+def _head(mf: MappedFile, size: int) -> bytes:
+    """A small file's bytes, read in one call (each read of a file's last page takes
+    MappedFile's careful path); b"" for a larger file, or if the read fails (the
+    reads that follow then say where)."""
+    if size > SMALL_FILE:
+        return b""
+    data = bytearray(size)
+    try:
+        fill(mf, memoryview(data), 0)
+    except Stopped:
+        return b""
+    return bytes(data)
+
+
 class _Reader:
     """Bytes [start, end) of a MappedFile as a file object, for numpy.lib.format's
-    header readers; the end of the file is an end of file, a bad byte an error."""
+    header readers; the end of the file is an end of file, a bad byte an error.
+    ``head`` holds the file's first bytes, already read."""
 
-    def __init__(self, mf: MappedFile, path: str, start: int, end: int) -> None:
-        self.mf, self.path, self.pos, self.end = mf, path, start, end
+    def __init__(self, mf: MappedFile, path: str, start: int, end: int,
+                 head: bytes = b"") -> None:
+        self.mf, self.path, self.pos, self.end, self.head = mf, path, start, end, head
 
     def read(self, n: int = -1) -> bytes:
         n = self.end - self.pos if n < 0 else max(0, min(n, self.end - self.pos))
+        if self.pos + n <= len(self.head):
+            self.pos += n
+            return self.head[self.pos - n:self.pos]
         data = bytearray(n)
         try:
             fill(self.mf, memoryview(data), self.pos)
@@ -148,7 +170,9 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
                                "elements", mf.path, errno.EIO)
     out = np.empty(shape[::-1] if fortran else shape, dtype)
     raw = out.reshape(-1).view(np.uint8)
-    if nbytes:
+    if nbytes and reader.pos + nbytes <= len(reader.head):
+        raw[:] = np.frombuffer(reader.head, np.uint8, nbytes, reader.pos)
+    elif nbytes:
         try:
             got = mf.readinto(raw, reader.pos)
         except MemoryFaultError:

@@ -16,7 +16,9 @@ import json
 import math
 import re
 import struct
+from array import array
 from itertools import chain
+from operator import itemgetter, mul, sub
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._read import Stopped, fill
@@ -30,6 +32,9 @@ MAX_DEPTH = 127             # serde_json's recursion limit (128) counts the leve
 U64 = (1 << 64) - 1         # usize, on the 64-bit machines the reference runs on
 I64_MIN = -(1 << 63)
 FIELDS = ("dtype", "shape", "data_offsets")
+_FIELDS, _FIRST, _SECOND = itemgetter(*FIELDS), itemgetter(0), itemgetter(1)
+#: bytes per element of the whole-byte dtypes, which the fast way reads
+_BYTES = {name: d.bits // 8 for name, d in DTYPES.items() if d.bits % 8 == 0}
 
 # What sends a header the slow, exact way: a lone surrogate escape, perhaps; a "-0"
 # (serde_json reads it as a float); a key with space before its colon.
@@ -54,9 +59,23 @@ class TensorInfo(NamedTuple):
     end: int
 
 
+class Columns(NamedTuple):
+    """The tensors, in the order of their data, a list per field (what the loaders
+    walk: a TensorInfo object per tensor costs as much as the rest of a header)."""
+
+    names: list[str]
+    dtypes: list[Dtype]
+    shapes: list[Any]       #: sequences of sizes (the JSON's lists, or tuples)
+    begins: list[int]       #: data offsets, from the end of the header
+    ends: list[int]
+
+    def info(self, i: int) -> TensorInfo:
+        return TensorInfo(self.dtypes[i], tuple(self.shapes[i]), self.begins[i], self.ends[i])
+
+
 class Header(NamedTuple):
     metadata: dict[str, str] | None
-    tensors: dict[str, TensorInfo]  #: in the order of their data (offset_keys)
+    tensors: Columns
     data_start: int                 #: file offset of the data: 8 + N
 
 
@@ -88,39 +107,54 @@ def _read(file: MappedFile) -> Header:
     raw = bytearray(n)
     fill(file, memoryview(raw), 8)
     metadata, tensors = parse(bytes(raw))
-    end = _layout(tensors)
+    end = tensors.ends[-1] if tensors.ends else 0
     if end + 8 + n != size:
         raise HeaderError(f"incomplete metadata, file not fully covered: the tensors' "
                           f"data ends at byte {end + 8 + n}, the file at byte {size}")
     return Header(metadata, tensors, 8 + n)
 
 
-def parse(raw: bytes) -> tuple[dict[str, str] | None, dict[str, TensorInfo]]:
+def parse(raw: bytes) -> tuple[dict[str, str] | None, Columns]:
     """The metadata and the tensors (in data order) of the JSON header `raw`, as the
-    reference's serde types would read them."""
+    reference's serde types read them and its Metadata::validate checks them."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HeaderError(f"invalid UTF-8 in header at byte {exc.start}") from None
-    if not (_MINUS_ZERO.search(text) or _SURROGATE.search(text) or _SPACED_KEY.search(text)):
+    # ("-" in text: a test of one character is a memchr; of two, a string search)
+    if not (("-" in text and _MINUS_ZERO.search(text)) or
+            ("\\" in text and _SURROGATE.search(text)) or _spaced_key(text)):
         found = _fast(_loads(text, fast=True), text)
         if found is not None:
             return found
     top = _loads(text, fast=False)
-    if _SURROGATE.search(text):
+    if "\\" in text and _SURROGATE.search(text):
         _no_lone_surrogates(top)
     if type(top) is not tuple:
         raise HeaderError(f"invalid JSON in header: {_kind(top)}, expected an object")
-    return _Reader().header(top)
+    metadata, tensors = _Reader().header(top)
+    _layout(tensors)
+    return metadata, Columns(list(tensors), *map(list, zip(*tensors.values()))) if tensors \
+        else Columns([], [], [], [], [])
 
 
-def _fast(top: Any, text: str) -> tuple[dict[str, str] | None, dict[str, TensorInfo]] | None:
+def _spaced_key(text: str) -> bool:
+    """Perhaps a key with white space before its colon (white space other than the
+    writer's padding at the end): what a plain count of '":' would miss."""
+    body = text.rstrip(" ")
+    return any(c in body for c in " \t\n\r") and _SPACED_KEY.search(body) is not None
+
+
+def _fast(top: Any, text: str) -> tuple[dict[str, str] | None, Columns] | None:
     """The header read from Python's dicts (which keep the last of duplicate keys
     silently), in bulk, when it is the usual kind: entries of exactly dtype, shape and
-    data_offsets, valid, and no key anywhere repeated. That last is proved by a count:
-    every key ends with '":' (the caller saw none with a space before its colon), and
-    the text has no more '":' than the dicts have keys (one inside a string counts
-    one too many, and sends the header the exact way). None: the exact way decides."""
+    data_offsets, all valid, whole-byte dtypes, in the order of their data, and no key
+    anywhere repeated. That last is proved by a count: every key ends with '":' (the
+    caller saw none with a space before its colon), and the text has no more '":'
+    than the dicts have keys (one inside a string counts one too many, and sends the
+    header the exact way). None: the exact way decides, and says why it refuses.
+    (Written as passes of C loops, map and zip: a Python loop per tensor costs as
+    much as the JSON.)"""
     if type(top) is not dict:
         return None
     keys = len(top)
@@ -130,29 +164,37 @@ def _fast(top: Any, text: str) -> tuple[dict[str, str] | None, dict[str, TensorI
             return None
         keys += len(metadata)
     entries = list(top.values())
-    try:
-        if not set(map(type, entries)) <= {dict} or not set(map(len, entries)) <= {3}:
-            return None
-        dtypes = [e["dtype"] for e in entries]
-        shapes = [e["shape"] for e in entries]
-        offsets = [e["data_offsets"] for e in entries]
-        if not set(dtypes) <= DTYPES.keys():
-            return None
-    except (KeyError, TypeError):       # a missing field; an unhashable dtype
-        return None
-    if not set(map(type, shapes)) | set(map(type, offsets)) <= {list} or \
-            not set(map(len, offsets)) <= {2}:
-        return None
-    sizes = [*chain.from_iterable(shapes), *chain.from_iterable(offsets)]
-    if not set(map(type, sizes)) <= {int} or (sizes and (min(sizes) < 0 or max(sizes) > U64)):
-        return None
+    if not entries:
+        return (metadata, Columns([], [], [], [], [])) if keys == text.count('":') else None
+    # The count proves every entry has exactly three keys; the fields' lookups that
+    # it has the right ones (a KeyError, or a TypeError for what is not a map); the
+    # types, that shapes and offsets are lists of non-negative integers below 2**64
+    # (array('Q') refuses floats, negatives and larger numbers, types refuses bools).
     if keys + 3 * len(entries) != text.count('":'):
         return None
-    rows = zip(map(DTYPES.__getitem__, dtypes), map(tuple, shapes),
-               [o[0] for o in offsets], [o[1] for o in offsets])
-    tensors = dict(zip(top, [tuple.__new__(TensorInfo, r) for r in rows]))
-    order = sorted(zip([o[0] for o in offsets], [o[1] for o in offsets], top))
-    return metadata, {name: tensors[name] for _, _, name in order}
+    try:
+        dtypes, shapes, offsets = zip(*map(_FIELDS, entries))
+        if not set(dtypes) <= _BYTES.keys() or set(map(len, offsets)) != {2}:
+            return None
+        sizes = [*chain.from_iterable(shapes), *chain.from_iterable(offsets)]
+        array("Q", sizes)
+    except (KeyError, TypeError, OverflowError):
+        return None
+    if set(map(type, sizes)) != {int}:
+        return None
+    # Metadata::validate: in data order (sorted by data_offsets), each tensor starts
+    # where the one before ends and is exactly as long as its shape and dtype say.
+    # Tensors that tile the data in the header's order are in data order already.
+    begins, ends = list(map(_FIRST, offsets)), list(map(_SECOND, offsets))
+    counts = list(map(math.prod, shapes))
+    if 0 in counts and any(len(s) > 2 and 0 in s for s in shapes):
+        return None         # a zero may hide an overflow of the product before it
+    nbytes = list(map(mul, counts, map(_BYTES.__getitem__, dtypes)))
+    if begins[0] != 0 or begins[1:] != ends[:-1] or max(nbytes) > U64 >> 3 or \
+            nbytes != list(map(sub, ends, begins)):
+        return None
+    return metadata, Columns(list(top), list(map(DTYPES.__getitem__, dtypes)), list(shapes),
+                             begins, ends)
 
 
 def _loads(text: str, fast: bool) -> Any:
@@ -263,9 +305,9 @@ def _bad(name: str, why: str) -> HeaderError:
     return HeaderError(f"invalid JSON in header: tensor {name!r}: {why}")
 
 
-def _layout(tensors: dict[str, TensorInfo]) -> int:
+def _layout(tensors: dict[str, TensorInfo]) -> None:
     """The reference's Metadata::validate: tensors tile the data from 0 without gaps or
-    overlaps, each exactly as long as its dtype and shape say. Returns where they end."""
+    overlaps, each exactly as long as its dtype and shape say."""
     at = 0
     for name, t in tensors.items():
         if t.begin != at or t.end < t.begin:
@@ -288,7 +330,6 @@ def _layout(tensors: dict[str, TensorInfo]) -> int:
         if bits // 8 != t.end - t.begin:
             raise HeaderError(f"tensor {name!r}: {t.dtype.name} {list(t.shape)} needs "
                               f"{bits // 8} bytes, data_offsets give {t.end - t.begin}")
-    return at
 
 
 def _usize(value: Any) -> bool:

@@ -74,12 +74,13 @@ class safe_open:  # noqa: N801 - the reference's name
             raise
         self._mf = mf
         self._metadata = header.metadata
-        self._tensors = header.tensors
+        self._cols = header.tensors
         self._start = header.data_start
-        self._keys = sorted(header.tensors)
+        self._index = dict(zip(self._cols.names, range(len(self._cols.names))))
+        self._keys: list[str] | None = None        # sorted, when first asked
         # name -> (numpy dtype, shape, file offset, size in bytes, whether the dtype
         # exports a buffer), filled on first use
-        self._plans: dict[str, tuple[Any, tuple[int, ...], int, int, bool]] = {}
+        self._plans: dict[str, tuple[Any, Any, int, int, bool]] = {}
 
     # -- life cycle -------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class safe_open:  # noqa: N801 - the reference's name
             self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._mf is None else f"{len(self._tensors)} tensors"
+        state = "closed" if self._mf is None else f"{len(self._index)} tensors"
         return f"<mcsafe safe_open {self.path!r} framework={self._framework!r} {state}>"
 
     # -- the header -------------------------------------------------------------
@@ -108,12 +109,14 @@ class safe_open:  # noqa: N801 - the reference's name
     def keys(self) -> list[str]:
         """The tensors' names, sorted."""
         self._open()
+        if self._keys is None:
+            self._keys = sorted(self._cols.names)
         return list(self._keys)
 
     def offset_keys(self) -> list[str]:
         """The tensors' names in the order of their data in the file."""
         self._open()
-        return list(self._tensors)
+        return list(self._cols.names)
 
     def metadata(self) -> dict[str, str] | None:
         """The header's ``__metadata__``, or None when it has none."""
@@ -121,10 +124,13 @@ class safe_open:  # noqa: N801 - the reference's name
         return None if self._metadata is None else dict(self._metadata)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tensors
+        try:
+            return name in self._index
+        except TypeError:           # unhashable
+            return False
 
     def __len__(self) -> int:
-        return len(self._tensors)
+        return len(self._index)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -160,8 +166,34 @@ class safe_open:  # noqa: N801 - the reference's name
 
     def get_tensors(self) -> dict[str, Any]:
         """Every tensor, by name, in the order of their data."""
-        self._open()
-        return {name: self.get_tensor(name) for name in self._tensors}
+        mf = self._open()
+        cols = self._cols
+        if self._torch is not None:
+            return {name: self._get_torch(name) for name in cols.names}
+        # get_tensor's work, walking the columns: no per-tensor plan to make
+        table = {d: self._numpy_or_none(d) for d in set(cols.dtypes)}
+        out = {}
+        start, empty, readinto, u8 = self._start, np.empty, mf.readinto, np.uint8
+        for name, dtype, shape, begin, end in zip(cols.names, cols.dtypes, cols.shapes,
+                                                  cols.begins, cols.ends):
+            np_dtype = table[dtype]
+            if np_dtype is None:
+                self._numpy_dtype(name, cols.info(self._index[name]))    # raises
+            try:
+                array = empty(shape, np_dtype)
+            except ValueError as exc:
+                raise self._shape_error(name, tuple(shape), exc) from None
+            size = end - begin
+            if size:
+                buf = array if dtype.numpy is not None else array.reshape(-1).view(u8)
+                try:
+                    got = readinto(buf, start + begin)
+                except MemoryFaultError:
+                    got = 0
+                if got != size:
+                    self._fail(name, array.reshape(-1).view(u8), start + begin, got)
+            out[name] = array
+        return out
 
     def get_slice(self, name: str) -> SafeSlice:
         """A slice object for the tensor: ``get_shape()``, ``get_dtype()``, and
@@ -178,7 +210,7 @@ class safe_open:  # noqa: N801 - the reference's name
 
     def _info(self, name: str) -> TensorInfo:
         try:
-            return self._tensors[name]
+            return self._cols.info(self._index[name])
         except (KeyError, TypeError):
             raise TensorNotFound(f"{self.path}: file does not contain tensor {name!r}"
                                  ) from None
@@ -200,6 +232,13 @@ class safe_open:  # noqa: N801 - the reference's name
         return SafetensorsError(f"{self.path}: {self._describe(name, self._info(name))}: "
                                 f"numpy cannot make an array of shape {list(shape)}: {exc}")
 
+    @staticmethod
+    def _numpy_or_none(dtype: Any) -> Any:
+        try:
+            return numpy_dtype(dtype)
+        except Unrepresentable:
+            return None
+
     def _numpy_dtype(self, name: str, info: TensorInfo) -> Any:
         try:
             return numpy_dtype(info.dtype)
@@ -214,7 +253,7 @@ class safe_open:  # noqa: N801 - the reference's name
         try:
             fill(self._open(), memoryview(raw)[got:], offset + got)  # type: ignore[arg-type]
         except Stopped as stop:
-            self._raise(name, self._tensors[name], stop, "")
+            self._raise(name, self._info(name), stop, "")
 
     def _raise(self, name: str, info: TensorInfo, stop: Stopped, what: str) -> NoReturn:
         at = stop.fault.offset
