@@ -7,8 +7,6 @@ those interleaved medians. The table row is ours, measured by pytest-benchmark."
 
 from __future__ import annotations
 
-import random
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -18,29 +16,13 @@ import pytest
 import safetensors
 import safetensors.numpy
 
-from benchmarks.conftest import FULL, measure
+from benchmarks.conftest import FULL, interleaved, measure
 from mcsafe import MappedFile
 from mcsafe.arrays import load as arrays_load
 from mcsafe.formats.safetensors import load_file, safe_open
 
 #: The checkpoint: 1,000 tensors, 1 GiB in a full run (64 MiB in a quick one).
 CHECKPOINT_TENSOR = (1 << 20) if FULL else (64 << 10)
-
-
-def interleaved(calls: dict[str, Callable[[], Any]], reps: int, rounds: int
-                ) -> dict[str, float]:
-    """Each peer's median time per call, the peers taking turns every round."""
-    times: dict[str, list[float]] = {p: [] for p in calls}
-    order = list(calls)
-    for _ in range(rounds + 1):
-        random.shuffle(order)
-        for p in order:
-            fn = calls[p]
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            times[p].append((time.perf_counter() - t0) / reps)
-    return {p: sorted(ts[1:])[len(ts[1:]) // 2] for p, ts in times.items()}   # no warmup
 
 
 def run_case(benchmark, group: str, calls: dict[str, Callable[[], Any]], size: int,

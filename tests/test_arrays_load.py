@@ -157,6 +157,13 @@ def test_arguments_numpy_load_takes(tmp_path, kwargs, why) -> None:
         load(path, **kwargs)
 
 
+def test_file_objects_are_refused(tmp_path) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(3))
+    with open(path, "rb") as f, pytest.raises(TypeError, match="a path or a MappedFile"):
+        load(f)
+
+
 def test_an_empty_file(tmp_path) -> None:
     path = tmp_path / "empty.npy"
     path.write_bytes(b"")

@@ -60,6 +60,9 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
     if mmap_mode is not None:
         raise ValueError(f"mmap_mode={mmap_mode!r}: mcsafe.arrays.load returns new arrays; "
                          "a memory map of the file dies of SIGBUS at a bad page")
+    if not isinstance(file, (str, os.PathLike, MappedFile)):
+        raise TypeError(f"file must be a path or a MappedFile, not {type(file).__name__} "
+                        "(a file object would be read through read(2), not the mapping)")
     owned = not isinstance(file, MappedFile)
     mf = MappedFile(file) if not isinstance(file, MappedFile) else file
     path = mf.path
@@ -174,7 +177,7 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
         raw[:] = np.frombuffer(reader.head, np.uint8, nbytes, reader.pos)
     elif nbytes:
         try:
-            got = mf.readinto(raw, reader.pos)
+            got = mf.readinto(raw, reader.pos)     # type: ignore[arg-type]  # an ndarray
         except MemoryFaultError:
             got = 0
         if got != nbytes:

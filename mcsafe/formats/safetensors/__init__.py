@@ -8,7 +8,7 @@ out of the file by the table-driven copy, so a bad page or a file cut under the
 reader raises MemoryFaultError naming the tensor, the element and the file offset,
 and the other tensors still load. The safetensors package itself maps the file and
 reads it with plain loads: the SIGBUS this avoids. Deliberate differences from it
-are listed in docs/FORMAT-SAFETENSORS.md.
+are listed in docs/CHECKPOINTS.md.
 """
 
 from ._dtypes import DTYPES

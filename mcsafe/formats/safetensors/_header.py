@@ -6,8 +6,8 @@ tensor's name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (an option
 ``"__metadata__"`` maps strings to strings), then the tensors' bytes. The reference
 parses the JSON with serde_json into Rust types and then checks the layout; Python's
 json module accepts more than serde_json does, so what it lets through is checked
-here, rule by rule, each rule written next to the reason. docs/FORMAT-SAFETENSORS.md
-lists the differences left, deliberately.
+here, rule by rule, each rule written next to the reason. docs/CHECKPOINTS.md
+lists the deliberate differences.
 """
 
 from __future__ import annotations

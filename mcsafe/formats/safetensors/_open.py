@@ -155,7 +155,7 @@ class safe_open:  # noqa: N801 - the reference's name
             # ml_dtypes arrays export no buffer format: read into their bytes
             buf = out if exported else out.reshape(-1).view(np.uint8)
             try:
-                got = mf.readinto(buf, offset)
+                got = mf.readinto(buf, offset)     # type: ignore[arg-type]  # an ndarray
             except MemoryFaultError:
                 got = 0
             if got != size:
@@ -187,7 +187,7 @@ class safe_open:  # noqa: N801 - the reference's name
             if size:
                 buf = array if dtype.numpy is not None else array.reshape(-1).view(u8)
                 try:
-                    got = readinto(buf, start + begin)
+                    got = readinto(buf, start + begin)     # type: ignore[arg-type]
                 except MemoryFaultError:
                     got = 0
                 if got != size:
@@ -270,6 +270,7 @@ class safe_open:  # noqa: N801 - the reference's name
 
     def _get_torch(self, name: str) -> Any:
         torch = self._torch
+        assert torch is not None
         info = self._info(name)
         self._open()
         try:
@@ -330,9 +331,10 @@ class SafeSlice:
                                    f"of {info.dtype.name} elements does not start and end at "
                                    "byte boundaries")
         what = f" [{_show(key)}]"
-        if owner._torch is not None:
-            dtype = torch_dtype(owner._torch, info.dtype)
-            raw = owner._torch.empty(len(starts) * (run // 8), dtype=owner._torch.uint8)
+        torch = owner._torch
+        if torch is not None:
+            dtype = torch_dtype(torch, info.dtype)
+            raw = torch.empty(len(starts) * (run // 8), dtype=torch.uint8)
             self._read(mf, raw.numpy(), starts, run // 8, what)
             return owner._to_torch(raw, dtype, shape, info.dtype.bits)
         try:
@@ -353,7 +355,8 @@ class SafeSlice:
         try:
             if rb >= PAGE or n <= 16:
                 for i in range(n):
-                    fill(mf, memoryview(out[i * rb:(i + 1) * rb]), int(offsets[i]))
+                    run = memoryview(out[i * rb:(i + 1) * rb])    # type: ignore[arg-type]
+                    fill(mf, run, int(offsets[i]))
                 return
             # Many small runs: runs closer than a page are read as one span and
             # gathered from it (the pages between are pages the slice needs too).
@@ -366,7 +369,7 @@ class SafeSlice:
                     c = min(c, b)
                     span = np.empty(int(offsets[c - 1]) + rb - first, np.uint8)
                     try:
-                        fill(mf, memoryview(span), first)
+                        fill(mf, memoryview(span), first)    # type: ignore[arg-type]
                     except Stopped as stop:
                         raise _needed(stop, offsets[a:c], rb) from None
                     rel = offsets[a:c] - first

@@ -26,7 +26,7 @@ class SliceError(Exception):
 
 class Axis(NamedTuple):
     start: int
-    count: int
+    length: int
     step: int
     keep: bool      #: False for an int index, which drops the axis
 
@@ -111,7 +111,7 @@ def _bound(value: Any, default: int) -> int:
 
 
 def out_shape(axes: list[Axis]) -> tuple[int, ...]:
-    return tuple(a.count for a in axes if a.keep)
+    return tuple(a.length for a in axes if a.keep)
 
 
 def runs(axes: list[Axis], shape: tuple[int, ...], bits: int) -> tuple[Any, int]:
@@ -131,11 +131,11 @@ def runs(axes: list[Axis], shape: tuple[int, ...], bits: int) -> tuple[Any, int]
     base = 0
     if k and axes[k - 1].step == 1:
         base = axes[k - 1].start * strides[k - 1]
-        run *= axes[k - 1].count
+        run *= axes[k - 1].length
         k -= 1
     starts = np.array([base], dtype=np.int64)
     for j in range(k - 1, -1, -1):
         a = axes[j]
-        here = (a.start + np.arange(a.count, dtype=np.int64) * a.step) * strides[j]
+        here = (a.start + np.arange(a.length, dtype=np.int64) * a.step) * strides[j]
         starts = (here[:, None] + starts[None, :]).ravel()
     return starts, run
