@@ -33,6 +33,9 @@ class ShardedCheckpoint:
         self._folder = os.path.dirname(os.path.abspath(self.path))
         self._open: dict[str, safe_open] = {}
         self._keys = sorted(self._map)
+        self._by_file: dict[str, list[str]] = {}
+        for name, file in self._map.items():
+            self._by_file.setdefault(file, []).append(name)
 
     def __enter__(self) -> ShardedCheckpoint:
         return self
@@ -47,7 +50,7 @@ class ShardedCheckpoint:
 
     def __repr__(self) -> str:
         return (f"<ShardedCheckpoint {self.path!r}: {len(self._map)} tensors in "
-                f"{len(self.shards())} shards>")
+                f"{len(self._by_file)} shards>")
 
     def keys(self) -> list[str]:
         return list(self._keys)
@@ -57,7 +60,7 @@ class ShardedCheckpoint:
 
     def shards(self) -> list[str]:
         """The shard files' paths, sorted."""
-        return sorted({self._shard_path(f) for f in self._map.values()})
+        return sorted(self._shard_path(f) for f in self._by_file)
 
     def shard_of(self, name: str) -> str:
         """The path of the shard that holds the tensor."""
@@ -82,14 +85,16 @@ class ShardedCheckpoint:
         """Every tensor of the weight map, shard by shard, each shard's in the order
         of its data."""
         out = {}
-        for file in sorted(set(self._map.values())):
-            shard = self._shard(next(n for n, f in self._map.items() if f == file))
-            for name in shard.offset_keys():
-                if self._map.get(name) == file:
-                    out[name] = shard.get_tensor(name)
-            for name, f in self._map.items():
-                if f == file and name not in out:
+        for file in sorted(self._by_file):
+            names = self._by_file[file]
+            shard = self._shard(names[0])
+            for name in names:
+                if name not in shard:
                     self._missing(name, shard)
+            wanted = set(names)
+            for name in shard.offset_keys():
+                if name in wanted:
+                    out[name] = shard.get_tensor(name)
         return out
 
     def _file(self, name: str) -> str:
