@@ -5,13 +5,14 @@ instead of killing the process with SIGBUS."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 import numpy as np
 
 from ..._types import MemoryFaultError
-from ...mapped import PAGE, MappedFile
+from ...mapped import MappedFile
 from .._read import Stopped, fill
 from . import _slice
 from ._dtypes import Unrepresentable, numpy_dtype, torch_dtype
@@ -26,6 +27,7 @@ FRAMEWORKS = {"numpy": NUMPY, "np": NUMPY, "pt": TORCH, "torch": TORCH, "pytorch
 OTHERS = ("tf", "tensorflow", "jax", "flax", "mlx", "paddle")
 BACKENDS = ("mmap", "pread")     # the reference's; both are served by MappedFile here
 SPAN = 16 << 20                  # bytes read at once to gather a slice's small runs
+PAGE = mmap.PAGESIZE
 
 
 class TensorNotFound(SafetensorsError, KeyError):

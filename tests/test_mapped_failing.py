@@ -1,0 +1,132 @@
+"""MappedFile on files that fail for real (a FUSE file whose bad pages fail for every
+reader): a bad page is a bad page whatever else the file does meanwhile, and is
+never mistaken for the end of the file (issue 18, item 1)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mcsafe import MappedFile, MemoryFaultError, fileio, inject
+
+PAGE = inject.PAGE
+BAD = 5                                  # the bad page of a 16-page file
+CHANGES = {"none": {}, "append": {"append": b"a" * 64},
+           "rewrite page 0": {"write": (b"r" * PAGE, 0)},
+           "extend": {"truncate": 32 * PAGE}}
+
+
+def changing(f, change: str):
+    """While the block runs, every failing read first makes `change` to the file."""
+    if change == "none":
+        import contextlib
+        return contextlib.nullcontext()
+    return f.on_failed_read(**CHANGES[change])
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_bad_page_is_bad_while_the_file_changes(failing_file, change: str) -> None:
+    f = failing_file(16 * PAGE, inject.page_ranges([BAD]))
+    data = inject.pattern(16 * PAGE)
+    with MappedFile(f.path) as mf, changing(f, change):
+        with pytest.raises(MemoryFaultError) as exc:
+            mf.readinto(bytearray(PAGE), BAD * PAGE)
+        assert (exc.value.errno, exc.value.offset, exc.value.cause) == \
+            (errno.EIO, BAD * PAGE, "io")
+        assert mf.bad_ranges() == [(BAD * PAGE, (BAD + 1) * PAGE)]
+        buf = bytearray(PAGE)
+        assert mf.readinto(buf, 20380) == BAD * PAGE - 20380           # 100: short before
+        assert buf[:100] == data[20380:BAD * PAGE]
+        assert mf.readinto(buf, 16392) == BAD * PAGE - 16392           # 4088
+        asked = f.stats()["failed_reads"]
+        with pytest.raises(MemoryFaultError):                           # remembered:
+            mf.readinto(buf, BAD * PAGE + 10)
+        assert f.stats()["failed_reads"] == asked                      # not asked again
+    assert f.size >= 16 * PAGE
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_stream_raises_at_the_bad_page_instead_of_ending(failing_file, change: str) -> None:
+    f = failing_file(16 * PAGE, inject.page_ranges([BAD]))
+    with changing(f, change), fileio.open(f.path) as stream:
+        with pytest.raises(MemoryFaultError) as exc:
+            stream.read()
+        assert exc.value.offset == BAD * PAGE
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_write_into_a_bad_page_raises_instead_of_efbig(failing_file, change: str) -> None:
+    f = failing_file(16 * PAGE, inject.page_ranges([BAD]))
+    with MappedFile(f.path, "r+") as mf, changing(f, change):
+        with pytest.raises(MemoryFaultError) as exc:
+            mf.write(b"w" * 10, BAD * PAGE + 4)
+        assert (exc.value.errno, exc.value.side) == (errno.EIO, "dst")
+        assert mf.write(b"w" * PAGE, BAD * PAGE - 8) == 8                # short before it
+    with changing(f, change), fileio.open(f.path, "rb+", buffering=0) as raw:
+        raw.seek(BAD * PAGE)
+        with pytest.raises(MemoryFaultError):
+            raw.write(b"x")
+
+
+def test_a_cut_below_the_faulting_page_is_the_end_of_the_file(failing_file) -> None:
+    """The other side of the rule: a page the file no longer reaches is no bad page."""
+    f = failing_file(16 * PAGE, inject.page_ranges([BAD]))
+    with MappedFile(f.path) as mf, f.on_failed_read(truncate=3 * PAGE):
+        assert mf.size == 16 * PAGE
+        assert mf.readinto(bytearray(PAGE), BAD * PAGE) == 0
+        assert mf.bad_ranges() == []
+        assert mf.readinto(bytearray(4 * PAGE), 2 * PAGE) == PAGE
+
+
+APPENDER = """
+    import os, sys
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+    print("ready", flush=True)
+    while True:                       # until killed
+        os.write(fd, b"x" * 64)
+"""
+
+
+def test_a_bad_page_is_bad_under_another_process_appending(failing_file) -> None:
+    """No instrumentation: another process appends as fast as it can while the same
+    calls run a fixed number of times; every one of them must see the bad page."""
+    f = failing_file(16 * PAGE, inject.page_ranges([BAD]))
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(APPENDER), f.path],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "ready\n"
+        for _ in range(100):
+            with MappedFile(f.path) as mf:          # a new object: nothing remembered
+                with pytest.raises(MemoryFaultError):
+                    mf.readinto(bytearray(PAGE), BAD * PAGE)
+            with MappedFile(f.path) as mf:
+                assert mf.readinto(bytearray(PAGE), 16392) == BAD * PAGE - 16392
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_other_readers_agree_with_mapped_file(failing_file) -> None:
+    """The reference: os.pread and built-in open() on the same file at the same time."""
+    f = failing_file(16 * PAGE, inject.page_ranges([BAD]))
+    fd = os.open(f.path, os.O_RDONLY)
+    try:
+        with MappedFile(f.path) as mf:
+            for offset, n in ((0, 16 * PAGE), (16392, PAGE), (20380, PAGE), (BAD * PAGE, 1),
+                              (6 * PAGE, 10 * PAGE), (16 * PAGE - 5, 100)):
+                try:
+                    want: bytes | int = os.pread(fd, n, offset)
+                except OSError as exc:
+                    want = exc.errno
+                try:
+                    got: bytes | int = mf.read(n, offset)
+                except MemoryFaultError as exc:
+                    got = exc.errno
+                assert got == want, (offset, n)
+    finally:
+        os.close(fd)
