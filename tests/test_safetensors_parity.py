@@ -20,6 +20,9 @@ from hypothesis import strategies as st
 from safetensors import TensorSpec, serialize_file
 from safetensors.numpy import save_file
 
+from mcsafe import inject
+from mcsafe.formats import _gather
+from mcsafe.formats.safetensors import _open
 from mcsafe.formats.safetensors import DTYPES, SafetensorsError, safe_open
 from safetensors_oracle import Opened, Refused, assert_same, ours, reference
 
@@ -362,10 +365,22 @@ keys = st.one_of(indexes, st.lists(indexes, max_size=4).map(tuple), st.just([]),
                  st.just([0]), st.just(()))
 
 
+@pytest.fixture(params=[(_gather.SPAN, inject.PAGE), (64, inject.PAGE), (1, inject.PAGE),
+                        (_gather.SPAN, 1), (64, 16)],
+                ids=["16MiB-page", "64B-page", "1B-page", "run-by-run", "64B-16B"])
+def span(request, monkeypatch) -> tuple[int, int]:
+    """How many bytes a slice's span reads at most, and the gap between runs past
+    which they are read one by one: small ones make these small tensors take every
+    way a large tensor's slice takes."""
+    monkeypatch.setattr(_gather, "SPAN", request.param[0])
+    monkeypatch.setattr(_open, "PAGE", request.param[1])
+    return request.param
+
+
 @SETTINGS
 @given(shape=st.lists(st.integers(0, 5), max_size=3), key=keys,
        dtype=st.sampled_from(["F32", "U8", "BF16", "C64"]))
-def test_slices_as_the_reference(tmp_path, shape, key, dtype) -> None:
+def test_slices_as_the_reference(tmp_path, span, shape, key, dtype) -> None:
     np_dtype = np.dtype(WRITABLE[dtype])
     count = int(np.prod(shape, dtype=np.int64))
     tensor = np.frombuffer(np.arange(count * np_dtype.itemsize, dtype=np.uint8).tobytes(),

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..._types import MemoryFaultError
 from ...mapped import MappedFile
+from .._gather import gather
 from .._read import Stopped, fill
 from . import _slice
 from ._dtypes import Unrepresentable, numpy_dtype, torch_dtype
@@ -26,7 +27,6 @@ FRAMEWORKS = {"numpy": NUMPY, "np": NUMPY, "pt": TORCH, "torch": TORCH, "pytorch
 # The reference's other frameworks, which mcsafe does not serve.
 OTHERS = ("tf", "tensorflow", "jax", "flax", "mlx", "paddle")
 BACKENDS = ("mmap", "pread")     # the reference's; both are served by MappedFile here
-SPAN = 16 << 20                  # bytes read at once to gather a slice's small runs
 PAGE = mmap.PAGESIZE
 
 
@@ -327,69 +327,46 @@ class SafeSlice:
             raise SafetensorsError(f"{owner.path}: tensor {name!r} "
                                    f"{list(info.shape)}[{_show(key)}]: {exc}") from None
         shape = _slice.out_shape(axes)
-        starts, run = _slice.runs(axes, info.shape, info.dtype.bits)
-        if run % 8 or bool((starts % 8).any()):
+        where = _slice.layout(axes, info.shape, info.dtype.bits)
+        if where.run % 8 or where.base % 8 or any(step % 8 for _, step in where.walked):
             raise SafetensorsError(f"{owner.path}: tensor {name!r} [{_show(key)}]: the slice "
                                    f"of {info.dtype.name} elements does not start and end at "
                                    "byte boundaries")
         what = f" [{_show(key)}]"
+        count = where.run // 8
+        for length, _ in where.walked:
+            count *= length
         torch = owner._torch
         if torch is not None:
             dtype = torch_dtype(torch, info.dtype)
-            raw = torch.empty(len(starts) * (run // 8), dtype=torch.uint8)
-            self._read(mf, raw.numpy(), starts, run // 8, what)
+            raw = torch.empty(count, dtype=torch.uint8)
+            self._read(mf, raw.numpy(), where, what)
             return owner._to_torch(raw, dtype, shape, info.dtype.bits)
         try:
             out = np.empty(shape, owner._numpy_dtype(name, info))
         except ValueError as exc:
             raise owner._shape_error(name, shape, exc) from None
-        self._read(mf, out.reshape(-1).view(np.uint8), starts, run // 8, what)
+        self._read(mf, out.reshape(-1).view(np.uint8), where, what)
         return out
 
-    def _read(self, mf: MappedFile, out: npt.NDArray[np.uint8], starts: Any, rb: int,
+    def _read(self, mf: MappedFile, out: npt.NDArray[np.uint8], where: _slice.Layout,
               what: str) -> None:
-        """Fill out with the runs of rb bytes at data offsets starts (increasing)."""
-        n = len(starts)
-        if not n or not rb:
-            return
-        base = self._owner._start + self._info.begin
-        offsets = starts // 8 + base
+        start = self._owner._start + self._info.begin
+        readinto = mf.readinto
+
+        def read(buf: Any, at: int) -> None:
+            try:
+                got = readinto(buf, at)
+            except MemoryFaultError:
+                got = 0
+            if got != len(buf):
+                fill(mf, memoryview(buf)[got:], at + got)
+
         try:
-            if rb >= PAGE or n <= 16:
-                for i in range(n):
-                    run = memoryview(out[i * rb:(i + 1) * rb])    # type: ignore[arg-type]
-                    fill(mf, run, int(offsets[i]))
-                return
-            # Many small runs: runs closer than a page are read as one span and
-            # gathered from it (the pages between are pages the slice needs too).
-            gaps = offsets[1:] - offsets[:-1] - rb
-            cuts = [0, *(np.flatnonzero(gaps >= PAGE) + 1).tolist(), n]
-            for a, b in zip(cuts, cuts[1:]):
-                while a < b:
-                    first = int(offsets[a])
-                    c = max(a + 1, int(np.searchsorted(offsets[a:b], first + SPAN)) + a)
-                    c = min(c, b)
-                    span = np.empty(int(offsets[c - 1]) + rb - first, np.uint8)
-                    try:
-                        fill(mf, memoryview(span), first)    # type: ignore[arg-type]
-                    except Stopped as stop:
-                        raise _needed(stop, offsets[a:c], rb) from None
-                    rel = offsets[a:c] - first
-                    out[a * rb:c * rb] = span[rel[:, None] + np.arange(rb)].reshape(-1)
-                    a = c
+            gather(read, out, start + where.base // 8, where.run // 8,
+                   [(n, step // 8) for n, step in where.walked], PAGE)
         except Stopped as stop:
             self._owner._raise(self._name, self._info, stop, what)
-
-
-def _needed(stop: Stopped, offsets: Any, rb: int) -> Stopped:
-    """A span's read stopped at a byte between runs: name the first byte of a run at or
-    after it instead (on the same page: the gaps are shorter than a page)."""
-    at = stop.fault.offset
-    i = int(np.searchsorted(offsets + rb, at, side="right"))
-    if i < len(offsets) and offsets[i] > at:
-        at = int(offsets[i])
-        stop.fault = stop.fault._replace(offset=at)
-    return stop
 
 
 def _show(key: Any) -> str:

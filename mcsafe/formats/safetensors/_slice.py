@@ -114,13 +114,19 @@ def out_shape(axes: list[Axis]) -> tuple[int, ...]:
     return tuple(a.length for a in axes if a.keep)
 
 
-def runs(axes: list[Axis], shape: tuple[int, ...], bits: int) -> tuple[Any, int]:
-    """The slice as runs of the tensor's data, in bits: (a numpy array of the start of
-    each run, in output order; the length of every run). The innermost whole axes,
-    and the axis outside them when its step is 1, make one run; the axes outside
-    that are walked. (int64 bits: tensors up to 2**60 bytes.)"""
-    import numpy as np
+class Layout(NamedTuple):
+    """Where a slice's bytes are in the tensor's data, in bits: runs of ``run`` bits at
+    ``base`` + the sum of i * step over the walked axes (each ``(length, step)``,
+    outermost first; i < length), in the order of the output."""
 
+    base: int
+    run: int
+    walked: list[tuple[int, int]]
+
+
+def layout(axes: list[Axis], shape: tuple[int, ...], bits: int) -> Layout:
+    """The innermost whole axes, and the axis outside them when its step is 1, make
+    one run; the axes outside that are walked."""
     strides = [bits] * len(shape)
     for j in range(len(shape) - 2, -1, -1):
         strides[j] = strides[j + 1] * shape[j + 1]
@@ -133,9 +139,5 @@ def runs(axes: list[Axis], shape: tuple[int, ...], bits: int) -> tuple[Any, int]
         base = axes[k - 1].start * strides[k - 1]
         run *= axes[k - 1].length
         k -= 1
-    starts = np.array([base], dtype=np.int64)
-    for j in range(k - 1, -1, -1):
-        a = axes[j]
-        here = (a.start + np.arange(a.length, dtype=np.int64) * a.step) * strides[j]
-        starts = (here[:, None] + starts[None, :]).ravel()
-    return starts, run
+    base += sum(a.start * strides[j] for j, a in enumerate(axes[:k]))
+    return Layout(base, run, [(a.length, a.step * strides[j]) for j, a in enumerate(axes[:k])])
