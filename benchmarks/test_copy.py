@@ -88,6 +88,7 @@ def test_copy_interleaved(benchmark, peers, cysignals_peer, size: int) -> None:
     reps = max(1, min(2000, (4 << 20) // size))
     rounds = (60 if FULL else 15) if size < (64 << 20) else (10 if FULL else 3)
     peers.setjmp_install()
+    mcsafe.install()       # in front of the setjmp peer's handler, as docs/HANDLER.md says
     try:
         medians = interleaved(calls, reps, rounds)
     finally:
