@@ -41,10 +41,10 @@ def extensions() -> list:
     ext = Extension(
         "mcsafe._mcsafe",
         sources=["mcsafe/_mcsafe.pyx", f"{core}/handler.c", f"{core}/registry.c",
-                 f"{core}/arch/{arch}/copy.c"],
+                 f"{core}/unwind.c", f"{core}/arch/{arch}/copy.c"],
         include_dirs=["extable/include", core, f"{core}/arch/{arch}"],
         depends=[f"{core}/mcsafe_core.h", f"{core}/arch/{arch}/context.h",
-                 "extable/include/extable.h"],
+                 f"{core}/arch/{arch}/unwind.h", "extable/include/extable.h"],
         extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing"],
         # Bind every symbol at load: the signal handler must never enter the
         # dynamic linker's lazy binding (not async-signal-safe).

@@ -5,6 +5,8 @@
  *                        signal-based recovery.
  *   setjmp_copy():       memcpy guarded by sigsetjmp(env, 1), as C code commonly
  *                        does it: a syscall per call to save the signal mask.
+ *   bare_loop(), call_loop(): n faults in a C loop, so that a ctypes call's own
+ *                        cost (and its argument count) is spread over n faults.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -38,6 +40,22 @@ __asm__(".text\n"
 #define CONTEXT_PC(uc) (*(char **)&(uc)->uc_mcontext.pc)
 #endif
 void bare_touch(const void *p);
+
+/* bare_touch(p) n times. */
+void bare_loop(const void *p, long n)
+{
+    for (long i = 0; i < n; i++)
+        bare_touch(p);
+}
+
+/* fn(p, len) n times; the last value. */
+int64_t call_loop(int64_t (*fn)(const void *, size_t), const void *p, size_t len, long n)
+{
+    int64_t r = 0;
+    for (long i = 0; i < n; i++)
+        r = fn(p, len);
+    return r;
+}
 
 static struct sigaction bare_prev;
 

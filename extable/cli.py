@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from . import __version__, include_dir
 from .errors import CheckFailed, ExtableError
@@ -57,9 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     out = b.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", metavar="OUT", help="write the result here")
     out.add_argument("--in-place", action="store_true", help="rewrite FILE itself")
-    b.add_argument("--rule", action="append", default=[], metavar="GLOB=HANDLER[@LANDING]",
+    b.add_argument("--rule", action="append", default=[],
+                   metavar="GLOB=HANDLER[@LANDING][,end=landing]",
                    help="cover every function matching GLOB; LANDING is a symbol, symbol+0x4 "
-                   "or 0x1234, may use {name}, and defaults to {name}_fixup")
+                   "or 0x1234, may use {name}, and defaults to {name}_fixup; a pad inside "
+                   "the function is refused unless end=landing ends the range there; "
+                   "HANDLER unwind returns -EFAULT to the function's caller (no LANDING)")
     b.add_argument("--spec", metavar="FILE", help="TOML file of handlers, rules and ranges")
     b.add_argument("--add-section", action="store_true",
                    help="add a non-loaded section (for files without a reservation)")
@@ -91,7 +94,75 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class StdoutFailed(ExtableError):
+    """Standard output could not be written: a full disk (``> /dev/full``), a closed
+    descriptor (``>&-``), an I/O error. Exit 2, one line, and no output file."""
+
+
+class _Guarded:
+    """sys.stdout (or its .buffer) for the command's run: a failed write or flush
+    raises StdoutFailed instead of an OSError from deep inside the output code.
+    BrokenPipeError passes: a reader that left (``| head``) is not an error."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._stream, name)
+        if name == "buffer":
+            return _Guarded(attr)
+        if name not in ("write", "writelines", "flush"):
+            return attr
+
+        def guarded(*args: object) -> object:
+            try:
+                return attr(*args)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise StdoutFailed(f"cannot write: {exc.strerror}", "standard output") \
+                    from None
+        return guarded
+
+
+def _silence_stdout() -> None:
+    """Point descriptor 1 at /dev/null, so that the interpreter's own flush at exit
+    neither fails again nor prints "Exception ignored" (what Python's docs advise
+    for a closed pipe)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except OSError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stderr is None:                         # 2>&-: print(file=None) would go to stdout
+        sys.stderr = open(os.devnull, "w")
+    if sys.stdout is None:                         # >&-: say so before doing any work
+        print("extable: standard output: cannot write: it is closed", file=sys.stderr)
+        return EXIT_INPUT
+    real_stdout = sys.stdout
+    if hasattr(real_stdout, "reconfigure"):        # a path's bytes that are not UTF-8 pass
+        real_stdout.reconfigure(errors="surrogateescape")    # through, as in ls and readelf
+    sys.stdout = _Guarded(real_stdout)             # type: ignore[assignment]
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except StdoutFailed as exc:
+        _silence_stdout()
+        print(f"extable: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+    finally:
+        sys.stdout = real_stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     _Parser.json_errors = "--json" in argv
@@ -110,14 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if kernel is not None:
                 return kernel
         return _COMMANDS[args.command](args)
+    except StdoutFailed:
+        raise
     except CheckFailed as exc:
         return _fail(args, exc, EXIT_CHECK)
     except ExtableError as exc:
         return _fail(args, exc, EXIT_INPUT)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
     except _Terminated as exc:
         import signal
 
@@ -181,10 +252,10 @@ def _fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
 
 
 def _print_json(obj: object) -> None:
-    import json
+    from .names import json_text
 
     # Compact and in one call: json's C encoder runs only without indent.
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.write(json_text(obj, separators=(",", ":")) + "\n")
 
 
 def _emit(args: argparse.Namespace, obj: object, lines: list[str]) -> None:
@@ -223,13 +294,19 @@ def _build(args: argparse.Namespace) -> int:
         for warning in result.warnings:
             print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
         section = args.section or DEFAULT_SECTION
+        t = result.table
+
+        def announce() -> None:
+            # Printed before the output is put in place: if stdout cannot take it, the
+            # build fails and leaves nothing (and --in-place leaves the input as it was).
+            _emit(args, {"output": target, "section": section, "sites": result.sites,
+                         "entries": len(t), "descriptors": len(t.handlers)},
+                  [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} "
+                   f"descriptors written into section {section}"])
+            sys.stdout.flush()
+
         write = write_added_section if args.add_section else write_into_section
-        write(image, result.table, target, section, in_place=args.in_place)
-    t = result.table
-    _emit(args, {"output": target, "section": section, "sites": result.sites,
-                 "entries": len(t), "descriptors": len(t.handlers)},
-          [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} descriptors "
-           f"written into section {section}"])
+        write(image, t, target, section, in_place=args.in_place, before_commit=announce)
     return EXIT_OK
 
 
@@ -239,6 +316,7 @@ def _entry_dicts(image: ElfImage, table: Table, which: Sequence[int] | None = No
     from .model import describe_data
 
     rows = table.entries.tolist()          # (start, end, fixup, data): plain ints, at once
+    unwinding = table.unwinding().tolist()
     by_word: dict[int, tuple[str, object]] = {}   # a data word's text and descriptor, once
     out = []
     for i in range(len(rows)) if which is None else which:
@@ -248,10 +326,17 @@ def _entry_dicts(image: ElfImage, table: Table, which: Sequence[int] | None = No
             by_word[data] = (describe_data(table.machine, data, table.handlers),
                              h.as_dict(table.machine) if h else None)
         text, descriptor = by_word[data]
-        out.append({"index": i, "start": start, "end": end, "landing": fixup, "data": data,
-                    "start_symbol": image.describe(start),
-                    "landing_symbol": image.describe(fixup),
-                    "handler": text, "descriptor": descriptor})
+        d: dict[str, object] = {"index": i, "start": start, "end": end, "landing": fixup,
+                                "data": data, "start_symbol": image.describe(start),
+                                "landing_symbol": image.describe(fixup),
+                                "handler": text, "descriptor": descriptor}
+        if unwinding[i] and table.unwind is not None:
+            # No landing pad: the function returns to its caller, its frame per these rows.
+            d["landing"] = d["landing_symbol"] = None
+            d["unwind"] = [{"start": ip, "symbol": image.describe(ip),
+                            **row.as_dict(table.machine)}
+                           for ip, row in table.unwind.within(start, end)]
+        out.append(d)
     return out
 
 
@@ -259,9 +344,22 @@ def _entry_dict(image: ElfImage, table: Table, i: int) -> dict[str, object]:
     return _entry_dicts(image, table, [i])[0]
 
 
-def _entry_line(d: dict[str, object]) -> str:
-    return (f"{d['index']:6d}  {d['start']:#010x}..{d['end']:#010x}  {d['start_symbol']:<36} "
-            f"-> {d['landing']:#010x} {d['landing_symbol']:<28}  {d['handler']}")
+def _entry_line(d: dict[str, object], at: int | None = None) -> str:
+    """An entry's line (and, for an unwind entry, a line per row: all of them, or only
+    the one in effect at ``at``)."""
+    head = f"{d['index']:6d}  {d['start']:#010x}..{d['end']:#010x}  {d['start_symbol']:<36} "
+    if d["landing"] is not None:
+        return f"{head}-> {d['landing']:#010x} {d['landing_symbol']:<28}  {d['handler']}"
+    lines = [f"{head}-> {'(returns to its caller)':<39}  {d['handler']}"]
+    rows = d["unwind"]
+    assert isinstance(rows, list)
+    if at is not None:
+        rows = [r for r in rows if r["start"] <= at][-1:]
+    for r in rows:
+        saved = " ".join(f"{slot}=cfa{off:+d}" for slot, off in r["saved"].items())
+        lines.append(f"{'':8}{r['start']:#010x}  {r['symbol']:<36} cfa={r['cfa']['reg']}"
+                     f"{r['cfa']['offset']:+d} {saved}".rstrip())
+    return "\n".join(lines)
 
 
 def _dump(args: argparse.Namespace) -> int:
@@ -274,8 +372,10 @@ def _dump(args: argparse.Namespace) -> int:
         table = read_table(image, section)
         entries = _entry_dicts(image, table)
         descs = [h.as_dict(table.machine) for h in table.handlers]
+        nrows = len(table.unwind) if table.unwind is not None else 0
         head = (f"{args.file}: {image.machine_name} table in {section}, {len(table)} entries, "
                 f"{len(descs)} descriptors, "
+                + (f"{nrows} unwind rows, " if nrows else "")
                 + (f"loaded at {table.self_vaddr:#x}" if table.self_vaddr else "not loaded"))
         lines = [head, "descriptors:"]
         lines += [f"  [{i}] {h.name or '-'}: {h.describe(table.machine)}"
@@ -283,7 +383,7 @@ def _dump(args: argparse.Namespace) -> int:
         lines += ["entries:"] + [_entry_line(d) for d in entries]
         _emit(args, {"file": args.file, "machine": image.machine_name, "section": section,
                      "self_vaddr": table.self_vaddr, "flags": table.flags,
-                     "descriptors": descs, "entries": entries}, lines)
+                     "unwind_rows": nrows, "descriptors": descs, "entries": entries}, lines)
     return EXIT_OK
 
 
@@ -294,8 +394,11 @@ def _verify(args: argparse.Namespace) -> int:
 
     with ElfImage(args.file) as image:
         table = verify(image, args.section or DEFAULT_SECTION)
-        _emit(args, {"file": args.file, "ok": True, "entries": len(table)},
-              [f"{args.file}: ok, {len(table)} entries, {len(table.handlers)} descriptors"])
+        nrows = len(table.unwind) if table.unwind is not None else 0
+        _emit(args, {"file": args.file, "ok": True, "entries": len(table),
+                     "unwind_rows": nrows},
+              [f"{args.file}: ok, {len(table)} entries, {len(table.handlers)} descriptors"
+               + (f", {nrows} unwind rows" if nrows else "")])
     return EXIT_OK
 
 
@@ -313,7 +416,9 @@ def _lookup(args: argparse.Namespace) -> int:
             raise CheckFailed(f"no entry covers {address:#x} ({image.describe(address)})",
                               args.file)
         d = _entry_dict(image, table, i)
-        _emit(args, d, [_entry_line(d)])
+        if "unwind" in d:          # the row in effect at the address
+            d["row"] = [r for r in d["unwind"] if r["start"] <= address][-1]  # type: ignore
+        _emit(args, d, [_entry_line(d, address)])
     return EXIT_OK
 
 

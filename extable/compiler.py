@@ -14,7 +14,8 @@ from .elf import EM_X86_64, ElfImage, Segment
 from .errors import CheckFailed, ExtableError
 from .model import (DATA_EXTENDED, NOREG, Handler, Kind, decode_classic, describe_data,
                     register_name)
-from .table import ENTRY_DTYPE, Table
+from .table import ENTRY_DTYPE, Table, check_unwind
+from .unwind import Row, Unwind
 
 if TYPE_CHECKING:           # verify and dump need only the checks, not the sources of sites
     from .sites import Rule, SiteSet
@@ -31,8 +32,13 @@ class Build:
 
 
 def compile_sites(sites: SiteSet, machine: int, segments: list[Segment],
-                  describe: Callable[[int], str] = hex, path: str | None = None) -> Table:
-    """Sort, reject overlap, merge adjacent equal ranges, check every address."""
+                  describe: Callable[[int], str] = hex, path: str | None = None,
+                  unwind: list[tuple[int, Row]] | None = None) -> Table:
+    """Sort, reject overlap, merge adjacent equal ranges, check every address.
+
+    ``unwind`` holds the (sub-range start, row) pairs of the ``unwind`` sites
+    (:func:`extable.cfi.rows_for`).
+    """
     start, end, landing, data = sites.start, sites.end, sites.landing, sites.data
 
     def name(i: int) -> str:
@@ -57,21 +63,23 @@ def compile_sites(sites: SiteSet, machine: int, segments: list[Segment],
 
     if not len(start):
         return Table(machine, np.empty(0, ENTRY_DTYPE), list(sites.handlers))
+    rows = Unwind.build(unwind) if unwind else None
     # Merge runs of touching ranges that resume at the same pad with the same handler.
     joins = (start[1:] == end[:-1]) & (landing[1:] == landing[:-1]) & (data[1:] == data[:-1])
     first = np.flatnonzero(np.concatenate(([True], ~joins)))
     last = np.concatenate((first[1:] - 1, [len(start) - 1]))
     start, end, landing, data = start[first], end[last], landing[first], data[first]
 
-    _check_addresses(start, end, landing, segments, describe, path)
     if len(start) and max(int(end.max()), int(landing.max())) >= 1 << 32:
         raise ExtableError("addresses above 4 GiB do not fit the table's 32-bit fields", path)
-
     entries = np.empty(len(start), ENTRY_DTYPE)
     entries["start"], entries["end"] = start, end
     entries["fixup"], entries["data"] = landing, data
-    table = Table(machine, entries, list(sites.handlers))
+    table = Table(machine, entries, list(sites.handlers), unwind=rows)
+    _check_addresses(start, end, landing, ~table.unwinding(), segments, describe, path)
     check_safety(table, path)
+    check_landing_pads(table, describe, path)
+    check_unwind(table, path)
     return table
 
 
@@ -80,15 +88,46 @@ STACK_POINTER = {EM_X86_64: 4}
 
 
 def _unsafe(machine: int, h: Handler) -> str | None:
+    """Why a descriptor is dangerous (docs/FORMAT.md, "Safety rules"), or None.
+
+    The runtime writes two things: the fault record, through the register
+    ``rec`` names, and an ``errno`` entry's ``reg``. Neither may be the stack
+    pointer, nor a register the handler reads for the same fault (a
+    ``short_copy``'s count, source and destination; an ``errno``'s rec, read
+    after its reg is set)."""
     sp = STACK_POINTER.get(machine)
+
+    def name(reg: int) -> str:
+        return str(register_name(machine, reg))
+
     if sp is not None and h.rec_reg == sp:
-        return (f"rec register {register_name(machine, sp)} is the stack pointer "
+        return (f"rec register {name(sp)} is the stack pointer "
                 "(the handler would write over the interrupted stack)")
     if sp is not None and h.kind == Kind.ERRNO and h.reg == sp:
-        return f"errno register {register_name(machine, sp)} is the stack pointer"
+        return f"errno register {name(sp)} is the stack pointer"
+    if sp is not None and h.kind == Kind.SHORT_COPY and h.reg == sp:
+        return (f"short_copy count register {name(sp)} is the stack pointer (a stack "
+                "address as a byte count would claim faults far past the buffers)")
     if h.kind == Kind.SHORT_COPY and h.src_reg == NOREG and h.dst_reg == NOREG:
         return "short_copy names neither a src nor a dst register (it would claim every " \
                "fault at its PC)"
+    if h.rec_reg != NOREG and h.kind == Kind.SHORT_COPY:
+        for role, reg, why in (
+                ("count", h.reg, "at an address that is a byte count"),
+                ("src", h.src_reg, "through the source pointer that faulted"),
+                ("dst", h.dst_reg, "over the destination the copy reports as copied")):
+            if reg == h.rec_reg:
+                return (f"rec register {name(reg)} is also the {role} register (the handler "
+                        f"would write the fault record {why})")
+    if h.rec_reg != NOREG and h.kind == Kind.ERRNO and h.reg == h.rec_reg:
+        return (f"rec register {name(h.reg)} is also the errno register (the handler sets "
+                "it to imm, then writes the fault record through it)")
+    if h.kind == Kind.UNWIND and h.reg == NOREG:
+        return "unwind names no register for the value it returns"
+    if sp is not None and h.kind == Kind.UNWIND and h.reg == sp:
+        return f"unwind's return register {register_name(machine, sp)} is the stack pointer"
+    if h.kind == Kind.UNWIND and h.rec_reg != NOREG:
+        return "unwind has a fault record register, but the function it returns from is gone"
     return None
 
 
@@ -102,7 +141,7 @@ def check_safety(table: Table, path: str | None = None) -> None:
         if data & DATA_EXTENDED:
             continue
         kind, reg, _flags, imm = decode_classic(data)
-        if kind not in (Kind.SHORT_COPY, Kind.ERRNO):
+        if kind not in (Kind.SHORT_COPY, Kind.ERRNO, Kind.UNWIND):
             continue
         why = _unsafe(table.machine, Handler(Kind(kind), reg=reg, imm=imm))
         if why:
@@ -110,10 +149,38 @@ def check_safety(table: Table, path: str | None = None) -> None:
                               f"{why}", path)
 
 
+def check_landing_pads(table: Table, describe: Callable[[int], str] = hex,
+                       path: str | None = None) -> None:
+    """No landing pad lies inside a covered range: a fault after a pad inside its own
+    range resumes before the faulting instruction and faults again, forever; a pad inside
+    another entry's range would be recovered again in turn."""
+    e = table.entries
+    if not len(e):
+        return
+    fixup = e["fixup"]
+    i = np.searchsorted(e["start"], fixup, side="right").astype(np.int64) - 1
+    inside = (i >= 0) & (fixup < e["end"][np.clip(i, 0, None)]) & ~table.unwinding()
+    bad = np.flatnonzero(inside)
+    if not len(bad):
+        return
+    k = int(bad[0])
+    j = int(i[k])
+    start, end, pad = int(e["start"][k]), int(e["end"][k]), int(fixup[k])
+    where = f"entry {k} ({describe(start)}): landing pad {pad:#x} ({describe(pad)})"
+    if j == k:
+        raise CheckFailed(f"{where} lies inside the range it covers ({start:#x}..{end:#x}): "
+                          "a fault there would resume at or before the faulting instruction "
+                          "and repeat forever", path)
+    raise CheckFailed(f"{where} lies inside entry {j} ({int(e['start'][j]):#x}.."
+                      f"{int(e['end'][j]):#x}): a landing pad must not be covered (a fault "
+                      "at it would be recovered again, and could repeat forever)", path)
+
+
 def _check_addresses(start: np.ndarray, end: np.ndarray, landing: np.ndarray,
-                     segments: list[Segment], describe: Callable[[int], str],
-                     path: str | None) -> None:
-    """Every range and landing pad must lie inside one executable PT_LOAD segment."""
+                     has_pad: np.ndarray, segments: list[Segment],
+                     describe: Callable[[int], str], path: str | None) -> None:
+    """Every range, and every landing pad (of the entries that have one: ``has_pad``),
+    must lie inside one executable PT_LOAD segment."""
     exe = sorted((s for s in segments if s.executable), key=lambda s: s.vaddr)
     if not len(start):
         return
@@ -131,6 +198,7 @@ def _check_addresses(start: np.ndarray, end: np.ndarray, landing: np.ndarray,
     s_idx, s_ok = segment_of(start)
     e_ok = s_ok & (end <= seg_end[s_idx])
     _, l_ok = segment_of(landing)
+    l_ok |= ~has_pad
     for ok, what, values in ((s_ok, "start", start), (e_ok, "end", end),
                              (l_ok, "landing pad", landing)):
         bad = np.flatnonzero(~ok)
@@ -146,9 +214,11 @@ def check_table(table: Table, image: ElfImage) -> None:
         raise CheckFailed(f"table is for machine {table.machine}, file is {image.machine}",
                           image.path)
     check_safety(table, image.path)
+    check_landing_pads(table, image.describe, image.path)
     e = table.entries
     _check_addresses(e["start"].astype(np.uint64), e["end"].astype(np.uint64),
-                     e["fixup"].astype(np.uint64), image.segments, image.describe, image.path)
+                     e["fixup"].astype(np.uint64), ~table.unwinding(), image.segments,
+                     image.describe, image.path)
 
 
 def build(image: ElfImage, spec: Spec, extra_rules: list[Rule] = (),  # type: ignore[assignment]
@@ -168,8 +238,25 @@ def build(image: ElfImage, spec: Spec, extra_rules: list[Rule] = (),  # type: ig
         parts.append(from_records(image))
     parts.append(from_ranges(image, spec.ranges, spec.handlers, spec.origin))
     sites = merge(parts)
+    rows = unwind_rows(image, sites)
     try:
-        table = compile_sites(sites, image.machine, image.segments, image.describe, image.path)
+        table = compile_sites(sites, image.machine, image.segments, image.describe, image.path,
+                              rows)
     except ExtableError as exc:
         raise type(exc)(exc.message, image.path) from None
     return Build(table, len(sites), warnings)
+
+
+def unwind_rows(image: ElfImage, sites: SiteSet) -> list[tuple[int, Row]]:
+    """The unwind rows of every ``unwind`` site, from the file's call-frame information."""
+    kinds = np.array([int(h.kind) for h in sites.handlers] or [0], np.uint8)
+    ext = (sites.data & DATA_EXTENDED) != 0
+    kind = np.where(ext, kinds[np.where(ext, sites.data >> 16, 0)], sites.data & 0xFF)
+    which = np.flatnonzero(kind == Kind.UNWIND)
+    if not len(which):
+        return []
+    from .cfi import rows_for
+
+    return rows_for(image, [(int(sites.start[i]), int(sites.end[i]),
+                             sites.origins[i] if sites.origins else image.describe(int(
+                                 sites.start[i]))) for i in which])

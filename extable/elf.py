@@ -26,6 +26,7 @@ from functools import cached_property
 from typing import IO, Iterator, NamedTuple
 
 from .errors import ExtableError
+from .names import shown
 
 EM_X86_64 = 62
 EM_AARCH64 = 183
@@ -137,10 +138,13 @@ class FunctionSymbols(NamedTuple):
         """Indices of the functions whose name matches a glob."""
         if not any(c in pattern for c in "*?["):
             return (i for i, name in enumerate(self.names) if name == pattern)
+        if pattern == "*":
+            return iter(range(len(self.names)))
         import fnmatch
+        import re
 
-        match = fnmatch.fnmatchcase
-        return (i for i, name in enumerate(self.names) if match(name, pattern))
+        match = re.compile(fnmatch.translate(pattern)).match    # fnmatchcase, compiled once
+        return (i for i, name in enumerate(self.names) if match(name))
 
 
 class ElfImage:
@@ -158,14 +162,20 @@ class ElfImage:
             # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise ExtableError(f"cannot open: {exc.strerror}", self.path) from None
+            raise ExtableError(_open_failure(self.path, exc), self.path) from None
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise ExtableError(f"cannot read: {exc.strerror}", self.path) from None
+        if not stat.S_ISREG(st.st_mode):
+            # Before open(fd): it would raise IsADirectoryError naming the descriptor.
+            os.close(fd)
+            raise self._error(f"not a regular file: {_file_kind(st.st_mode)}")
         #: The open file; the writer copies from it, so what is written is what was read
         #: even if the path is replaced meanwhile.
         self.file: IO[bytes] = open(fd, "rb", buffering=0)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise self._error("not a regular file")
             self.size: int = st.st_size
             self._parse()
         except ExtableError:
@@ -302,6 +312,13 @@ class ElfImage:
         """The first section called ``name``, or None."""
         return next((s for s in self.sections if s.name == name), None)
 
+    def code_bytes(self, start: int, end: int) -> bytes:
+        """The file's bytes at link-time addresses [start, end), from the PT_LOAD holding them."""
+        for seg in self.segments:
+            if seg.vaddr <= start and end <= seg.vaddr + seg.filesz:
+                return self.read(seg.offset + start - seg.vaddr, end - start)
+        raise self._error(f"{start:#x}..{end:#x} is not in the file's loaded bytes")
+
     def section_bytes(self, section: Section) -> bytes:
         if not section.has_file_bytes:
             return b""
@@ -412,18 +429,23 @@ class ElfImage:
         (as the linker resolves it), else the first symbol of that name.
         """
         symtab, raw, strings = self._symtab_parts()
+        keep = _defined_mask(raw)
+        st_name, _shndx, value, _size = _symbol_columns(raw, keep)
+        names = strings.many(st_name)
+        if names is None:
+            names = [self._name(strings, o, symtab.name) for o in st_name]
+        if self._versions is None:
+            # The first symbol of each name wins: reversed, so that a dict keeps it.
+            return dict(zip(reversed(names), reversed(value)))
         table: dict[str, int] = {}
         rank: dict[str, int] = {}
-        for i, (st_name, _info, _other, shndx, value, _size) in enumerate(SYM.iter_unpack(raw)):
-            if shndx == SHN_UNDEF or not st_name:
-                continue
-            full = self._name(strings, st_name, symtab.name)
+        for i, full, v in zip(itertools.compress(range(len(keep)), keep), names, value):
             name, version, hide = self._version_of(symtab, i, full)
             if version is not None:
-                table.setdefault(f"{name}{'@' if hide else '@@'}{version}", value)
+                table.setdefault(f"{name}{'@' if hide else '@@'}{version}", v)
             r = 2 if hide else 0 if version is not None else 1
             if rank.get(name, 3) > r:
-                table[name], rank[name] = value, r
+                table[name], rank[name] = v, r
         return table
 
     @cached_property
@@ -434,7 +456,8 @@ class ElfImage:
                 [funcs.names[i] for i in order])
 
     def describe(self, address: int) -> str:
-        """``name+0xoff`` for an address inside a function, else the hex address."""
+        """``name+0xoff`` for an address inside a function, else the hex address; a name
+        that is not UTF-8 is shown as readelf shows it (:mod:`extable.names`)."""
         try:
             starts, ends, names = self._sorted_functions
         except ExtableError:
@@ -444,7 +467,8 @@ class ElfImage:
         for j in range(i, max(i - 8, -1), -1):
             if starts[j] <= address < ends[j]:
                 off = address - starts[j]
-                return f"{names[j]}+{off:#x}" if off else names[j]
+                name = shown(names[j])
+                return f"{name}+{off:#x}" if off else name
         return f"{address:#x}"
 
 
@@ -465,6 +489,19 @@ def _function_mask(raw: bytes) -> bytes:
     func = int.from_bytes(raw[4::SYM.size].translate(_FUNC_INFO), "little")
     mask = func & nonzero(6, 7) & nonzero(*range(16, 24))        # st_shndx, st_size
     return mask.to_bytes(n, "little")
+
+
+def _defined_mask(raw: bytes) -> bytes:
+    """One byte per symbol, 1 for a defined symbol (st_shndx set) with a name."""
+    n = len(raw) // SYM.size
+
+    def nonzero(*at: int) -> int:
+        word = 0
+        for a in at:
+            word |= int.from_bytes(raw[a::SYM.size], "little")
+        return int.from_bytes(word.to_bytes(n, "little").translate(_NONZERO), "little")
+
+    return (nonzero(0, 1, 2, 3) & nonzero(6, 7)).to_bytes(n, "little")
 
 
 def _symbol_columns(raw: bytes, keep: bytes) -> tuple[list[int], list[int], list[int],
@@ -512,6 +549,30 @@ class _Strings:
         if name.isascii():
             return name
         return name.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return f"file type {stat.S_IFMT(mode):#o}"
+
+
+def _open_failure(path: str, exc: OSError) -> str:
+    """Why a path could not be opened, saying what it is when errno alone misleads
+    (ENXIO for a socket, ENOENT for a symbolic link whose target is gone)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return f"cannot open: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode) and not os.path.exists(path):
+        return f"cannot open: a dangling symbolic link (to {os.readlink(path)!r})"
+    if stat.S_ISSOCK(st.st_mode):
+        return "not a regular file: a socket"
+    return f"cannot open: {exc.strerror}"
 
 
 def _describe(exc: BaseException) -> str:

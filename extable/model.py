@@ -43,6 +43,8 @@ class Kind(enum.IntEnum):
     FIXUP = 1        # resume at the landing pad
     SHORT_COPY = 2   # resume at the landing pad; `reg` holds the bytes remaining
     ERRNO = 3        # resume at the landing pad with `reg` set to `imm` (a negative errno)
+    UNWIND = 4       # return to the caller with `reg` set to `imm`: no landing pad; the
+                     # caller's frame comes from the table's unwind rows (extable.unwind)
 
 
 class Side(enum.IntEnum):
@@ -91,7 +93,8 @@ class Handler:
     """An extended handler descriptor: the kind and its parameters."""
 
     kind: Kind
-    reg: int = NOREG        # bytes remaining (short_copy) or errno target (errno)
+    reg: int = NOREG        # bytes remaining (short_copy), errno target (errno), return
+                            # register (unwind)
     src_reg: int = NOREG    # current source address (short_copy)
     dst_reg: int = NOREG    # current destination address (short_copy)
     rec_reg: int = NOREG    # pointer to a caller's fault record, filled by the runtime
@@ -118,7 +121,7 @@ class Handler:
                 parts.append(f"{label}={register_name(machine, reg)}")
         if self.side:
             parts.append(f"side={self.side.name.lower()}")
-        if self.kind == Kind.ERRNO or self.imm:
+        if self.kind in (Kind.ERRNO, Kind.UNWIND) or self.imm:
             parts.append(f"imm={self.imm}")
         if self.mc_safe:
             parts.append("mc_safe")
@@ -181,4 +184,5 @@ def builtin_handlers(machine: int) -> dict[str, Handler]:
                               dst_reg=reg(dst), side=Side.BOTH, flags=FLAG_MC_SAFE,
                               name="short_copy"),
         "errno": Handler(Kind.ERRNO, reg=reg(ret), imm=-14, name="errno"),   # -EFAULT
+        "unwind": Handler(Kind.UNWIND, reg=reg(ret), imm=-14, name="unwind"),
     }

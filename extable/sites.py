@@ -45,10 +45,12 @@ class SiteSet:
     @classmethod
     def from_lists(cls, rows: list[tuple[int, int, int, int]], handlers: list[Handler],
                    origins: list[str]) -> SiteSet:
-        if any(not 0 <= v < (1 << 64) for row in rows for v in row):
-            bad = next(o for row, o in zip(rows, origins) if min(row) < 0)
-            raise ExtableError(f"{bad}: address out of range")
-        arr = np.array(rows, dtype=np.uint64).reshape(-1, 4)
+        try:                         # numpy refuses a negative or wider than 64 bits
+            arr = np.array(rows, dtype=np.uint64).reshape(-1, 4)
+        except OverflowError:
+            bad = next(o for row, o in zip(rows, origins)
+                       if not all(0 <= v < (1 << 64) for v in row))
+            raise ExtableError(f"{bad}: address out of range") from None
         return cls(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3].astype(np.uint32), handlers,
                    origins)
 
@@ -91,45 +93,99 @@ def merge(sets: list[SiteSet]) -> SiteSet:
 
 # -- source 1: rules ---------------------------------------------------------
 
+#: Where a rule's range ends: at the function's end, or (said explicitly) at its landing pad.
+RULE_ENDS = ("function", "landing")
+DEFAULT_LANDING = "{name}_fixup"
+
+
 @dataclass(frozen=True)
 class Rule:
-    """A symbol glob mapped to a handler; each matched function becomes one range."""
+    """A symbol glob mapped to a handler; each matched function becomes one range.
+
+    ``end`` is ``"function"`` (the range is the whole function) or ``"landing"``
+    (it stops at a landing pad that lies inside the function: the rule says the
+    function's tail is its recovery code).
+    """
 
     pattern: str
     handler: str
-    landing: str = "{name}_fixup"
+    landing: str | None = None          # None: {name}_fixup, or none for an unwind rule
     origin: str = ""
+    end: str = "function"
+
+    def __post_init__(self) -> None:
+        if self.end not in RULE_ENDS:
+            raise ExtableError(f"{self.origin or 'rule'}: end={self.end!r} is neither "
+                               f"{' nor '.join(RULE_ENDS)}")
 
     @classmethod
     def parse(cls, text: str) -> Rule:
-        """``GLOB=HANDLER`` or ``GLOB=HANDLER@LANDING``.
+        """``GLOB=HANDLER``, ``GLOB=HANDLER@LANDING``, optionally ``,end=landing``.
 
         LANDING is a symbol, ``symbol+0x4``, or an address (``0x1234``); it may
         use ``{name}`` for the matched function's name. Without ``@`` it is
-        ``{name}_fixup``.
+        ``{name}_fixup``. ``end=landing`` lets a pad inside the function end
+        its range there.
         """
-        glob, sep, rest = text.partition("=")
+        body, *options = text.split(",")
+        glob, sep, rest = body.partition("=")
         handler, at, landing = rest.partition("@")
         if not sep or not glob.strip() or not handler.strip():
-            raise ExtableError(f"bad rule {text!r}: expected GLOB=HANDLER[@LANDING]")
+            raise ExtableError(f"bad rule {text!r}: expected GLOB=HANDLER[@LANDING][,end=landing]")
         if at and not landing.strip():
             raise ExtableError(f"bad rule {text!r}: empty landing pad after '@' (leave out "
                                "'@' for the default {name}_fixup)")
-        landing = landing.strip() or "{name}_fixup"
-        if not _ADDR.match(landing.replace("{name}", "x")):
-            raise ExtableError(f"bad rule {text!r}: cannot read landing pad {landing!r} "
+        pad = landing.strip() or None
+        if pad is not None and not _ADDR.match(pad.replace("{name}", "x")):
+            raise ExtableError(f"bad rule {text!r}: cannot read landing pad {pad!r} "
                                "(a symbol, symbol+0x10 or 0x1234)")
-        return cls(glob.strip(), handler.strip(), landing, f"rule {text!r}")
+        end = "function"
+        for option in options:
+            key, eq, value = (part.strip() for part in option.partition("="))
+            if key != "end" or not eq:
+                raise ExtableError(f"bad rule {text!r}: unknown option {option.strip()!r} "
+                                   "(the one option is end=landing)")
+            end = value
+        return cls(glob.strip(), handler.strip(), pad, f"rule {text!r}", end)
+
+
+def _pads(image: ElfImage, rule: Rule, names: list[str], found: list[int]
+          ) -> dict[int, int | ExtableError]:
+    """Each matched function's landing pad address, or why it does not resolve."""
+    out: dict[int, int | ExtableError] = {}
+    landing = rule.landing or DEFAULT_LANDING
+    if "{name}" not in landing and found:        # one pad for every function: resolve once
+        try:
+            pad: int | ExtableError = resolve_address(image, landing, f"{rule.origin}: "
+                                                      f"landing pad for {names[found[0]]}")
+        except ExtableError as exc:
+            pad = ExtableError(exc.message)
+        return dict.fromkeys(found, pad)
+    for i in found:
+        try:
+            out[i] = resolve_address(image, landing.replace("{name}", names[i]),
+                                     f"{rule.origin}: landing pad for {names[i]}")
+        except ExtableError as exc:
+            out[i] = ExtableError(exc.message)       # without the image's path twice
+    return out
 
 
 def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                ) -> tuple[SiteSet, list[str]]:
-    """Sites for every function a rule matches, and why each rule that covers nothing does not."""
+    """Sites for every function a rule matches, and why each rule that covers nothing does not.
+
+    Landing pads are compared as addresses, so a symbol, ``symbol+0`` and the number
+    have one outcome. A matched function that is another matched function's landing
+    pad (``copy_*`` matches ``copy_x_fixup``) is not covered; a pad inside the function
+    it covers is refused (a fault would resume before the faulting instruction and
+    repeat forever) unless the rule ends the range there (``end=landing``).
+    """
     if not rules:
         return SiteSet.empty(), []
     funcs = image.functions
     pool = HandlerPool()
     claimed: dict[int, Rule] = {}
+    by_name: dict[str, list[int]] = {}       # for rules naming one function: built once
     rows: list[tuple[int, int, int, int]] = []
     origins: list[str] = []
     unmatched = []
@@ -137,38 +193,66 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
         if rule.handler not in handlers:
             raise ExtableError(f"{rule.origin}: unknown handler {rule.handler!r} "
                                f"(known: {', '.join(sorted(handlers))})")
-        word = pool.word(handlers[rule.handler])
-        found = list(funcs.matching(rule.pattern))
-        # A glob like copy_* also matches copy_x_fixup; a landing pad is never covered
-        # (one at sym+off is inside sym, which is covered up to the pad, below).
-        pads = {rule.landing.replace("{name}", funcs.names[i]) for i in found}
-        hits = [i for i in found if funcs.names[i] not in pads]
+        handler = handlers[rule.handler]
+        word = pool.word(handler)
+        if any(c in rule.pattern for c in "*?["):
+            found = list(funcs.matching(rule.pattern))
+        else:
+            if not by_name:
+                for i, name in enumerate(funcs.names):
+                    by_name.setdefault(name, []).append(i)
+            found = list(by_name.get(rule.pattern, ()))
+        unwind = handler.kind == Kind.UNWIND
+        if unwind and (rule.landing is not None or rule.end != "function"):
+            raise ExtableError(f"{rule.origin}: {rule.handler} returns to the function's "
+                               "caller: it takes no landing pad and no end=")
+        pads = {} if unwind else _pads(image, rule, funcs.names, found)
+        taken = {p for i, p in pads.items() if isinstance(p, int) and p != funcs.start[i]}
+        hits = [i for i in found if funcs.start[i] not in taken]
         if not hits:
-            own = sorted({funcs.names[i] for i in found})
-            unmatched.append(
-                f"{rule.origin} matches only its own landing pad{'s' if len(own) > 1 else ''} "
-                f"{', '.join(own)}: no function to cover" if own
-                else f"{rule.origin} matches no function")
+            unmatched.append(f"{rule.origin} matches only the landing pads of the functions "
+                             "it matches: no function to cover" if found
+                             else f"{rule.origin} matches no function")
         for i in hits:
             name = funcs.names[i]
             start, end = funcs.start[i], funcs.start[i] + funcs.size[i]
             if start in claimed:
                 other = claimed[start]
-                if (other.handler, other.landing) != (rule.handler, rule.landing):
+                if (other.handler, other.landing, other.end) != \
+                        (rule.handler, rule.landing, rule.end):
                     raise ExtableError(f"overlapping rules: {other.origin} and {rule.origin} "
                                        f"both match {name}")
                 continue
             claimed[start] = rule
-            pad = rule.landing.replace("{name}", name)
-            try:
-                landing = resolve_address(image, pad, f"{rule.origin}: landing pad for {name}")
-            except ExtableError as exc:
-                raise ExtableError(exc.message) from None     # without the image's path twice
-            if start < landing < end:       # the pad is part of the function: do not cover it
-                end = landing
+            if unwind:
+                rows.append((start, end, 0, word))      # no landing pad: fixup 0
+                origins.append(name)
+                continue
+            landing = pads[i]
+            if isinstance(landing, ExtableError):
+                raise landing
+            end = _range_end(image, rule, name, start, end, landing)
             rows.append((start, end, landing, word))
             origins.append(name)
     return SiteSet.from_lists(rows, pool.handlers, origins), unmatched
+
+
+def _range_end(image: ElfImage, rule: Rule, name: str, start: int, end: int,
+               landing: int) -> int:
+    """Where the range covering [start, end) ends given its landing pad; refuses a pad
+    inside it unless the rule ends the range there."""
+    if not start <= landing < end:
+        return end
+    where = f"{rule.origin}: landing pad {landing:#x} ({image.describe(landing)})"
+    if landing == start:
+        raise ExtableError(f"{where} is {name}'s own start: a fault in {name} would resume "
+                           "at its start, run into the fault again and repeat forever")
+    if rule.end != "landing":
+        raise ExtableError(f"{where} lies inside {name} ({start:#x}..{end:#x}): a fault after "
+                           "it would resume before the faulting instruction and repeat "
+                           f"forever. To cover {name} only up to the pad ({landing - start} "
+                           f"of its {end - start} bytes), add end=landing to the rule")
+    return landing
 
 
 # -- source 2: compile-time records (extable.h) -------------------------------
@@ -192,6 +276,8 @@ def from_records(image: ElfImage, section_name: str = RECORD_SECTION) -> SiteSet
             raise ExtableError(f"section {section_name}: record {i} has bad magic {magic:#x}",
                                image.path)
         a, b, pad = where + start, where + 4 + end, where + 8 + landing
+        if kind == Kind.UNWIND:
+            pad = 0                                  # returns to the caller: no pad
         if kind:
             if kind not in Kind._value2member_map_ or side not in Side._value2member_map_:
                 raise ExtableError(f"section {section_name}: record {i} has unknown kind "
@@ -242,12 +328,16 @@ def from_ranges(image: ElfImage, ranges: list[dict[str, object]],
     for i, r in enumerate(ranges):
         what = f"{origin}: ranges[{i}]"
         unknown = set(r) - {"start", "end", "landing", "handler", "data"}
-        if unknown or not {"start", "end", "landing"} <= set(r):
-            raise ExtableError(f"{what}: needs start, end, landing and handler or data "
-                               f"(unexpected: {', '.join(sorted(unknown)) or 'none'})")
+        handler = handlers.get(str(r.get("handler", "")))
+        unwind = handler is not None and handler.kind == Kind.UNWIND
+        needed = {"start", "end"} | (set() if unwind else {"landing"})
+        if unknown or not needed <= set(r) or (unwind and "landing" in r):
+            raise ExtableError(f"{what}: needs start, end, landing and handler or data (an "
+                               "unwind handler: no landing) (unexpected: "
+                               f"{', '.join(sorted(unknown)) or 'none'})")
         start = resolve_address(image, r["start"], what)          # type: ignore[arg-type]
         end = resolve_address(image, r["end"], what)              # type: ignore[arg-type]
-        landing = resolve_address(image, r["landing"], what)      # type: ignore[arg-type]
+        landing = 0 if unwind else resolve_address(image, r["landing"], what)  # type: ignore[arg-type]
         if "data" in r:
             data = int(r["data"])                                 # type: ignore[call-overload]
             if not 0 <= data < (1 << 32) or data & DATA_EXTENDED:

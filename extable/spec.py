@@ -1,19 +1,21 @@
 """The TOML spec file: handler definitions, rules and explicit ranges.
 
     [handlers.copy_src]          # a named extended handler descriptor
-    kind = "short_copy"          # fixup | short_copy | errno
-    reg = "rcx"                  # bytes remaining (short_copy) / errno target (errno)
+    kind = "short_copy"          # fixup | short_copy | errno | unwind
+    reg = "rcx"                  # bytes remaining (short_copy) / errno target (errno) /
+                                 # return register (unwind)
     src = "rsi"                  # current source address
     dst = "rdi"                  # current destination address
     record = "r8"                # pointer to a fault record the runtime fills
     side = "src"                 # none | src | dst | both
     mc_safe = true
-    imm = -14                    # errno value (errno)
+    imm = -14                    # errno value (errno), the value returned (unwind)
 
     [[rules]]
     match = "copy_*"             # a glob over function names
     handler = "short_copy"
     landing = "{name}_fixup"     # optional
+    end = "landing"              # optional: a pad inside the function ends its range
 
     [[ranges]]
     start = "func+0x10"          # integer, "0x..." or "symbol+offset"
@@ -71,12 +73,14 @@ def load(path: str | os.PathLike[str] | None, machine: int) -> Spec:
         for name, body in doc.get("handlers", {}).items():
             spec.handlers[name] = _handler(name, body, machine)
         for i, body in enumerate(doc.get("rules", [])):
-            if not isinstance(body, dict) or set(body) - {"match", "handler", "landing"} \
+            if not isinstance(body, dict) or set(body) - {"match", "handler", "landing", "end"} \
                     or not {"match", "handler"} <= set(body):
-                raise ExtableError(f"rules[{i}]: needs match and handler (and optional landing)")
+                raise ExtableError(f"rules[{i}]: needs match and handler (and optional "
+                                   "landing and end)")
             spec.rules.append(Rule(str(body["match"]), str(body["handler"]),
-                                   str(body.get("landing", "{name}_fixup")),
-                                   f"{path}: rules[{i}] {body['match']!r}"))
+                                   None if "landing" not in body else str(body["landing"]),
+                                   f"{path}: rules[{i}] {body['match']!r}",
+                                   str(body.get("end", "function"))))
         ranges = doc.get("ranges", [])
         if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges):
             raise ExtableError("ranges must be an array of tables")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import operator
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .elf import ET_REL, ElfImage, FunctionSymbols
 from .errors import ExtableError
+from .names import is_text, raw_hex, shown
 
 _MANGLED = ("_Z", "_R")       # Itanium C++ and Rust v0
 
@@ -66,8 +67,10 @@ def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
     """The whole output of ``extable symbols``: one line per function, or a JSON array.
 
     Text: ``START END SIZE NAME`` (``SECTION+OFFSET SIZE NAME`` for ET_REL), with
-    `` (ifunc)`` after STT_GNU_IFUNC symbols. JSON: objects with name, start,
-    end, size, type (func or ifunc), version, default (and section for ET_REL).
+    `` (ifunc)`` after STT_GNU_IFUNC symbols; names are the file's bytes. JSON: objects
+    with name, start, end, size, type (func or ifunc), version, default (and section for
+    ET_REL); a name that is not UTF-8 is shown as readelf shows it, with its bytes in
+    ``name_hex`` (:mod:`extable.names`).
     Yielded in chunks, each built with one ``%`` over its rows so the loop runs in C.
     """
     f = image.functions
@@ -108,6 +111,14 @@ def _format(line: str, cols: list[list[Any]], rows: int = 8192) -> Iterator[str]
         yield (line * len(part[0])) % tuple(itertools.chain.from_iterable(zip(*part)))
 
 
+def _quoted_name(name: str, quote: Callable[[str], str]) -> str:
+    """A name's JSON value; one that is not UTF-8 is shown as readelf shows it, and its
+    bytes follow in ``name_hex`` (a lone surrogate is not valid JSON text)."""
+    if is_text(name):
+        return quote(name)
+    return f'{quote(shown(name))},"name_hex":"{raw_hex(name)}"'
+
+
 def _json(start: list[int], end: list[int], size: list[int], names: list[str],
           ifunc: list[bool], versions: list[str | None], hidden: list[bool],
           where: list[str] | None, plain: bool = False) -> Iterator[str]:
@@ -122,7 +133,7 @@ def _json(start: list[int], end: list[int], size: list[int], names: list[str],
         cols: list[list[Any]] = [names]
         line = '{"name":"%s"'
     else:
-        cols, line = [list(map(quote, names))], '{"name":%s'
+        cols, line = [[_quoted_name(n, quote) for n in names]], '{"name":%s'
     cols += [start, end, size]
     line += ',"start":%d,"end":%d,"size":%d'
     if any(ifunc):

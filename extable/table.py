@@ -2,6 +2,10 @@
 
     header (48 bytes) | entries (16 bytes each, sorted by start) | descriptors (16 bytes each) | names
 
+Version 2, written only when the table has ``unwind`` entries, adds a 24-byte
+unwind header after the header and the unwind rows (:mod:`extable.unwind`)
+after the descriptors; a table without them is version 1, byte for byte.
+
 Every address is relative to the module's load base (the value the dynamic
 linker adds to link-time addresses), so nothing needs relocating. A runtime
 finds the base from the table itself: ``base = (uintptr_t)header - self_vaddr``.
@@ -14,13 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import unwind as unwind_rows
 from .errors import CheckFailed, ExtableError
-from .model import DATA_EXTENDED, DATA_IMM_SHIFT, Handler, Kind, Side, descriptor_index
+from .model import (DATA_EXTENDED, DATA_IMM_SHIFT, DATA_TYPE_MASK, Handler, Kind, Side,
+                    descriptor_index)
+from .unwind import Unwind
 
 #: The section ``extable build`` writes and dump/verify/lookup read unless told otherwise.
 DEFAULT_SECTION = "extable_table"
 MAGIC = b"EXTABLE\0"
 VERSION = 1
+VERSION_UNWIND = 2         # with unwind rows
 FLAG_LOADED = 0x1          # the table lies in a loaded section at self_vaddr
 
 HEADER = struct.Struct("<8sHHIIIIIIIQ")
@@ -40,9 +48,25 @@ class Table:
     handlers: list[Handler] = field(default_factory=list)
     flags: int = 0
     self_vaddr: int = 0
+    unwind: Unwind | None = None             # the rows of the unwind entries, if any
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def kinds(self) -> np.ndarray:
+        """Each entry's handler kind: its descriptor's, or a classic word's type (u8)."""
+        data = self.entries["data"]
+        kinds = (data & DATA_TYPE_MASK).astype(np.uint8)
+        ext = (data & DATA_EXTENDED) != 0
+        if ext.any():
+            by_index = np.array([int(h.kind) for h in self.handlers] or [0], np.uint8)
+            index = np.minimum(data[ext] >> DATA_IMM_SHIFT, max(len(self.handlers) - 1, 0))
+            kinds[ext] = by_index[index]
+        return kinds
+
+    def unwinding(self) -> np.ndarray:
+        """Which entries are ``unwind`` entries (a boolean mask)."""
+        return self.kinds() == Kind.UNWIND
 
     def lookup(self, address: int) -> int | None:
         """Index of the entry whose [start, end) covers address, or None."""
@@ -57,9 +81,9 @@ class Table:
         return self.handlers[index] if index is not None and index < len(self.handlers) else None
 
 
-def encoded_size(nentries: int, handlers: list[Handler]) -> int:
-    names = sum(len(h.name.encode()) + 1 for h in handlers)
-    return _align(HEADER.size + 16 * nentries + DESC.size * len(handlers) + names)
+def encoded_size(table: Table) -> int:
+    """The size of the table's bytes."""
+    return len(encode(table))
 
 
 def encode(table: Table) -> bytes:
@@ -71,13 +95,29 @@ def encode(table: Table) -> bytes:
         descs += DESC.pack(h.kind, h.flags, h.side, h.reg, h.src_reg, h.dst_reg, h.rec_reg,
                            h.imm, len(names))
         names += h.name.encode() + b"\0"
-    entries_off = HEADER.size
+    has_unwind = table.unwind is not None and len(table.unwind)
+    entries_off = HEADER.size + (unwind_rows.HEADER.size if has_unwind else 0)
     descs_off = entries_off + entries.nbytes
-    strings_off = descs_off + len(descs)
-    header = HEADER.pack(MAGIC, VERSION, table.machine, table.flags, len(entries),
-                         len(table.handlers), entries_off, descs_off, strings_off,
-                         len(names), table.self_vaddr)
-    blob = b"".join((header, entries.tobytes(), bytes(descs), bytes(names)))
+    parts = [entries.tobytes(), bytes(descs)]
+    unwind_header = b""
+    end = descs_off + len(descs)
+    if has_unwind:
+        assert table.unwind is not None
+        ips, idx, rows = unwind_rows.encode(table.machine, table.unwind)
+        ips_off = _align(end)
+        idx_off = ips_off + len(ips)
+        rows_off = _align(idx_off + len(idx))
+        parts += [b"\0" * (ips_off - end), ips, idx, b"\0" * (rows_off - idx_off - len(idx)),
+                  rows]
+        end = rows_off + len(rows)
+        unwind_header = unwind_rows.HEADER.pack(
+            len(table.unwind), len(table.unwind.rows), ips_off, idx_off, rows_off,
+            unwind_rows.row_struct(table.machine).size)
+    strings_off = end
+    header = HEADER.pack(MAGIC, VERSION_UNWIND if has_unwind else VERSION, table.machine,
+                         table.flags, len(entries), len(table.handlers), entries_off,
+                         descs_off, strings_off, len(names), table.self_vaddr)
+    blob = b"".join((header, unwind_header, *parts, bytes(names)))
     return blob + b"\0" * (_align(len(blob)) - len(blob))
 
 
@@ -96,8 +136,9 @@ def decode(blob: bytes, path: str | None = None) -> Table:
         raise ExtableError("no exception table (bad magic)", path)
     (_magic, version, machine, flags, nentries, ndescs, entries_off, descs_off,
      strings_off, strings_size, self_vaddr) = HEADER.unpack_from(blob)
-    if version != VERSION:
-        raise ExtableError(f"table version {version} is not supported (need {VERSION})", path)
+    if version not in (VERSION, VERSION_UNWIND):
+        raise ExtableError(f"table version {version} is not supported (need {VERSION} or "
+                           f"{VERSION_UNWIND})", path)
     if (entries_off + 16 * nentries > len(blob) or descs_off + DESC.size * ndescs > len(blob)
             or strings_off + strings_size > len(blob) or entries_off % 4):
         raise ExtableError("table is truncated: counts and offsets exceed its size", path)
@@ -114,9 +155,33 @@ def decode(blob: bytes, path: str | None = None) -> Table:
             raise CheckFailed(f"descriptor {i} name offset {name_off} out of range", path)
         handlers.append(Handler(Kind(kind), reg, src, dst, rec, Side(side), hflags, imm,
                                 strings[name_off:end].decode("utf-8", "replace")))
-    table = Table(machine, entries, handlers, flags, self_vaddr)
+    unwind = None
+    if version == VERSION_UNWIND:
+        if len(blob) < HEADER.size + unwind_rows.HEADER.size:
+            raise ExtableError("table is truncated: no room for its unwind header", path)
+        unwind = unwind_rows.decode(machine, blob, HEADER.size, path)
+    table = Table(machine, entries, handlers, flags, self_vaddr, unwind)
     check_order(table, path)
+    check_unwind(table, path)
     return table
+
+
+def check_unwind(table: Table, path: str | None = None) -> None:
+    """The unwind entries and their rows agree (extable.unwind.check); an unwind entry
+    has no landing pad (its fixup is 0)."""
+    mask = table.unwinding()
+    e = table.entries[mask]
+    if len(e) and int(e["fixup"].max()):
+        i = int(np.flatnonzero(mask)[int(np.flatnonzero(e["fixup"])[0])])
+        raise CheckFailed(f"entry {i} is an unwind entry with a landing pad "
+                          f"({int(table.entries['fixup'][i]):#x}): it returns to its caller",
+                          path)
+    if table.unwind is None:
+        if len(e):
+            raise CheckFailed(f"entry {int(np.flatnonzero(mask)[0])} is an unwind entry, but "
+                              "the table has no unwind rows (version 1)", path)
+        return
+    unwind_rows.check(table.machine, table.unwind, e["start"], e["end"], path)
 
 
 def check_order(table: Table, path: str | None = None) -> None:

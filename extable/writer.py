@@ -33,7 +33,8 @@ __all__ = ["DEFAULT_SECTION", "atomic_write", "check_target", "write_added_secti
 
 
 def atomic_write(target: str, produce: Callable[[str], None],
-                 like: os.stat_result | None = None, in_place: bool = False) -> None:
+                 like: os.stat_result | None = None, in_place: bool = False,
+                 before_commit: Callable[[], None] | None = None) -> None:
     """Call produce(tmp_path) to fill a temporary file, then put it at target.
 
     The temporary file takes the mode of ``like`` (the input's stat). When target is
@@ -41,7 +42,9 @@ def atomic_write(target: str, produce: Callable[[str], None],
     hard links is rewritten through its inode, as objcopy, strip and patchelf do, so
     that every name sees the result; otherwise the temporary file is renamed onto
     target, atomically. With ``in_place``, a target that is no longer that file (it was
-    replaced or removed meanwhile) is refused rather than overwritten.
+    replaced or removed meanwhile) is refused rather than overwritten. ``before_commit``
+    runs once the result is complete, just before it is put in place: if it raises,
+    nothing is written.
     """
     folder = os.path.dirname(os.path.abspath(target))
     try:
@@ -61,6 +64,8 @@ def atomic_write(target: str, produce: Callable[[str], None],
             os.chmod(tmp, like.st_mode & 0o7777)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_commit is not None:
+            before_commit()
         if same is not None and same.st_nlink > 1:
             _rewrite_inode(tmp, target)
             os.unlink(tmp)
@@ -171,7 +176,8 @@ def table_bytes_for(image: ElfImage, table: Table, section_name: str) -> tuple[i
 
 
 def write_into_section(image: ElfImage, table: Table, target: str,
-                       section_name: str = DEFAULT_SECTION, in_place: bool = False) -> None:
+                       section_name: str = DEFAULT_SECTION, in_place: bool = False,
+                       before_commit: Callable[[], None] | None = None) -> None:
     """Overwrite the named section's bytes in a copy of the file written to target."""
     offset, blob = table_bytes_for(image, table, section_name)
 
@@ -183,15 +189,18 @@ def write_into_section(image: ElfImage, table: Table, target: str,
             out.seek(offset)
             out.write(blob)
 
-    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place)
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place,
+                 before_commit=before_commit)
 
 
 def write_added_section(image: ElfImage, table: Table, target: str,
-                        section_name: str = DEFAULT_SECTION, in_place: bool = False) -> None:
+                        section_name: str = DEFAULT_SECTION, in_place: bool = False,
+                        before_commit: Callable[[], None] | None = None) -> None:
     """Append a non-loaded section holding the table; refuse unless nothing else changed."""
     existing = image.section(section_name)
-    if existing is not None and existing.size >= encoded_size(len(table), table.handlers):
-        write_into_section(image, table, target, section_name, in_place)   # a re-run
+    if existing is not None and existing.size >= encoded_size(table):
+        write_into_section(image, table, target, section_name, in_place,   # a re-run
+                           before_commit)
         return
     if existing is not None:
         raise ExtableError(f"section {section_name!r} exists but is too small for the table",
@@ -208,4 +217,5 @@ def write_added_section(image: ElfImage, table: Table, target: str,
             raise ExtableError(f"--add-section failed, nothing written: {exc.message}",
                                image.path) from None
 
-    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place)
+    atomic_write(target, produce, like=os.fstat(image.file.fileno()), in_place=in_place,
+                 before_commit=before_commit)

@@ -5,12 +5,14 @@
 2. Memory with poisoned pages (userfaultfd ``UFFDIO_POISON``: the kernel's
    hwpoison path) read through ``mcsafe.copy``: each short read, the bad-page
    map, and the same read without mcsafe, which kills a child process.
-3. A data file with poisoned pages read through ``MappedFile``: short reads,
+3. A plain C function, never annotated, compiled here and protected by one
+   rule (``checksum=unwind``): it returns -EFAULT from a poisoned page.
+4. A data file with poisoned pages read through ``MappedFile``: short reads,
    EIO on a bad first byte, and the bad-range map from ``scrub()``.
-4. A file on a failing disk (FUSE: its bad pages fail for every reader), read
+5. A file on a failing disk (FUSE: its bad pages fail for every reader), read
    by os.pread, open(), numpy.fromfile, a plain mmap in a child process and
    MappedFile, while another client appends to it.
-5. A mapped file truncated under the mapping, read the same way.
+6. A mapped file truncated under the mapping, read the same way.
 """
 
 from __future__ import annotations
@@ -97,6 +99,55 @@ def show_poison() -> None:
     how = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
            else f"exit {child.returncode}")
     print(f"  child: {how}")
+
+
+#: A plain C function, never annotated (examples/unwind/checksum.c).
+CHECKSUM_C = """\
+#include <stddef.h>
+#include <stdint.h>
+int64_t checksum(const unsigned char *p, size_t n)
+{
+    uint32_t a = 1, b = 0;
+    for (size_t i = 0; i < n; i++) {
+        a = (a + p[i]) % 65521;
+        b = (b + a) % 65521;
+    }
+    return (int64_t)((b << 16) | a);
+}
+"""
+
+
+def show_plain_c() -> None:
+    import ctypes
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        _title("a plain C function: skipped, no C compiler here (make demo installs gcc)")
+        return
+    _title("a plain C function, never annotated, protected by a rule: 'checksum=unwind'")
+    with tempfile.TemporaryDirectory() as d:
+        src, so = os.path.join(d, "checksum.c"), os.path.join(d, "checksum.so")
+        with open(src, "w") as f:
+            f.write(CHECKSUM_C)
+        print("$ cc -O2 -shared -fPIC checksum.c -o checksum.so")
+        subprocess.run([cc, "-O2", "-shared", "-fPIC", src, "-o", so], check=True)
+        print("$ extable build checksum.so --in-place --add-section --rule 'checksum=unwind'")
+        print("  " + _extable("build", so, "--in-place", "--add-section", "--rule",
+                              "checksum=unwind").strip().replace(so, "checksum.so"))
+        for line in _extable("dump", so).splitlines()[-3:]:
+            print("  " + line.strip())
+        lib = ctypes.CDLL(so)
+        lib.checksum.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.checksum.restype = ctypes.c_int64
+        mcsafe.register(so)
+        method = "uffd" if inject.available()["uffd"] is None else "mprotect"
+        with inject.region(method, 2, [1]) as r:
+            print(f"  checksum(page 0)     = {lib.checksum(r.address, PAGE):#010x}")
+            print(f"  checksum(pages 0..1) = {lib.checksum(r.address, 2 * PAGE)}  (page 1 "
+                  f"{'poisoned' if method == 'uffd' else 'PROT_NONE'}: the function returned "
+                  "-EFAULT to its caller, registers and stack as before the call)")
+        mcsafe.unregister(so)
 
 
 def _ranges(rs: list[tuple[int, int]]) -> str:
@@ -203,6 +254,7 @@ def show_truncated_file() -> None:
 def run() -> int:
     show_table()
     show_poison()
+    show_plain_c()
     show_mapped_file()
     show_failing_disk()
     show_truncated_file()

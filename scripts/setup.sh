@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-# The tests build fixtures and the C harness for both machines and run the
+# The tests build fixtures and the C harness for both machines (and the unwind
+# fixtures with clang as well as gcc) and run the
 # other machine's under qemu-user; they read ELF files with elfutils and
 # patchelf (auditwheel needs patchelf too) and compressed files with zstd/xz;
 # failing files are served by FUSE (fuse3: fusermount3 and libfuse3).
@@ -15,7 +16,7 @@ case "$(uname -m)" in
     aarch64) cross=(gcc-x86-64-linux-gnu libc6-dev-amd64-cross) ;;
     *)       cross=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
 esac
-debs=(gcc binutils "${cross[@]}" qemu-user elfutils patchelf zstd xz-utils fuse3)
+debs=(gcc clang binutils "${cross[@]}" qemu-user elfutils patchelf zstd xz-utils fuse3)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
@@ -27,7 +28,7 @@ if installed gcc-multilib && [ "${MCSAFE_REPLACE_MULTILIB:-0}" != 1 ] && ! insta
          "not installing the cross compiler, so the tests for the other machine" \
          "will be skipped (MCSAFE_REPLACE_MULTILIB=1 make test replaces gcc-multilib)" >&2
     cross=()
-    debs=(gcc binutils qemu-user elfutils patchelf zstd xz-utils fuse3)
+    debs=(gcc clang binutils qemu-user elfutils patchelf zstd xz-utils fuse3)
 fi
 
 # A python3 that cannot make a virtual environment (Debian without python3-venv):

@@ -29,11 +29,17 @@ def compile_so(source: Path, out: Path, cc: str = "gcc", extra: list[str] = ()) 
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """The extable CLI in a child process, as a user runs it."""
-    proc = subprocess.run([sys.executable, "-m", "extable", *map(str, args)],
+    """The extable CLI in a child process, as a user runs it. Every file a build
+    writes is read back by LIEF too (tests/lief_check.py)."""
+    from lief_check import BuildWatch
+
+    argv = list(map(str, args))
+    watch = BuildWatch(argv)
+    proc = subprocess.run([sys.executable, "-m", "extable", *argv],
                           capture_output=True, text=True)
+    watch.check(proc.returncode)
     if check and proc.returncode:
-        raise AssertionError(f"extable {' '.join(map(str, args))} failed: {proc.stderr}")
+        raise AssertionError(f"extable {' '.join(argv)} failed: {proc.stderr}")
     return proc
 
 

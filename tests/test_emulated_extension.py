@@ -64,7 +64,7 @@ def arm64_package(tmp_path_factory) -> Path:
                     "-I", str(core / "arch" / "aarch64"),
                     "-I", str(SYSROOT / "usr" / "include" / "python3.11"),
                     "-I", str(SYSROOT / "usr" / "include"), str(c_file),
-                    str(core / "handler.c"), str(core / "registry.c"),
+                    str(core / "handler.c"), str(core / "registry.c"), str(core / "unwind.c"),
                     str(core / "arch" / "aarch64" / "copy.c"), "-o", str(so)], check=True)
     run_cli("build", so, "--in-place", check=True)
     assert run_cli("verify", so).returncode == 0

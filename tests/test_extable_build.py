@@ -103,7 +103,7 @@ def test_lookup_finds_the_covering_entry_and_exit_1_when_none(fresh, tmp_path) -
     assert run_cli("lookup", out, "fx_copy+5").returncode == 1   # end is exclusive
 
 
-def test_rule_landing_inside_the_function_ends_the_range(tmp_path) -> None:
+def test_rule_landing_inside_the_function_ends_the_range_when_the_rule_says_so(tmp_path) -> None:
     src = tmp_path / "pad.c"
     src.write_text(
         '__asm__(".text\\n.globl f\\n.type f,@function\\nf:\\n nop\\n nop\\n'
@@ -112,7 +112,9 @@ def test_rule_landing_inside_the_function_ends_the_range(tmp_path) -> None:
     from conftest import compile_so
     so = compile_so(src, tmp_path / "pad.so")
     out = tmp_path / "o.so"
-    run_cli("build", so, "-o", out, "--rule", "f=fixup", check=True)
+    refused = run_cli("build", so, "-o", out, "--rule", "f=fixup")
+    assert refused.returncode == 2 and "end=landing" in refused.stderr and not out.exists()
+    run_cli("build", so, "-o", out, "--rule", "f=fixup,end=landing", check=True)
     (e,) = dump(out)["entries"]
     assert e["end"] == e["landing"] == e["start"] + 2
 
@@ -230,3 +232,18 @@ def test_et_exec_non_pie_executable(tmp_path) -> None:
     assert all(e["start"] >= 0x400000 for e in d["entries"])
     if __import__("platform").machine() == "x86_64":
         assert subprocess.run([str(exe)]).returncode == 0      # still runs after the edit
+
+
+def test_errno_handler_whose_record_register_is_its_target_is_refused(fresh, tmp_path) -> None:
+    # The runtime sets reg to imm, then writes the fault record through rec: the
+    # same register would send the record to address imm (issue 17, item 12).
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[handlers.bad]\nkind = "errno"\nreg = "rax"\nrecord = "rax"\nimm = -5\n\n'
+                    '[[rules]]\nmatch = "copy_byte"\nhandler = "bad"\n')
+    so = fresh("x86")
+    p = run_cli("build", so, "-o", tmp_path / "out.so", "--spec", spec)
+    assert p.returncode != 0
+    assert p.stderr.strip().endswith(
+        "descriptor 0 (bad): rec register rax is also the errno register (the handler sets "
+        "it to imm, then writes the fault record through it)"), p.stderr
+    assert not (tmp_path / "out.so").exists()

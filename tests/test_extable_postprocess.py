@@ -203,7 +203,7 @@ def test_numpy_multiarray_umath_with_sections_after_shstrtab(tmp_path) -> None:
     if not found:
         pytest.skip(f"numpy {numpy.__version__} here has no _multiarray_umath*.so")
     so = found[0]
-    args = ["--add-section", "--rule", "PyInit_*=fixup@PyInit__multiarray_umath+0x4"]
+    args = ["--add-section", "--rule", "PyInit_*=fixup@PyInit__multiarray_umath+0x4,end=landing"]
     a, b = tmp_path / "a.so", tmp_path / "b.so"
     run_cli("build", so, "-o", a, *args, check=True)
     run_cli("build", so, "-o", b, *args, check=True)

@@ -37,7 +37,8 @@ def build(arch: str, out: Path) -> Path:
     subprocess.run([t["cc"], "-O2", "-std=gnu11", *t["flags"], "-I", extable.include_dir(),
                     "-I", str(CORE), "-I", str(CORE / "arch" / arch),
                     str(ROOT / "tests" / "harness" / "harness.c"), str(CORE / "handler.c"),
-                    str(CORE / "registry.c"), str(CORE / "arch" / arch / "copy.c"),
+                    str(CORE / "registry.c"), str(CORE / "unwind.c"),
+                    str(CORE / "arch" / arch / "copy.c"),
                     "-o", str(exe)], check=True)
     run_cli("build", exe, "--in-place", check=True)
     return exe

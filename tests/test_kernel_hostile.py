@@ -232,3 +232,42 @@ def test_a_target_before_its_section_reads_section_minus_offset(tmp_path: Path) 
     p = run_cli("verify", ko)
     assert (p.returncode, p.stderr) == (1, f"extable: {ko}: entry 0: insn .init.text-0x10 lies "
                                            "before the start of .init.text\n")
+
+
+def _peak(*args: str | Path) -> tuple[subprocess.CompletedProcess[bytes], int]:
+    """The CLI's result and its peak resident memory in KiB (VmHWM: ru_maxrss would keep
+    the parent's peak across fork and exec)."""
+    code = ("import sys\nfrom extable.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "print(hwm.split()[1], file=sys.stderr)\nsys.exit(rc)\n")
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True)
+    return p, int(p.stderr.splitlines()[-1])
+
+
+def test_a_section_header_claiming_millions_of_entries_costs_one_chunk(tmp_path: Path) -> None:
+    """A vmlinux whose __ex_table claims 12 MB (a million entries of whatever lies there;
+    issue 20 saw 31.7 MB): verify held every entry (841 MB for 2.6M) before stopping at the
+    findings limit, dump too (935 MB). Now entries are read a chunk at a time: verify stops
+    reading at the limit, dump streams, and neither's memory depends on the claimed size."""
+    from test_kernel_synthetic import LINK, X86_GOOD
+    from kernel_helpers import assemble
+
+    filler = ".data\n.fill 3145728, 4, 0x9abcdef0\n"            # 12 MiB of one word
+    image = assemble(tmp_path, "x86_64", "vmlinux", X86_GOOD + filler, vermagic="6.1.99-test",
+                     link=LINK["x86_64"])
+    elf = Elf(image.read_bytes())
+    n = 3145728 * 4 // 12
+    elf.set("__ex_table", SH_OFFSET, elf.headers[elf.index(".data")][SH_OFFSET])
+    elf.set("__ex_table", SH_SIZE, 12 * n)
+    big = elf.write(tmp_path / "claims.vmlinux")
+    p, verify_kb = _peak("verify", "--json", big)
+    assert p.returncode == 1, p.stderr
+    findings = json.loads(p.stdout)["findings"]
+    assert findings[-1]["message"].startswith("stopped after 10000 findings, at entry ")
+    assert findings[-1]["message"].endswith(f" of {n}")
+    p, dump_kb = _peak("dump", big)
+    assert p.returncode == 0
+    assert p.stdout.count(b"\n") == n + 1                      # every entry, and the header
+    _, small_kb = _peak("dump", image)
+    assert verify_kb < small_kb + (64 << 10), (verify_kb, small_kb)
+    assert dump_kb < small_kb + (96 << 10), (dump_kb, small_kb)

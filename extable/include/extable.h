@@ -28,6 +28,8 @@
 #define EXTABLE_KIND_FIXUP       1   /* resume at the landing pad */
 #define EXTABLE_KIND_SHORT_COPY  2   /* resume at the pad; `reg` holds bytes remaining */
 #define EXTABLE_KIND_ERRNO       3   /* resume at the pad with `reg` = imm (-errno) */
+#define EXTABLE_KIND_UNWIND      4   /* return to the caller with `reg` = imm: no pad, the
+                                        caller's frame from the table's unwind rows */
 
 #define EXTABLE_SIDE_NONE  0
 #define EXTABLE_SIDE_SRC   1
@@ -67,7 +69,7 @@
 
 struct extable_header {
     char     magic[8];          /* "EXTABLE\0" */
-    uint16_t version;           /* 1 */
+    uint16_t version;           /* 1, or 2 with unwind rows (struct extable_unwind_header) */
     uint16_t machine;           /* e_machine: 62 x86-64, 183 aarch64 */
     uint32_t flags;             /* EXTABLE_TABLE_LOADED */
     uint32_t nentries;
@@ -77,6 +79,33 @@ struct extable_header {
     uint32_t strings_off;
     uint32_t strings_size;
     uint64_t self_vaddr;        /* link-time address of this header (if LOADED) */
+};
+
+/* Version 2 only: right after the header, where the unwind rows are. For each
+ * sub-range of an `unwind` entry with one call-frame rule, ips[] holds its start
+ * (sorted, relative to the load base like every address) and idx[] the row it
+ * uses; rows are deduplicated, row_size bytes each (docs/FORMAT.md). */
+struct extable_unwind_header {
+    uint32_t nunwind;           /* sub-ranges: entries of ips[] and idx[] */
+    uint32_t nrows;
+    uint32_t ips_off;           /* from the header, like the other offsets */
+    uint32_t idx_off;
+    uint32_t rows_off;
+    uint32_t row_size;          /* 20 on x86-64, 48 on aarch64 */
+};
+
+/* One unwind row: where the caller's frame is. The CFA (the stack pointer the
+ * caller had before the call) is cfa_reg + cfa_off; save[k] is where slot k was
+ * saved, as an offset from the CFA (a negative multiple of 8), or 0 when it was
+ * not saved (still in its register). Slots: x86-64 rbx rbp r12 r13 r14 r15 and
+ * the return address; aarch64 x19..x29, x30 (the return address), d8..d15. */
+#define EXTABLE_UNWIND_SLOTS_X86_64  7
+#define EXTABLE_UNWIND_SLOTS_AARCH64 20
+struct extable_unwind_row {
+    int32_t  cfa_off;
+    uint8_t  cfa_reg;           /* register number as above; aarch64 sp is 31 */
+    uint8_t  flags;             /* 0 */
+    int16_t  save[];            /* the machine's slots, then padding to row_size */
 };
 
 /* Addresses are relative to the load base: base = (uintptr_t)header - self_vaddr. */

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from typing import Iterable, Iterator
 
 from ..errors import CheckFailed, ExtableError
+from ..names import json_text
 from .reader import Opened, describe, read
 from .verify import verify
 
@@ -39,7 +39,7 @@ def fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
     message = " ".join(exc.message.split())
     path = exc.path or args.file
     if args.json:
-        sys.stdout.write(json.dumps({"error": message, "file": path, "exit": code}) + "\n")
+        sys.stdout.write(json_text({"error": message, "file": path, "exit": code}) + "\n")
     print(f"extable: {path}: {message}", file=sys.stderr)
     return code
 
@@ -68,15 +68,6 @@ def _header_line(opened: Opened) -> str:
             + ("" if opened.table is not None else " (no __ex_table)"))
 
 
-def entry(opened: Opened, i: int, decoded: dict[int, dict[str, object]]) -> dict[str, object]:
-    assert opened.table is not None
-    word = opened.table.word[i]
-    if word not in decoded:
-        decoded[word] = opened.fmt.decode(word, opened.types)
-    return {"index": i, "insn": opened.location("insn", i), "fixup": opened.location("fixup", i),
-            **decoded[word]}
-
-
 def line(opened: Opened, d: dict[str, object]) -> str:
     insn, fixup = describe(d["insn"]), describe(d["fixup"])   # type: ignore[arg-type]
     return f"{d['index']:6d}  {insn:<48} -> {fixup:<48} {opened.fmt.text(d)}"
@@ -95,11 +86,11 @@ def _emit(args: argparse.Namespace, obj: dict[str, object], lines: Iterable[str]
             write(chunk)
         return
     if items is None:
-        write(json.dumps(obj) + "\n")
+        write(json_text(obj) + "\n")
         return
-    write(json.dumps(obj)[:-1] + f', "{key}": [')
+    write(json_text(obj)[:-1] + f', "{key}": [')
     sep = "\n"
-    for chunk in _chunks(map(json.dumps, items), sep=",\n"):
+    for chunk in _chunks(map(json_text, items), sep=",\n"):
         write(sep + chunk)
         sep = ",\n"
     write("\n]}\n" if sep != "\n" else "]}\n")
@@ -118,9 +109,10 @@ def _chunks(lines: Iterable[str], sep: str = "\n", size: int = 4096) -> Iterator
 
 
 def _dump(args: argparse.Namespace, opened: Opened) -> int:
-    opened.symbols      # a bad symbol table fails here, before the first line is written
+    opened.namer.check()    # a bad symbol table fails here, before the first line is written
     decoded: dict[int, dict[str, object]] = {}
-    entries = (entry(opened, i, decoded) for i in range(len(opened)))
+    entries = (d for chunk in (opened.table.chunks() if opened.table is not None else ())
+               for d in opened.entries(chunk, decoded))
     if args.json:
         _emit(args, _head(opened), [], entries)
     else:
@@ -198,18 +190,22 @@ def _lookup(args: argparse.Namespace, opened: Opened) -> int:
     t = opened.table
     if t is None:
         raise CheckFailed("no __ex_table: no entry for anything", args.file)
-    if isinstance(target, int):
-        assert t.insn_addr is not None
-        match = [i for i, a in enumerate(t.insn_addr) if a == target]
-        what = f"{target:#x}"
-    else:
-        sec, off = target
-        match = [i for i, (s, o) in enumerate(zip(t.insn_sec, t.insn_off))
-                 if s == sec and o == off]
-        what = f"{opened.image.sections[sec].name}+{off:#x}"
-    if not match:
-        raise CheckFailed(f"no entry for the instruction at {what}", args.file)
     decoded: dict[int, dict[str, object]] = {}
-    entries = [entry(opened, i, decoded) for i in match]
+    entries = []
+    for chunk in t.chunks():
+        if isinstance(target, int):
+            assert chunk.insn_addr is not None
+            match = [j for j, a in enumerate(chunk.insn_addr) if a == target]
+        else:
+            sec, off = target
+            match = [j for j, (s, o) in enumerate(zip(chunk.insn_sec, chunk.insn_off))
+                     if s == sec and o == off]
+        entries += [d for j in match
+                    for d in opened.entries(chunk.slice(chunk.base + j, chunk.base + j + 1),
+                                            decoded)]
+    if not entries:
+        what = (f"{target:#x}" if isinstance(target, int)
+                else f"{opened.image.sections[target[0]].name}+{target[1]:#x}")
+        raise CheckFailed(f"no entry for the instruction at {what}", args.file)
     _emit(args, _head(opened), [line(opened, d) for d in entries], entries)
     return EXIT_OK

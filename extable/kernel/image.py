@@ -154,13 +154,21 @@ class KernelImage:
     def section(self, name: str) -> Section | None:
         return self._by_name.get(name)
 
-    def records(self, section: Section, record: struct.Struct) -> list[tuple[int, ...]]:
-        """The section's bytes unpacked as consecutive ``record``s."""
+    def record_count(self, section: Section, record: struct.Struct) -> int:
+        """How many ``record``s the section holds; an error unless a whole number of them
+        lies in the file."""
         if section.type == SHT_NOBITS:
             raise self.error(f"{section.name} has no bytes in the file")
         if section.size % record.size:
             raise self.error(f"{section.name}: size {section.size} is not a multiple of "
                              f"{record.size}")
+        if section.offset + section.size > self.source.size:
+            raise self.error(f"{section.name} extends past the end of the file")
+        return section.size // record.size
+
+    def records(self, section: Section, record: struct.Struct) -> list[tuple[int, ...]]:
+        """The section's bytes unpacked as consecutive ``record``s."""
+        self.record_count(section, record)
         return list(record.iter_unpack(self.section_bytes(section)))
 
     def section_bytes(self, section: Section) -> bytes:

@@ -15,7 +15,7 @@ from types import ModuleType
 from ..errors import ExtableError
 from .image import (SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, SHT_SYMTAB, SYM, KernelImage,
                     Section, Sym)
-from .table import ENTRY_SIZE, RAW_ENTRY, Finding, KernelTable
+from .table import ENTRY_SIZE, RAW_ENTRY, Columns, Finding, KernelTable
 
 #: Elf64_Rela: offset, info (symbol << 32 | type), addend.
 RELA = struct.Struct("<QQq")
@@ -57,8 +57,8 @@ def read(image: KernelImage, fmt: ModuleType) -> KernelTable:
 
 def _table(fmt: ModuleType, sec: Section, sections: list[list[int]], offsets: list[list[int]],
            raw: list[tuple[int, ...]], findings: list[Finding]) -> KernelTable:
-    return KernelTable(fmt.ARCH, False, sec, sections[0], offsets[0], sections[1], offsets[1],
-                       [r[2] for r in raw], findings=findings)
+    whole = Columns(0, sections[0], offsets[0], sections[1], offsets[1], [r[2] for r in raw])
+    return KernelTable(fmt.ARCH, False, sec, len(raw), whole.slice, findings)
 
 
 def _apply(image: KernelImage, fmt: ModuleType, rela: list[tuple[int, ...]], symtab: list[Sym],

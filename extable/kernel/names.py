@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+from ..names import shown
 from .image import KEY_SHIFT, KernelImage
 
 
 class Namer:
-    """Turns (section, offset) lists into symbol+offset strings, decoding only the names used."""
+    """Turns (section, offset) lists into symbol+offset strings, decoding only the names used
+    (one that is not UTF-8 shown as readelf shows it)."""
 
     def __init__(self, image: KernelImage) -> None:
         self.image = image
@@ -37,9 +39,20 @@ class Namer:
                     break
         return out
 
+    def check(self) -> None:
+        """Raise now, before anything is printed, if a code symbol's name could not be read
+        (its offset past the string table, or a table not ending in NUL)."""
+        syms = self.syms
+        if syms is None or not syms.name_off:
+            return
+        worst = max(syms.name_off)
+        self.image.cstring(syms.strtab, worst)
+        if not self.image.section_bytes(syms.strtab).endswith(b"\0"):
+            self.image.cstring(syms.strtab, len(self.image.section_bytes(syms.strtab)) - 1)
+
     def _name(self, i: int) -> str:
         assert self.syms is not None
         off = self.syms.name_off[i]
         if off not in self._names:
-            self._names[off] = self.image.cstring(self.syms.strtab, off)
+            self._names[off] = shown(self.image.cstring(self.syms.strtab, off))
         return self._names[off]

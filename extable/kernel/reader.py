@@ -6,11 +6,12 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from types import ModuleType
+from typing import Iterator
 
 from . import arm64, module, vmlinux, x86_64
 from .image import KernelImage, parse_version
 from .names import Namer
-from .table import KernelTable
+from .table import Columns, KernelTable
 from .types import TypeTable, select
 
 FORMATS: dict[str, ModuleType] = {"x86_64": x86_64, "arm64": arm64}
@@ -48,41 +49,42 @@ class Opened:
     def namer(self) -> Namer:
         return Namer(self.image)
 
-    @cached_property
-    def symbols(self) -> tuple[list[str | None], list[str | None]]:
-        """The symbol+offset of every insn and every fixup."""
-        t = self.table
-        if t is None:
-            return [], []
-        return (self.namer.symbols(t.insn_sec, t.insn_off),
-                self.namer.symbols(t.fixup_sec, t.fixup_off))
+    def entries(self, chunk: Columns, decoded: dict[int, dict[str, object]]
+                ) -> Iterator[dict[str, object]]:
+        """The chunk's entries as dump and lookup show them; ``decoded`` caches the
+        architecture's decoding of each data word (a table has few distinct ones)."""
+        names = (self.namer.symbols(chunk.insn_sec, chunk.insn_off),
+                 self.namer.symbols(chunk.fixup_sec, chunk.fixup_off))
+        if len(decoded) > 4096:             # garbage has a distinct word per entry
+            decoded.clear()
+        for j, word in enumerate(chunk.word):
+            if word not in decoded:
+                decoded[word] = self.fmt.decode(word, self.types)
+            yield {"index": chunk.base + j, "insn": self._location(chunk, "insn", j, names[0]),
+                   "fixup": self._location(chunk, "fixup", j, names[1]), **decoded[word]}
 
-    @cached_property
-    def _columns(self) -> dict[str, tuple[list[int], list[int], list[int] | None]]:
-        """Per field: section indices, offsets, addresses."""
-        t = self.table
-        assert t is not None
-        return {"insn": (t.insn_sec, t.insn_off, t.insn_addr),
-                "fixup": (t.fixup_sec, t.fixup_off, t.fixup_addr)}
-
-    def location(self, field: str, i: int) -> dict[str, object]:
-        """``{"section", "offset"[, "address"], "symbol"}`` of an entry's insn or fixup."""
-        secs, offs, addrs = self._columns[field]
-        s = secs[i]
+    def _location(self, chunk: Columns, field: str, j: int,
+                  names: list[str | None] | None = None) -> dict[str, object]:
+        """``{"section", "offset"[, "address"], "symbol"}`` of entry j's insn or fixup."""
+        secs, offs, addrs = ((chunk.insn_sec, chunk.insn_off, chunk.insn_addr) if field == "insn"
+                             else (chunk.fixup_sec, chunk.fixup_off, chunk.fixup_addr))
+        s = secs[j]
         out: dict[str, object] = {"section": self._section_names[s] if s >= 0 else None,
-                                  "offset": offs[i] if s >= 0 else None}
+                                  "offset": offs[j] if s >= 0 else None}
         if addrs is not None:
-            out["address"] = addrs[i]
-        out["symbol"] = self.symbols[0 if field == "insn" else 1][i]
+            out["address"] = addrs[j]
+        out["symbol"] = (names[j] if names is not None
+                         else self.namer.symbols([secs[j]], [offs[j]])[0])
         return out
 
     @cached_property
     def _section_names(self) -> list[str]:
         return [s.name for s in self.image.sections]
 
-    def where(self, field: str, i: int) -> str:
-        """``.text+0x1a3 <foo+0x13>`` (module) or ``0xffffffff81001234 <foo+0x13>`` (image)."""
-        return describe(self.location(field, i))
+    def where(self, chunk: Columns, field: str, j: int) -> str:
+        """Entry j of the chunk's insn or fixup: ``.text+0x1a3 <foo+0x13>`` (module) or
+        ``0xffffffff81001234 <foo+0x13>`` (image)."""
+        return describe(self._location(chunk, field, j))
 
 
 def describe(loc: dict[str, object]) -> str:

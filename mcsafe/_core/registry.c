@@ -125,6 +125,9 @@ static void after_fork_in_parent(void)
 
 static void reset_in_child(void)
 {
+    /* The forking thread is not inside a lookup (it is not in a handler with
+     * every signal blocked): any count left is other threads', gone here. */
+    atomic_store(&mcsafe_readers, 0);
     pthread_mutex_init(&writer_lock, NULL);
     pthread_mutex_init(&phdr_lock, NULL);
     atomic_store(&phdr_owner, 0);
@@ -245,16 +248,19 @@ static const char *reg_name(uint8_t reg, char *buf, size_t len)
     return buf;
 }
 
-/* The rules a descriptor must follow to be safe, not merely well-formed: the
- * handler writes the fault record through `rec` and the immediate into an
- * errno entry's `reg`, so neither may be the stack pointer (it would write over
- * the interrupted stack); a short_copy must name the buffer(s) it copies, or
- * it would claim every fault at its PC. docs/FORMAT.md lists them. */
+/* The rules a descriptor must follow to be safe, not merely well-formed, as
+ * extable/compiler.py's _unsafe() (docs/FORMAT.md, "Safety rules"): the
+ * handler writes the fault record through `rec` and an errno entry's immediate
+ * into `reg`; neither may be the stack pointer, nor a register the handler
+ * reads for the same fault (a short_copy's count, src and dst; an errno's rec,
+ * read after reg is set). A short_copy must name the buffer(s) it copies, or
+ * it would claim every fault at its PC, and its count is not the stack
+ * pointer. */
 static int check_desc(const struct extable_desc *d, uint32_t i, uint32_t strings_size,
                       char *err, size_t errlen)
 {
     char rb[8];
-    if (d->kind < EXTABLE_KIND_FIXUP || d->kind > EXTABLE_KIND_ERRNO)
+    if (d->kind < EXTABLE_KIND_FIXUP || d->kind > EXTABLE_KIND_UNWIND)
         return fail(err, errlen, "descriptor %u has unknown kind %u", i, d->kind);
     if (d->side > EXTABLE_SIDE_BOTH)
         return fail(err, errlen, "descriptor %u has unknown side %u", i, d->side);
@@ -268,15 +274,178 @@ static int check_desc(const struct extable_desc *d, uint32_t i, uint32_t strings
         return fail(err, errlen, "descriptor %u: rec register %s is the stack pointer (the "
                     "handler would write over the interrupted stack)", i,
                     reg_name(d->rec_reg, rb, sizeof rb));
-    if (d->kind == EXTABLE_KIND_ERRNO && d->reg == MCSAFE_ARCH_SP)
-        return fail(err, errlen, "descriptor %u: errno register %s is the stack pointer", i,
+    if ((d->kind == EXTABLE_KIND_ERRNO || d->kind == EXTABLE_KIND_UNWIND)
+        && d->reg == MCSAFE_ARCH_SP)
+        return fail(err, errlen, "descriptor %u: %s register %s is the stack pointer", i,
+                    d->kind == EXTABLE_KIND_ERRNO ? "errno" : "unwind's return",
                     reg_name(d->reg, rb, sizeof rb));
+    if (d->kind == EXTABLE_KIND_UNWIND && d->rec_reg != EXTABLE_NOREG)
+        return fail(err, errlen, "descriptor %u: unwind has a fault record register, but the "
+                    "function it returns from is gone", i);
+    if (d->kind == EXTABLE_KIND_SHORT_COPY && d->reg == MCSAFE_ARCH_SP)
+        return fail(err, errlen, "descriptor %u: short_copy count register %s is the stack "
+                    "pointer (a stack address as a byte count would claim faults far past "
+                    "the buffers)", i, reg_name(d->reg, rb, sizeof rb));
     if (d->kind == EXTABLE_KIND_SHORT_COPY && d->src_reg == EXTABLE_NOREG
         && d->dst_reg == EXTABLE_NOREG)
         return fail(err, errlen, "descriptor %u: short_copy names neither a src nor a dst "
                     "register (it would claim every fault at its PC)", i);
+    if (d->rec_reg != EXTABLE_NOREG && d->kind == EXTABLE_KIND_SHORT_COPY) {
+        static const struct { const char *role, *why; } read[] = {
+            {"count", "at an address that is a byte count"},
+            {"src", "through the source pointer that faulted"},
+            {"dst", "over the destination the copy reports as copied"},
+        };
+        const uint8_t used[] = {d->reg, d->src_reg, d->dst_reg};
+        for (size_t r = 0; r < sizeof used; r++)
+            if (used[r] == d->rec_reg)
+                return fail(err, errlen, "descriptor %u: rec register %s is also the %s "
+                            "register (the handler would write the fault record %s)", i,
+                            reg_name(d->rec_reg, rb, sizeof rb), read[r].role, read[r].why);
+    }
+    if (d->rec_reg != EXTABLE_NOREG && d->kind == EXTABLE_KIND_ERRNO && d->reg == d->rec_reg)
+        return fail(err, errlen, "descriptor %u: rec register %s is also the errno register "
+                    "(the handler sets it to imm, then writes the fault record through it)",
+                    i, reg_name(d->reg, rb, sizeof rb));
     if (d->name_off >= strings_size && strings_size)
         return fail(err, errlen, "descriptor %u name is out of range", i);
+    return 0;
+}
+
+/* The handler kind of an entry: its descriptor's, or its classic word's type. */
+static unsigned entry_kind(const struct extable_entry *e, const struct extable_desc *d)
+{
+    return e->data & EXTABLE_DATA_EXTENDED ? d[EXTABLE_DATA_INDEX(e->data)].kind
+                                           : EXTABLE_DATA_TYPE(e->data);
+}
+
+/* The entry of the sorted table e[0..n) covering off, or n. */
+static uint32_t covering(const struct extable_entry *e, uint32_t n, uint32_t off)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (e[mid].start <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo && off < e[lo - 1].end ? lo - 1 : n;
+}
+
+/* No landing pad lies inside a covered range (docs/FORMAT.md): a fault after a
+ * pad inside its own range resumes before the faulting instruction and faults
+ * again, forever; one inside another entry's range is recovered again in turn.
+ * The entries are already proved sorted and non-overlapping. */
+static int check_pads(const struct extable_entry *e, const struct extable_desc *d, uint32_t n,
+                      char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (entry_kind(&e[i], d) == EXTABLE_KIND_UNWIND)
+            continue;                    /* no landing pad: it returns to its caller */
+        uint32_t j = covering(e, n, e[i].fixup);
+        if (j == i)
+            return fail(err, errlen, "entry %u landing pad %#x lies inside the range it "
+                        "covers (%#x..%#x): a fault there would repeat forever", i,
+                        e[i].fixup, e[i].start, e[i].end);
+        if (j < n)
+            return fail(err, errlen, "entry %u landing pad %#x lies inside entry %u "
+                        "(%#x..%#x): a landing pad must not be covered, or a fault could "
+                        "repeat forever", i, e[i].fixup, j, e[j].start, e[j].end);
+    }
+    return 0;
+}
+
+#if MCSAFE_ARCH_MACHINE == 62
+#define UNWIND_SLOTS EXTABLE_UNWIND_SLOTS_X86_64
+#define CFA_REGS 16                      /* rax..r15 (rsp is 4) */
+#else
+#define UNWIND_SLOTS EXTABLE_UNWIND_SLOTS_AARCH64
+#define CFA_REGS 32                      /* x0..x30, and sp as 31 */
+#endif
+#define ROW_SIZE ((6 + 2 * UNWIND_SLOTS + 3) / 4 * 4)
+
+/* The rules unwind.c relies on (docs/FORMAT.md, "Unwind rows"): a version-2
+ * table's unwind rows lie inside it; their sub-range starts increase strictly,
+ * each inside an unwind entry, and every unwind entry has one at its start (so
+ * the row in effect at a PC is that entry's); every unwind entry has fixup 0;
+ * every row names a CFA register that exists with an offset that is not
+ * negative, slots saved at negative multiples of 8 (or not saved) and, on
+ * x86-64, the return address saved. A table with unwind entries must carry
+ * rows. */
+static int check_unwind(const void *table, size_t size, const struct extable_entry *e,
+                        const struct extable_desc *d, struct mcsafe_module *m, char *err,
+                        size_t errlen)
+{
+    const struct extable_header *h = table;
+    uint32_t unwinding = 0;
+    for (uint32_t i = 0; i < h->nentries; i++) {
+        if (entry_kind(&e[i], d) != EXTABLE_KIND_UNWIND)
+            continue;
+        if (e[i].fixup)
+            return fail(err, errlen, "entry %u is an unwind entry with a landing pad %#x", i,
+                        e[i].fixup);
+        unwinding++;
+    }
+    if (h->version < 2)
+        return unwinding ? fail(err, errlen, "the table has unwind entries but no unwind "
+                                "rows (version 1)") : 0;
+    if (size < sizeof *h + sizeof(struct extable_unwind_header))
+        return fail(err, errlen, "table is truncated: no room for its unwind header");
+    const struct extable_unwind_header *u = (const void *)(h + 1);
+    if (u->row_size != ROW_SIZE)
+        return fail(err, errlen, "unwind rows are %u bytes, %u on this machine", u->row_size,
+                    (unsigned)ROW_SIZE);
+    if ((uint64_t)u->ips_off + 4ull * u->nunwind > size
+        || (uint64_t)u->idx_off + 4ull * u->nunwind > size
+        || (uint64_t)u->rows_off + (uint64_t)u->row_size * u->nrows > size
+        || u->ips_off % 4 || u->idx_off % 4 || u->rows_off % 4)
+        return fail(err, errlen, "unwind rows are truncated: counts and offsets exceed %zu "
+                    "bytes", size);
+    const uint32_t *ips = (const void *)((const char *)table + u->ips_off);
+    const uint32_t *idx = (const void *)((const char *)table + u->idx_off);
+    const unsigned char *rows = (const unsigned char *)table + u->rows_off;
+    for (uint32_t k = 0; k < u->nunwind; k++) {
+        if (k && ips[k] <= ips[k - 1])
+            return fail(err, errlen, "unwind rows %u and %u are not in increasing order",
+                        k - 1, k);
+        uint32_t j = covering(e, h->nentries, ips[k]);
+        if (j == h->nentries || entry_kind(&e[j], d) != EXTABLE_KIND_UNWIND)
+            return fail(err, errlen, "unwind row %u at %#x is not inside an unwind entry", k,
+                        ips[k]);
+        if (idx[k] >= u->nrows)
+            return fail(err, errlen, "unwind sub-range %u names row %u of %u", k, idx[k],
+                        u->nrows);
+    }
+    for (uint32_t i = 0, k = 0; i < h->nentries; i++) {
+        if (entry_kind(&e[i], d) != EXTABLE_KIND_UNWIND)
+            continue;
+        while (k < u->nunwind && ips[k] < e[i].start)
+            k++;
+        if (k == u->nunwind || ips[k] != e[i].start)
+            return fail(err, errlen, "unwind entry %u has no row at its start %#x", i,
+                        e[i].start);
+    }
+    for (uint32_t r = 0; r < u->nrows; r++) {
+        const struct extable_unwind_row *row = (const void *)(rows + (size_t)r * u->row_size);
+        if (row->cfa_reg >= CFA_REGS || row->cfa_off < 0 || row->flags)
+            return fail(err, errlen, "unwind row %u: bad CFA rule (register %u, offset %d, "
+                        "flags %#x)", r, row->cfa_reg, row->cfa_off, row->flags);
+        for (int k = 0; k < UNWIND_SLOTS; k++)
+            if (row->save[k] > 0 || row->save[k] % 8)
+                return fail(err, errlen, "unwind row %u: slot %d saved at CFA%+d, not a "
+                            "negative multiple of 8", r, k, row->save[k]);
+#if MCSAFE_ARCH_MACHINE == 62
+        if (!row->save[UNWIND_SLOTS - 1])
+            return fail(err, errlen, "unwind row %u does not save the return address", r);
+#endif
+    }
+    m->unwind_ips = ips;
+    m->unwind_idx = idx;
+    m->unwind_rows = rows;
+    m->nunwind = u->nunwind;
+    m->nrows = u->nrows;
+    m->row_size = u->row_size;
     return 0;
 }
 
@@ -308,26 +477,33 @@ static int validate(const void *table, size_t size, uintptr_t base, const struct
         if (seg < 0 || base + e[i].end > s->hi[seg])
             return fail(err, errlen, "entry %u (%#x..%#x) is outside the module's code", i,
                         e[i].start, e[i].end);
-        if (segment_of(s, base + e[i].fixup) < 0)
+        uint32_t data = e[i].data;
+        if ((data & EXTABLE_DATA_EXTENDED) && EXTABLE_DATA_INDEX(data) >= h->ndescs)
+            return fail(err, errlen, "entry %u names descriptor %u of %u", i,
+                        EXTABLE_DATA_INDEX(data), h->ndescs);
+        if (entry_kind(&e[i], d) != EXTABLE_KIND_UNWIND && segment_of(s, base + e[i].fixup) < 0)
             return fail(err, errlen, "entry %u landing pad %#x is outside the module's code",
                         i, e[i].fixup);
-        uint32_t data = e[i].data;
         if (data & EXTABLE_DATA_EXTENDED) {
-            if (EXTABLE_DATA_INDEX(data) >= h->ndescs)
-                return fail(err, errlen, "entry %u names descriptor %u of %u", i,
-                            EXTABLE_DATA_INDEX(data), h->ndescs);
+            /* checked above */
         } else if (EXTABLE_DATA_TYPE(data) < EXTABLE_KIND_FIXUP
-                   || EXTABLE_DATA_TYPE(data) > EXTABLE_KIND_ERRNO) {
+                   || EXTABLE_DATA_TYPE(data) > EXTABLE_KIND_UNWIND) {
             return fail(err, errlen, "entry %u has unknown classic type %u", i,
                         EXTABLE_DATA_TYPE(data));
         } else if (EXTABLE_DATA_TYPE(data) == EXTABLE_KIND_SHORT_COPY) {
             return fail(err, errlen, "entry %u: a classic short_copy word names no buffer "
                         "(it would claim every fault at its PC)", i);
-        } else if (EXTABLE_DATA_TYPE(data) == EXTABLE_KIND_ERRNO
+        } else if ((EXTABLE_DATA_TYPE(data) == EXTABLE_KIND_ERRNO
+                    || EXTABLE_DATA_TYPE(data) == EXTABLE_KIND_UNWIND)
                    && EXTABLE_DATA_REG(data) == MCSAFE_ARCH_SP) {
-            return fail(err, errlen, "entry %u: errno register is the stack pointer", i);
+            return fail(err, errlen, "entry %u: %s register is the stack pointer", i,
+                        EXTABLE_DATA_TYPE(data) == EXTABLE_KIND_ERRNO ? "errno"
+                                                                       : "unwind's return");
         }
     }
+    if (check_pads(e, d, h->nentries, err, errlen) || check_unwind(table, size, e, d, m, err,
+                                                                    errlen))
+        return -1;
     m->base = base;
     m->lo = h->nentries ? base + e[0].start : 0;
     m->hi = h->nentries ? base + e[h->nentries - 1].end : 0;
@@ -452,7 +628,7 @@ static int check_header(const struct extable_header *h, int loaded, char *err, s
     if (memcmp(h->magic, "EXTABLE", 8) != 0)
         return fail(err, errlen, "no exception table (bad magic): was extable build run on "
                     "this module?");
-    if (h->version != 1)
+    if (h->version != 1 && h->version != 2)
         return fail(err, errlen, "table version %u is not supported", h->version);
     if (h->machine != MCSAFE_ARCH_MACHINE)
         return fail(err, errlen, "table is for machine %u, this is %u", h->machine,
