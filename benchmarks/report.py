@@ -164,6 +164,10 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
         if r:
             out.append((f"MappedFile.readinto of {what} ≤ 1.0× os.preadv", f"{r:.2f}×",
                         r <= 1.0))
+    r = ratio("tail-read-100-zero-end", "MappedFile.readinto", "os.preadv")
+    if r:
+        out.append(("MappedFile.readinto of 100 B at the end of a 1 MiB file ending in a 0 "
+                    "byte vs os.preadv (no target: one lseek more)", f"{r:.2f}×", None))
     r = ratio("scrub", "readinto loop", "scrub")
     if r:
         out.append(("scrub() ≥ 0.8× the throughput of a readinto loop", f"{r:.2f}×", r >= 0.8))
@@ -393,7 +397,9 @@ SECTIONS = [
      "`MappedFile` copies the pages before the last from the mapping and reads the last "
      "page with pread(2)."),
     ("Tails", "tail-read-", "The last 100 bytes of a 1 MiB file (a log's tail), against "
-     "`os.preadv`: all in the last page, read with pread(2)."),
+     "`os.preadv`: all in the last page, read with pread(2); `-zero-end`: the file's last "
+     "byte is 0, which the check of the last counted byte cannot tell from a cut, so the "
+     "size is asked too (one `lseek`)."),
     ("Scrub", "scrub", "`scrub()` against an `os.preadv` loop and a `readinto` loop (1 MiB "
      "page-aligned buffer), one pass over a file just opened."),
     ("Arrays", "read_array-", "`MappedFile.read_array` against `numpy.fromfile`, a new "
