@@ -1,0 +1,105 @@
+"""Page-cache residency, so that a reader of a whole file gives back only what it
+brought in: pages that were cached before it read them stay cached.
+
+mincore(2) on a mapping of a file says which of its pages are in the page cache,
+but only to a caller the kernel lets see it (can_do_mincore(): the file's owner,
+CAP_FOWNER, or write permission); to anyone else it says every page is
+resident, so nothing would be evicted. :func:`sees_cache` applies the same rule
+first, so that such a reader does not even ask.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import re
+
+PAGE = mmap.PAGESIZE
+CAP_FOWNER = 3
+_COLD = re.compile(rb"\x00+")     # runs of pages that were not resident
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def _has_fowner() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_FOWNER & 1)
+    except OSError:
+        pass
+    return False
+
+
+_FOWNER = _has_fowner()
+
+
+def sees_cache(fd: int) -> bool:
+    """Whether mincore(2) on a mapping of fd's file reports the page cache (the
+    kernel's rule), rather than only this process's own mapped pages."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() or _FOWNER:
+        return True
+    try:
+        return os.access(f"/proc/self/fd/{fd}", os.W_OK, effective_ids=True)
+    except (OSError, NotImplementedError):
+        return False
+
+
+def resident(address: int, length: int) -> bytes:
+    """One byte per page of [address, address + length) (page-aligned address):
+    nonzero where the page is resident."""
+    npages = -(-length // PAGE)
+    vec = ctypes.create_string_buffer(npages)
+    if _libc.mincore(address, length, vec) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mincore: {os.strerror(err)}")
+    return vec.raw
+
+
+class Restorer:
+    """Follows one reader going forward through a mapping of a file: before the
+    reader reaches a range it asks (once, ahead of the kernel's readahead)
+    which pages were cached, and after the reader has passed it evicts
+    (posix_fadvise DONTNEED) the pages that were not.
+
+    Its memory is a byte per page of the window it looks ahead and behind (a
+    few chunks), whatever the file's size. Evicting again the chunk behind
+    catches pages the kernel's read-around fetched before the reader's
+    position."""
+
+    def __init__(self, fd: int, chunk: int) -> None:
+        self._fd = fd
+        self._chunk = -(-chunk // PAGE) * PAGE
+        self._base = 0                # file offset of _known[0]
+        self._known = bytearray()     # residency before we read, from _base on
+
+    def before(self, address: int, offset: int, length: int, size: int) -> None:
+        """The reader is about to read [offset, offset + length) of a file of size
+        bytes, mapped (whole, from offset 0) at address: make sure residency is
+        known for it and the chunk after."""
+        start = offset // PAGE * PAGE
+        if not self._known or start < self._base:
+            self._base, self._known = start, bytearray()
+        have = self._base + len(self._known) * PAGE
+        want = min(-(-size // PAGE) * PAGE, -(-(offset + length) // PAGE) * PAGE + self._chunk)
+        if want > have:
+            self._known += resident(address + have, want - have)
+
+    def after(self, offset: int, length: int) -> None:
+        """The reader has read up to offset + length (from offset): evict what it
+        brought in from the chunk behind offset up to there, then forget it."""
+        end = -(-(offset + length) // PAGE) * PAGE
+        start = max(self._base, (offset - self._chunk) // PAGE * PAGE)
+        first = (start - self._base) // PAGE
+        window = self._known[first:(end - self._base) // PAGE]
+        for run in _COLD.finditer(window):
+            os.posix_fadvise(self._fd, start + run.start() * PAGE,
+                             (run.end() - run.start()) * PAGE, os.POSIX_FADV_DONTNEED)
+        keep = max(self._base, (offset + length - self._chunk) // PAGE * PAGE)
+        if keep > self._base:
+            del self._known[:(keep - self._base) // PAGE]
+            self._base = keep
