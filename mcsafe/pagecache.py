@@ -14,6 +14,7 @@ import ctypes
 import mmap
 import os
 import re
+import stat
 
 PAGE = mmap.PAGESIZE
 CAP_FOWNER = 3
@@ -37,16 +38,67 @@ def _has_fowner() -> bool:
 _FOWNER = _has_fowner()
 
 
-def sees_cache(fd: int) -> bool:
+def sees_cache(fd: int, st: os.stat_result | None = None) -> bool:
     """Whether mincore(2) on a mapping of fd's file reports the page cache (the
-    kernel's rule), rather than only this process's own mapped pages."""
-    st = os.fstat(fd)
+    kernel's rule); st: fd's fstat, if the caller has it."""
+    if st is None:
+        st = os.fstat(fd)
     if st.st_uid == os.geteuid() or _FOWNER:
         return True
     try:
         return os.access(f"/proc/self/fd/{fd}", os.W_OK, effective_ids=True)
     except (OSError, NotImplementedError):
         return False
+
+
+def evict_cold(fd: int, offset: int, residency: bytes | bytearray) -> None:
+    """Evict the pages of fd's file from offset (page-aligned) on whose residency
+    byte is 0 (posix_fadvise DONTNEED, a run of pages a call)."""
+    for run in _COLD.finditer(residency):
+        os.posix_fadvise(fd, offset + run.start() * PAGE, (run.end() - run.start()) * PAGE,
+                         os.POSIX_FADV_DONTNEED)
+
+
+def readahead(fd: int) -> int:
+    """The kernel's readahead window for fd's file, in bytes: its backing device's
+    read_ahead_kb (a fault in a mapping reads up to half of it before the page
+    and half after); 8 MiB where it cannot be told."""
+    st = os.fstat(fd)
+    dev = st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_dev
+    try:
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+            return max(int(f.read()), 4) << 10
+    except (OSError, ValueError):
+        return 8 << 20
+
+
+class Snapshot:
+    """Which pages of [offset, offset + length) of fd's file are cached now, asked
+    through a mapping of its own that touches nothing; evict() later evicts
+    the ones that were not."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd = fd
+        self.offset = offset // PAGE * PAGE
+        length += offset - self.offset
+        m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=self.offset)
+        try:
+            from ._mcsafe import buffer_address
+            self.residency = resident(buffer_address(m), length)
+        finally:
+            m.close()
+
+    @classmethod
+    def tail(cls, fd: int, size: int) -> Snapshot | None:
+        """The last readahead window and page of a file of size bytes: what opening a
+        MappedFile (which reads the last page) and its last reads bring in."""
+        if size == 0:
+            return None
+        start = max(0, size - readahead(fd) - PAGE) // PAGE * PAGE
+        return cls(fd, start, size - start)
+
+    def evict(self) -> None:
+        evict_cold(self.fd, self.offset, self.residency)
 
 
 def resident(address: int, length: int) -> bytes:
@@ -95,10 +147,7 @@ class Restorer:
         end = -(-(offset + length) // PAGE) * PAGE
         start = max(self._base, (offset - self._chunk) // PAGE * PAGE)
         first = (start - self._base) // PAGE
-        window = self._known[first:(end - self._base) // PAGE]
-        for run in _COLD.finditer(window):
-            os.posix_fadvise(self._fd, start + run.start() * PAGE,
-                             (run.end() - run.start()) * PAGE, os.POSIX_FADV_DONTNEED)
+        evict_cold(self._fd, start, self._known[first:(end - self._base) // PAGE])
         keep = max(self._base, (offset + length - self._chunk) // PAGE * PAGE)
         if keep > self._base:
             del self._known[:(keep - self._base) // PAGE]

@@ -277,3 +277,26 @@ def test_nothing_is_evicted_where_mincore_cannot_see_the_cache(tmp_path) -> None
     warm_pages = (2 << 20) // PAGE
     assert before[:warm_pages] == b"\1" * warm_pages
     assert after[:warm_pages] == before[:warm_pages]
+
+
+def test_a_tail_snapshot_gives_back_what_opening_read(tmp_path) -> None:
+    """Opening a MappedFile reads the file's last page, and the kernel reads around
+    it (half its readahead window before): a Snapshot.tail taken before the open
+    and evicted after close() leaves a cold file cold."""
+    size = 24 << 20
+    path = tmp_path / "tail"
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+        os.fsync(f.fileno())
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        tail = pagecache.Snapshot.tail(fd, size)
+        with MappedFile(fd) as mf:
+            opened = _resident_of_path(path, size)
+            assert mf.scrub(restore_cache=True) == []
+        tail.evict()
+    finally:
+        os.close(fd)
+    assert opened.count(1) > 0                  # the open read the last page, and around it
+    assert _resident_of_path(path, size) == bytes(size // PAGE)
