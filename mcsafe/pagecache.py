@@ -80,8 +80,14 @@ class Snapshot:
     def __init__(self, fd: int, offset: int, length: int) -> None:
         self.fd = fd
         self.offset = offset // PAGE * PAGE
-        length += offset - self.offset
-        m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=self.offset)
+        self.residency = b""            # (nothing to evict if the file is shorter now)
+        length = min(length + offset - self.offset, os.fstat(fd).st_size - self.offset)
+        if length <= 0:
+            return
+        try:
+            m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=self.offset)
+        except ValueError:              # cut since the fstat
+            return
         try:
             from ._mcsafe import buffer_address
             self.residency = resident(buffer_address(m), length)

@@ -55,7 +55,7 @@ def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
         prog=prog, description="mcsafe: a machine-check-safe copy, recovered through "
         "exception tables, and commands that use it on files that may not read back.")
     p.add_argument("--version", action="version", version=f"mcsafe {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("scan", help="find the unreadable ranges of files and trees",
                        description=SCAN_HELP, epilog=SCAN_EPILOG,

@@ -117,6 +117,8 @@ class Scanner:
                 report.status = "interrupted"
             except OSError as exc:
                 report.status, report.message = "error", _strerror(exc)
+            except Exception as exc:        # one file's surprise must not end a long scan
+                report.status, report.message = "error", f"{type(exc).__name__}: {exc}"
             if report.status == "interrupted" or kind != "file":
                 return report
             _changed(fd, st, target, report)
