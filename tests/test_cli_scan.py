@@ -350,31 +350,39 @@ def test_a_failing_file_that_grows_at_its_bad_page_is_still_bad(failing_file) ->
 
 # -- stopping ----------------------------------------------------------------------------------
 
-class Opens:
-    """inotify IN_OPEN on one file: wait (by a blocking read, not by polling) until
-    it has been opened n times, by anyone."""
+class Inotify:
+    """inotify events of one kind on a file or in a folder: wait (by a blocking read,
+    not by polling) until n of them have happened, by anyone."""
 
-    IN_OPEN, IN_CLOEXEC = 0x20, 0o2000000
+    IN_OPEN, IN_MOVED_TO, IN_CLOEXEC = 0x20, 0x80, 0o2000000
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | Path, mask: int, name: str | None = None) -> None:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         self.fd = libc.inotify_init1(self.IN_CLOEXEC)
-        assert self.fd >= 0 and libc.inotify_add_watch(self.fd, path.encode(), self.IN_OPEN) >= 0
+        assert self.fd >= 0 and libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0
+        self.name = name
         self.seen = 0
 
     def wait(self, n: int) -> None:
         import select
         while self.seen < n:
-            assert select.select([self.fd], [], [], WAIT)[0], f"not opened {n} times"
+            assert select.select([self.fd], [], [], WAIT)[0], f"not {n} events"
             data = os.read(self.fd, 4096)
             while data:                  # struct inotify_event: wd, mask, cookie, len, name
                 length = int.from_bytes(data[12:16], "little")
-                self.seen += 1
+                name = data[16:16 + length].rstrip(b"\0").decode()
+                if self.name is None or name == self.name:
+                    self.seen += 1
                 data = data[16 + length:]
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def Opens(path: str) -> Inotify:
+    """Opens of one file."""
+    return Inotify(path, Inotify.IN_OPEN)
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGINT --jobs 2"])

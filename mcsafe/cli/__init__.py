@@ -93,6 +93,9 @@ def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
                    "needed for a block device; DST is neither truncated nor extended past "
                    "the last byte read, and progress survives a crash (the mapfile is saved "
                    "every 30 s)")
+    r.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS",
+                   help="with --in-place or when resuming, save the mapfile (DST synced "
+                   "first) this often (default: 30, as ddrescue)")
     r.add_argument("--no-sync", action="store_true",
                    help="do not fsync DST before saving the mapfile (faster, as cp; a crash "
                    "may then lose bytes the mapfile says were rescued)")

@@ -170,6 +170,17 @@ def _version() -> str:
     return __version__
 
 
+def byte_bar(total: int | None, desc: str) -> Any:
+    """A tqdm bar of bytes on stderr (no monitor thread)."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.25, desc=desc,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B {postfix} "
+                "[{elapsed}<{remaining}, {rate_fmt}]")
+
+
 class Progress:
     """Bytes and files done, against totals counted in a thread."""
 
@@ -213,14 +224,8 @@ class Bar(Progress):
     """A tqdm bar on stderr (a terminal)."""
 
     def __init__(self, walk_args: dict[str, Any]) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        tqdm.monitor_interval = 0           # no monitor thread
-        self.bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024,
-                        file=sys.stderr, dynamic_ncols=True, mininterval=0.25,
-                        desc="scanned", bar_format="{desc} {percentage:3.0f}%|{bar}| "
-                        "{n_fmt}B/{total_fmt}B {postfix} [{elapsed}<{remaining}, {rate_fmt}]")
+        self.bar = byte_bar(None, "scanned")
+        self._tqdm = type(self.bar)
         super().__init__(walk_args)
 
     def bytes_done(self, n: int) -> None:

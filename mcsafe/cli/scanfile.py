@@ -22,6 +22,7 @@ from typing import Any, Callable
 from .. import MappedFile, copy_report
 from .._mcsafe import buffer_address
 from ..pagecache import Snapshot, evict_cold, resident, sees_cache
+from .stop import Stopped
 from .walk import Target, _kind_name
 
 SMALL = 1 << 20          # files up to this size are read by one mapped copy
@@ -29,10 +30,6 @@ _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 #: Every status a file can end with.
 STATUSES = ("clean", "bad", "changed", "interrupted", "vanished", "skipped", "error")
-
-
-class Stopped(Exception):
-    """Raised from a scrub's progress callback when a stop was asked for."""
 
 
 @dataclass

@@ -11,6 +11,10 @@ from types import FrameType
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class Stopped(Exception):
+    """Raised from a long read's progress callback once a stop was asked for."""
+
+
 class StopFlag:
     """Set by the first of SIGNALS; call it to ask whether a stop was asked for."""
 
