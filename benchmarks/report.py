@@ -145,6 +145,12 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     r = ratio("read-4096", "os.preadv", "MappedFile.readinto")
     if r:
         out.append(("MappedFile.readinto 4 KiB ≥ 2× os.preadv", f"{r:.2f}×", r >= 2.0))
+    for group, what in (("whole-read-10000", "a whole 10,000-byte file"),
+                        ("tail-read-100", "100 B at the end of a 1 MiB file")):
+        r = ratio(group, "MappedFile.readinto", "os.preadv")
+        if r:
+            out.append((f"MappedFile.readinto of {what} ≤ 1.0× os.preadv", f"{r:.2f}×",
+                        r <= 1.0))
     r = ratio("scrub", "readinto loop", "scrub")
     if r:
         out.append(("scrub() ≥ 0.8× the throughput of a readinto loop", f"{r:.2f}×", r >= 0.8))
@@ -295,8 +301,11 @@ SECTIONS = [
     ("Threads", "threads-", "Aggregate throughput of 1 and 2 threads copying at once."),
     ("Storage", "read-", "`MappedFile.readinto` against `os.preadv` and a plain mmap slice, "
      "from the page cache, into a page-aligned buffer for every peer."),
-    ("Whole small files", "whole-read-", "A 10,000-byte file read whole: `MappedFile` takes "
-     "its careful path (the copy reaches the last page), against `os.preadv`. No target."),
+    ("Whole small files", "whole-read-", "A 10,000-byte file read whole, against `os.preadv`: "
+     "`MappedFile` copies the pages before the last from the mapping and reads the last "
+     "page with pread(2)."),
+    ("Tails", "tail-read-", "The last 100 bytes of a 1 MiB file (a log's tail), against "
+     "`os.preadv`: all in the last page, read with pread(2)."),
     ("Scrub", "scrub", "`scrub()` against an `os.preadv` loop and a `readinto` loop (1 MiB "
      "page-aligned buffer), one pass over a file just opened."),
     ("Arrays", "read_array-", "`MappedFile.read_array` against `numpy.fromfile`, a new "

@@ -69,27 +69,43 @@ def test_read(benchmark, data_file, peer: str, size: int) -> None:
         assert buf[:] == f.read(size)
 
 
+def _file_peers(benchmark, path, buf, offset: int, size: int, peer: str) -> None:
+    if peer == "MappedFile.readinto":
+        with MappedFile(path) as mf:
+            measure(benchmark, partial(mf.readinto, buf, offset), size)
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            measure(benchmark, partial(os.preadv, fd, [buf], offset), size)
+        finally:
+            os.close(fd)
+
+
 @pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv"])
 def test_read_whole_small_file(benchmark, tmp_path_factory, peer: str) -> None:
-    """A 10,000-byte file read whole: the copy reaches the file's last page, so
-    MappedFile takes its careful path (the size and the file's times asked around
-    the copy), where a read in the middle of a file takes the fast path."""
+    """A 10,000-byte file read whole: the copy reaches the file's last page, whose
+    bytes MappedFile reads with pread(2) (the two pages before it from the mapping)."""
     path = tmp_path_factory.mktemp("small") / "small.bin"
     data = os.urandom(10_000)
     path.write_bytes(data)
     buf = sink(10_000)
     benchmark.group = "whole-read-10000"
     benchmark.extra_info.update(peer=peer, size=len(data))
-    if peer == "MappedFile.readinto":
-        with MappedFile(path) as mf:
-            measure(benchmark, partial(mf.readinto, buf, 0), len(data))
-    else:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            measure(benchmark, partial(os.preadv, fd, [buf], 0), len(data))
-        finally:
-            os.close(fd)
+    _file_peers(benchmark, path, buf, 0, len(data), peer)
     assert buf[:] == data
+
+
+@pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv"])
+def test_read_tail(benchmark, tmp_path_factory, peer: str) -> None:
+    """The last 100 bytes of a 1 MiB file (a log's tail): all in the last page."""
+    path = tmp_path_factory.mktemp("tail") / "log.bin"
+    data = os.urandom(1 << 20)
+    path.write_bytes(data)
+    buf = memoryview(sink(4096))[:100]
+    benchmark.group = "tail-read-100"
+    benchmark.extra_info.update(peer=peer, size=100)
+    _file_peers(benchmark, path, buf, len(data) - 100, 100, peer)
+    assert buf == data[-100:]
 
 
 @pytest.fixture(scope="module")

@@ -368,6 +368,109 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
         PyBuffer_Release(&d)
 
 
+cdef extern from "<unistd.h>" nogil:
+    ssize_t _pread "pread"(int fd, void *buf, size_t n, long offset)
+    long _lseek "lseek"(int fd, long offset, int whence)
+    int SEEK_END
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EINTR
+
+
+cdef Py_ssize_t _pread_all(int fd, char *buf, Py_ssize_t n, Py_ssize_t offset) noexcept nogil:
+    """pread(2) until n bytes, the end of the file or an error: the count, or -errno
+    if nothing was read."""
+    cdef Py_ssize_t got, done = 0
+    while done < n:
+        got = _pread(fd, buf + done, <size_t>(n - done), offset + done)
+        if got > 0:
+            done += got
+        elif got == 0:
+            break
+        elif errno != EINTR:
+            return done if done else -errno
+    return done
+
+
+def _read_split(dst, src, Py_ssize_t offset, Py_ssize_t limit, uintptr_t probe,
+                uint64_t expect, int fd):
+    """MappedFile.readinto in one call: fill dst from file offset `offset`, the bytes
+    below `limit` (the start of the file's last page as last seen, where the probe
+    word at address `probe` is armed) copied from the mapping src between two reads
+    of the probe, the rest read with pread(2) from fd, which is exact where a
+    mapping cannot tell the file's end.
+
+    pread(2) racing a cut may count the zeros the cut leaves in the page it falls
+    in. So the last byte it counted is read again from the mapping: a cut below it
+    during the call makes it read as 0 or fault. If it reads as anything else no
+    cut fell below it (unless the file was also written long again meanwhile,
+    pread(2)'s own limit); if not, the count is bounded by the size asked after.
+
+    Returns the count (short at the end of the file or before a page pread(2)
+    cannot read), -1 if the probe failed (the copy may have run: count none of
+    it), -2 if there is no probe (limit < 0) or offset is outside src (nothing
+    done), -3 - errno if pread(2) failed on the first byte, or a CopyResult if
+    the mapped copy faulted."""
+    cdef mcsafe_fault rec
+    cdef Py_buffer d, s
+    cdef Py_ssize_t want, mapped = 0, done = 0, got, end, size
+    cdef uint64_t word
+    cdef unsigned char last = 0
+    if not _own_ok:
+        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
+    _acquire(dst, src, &d, &s)
+    try:
+        want = d.len
+        if limit < 0 or limit >= s.len or not 0 <= offset < s.len:
+            return -2
+        if offset < limit:
+            mapped = want if want < limit - offset else limit - offset
+            if (<char *>d.buf < <char *>s.buf + offset + mapped and
+                    <char *>s.buf + offset < <char *>d.buf + mapped):
+                raise ValueError("src and dst overlap")
+            if mapped >= MASK_CHECK and mcsafe_faults_blocked():
+                _refuse_blocked()
+            if mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8 or word != expect:
+                return -1
+            if mapped >= GIL_RELEASE:
+                with nogil:
+                    done = <Py_ssize_t>mcsafe_copy(d.buf, <char *>s.buf + offset,
+                                                   <size_t>mapped, &rec)
+            else:
+                done = <Py_ssize_t>mcsafe_copy(d.buf, <char *>s.buf + offset,
+                                               <size_t>mapped, &rec)
+            if done < mapped:
+                return CopyResult(done, _fault_info(&rec, <uintptr_t>d.buf,
+                                                    <uintptr_t>s.buf + offset))
+            if mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8 or word != expect:
+                return -1
+        if mapped == want:
+            return mapped
+        if want - mapped >= GIL_RELEASE:
+            with nogil:
+                got = _pread_all(fd, <char *>d.buf + mapped, want - mapped, offset + mapped)
+        else:
+            got = _pread_all(fd, <char *>d.buf + mapped, want - mapped, offset + mapped)
+        if got < 0:
+            return mapped if mapped else -3 + got
+        if got == 0:
+            return mapped
+        end = offset + mapped + got
+        if end <= s.len and mcsafe_copy(&last, <char *>s.buf + end - 1, 1, &rec) == 1 \
+                and last != 0:
+            return mapped + got
+        size = _lseek(fd, 0, SEEK_END)
+        if size < 0:
+            PyErr_SetFromErrno(OSError)
+            return None
+        end = size - offset
+        return mapped + got if mapped + got <= end else (end if end > 0 else 0)
+    finally:
+        PyBuffer_Release(&s)
+        PyBuffer_Release(&d)
+
+
 def _copy_through(sink, src, Py_ssize_t src_offset, Py_ssize_t n):
     """scrub()'s reader: copy n bytes of src from src_offset through sink, a
     sink-full at a time (each overwriting the last), without the GIL. Returns n,

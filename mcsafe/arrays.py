@@ -26,12 +26,21 @@ def read_array(file: MappedFile, dtype: npt.DTypeLike, count: int = -1, offset: 
     MemoryFaultError naming the element and the file offset (``element`` holds
     the index), and so does an end of file inside it (cause 'truncated')."""
     dt = np.dtype(dtype)
-    if dt.hasobject or dt.itemsize == 0:
-        raise TypeError(f"read_array needs a fixed-size dtype without objects, not {dt}")
+    if dt.hasobject:
+        raise TypeError(f"read_array needs a dtype without objects, not {dt}")
     if offset < 0:
         raise ValueError(f"negative offset {offset}")
     if count < -1:
         raise ValueError(f"count must be -1 or at least 0, not {count}")
+    if dt.itemsize == 0:
+        # items of no bytes: nothing to read, and no count to infer (as fromfile)
+        if count == -1:
+            raise ValueError(f"count -1 cannot be inferred for items of no bytes ({dt})")
+        if dt.subdtype is not None:     # (base, shape): numpy.fromfile expands it
+            return np.empty((count, *dt.shape), dt.base)
+        return np.empty(count, dt)
+    if count == 0:
+        return np.empty(0, dt)          # as numpy.fromfile, wherever offset lies
     size = file.size
     if count == -1:
         count = max(0, size - offset) // dt.itemsize

@@ -7,11 +7,15 @@
    map, and the same read without mcsafe, which kills a child process.
 3. A data file with poisoned pages read through ``MappedFile``: short reads,
    EIO on a bad first byte, and the bad-range map from ``scrub()``.
-4. A mapped file truncated under the mapping, read the same way.
+4. A file on a failing disk (FUSE: its bad pages fail for every reader), read
+   by os.pread, open(), numpy.fromfile, a plain mmap in a child process and
+   MappedFile, while another client appends to it.
+5. A mapped file truncated under the mapping, read the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -128,6 +132,60 @@ def show_mapped_file() -> None:
         os.close(fd)
 
 
+def _outcome(call) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return str(call())
+    except OSError as e:
+        return f"{type(e).__name__} errno={e.errno} ({errno.errorcode.get(e.errno or 0, '?')})"
+
+
+def _fromfile(path: str, truth: bytes) -> str:
+    import numpy as np
+
+    got = np.fromfile(path, np.uint8).tobytes()
+    wrong = sum(a != b for a, b in zip(got, truth))
+    return f"{len(got)} items, {wrong} of them not the file's bytes, and no error"
+
+
+def show_failing_disk() -> None:
+    why = inject.fuse_unavailable()
+    if why is not None:
+        _title(f"a file on a failing disk: skipped ({why})")
+        return
+    npages, bad = 16, [5, 11]
+    _title(f"a {npages * PAGE >> 10} KiB file on a failing disk (FUSE), pages {bad} "
+           "fail for every reader")
+    with inject.failing_file(npages * PAGE, inject.page_ranges(bad)) as f:
+        fd = os.open(f.path, os.O_RDONLY)
+        try:
+            readers = [
+                ("os.pread(64 KiB, 0)", lambda: f"{len(os.pread(fd, npages * PAGE, 0))} bytes"),
+                ("os.pread(4 KiB, page 5)", lambda: len(os.pread(fd, PAGE, 5 * PAGE))),
+                ("open().read()", lambda: len(open(f.path, "rb").read())),
+                ("numpy.fromfile(uint8)", lambda: _fromfile(f.path, f.contents())),
+            ]
+            for label, call in readers:
+                print(f"  {label:28s} -> {_outcome(call)}")
+            child = subprocess.run([sys.executable, "-c",
+                                    f"import mmap\nf = open({f.path!r}, 'rb')\n"
+                                    "bytes(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ))"],
+                                   capture_output=True)
+            how = (f"killed by {signal.Signals(-child.returncode).name}"
+                   if child.returncode < 0 else f"exit {child.returncode}")
+            print(f"  {'bytes(mmap) in a child':28s} -> {how}")
+            with MappedFile(f.path) as mf, f.on_failed_read(append=b"a" * 64):
+                print("  MappedFile, while another client appends 64 bytes at every failed "
+                      "read:")
+                for offset in (0, 5 * PAGE, 5 * PAGE - 100):
+                    print(f"    readinto(4 KiB, {offset:#07x}) -> "
+                          f"{_outcome(lambda: mf.readinto(bytearray(PAGE), offset))}")
+                print(f"    size now {mf.size} (was {npages * PAGE}); remembered bad: "
+                      f"{_ranges(mf.bad_ranges())}")
+                print(f"    scrub(): {_ranges(mf.scrub())}")
+        finally:
+            os.close(fd)
+
+
 def show_truncated_file() -> None:
     _title("a 64 KiB log file, mapped, then truncated to 40 KiB + 100 bytes by another writer")
     with tempfile.NamedTemporaryFile() as f:
@@ -146,6 +204,7 @@ def run() -> int:
     show_table()
     show_poison()
     show_mapped_file()
+    show_failing_disk()
     show_truncated_file()
     _title("still alive")
     print(f"  pid {os.getpid()}: {mcsafe.claimed_faults()} faults claimed and recovered "

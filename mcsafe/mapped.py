@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from ._mcsafe import _copy_bracketed, _copy_or_report, _copy_through, _file_stamp
+from ._mcsafe import (_copy_bracketed, _copy_or_report, _copy_through, _file_stamp,
+                      _read_split)
 from ._types import CopyResult, FaultInfo, MemoryFaultError
 from .pagecache import Restorer, readahead, sees_cache
 
@@ -214,7 +215,14 @@ class MappedFile:
             size = self._file_size()
             reserve = _pages(max(2 * size, size + RESERVE_MIN)) if self._room else \
                 _pages(max(size, 1))
-            self._map = _Mapping(self._fd, reserve, mode == "r+", self.path)
+            try:
+                self._map = _Mapping(self._fd, reserve, mode == "r+", self.path)
+            except OSError as exc:
+                if exc.errno != errno.ENOMEM or reserve == _pages(max(size, 1)):
+                    raise
+                # no address space for room to grow (a sparse file of tens of
+                # TiB): map just the file, as mmap.mmap would
+                self._map = _Mapping(self._fd, _pages(max(size, 1)), mode == "r+", self.path)
             self._probe = _Probe()
         except OSError as exc:
             os.close(self._fd)
@@ -498,9 +506,9 @@ class MappedFile:
         data, size, limit, probe, word = self._state
         if 0 <= offset < size and not self._starts:
             try:
-                got = _copy_bracketed(buf, data, 0, offset, True, limit, probe, word)
+                got = _read_split(buf, data, offset, limit, probe, word, self._fd)
             except (ValueError, TypeError):      # closed, or resized by another thread
-                got = -3
+                got = -2
             if type(got) is int:
                 if got >= 0:
                     return got
@@ -511,13 +519,13 @@ class MappedFile:
             raise ValueError(f"negative offset {offset}")
         return self._checked(buf, offset, True, 0, None)
 
-    # The fast path of readinto() and write(): if the probe's word (_Probe) reads
-    # back as armed before the copy and after it, the file was not cut to or
-    # below the start of its last page (as last seen) during the call, so it
-    # held every byte of a copy that ends before that page. Copies that reach
-    # into the last page (whose tail past the end reads as zeros without a
-    # fault), faults and failed probes take _checked(), which asks the size
-    # before and after each copy.
+    # The fast path of readinto(): the bytes before the file's last page (as last
+    # seen) are copied from the mapping, proved by the probe (_ProbePage) to have
+    # been in the file during the copy; the rest is read with pread(2), which is
+    # exact at the end of a file, where a mapping shows zeros without a fault.
+    # write() has no such pread half (pwrite(2) would extend a file cut under it):
+    # a write that reaches the last page takes _careful(), which asks the size
+    # around every copy. Faults and failed probes take the careful paths.
 
     def read(self, n: int, offset: int = 0) -> bytes:
         """Up to n bytes from offset (fewer at a bad byte or the end of the file)."""
@@ -562,11 +570,91 @@ class MappedFile:
         try:
             if failed_probe is not None:
                 self._probe_failed(failed_probe)
+            if reading:
+                return self._careful_read(buf, offset, done, fault)
             if not self._probed and done == 0 and fault is None and not self._starts:
                 return self._device_copy(buf, offset, reading)
             return self._careful(buf, offset, reading, done, fault)
         finally:
             self._leave()
+
+    def _careful_read(self, buf: Buffer, offset: int, done: int, fault: FaultInfo | None
+                      ) -> int:
+        """readinto() after a fault, a failed probe, past the size last seen or with
+        bad ranges known: the fast path's split copy again, from where the call
+        stopped, with the bad-range list obeyed and kept, growth followed and each
+        fault judged; pread(2) alone where there is no probe to prove a copy."""
+        out = memoryview(buf).cast("B")
+        want = out.nbytes
+        retries, probes = RETRIES, CHURN_RETRIES
+        stamp: tuple[int, int, int] | None = None   # the file's, at the first fault
+        while True:
+            if fault is not None:
+                if stamp is None:
+                    stamp = self._stamp()
+                verdict = self._judge(fault, offset, done, True, retries == 0, stamp)
+                # The file was shorter when the page faulted: the page before it may
+                # have been copied past the end then (zeros). Copy it again, or (when
+                # the file ends before the fault now) do not count it.
+                done = _before_page_before(offset, done) if verdict != STOP else done
+                if verdict != RETRY:
+                    return done
+                fault, retries = None, retries - 1
+            pos = offset + done
+            if done >= want or pos >= self._refresh():
+                return done
+            n = want - done
+            bad = self._bad_at_or_after(pos)
+            if bad is not None and bad[0] <= pos:
+                if done:
+                    return done
+                raise self._known_bad(bad[0], pos, "read")
+            if bad is not None and bad[0] < pos + n:
+                n = bad[0] - pos
+            data, _, limit, probe, word = self._state
+            try:
+                got = _read_split(out[done:done + n], data, pos, limit, probe, word,
+                                  self._fd) if probes else -2
+            except (ValueError, TypeError):
+                self._check_open()
+                continue            # the file changed size after the view was fetched
+            if isinstance(got, CopyResult):
+                done += got.copied
+                fault = got.fault
+                continue
+            if got == -1:           # cut during the copy, perhaps: count none of it
+                self._probe_failed(word)
+                probes -= 1
+                continue
+            if got < 0:
+                got = self._pread(out[done:done + n], pos, done)
+                if got == 0:        # the end of the file, or a bad page after done bytes
+                    return done
+            done += got
+
+    def _pread(self, out: memoryview, pos: int, done: int) -> int:
+        """pread(2) into out at file offset pos: the count (short at the end of the
+        file or before a page it cannot read, 0 at the end). A page it cannot read
+        at pos is bad: remembered (EIO), and raised if the call has nothing yet."""
+        try:
+            return os.preadv(self._fd, [out], pos)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+            if err == errno.EFAULT:
+                # The caller's buffer, at its first byte (pread(2) counts the bytes
+                # before): the table-driven copy says what the fault was.
+                res = _copy_or_report(out[:1], b"\0")
+                if not isinstance(res, CopyResult) or res.fault is None:
+                    raise
+                raise MemoryFaultError(res.fault._replace(offset=done),
+                                       "read: the caller's buffer (dst)", self.path,
+                                       errno.EFAULT) from None
+            info = FaultInfo(self._map.address + pos, pos, "src", 0, 0, "io")
+            if err == errno.EIO:
+                self._remember(info)
+            if done:
+                return 0
+            raise MemoryFaultError(info, "read", self.path, err) from None
 
     def _careful(self, buf: Buffer, offset: int, reading: bool, done: int,
                  fault: FaultInfo | None) -> int:
@@ -763,7 +851,8 @@ class MappedFile:
         """Whether the file system has no blocks left: a write fault into a hole
         then means the kernel could not allocate it (ENOSPC, not a bad page)."""
         st = os.fstatvfs(self._fd)
-        return st.f_bavail == 0 or st.f_bfree == 0
+        # No blocks at all (a memfd, a tmpfs without a size limit) is "unknown".
+        return st.f_blocks > 0 and (st.f_bavail == 0 or st.f_bfree == 0)
 
     # -- durability ----------------------------------------------------------
 

@@ -113,11 +113,11 @@ def failing_file():
     only where the machine has no /dev/fuse."""
     from mcsafe import inject
 
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse on this machine: failing files need FUSE")
     made = []
 
     def make(data, bad=(), **kwargs):
+        if not os.path.exists("/dev/fuse"):
+            pytest.skip("no /dev/fuse on this machine: failing files need FUSE")
         made.append(inject.failing_file(data, bad, **kwargs))
         return made[-1]
     yield make

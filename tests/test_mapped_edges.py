@@ -258,13 +258,13 @@ def _during_every_copy(mf: MappedFile, action) -> list[int]:
 
 
 def test_a_file_cut_and_written_again_during_every_careful_copy(tmp_path) -> None:
-    """A writer that cuts the file inside the page being copied and writes it long
-    again, during every try of a careful copy: nothing dropped or zeroed counts
-    (pwrite(2) never counts a byte the kernel dropped). The last try is proved by
-    a probe on the page past the copy's end."""
+    """A writer that cuts the file inside the page being written and writes it long
+    again, during every try of a careful copy: nothing dropped counts (pwrite(2)
+    never counts a byte the kernel dropped). The last try is proved by a probe on
+    the page past the copy's end. (A read of that page is pread(2)'s own.)"""
     path = tmp_path / "f"
     data = b"\xab" * (5 * PAGE)
-    for mode in ("write", "read"):
+    for mode in ("write",):
         path.write_bytes(data[:3 * PAGE + 2000])
         with MappedFile(path, "r+") as mf:
             path.write_bytes(data)     # grown since: the call reaches past the probe
@@ -293,7 +293,8 @@ def test_a_file_cut_and_written_again_during_every_careful_copy(tmp_path) -> Non
 def test_a_file_whose_times_change_during_every_copy_is_counted_in_full(tmp_path,
                                                                         size: int) -> None:
     """Writes in place (or a touch) change the file's times but cut nothing: the
-    careful path's last try must count everything, at a page-aligned end too."""
+    careful path's last try must count everything, at a page-aligned end too
+    (reads of the last page are pread(2)'s, untouched by the churn)."""
     path = tmp_path / "f"
     path.write_bytes(b"\xab" * size)
     with MappedFile(path, "r+") as mf:
@@ -302,42 +303,43 @@ def test_a_file_whose_times_change_during_every_copy_is_counted_in_full(tmp_path
         assert mf.readinto(bytearray(size), 0) == size
         buf = bytearray(100)
         assert mf.readinto(buf, size - 100) == 100 and buf == b"\xcd" * 100
-        assert len(tries) >= 15
+        assert len(tries) >= 5
     assert path.read_bytes()[-100:] == b"\xcd" * 100
 
 
 def test_a_fault_in_the_last_try_is_reported_and_remembered(tmp_path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"\xab" * (3 * PAGE + 2000))
-    with MappedFile(path) as mf:
+    with MappedFile(path, "r+") as mf:
         def touch(when: str, k: int) -> None:
             if when == "before" and k == 5:          # the last try: page 2 goes bad
                 assert inject._libc.mprotect(mf.address + 2 * PAGE, PAGE, 0) == 0
             if when == "after":
                 os.utime(path)
         _during_every_copy(mf, touch)
-        assert mf.readinto(bytearray(PAGE + 2000), 2 * PAGE - 500) == 500
+        assert mf.write(b"\xcd" * (PAGE + 2000), 2 * PAGE - 500) == 500
         assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]
         del mf._copy
         with pytest.raises(MemoryFaultError) as err:
             mf.read(10, 2 * PAGE)
         assert err.value.errno == errno.EIO
         with pytest.raises(MemoryFaultError) as err:
-            mf.write(b"x", 2 * PAGE) if mf.mode == "r+" else mf.read(1, 2 * PAGE + 1)
-        assert err.value.side == "src"
+            mf.write(b"x", 2 * PAGE)
+        assert err.value.side == "dst"
         inject._libc.mprotect(mf.address + 2 * PAGE, PAGE, 1)
 
 
 def test_a_file_that_outgrows_its_mapping_when_no_mapping_can_be_made(tmp_path) -> None:
-    """vm.max_map_count reached: reads within what is mapped still work, and a
-    read past it says why (ENOMEM) instead of reading as the end of the file."""
+    """vm.max_map_count reached: calls within what is mapped still work, a read past
+    it is served by pread(2), and a write past it says why (ENOMEM) instead of
+    counting as the end of the file."""
     knob = "/proc/sys/vm/max_map_count"
     path = tmp_path / "f"
     data = bytes(i % 251 + 1 for i in range(256 * PAGE))
     path.write_bytes(data)
     with open(knob) as f:
         before = f.read().strip()
-    with MappedFile(path) as mf:
+    with MappedFile(path, "r+") as mf:
         reserved = mf._map.length
         try:
             with open(knob, "w") as f:
@@ -347,8 +349,9 @@ def test_a_file_that_outgrows_its_mapping_when_no_mapping_can_be_made(tmp_path) 
         try:
             os.truncate(path, reserved + 64 * PAGE)
             assert mf.read(100, 100 * PAGE) == data[100 * PAGE:100 * PAGE + 100]
+            assert mf.read(100, reserved + PAGE) == bytes(100)
             with pytest.raises(OSError) as err:
-                mf.read(100, reserved + PAGE)
+                mf.write(b"w" * 100, reserved + PAGE)
             assert err.value.errno == errno.ENOMEM and err.value.filename == str(path)
         finally:
             with open(knob, "w") as f:

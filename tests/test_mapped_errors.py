@@ -264,3 +264,58 @@ def test_a_mapped_file_refuses_pickling_clearly(tmp_path) -> None:
             with pytest.raises(TypeError, match=r"cannot pickle a MappedFile \('.*/f'\): .*"
                                                 r"send its path and open it again"):
                 pickle.dumps(obj)
+
+
+def test_a_huge_sparse_file_opens_as_mmap_opens_it() -> None:
+    """A 70 TiB sparse file (a memfd: no file system limit): room to grow would be
+    twice that, more than the address space holds; mmap.mmap maps it, so must we."""
+    import mmap as _mmap
+    fd = os.memfd_create("huge", os.MFD_CLOEXEC)
+    try:
+        size = 70 << 40
+        os.ftruncate(fd, size)
+        os.pwrite(fd, b"tail", size - 4)
+        with _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ) as m:
+            assert m[size - 4:] == b"tail"
+        with MappedFile(fd) as mf:
+            assert mf.size == size and mf.read(4, size - 4) == b"tail"
+            assert mf.read(4, 1 << 40) == bytes(4)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["memfd", "unlimited tmpfs"])
+def test_a_write_fault_on_a_file_system_of_unknown_size_is_a_bad_page(tmp_path,
+                                                                      where: str) -> None:
+    """fstatvfs reports no blocks at all for a memfd or a tmpfs mounted without a
+    size limit: that is 'unknown', not 'full', so a write fault there is a bad page
+    (EIO, remembered), not ENOSPC."""
+    if where == "memfd":
+        fd, path = inject.memfd_file(4, holes=[2])
+        opened = fd
+    else:
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=0", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()!r}")
+        path = mnt / "f"
+        with open(path, "wb") as f:
+            f.write(inject.pattern(2 * PAGE))
+            f.truncate(4 * PAGE)
+        opened = None
+    try:
+        assert os.statvfs(path).f_blocks == 0
+        with MappedFile(path, "r+") as mf, \
+                inject.poison_range(mf.address, 4, [2]):
+            with pytest.raises(MemoryFaultError) as info:
+                mf.write(b"w" * 100, 2 * PAGE)
+            e = info.value
+            assert (e.errno, e.cause, e.side) == (errno.EIO, "io", "dst")
+            assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]
+    finally:
+        if opened is not None:
+            os.close(opened)
+        else:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)

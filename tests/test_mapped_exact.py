@@ -307,23 +307,24 @@ def test_the_callers_bad_buffer_is_not_blamed_on_the_file(tmp_path) -> None:
         assert mf.read(8 * PAGE) == data[PAGE:2 * PAGE] + data[PAGE:]     # a page went in
 
 
-def test_a_bad_last_page_is_not_touched_by_reads_before_it(tmp_path) -> None:
-    """The fast path probes a private copy of the file's last page, never the
-    page itself: a bad last page costs the reads before it no fault."""
-    path = tmp_path / "f"
+def test_a_bad_last_page_is_not_touched_by_reads_before_it(failing_file) -> None:
+    """The fast path probes a private copy of the file's last page, and reads the
+    page itself only with pread(2) when a call reaches it: a bad last page (one
+    the kernel cannot read, for every reader) costs the calls before it nothing."""
     data = inject.pattern(6 * PAGE)
-    path.write_bytes(data)
-    with MappedFile(path, "r+") as mf:
-        assert inject._libc.mprotect(mf.address + 5 * PAGE, PAGE, 0) == 0
+    f = failing_file(data, inject.page_ranges([5]))
+    with MappedFile(f.path, "r+") as mf:
+        asked = f.stats()["failed_reads"]
         before = mcsafe.claimed_faults()
         for i in range(50):
             assert mf.read(100, i * 10) == data[i * 10:i * 10 + 100]
             assert mf.write(data[i:i + 1], i) == 1
         assert mcsafe.claimed_faults() == before
-        with pytest.raises(MemoryFaultError):
+        assert f.stats()["failed_reads"] == asked
+        with pytest.raises(MemoryFaultError) as exc:
             mf.read(1, 5 * PAGE)
-        with open(path, "ab") as f:                      # a new size: a new last page
-            f.write(b"z" * PAGE)
+        assert exc.value.errno == errno.EIO and mf.bad_ranges() == [(5 * PAGE, 6 * PAGE)]
+        f.append(b"z" * PAGE)                            # a new size: a new last page
         assert mf.read(PAGE, 0) == data[:PAGE] and mf.read(10, 6 * PAGE) == b"z" * 10
 
 
@@ -488,13 +489,13 @@ def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tm
     """Another process cuts the file below the page before each copy and writes it
     back after: every retry faults, yet the file holds the page whenever asked. That
     is churn, not a bad page: nothing is remembered (the page was remembered bad,
-    and every later read of it raised EIO). Nor is it the end of the file, which
-    holds the page: the call fails as at a bad byte (it returned 0, an end of file
-    where there was none: issue 18)."""
+    and every later call raised EIO). Nor is it the end of the file, which holds
+    the page: the call fails as at a bad byte (it returned 0, an end of file where
+    there was none: issue 18)."""
     path = tmp_path / "f"
     data = b"\xab" * (4 * PAGE)
     path.write_bytes(data)
-    with MappedFile(path) as mf:
+    with MappedFile(path, "r+") as mf:
         real, copies = mf._copy, []
 
         def cut_during(*args: object) -> object:
@@ -508,21 +509,22 @@ def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tm
                 copies.append(1)
         mf._copy = cut_during                  # type: ignore[method-assign]
         with pytest.raises(MemoryFaultError) as exc:
-            mf.readinto(bytearray(2 * PAGE), 2 * PAGE)
+            mf.write(b"\xcd" * (2 * PAGE), 2 * PAGE)
         assert exc.value.errno == errno.EIO and exc.value.offset == 2 * PAGE
         assert len(copies) == 3 and mf.bad_ranges() == []
         del mf._copy
         assert mf.read(2 * PAGE, 2 * PAGE) == data[2 * PAGE:]
 
 
-def test_a_cut_and_append_during_a_careful_copy_counts_no_zero(tmp_path) -> None:
-    """Another process cuts the file inside the page being copied (the kernel zeroes
-    the rest of that page, which stays mapped) and appends the bytes back before
-    the size is asked again: the size after looks unchanged, the copy read zeros."""
+def test_a_cut_and_append_during_a_careful_copy_counts_no_dropped_byte(tmp_path) -> None:
+    """Another process cuts the file inside the page being written (the kernel drops
+    what lands past the new end, the page staying mapped) and appends the bytes
+    back before the size is asked again: the size after looks unchanged. (A read
+    of that page is pread(2)'s: tests/test_mapped_parity.py.)"""
     path = tmp_path / "f"
     data = b"\xab" * (3 * PAGE + 2000)
     path.write_bytes(data)
-    with MappedFile(path) as mf:
+    with MappedFile(path, "r+") as mf:
         real, copies = mf._copy, []
 
         def cut_during(*args: object) -> object:
@@ -537,7 +539,9 @@ def test_a_cut_and_append_during_a_careful_copy_counts_no_zero(tmp_path) -> None
                         f.write(data[3 * PAGE + 100:])
                 copies.append(1)
         mf._copy = cut_during                  # type: ignore[method-assign]
-        buf = bytearray(PAGE)
-        got = mf.readinto(buf, 3 * PAGE)
-        assert buf[:got].count(0) == 0, f"{buf[:got].count(0)} zeros counted of {got}"
+        got = mf.write(b"\xcd" * PAGE, 3 * PAGE)
+        del mf._copy
+        mf.sync()
+        landed = path.read_bytes()[3 * PAGE:3 * PAGE + got]
+        assert landed == b"\xcd" * got, f"{got} counted, {landed.count(0xcd)} in the file"
         assert got == 2000 and len(copies) == 3          # copied again, once it held

@@ -117,21 +117,21 @@ def test_write_through_the_file_object_and_an_open_descriptor(data_file) -> None
     path, data = data_file
     fd = os.open(path, os.O_RDWR)
     try:
-        with fileio.open(fd, "rb+") as f:
+        with fileio.open(fd, "rb+", closefd=False) as f:
             f.seek(len(data) - 4)
             f.write(b"ABCD")
             f.flush()
             f.raw.sync()
             f.seek(0)
             assert f.read(3) == data[:3]
-        with MappedFileIO(fd, "r+") as raw:
+        with MappedFileIO(fd, "r+", closefd=False) as raw:
             assert raw.seek(0, io.SEEK_END) == len(data)
             raw.seek(-8, io.SEEK_END)
             assert raw.write(b"1234567890") == 8                # short: never extends
             with pytest.raises(OSError) as info:
                 raw.write(b"9")
             assert info.value.errno == errno.EFBIG and info.value.filename == str(path)
-        f = fileio.open(fd, "rb+")                              # buffered: raises, no hang
+        f = fileio.open(fd, "rb+", closefd=False)               # buffered: raises, no hang
         f.seek(-2, io.SEEK_END)
         f.write(b"xyz")
         with pytest.raises(OSError):
