@@ -519,3 +519,20 @@ def test_the_page_cache_is_left_as_found(tmp_path) -> None:
     assert _resident_of_path(small, 64 * PAGE) == bytes(64)
     assert mcsafe("scan", "--keep-cache", path).returncode == 0
     assert _resident_of_path(path, size) == b"\1" * (size // PAGE)
+
+
+def test_the_demo_ends_with_a_scan_of_a_tree_holding_a_failing_file() -> None:
+    why = inject.fuse_unavailable()
+    p = subprocess.run([sys.executable, "-m", "mcsafe", "demo"], capture_output=True,
+                       text=True, timeout=WAIT)
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.split("\n== ")[-1].splitlines()
+    if why is not None:
+        assert last[0] == f"mcsafe rescue and mcsafe scan of a failing disk: skipped ({why})"
+        return
+    assert last[0] == "mcsafe scan: a tree holding that image, logs and a FIFO"
+    assert last[1] == "  $ mcsafe scan tree"
+    assert any(line.startswith("    BAD tree/") and "[0x5000, 0x7000) io, [0x28000, 0x29000) io"
+               in line for line in last)
+    assert "    SKIPPED tree/logs/pipe: a FIFO" in last
+    assert last[-1] == "    (exit status 1)"
