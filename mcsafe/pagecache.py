@@ -13,12 +13,10 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import re
 import stat
 
 PAGE = mmap.PAGESIZE
 CAP_FOWNER = 3
-_COLD = re.compile(rb"\x00+")     # runs of pages that were not resident
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
@@ -36,6 +34,7 @@ def _has_fowner() -> bool:
 
 
 _FOWNER = _has_fowner()
+_EUID = os.geteuid()
 
 
 def sees_cache(fd: int, st: os.stat_result | None = None) -> bool:
@@ -43,7 +42,7 @@ def sees_cache(fd: int, st: os.stat_result | None = None) -> bool:
     kernel's rule); st: fd's fstat, if the caller has it."""
     if st is None:
         st = os.fstat(fd)
-    if st.st_uid == os.geteuid() or _FOWNER:
+    if _FOWNER or st.st_uid == _EUID:
         return True
     try:
         return os.access(f"/proc/self/fd/{fd}", os.W_OK, effective_ids=True)
@@ -54,7 +53,11 @@ def sees_cache(fd: int, st: os.stat_result | None = None) -> bool:
 def evict_cold(fd: int, offset: int, residency: bytes | bytearray) -> None:
     """Evict the pages of fd's file from offset (page-aligned) on whose residency
     byte is 0 (posix_fadvise DONTNEED, a run of pages a call)."""
-    for run in _COLD.finditer(residency):
+    if 0 not in residency:
+        return
+    import re
+
+    for run in re.finditer(rb"\x00+", residency):       # runs of pages not resident
         os.posix_fadvise(fd, offset + run.start() * PAGE, (run.end() - run.start()) * PAGE,
                          os.POSIX_FADV_DONTNEED)
 

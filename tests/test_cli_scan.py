@@ -303,6 +303,7 @@ def test_a_file_written_replaced_or_deleted_during_the_scan(forty_mib, tmp_path)
     other.write_bytes(b"o")
     r = scan_with(forty_mib, lambda: os.rename(other, forty_mib))
     assert (r.status, r.change, r.size) == ("changed", "replaced", 40 << 20)
+    forty_mib.write_bytes(os.urandom(40 << 20))
     r = scan_with(forty_mib, lambda: os.unlink(forty_mib))
     assert (r.status, r.change) == ("changed", "deleted")
 
@@ -536,3 +537,25 @@ def test_the_demo_ends_with_a_scan_of_a_tree_holding_a_failing_file() -> None:
                in line for line in last)
     assert "    SKIPPED tree/logs/pipe: a FIFO" in last
     assert last[-1] == "    (exit status 1)"
+
+
+def test_the_small_file_reader_reads_whole_or_says_where_it_faulted(failing_file) -> None:
+    """_read_mapped, scan's one-call reader of small files: the file's size, or the
+    CopyResult of the first fault at the first bad page (a file offset); the
+    residency vector is filled before anything is read."""
+    from mcsafe._mcsafe import _read_mapped
+    f = failing_file(40 * PAGE, inject.page_ranges([9, 30]))
+    fd = os.open(f.path, os.O_RDONLY)
+    try:
+        sink, vec = bytearray(16 << 10), bytearray(b"\xff" * 64)
+        res = _read_mapped(fd, 40 * PAGE, sink, vec)
+        assert res.copied == 9 * PAGE and res.fault.offset == 9 * PAGE
+        assert (res.fault.side, res.fault.cause) == ("src", "io")
+        assert set(vec[:40]) <= {0, 1} and vec[40:] == b"\xff" * 24
+        assert _read_mapped(fd, 9 * PAGE, sink) == 9 * PAGE
+        assert bytes(sink[:PAGE]) == f.contents()[8 * PAGE:9 * PAGE]    # the last piece
+        assert _read_mapped(fd, 0, sink) == 0
+        with pytest.raises(ValueError):
+            _read_mapped(fd, 40 * PAGE, sink, bytearray(39))
+    finally:
+        os.close(fd)

@@ -10,11 +10,9 @@ thread, so that the scan starts at once and the ETA appears when they are known.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
-import socket
 import stat
 import sys
 import threading
@@ -136,6 +134,9 @@ class Output:
         seconds = time.time() - self.started
         code = s.exit_code(stopped)
         if self.as_json:
+            import datetime as dt
+            import socket
+
             self.out.write(json.dumps({
                 "type": "summary", "host": socket.gethostname(), "version": _version(),
                 "paths": self.paths,

@@ -19,13 +19,15 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import MappedFile, copy_report
-from .._mcsafe import buffer_address
-from ..pagecache import Snapshot, evict_cold, resident, sees_cache
+from .. import MappedFile
+from .._mcsafe import _read_mapped
+from ..pagecache import Snapshot, evict_cold, sees_cache
 from .stop import Stopped
 from .walk import Target, _kind_name
 
 SMALL = 1 << 20          # files up to this size are read by one mapped copy
+SINK = 16 << 10          # where their bytes are copied to, a piece at a time (in L1)
+PAGE = mmap.PAGESIZE
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 #: Every status a file can end with.
@@ -72,7 +74,8 @@ class Scanner:
         self.progress = progress
         self.stopped = stopped
         self.restore_cache = restore_cache
-        self.sink = bytearray(SMALL)
+        self.sink = bytearray(SINK)
+        self.residency = bytearray(SMALL // PAGE)      # mincore(2) of a small file
         self.seen: set[tuple[int, int]] = set()     # files with several links, scanned
 
     def scan(self, target: Target) -> FileReport | None:
@@ -118,7 +121,9 @@ class Scanner:
                 report.status, report.message = "error", f"{type(exc).__name__}: {exc}"
             if report.status == "interrupted" or kind != "file":
                 return report
-            _changed(fd, st, target, report)
+            # a file read in one call is only asked whether it changed; a longer
+            # read also whether its path still names it
+            _changed(fd, st, target, report, by_name=size > SMALL)
             return report
         finally:
             os.close(fd)
@@ -160,39 +165,34 @@ class Scanner:
 
     def _small(self, fd: int, st: os.stat_result, size: int) -> bool:
         """Read a small file with one mapped copy: True if no byte faulted."""
-        try:
-            m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        except ValueError:              # cut to nothing since the fstat: not ours to judge
-            return False
-        try:
-            before = None
-            if self.restore_cache and sees_cache(fd, st):
-                before = resident(buffer_address(m), size)
-            fault = copy_report(self.sink, m, size).fault
-        finally:
-            m.close()
-        if before is not None and 0 in before:
-            evict_cold(fd, 0, before)
-        return fault is None
+        vec = self.residency if self.restore_cache and sees_cache(fd, st) else None
+        clean = type(_read_mapped(fd, size, self.sink, vec)) is int
+        if vec is not None:
+            pages = -(-size // PAGE)
+            if vec.find(0, 0, pages) >= 0:
+                evict_cold(fd, 0, memoryview(vec)[:pages])
+        return clean
 
 
-def _changed(fd: int, st: os.stat_result, target: Target, report: FileReport) -> None:
+def _changed(fd: int, st: os.stat_result, target: Target, report: FileReport,
+             by_name: bool) -> None:
     """Say how the file changed during its scan, if it did: its size or its
-    modification time moved, or its path now names another file, or none."""
+    modification time moved, or (by_name) its path now names another file or none."""
     now = os.fstat(fd)
     if now.st_size != st.st_size:
         report.change = "grew" if now.st_size > st.st_size else "shrank"
         report.size_now = now.st_size
     elif now.st_mtime_ns != st.st_mtime_ns:
         report.change = "modified"
-    try:
-        there = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=target.named)
-        if (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
-            report.change = "replaced"
-    except FileNotFoundError:
-        report.change = "deleted"
-    except OSError:
-        pass
+    if by_name:
+        try:
+            there = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=target.named)
+            if (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+                report.change = "replaced"
+        except FileNotFoundError:
+            report.change = "deleted"
+        except OSError:
+            pass
     if report.change is None:
         report.size_now = None
         return

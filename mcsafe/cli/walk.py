@@ -12,7 +12,6 @@ when they hold a ``/``, and keep excluded directories unvisited.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 import stat
 from dataclasses import dataclass
@@ -69,6 +68,8 @@ class Walk:
         self.excluded = 0
 
     def excluded_name(self, path: str, name: str) -> bool:
+        import fnmatch
+
         for pattern in self.exclude:
             if fnmatch.fnmatchcase(path if "/" in pattern else name, pattern):
                 return True
@@ -79,7 +80,7 @@ class Walk:
             yield from self._named(path)
 
     def _named(self, path: str) -> Iterator[Item]:
-        if self.excluded_name(path, os.path.basename(path.rstrip("/")) or path):
+        if self.exclude and self.excluded_name(path, os.path.basename(path.rstrip("/")) or path):
             self.excluded += 1
             return
         try:
