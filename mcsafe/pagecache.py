@@ -50,7 +50,7 @@ def sees_cache(fd: int, st: os.stat_result | None = None) -> bool:
         return False
 
 
-def evict_cold(fd: int, offset: int, residency: bytes | bytearray) -> None:
+def evict_cold(fd: int, offset: int, residency: bytes | bytearray | memoryview) -> None:
     """Evict the pages of fd's file from offset (page-aligned) on whose residency
     byte is 0 (posix_fadvise DONTNEED, a run of pages a call)."""
     if 0 not in residency:
