@@ -208,6 +208,17 @@ def test_special_files_found_while_walking_are_skipped_and_said(tmp_path) -> Non
     assert f"mcsafe scan: {tree / 'fifo'}: a FIFO" in err
 
 
+def test_pseudo_file_systems_are_not_walked() -> None:
+    """procfs and sysfs: files whose sizes are not their contents (a 128 TiB
+    /proc/kcore, 4 KiB sysfs attributes that cannot be mapped) are not read."""
+    code, files, summary, err = scan_json("/proc", "/sys")
+    assert code == 0, err
+    assert {p: (o["status"], o["kind"]) for p, o in files.items()} == {
+        "/proc": ("skipped", "file system"), "/sys": ("skipped", "file system")}
+    assert files["/proc"]["message"] == \
+        "a proc file system: its files' sizes are not their contents"
+
+
 def test_symbolic_link_loops_end(tmp_path) -> None:
     tree = tmp_path / "loops"
     (tree / "d").mkdir(parents=True)

@@ -24,6 +24,12 @@ KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a cha
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
+#: File systems whose files' sizes are not their contents (or that hold none): a
+#: walk that reaches one of their mount points does not go in.
+PSEUDO_FS = {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2", "bpf",
+             "configfs", "pstore", "efivarfs", "fusectl", "devpts", "mqueue", "binfmt_misc",
+             "nsfs", "rpc_pipefs", "selinuxfs", "autofs"}
+
 
 @dataclass(frozen=True)
 class Target:
@@ -66,6 +72,7 @@ class Walk:
         self.symlinks = 0
         self.other_fs = 0
         self.excluded = 0
+        self._fs_types: dict[int, str] | None = None
 
     def excluded_name(self, path: str, name: str) -> bool:
         import fnmatch
@@ -97,12 +104,18 @@ class Walk:
             yield Note(path, "error", f"{kind}: not a regular file, block device or directory",
                        _kind_name(st.st_mode))
 
+    def fs_type(self, dev: int) -> str | None:
+        """The type of the file system on device dev (/proc/self/mountinfo)."""
+        if self._fs_types is None or dev not in self._fs_types:
+            self._fs_types = _mounted()
+        return self._fs_types.get(dev)
+
     def _tree(self, top: str, root_dev: int | None) -> Iterator[Item]:
         """Depth first, one open directory at a time: a directory's entries are
         listed (and it is closed) before its subdirectories are visited."""
-        pending = [top]
+        pending: list[tuple[str, int | None]] = [(top, None)]
         while pending:
-            path = pending.pop()
+            path, parent_dev = pending.pop()
             try:
                 # the named top is followed if a link; below it, nothing is
                 fd = os.open(path, _DIR_FLAGS & ~os.O_NOFOLLOW if path == top else _DIR_FLAGS)
@@ -114,8 +127,13 @@ class Walk:
                     yield Note(path, "error", f"cannot list: {_strerror(exc)}")
                 continue
             try:
-                if root_dev is not None and os.fstat(fd).st_dev != root_dev:
+                dev = os.fstat(fd).st_dev
+                if root_dev is not None and dev != root_dev:
                     self.other_fs += 1
+                    continue
+                if dev != parent_dev and self.fs_type(dev) in PSEUDO_FS:
+                    yield Note(path, "skipped", f"a {self.fs_type(dev)} file system: its "
+                               "files' sizes are not their contents", "file system")
                     continue
                 try:
                     entries = sorted(_list(fd))
@@ -131,7 +149,7 @@ class Walk:
                     elif kind == stat.S_IFREG:
                         yield Target(child, name, fd, False, root_dev)
                     elif kind == stat.S_IFDIR:
-                        subdirs.append(child)
+                        subdirs.append((child, dev))
                     elif kind == stat.S_IFLNK:
                         self.symlinks += 1
                     elif kind is None:
@@ -144,6 +162,22 @@ class Walk:
             finally:
                 os.close(fd)
             pending.extend(reversed(subdirs))
+
+
+def _mounted() -> dict[int, str]:
+    """Device number -> file system type of every mount (/proc/self/mountinfo)."""
+    out: dict[int, str] = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if " - " not in line or len(fields) < 3:
+                    continue
+                major, minor = fields[2].split(":")
+                out[os.makedev(int(major), int(minor))] = line.split(" - ", 1)[1].split()[0]
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def _list(fd: int) -> Iterator[tuple[str, int | None]]:
