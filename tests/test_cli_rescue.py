@@ -295,13 +295,30 @@ def test_in_place_onto_a_block_device(failing_file, loop_device, tmp_path) -> No
     dev = loop_device(backing)
     f = failing_file(8 * PAGE, inject.page_ranges([1]))
     p = rescue(f.path, dev)
-    assert p.returncode == 2 and "--in-place" in p.stderr
+    assert p.returncode == 2 and f"{dev} is a block device: say where the mapfile goes" in \
+        p.stderr
+    p = rescue("--map", tmp_path / "dev.map", f.path, dev)
+    assert p.returncode == 2 and "written in place only (--in-place)" in p.stderr
     p = rescue("--in-place", "--zero-fill", "--map", tmp_path / "dev.map", f.path, dev)
     assert p.returncode == 1, p.stderr
     with open(dev, "rb") as d:
         got = d.read()
     truth = f.contents()
     assert got == truth[:PAGE] + bytes(PAGE) + truth[2 * PAGE:] + b"D" * (8 * PAGE)
+
+
+def test_from_a_failing_block_device(failing_file, loop_device, tmp_path) -> None:
+    """SRC a loop device over a failing file (a failing disk): the same map as
+    ddrescue's, and the readable bytes."""
+    f = failing_file(64 * PAGE, inject.page_ranges([3, 40, 41]))
+    dev = loop_device(Path(f.path))
+    out = tmp_path / "disk.img"
+    p = rescue(dev, out)
+    assert p.returncode == 1, p.stderr
+    assert listed(tmp_path / "disk.img.map", "-") == [3, 40, 41]
+    ddrescue(dev, tmp_path / "theirs", tmp_path / "theirs.map", "--idirect")
+    assert blocks(tmp_path / "disk.img.map") == blocks(tmp_path / "theirs.map")
+    assert out.read_bytes() == (tmp_path / "theirs").read_bytes()
 
 
 def test_dst_that_fails_to_write_stops_with_a_consistent_mapfile(failing_file, tmp_path) -> None:

@@ -570,3 +570,43 @@ def test_the_small_file_reader_reads_whole_or_says_where_it_faulted(failing_file
             _read_mapped(fd, 40 * PAGE, sink, bytearray(39))
     finally:
         os.close(fd)
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_none(tmp_path) -> None:
+    """stderr a terminal (a pty): a tqdm bar with bytes and files; a pipe: nothing
+    on stderr unless --progress."""
+    import pty
+    tree = tmp_path / "bar"
+    tree.mkdir()
+    for i in range(5):
+        (tree / f"f{i}").write_bytes(os.urandom(100_000))
+    import fcntl
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a terminal
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mcsafe", "scan", str(tree)],
+                              stdout=subprocess.PIPE, stderr=slave, text=True, timeout=WAIT)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:                     # EIO: the pty's other end is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    text = seen.decode(errors="replace")
+    import re
+    # (the totals, counted in a thread, may come after so small a scan has ended)
+    assert re.search(r"scanned: .*488k.*\b5(/5)? files\]", text.replace("K", "k")), text
+    assert proc.stdout.startswith("scanned 5 files")
+    quiet = mcsafe("scan", tree)
+    assert quiet.stderr == ""
+    loud = mcsafe("scan", "--progress", tree)       # lines every 10 s: none in this one
+    assert loud.returncode == 0 and "Traceback" not in loud.stderr

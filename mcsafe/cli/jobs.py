@@ -197,7 +197,10 @@ def _work(conn: Any, restore_cache: bool) -> None:
 
     scanner = Scanner(progress, stop, restore_cache)
     while True:
-        batch = conn.recv()
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):     # the parent is gone (killed, or its stdout closed)
+            return
         if batch is None:
             return
         for path, named, root_dev in batch:

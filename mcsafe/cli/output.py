@@ -177,9 +177,7 @@ def byte_bar(total: int | None, desc: str) -> Any:
 
     tqdm.monitor_interval = 0
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.25, desc=desc,
-                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B {postfix} "
-                "[{elapsed}<{remaining}, {rate_fmt}]")
+                dynamic_ncols=True, mininterval=0.25, desc=desc)
 
 
 class Progress:

@@ -145,6 +145,10 @@ class Rescue:
         self.args = args
         self.stop = stop
         self.mappath = args.map or args.dst + ".map"
+        if args.map is None and os.path.exists(args.dst) and \
+                stat.S_ISBLK(os.stat(args.dst).st_mode):
+            raise RescueError(f"{args.dst} is a block device: say where the mapfile goes "
+                              "(--map MAPFILE)")
         self.sync = not args.no_sync
         self.started = dt.datetime.now()
         self.command = shlex.join(["mcsafe", "rescue", *sys.argv[2:]]) \
