@@ -40,6 +40,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+from ._libc import MAP_FAILED
+from ._libc import libc as _libc
+
 if TYPE_CHECKING:
     from ._failfs import FailingFile
 
@@ -49,17 +52,7 @@ METHODS = ("uffd", "madvise", "truncate", "mprotect")
 BUS_ADRERR, BUS_MCEERR_AR = 2, 4
 SEGV_ACCERR = 2
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.syscall.restype = ctypes.c_long
-
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
-MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_HWPOISON = 100
 SYS_userfaultfd = 323            # x86-64
 if os.uname().machine == "aarch64":

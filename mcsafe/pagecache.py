@@ -15,11 +15,11 @@ import mmap
 import os
 import stat
 
+from ._libc import libc
+
 PAGE = mmap.PAGESIZE
 CAP_FOWNER = 3
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 
 
 def _has_fowner() -> bool:
@@ -115,7 +115,7 @@ def resident(address: int, length: int) -> bytes:
     nonzero where the page is resident."""
     npages = -(-length // PAGE)
     vec = ctypes.create_string_buffer(npages)
-    if _libc.mincore(address, length, vec) != 0:
+    if libc.mincore(address, length, vec) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mincore: {os.strerror(err)}")
     return vec.raw

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from mcsafe import inject
 from mcsafe.cli.mapfile import Mapfile, MapfileError
 
-from test_cli_scan import WAIT, Inotify, Opens
+from test_cli_scan import WAIT, Inotify, inside
 
 PAGE = inject.PAGE
 
@@ -164,31 +164,34 @@ def test_a_rerun_reads_only_what_is_not_rescued(failing_file, tmp_path) -> None:
 
 def test_a_signal_leaves_dst_and_the_mapfile_consistent_and_a_rerun_finishes(
         failing_file, tmp_path) -> None:
-    """SIGINT once the rescue has opened SRC (inotify): exit 130, DST is
-    in place with what was rescued, the mapfile says so (the rest non-tried), no
-    temporary file is left; a rerun finishes and both runs together equal one."""
+    """SIGINT once the rescue is inside SRC (its first failing read, told by the FUSE
+    server): exit 130, DST is in place with what was rescued, the mapfile says so
+    (the rest non-tried), no temporary file is left; a rerun finishes and both runs
+    together equal one."""
     npages = (64 << 20) // PAGE
-    bad = list(range(1, npages, 2))                 # every other page: seconds of work
+    bad = list(range(1, npages, 16))
     f = failing_file(npages * PAGE, inject.page_ranges(bad))
     out = tmp_path / "out"
     out.write_bytes(b"old")
-    opens = Opens(f.path)
-    proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", f.path, str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        opens.wait(1)
-        assert out.read_bytes() == b"old"          # DST untouched until the end
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=WAIT)
-    finally:
-        opens.close()
-        proc.kill()
-        proc.wait()
+    hook, watch = inside(f)
+    with hook:
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", f.path, str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            watch.wait(1)
+            assert out.read_bytes() == b"old"          # DST untouched until the end
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=WAIT)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert "stopped by SIGINT" in err and "run again" in err
     assert sorted(os.listdir(tmp_path)) == ["out", "out.map"]
     m = Mapfile.load(str(tmp_path / "out.map"))
-    assert m.current_status == "?" and m.total("?") > 0
+    assert m.current_status == "?" and m.total("?") > 0 and m.total("+") >= PAGE
+    assert m.ranges("-")[0] == (PAGE, 2 * PAGE)
     truth = f.contents()
     data = out.read_bytes()
     assert len(data) == m.finished_end
@@ -208,7 +211,7 @@ def test_a_crash_in_place_leaves_a_mapfile_that_dst_agrees_with(failing_file, tm
     first), killed with SIGKILL after its fifth save (inotify): every byte the
     mapfile on disk says was rescued is in DST; a rerun from it finishes."""
     npages = (32 << 20) // PAGE
-    bad = list(range(1, npages, 2))
+    bad = list(range(1, npages, 16))
     f = failing_file(npages * PAGE, inject.page_ranges(bad))
     out = tmp_path / "out"
     saves = Inotify(tmp_path, Inotify.IN_MOVED_TO, "out.map")

@@ -96,14 +96,15 @@ def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch)
     data = inject.pattern(8 * PAGE)
     path.write_bytes(data)
     held, release = threading.Event(), threading.Event()
-    failed = MappedFile._probe_failed
+    from mcsafe.mapped.mapping import Window
+    failed = Window.probe_failed
 
-    def slow(self: MappedFile, word: int) -> None:
+    def slow(self: Window, word: int) -> None:
         held.set()
         release.wait(10)
         failed(self, word)
 
-    monkeypatch.setattr(MappedFile, "_probe_failed", slow)
+    monkeypatch.setattr(Window, "probe_failed", slow)
     mf = MappedFile(path)
     assert inject._libc.mprotect(mf._state[3], PAGE, 0) == 0     # the probe faults
     got: list[object] = []
@@ -244,7 +245,7 @@ def test_a_file_object_that_fails_to_open_leaves_no_noise() -> None:
 
 def _during_every_copy(mf: MappedFile, action) -> list[int]:
     """Run action() around every careful copy of mf (each copy is one try)."""
-    copy, tries = mf._copy, []
+    copy, tries = mf._careful.copy, []
 
     def wrapped(*args):
         tries.append(len(tries) + 1)
@@ -253,7 +254,7 @@ def _during_every_copy(mf: MappedFile, action) -> list[int]:
             return copy(*args)
         finally:
             action("after", len(tries))
-    mf._copy = wrapped
+    mf._careful.copy = wrapped
     return tries
 
 
@@ -278,7 +279,7 @@ def test_a_file_cut_and_written_again_during_every_careful_copy(tmp_path) -> Non
             tries = _during_every_copy(mf, churn)
             if mode == "write":
                 n = mf.write(b"\xcd" * 1000, 3 * PAGE)
-                del mf._copy
+                mf._careful.copy = mf._window.copy
                 mf.sync()
                 landed = path.read_bytes()[3 * PAGE:3 * PAGE + n]
                 assert landed == b"\xcd" * n, f"{n} counted, {landed.count(0xcd)} in the file"
@@ -319,7 +320,7 @@ def test_a_fault_in_the_last_try_is_reported_and_remembered(tmp_path) -> None:
         _during_every_copy(mf, touch)
         assert mf.write(b"\xcd" * (PAGE + 2000), 2 * PAGE - 500) == 500
         assert mf.bad_ranges() == [(2 * PAGE, 3 * PAGE)]
-        del mf._copy
+        mf._careful.copy = mf._window.copy
         with pytest.raises(MemoryFaultError) as err:
             mf.read(10, 2 * PAGE)
         assert err.value.errno == errno.EIO

@@ -379,7 +379,7 @@ def test_a_shrink_between_the_size_and_the_copy_is_a_short_count(tmp_path) -> No
     path.write_bytes(b"\xab" * (4 * PAGE))
     with MappedFile(path) as mf:
         os.truncate(path, 0)
-        real, lied = mf._refresh, []
+        real, lied = mf._window.refresh, []
 
         def stale_once() -> int:
             now = real()                  # the state follows the file to 0 bytes...
@@ -387,7 +387,7 @@ def test_a_shrink_between_the_size_and_the_copy_is_a_short_count(tmp_path) -> No
                 lied.append(now)
                 return 4 * PAGE           # ...but this call saw the size before the cut
             return now
-        mf._refresh = stale_once          # type: ignore[method-assign]
+        mf._window.refresh = stale_once          # type: ignore[method-assign]
         assert mf.readinto(bytearray(4 * PAGE), 100) == 0
         assert lied == [0] and mf.bad_ranges() == []
 
@@ -496,7 +496,7 @@ def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tm
     data = b"\xab" * (4 * PAGE)
     path.write_bytes(data)
     with MappedFile(path, "r+") as mf:
-        real, copies = mf._copy, []
+        real, copies = mf._careful.copy, []
 
         def cut_during(*args: object) -> object:
             os.truncate(path, PAGE)
@@ -507,12 +507,12 @@ def test_a_page_cut_and_written_again_under_every_retry_is_not_remembered_bad(tm
                     f.seek(PAGE)
                     f.write(data[PAGE:])
                 copies.append(1)
-        mf._copy = cut_during                  # type: ignore[method-assign]
+        mf._careful.copy = cut_during                  # type: ignore[method-assign]
         with pytest.raises(MemoryFaultError) as exc:
             mf.write(b"\xcd" * (2 * PAGE), 2 * PAGE)
         assert exc.value.errno == errno.EIO and exc.value.offset == 2 * PAGE
         assert len(copies) == 3 and mf.bad_ranges() == []
-        del mf._copy
+        mf._careful.copy = mf._window.copy
         assert mf.read(2 * PAGE, 2 * PAGE) == data[2 * PAGE:]
 
 
@@ -525,7 +525,7 @@ def test_a_cut_and_append_during_a_careful_copy_counts_no_dropped_byte(tmp_path)
     data = b"\xab" * (3 * PAGE + 2000)
     path.write_bytes(data)
     with MappedFile(path, "r+") as mf:
-        real, copies = mf._copy, []
+        real, copies = mf._careful.copy, []
 
         def cut_during(*args: object) -> object:
             if len(copies) < 2:
@@ -538,9 +538,9 @@ def test_a_cut_and_append_during_a_careful_copy_counts_no_dropped_byte(tmp_path)
                         f.seek(3 * PAGE + 100)
                         f.write(data[3 * PAGE + 100:])
                 copies.append(1)
-        mf._copy = cut_during                  # type: ignore[method-assign]
+        mf._careful.copy = cut_during                  # type: ignore[method-assign]
         got = mf.write(b"\xcd" * PAGE, 3 * PAGE)
-        del mf._copy
+        mf._careful.copy = mf._window.copy
         mf.sync()
         landed = path.read_bytes()[3 * PAGE:3 * PAGE + got]
         assert landed == b"\xcd" * got, f"{got} counted, {landed.count(0xcd)} in the file"

@@ -20,7 +20,6 @@ DST never extends past the last byte read.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import os
 import shlex
@@ -32,6 +31,7 @@ import time
 from typing import Any
 
 from .. import MappedFile
+from .._libc import libc
 from ..pagecache import Snapshot, sees_cache
 from .mapfile import BAD, FINISHED, Mapfile, MapfileError, sync_dir, umask
 from .output import byte_bar, size_text
@@ -40,8 +40,6 @@ from .stop import StopFlag, Stopped
 ZEROS = bytes(1 << 20)
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
 class RescueError(Exception):
@@ -96,8 +94,8 @@ class Destination:
         else written zeros."""
         if self.fresh and not self.device:
             return
-        if not self.device and _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE |
-                                               FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        if not self.device and libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE |
+                                              FALLOC_FL_KEEP_SIZE, offset, length) == 0:
             return
         self.fill(offset, length)
 
