@@ -84,18 +84,12 @@ def run(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("peer", ["mcsafe scan", "cat"])
-def test_scan_large(benchmark, large_tree: Path, peer: str) -> None:
-    benchmark.group = "scan-large"
-    benchmark.extra_info.update(peer=peer, bytes=LARGE_FILES * LARGE_SIZE)
-    benchmark.pedantic(run, args=(scan_peers(large_tree)[peer],), rounds=9 if FULL else 3,
-                       iterations=1, warmup_rounds=1)
-
-
-@pytest.mark.parametrize("peer", ["mcsafe scan", "cat"])
-def test_scan_small(benchmark, small_tree: Path, peer: str) -> None:
-    benchmark.group = "scan-small"
-    benchmark.extra_info.update(peer=peer, files=SMALL_DIRS * SMALL_FILES)
-    benchmark.pedantic(run, args=(scan_peers(small_tree)[peer],), rounds=9 if FULL else 3,
+@pytest.mark.parametrize("tree", ["large_tree", "small_tree"])
+def test_scan(benchmark, request, tree: str, peer: str) -> None:
+    top = request.getfixturevalue(tree)
+    benchmark.group = "scan-large" if tree == "large_tree" else "scan-small"
+    benchmark.extra_info.update(peer=peer)
+    benchmark.pedantic(run, args=(scan_peers(top)[peer],), rounds=9 if FULL else 3,
                        iterations=1, warmup_rounds=1)
 
 

@@ -21,6 +21,7 @@ from mcsafe import inject
 from mcsafe.cli.mapfile import Mapfile, MapfileError
 
 from test_cli_scan import WAIT, Inotify, inside
+from test_mapped_scrub import sparse
 
 PAGE = inject.PAGE
 
@@ -262,12 +263,7 @@ def test_holes_zero_fill_and_nothing_past_the_last_byte_read(failing_file, tmp_p
 
 def test_a_sparse_terabyte_stays_sparse(tmp_path) -> None:
     src = tmp_path / "sparse"
-    with open(src, "wb") as f:
-        f.truncate(1 << 40)
-        f.seek(1 << 30)
-        f.write(b"middle" * 1000)
-        f.seek((1 << 40) - 10)
-        f.write(b"end" * 3 + b"!")
+    sparse(src, 1 << 40, {1 << 30: b"middle" * 1000, (1 << 40) - 10: b"end" * 3 + b"!"})
     out = tmp_path / "out"
     p = rescue(src, out)
     assert p.returncode == 0, p.stderr

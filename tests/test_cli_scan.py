@@ -22,6 +22,8 @@ from mcsafe.cli.scanfile import Scanner
 from mcsafe.cli.stop import StopFlag
 from mcsafe.cli.walk import Target, Walk
 
+from test_mapped_scrub import sparse
+
 PAGE = inject.PAGE
 WAIT = 120          # seconds: a deadline for a child that should end, never a pace
 
@@ -151,10 +153,7 @@ def test_ten_thousand_small_files_and_one_failing(failing_file, tmp_path) -> Non
 
 def test_a_sparse_terabyte_is_scanned_by_its_data(tmp_path) -> None:
     path = tmp_path / "sparse"
-    with open(path, "wb") as f:
-        f.truncate(1 << 40)
-        f.seek(1 << 39)
-        f.write(b"data" * 1000)
+    sparse(path, 1 << 40, {1 << 39: b"data" * 1000})
     proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=WAIT)
@@ -519,12 +518,10 @@ def test_import_mcsafe_does_not_load_the_command_or_tqdm() -> None:
 
 
 def test_the_page_cache_is_left_as_found(tmp_path) -> None:
-    from test_mapped_scrub import _resident_of_path, evict, warm
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
     size = 16 << 20
     path = tmp_path / "cache"
-    with open(path, "wb") as f:
-        f.write(os.urandom(size))
-        os.fsync(f.fileno())
+    written(path, size)
     evict(path)
     warm(path, 0, 4 << 20)
     before = _resident_of_path(path, size)

@@ -142,11 +142,7 @@ def test_a_sparse_terabyte_is_scrubbed_by_its_data_only(tmp_path) -> None:
     counted: reading the holes would take 2**28)."""
     path = tmp_path / "sparse"
     at = [0, 1 << 39, (1 << 40) - 2 * PAGE]
-    with open(path, "wb") as f:
-        f.truncate(1 << 40)
-        for i, off in enumerate(at):
-            f.seek(off)
-            f.write(bytes([65 + i]) * 5000)
+    sparse(path, 1 << 40, {off: bytes([65 + i]) * 5000 for i, off in enumerate(at)})
     sink = Sink()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     with MappedFile(path) as mf:
@@ -191,6 +187,22 @@ def _resident_of(fd: int, size: int) -> bytes:
         libc.munmap(address, size)
 
 
+def written(path, size: int) -> None:
+    """A file of size random bytes, synced (so that eviction can drop every page)."""
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+        os.fsync(f.fileno())
+
+
+def sparse(path, size: int, data: dict[int, bytes]) -> None:
+    """A sparse file of size bytes holding only data (offset -> bytes)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, chunk in data.items():
+            f.seek(offset)
+            f.write(chunk)
+
+
 def evict(path, start: int = 0, length: int = 0) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -216,9 +228,7 @@ def test_restore_cache_evicts_what_it_read_and_keeps_what_was_cached(tmp_path) -
     Regions are 2 MiB so that no large folio straddles cached and uncached pages."""
     size, region = 40 << 20, 2 << 20
     path = tmp_path / "cold"
-    with open(path, "wb") as f:
-        f.write(os.urandom(size))
-        os.fsync(f.fileno())
+    written(path, size)
     evict(path)
     hot = [0, 3, 4, 9, 19]                          # regions of 2 MiB
     for r in hot:
@@ -256,9 +266,7 @@ def test_nothing_is_evicted_where_mincore_cannot_see_the_cache(tmp_path) -> None
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed: cannot drop capabilities")
     path = tmp_path / "theirs"
-    with open(path, "wb") as f:
-        f.write(os.urandom(8 << 20))
-        os.fsync(f.fileno())
+    written(path, 8 << 20)
     os.chown(path, 65534, 65534)
     os.chmod(path, 0o444)
     evict(path)
@@ -285,9 +293,7 @@ def test_a_tail_snapshot_gives_back_what_opening_read(tmp_path) -> None:
     and evicted after close() leaves a cold file cold."""
     size = 24 << 20
     path = tmp_path / "tail"
-    with open(path, "wb") as f:
-        f.write(os.urandom(size))
-        os.fsync(f.fileno())
+    written(path, size)
     evict(path)
     fd = os.open(path, os.O_RDONLY)
     try:
