@@ -16,7 +16,6 @@ import errno
 import mmap
 import os
 import stat
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import MappedFile
@@ -34,20 +33,41 @@ _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 STATUSES = ("clean", "bad", "changed", "interrupted", "vanished", "skipped", "error")
 
 
-@dataclass
 class FileReport:
     """What the scan of one path found (the JSON object of ``--json``)."""
 
-    path: str
-    status: str                     #: one of STATUSES
-    kind: str | None = None         #: "file", "block device", or what was skipped
-    size: int | None = None         #: bytes when opened
-    done: int = 0                   #: how far the scan got (== size when whole)
-    bad: list[tuple[int, int, str]] = field(default_factory=list)   #: (start, end, cause)
-    change: str | None = None       #: grew, shrank, modified, replaced, deleted
-    size_now: int | None = None     #: bytes when the scan ended, if it changed
-    message: str | None = None      #: why: for error, skipped, vanished, changed
-    link: tuple[int, int] | None = None   #: (st_dev, st_ino) of a file with several links
+    __slots__ = ("path", "status", "kind", "size", "done", "bad", "change", "size_now",
+                 "message", "link")
+
+    def __init__(self, path: str, status: str, kind: str | None = None,
+                 size: int | None = None, done: int = 0,
+                 bad: list[tuple[int, int, str]] | None = None, change: str | None = None,
+                 size_now: int | None = None, message: str | None = None,
+                 link: tuple[int, int] | None = None) -> None:
+        self.path = path
+        self.status = status            #: one of STATUSES
+        self.kind = kind                #: "file", "block device", or what was skipped
+        self.size = size                #: bytes when opened
+        self.done = done                #: how far the scan got (== size when whole)
+        self.bad = bad if bad is not None else []   #: (start, end, cause)
+        self.change = change            #: grew, shrank, modified, replaced, deleted
+        self.size_now = size_now        #: bytes when the scan ended, if it changed
+        self.message = message          #: why: for error, skipped, vanished, changed
+        self.link = link                #: (st_dev, st_ino) of a file with several links
+
+    def __repr__(self) -> str:
+        return f"FileReport({self.as_json()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FileReport) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for k, v in zip(self.__slots__, state):
+            setattr(self, k, v)
 
     @property
     def bad_bytes(self) -> int:

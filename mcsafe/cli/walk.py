@@ -14,8 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from typing import Iterator, NamedTuple, Sequence, Union
 
 #: What a walk found that it does not scan, by the kind of file.
 KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -31,8 +30,7 @@ PSEUDO_FS = {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgr
              "nsfs", "rpc_pipefs", "selinuxfs", "autofs"}
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """A file to scan: path as the user sees it; opened as name relative to dir_fd
     (an open directory of the walk, valid until the next item is asked for)
     when dir_fd is not None. named: given on the command line (followed if a
@@ -46,8 +44,7 @@ class Target:
     root_dev: int | None = None
 
 
-@dataclass(frozen=True)
-class Note:
+class Note(NamedTuple):
     """Something the walk did not scan. status: 'skipped' (not a file to scan:
     said, not an error) or 'error' (a path that could not be scanned)."""
 
