@@ -4,8 +4,9 @@ Workers are forked before anything else starts a thread. The walk stays in
 this process; targets go to the workers by path, in small batches (at most two
 outstanding per worker, so that memory stays bounded and the last big files
 spread over the workers), and reports and progress come back as they are made.
-A stop (see stop.py) is passed on to the workers, each of which ends the file
-it is reading as interrupted and scans no more. A worker that dies is replaced
+Each batch's reports come back in one message when it is done, progress within
+big files on the way. A stop (see stop.py) is passed on to the workers, each of
+which ends the file it is reading as interrupted and scans no more. A worker that dies is replaced
 by nothing: the files it had are reported as errors and the others go on.
 """
 
@@ -19,7 +20,7 @@ from .scanfile import FileReport, Scanner
 from .stop import SIGNALS, StopFlag
 from .walk import Item, Note, Target
 
-BATCH = 16                   # targets per message to a worker
+BATCH = 32                   # targets per message to a worker
 OUTSTANDING = 2              # batches a worker may hold
 PROGRESS_EVERY = 16 << 20    # bytes a worker reports progress after, within a file
 
@@ -143,20 +144,16 @@ class _Worker:
                 pass
 
     def receive(self, progress: Callable[[int], object]) -> list[FileReport]:
-        """Handle one message: the reports it carries (or, if the worker died,
+        """Handle one message: the reports of a batch done (or, if the worker died,
         error reports for the files it held)."""
         try:
-            kind, passed, payload = self.conn.recv()
+            kind, passed, reports = self.conn.recv()
         except (EOFError, OSError):
             return self._died()
         progress(passed)
-        if kind in ("report", "same"):      # a file's report, or a link to one reported
-            path = payload.path if kind == "report" else payload
-            if self.batches and path in self.batches[0]:
-                self.batches[0].remove(path)
-            return [payload] if kind == "report" else []
-        if kind == "done" and self.batches:
+        if kind == "done":
             self.batches.pop(0)
+            return [FileReport(*fields) for fields in reports]
         return []
 
     def _died(self) -> list[FileReport]:
@@ -181,8 +178,10 @@ class _Worker:
 
 
 def _work(conn: Any, restore_cache: bool) -> None:
-    """A worker: scan each batch it is sent, sending a report per file (with the
-    bytes passed since the last message) and 'done' per batch, until None."""
+    """A worker: scan each batch it is sent, sending the batch's reports when it is
+    done (one message: per-file messages cost small files more than their scan),
+    with the bytes passed since the last message, and progress within big files,
+    until None."""
     stop = StopFlag()
     for sig in SIGNALS:             # a stop is the parent's to decide; this one just stops
         signal.signal(sig, lambda signum, frame: setattr(stop, "signum", signum))
@@ -203,12 +202,12 @@ def _work(conn: Any, restore_cache: bool) -> None:
             return
         if batch is None:
             return
+        reports = []
         for path, named, root_dev in batch:
             if stop():
                 break
             report = scanner.scan(Target(path, path, None, named, root_dev))
-            conn.send(("report", passed, report) if report is not None else
-                      ("same", passed, path))
-            passed = 0
-        conn.send(("done", passed, None))
+            if report is not None:          # (None: a link to a file already reported)
+                reports.append(report.fields())     # tuples: the cheapest to pickle
+        conn.send(("done", passed, reports))
         passed = 0

@@ -62,12 +62,10 @@ class FileReport:
         return isinstance(other, FileReport) and all(
             getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
-    def __getstate__(self) -> tuple[object, ...]:
-        return tuple(getattr(self, k) for k in self.__slots__)
-
-    def __setstate__(self, state: tuple[object, ...]) -> None:
-        for k, v in zip(self.__slots__, state):
-            setattr(self, k, v)
+    def fields(self) -> tuple[Any, ...]:
+        """Every field, in __init__'s order: FileReport(*r.fields()) is r again."""
+        return (self.path, self.status, self.kind, self.size, self.done, self.bad,
+                self.change, self.size_now, self.message, self.link)
 
     @property
     def bad_bytes(self) -> int:
