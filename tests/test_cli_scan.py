@@ -614,3 +614,22 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_none(tmp_path) -> None:
     assert quiet.stderr == ""
     loud = mcsafe("scan", "--progress", tree)       # lines every 10 s: none in this one
     assert loud.returncode == 0 and "Traceback" not in loud.stderr
+
+
+def test_jobs_batches_are_bounded_in_files_and_bytes(tmp_path) -> None:
+    """What a worker gets at once: 32 files, or 64 MiB of them (a bigger file alone),
+    so that a tree of big files spreads over the workers."""
+    from mcsafe.cli.jobs import _next_batch
+    tree = tmp_path / "batches"
+    tree.mkdir()
+    for i in range(40):
+        (tree / f"a{i:02d}").write_bytes(b"x")
+    for i in range(3):
+        sparse(tree / f"b{i}", 70 << 20, {})
+    sparse(tree / "c", 10 << 20, {})
+    it = iter(Walk([str(tree)]))
+    sizes = []
+    while (batch := _next_batch(it, lambda r: None)) is not None:
+        sizes.append([os.path.basename(p) for p, _, _ in batch])
+    assert [len(b) for b in sizes] == [32, 9, 1, 1, 1]
+    assert sizes[1][-1] == "b0" and sizes[2:] == [["b1"], ["b2"], ["c"]]

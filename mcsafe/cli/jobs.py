@@ -20,7 +20,8 @@ from .scanfile import FileReport, Scanner
 from .stop import SIGNALS, StopFlag
 from .walk import Item, Note, Target
 
-BATCH = 32                   # targets per message to a worker
+BATCH = 32                   # targets per message to a worker, at most
+BATCH_BYTES = 64 << 20       # and bytes of files (a batch's reports come when it is done)
 OUTSTANDING = 2              # batches a worker may hold
 PROGRESS_EVERY = 16 << 20    # bytes a worker reports progress after, within a file
 
@@ -100,15 +101,21 @@ def scan_in_workers(items: Iterable[Item], jobs: int, emit: Emit, progress: Call
 
 
 def _next_batch(it: Any, emit: Emit) -> list[tuple[str, bool, int | None]] | None:
-    """Up to BATCH targets from the walk (notes are emitted on the way); None once
-    the walk is over and nothing was taken."""
+    """Up to BATCH targets or BATCH_BYTES of files from the walk (a bigger file goes
+    alone), so that big files spread over the workers; notes are emitted on the
+    way. None once the walk is over and nothing was taken."""
     batch: list[tuple[str, bool, int | None]] = []
+    nbytes = 0
     for item in it:
         if isinstance(item, Note):
             emit(note_report(item))
             continue
         batch.append((item.path, item.named, item.root_dev))
-        if len(batch) == BATCH:
+        try:
+            nbytes += os.stat(item.name, dir_fd=item.dir_fd, follow_symlinks=item.named).st_size
+        except OSError:
+            pass                    # the worker says what became of it
+        if len(batch) == BATCH or nbytes >= BATCH_BYTES:
             return batch
     return batch or None
 
