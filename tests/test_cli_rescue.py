@@ -163,6 +163,32 @@ def test_a_rerun_reads_only_what_is_not_rescued(failing_file, tmp_path) -> None:
     assert (mapfile.current_pass, mapfile.current_status) == (2, "+")
 
 
+def test_a_retry_run_stopped_says_it_was_retrying(failing_file, tmp_path) -> None:
+    """A run that only retries bad blocks, stopped inside SRC (its first failing read,
+    told by the FUSE server): the mapfile's current status is '-' (retrying), not the
+    '+' (finished) the run before it left."""
+    f = failing_file(64 * PAGE, inject.page_ranges([5, 20]))
+    out = tmp_path / "out"
+    assert rescue(f.path, out).returncode == 1
+    assert Mapfile.load(str(tmp_path / "out.map")).current_status == "+"
+    hook, watch = inside(f)
+    with hook:
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", f.path, str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            watch.wait(1)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=WAIT)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    m = Mapfile.load(str(tmp_path / "out.map"))
+    assert (m.current_status, m.current_pass) == ("-", 2)
+    assert m.ranges("-") == inject.page_ranges([5, 20])
+
+
 def test_a_signal_leaves_dst_and_the_mapfile_consistent_and_a_rerun_finishes(
         failing_file, tmp_path) -> None:
     """SIGINT once the rescue is inside SRC (its first failing read, told by the FUSE

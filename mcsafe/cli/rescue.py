@@ -33,7 +33,7 @@ from typing import Any
 from .. import MappedFile
 from .._libc import libc
 from ..pagecache import Snapshot, sees_cache
-from .mapfile import BAD, FINISHED, Mapfile, MapfileError, sync_dir, umask
+from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
 from .output import byte_bar, size_text
 from .stop import StopFlag, Stopped
 
@@ -211,6 +211,8 @@ class Rescue:
 
     def _copy(self, src: MappedFile, mapfile: Mapfile, dst: Destination, size: int) -> None:
         todo = [(a, min(b, size)) for a, b in mapfile.ranges("?*/-") if a < size]
+        # ddrescue's phases: copying what was never tried, else retrying bad blocks
+        mapfile.current_status = NON_TRIED if mapfile.total("?*/") else BAD
         bar = self._bar(sum(b - a for a, b in todo))
         in_place = dst.temp is None
         restore = sees_cache(src.fileno())

@@ -58,10 +58,6 @@ class FileReport:
     def __repr__(self) -> str:
         return f"FileReport({self.as_json()!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FileReport) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__)
-
     def fields(self) -> tuple[Any, ...]:
         """Every field, in __init__'s order: FileReport(*r.fields()) is r again."""
         return (self.path, self.status, self.kind, self.size, self.done, self.bad,
@@ -110,13 +106,13 @@ class Scanner:
                 kind, size = "file", st.st_size
             elif stat.S_ISBLK(st.st_mode) and target.named:
                 kind, size = "block device", os.lseek(fd, 0, os.SEEK_END)
-            else:
-                # it was something else when walked, or is not a file to scan
-                return FileReport(path, "changed" if not target.named else "error",
-                                  _kind_name(st.st_mode), message="replaced by a "
-                                  f"{_kind_name(st.st_mode)} before it could be scanned"
-                                  if not target.named else "not a regular file or block device",
-                                  change="replaced" if not target.named else None)
+            else:       # it was something else when walked, or is not a file to scan
+                what = _kind_name(st.st_mode)
+                if target.named:
+                    return FileReport(path, "error", what,
+                                      message="not a regular file or block device")
+                return FileReport(path, "changed", what, change="replaced",
+                                  message=f"replaced by a {what} before it could be scanned")
             if target.root_dev is not None and st.st_dev != target.root_dev:
                 return None                        # mounted over from another file system
             link = None
