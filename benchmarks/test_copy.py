@@ -93,6 +93,7 @@ def test_copy_interleaved(benchmark, peers, cysignals_peer, size: int) -> None:
     times: dict[str, list[float]] = {p: [] for p in PEERS}
     order = list(PEERS)
     peers.setjmp_install()
+    mcsafe.install()       # in front of the setjmp peer's handler, as docs/HANDLER.md says
     try:
         for _ in range(rounds + 1):
             random.shuffle(order)

@@ -80,15 +80,40 @@ STACK_POINTER = {EM_X86_64: 4}
 
 
 def _unsafe(machine: int, h: Handler) -> str | None:
+    """Why a descriptor is dangerous (docs/FORMAT.md, "Safety rules"), or None.
+
+    The runtime writes two things: the fault record, through the register
+    ``rec`` names, and an ``errno`` entry's ``reg``. Neither may be the stack
+    pointer, nor a register the handler reads for the same fault (a
+    ``short_copy``'s count, source and destination; an ``errno``'s rec, read
+    after its reg is set)."""
     sp = STACK_POINTER.get(machine)
+
+    def name(reg: int) -> str:
+        return str(register_name(machine, reg))
+
     if sp is not None and h.rec_reg == sp:
-        return (f"rec register {register_name(machine, sp)} is the stack pointer "
+        return (f"rec register {name(sp)} is the stack pointer "
                 "(the handler would write over the interrupted stack)")
     if sp is not None and h.kind == Kind.ERRNO and h.reg == sp:
-        return f"errno register {register_name(machine, sp)} is the stack pointer"
+        return f"errno register {name(sp)} is the stack pointer"
+    if sp is not None and h.kind == Kind.SHORT_COPY and h.reg == sp:
+        return (f"short_copy count register {name(sp)} is the stack pointer (a stack "
+                "address as a byte count would claim faults far past the buffers)")
     if h.kind == Kind.SHORT_COPY and h.src_reg == NOREG and h.dst_reg == NOREG:
         return "short_copy names neither a src nor a dst register (it would claim every " \
                "fault at its PC)"
+    if h.rec_reg != NOREG and h.kind == Kind.SHORT_COPY:
+        for role, reg, why in (
+                ("count", h.reg, "at an address that is a byte count"),
+                ("src", h.src_reg, "through the source pointer that faulted"),
+                ("dst", h.dst_reg, "over the destination the copy reports as copied")):
+            if reg == h.rec_reg:
+                return (f"rec register {name(reg)} is also the {role} register (the handler "
+                        f"would write the fault record {why})")
+    if h.rec_reg != NOREG and h.kind == Kind.ERRNO and h.reg == h.rec_reg:
+        return (f"rec register {name(h.reg)} is also the errno register (the handler sets "
+                "it to imm, then writes the fault record through it)")
     return None
 
 

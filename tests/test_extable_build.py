@@ -230,3 +230,18 @@ def test_et_exec_non_pie_executable(tmp_path) -> None:
     assert all(e["start"] >= 0x400000 for e in d["entries"])
     if __import__("platform").machine() == "x86_64":
         assert subprocess.run([str(exe)]).returncode == 0      # still runs after the edit
+
+
+def test_errno_handler_whose_record_register_is_its_target_is_refused(fresh, tmp_path) -> None:
+    # The runtime sets reg to imm, then writes the fault record through rec: the
+    # same register would send the record to address imm (issue 17, item 12).
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[handlers.bad]\nkind = "errno"\nreg = "rax"\nrecord = "rax"\nimm = -5\n\n'
+                    '[[rules]]\nmatch = "copy_byte"\nhandler = "bad"\n')
+    so = fresh("x86")
+    p = run_cli("build", so, "-o", tmp_path / "out.so", "--spec", spec)
+    assert p.returncode != 0
+    assert p.stderr.strip().endswith(
+        "descriptor 0 (bad): rec register rax is also the errno register (the handler sets "
+        "it to imm, then writes the fault record through it)"), p.stderr
+    assert not (tmp_path / "out.so").exists()

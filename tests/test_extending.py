@@ -223,7 +223,8 @@ def test_file_replaced_on_disk_by_another_build_is_refused(protected, tmp_path) 
 
 def test_file_replaced_by_one_whose_table_is_elsewhere_is_refused(protected, tmp_path) -> None:
     # Same build-id and program headers, but its table section names an address
-    # the loaded object does not have: proved outside before any byte is read.
+    # the loaded object does not have: another file (device and inode), refused
+    # before any of it is read.
     other = tmp_path / "moved.so"
     shutil.copyfile(protected, other)
     patch_section(other, addr=0x40000000)
@@ -233,7 +234,9 @@ def test_file_replaced_by_one_whose_table_is_elsewhere_is_refused(protected, tmp
         os.replace({str(other)!r}, {str(protected)!r})
     """, REGISTER_AND_REPORT.format(so=str(protected)))
     assert p.returncode == 0, p.stderr
-    assert re.match(outside(protected), p.stdout), p.stdout
+    assert p.stdout.strip() == (f"TableError: {protected}: the file is not the loaded object "
+                                "(another file is at its path now): was it replaced after it "
+                                "was loaded?")
 
 
 @pytest.mark.parametrize("how", ["unmapped address", "past the object"])
@@ -300,9 +303,9 @@ def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_pa
 def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
         tmp_path, replaced: bool) -> None:
     # No build-id: two builds whose code differs by one instruction have the same
-    # program headers, so only the code itself tells the file that is loaded from
-    # one put in its place. The table is read from the file: it must be the
-    # loaded object's, or nothing is published.
+    # program headers, so neither tells the file that is loaded from one put in
+    # its place; the file's identity (device and inode) does. The table is read
+    # from the file: it must be the loaded object's, or nothing is published.
     unreserved = unreserved_source(tmp_path)
     source = unreserved.read_text()
     other = tmp_path / "other.c"
@@ -321,8 +324,8 @@ def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
     assert p.returncode == 0, p.stderr
     if replaced:
         assert p.stdout.strip() == (
-            f"TableError: {so}: the file is not the loaded object (it has no build-id, and "
-            "its code differs from the loaded code): was it replaced after it was loaded?")
+            f"TableError: {so}: the file is not the loaded object (another file is at its "
+            "path now): was it replaced after it was loaded?")
     else:
         assert p.stdout.strip() == "registered"
 
@@ -352,7 +355,7 @@ def test_register_unregister_churn_frees_what_it_retires(protected) -> None:
         so = {str(protected)!r}
         ctypes.CDLL(so)
         mcsafe.register(so)
-        key = registry._keys[so]
+        key = registry._key_of(so)
         with open(so, "rb") as f:
             size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
         assert _mcsafe._unregister_table(key)
@@ -453,10 +456,22 @@ X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",
                                      "(aarch64's sp is not one of x0..x30)")
 
 
+# sum_load's descriptor: kind, flags, side, reg (count), src, dst, rec at offsets 0..6
+COUNT, SRC = (6, 7) if __import__("platform").machine() == "x86_64" else (1, 3)
+
+
 @pytest.mark.parametrize("how,words", [
     pytest.param("rec_sp", "rec register rsp is the stack pointer", marks=X86_ONLY),
     pytest.param("errno_sp", "errno register", marks=X86_ONLY),
+    pytest.param("count_sp", "short_copy count register rsp is the stack pointer",
+                 marks=X86_ONLY),
     ("no_buffers", "names neither a src nor a dst register"),
+    # the record written through the copy's own registers (issue 17, item 12)
+    ("rec_src", "is also the src register (the handler would write the fault record "
+                "through the source pointer that faulted)"),
+    ("rec_count", "is also the count register"),
+    ("rec_dst", "is also the dst register (the handler would write the fault record over "
+                "the destination the copy reports as copied)"),
 ])
 def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how: str,
                                                                    words: str) -> None:
@@ -469,6 +484,14 @@ def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how
         data = struct.unpack_from("<I", blob, off + entries_off + 12)[0]   # probe_read's
         assert data & 0xFF == 3
         struct.pack_into("<I", blob, off + entries_off + 12, (data & ~0xF00) | (4 << 8))
+    elif how == "count_sp":
+        blob[off + descs_off + 3] = 4                     # count = rsp
+    elif how == "rec_src":
+        blob[off + descs_off + 6] = SRC
+    elif how == "rec_count":
+        blob[off + descs_off + 6] = COUNT
+    elif how == "rec_dst":
+        blob[off + descs_off + 5] = blob[off + descs_off + 6] = 2     # dst = rec = rdx / x2
     else:
         blob[off + descs_off + 4] = 0xFF                  # src = none, dst = none
     protected.write_bytes(bytes(blob))
@@ -476,9 +499,21 @@ def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how
     assert v.returncode != 0 and words in v.stderr, v.stderr
     assert len(v.stderr.strip().splitlines()) == 1
     before = mcsafe.published_tables()
-    with pytest.raises(mcsafe.TableError, match=words):
+    with pytest.raises(mcsafe.TableError, match=re.escape(words)):
         mcsafe.register(protected)
     assert mcsafe.published_tables() == before
+
+
+def test_build_refuses_a_record_naming_the_copys_source(tmp_path) -> None:
+    src = tmp_path / "rec_src.c"
+    text, n = re.subn(r"src=(\d+), name=sum_load", r"src=\1, rec=\1, name=sum_load",
+                      EXAMPLE.read_text())
+    assert n == 2                         # x86-64 and aarch64
+    src.write_text(text)
+    so = compile_so(src, tmp_path / "rec_src.so")
+    b = run_cli("build", so, "--in-place")
+    assert b.returncode != 0 and "is also the src register" in b.stderr, b.stderr
+    assert len(b.stderr.strip().splitlines()) == 1
 
 
 @X86_ONLY

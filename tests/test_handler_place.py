@@ -166,35 +166,10 @@ def test_crash_forwarded_to_a_handler_that_returns_dies_instead_of_spinning() ->
     assert "armed True" in p.stdout and "survived" not in p.stdout
 
 
-@pytest.mark.parametrize("sig,method,access", [
-    # a write to a PROT_NONE page (SEGV_ACCERR): the page's protection is checked
-    # after the previous handler returns, and it still lacks the write
-    (signal.SIGSEGV, "mprotect", "ctypes.memset(r.address + inject.PAGE, 1, 1)"),
-    # a read past the end of a file that shrank (SIGBUS, BUS_ADRERR): the cause
-    # cannot be probed without touching the page, so it counts as remaining
-    (signal.SIGBUS, "truncate", "ctypes.string_at(r.address + inject.PAGE, 8)"),
-])
-def test_inert_handler_dies_after_bounded_retries(handlers, sig: int, method: str,
-                                                  access: str) -> None:
-    # In libc, not ours: forwarded to a handler that returns having fixed nothing.
-    p = with_lib(handlers, f"""
-        import mcsafe
-        from mcsafe import inject
-        lib.install_inert({int(sig)})
-        mcsafe.install()
-        with inject.region({method!r}, 2, [1]) as r:
-            print("armed", flush=True)
-            {access}
-        print("survived", flush=True)
-    """, timeout=20)
-    assert p.returncode == -sig, p.stderr
-    assert "armed" in p.stdout and "survived" not in p.stdout
-
-
 def test_guard_page_handler_that_fixes_and_returns_keeps_working(handlers) -> None:
     # A JIT guard page: the handler makes the page writable and returns. The same
-    # store, with the same registers, faults 500 times: each is a new fault, not a
-    # recurrence, because the handler removed the cause each time.
+    # store, with the same registers, faults 500 times, and each reaches the
+    # handler, as without mcsafe.
     p = with_lib(handlers, """
         import mcsafe
         lib.install_guard.restype = ctypes.c_void_p
@@ -350,11 +325,12 @@ def test_one_shot_previous_handler_runs_once_then_the_default_applies(handlers) 
 def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
         handlers, altstack: bool, copies: bool) -> None:
     # mcsafe, then a handler that saved mcsafe and calls it directly for faults
-    # not its own, then install() again: mcsafe forwards to that handler, which
-    # calls mcsafe, which forwarded to it again, until the stack (or the small
-    # alternate stack faulthandler leaves) overflowed, also when it passes a copy of
-    # the siginfo on. The loop is cut at once:
-    # death by the original signal after one pass through the chain.
+    # not its own, then install() again: the new generation in front forwards to
+    # that handler, which calls the generation it saved, whose previous action is
+    # SIG_DFL: death by the original signal after one pass through the chain, as
+    # without mcsafe (it used to recurse until the stack, or the small alternate
+    # stack faulthandler leaves, overflowed), also when it passes a copy of the
+    # siginfo on.
     p = with_lib(handlers, """
         import faulthandler
         if ALTSTACK:
@@ -375,13 +351,13 @@ def test_handler_that_chains_back_to_mcsafe_after_a_second_install_dies_once(
     assert p.stderr.count("chainer") == 1, p.stderr.count("chainer")
 
 
-def test_threads_that_forwarded_once_do_not_take_the_slot_of_one_still_forwarding(
+def test_reraise_reaches_the_generation_below_while_other_threads_forward(
         handlers) -> None:
-    # One thread sits in a faulthandler-like previous handler (it will restore
-    # mcsafe and re-raise) while 70 other threads each have a signal forwarded
-    # and return. A thread keeps its slot only while it needs it, so those 70
-    # leave the waiting thread's forward alone: its re-raise is seen as nested
-    # and ends in death by SIGBUS after one pass, not a loop through the handler.
+    # One thread sits in a faulthandler-like handler (it will restore what it saved,
+    # mcsafe's first generation, and re-raise) while 70 other threads each have a
+    # signal forwarded to it and return. The re-raise then reaches the generation
+    # it restored, whose previous action is SIG_DFL: death by SIGBUS after one
+    # pass, as without mcsafe, not a loop through the handler.
     p = with_lib(handlers, """
         import signal, threading
         import mcsafe
@@ -431,7 +407,7 @@ def test_fork_while_a_c_thread_churns_the_registry(handlers, tmp_path) -> None:
         from elftools.elf.elffile import ELFFile
         ctypes.CDLL({str(so)!r})
         mcsafe.register({str(so)!r})
-        key = registry._keys[{str(so)!r}]
+        key = registry._key_of({str(so)!r})
         with open({str(so)!r}, "rb") as f:
             size = ELFFile(f).get_section_by_name("extable_table")["sh_size"]
         assert mcsafe.unregister({str(so)!r})

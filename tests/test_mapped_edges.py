@@ -203,15 +203,34 @@ def _maps() -> int:
         return len(f.readlines())
 
 
+def _fds_and_maps_of(path) -> tuple[int, int]:
+    """Descriptors and mappings of this process that hold the file at path (by
+    device and inode: other mappings come and go with malloc and threads)."""
+    st = os.stat(path)
+    fds = sum(1 for fd in os.listdir("/proc/self/fd")
+              if _same_file(f"/proc/self/fd/{fd}", st))
+    with open("/proc/self/maps") as f:
+        maps = sum(1 for line in f if int(line.split()[4]) == st.st_ino
+                   and line.split()[3] == f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}")
+    return fds, maps
+
+
+def _same_file(link: str, st: os.stat_result) -> bool:
+    try:
+        other = os.stat(link)
+    except OSError:
+        return False
+    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
+
+
 def test_a_mapped_file_dropped_open_is_closed_with_a_resource_warning(tmp_path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"\x01" * PAGE)
-    fds, maps = len(os.listdir("/proc/self/fd")), _maps()
     with pytest.warns(ResourceWarning, match="unclosed <MappedFile"):
         for _ in range(20):
             MappedFile(path).read(10)
         gc.collect()
-    assert len(os.listdir("/proc/self/fd")) == fds and _maps() <= maps
+    assert _fds_and_maps_of(path) == (0, 0)
 
 
 def test_dropped_open_it_is_closed_even_when_the_warning_is_an_error(tmp_path) -> None:

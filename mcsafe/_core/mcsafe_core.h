@@ -153,13 +153,27 @@ struct mcsafe_ao_record {
 /* Copies up to max of the newest records into out; total = notices ever seen. */
 size_t mcsafe_ao_read(struct mcsafe_ao_record *out, size_t max, unsigned long *total);
 
-int mcsafe_install(void);                 /* idempotent; 0 or -1 with errno */
+/* Put mcsafe in front of the SIGSEGV and SIGBUS actions installed now, each
+ * place in a chain its own generation (docs/HANDLER.md); idempotent. 0, or -1
+ * with errno (ENOSPC: all MCSAFE_GENERATIONS of a signal are taken). */
+#define MCSAFE_GENERATIONS 48
+int mcsafe_install(void);
+int mcsafe_generations_taken(int sig);    /* how many install() has taken for sig */
 /* For a runtime that owns the SIGBUS/SIGSEGV handler: call it first from that
  * handler. 1 if the fault was a copy's and the context was rewritten to resume
  * it (return from the handler at once), 0 if it is not mcsafe's (handle it as
- * if mcsafe did not exist). Async-signal-safe; preserves errno. */
+ * if mcsafe did not exist). Async-signal-safe; preserves errno; blocks every
+ * signal while it looks the fault up. */
 int mcsafe_handle_fault(int sig, siginfo_t *info, void *ucontext);
-int mcsafe_handler_active(void);          /* still the installed SIGBUS and SIGSEGV handler? */
+/* Whether one of mcsafe's entries is the installed action for sig; *handler
+ * (if not NULL) gets the installed handler's address. */
+int mcsafe_in_front(int sig, uintptr_t *handler);
+int mcsafe_handler_active(void);          /* in front for both SIGBUS and SIGSEGV? */
+/* Where a handler lives: its object's file name, the dynamic symbol exactly
+ * at it (NULL if none: a static function) and its address in that file (less
+ * the load bias); 0 if it lies in no loaded object. */
+int mcsafe_handler_origin(uintptr_t address, const char **file, const char **symbol,
+                          uintptr_t *vaddr);
 unsigned long mcsafe_claimed_count(void); /* faults claimed so far, all threads */
 /* Whether this thread blocks SIGBUS or SIGSEGV. The kernel then kills the
  * process on any such fault (it forces the default action on a blocked

@@ -125,6 +125,9 @@ static void after_fork_in_parent(void)
 
 static void reset_in_child(void)
 {
+    /* The forking thread is not inside a lookup (it is not in a handler with
+     * every signal blocked): any count left is other threads', gone here. */
+    atomic_store(&mcsafe_readers, 0);
     pthread_mutex_init(&writer_lock, NULL);
     pthread_mutex_init(&phdr_lock, NULL);
     atomic_store(&phdr_owner, 0);
@@ -245,11 +248,14 @@ static const char *reg_name(uint8_t reg, char *buf, size_t len)
     return buf;
 }
 
-/* The rules a descriptor must follow to be safe, not merely well-formed: the
- * handler writes the fault record through `rec` and the immediate into an
- * errno entry's `reg`, so neither may be the stack pointer (it would write over
- * the interrupted stack); a short_copy must name the buffer(s) it copies, or
- * it would claim every fault at its PC. docs/FORMAT.md lists them. */
+/* The rules a descriptor must follow to be safe, not merely well-formed, as
+ * extable/compiler.py's _unsafe() (docs/FORMAT.md, "Safety rules"): the
+ * handler writes the fault record through `rec` and an errno entry's immediate
+ * into `reg`; neither may be the stack pointer, nor a register the handler
+ * reads for the same fault (a short_copy's count, src and dst; an errno's rec,
+ * read after reg is set). A short_copy must name the buffer(s) it copies, or
+ * it would claim every fault at its PC, and its count is not the stack
+ * pointer. */
 static int check_desc(const struct extable_desc *d, uint32_t i, uint32_t strings_size,
                       char *err, size_t errlen)
 {
@@ -271,10 +277,31 @@ static int check_desc(const struct extable_desc *d, uint32_t i, uint32_t strings
     if (d->kind == EXTABLE_KIND_ERRNO && d->reg == MCSAFE_ARCH_SP)
         return fail(err, errlen, "descriptor %u: errno register %s is the stack pointer", i,
                     reg_name(d->reg, rb, sizeof rb));
+    if (d->kind == EXTABLE_KIND_SHORT_COPY && d->reg == MCSAFE_ARCH_SP)
+        return fail(err, errlen, "descriptor %u: short_copy count register %s is the stack "
+                    "pointer (a stack address as a byte count would claim faults far past "
+                    "the buffers)", i, reg_name(d->reg, rb, sizeof rb));
     if (d->kind == EXTABLE_KIND_SHORT_COPY && d->src_reg == EXTABLE_NOREG
         && d->dst_reg == EXTABLE_NOREG)
         return fail(err, errlen, "descriptor %u: short_copy names neither a src nor a dst "
                     "register (it would claim every fault at its PC)", i);
+    if (d->rec_reg != EXTABLE_NOREG && d->kind == EXTABLE_KIND_SHORT_COPY) {
+        static const struct { const char *role, *why; } read[] = {
+            {"count", "at an address that is a byte count"},
+            {"src", "through the source pointer that faulted"},
+            {"dst", "over the destination the copy reports as copied"},
+        };
+        const uint8_t used[] = {d->reg, d->src_reg, d->dst_reg};
+        for (size_t r = 0; r < sizeof used; r++)
+            if (used[r] == d->rec_reg)
+                return fail(err, errlen, "descriptor %u: rec register %s is also the %s "
+                            "register (the handler would write the fault record %s)", i,
+                            reg_name(d->rec_reg, rb, sizeof rb), read[r].role, read[r].why);
+    }
+    if (d->rec_reg != EXTABLE_NOREG && d->kind == EXTABLE_KIND_ERRNO && d->reg == d->rec_reg)
+        return fail(err, errlen, "descriptor %u: rec register %s is also the errno register "
+                    "(the handler sets it to imm, then writes the fault record through it)",
+                    i, reg_name(d->reg, rb, sizeof rb));
     if (d->name_off >= strings_size && strings_size)
         return fail(err, errlen, "descriptor %u name is out of range", i);
     return 0;

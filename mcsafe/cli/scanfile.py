@@ -19,7 +19,7 @@ import stat
 from typing import Any, Callable
 
 from .. import MappedFile
-from .._mcsafe import _read_mapped
+from .._mcsafe import _ensure_front, _read_mapped
 from ..pagecache import Snapshot, evict_cold, sees_cache
 from .stop import Stopped
 from .walk import Target, _kind_name
@@ -91,6 +91,7 @@ class Scanner:
         self.sink = bytearray(SINK)
         self.residency = bytearray(SMALL // PAGE)      # mincore(2) of a small file
         self.seen: set[tuple[int, int]] = set()     # files with several links, scanned
+        _ensure_front()         # small files are read without a MappedFile, which checks it
 
     def scan(self, target: Target) -> FileReport | None:
         """The report on target; None for a second link to a file already scanned."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from .._mcsafe import _copy_bracketed, _read_split
+from .._mcsafe import _copy_bracketed, _ensure_front, _read_split
 from .._types import CopyResult, FaultInfo
 from ._sys import MS_SYNC, PAGE, libc, oserror, pages
 from .badranges import BadRanges
@@ -46,6 +46,7 @@ class MappedFile:
     def __init__(self, file: str | os.PathLike[str] | int, mode: str = "r") -> None:
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
+        _ensure_front(2)          # a handler installed over mcsafe: in front again, warned
         self.mode = mode
         self.name: str | int = file if isinstance(file, int) else os.fspath(file)
         fd, self.path = open_file(file, mode)
@@ -319,6 +320,7 @@ class MappedFile:
 
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"bad range to scrub: start {start}, end {end}")
+        _ensure_front(2)
         self._enter()
         try:
             return scrub(self._window, self._bad, self._careful, self.readinto, progress,

@@ -31,22 +31,6 @@ static inline void arch_set_reg(ucontext_t *uc, unsigned reg, uintptr_t value)
     uc->uc_mcontext.regs[reg] = value;
 }
 
-/* The registers a previous handler could change to make the faulting
- * instruction behave differently when it is retried: x0..x30, sp and pc. */
-static inline uint64_t arch_context_hash(const ucontext_t *uc)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (int i = 0; i < 31; i++)
-        h = (h ^ (uint64_t)uc->uc_mcontext.regs[i]) * 1099511628211ull;
-    h = (h ^ (uint64_t)uc->uc_mcontext.sp) * 1099511628211ull;
-    return (h ^ (uint64_t)uc->uc_mcontext.pc) * 1099511628211ull;
-}
-
-static inline uintptr_t arch_sp(const ucontext_t *uc)
-{
-    return (uintptr_t)uc->uc_mcontext.sp;
-}
-
 /* The ESR the kernel saved with the context (esr_context in __reserved), or 0. */
 static inline uint64_t arch_esr(const ucontext_t *uc)
 {
@@ -63,18 +47,23 @@ static inline uint64_t arch_esr(const ucontext_t *uc)
     return 0;
 }
 
-/* Whether the faulting access was a write: a data abort (EC 0x24/0x25) with WnR. */
-static inline int arch_fault_is_write(const ucontext_t *uc)
+/* Whether the kernel's record of this thread's last fault, which it copies
+ * into every signal frame (setup_sigframe: fault_address, and an esr_context
+ * when the thread's fault_code is set), is the fault this signal reports. A
+ * page fault records the (untagged) fault address and the ESR
+ * (arch/arm64/mm/fault.c, set_thread_esr) just before it sends SIGSEGV or
+ * SIGBUS with that address; a synchronous external abort and the other
+ * aborts of arm64_notify_die record address 0 and the ESR. A signal that was
+ * sent, not raised by a fault, finds the record of an earlier fault or none.
+ * (qemu-user fills fault_address only for the faults it raises itself, not
+ * for a SIGBUS it passes on from the host, and writes no ESR.) */
+static inline int arch_fault_recorded(const ucontext_t *uc, const void *addr)
 {
-    uint64_t esr = arch_esr(uc), ec = (esr >> 26) & 0x3f;
-    return (ec == 0x24 || ec == 0x25) && (esr & (1u << 6));
-}
-
-/* Whether it was an instruction fetch: an instruction abort (EC 0x20/0x21). */
-static inline int arch_fault_is_exec(const ucontext_t *uc)
-{
-    uint64_t ec = (arch_esr(uc) >> 26) & 0x3f;
-    return ec == 0x20 || ec == 0x21;
+    const uintptr_t untag = ~((uintptr_t)0xff << 56);
+    uintptr_t recorded = uc->uc_mcontext.fault_address & untag;
+    if (recorded)
+        return recorded == ((uintptr_t)addr & untag);
+    return arch_esr(uc) != 0;
 }
 
 #endif

@@ -37,32 +37,21 @@ static inline void arch_set_reg(ucontext_t *uc, unsigned reg, uintptr_t value)
     uc->uc_mcontext.gregs[mcsafe_greg_index[reg]] = (greg_t)value;
 }
 
-/* The registers a previous handler could change to make the faulting
- * instruction behave differently when it is retried: the general registers,
- * the stack pointer and the PC (gregs REG_R8..REG_RIP). */
-static inline uint64_t arch_context_hash(const ucontext_t *uc)
+/* Whether the kernel's record of this thread's last fault, which it copies
+ * into every signal frame (setup_sigcontext: trapno, err, cr2 from
+ * current->thread), is the fault this signal reports. A page fault records
+ * X86_TRAP_PF and the address (arch/x86/mm/fault.c, set_signal_archinfo)
+ * just before it sends SIGSEGV or SIGBUS with that address; an alignment
+ * check (17) and a control-protection fault (21) record their trap and send
+ * no address (do_trap, do_user_cp_fault). A signal that was sent, not raised
+ * by a fault (a child's exit signal), finds the record of an earlier fault or
+ * none. */
+static inline int arch_fault_recorded(const ucontext_t *uc, const void *addr)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (int i = REG_R8; i <= REG_RIP; i++)
-        h = (h ^ (uint64_t)uc->uc_mcontext.gregs[i]) * 1099511628211ull;
-    return h;
-}
-
-static inline uintptr_t arch_sp(const ucontext_t *uc)
-{
-    return (uintptr_t)uc->uc_mcontext.gregs[REG_RSP];
-}
-
-/* Whether the faulting access was a write (page-fault error code bit 1). */
-static inline int arch_fault_is_write(const ucontext_t *uc)
-{
-    return (uc->uc_mcontext.gregs[REG_TRAPNO] == 14) && (uc->uc_mcontext.gregs[REG_ERR] & 2);
-}
-
-/* Whether it was an instruction fetch (error code bit 4). */
-static inline int arch_fault_is_exec(const ucontext_t *uc)
-{
-    return (uc->uc_mcontext.gregs[REG_TRAPNO] == 14) && (uc->uc_mcontext.gregs[REG_ERR] & 16);
+    greg_t trap = uc->uc_mcontext.gregs[REG_TRAPNO];
+    if (trap == 14)
+        return (uintptr_t)uc->uc_mcontext.gregs[REG_CR2] == (uintptr_t)addr;
+    return (trap == 17 || trap == 21) && addr == NULL;
 }
 
 #endif
