@@ -442,6 +442,57 @@ def test_a_signal_stops_cleanly_with_the_partial_report(failing_file, how: str) 
     assert "Traceback" not in err
 
 
+def test_workers_end_with_a_parent_killed_outright(failing_file) -> None:
+    """mcsafe scan --jobs 2 killed with SIGKILL while a worker is inside a slow failing
+    file (its first failing read, told by the FUSE server) and the other waits for
+    work: both workers end (each held the other's pipe to the parent, so the idle one
+    never saw it close, and the busy one scanned on)."""
+    npages = (64 << 20) // PAGE
+    slow = failing_file(npages * PAGE, inject.page_ranges(range(1, npages, 16)), name="slow")
+    hook, watch = inside(slow)
+    with hook:
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--jobs", "2",
+                                 slow.path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            watch.wait(1)
+            workers = children_of(proc.pid)
+            assert len(workers) == 2, workers
+            proc.kill()
+            proc.wait()
+            for pid in workers:
+                wait_gone(pid)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def wait_gone(pid: int) -> None:
+    """Wait (by pidfd, not by polling) for a process that is not our child to end."""
+    import select
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], WAIT)[0], f"process {pid} still running"
+    finally:
+        os.close(fd)
+
+
 # -- options ------------------------------------------------------------------------------------
 
 def test_one_file_system_and_exclude_leave_out_the_mount_and_the_pattern(failing_file,

@@ -54,7 +54,9 @@ def scan_in_workers(items: Iterable[Item], jobs: int, emit: Emit, progress: Call
     import multiprocessing.connection
 
     ctx = multiprocessing.get_context("fork")
-    workers = [_Worker(ctx, restore_cache) for _ in range(jobs)]
+    workers: list[_Worker] = []
+    for _ in range(jobs):
+        workers.append(_Worker(ctx, restore_cache, [w.conn for w in workers]))
     started()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     stop.install(wake_w)
@@ -131,9 +133,13 @@ def _drain(fd: int) -> None:
 class _Worker:
     """One worker process and this side of its pipe; the batches it holds."""
 
-    def __init__(self, ctx: Any, restore_cache: bool) -> None:
+    def __init__(self, ctx: Any, restore_cache: bool, others: list[Any]) -> None:
         self.conn, theirs = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_work, args=(theirs, restore_cache), daemon=True)
+        # The child closes this side of every pipe it inherits (its own and the
+        # workers' before it): else a worker would never see its pipe end when
+        # the parent dies, holding another's open.
+        self.proc = ctx.Process(target=_work, daemon=True,
+                                args=(theirs, restore_cache, [*others, self.conn], os.getpid()))
         self.proc.start()
         theirs.close()
         self.batches: list[list[str]] = []     # paths of each batch sent, not yet done
@@ -184,11 +190,14 @@ class _Worker:
         self.proc.join()
 
 
-def _work(conn: Any, restore_cache: bool) -> None:
+def _work(conn: Any, restore_cache: bool, inherited: list[Any], parent: int) -> None:
     """A worker: scan each batch it is sent, sending the batch's reports when it is
     done (one message: per-file messages cost small files more than their scan),
     with the bytes passed since the last message, and progress within big files,
     until None."""
+    for other in inherited:
+        other.close()
+    _die_with(parent)
     stop = StopFlag()
     for sig in SIGNALS:             # a stop is the parent's to decide; this one just stops
         signal.signal(sig, lambda signum, frame: setattr(stop, "signum", signum))
@@ -218,3 +227,14 @@ def _work(conn: Any, restore_cache: bool) -> None:
                 reports.append(report.fields())     # tuples: the cheapest to pickle
         conn.send(("done", passed, reports))
         passed = 0
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when its parent dies (PR_SET_PDEATHSIG): a
+    parent killed outright (SIGKILL, the OOM killer) leaves no scan behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:          # it died before we asked
+        os._exit(1)
