@@ -265,8 +265,9 @@ WHY_MISSED = {
         "A recovered fault costs one kernel signal delivery and sigreturn, the same as the "
         "bare C round trip above; on this kernel that is most of what cysignals costs too "
         "(it adds a siglongjmp and a Python exception). Going under half of it would need "
-        "no signal at all: only a kernel-side copy (pread of a file, which the kernel's own "
-        "copy_mc protects) avoids one.",
+        "no signal at all: only a kernel-side copy avoids one, and the kernel's copy of a "
+        "page-cache page (pread) is not machine-check safe (docs/ARCHITECTURE.md, "
+        "\"Machine checks\").",
     "recovery flat within 10% from 10 to 1M entries (fastest of each)":
         "The binary search is 20 steps at 1M entries (tens of ns); the spread is the noise of "
         "a 3-4 µs signal round trip on a shared VM.",

@@ -305,9 +305,9 @@ class Careful:
         no poison (BUS_ADRERR). That page was past the end of the file, and
         read(2) returns 0 without touching a page; or the kernel could not read
         it (not up to date), and read(2) reads it from the storage again or
-        fails with EIO. A page that faulted as poison (BUS_MCEERR_AR) is never
-        asked about: it is remembered bad as it is (and marked PG_hwpoison, so
-        that read(2) would fail with EIO without touching it anyway)."""
+        fails with EIO (docs/ARCHITECTURE.md, "Machine checks"). A page that
+        faulted as poison (BUS_MCEERR_AR) is never asked about: it is remembered
+        bad as it is."""
         try:
             return 0 if os.pread(self.window.fd, 1, at) else None
         except OSError as exc:
