@@ -164,6 +164,10 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
         if r:
             out.append((f"MappedFile.readinto of {what} ≤ 1.0× os.preadv", f"{r:.2f}×",
                         r <= 1.0))
+    r = ratio("appended-read-100", "MappedFile.readinto", "os.preadv")
+    if r:
+        out.append(("MappedFile.readinto of 100 B just appended to a log, with the append, "
+                    "≤ 1.0× os.preadv", f"{r:.2f}×", r <= 1.0))
     r = ratio("tail-read-100-zero-end", "MappedFile.readinto", "os.preadv")
     if r:
         out.append(("MappedFile.readinto of 100 B at the end of a 1 MiB file ending in a 0 "

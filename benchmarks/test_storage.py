@@ -113,6 +113,35 @@ def test_read_tail(benchmark, tmp_path_factory, peer: str, end: str) -> None:
     assert buf == data[-100:]
 
 
+@pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv"])
+def test_read_appended(benchmark, tmp_path_factory, peer: str) -> None:
+    """A log followed as it grows: append 100 bytes, read them back (both peers pay
+    the same write). MappedFile copies them from its mapping's room to grow, past
+    the size it last saw, bounded by the size it asks."""
+    path = tmp_path_factory.mktemp("appended") / "log.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    record = os.urandom(100)
+    buf = memoryview(sink(4096))[:100]
+    benchmark.group = "appended-read-100"
+    benchmark.extra_info.update(peer=peer, size=100)
+    wfd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    rfd = os.open(path, os.O_RDONLY)
+    mf = MappedFile(path)
+    read = mf.readinto if peer == "MappedFile.readinto" else \
+        (lambda b, at: os.preadv(rfd, [b], at))
+
+    def append_and_read() -> int:
+        end = os.lseek(wfd, 0, os.SEEK_END) + os.write(wfd, record)
+        return read(buf, end - 100)
+    try:
+        measure(benchmark, append_and_read, 100)
+        assert append_and_read() == 100 and buf == record
+    finally:
+        mf.close()
+        os.close(rfd)
+        os.close(wfd)
+
+
 @pytest.fixture(scope="module")
 def scrub_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("scrub") / "scrub.bin"

@@ -472,11 +472,14 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
     cdef uintptr_t probe = state[3]
     cdef uint64_t expect = state[4]
     cdef int fd = state[5]
+    cdef Py_ssize_t room = state[6]
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     _acquire(dst, src, &d, &s)
     try:
-        if not 0 <= offset < s.len or limit >= s.len or (limit < 0 and not careful):
+        if room < s.len:
+            room = s.len
+        if not 0 <= offset < room or limit >= s.len or (limit < 0 and not careful):
             return -2
         end = offset + d.len
         if limit < 0 or end > limit:
@@ -487,10 +490,10 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
                 return 0
             if end > size:
                 end = size
-            if end > s.len:             # grown past the view published
+            if end > room:              # grown past the mapping
                 if not careful:
-                    return -2           # the careful path follows the size first
-                end = s.len             # and goes on from there in its next call
+                    return -2           # the careful path maps it again first
+                end = room              # and goes on from there in its next call
         count = end - offset
         sp = <const char *>s.buf + offset
         if <const char *>d.buf < sp + count and sp < <const char *>d.buf + count:
@@ -530,8 +533,11 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
 def _readinto(dst, tuple state, Py_ssize_t offset):
     """MappedFile.readinto's fast path, in one call: fill dst from file offset
     `offset` through the table-driven copy from the mapping. `state` is what the
-    MappedFile published: (src, size, limit, probe, expect, fd), taken whole so
-    the fast path passes one object.
+    MappedFile published: (src, size, limit, probe, expect, fd, room), taken
+    whole so the fast path passes one object. src is a view of the file's bytes
+    as last seen, and the first `room` bytes from its start are mapped (the
+    mapping src is a view of, with room to grow; src's export keeps it mapped):
+    a read of a file grown since copies from there, up to the size it asks.
 
     A copy that ends at or before `limit` (the start of the file's last page as
     last seen, where the probe word at address `probe` is armed) is proved by
@@ -542,16 +548,16 @@ def _readinto(dst, tuple state, Py_ssize_t offset):
 
     Returns the count (short only at the end of the file), -1 if the probe
     failed (the copy may have run: count none of it), -2 if the careful path
-    must take the call (no probe, offset outside src, the file grown past src:
-    nothing done), or a CopyResult if the copy faulted."""
+    must take the call (no probe, offset outside the mapping, the file grown
+    past it: nothing done), or a CopyResult if the copy faulted."""
     return _read_exact(dst, state, offset, False)
 
 
 def _readinto_careful(dst, tuple state, Py_ssize_t offset):
     """_readinto for the careful path: a state without a probe (limit < 0) is
     read with the size asked before and after the copy, and a file grown past
-    src is read to src's end (a short count: the caller follows the size and
-    goes on). -2 only for an offset outside src."""
+    the mapping is read to its end (a short count: the caller maps it again and
+    goes on). -2 only for an offset outside the mapping."""
     return _read_exact(dst, state, offset, True)
 
 

@@ -97,7 +97,7 @@ class Careful:
                 n = bad[0] - pos
             state = w.state
             if not probes:
-                state = (state[0], state[1], -1, 0, 0, state[5])
+                state = (*state[:2], -1, 0, 0, *state[5:])
             try:
                 got = _readinto_careful(out[done:done + n], state, pos)
             except (ValueError, TypeError):

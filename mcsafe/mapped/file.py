@@ -229,7 +229,7 @@ class MappedFile:
         if self.mode != "r+":
             raise OSError(errno.EBADF, "not open for writing (mode 'r+')", self.path)
         # readinto's fast path, mirrored without the pread half
-        data, size, limit, probe, word, _ = self._window.state
+        data, size, limit, probe, word, _, _ = self._window.state
         if 0 <= offset < size and not self._bad.starts:
             try:
                 got = _copy_bracketed(data, buf, offset, 0, False, limit, probe, word)
