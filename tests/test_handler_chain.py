@@ -47,6 +47,30 @@ def test_install_in_front_of_the_same_handler_again_reuses_its_generation() -> N
     assert p.stdout.split() == ["2", "2", "True"]
 
 
+def test_a_one_shot_handler_armed_again_and_again_reuses_its_generations(handlers) -> None:
+    # A one-shot (SA_RESETHAND) handler, armed again after each signal spent it,
+    # mcsafe put in front each time: the kernel resets a one-shot action as it
+    # delivers it, never the struct a handler saved, so the same action armed
+    # again is the same generation (and its reset form one more). A generation
+    # marked spent forever took a new one each time: the 48th install() raised.
+    with_, without = both(handlers, """
+        import os, signal
+        for _ in range(100):
+            lib.install_oneshot(7)
+            MCSAFE()
+            os.kill(os.getpid(), signal.SIGBUS)
+        print("calls", lib.inert_count(), flush=True)
+        if "mcsafe" in globals():
+            print("taken", mcsafe._mcsafe._generations_taken()[1], mcsafe.handler_installed(),
+                  flush=True)
+        os.kill(os.getpid(), signal.SIGBUS)          # spent: SIG_DFL applies
+        print("survived", flush=True)
+    """)
+    assert without.returncode == with_.returncode == -signal.SIGBUS, with_.stderr
+    assert without.stdout == "calls 100\n"
+    assert with_.stdout == "calls 100\ntaken 2 True\n"      # it, and its reset form
+
+
 def test_generations_run_out_with_a_clear_error(handlers) -> None:
     # 47 distinct handlers (each its own mask or flags), mcsafe put in front of each:
     # 48 generations with the first. The next install() raises and changes nothing;
