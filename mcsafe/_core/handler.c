@@ -27,10 +27,11 @@
  *     binding). It reads immutable tables reached through one atomic pointer
  *     (registry.c), each generation's previous action through one atomic
  *     pointer (an immutable copy, never freed), and the interrupted context.
- *     All signals are blocked while an entry runs (its sa_mask), so nothing
- *     can interrupt a table lookup and leave by siglongjmp with the readers
- *     count raised; mcsafe_handle_fault, called from an embedder's handler
- *     with that handler's mask, blocks them itself around the lookup.
+ *     All signals are blocked while an entry the kernel delivered to runs
+ *     (its sa_mask), so nothing can interrupt a table lookup and leave by
+ *     siglongjmp with the readers count raised; an entry called by another
+ *     handler, and mcsafe_handle_fault called from an embedder's, run with
+ *     that handler's mask and block them themselves around the lookup.
  *  2. Claim only what can be attributed precisely. A fault is claimed when
  *     all hold: the kernel sent it (si_code > 0: never SI_USER, SI_TKILL,
  *     SI_QUEUE or any other user-sent code); it is not BUS_MCEERR_AO (the
@@ -43,19 +44,24 @@
  *     mcsafe_handle_fault is this decision alone, for runtimes that own the
  *     handler.
  *  3. Forward the rest to the generation's previous action as the kernel
- *     would have delivered it. SIG_DFL (whatever SA_SIGINFO says): install
+ *     would have delivered it, or, when another handler called the entry as
+ *     its saved action, as that call would have reached it. An entry knows
+ *     which (arch_kernel_frame, installed): delivered, it runs on the frame
+ *     the kernel built and is the installed action. SIG_DFL (whatever SA_SIGINFO says): install
  *     SIG_DFL, queue the original siginfo to this thread and return; every
  *     signal is blocked until the entry returns, so the process dies of it
  *     at the interrupted instruction, whether or not a fault would recur.
  *     SIG_IGN: a signal the kernel forces (a fault: the thread's fault
  *     record names it, arch/<arch>/context.h; or SI_KERNEL) dies as SIG_DFL,
  *     as the kernel forces SIG_DFL on an ignored fault; anything else is
- *     dropped. A handler: called with the mask the kernel would have set had
- *     it been installed itself (interrupted mask, its sa_mask, the signal
- *     unless SA_NODEFER; when called with no context, by a plain handler
- *     chaining with (sig, NULL, NULL), the caller's mask stands), SA_SIGINFO
- *     or plain; SA_RESETHAND: the first call (an atomic exchange per
- *     generation and signal) wins, later ones take SIG_DFL. Then return:
+ *     dropped if delivered, and if called, SIG_IGN is restored in the
+ *     caller's place, as the caller does with a saved SIG_IGN. A handler:
+ *     delivered, called with the mask the kernel would have set had it been
+ *     installed itself (interrupted mask, its sa_mask, the signal unless
+ *     SA_NODEFER); called, with the caller's mask; SA_SIGINFO or plain.
+ *     SA_RESETHAND: delivered, the generation is replaced by its reset form's
+ *     (one sigaction exchange, as the kernel resets the action on delivery),
+ *     so exactly one delivery calls it; a call spends nothing. Then return:
  *     a handler that returns without fixing a fault is called again, as it
  *     would be without mcsafe. Each entry is installed with its previous
  *     handler's SA_ONSTACK and SA_RESTART, so the kernel picks the stack and
