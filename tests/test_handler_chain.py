@@ -5,6 +5,7 @@ and mcsafe put in front again of a handler that replaced it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -320,3 +321,31 @@ def test_mapped_file_open_and_scrub_put_mcsafe_in_front_again(tmp_path, call: st
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[-2:] == ["warned [('RuntimeWarning', '<string>')]",
                                           "installed True"]
+
+
+def test_pytest_enabling_faulthandler_after_a_conftest_imported_mcsafe_leaves_it_in_front(
+        tmp_path) -> None:
+    # A suite whose conftest imports mcsafe (or a package built on it): pytest's
+    # faulthandler plugin enables faulthandler afterwards, in pytest_configure.
+    # mcsafe must still be in front when the tests run: a small poisoned copy is
+    # claimed (it died, "Fatal Python error: Bus error"), and opening a
+    # MappedFile warns of nothing (under -W error it raised).
+    (tmp_path / "conftest.py").write_text("import mcsafe\n")
+    (tmp_path / "test_it.py").write_text(textwrap.dedent("""
+        import faulthandler, mcsafe
+        from mcsafe import inject
+
+        def test_in_front(tmp_path):
+            assert faulthandler.is_enabled()
+            assert mcsafe.handler_installed()
+            with inject.region("uffd", 3, [1]) as r:
+                assert mcsafe.copy(bytearray(r.size), r.buffer) == inject.PAGE
+            (tmp_path / "f").write_bytes(bytes(4096))
+            mcsafe.MappedFile(str(tmp_path / "f")).close()
+    """))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-W", "error::RuntimeWarning", str(tmp_path)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": ""})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stdout.splitlines()[-1].startswith("1 passed")
