@@ -54,7 +54,6 @@ def arm64_package(tmp_path_factory) -> Path:
     for name in ("mcsafe", "extable"):
         shutil.copytree(ROOT / name, pkg / name,
                         ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    shutil.copyfile(ROOT / "_mcsafe_pytest.py", pkg / "_mcsafe_pytest.py")   # its pytest plugin
     c_file = pkg / "mcsafe" / "_mcsafe.c"
     subprocess.run([sys.executable, "-m", "cython", "-3", str(pkg / "mcsafe" / "_mcsafe.pyx"),
                     "-I", str(ROOT / "extable" / "include"), "-o", str(c_file)], check=True)

@@ -323,29 +323,46 @@ def test_mapped_file_open_and_scrub_put_mcsafe_in_front_again(tmp_path, call: st
                                           "installed True"]
 
 
-def test_pytest_enabling_faulthandler_after_a_conftest_imported_mcsafe_leaves_it_in_front(
-        tmp_path) -> None:
-    # A suite whose conftest imports mcsafe (or a package built on it): pytest's
-    # faulthandler plugin enables faulthandler afterwards, in pytest_configure.
-    # mcsafe must still be in front when the tests run: a small poisoned copy is
-    # claimed (it died, "Fatal Python error: Bus error"), and opening a
-    # MappedFile warns of nothing (under -W error it raised).
-    (tmp_path / "conftest.py").write_text("import mcsafe\n")
-    (tmp_path / "test_it.py").write_text(textwrap.dedent("""
-        import faulthandler, mcsafe
-        from mcsafe import inject
+CONFTEST_TEST = """
+import faulthandler, warnings, mcsafe
+from mcsafe import inject
 
-        def test_in_front(tmp_path):
-            assert faulthandler.is_enabled()
-            assert mcsafe.handler_installed()
-            with inject.region("uffd", 3, [1]) as r:
-                assert mcsafe.copy(bytearray(r.size), r.buffer) == inject.PAGE
-            (tmp_path / "f").write_bytes(bytes(4096))
-            mcsafe.MappedFile(str(tmp_path / "f")).close()
-    """))
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "-W", "error::RuntimeWarning", str(tmp_path)], capture_output=True,
-                       text=True, cwd=tmp_path, timeout=120,
+def test_in_front(tmp_path):
+    assert faulthandler.is_enabled()
+    print("in front", mcsafe.handler_installed())
+    (tmp_path / "f").write_bytes(bytes(4096))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcsafe.MappedFile(str(tmp_path / "f")).close()
+    for w in caught:
+        print("warned:", w.message)
+    with inject.region("uffd", 3, [1]) as r:
+        print("copied", mcsafe.copy(bytearray(r.size), r.buffer))
+"""
+
+
+@pytest.mark.parametrize("plugin", [True, False])
+def test_pytest_enables_faulthandler_after_a_conftest_imported_mcsafe(tmp_path,
+                                                                       plugin: bool) -> None:
+    # A suite whose root conftest imports mcsafe (or a package built on it):
+    # pytest's faulthandler plugin enables faulthandler afterwards, in its
+    # pytest_configure. With mcsafe.pytest_plugin, mcsafe is in front when the
+    # tests run. Without it, the first MappedFile puts it in front with a warning
+    # that says how to have the plugin.
+    (tmp_path / "conftest.py").write_text(
+        "import mcsafe\n" + ("pytest_plugins = ['mcsafe.pytest_plugin']\n" if plugin else ""))
+    (tmp_path / "test_it.py").write_text(CONFTEST_TEST)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                        str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": ""})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert p.stdout.splitlines()[-1].startswith("1 passed")
+    lines = [line for line in p.stdout.splitlines() if line.startswith(("in front", "warned",
+                                                                         "copied"))]
+    if plugin:
+        assert lines == ["in front True", f"copied {4096}"]
+    else:
+        assert lines[0] == "in front False" and lines[2] == f"copied {4096}"
+        assert lines[1].startswith("warned: mcsafe's handler was replaced (SIGSEGV by ")
+        assert lines[1].endswith("Under pytest, which enables faulthandler after conftest files "
+                                 "are imported, add pytest_plugins = ['mcsafe.pytest_plugin'] to "
+                                 "the root conftest (or run pytest -p mcsafe.pytest_plugin).")
