@@ -138,11 +138,17 @@ cdef int _front_again(int stacklevel) except -1:
     if not replaced:
         return 0
     install()
+    import sys
     import warnings
+    hint = ""
+    if "_pytest.faulthandler" in sys.modules and sys.modules["faulthandler"].is_enabled():
+        hint = (" Under pytest, which enables faulthandler after conftest files are "
+                "imported, add pytest_plugins = ['mcsafe.pytest_plugin'] to the root "
+                "conftest (or run pytest -p mcsafe.pytest_plugin).")
     warnings.warn("mcsafe's handler was replaced (" + ", ".join(replaced) + "); mcsafe "
                   "put itself in front again, and passes on what is not its own as that "
                   "handler would have had it. Call mcsafe.install() after installing "
-                  "signal handlers to do this explicitly.", RuntimeWarning,
+                  "signal handlers to do this explicitly." + hint, RuntimeWarning,
                   stacklevel=stacklevel)
     return 0
 
