@@ -487,6 +487,8 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
             room = s.len
         if not 0 <= offset < room or limit >= s.len or (limit < 0 and not careful):
             return -2
+        if d.len == 0:
+            return 0
         end = offset + d.len
         if limit < 0 or end > limit:
             # The file's last page (or no probe): its bytes past the end read as

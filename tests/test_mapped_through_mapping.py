@@ -119,7 +119,8 @@ def test_reads_reaching_the_last_page_come_through_the_mapping(tmp_path) -> None
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     reads = [("small", 10_000, 0), ("small", 4 * PAGE, 0), ("small", 100, 9_950),
-             ("tiny", PAGE, 0), ("tiny", 50, 25), ("tiny", 10, 100), ("tiny", 10, 200),
+             ("tiny", PAGE, 0), ("tiny", 50, 25), ("tiny", 0, 50), ("tiny", 10, 100),
+             ("tiny", 10, 200),
              ("log", 100, (1 << 20) - 100), ("log", 3 * PAGE, (1 << 20) - PAGE - 500),
              ("tar", 100, (1 << 20) - 100), ("zeros", 2 * PAGE, 2 * PAGE)]
     cases = [{"path": str(tmp_path / name), "op": "readinto", "args": [n, offset]}
