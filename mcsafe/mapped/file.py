@@ -228,7 +228,7 @@ class MappedFile:
         byte is bad (ENOSPC for a hole the full file system cannot fill)."""
         if self.mode != "r+":
             raise OSError(errno.EBADF, "not open for writing (mode 'r+')", self.path)
-        # readinto's fast path, mirrored without the pread half
+        # readinto's fast path, mirrored without the last page (the comment above)
         data, size, limit, probe, word, _, _ = self._window.state
         if 0 <= offset < size and not self._bad.starts:
             try:

@@ -128,8 +128,8 @@ class Window:
                 if exc.errno != errno.ENOMEM:
                     raise
                 # no address space for room to grow: map just the file; and if even
-                # that fails (vm.max_map_count), serve what is mapped (the careful
-                # path says why a write cannot go past it; reads use pread(2))
+                # that fails (vm.max_map_count), serve what is mapped: past it a
+                # read or write is ENOMEM (the careful path), never read(2)
                 try:
                     new = Mapping(self.fd, pages(size), self.writable, self.path)
                 except OSError as again:
