@@ -32,7 +32,8 @@ def target_arch() -> str:
 
 
 def extensions() -> list:
-    """The extension modules, cythonized."""
+    """The extension modules: mcsafe's (cythonized; its exception table is embedded after
+    linking) and extable's listing accelerator (plain C, optional at run time)."""
     from Cython.Build import cythonize
     from setuptools import Extension
 
@@ -50,7 +51,10 @@ def extensions() -> list:
         # dynamic linker's lazy binding (not async-signal-safe).
         extra_link_args=["-Wl,-z,now"],
     )
-    return cythonize([ext], language_level=3, quiet=True)
+    ext.embed_table = True
+    fast = Extension("extable._fast", sources=["extable/_fast.c"],
+                     extra_compile_args=["-O2", "-std=gnu11"])
+    return cythonize([ext], language_level=3, quiet=True) + [fast]
 
 
 def embed_table(path: str | os.PathLike[str]) -> None:
@@ -83,11 +87,13 @@ def build_ext_class() -> type:
     from setuptools.command.build_ext import build_ext
 
     class BuildExt(build_ext):
-        """build_ext that embeds the exception table right after linking."""
+        """build_ext that embeds the exception table right after linking (into the
+        extensions that carry one)."""
 
         def build_extension(self, ext) -> None:   # type: ignore[no-untyped-def]
             super().build_extension(ext)
-            embed_table(self.get_ext_fullpath(ext.name))
+            if getattr(ext, "embed_table", False):
+                embed_table(self.get_ext_fullpath(ext.name))
 
     return BuildExt
 

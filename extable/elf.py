@@ -22,11 +22,14 @@ import os
 import stat
 import struct
 import sys
+from collections import namedtuple
 from functools import cached_property
-from typing import IO, Iterator, NamedTuple
 
 from .errors import ExtableError
-from .names import shown
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Iterator
 
 EM_X86_64 = 62
 EM_AARCH64 = 183
@@ -58,11 +61,13 @@ _NONZERO = bytes([0] + [1] * 255)
 _UNPLAIN = bytes(0x80 if 0 < i < 32 or i in (0x22, 0x5C, 0x7F) else i for i in range(256))
 
 
-# The records are NamedTuples, not dataclasses: importing dataclasses (and with it
-# inspect) is 9 ms of every command's start.
-class Segment(NamedTuple):
+# The records are collections.namedtuple classes (with their fields' types declared for
+# the type checker), neither typing.NamedTuple nor dataclasses: importing typing (and re
+# with it) would be a third of a short command's start, dataclasses (and inspect) more.
+class Segment(namedtuple("Segment", "vaddr memsz offset filesz flags")):
     """One PT_LOAD program header."""
 
+    __slots__ = ()
     vaddr: int
     memsz: int
     offset: int
@@ -78,9 +83,11 @@ class Segment(NamedTuple):
         return self.vaddr + self.memsz
 
 
-class Section(NamedTuple):
+class Section(namedtuple("Section", "index name type flags addr offset size link entsize "
+                                     "info addralign", defaults=(0, 0))):
     """One section header, with its name resolved."""
 
+    __slots__ = ()
     index: int               # type: ignore[assignment]  # shadows tuple.index, on purpose
     name: str
     type: int
@@ -90,8 +97,8 @@ class Section(NamedTuple):
     size: int
     link: int
     entsize: int
-    info: int = 0
-    addralign: int = 0
+    info: int
+    addralign: int
 
     @property
     def alloc(self) -> bool:
@@ -102,7 +109,8 @@ class Section(NamedTuple):
         return self.type != SHT_NOBITS
 
 
-class FunctionSymbols(NamedTuple):
+class FunctionSymbols(namedtuple("FunctionSymbols", "table names start size ifunc shndx "
+                                                     "versions hidden")):
     """Defined STT_FUNC and STT_GNU_IFUNC symbols of nonzero size, in file order.
 
     Parallel lists; ``names`` are bare (``memcpy``), ``versions`` the version a
@@ -111,6 +119,7 @@ class FunctionSymbols(NamedTuple):
     ET_REL object ``start`` is an offset into section ``shndx``.
     """
 
+    __slots__ = ()
     table: str               # ".symtab" or ".dynsym"
     names: list[str]
     start: list[int]
@@ -328,7 +337,9 @@ class ElfImage:
         by_type = {s.type: s for s in reversed(self.sections)}
         return by_type.get(SHT_SYMTAB) or by_type.get(SHT_DYNSYM)
 
-    def _symtab_parts(self) -> tuple[Section, bytes, _Strings]:
+    def symbol_table_bytes(self) -> tuple[Section, bytes, bytes]:
+        """The symbol table (``.symtab``, else ``.dynsym``), its bytes and its string
+        table's bytes; an error if there is none or its headers are inconsistent."""
         symtab = self._symbol_table()
         if symtab is None and not self.sections:
             raise self._error("no section headers (e_shnum is 0, as after sstrip), so no "
@@ -339,7 +350,11 @@ class ElfImage:
             raise self._error(f"{symtab.name}: bad symbol entry size {symtab.entsize}")
         if symtab.link >= len(self.sections) or self.sections[symtab.link].type != SHT_STRTAB:
             raise self._error(f"{symtab.name}: linked string table is missing")
-        return symtab, self.section_bytes(symtab), self._strings(self.sections[symtab.link])
+        return symtab, self.section_bytes(symtab), self.section_bytes(self.sections[symtab.link])
+
+    def _symtab_parts(self) -> tuple[Section, bytes, _Strings]:
+        symtab, raw, strings = self.symbol_table_bytes()
+        return symtab, raw, _Strings(strings)
 
     def _strings(self, section: Section) -> _Strings:
         return _Strings(self.section_bytes(section))
@@ -351,9 +366,15 @@ class ElfImage:
             raise self._error(f"{table}: symbol name offset {offset} {what}")
         return name
 
+    @property
+    def symbol_versions(self) -> tuple[bytes, dict[int, str]] | None:
+        """(``.gnu.version`` bytes, version index → name from ``.gnu.version_d``), if the
+        file has both: .dynsym's versions, and the sign that .symtab's names carry theirs
+        (``memcpy@@GLIBC_2.14``)."""
+        return self._versions
+
     @cached_property
     def _versions(self) -> tuple[bytes, dict[int, str]] | None:
-        """(.gnu.version bytes, version index → name from .gnu.version_d), if both exist."""
         versym = next((s for s in self.sections if s.type == SHT_GNU_VERSYM), None)
         verdef = next((s for s in self.sections if s.type == SHT_GNU_VERDEF), None)
         if versym is None or verdef is None or verdef.link >= len(self.sections):
@@ -462,6 +483,8 @@ class ElfImage:
             starts, ends, names = self._sorted_functions
         except ExtableError:
             return f"{address:#x}"
+        from .names import shown
+
         i = bisect.bisect_right(starts, address) - 1
         # A later-starting function may end before an earlier, larger one; look back a little.
         for j in range(i, max(i - 8, -1), -1):
