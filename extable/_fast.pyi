@@ -1,4 +1,4 @@
-"""The rows of ``extable symbols``, formatted in C (extable/_fast.c)."""
+"""The rows of ``extable symbols`` formatted in C, and symbol names (extable/_fast.c)."""
 
 from _typeshed import ReadableBuffer
 
@@ -7,3 +7,7 @@ def listing(symtab: ReadableBuffer, strtab: ReadableBuffer, versym: ReadableBuff
             json: bool, split_versions: bool, /) -> tuple[int, bytearray] | None:
     """The rows of ``extable symbols`` for a symbol table, as (count, bytearray), or None
     when the table needs extable.symbols' own handling (extable/_fast.c says which)."""
+
+def strings(strtab: ReadableBuffer, offsets: list[int], /) -> list[str] | None:
+    """The NUL-terminated strings at ``offsets`` of a string table (bytes that are not
+    UTF-8 as lone surrogates), or None if one is out of range or unterminated."""

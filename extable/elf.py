@@ -27,6 +27,11 @@ from functools import cached_property
 
 from .errors import ExtableError
 
+try:
+    from . import _fast
+except ImportError:        # not built (a source tree, another machine's build): Python reads
+    _fast = None           # type: ignore[assignment]
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO, Iterator
@@ -352,9 +357,16 @@ class ElfImage:
             raise self._error(f"{symtab.name}: linked string table is missing")
         return symtab, self.section_bytes(symtab), self.section_bytes(self.sections[symtab.link])
 
-    def _symtab_parts(self) -> tuple[Section, bytes, _Strings]:
-        symtab, raw, strings = self.symbol_table_bytes()
-        return symtab, raw, _Strings(strings)
+    def _symbol_names(self, symtab: Section, strtab: bytes, offsets: list[int]) -> list[str]:
+        """The names at these offsets of the symbol table's strings (in C when the
+        accelerator is built); an error names the first offset that does not resolve."""
+        names = _fast.strings(strtab, offsets) if _fast is not None else None
+        if names is None:
+            strings = _Strings(strtab)
+            names = strings.many(offsets)
+            if names is None:
+                names = [self._name(strings, o, symtab.name) for o in offsets]
+        return names
 
     def _strings(self, section: Section) -> _Strings:
         return _Strings(self.section_bytes(section))
@@ -433,12 +445,10 @@ class ElfImage:
     @cached_property
     def functions(self) -> FunctionSymbols:
         """Defined function symbols with nonzero size: the function ranges."""
-        symtab, raw, strings = self._symtab_parts()
+        symtab, raw, strtab = self.symbol_table_bytes()
         keep = _function_mask(raw)
         st_name, shndx, value, size = _symbol_columns(raw, keep)
-        names = strings.many(st_name)
-        if names is None:
-            names = [self._name(strings, o, symtab.name) for o in st_name]
+        names = self._symbol_names(symtab, strtab, st_name)
         names, versions, hidden = self._split_versions(symtab, keep, names)
         ifunc = list(map(bool, itertools.compress(raw[4::SYM.size].translate(_IFUNC_INFO),
                                                   keep)))
@@ -461,12 +471,10 @@ class ElfImage:
         by the bare name, which means the default version when there is one
         (as the linker resolves it), else the first symbol of that name.
         """
-        symtab, raw, strings = self._symtab_parts()
+        symtab, raw, strtab = self.symbol_table_bytes()
         keep = _defined_mask(raw)
         st_name, _shndx, value, _size = _symbol_columns(raw, keep)
-        names = strings.many(st_name)
-        if names is None:
-            names = [self._name(strings, o, symtab.name) for o in st_name]
+        names = self._symbol_names(symtab, strtab, st_name)
         if self._versions is None:
             # The first symbol of each name wins: reversed, so that a dict keeps it.
             return dict(zip(reversed(names), reversed(value)))

@@ -1,7 +1,8 @@
-"""extable._fast against extable.symbols' Python listing, its reference: byte for byte.
+"""extable._fast against the Python code it accelerates, its reference: byte for byte.
 
-The C accelerator formats ``extable symbols``' rows; the Python listing is the
-oracle. Both run over every ELF file under /usr/lib and /usr/bin, the kernel
+The C accelerator formats ``extable symbols``' rows and cuts symbol names out
+of string tables; the Python listing and reader, run with the accelerator
+switched off, are the oracle. Both run over every ELF file under /usr/lib and /usr/bin, the kernel
 modules of the fixtures (ET_REL), the compiled fixtures and a debug vmlinux
 when one is cached, and over symbol tables hypothesis makes up (names with
 quotes, control characters, every kind of bad UTF-8, versions, sections,
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import extable.elf
 from conftest import FIXTURES
 from extable.elf import (EHDR, ET_DYN, ET_REL, SHDR, SHT_DYNSYM, SHT_GNU_VERDEF,
                          SHT_GNU_VERSYM, SHT_PROGBITS, SHT_STRTAB, SHT_SYMTAB, SYM, ElfImage)
@@ -35,8 +37,20 @@ _fast = pytest.importorskip("extable._fast", reason="extable._fast is not built 
 
 
 def python_bytes(image: ElfImage, as_json: bool) -> bytes:
-    return "".join(listing_in_python(image, as_json=as_json)).encode("utf-8",
-                                                                     "surrogateescape")
+    """The Python listing of the image's file, read again with the accelerator off."""
+    with without_accelerator(), ElfImage(image.path) as reference:
+        return "".join(listing_in_python(reference, as_json=as_json)).encode(
+            "utf-8", "surrogateescape")
+
+
+class without_accelerator:
+    """The ELF reader without extable._fast, as where it is not built."""
+
+    def __enter__(self) -> None:
+        self.saved, extable.elf._fast = extable.elf._fast, None
+
+    def __exit__(self, *exc: object) -> None:
+        extable.elf._fast = self.saved
 
 
 def c_bytes(image: ElfImage, as_json: bool) -> bytes | None:
@@ -56,7 +70,7 @@ def elf_files() -> list[str]:
     return out
 
 
-def test_every_system_elf_file_lists_the_same_bytes_in_c_and_in_python() -> None:
+def test_every_system_elf_file_lists_and_reads_the_same_in_c_and_in_python() -> None:
     files = elf_files()
     assert len(files) > 100, "too few ELF files under /usr to compare on"
     compared = 0
@@ -75,6 +89,11 @@ def test_every_system_elf_file_lists_the_same_bytes_in_c_and_in_python() -> None
                 assert got is not None, f"{path}: the accelerator declined a system file"
                 assert got == want, f"{path} (json={as_json}): C and Python differ"
                 compared += 1
+            else:
+                # What build reads: function names and every defined symbol's address.
+                with without_accelerator(), ElfImage(path) as reference:
+                    assert image.functions == reference.functions, path
+                    assert image.symbol_addresses == reference.symbol_addresses, path
     assert compared > 200
 
 
@@ -229,6 +248,21 @@ def test_generated_tables_list_the_same_bytes(tmp_path_factory, syms, table, e_t
             if got is not None:
                 assert got == want
             assert b"".join(listing(image, as_json=as_json)) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=st.lists(names, max_size=20).map(lambda ns: b"\0" + b"".join(n + b"\0" for n in ns)),
+       tail=st.binary(max_size=4), picks=st.lists(st.integers(0, 200), max_size=30))
+def test_strings_are_cut_and_decoded_as_python_does(table, tail, picks) -> None:
+    strtab = table + tail                   # a tail without NUL: an unterminated last string
+    offsets = [p % (len(strtab) + 2) for p in picks]        # some past the end
+    got = _fast.strings(strtab, offsets)
+    strings = extable.elf._Strings(strtab)
+    want = [strings.get(o) for o in offsets]
+    if None in want:
+        assert got is None
+    else:
+        assert got == want
 
 
 def test_a_bad_name_offset_is_declined_and_reported_by_python(tmp_path) -> None:
