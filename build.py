@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+#: The extensions whose exception table is compiled into them after linking.
+WITH_TABLE = ("mcsafe._mcsafe",)
 ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -51,7 +53,6 @@ def extensions() -> list:
         # dynamic linker's lazy binding (not async-signal-safe).
         extra_link_args=["-Wl,-z,now"],
     )
-    ext.embed_table = True
     fast = Extension("extable._fast", sources=["extable/_fast.c"],
                      extra_compile_args=["-O2", "-std=gnu11"])
     return cythonize([ext], language_level=3, quiet=True) + [fast]
@@ -92,7 +93,7 @@ def build_ext_class() -> type:
 
         def build_extension(self, ext) -> None:   # type: ignore[no-untyped-def]
             super().build_extension(ext)
-            if getattr(ext, "embed_table", False):
+            if ext.name in WITH_TABLE:
                 embed_table(self.get_ext_fullpath(ext.name))
 
     return BuildExt
