@@ -1,9 +1,9 @@
 """Adding a non-loaded section to an ELF file the way ``objcopy --add-section`` lays it out.
 
-The input is copied unchanged (in the kernel, with ``copy_file_range``), then
-three things are appended: the section's bytes, a new ``.shstrtab`` (the old
-names plus the new one; it is non-alloc, so moving it touches no segment) and
-a new section header table (the old headers, ``.shstrtab``'s pointing at its
+The input is copied unchanged (in the kernel, with ``copy_file_range``, by
+:mod:`extable.output`), then three things are appended: the section's bytes, a
+new ``.shstrtab`` (the old names plus the new one; it is non-alloc, so moving
+it touches no segment) and a new section header table (the old headers, ``.shstrtab``'s pointing at its
 new place, and one header for the new section, last, so no section index
 changes). Finally ``e_shoff``/``e_shnum`` in the ELF header are updated. No
 program header, no SHF_ALLOC section, no byte of code or data moves.
@@ -61,7 +61,8 @@ def _pad(f: IO[bytes], align: int) -> int:
 
 
 def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> None:
-    """Write image with a new non-alloc PROGBITS section ``name`` holding blob to out."""
+    """Turn out, a copy of image's file, into image with a new non-alloc PROGBITS
+    section ``name`` holding blob."""
     if image.section(name) is not None:
         raise ExtableError(f"section {name!r} exists already", image.path)
     if not image.sections:
@@ -74,10 +75,8 @@ def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> N
     names = image.sections[e_shstrndx]
     table = image.read(e_shoff, count * SHDR.size)
     headers = [bytearray(table[i * SHDR.size:(i + 1) * SHDR.size]) for i in range(count)]
-    strings = image.section_bytes(names)     # everything read before the copy starts
+    strings = image.section_bytes(names)
 
-    if copy_file(image.file, out) != image.size:
-        raise ExtableError("the file changed size while it was being copied", image.path)
     section_at = _pad(out, ALIGN)
     out.write(blob)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any, Sequence, Union
 
     from .elf import ElfImage
+    from .output import Output
     from .table import Table
 
     Args = Union[argparse.Namespace, SimpleNamespace]
@@ -111,6 +112,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.include_dir or args.command == "include-dir":
         print(include_dir())
         return EXIT_OK
+    if args.command != "symbols":
+        _one_blas_thread()
     if args.command == "build":
         _unwind_on_termination()
     try:
@@ -152,6 +155,15 @@ def _plain_symbols(argv: list[str]) -> Args | None:
 
     return SimpleNamespace(command="symbols", file=rest[0], sort="file", demangle=False,
                            json=as_json, include_dir=False)
+
+
+def _one_blas_thread() -> None:
+    """Keep numpy's OpenBLAS from starting a thread per core when numpy is imported, as
+    it does by default: the threads spin before they sleep, which cost more than a whole
+    build of libLLVM-15 (numpy's import: 141 -> 87 ms of CPU, loaded). extable uses
+    numpy's arrays, never its linear algebra. A setting in the environment is kept."""
+    if "numpy" not in sys.modules:                 # else it is too late, and not ours
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 class _Terminated(BaseException):
@@ -236,34 +248,45 @@ def _symbols(args: Args) -> int:
 
 
 def _build(args: Args) -> int:
-    from . import spec as spec_mod
-    from .compiler import build
     from .elf import ElfImage
-    from .sites import Rule
-    from .table import DEFAULT_SECTION
-    from .writer import check_target, write_added_section, write_into_section
+    from .output import Output, check_target
 
     with ElfImage(args.file) as image:
         target = check_target(image, args.output, args.in_place)
-        spec = spec_mod.load(args.spec, image.machine)
-        rules = [Rule.parse(r) for r in args.rule]
-        result = build(image, spec, rules, records=not args.no_records, strict=args.strict)
-        for warning in result.warnings:
-            print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
-        section = args.section or DEFAULT_SECTION
-        t = result.table
+        # The copy of the input starts now, in the kernel, while the modules the table is
+        # compiled with (numpy's) are imported and the table is compiled.
+        with Output(image, target, args.in_place) as output:
+            return _build_into(args, image, target, output)
 
-        def announce() -> None:
-            # Printed before the output is put in place: if stdout cannot take it, the
-            # build fails and leaves nothing (and --in-place leaves the input as it was).
-            _emit(args, {"output": target, "section": section, "sites": result.sites,
-                         "entries": len(t), "descriptors": len(t.handlers)},
-                  [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} "
-                   f"descriptors written into section {section}"])
-            sys.stdout.flush()
 
-        write = write_added_section if args.add_section else write_into_section
-        write(image, t, target, section, in_place=args.in_place, before_commit=announce)
+def _build_into(args: Args, image: ElfImage, target: str, output: Output) -> int:
+    """Compile the table and write it into ``output``."""
+    from . import spec as spec_mod
+    from .compiler import build
+    from .sites import Rule
+    from .table import DEFAULT_SECTION
+    from .writer import write_added_section, write_into_section
+
+    spec = spec_mod.load(args.spec, image.machine)
+    rules = [Rule.parse(r) for r in args.rule]
+    result = build(image, spec, rules, records=not args.no_records, strict=args.strict)
+    for warning in result.warnings:
+        print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
+    section = args.section or DEFAULT_SECTION
+    t = result.table
+
+    def announce() -> None:
+        # Printed before the output is put in place: if stdout cannot take it, the
+        # build fails and leaves nothing (and --in-place leaves the input as it was).
+        _emit(args, {"output": target, "section": section, "sites": result.sites,
+                     "entries": len(t), "descriptors": len(t.handlers)},
+              [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} "
+               f"descriptors written into section {section}"])
+        sys.stdout.flush()
+
+    write = write_added_section if args.add_section else write_into_section
+    write(image, t, target, section, in_place=args.in_place, before_commit=announce,
+          output=output)
     return EXIT_OK
 
 
