@@ -7,15 +7,13 @@ compiler concatenates them; nothing here sorts or checks overlap.
 
 from __future__ import annotations
 
-import operator
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import cast
 
 import numpy as np
 
-from .elf import ElfImage, FunctionSymbols
+from .elf import ElfImage
 from .errors import ExtableError
 from .model import DATA_EXTENDED, DATA_IMM_SHIFT, NOREG, Handler, Kind, Side, extended_word
 
@@ -157,25 +155,28 @@ class Rule:
         return cls(glob.strip(), handler.strip(), pad, f"rule {text!r}", end)
 
 
-def _pads(image: ElfImage, rule: Rule, names: list[str], found: list[int]
-          ) -> list[int | ExtableError]:
-    """Each matched function's landing pad address, or why it does not resolve."""
+def _pads(image: ElfImage, rule: Rule, names: list[str], found: np.ndarray
+          ) -> tuple[np.ndarray, dict[int, ExtableError]]:
+    """Each matched function's landing pad address, and why those that do not resolve do
+    not (by position in ``found``)."""
     landing = rule.landing or DEFAULT_LANDING
-    if "{name}" not in landing and found:        # one pad for every function: resolve once
+    if "{name}" not in landing and len(found):   # one pad for every function: resolve once
         try:
-            pad: int | ExtableError = resolve_address(image, landing, f"{rule.origin}: "
-                                                      f"landing pad for {names[found[0]]}")
+            pad = resolve_address(image, landing, f"{rule.origin}: landing pad for "
+                                  f"{names[found[0]]}")
         except ExtableError as exc:
-            pad = ExtableError(exc.message)
-        return [pad] * len(found)
-    out: list[int | ExtableError] = []
-    for i in found:
+            error = ExtableError(exc.message)
+            return np.zeros(len(found), np.uint64), dict.fromkeys(range(len(found)), error)
+        return np.full(len(found), pad, np.uint64), {}
+    out = np.zeros(len(found), np.uint64)
+    failed: dict[int, ExtableError] = {}
+    for k, i in enumerate(found.tolist()):
         try:
-            out.append(resolve_address(image, landing.replace("{name}", names[i]),
-                                       f"{rule.origin}: landing pad for {names[i]}"))
+            out[k] = resolve_address(image, landing.replace("{name}", names[i]),
+                                     f"{rule.origin}: landing pad for {names[i]}")
         except ExtableError as exc:
-            out.append(ExtableError(exc.message))    # without the image's path twice
-    return out
+            failed[k] = ExtableError(exc.message)    # without the image's path twice
+    return out, failed
 
 
 def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
@@ -188,20 +189,18 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
     it covers is refused (a fault would resume before the faulting instruction and
     repeat forever) unless the rule ends the range there (``end=landing``).
 
-    Each rule's functions are handled together, in passes over them (a ``*`` rule covers
-    every function: 37,000 in libLLVM), not one Python step per function.
+    Each rule's functions are handled together, as arrays (a ``*`` rule covers every
+    function: 37,000 in libLLVM), not one Python step per function.
     """
     if not rules:
         return SiteSet.empty(), []
     funcs = image.functions
+    starts = np.array(funcs.start, np.uint64)
+    ends = starts + np.array(funcs.size, np.uint64)        # wraps past 2^64: checked below
     pool = HandlerPool()
-    claimed: dict[int, Rule] = {}
+    claims = _Claims()
     by_name: dict[str, list[int]] = {}       # for rules naming one function: built once
-    start: list[int] = []
-    end: list[int] = []
-    landing: list[int] = []
-    data: list[int] = []
-    origins: list[str] = []
+    parts: list[SiteSet] = []
     unmatched = []
     for rule in rules:
         if rule.handler not in handlers:
@@ -209,77 +208,109 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                                f"(known: {', '.join(sorted(handlers))})")
         handler = handlers[rule.handler]
         word = pool.word(handler)
-        if any(c in rule.pattern for c in "*?["):
-            found = list(funcs.matching(rule.pattern))
+        if rule.pattern == "*":
+            found = np.arange(len(funcs), dtype=np.intp)
+        elif any(c in rule.pattern for c in "*?["):
+            found = np.fromiter(funcs.matching(rule.pattern), np.intp)
         else:
             if not by_name:
                 for i, name in enumerate(funcs.names):
                     by_name.setdefault(name, []).append(i)
-            found = list(by_name.get(rule.pattern, ()))
+            found = np.array(by_name.get(rule.pattern, ()), np.intp)
         unwind = handler.kind == Kind.UNWIND
         if unwind and (rule.landing is not None or rule.end != "function"):
             raise ExtableError(f"{rule.origin}: {rule.handler} returns to the function's "
                                "caller: it takes no landing pad and no end=")
         matched = len(found)
-        pads = [0] * len(found) if unwind else _pads(image, rule, funcs.names, found)
-        if not unwind:
-            taken = {p for i, p in zip(found, pads) if isinstance(p, int) and p != funcs.start[i]}
-            if taken:
-                kept = [k for k, i in enumerate(found) if funcs.start[i] not in taken]
-                if len(kept) < len(found):
-                    found, pads = [found[k] for k in kept], [pads[k] for k in kept]
-        if not found:
+        failed: dict[int, ExtableError] = {}
+        if unwind:
+            pads = np.zeros(len(found), np.uint64)         # no landing pad: fixup 0
+        else:
+            pads, failed = _pads(image, rule, funcs.names, found)
+            # A function that is another matched function's landing pad is not covered.
+            ok = np.ones(len(found), bool)
+            ok[list(failed)] = False
+            taken = np.isin(starts[found], pads[ok & (pads != starts[found])])
+            if taken.any():
+                kept = np.flatnonzero(~taken)
+                found, pads = found[kept], pads[kept]
+                failed = {int(j): failed[k] for j, k in enumerate(kept.tolist()) if k in failed}
+        if not len(found):
             unmatched.append(f"{rule.origin} matches only the landing pads of the functions "
                              "it matches: no function to cover" if matched
                              else f"{rule.origin} matches no function")
             continue
-        new = _claim(claimed, rule, found, funcs)
-        hits = [found[k] for k in new]
-        for p in (pads[k] for k in new):
-            if isinstance(p, ExtableError):
-                raise p
-        pad = cast("list[int]", [pads[k] for k in new])      # addresses, every one
-        first = [funcs.start[i] for i in hits]
-        last = list(map(operator.add, first, (funcs.size[i] for i in hits)))
+        new = claims.claim(rule, starts[found], funcs.names, found)
+        if failed:
+            covered = set(new.tolist())
+            first = min((k for k in failed if k in covered), default=None)
+            if first is not None:
+                raise failed[first]
+        hits, pad = found[new], pads[new]
+        first_at, last_at = starts[hits], ends[hits]
+        wrapped = np.flatnonzero(last_at < first_at)
+        if len(wrapped):
+            raise ExtableError(f"{funcs.names[int(hits[wrapped[0]])]}: address out of range")
         if not unwind:
-            _end_ranges(image, rule, [funcs.names[i] for i in hits], first, last, pad)
-        start += first
-        end += last
-        landing += pad
-        data += [word] * len(hits)
-        origins += [funcs.names[i] for i in hits]
-    return SiteSet.from_columns(start, end, landing, data, pool.handlers, origins), unmatched
+            last_at = _end_ranges(image, rule, funcs.names, hits, first_at, last_at, pad)
+        parts.append(SiteSet(first_at, last_at, pad, np.full(len(hits), word, np.uint32),
+                             pool.handlers, [funcs.names[i] for i in hits.tolist()]))
+    parts.append(SiteSet.empty())
+
+    def joined(column: str) -> np.ndarray:
+        return np.concatenate([getattr(p, column) for p in parts])
+
+    return SiteSet(joined("start"), joined("end"), joined("landing"), joined("data"),
+                   pool.handlers, [o for p in parts for o in p.origins or ()]), unmatched
 
 
-def _claim(claimed: dict[int, Rule], rule: Rule, found: list[int], funcs: FunctionSymbols
-           ) -> list[int]:
-    """Positions in ``found`` of the functions ``rule`` covers, now claimed for it: the first
-    of each address (an alias covers nothing more), unless an earlier rule with the same
-    handler, pad and end covered it already. Another rule's claim is an error."""
-    starts = [funcs.start[i] for i in found]
-    first = dict(zip(reversed(starts), range(len(found) - 1, -1, -1)))   # address -> first k
-    if claimed:
-        key = (rule.handler, rule.landing, rule.end)
-        clash = [k for a, k in first.items() if a in claimed and
-                 (claimed[a].handler, claimed[a].landing, claimed[a].end) != key]
-        if clash:
-            k = min(clash)
-            other = claimed[starts[k]]
-            raise ExtableError(f"overlapping rules: {other.origin} and {rule.origin} "
-                               f"both match {funcs.names[found[k]]}")
-        new = sorted(k for a, k in first.items() if a not in claimed)
-    else:
-        new = sorted(first.values())
-    claimed.update(dict.fromkeys([starts[k] for k in new], rule))
-    return new
+class _Claims:
+    """The function addresses the rules cover so far, and which rule covers each."""
+
+    def __init__(self) -> None:
+        self.at = np.zeros(0, np.uint64)          # sorted
+        self.rule = np.zeros(0, np.intp)          # index into self.rules, per address
+        self.rules: list[Rule] = []
+
+    def claim(self, rule: Rule, starts: np.ndarray, names: list[str], found: np.ndarray
+              ) -> np.ndarray:
+        """Positions in ``starts`` of the functions ``rule`` covers, now claimed for it:
+        the first of each address (an alias covers nothing more), unless an earlier rule
+        with the same handler, pad and end covered it already. Another rule's claim is
+        an error, naming the first function (in ``found``'s order) it is for."""
+        at, first = np.unique(starts, return_index=True)
+        if len(self.at):
+            pos = np.minimum(np.searchsorted(self.at, at), len(self.at) - 1)
+            seen = self.at[pos] == at
+            key = (rule.handler, rule.landing, rule.end)
+            clash = [(int(k), self.rules[r]) for k, r in zip(first[seen], self.rule[pos[seen]])
+                     if (self.rules[r].handler, self.rules[r].landing, self.rules[r].end) != key]
+            if clash:
+                k, other = min(clash, key=lambda c: c[0])
+                raise ExtableError(f"overlapping rules: {other.origin} and {rule.origin} "
+                                   f"both match {names[int(found[k])]}")
+            at, first = at[~seen], first[~seen]
+        self.rules.append(rule)
+        merged = np.concatenate((self.at, at))
+        order = np.argsort(merged, kind="stable")
+        self.at = merged[order]
+        self.rule = np.concatenate((self.rule, np.full(len(at), len(self.rules) - 1,
+                                                       np.intp)))[order]
+        return np.sort(first)
 
 
-def _end_ranges(image: ElfImage, rule: Rule, names: list[str], start: list[int],
-                end: list[int], landing: list[int]) -> None:
-    """Cut each range [start, end) at a landing pad inside it where the rule says so, in
-    place; refuse a pad inside otherwise (:func:`_range_end`)."""
-    for k in [k for k, (s, e, p) in enumerate(zip(start, end, landing)) if s <= p < e]:
-        end[k] = _range_end(image, rule, names[k], start[k], end[k], landing[k])
+def _end_ranges(image: ElfImage, rule: Rule, names: list[str], hits: np.ndarray,
+                start: np.ndarray, end: np.ndarray, landing: np.ndarray) -> np.ndarray:
+    """The ranges' ends, cut at a landing pad inside a range where the rule says so; a
+    pad inside otherwise is refused (:func:`_range_end`)."""
+    inside = np.flatnonzero((start <= landing) & (landing < end))
+    if not len(inside):
+        return end
+    end = end.copy()
+    for k in inside.tolist():
+        end[k] = _range_end(image, rule, names[int(hits[k])], int(start[k]), int(end[k]),
+                            int(landing[k]))
+    return end
 
 
 def _range_end(image: ElfImage, rule: Rule, name: str, start: int, end: int,
