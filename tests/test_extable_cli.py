@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,26 @@ def test_the_plain_symbols_forms_read_as_argparse_reads_them(argv: list[str]) ->
 def test_build_into_a_reservation_needs_neither_pyelftools_nor_lief(built, tmp_path) -> None:
     assert loaded_modules("build", str(built["x86"]), "-o", str(tmp_path / "o.so"),
                           "--rule", "copy_word=errno") == {"numpy"}
+
+
+@pytest.mark.parametrize("preset", [None, "2"])
+def test_build_keeps_openblas_to_one_thread_unless_told(built, tmp_path, preset) -> None:
+    """numpy's OpenBLAS starts a spinning thread per core when numpy is imported; the
+    command uses no linear algebra, so it asks for one, unless the environment says."""
+    code = ("import os, sys; from extable.cli import main; rc = main(sys.argv[1:]); "
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task')),"
+            " file=sys.stderr); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    proc = subprocess.run([sys.executable, "-c", code, "build", str(built["x86"]), "-o",
+                           str(tmp_path / "o.so"), "--rule", "copy_word=errno"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    setting, threads = proc.stderr.split()[-2:]
+    assert setting == (preset or "1")
+    if preset is None:
+        assert threads == "1"            # the copy's thread has ended, and no BLAS pool
 
 
 def test_dump_and_verify_import_no_writer_spec_or_rule_sources(built, tmp_path) -> None:
