@@ -137,16 +137,20 @@ def check_safety(table: Table, path: str | None = None) -> None:
         why = _unsafe(table.machine, h)
         if why:
             raise CheckFailed(f"descriptor {i} ({h.name or '-'}): {why}", path)
-    for i, data in enumerate(int(d) for d in table.entries["data"]):
-        if data & DATA_EXTENDED:
-            continue
+    # Classic words: each distinct word once (a table holds few), the first entry named.
+    words = table.entries["data"]
+    unsafe = {}
+    for data in np.unique(words[(words & DATA_EXTENDED) == 0]).tolist():
         kind, reg, _flags, imm = decode_classic(data)
         if kind not in (Kind.SHORT_COPY, Kind.ERRNO, Kind.UNWIND):
             continue
         why = _unsafe(table.machine, Handler(Kind(kind), reg=reg, imm=imm))
         if why:
-            raise CheckFailed(f"entry {i} ({describe_data(table.machine, data, [])}): "
-                              f"{why}", path)
+            unsafe[int(np.flatnonzero(words == data)[0])] = (data, why)
+    if unsafe:
+        i = min(unsafe)
+        data, why = unsafe[i]
+        raise CheckFailed(f"entry {i} ({describe_data(table.machine, data, [])}): {why}", path)
 
 
 def check_landing_pads(table: Table, describe: Callable[[int], str] = hex,
