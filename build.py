@@ -61,6 +61,10 @@ def extensions() -> list:
 def embed_table(path: str | os.PathLike[str]) -> None:
     """Compile the exception table of a built extension into it, in place."""
     sys.path.insert(0, str(ROOT))          # this tree's extable, not an installed one
+    # ...in pure Python: its accelerator (extable._fast) is built by this same build, so
+    # the one in the tree is not built yet, or left from an older build.
+    if "extable.elf" not in sys.modules:
+        sys.modules.setdefault("extable._fast", None)
     try:
         from extable.compiler import build
         from extable.elf import ElfImage

@@ -11,3 +11,9 @@ def listing(symtab: ReadableBuffer, strtab: ReadableBuffer, versym: ReadableBuff
 def strings(strtab: ReadableBuffer, offsets: list[int], /) -> list[str] | None:
     """The NUL-terminated strings at ``offsets`` of a string table (bytes that are not
     UTF-8 as lone surrogates), or None if one is out of range or unterminated."""
+
+def functions(symtab: ReadableBuffer, strtab: ReadableBuffer, /
+              ) -> tuple[bytes, list[str], list[int], list[int], list[int], list[bool]] | None:
+    """The defined function symbols of nonzero size, as (keep, names, shndx, value, size,
+    ifunc): keep has one byte per symbol, 1 for those listed. None if a name does not
+    resolve."""

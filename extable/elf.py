@@ -446,12 +446,16 @@ class ElfImage:
     def functions(self) -> FunctionSymbols:
         """Defined function symbols with nonzero size: the function ranges."""
         symtab, raw, strtab = self.symbol_table_bytes()
-        keep = _function_mask(raw)
-        st_name, shndx, value, size = _symbol_columns(raw, keep)
-        names = self._symbol_names(symtab, strtab, st_name)
+        columns = _fast.functions(raw, strtab) if _fast is not None else None
+        if columns is not None:
+            keep, names, shndx, value, size, ifunc = columns
+        else:
+            keep = _function_mask(raw)
+            st_name, shndx, value, size = _symbol_columns(raw, keep)
+            names = self._symbol_names(symtab, strtab, st_name)
+            ifunc = list(map(bool, itertools.compress(raw[4::SYM.size].translate(_IFUNC_INFO),
+                                                      keep)))
         names, versions, hidden = self._split_versions(symtab, keep, names)
-        ifunc = list(map(bool, itertools.compress(raw[4::SYM.size].translate(_IFUNC_INFO),
-                                                  keep)))
         return FunctionSymbols(symtab.name, names, value, size, ifunc, shndx, versions, hidden)
 
     @cached_property
