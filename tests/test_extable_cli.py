@@ -77,6 +77,22 @@ def test_build_into_a_reservation_needs_neither_pyelftools_nor_lief(built, tmp_p
                           "--rule", "copy_word=errno") == {"numpy"}
 
 
+def test_build_add_section_imports_neither_numpy_ma_nor_pyelftools_dwarf(built, tmp_path
+                                                                        ) -> None:
+    """What a build imports is most of its time: numpy.ma (which numpy 2's unique imports
+    unless asked for indices) and pyelftools' ELFFile with its DWARF and EHABI readers
+    (the read-back check needs its header parsing only) would cost 30-60 ms more."""
+    heavy = ("numpy.ma", "elftools.elf.elffile", "elftools.dwarf")
+    code = ("import sys; from extable.cli import main; rc = main(sys.argv[1:]); "
+            f"print([m for m in {heavy!r} if m in sys.modules], 'elftools.elf.structs' "
+            "in sys.modules, file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "build", str(built["plain"]), "-o",
+                           str(tmp_path / "o.so"), "--add-section", "--rule",
+                           "copy_word=errno"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "[] True"
+
+
 @pytest.mark.parametrize("preset", [None, "2"])
 def test_build_keeps_openblas_to_one_thread_unless_told(built, tmp_path, preset) -> None:
     """numpy's OpenBLAS starts a spinning thread per core when numpy is imported; the
