@@ -116,20 +116,28 @@ static char *put_hex(char *at, uint64_t v)
     return at;
 }
 
+/* "00" "01" ... "99": decimal digits two at a time. */
+static char digit_pairs[200];
+
 /* "%*d": right-aligned in width columns (width 0: as it is). */
 static char *put_dec(char *at, uint64_t v, int width)
 {
-    char digits[20];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    char digits[20], *p = digits + sizeof digits;
+    while (v >= 100) {
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * v, 2);
+    } else {
+        *--p = (char)('0' + v);
+    }
+    int n = (int)(digits + sizeof digits - p);
     for (int pad = width - n; pad > 0; pad--)
         *at++ = ' ';
-    while (n)
-        *at++ = digits[--n];
-    return at;
+    return put(at, p, (size_t)n);
 }
 
 /* -- JSON strings, as json.encoder.encode_basestring_ascii writes them ---------------- */
@@ -182,18 +190,49 @@ static inline char *put_u16_escape(char *at, uint32_t u)
     return at;
 }
 
+/* Bytes that stand for themselves in a JSON string of ASCII characters. */
+static uint8_t json_plain[256];
+
+/* Whether 8 bytes all stand for themselves: none below 0x20, above 0x7E, '"' or '\\'
+ * (exact tests for a byte below n, n <= 128, and above n, from "Bit Twiddling Hacks"). */
+static inline int json_plain8(const uint8_t *s)
+{
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t x;
+    memcpy(&x, s, 8);
+#define HAS_BELOW(x, n) (((x) - ones * (n)) & ~(x) & high)
+#define HAS_ABOVE(x, n) ((((x) + ones * (127 - (n))) | (x)) & high)
+    return !(HAS_BELOW(x, 0x20) | HAS_ABOVE(x, 0x7E) | HAS_BELOW(x ^ (ones * '"'), 1)
+             | HAS_BELOW(x ^ (ones * '\\'), 1));
+#undef HAS_BELOW
+#undef HAS_ABOVE
+}
+
+static void init_tables(void)
+{
+    for (int c = 0x20; c < 0x7F; c++)
+        json_plain[c] = c != '"' && c != '\\';
+    for (int i = 0; i < 100; i++) {
+        digit_pairs[2 * i] = (char)('0' + i / 10);
+        digit_pairs[2 * i + 1] = (char)('0' + i % 10);
+    }
+}
+
 /* s as the inside of a JSON string of ASCII characters; NULL if s is not valid UTF-8.
  * Needs room for 6 * n bytes (a byte becomes at most a six-byte escape). */
 static char *put_json_chars(char *at, const uint8_t *s, size_t n)
 {
     const uint8_t *end = s + n;
     while (s < end) {
-        uint8_t c = *s;
-        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
-            *at++ = (char)c;
+        const uint8_t *run = s;             /* plain bytes are copied a run at a time */
+        while (end - s >= 8 && json_plain8(s))
+            s += 8;
+        while (s < end && json_plain[*s])
             s++;
-            continue;
-        }
+        at = put(at, (const char *)run, (size_t)(s - run));
+        if (s == end)
+            break;
+        uint8_t c = *s;
         if (c < 0x80) {
             const char *short_form = NULL;
             switch (c) {
@@ -615,5 +654,6 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fast(void)
 {
+    init_tables();
     return PyModule_Create(&module);
 }
