@@ -118,6 +118,10 @@ def table(res: Results, group: str, per_byte: int | None = None) -> list[str]:
     return lines
 
 
+#: benchmarks/test_cli.py's extable peers run as installed from a wheel have this suffix.
+INSTALLED = " (installed)"
+
+
 def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) for every target the issues set."""
     out: list[tuple[str, str, bool | None]] = []
@@ -191,25 +195,34 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     if st:
         out.append(("extable symbols on a small library < 80 ms (whole process)",
                     fmt_time(st["median"]), st["median"] < 0.080))
-    r = ratio("cli-symbols-large", "extable symbols", "readelf -sW")
-    if r:
-        out.append(("extable symbols, largest ELF, ≤ 0.5× readelf -sW (whole process)",
-                    f"{r:.2f}×", r <= 0.5))
-    r = ratio("cli-symbols-large", "extable symbols --json", "extable symbols")
+    # Whole-process goals hold for the command as installed from a wheel; the development
+    # install's (editable: setuptools' import hook at every start) is shown beside them.
+    for group, what in (("cli-symbols-large", "the largest ELF"),
+                        ("cli-symbols-symtab", "a .symtab-heavy file (debug vmlinux)"),
+                        ("cli-symbols-libstdc++", "libstdc++")):
+        r = ratio(group, "extable symbols" + INSTALLED, "readelf -sW")
+        if r:
+            out.append((f"extable symbols ≤ 0.5× readelf -sW on {what} (whole process)",
+                        f"{r:.2f}×", r <= 0.5))
+        r = ratio(group, "extable symbols", "readelf -sW")
+        if r:
+            out.append((f"extable symbols vs readelf -sW on {what}, editable development "
+                        "install (no target)", f"{r:.2f}×", None))
+    r = ratio("cli-symbols-large", "extable symbols --json" + INSTALLED,
+              "extable symbols" + INSTALLED)
     if r:
         out.append(("extable symbols --json within 1.2× text (largest ELF)", f"{r:.2f}×",
                     r <= 1.2))
-    r = ratio("cli-symbols-symtab", "extable symbols", "readelf -sW")
-    if r:
-        out.append(("extable symbols ≤ 0.5× readelf -sW on a .symtab-heavy file (debug "
-                    "vmlinux, whole process)", f"{r:.2f}×", r <= 0.5))
-    r = ratio("cli-add-section-star", "extable build --add-section --rule '*'",
-              "objcopy --add-section")
+    star = "extable build --add-section --rule '*'"
+    r = ratio("cli-add-section-star", star + INSTALLED, "objcopy --add-section")
     if r:
         out.append(("build --add-section with a * rule ≤ 2× objcopy --add-section",
                     f"{r:.2f}×", r <= 2.0))
-        kib = res.groups["cli-add-section-star"]["extable build --add-section --rule '*'"].get(
-            "peak_kib")
+    r = ratio("cli-add-section-star", star, "objcopy --add-section")
+    if r:
+        out.append(("build --add-section with a * rule vs objcopy --add-section, editable "
+                    "development install (no target)", f"{r:.2f}×", None))
+        kib = res.groups["cli-add-section-star"][star].get("peak_kib")
         if kib:
             out.append(("build --add-section with a * rule, peak memory (no target)",
                         f"{kib / 1024:.0f} MiB", None))
@@ -410,8 +423,10 @@ SECTIONS = [
      "function, compiled and encoded (not written)."),
     ("The compiler", "compile", "Compiling a synthetic table of 1,000,000 entries."),
     ("The command line", "cli-", "Whole processes, as a build step runs them: `extable` "
-     "against readelf, nm and objcopy on a small library (libz), the largest ELF on the "
-     "machine, and a table built into it."),
+     "against readelf, nm and objcopy on a small library (libz), libstdc++, the largest ELF "
+     "on the machine, a debug vmlinux when one is cached, and a table built into it. "
+     "`(installed)` is the command as a wheel installs it; without, the editable development "
+     "install's, whose import hook (setuptools') costs 10-15 ms of every start."),
     ("Kernel exception tables", "kernel", "`extable dump`/`verify` on Linux kernel objects "
      "against `objdump -s -j __ex_table` plus `readelf -r` (which only show raw bytes and "
      "relocations): a Debian module, Debian's vmlinux, and a synthetic 600 MB vmlinux with "
