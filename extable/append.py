@@ -20,7 +20,6 @@ is identical (:func:`check_unchanged`).
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 from typing import IO, Any
 
@@ -47,6 +46,8 @@ def copy_file(src: IO[bytes], dst: IO[bytes]) -> int:
     except OSError:
         done = 0                            # no copy_file_range here (e.g. across file systems)
     if done < size:
+        import shutil
+
         src.seek(done)
         dst.seek(done)
         shutil.copyfileobj(src, dst, 1 << 20)

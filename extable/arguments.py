@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shutil
 import sys
-from typing import Any, NoReturn
 
 from . import __version__
-from .names import json_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 EXIT_INPUT = 2
 
@@ -27,6 +28,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if self.json_errors:            # as extable.cli prints every JSON object
+            from .names import json_text
+
             sys.stdout.write(json_text({"error": message, "file": None, "exit": EXIT_INPUT},
                                        separators=(",", ":")) + "\n")
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
@@ -46,6 +49,8 @@ class Formatter(argparse.HelpFormatter):
 
 @functools.lru_cache(maxsize=1)
 def _width() -> int:
+    import shutil
+
     return shutil.get_terminal_size().columns - 2        # as HelpFormatter computes it
 
 
