@@ -368,9 +368,6 @@ class ElfImage:
                 names = [self._name(strings, o, symtab.name) for o in offsets]
         return names
 
-    def _strings(self, section: Section) -> _Strings:
-        return _Strings(self.section_bytes(section))
-
     def _name(self, strings: _Strings, offset: int, table: str) -> str:
         name = strings.get(offset)
         if name is None:
@@ -392,7 +389,8 @@ class ElfImage:
         if versym is None or verdef is None or verdef.link >= len(self.sections):
             return None
         blob = self.section_bytes(verdef)
-        strings = self._strings(self.sections[verdef.link])
+        # A few names: cut from the bytes, not from the whole table decoded (.dynstr).
+        strings = self.section_bytes(self.sections[verdef.link])
         names: dict[int, str] = {}
         at = 0
         for _ in range(max(verdef.info, 1)):
@@ -400,9 +398,10 @@ class ElfImage:
                 break
             _ver, _flags, ndx, count, _hash, aux, nxt = struct.unpack_from("<HHHHIII", blob, at)
             if count and at + aux + 8 <= len(blob):
-                name = strings.get(struct.unpack_from("<I", blob, at + aux)[0])
-                if name is not None:
-                    names[ndx] = name
+                offset = struct.unpack_from("<I", blob, at + aux)[0]
+                end = strings.find(b"\0", offset)
+                if end >= 0:
+                    names[ndx] = strings[offset:end].decode("utf-8", "surrogateescape")
             if not nxt:
                 break
             at += nxt
