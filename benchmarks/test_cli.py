@@ -195,17 +195,26 @@ def plt_address(path: str) -> int:
         return sec.addr
 
 
+#: The file issue 20 names for the * rule (117 MB, 37,000 functions), beside the largest ELF.
+LIBLLVM = "/usr/lib/x86_64-linux-gnu/libLLVM-15.so.1"
+STAR_FILES = {"cli-add-section-star": BIG, "cli-add-section-star-libLLVM-15": LIBLLVM}
+
+
+@pytest.mark.parametrize("group", sorted(STAR_FILES))
 @pytest.mark.parametrize("peer", ["extable build --add-section --rule '*'",
                                   "extable build --add-section --rule '*'" + INSTALLED,
                                   "objcopy --add-section"])
-def test_cli_add_section_with_a_rule_over_every_function(benchmark, peer: str,
+def test_cli_add_section_with_a_rule_over_every_function(benchmark, peer: str, group: str,
                                                         tmp_path_factory, installed) -> None:
-    """Every function of the largest ELF covered (one entry each), against objcopy adding a
+    """Every function of the file covered (one entry each), against objcopy adding a
     section of the same size."""
+    path = STAR_FILES[group]
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not on this machine")
     work = tmp_path_factory.mktemp("star")
     out = work / "out.so"
-    rule = ["--rule", f"*=errno@{plt_address(BIG):#x}"]
-    first = subprocess.run([*extable_cmd(), "build", BIG, "-o", str(out), "--add-section",
+    rule = ["--rule", f"*=errno@{plt_address(path):#x}"]
+    first = subprocess.run([*extable_cmd(), "build", path, "-o", str(out), "--add-section",
                             "--json", *rule], capture_output=True, text=True, check=True)
     entries = json.loads(first.stdout)["entries"]
     out.unlink()
@@ -214,18 +223,20 @@ def test_cli_add_section_with_a_rule_over_every_function(benchmark, peer: str,
             pytest.skip("objcopy is not installed")
         blob = work / "blob"
         blob.write_bytes(b"\0" * (64 + 16 * entries))
-        argv = ["objcopy", "--add-section", f"extable_table={blob}", BIG, str(out)]
+        argv = ["objcopy", "--add-section", f"extable_table={blob}", path, str(out)]
     else:
         command = installed if peer.endswith(INSTALLED) else extable_cmd()
-        argv = [*command, "build", BIG, "-o", str(out), "--add-section", *rule]
+        argv = [*command, "build", path, "-o", str(out), "--add-section", *rule]
 
     def once() -> None:
         if out.exists():
             out.unlink()
-        run(argv)
+        # objcopy warns on librustc_driver (sections "can't be allocated in segment 4")
+        # and still exits 0: its stderr is not ours to show.
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
 
-    benchmark.group = "cli-add-section-star"
-    benchmark.extra_info.update(peer=peer, file=BIG, entries=entries)
+    benchmark.group = group
+    benchmark.extra_info.update(peer=peer, file=path, entries=entries)
     if not peer.startswith("objcopy"):
         benchmark.extra_info["peak_kib"] = peak_kib(argv[1:] if argv[0].endswith("extable")
                                                     else argv[3:])
