@@ -302,9 +302,9 @@ WHY_MISSED = {
         "are nearly all of both; mcsafe adds the table lookup, the row's binary search, a "
         "few loads from the frame and two atomic counters (tens of ns of about 1.8 µs).",
     "build --add-section with a * rule ≤ 2× objcopy --add-section on libLLVM-15":
-        "2.3-2.5× (installed; CPU 2.5×) in interleaved runs at load 3.5-5 on 2 cores, where "
-        "objcopy takes 83-110 ms (its copy in the page cache, no fsync) and extable 190-220 ms "
-        "of CPU. Importing numpy is 75 ms of CPU of that even with OpenBLAS kept to one "
+        "2.2-2.6× (installed; CPU time 2.3-2.6×) in interleaved runs at load 3.5-8.5 on 2 "
+        "cores, where objcopy takes 80-90 ms of CPU (its copy in the page cache, no fsync) "
+        "and extable 190-220 ms. Importing numpy is 75 ms of CPU of that even with OpenBLAS kept to one "
         "thread; the symbols (13 ms, in C), the sites and compile (vectorised), the copy (a "
         "thread, copy_file_range) and the read-back check are not the gap. 2× of an 80-110 ms "
         "objcopy would need a build path without numpy. On the largest ELF (librustc_driver, "
