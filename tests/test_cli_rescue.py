@@ -419,9 +419,60 @@ def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> Non
     m = Mapfile.parse("# c\n  0x10  -  3 \n0 4096 +\n010000 0x1000 +\n8192 512 ?\n")
     assert (m.current_pos, m.current_status, m.current_pass) == (16, "-", 3)
     assert list(m.blocks()) == [(0, 8192, "+"), (8192, 512, "?")]
-    for text, words in (("", "no status line"), ("0x0 x 1\n", "line 1: not a status line"),
+    assert Mapfile.parse("") is None and Mapfile.parse("# c\n\n  \n") is None
+    for text, words in (("0x0 x 1\n", "line 1: not a status line"),
                         ("0 + 1\n0 10 x\n", "line 2: not a block"),
                         ("0 + 1\n0 0x-1 +\n", "line 2: not a number"),
-                        ("0 + 1\n0 0 +\n", "line 2: a block of size 0")):
+                        ("0 + 1\n0 0x10 +\n0x10 0 +\n", "line 3: a block of size 0")):
         with pytest.raises(MapfileError, match=words):
             Mapfile.parse(text)
+
+
+# -- empty mapfiles, as ddrescue reads them -------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "# made by mktemp, then a comment\n\n   \n"])
+def test_an_empty_mapfile_starts_a_new_rescue_as_in_ddrescue(tmp_path, text) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    (tmp_path / "theirs.map").write_text(text)
+    ddrescue(str(src), tmp_path / "theirs", tmp_path / "theirs.map")
+    (tmp_path / "m.map").write_text(text)
+    p = rescue("--map", tmp_path / "m.map", src, tmp_path / "mine")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "mine").read_bytes() == src.read_bytes()
+    assert blocks(tmp_path / "m.map") == blocks(tmp_path / "theirs.map") == \
+        [(0, 100_000, "+")]
+
+
+def test_ddrescue_s_mapfile_of_an_empty_input_is_resumed(tmp_path) -> None:
+    """ddrescue on an empty input writes one block of size 0 ("0x00000000 0x00000000 ?");
+    ddrescuelog reads it, and so does rescue, once the input holds data too."""
+    src = tmp_path / "src"
+    src.write_bytes(b"")
+    ddrescue(str(src), tmp_path / "dst", tmp_path / "dst.map")
+    assert "0x00000000  0x00000000  ?" in (tmp_path / "dst.map").read_text()
+    assert ddrescuelog("-t", tmp_path / "dst.map").returncode == 0
+    p = rescue(src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    src.write_bytes(b"now some data" * 1000)
+    p = rescue(src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+def test_a_block_of_size_0_is_read_where_ddrescuelog_reads_it() -> None:
+    """ddrescuelog takes a block of size 0 at position 0 before any other, and
+    refuses one anywhere else (checked against ddrescuelog itself)."""
+    for text, ok in (("0 ? 1\n0 0 ?\n", True), ("0 + 1\n0 0 -\n", True),
+                     ("0 ? 1\n0 0 ?\n0 0x1000 +\n", True),
+                     ("0 ? 1\n0 0x1000 +\n0x1000 0 ?\n", False),
+                     ("0 ? 1\n0 0x1000 +\n0x1000 0 ?\n0x1000 0x1000 ?\n", False)):
+        theirs = subprocess.run([need("ddrescuelog"), "-t", "-"], input=text,
+                                capture_output=True, text=True)
+        assert (theirs.returncode == 0) == ok, (text, theirs.stderr)
+        if ok:
+            m = Mapfile.parse(text)
+            assert m.size == sum(n for _, n, _ in m.blocks())
+        else:
+            with pytest.raises(MapfileError, match="a block of size 0"):
+                Mapfile.parse(text)

@@ -121,8 +121,9 @@ class Mapfile:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def parse(cls, text: str, name: str = "mapfile") -> Mapfile:
-        """Read a mapfile; MapfileError naming the line if it is not one."""
+    def parse(cls, text: str, name: str = "mapfile") -> Mapfile | None:
+        """Read a mapfile; MapfileError naming the line if it is not one, None if it
+        holds nothing but comments and blank lines (ddrescue then starts afresh)."""
         status_line: tuple[int, str, int] | None = None
         starts: list[int] = []
         statuses: list[str] = []
@@ -147,6 +148,8 @@ class Mapfile:
             if pos != end:
                 raise MapfileError(f"{where}: the block at {pos:#x} does not start where "
                                    f"the one before ends ({end:#x})")
+            if size == 0 and pos == 0 and not statuses:
+                continue                # ddrescue's only block for an empty input
             if size <= 0:
                 raise MapfileError(f"{where}: a block of size {size}")
             if statuses and statuses[-1] == words[2]:
@@ -156,13 +159,13 @@ class Mapfile:
             statuses.append(words[2])
             end = pos + size
         if status_line is None:
-            raise MapfileError(f"{name}: no status line: not a ddrescue mapfile")
+            return None
         m = cls(end, starts, statuses)
         m.current_pos, m.current_status, m.current_pass = status_line
         return m
 
     @classmethod
-    def load(cls, path: str) -> Mapfile:
+    def load(cls, path: str) -> Mapfile | None:
         with open(path, encoding="ascii", errors="replace") as f:
             return cls.parse(f.read(), path)
 

@@ -201,6 +201,8 @@ class Rescue:
         except (OSError, MapfileError) as exc:
             raise RescueError(str(exc) if isinstance(exc, MapfileError)
                               else f"{self.mappath}: {exc.strerror}") from None
+        if m is None:                   # nothing in it: a new rescue, as ddrescue
+            return Mapfile(size), False
         if m.size > size and m.total("?*/-") and any(e > size for _, e in m.ranges("?*/-")):
             print(f"mcsafe rescue: {self.args.src} is {size} bytes, shorter than "
                   f"{self.mappath} says ({m.size}): the rest cannot be read", file=sys.stderr)
