@@ -476,3 +476,52 @@ def test_a_block_of_size_0_is_read_where_ddrescuelog_reads_it() -> None:
         else:
             with pytest.raises(MapfileError, match="a block of size 0"):
                 Mapfile.parse(text)
+
+
+# -- stdout and usage ------------------------------------------------------------------------
+
+def test_stdout_that_cannot_be_written_is_one_line_and_exit_2(tmp_path) -> None:
+    """A report to a full disk (/dev/full): one line naming standard output, exit 2
+    (for scan 1 would mean bad ranges found), no traceback; the rescue itself done."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    for args in (("scan", src), ("scan", "--json", src),
+                 ("rescue", src, tmp_path / "dst")):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "mcsafe", *map(str, args)], stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=WAIT)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.splitlines() == [f"mcsafe {args[0]}: standard output: "
+                                         "No space left on device"], p.stderr
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("command", ["scan", "rescue"])
+def test_a_closed_pipe_ends_quietly_as_cat_does(tmp_path, command) -> None:
+    """stdout a pipe whose reader has gone: killed by SIGPIPE (exit 141 in a shell),
+    nothing on stderr."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    args = ["scan", str(src), str(src)] if command == "scan" else \
+        ["rescue", str(src), str(tmp_path / "dst")]
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "mcsafe", *args], stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=WAIT)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (-signal.SIGPIPE, "")
+
+
+def test_usage_errors_are_rescue_s_own(tmp_path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"s" * 100)
+    p = rescue(src, tmp_path / "dst", "--bogus")
+    assert p.returncode == 2 and p.stderr.startswith("usage: python -m mcsafe rescue ")
+    assert p.stderr.splitlines()[-1] == \
+        "python -m mcsafe rescue: error: unrecognized arguments: --bogus"
+    for value in ("-5", "nan", "x"):
+        p = rescue("--save-every", value, src, tmp_path / "dst")
+        assert p.returncode == 2 and "argument --save-every: " in p.stderr, (value, p.stderr)
+    assert not (tmp_path / "dst").exists()

@@ -34,7 +34,7 @@ from .. import MappedFile
 from .._libc import libc
 from ..pagecache import Snapshot, sees_cache
 from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
-from .output import byte_bar, size_text
+from .output import byte_bar, size_text, write_out
 from .stop import StopFlag, Stopped
 
 ZEROS = bytes(1 << 20)
@@ -291,13 +291,14 @@ class Rescue:
     def _report(self, m: Mapfile) -> int:
         rescued, bad = m.total(FINISHED), m.ranges(BAD)
         pct = f" ({100 * rescued / m.size:.2f}%)" if m.size else ""
-        print(f"rescued {rescued} of {m.size} bytes{pct} of {self.args.src} into "
-              f"{self.args.dst}; mapfile {self.mappath}")
+        lines = [f"rescued {rescued} of {m.size} bytes{pct} of {self.args.src} into "
+                 f"{self.args.dst}; mapfile {self.mappath}"]
         if bad:
             shown = ", ".join(f"[{s:#x}, {e:#x}) {self._cause(s, e)}" for s, e in bad[:8])
             more = f", and {len(bad) - 8} more" if len(bad) > 8 else ""
-            print(f"bad: {len(bad)} range{'s' * (len(bad) != 1)}, "
-                  f"{size_text(sum(e - s for s, e in bad))}: {shown}{more}")
+            lines.append(f"bad: {len(bad)} range{'s' * (len(bad) != 1)}, "
+                         f"{size_text(sum(e - s for s, e in bad))}: {shown}{more}")
+        write_out(sys.stdout, "".join(line + "\n" for line in lines))
         left = m.total("?*/")
         if self.error is not None:
             print(f"mcsafe rescue: {self.error}; run again to go on", file=sys.stderr)
