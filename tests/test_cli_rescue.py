@@ -525,3 +525,121 @@ def test_usage_errors_are_rescue_s_own(tmp_path) -> None:
         p = rescue("--save-every", value, src, tmp_path / "dst")
         assert p.returncode == 2 and "argument --save-every: " in p.stderr, (value, p.stderr)
     assert not (tmp_path / "dst").exists()
+
+
+# -- a full disk, an unwritable mapfile, the page cache, SRC cut short ----------------------
+
+# -- what a full disk, an unwritable mapfile and odd mapfiles do -----------------------------
+
+def test_a_full_disk_stops_with_a_mapfile_that_says_how_far_it_got(tmpfs, tmp_path) -> None:
+    """DST and its mapfile on a 4 MiB tmpfs, SRC 12 MiB: DST fills the disk. One
+    line naming DST, exit 2; the mapfile (saved into the room reserved for it when
+    the run began) says what DST holds; with room again, a rerun finishes."""
+    disk = tmpfs("4m")
+    src = tmp_path / "src"
+    data = os.urandom(12 << 20)
+    src.write_bytes(data)
+    dst, mapfile = disk / "dst", disk / "dst.map"
+    p = rescue(src, dst)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stderr.splitlines() == [f"mcsafe rescue: {dst}: No space left on device; "
+                                     "run again to go on"]
+    m = Mapfile.load(str(mapfile))
+    done = m.finished_end
+    assert 0 < done < 4 << 20 and m.total("+") == done
+    assert list(m.blocks()) == [(0, done, "+"), (done, (12 << 20) - done, "?")]
+    assert dst.read_bytes() == data[:done]
+    assert sorted(os.listdir(disk)) == ["dst", "dst.map"]
+    assert ddrescuelog("-D", mapfile).returncode == 1      # not everything rescued
+    # the last block taken by another file: the mapfile is written over itself, in
+    # the room reserved for it, up front and at the end
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(fd, b"f" * PAGE)
+    finally:
+        os.close(fd)
+    assert os.statvfs(disk).f_bavail == 0
+    p = rescue("--no-sync", src, dst)
+    assert p.returncode == 2 and p.stderr.splitlines() == \
+        [f"mcsafe rescue: {dst}: No space left on device; run again to go on"]
+    assert f"# Command line: mcsafe rescue --no-sync {src} {dst}\n" in mapfile.read_text()
+    assert blocks(mapfile) == [(0, done, "+"), (done, (12 << 20) - done, "?")]
+    assert sorted(os.listdir(disk)) == ["dst", "dst.map", "filler"]
+    os.unlink(disk / "filler")
+    subprocess.run(["mount", "-o", "remount,size=32m", str(disk)], check=True)
+    p = rescue(src, dst)
+    assert p.returncode == 0, p.stderr
+    assert dst.read_bytes() == data
+    assert ddrescuelog("-D", mapfile).returncode == 0
+
+
+def test_a_full_disk_in_place_keeps_saving_the_mapfile(tmpfs, tmp_path) -> None:
+    """--in-place, a save after every chunk: the saves that come after the disk is
+    full still succeed (in the room kept for the mapfile), the last says how far."""
+    disk = tmpfs("4m")
+    src = tmp_path / "src"
+    data = os.urandom(12 << 20)
+    src.write_bytes(data)
+    dst = disk / "dst"
+    p = rescue("--in-place", "--save-every", 0, "--map", disk / "d.map", src, dst)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "No space left on device" in p.stderr and "Traceback" not in p.stderr
+    m = Mapfile.load(str(disk / "d.map"))
+    assert 0 < m.finished_end and dst.read_bytes()[:m.finished_end] == data[:m.finished_end]
+
+
+def test_a_mapfile_that_cannot_be_written_is_refused_before_anything_is_copied(
+        tmpfs, tmp_path) -> None:
+    """Its folder missing, on a read-only file system, or an existing one there to
+    resume from: one line naming the mapfile, exit 2, DST not created."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    ro = tmpfs("64k")
+    (ro / "old.map").write_text("0x0 + 1\n0x0 0x186A0 ?\n")
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    for mapfile, why in ((tmp_path / "no" / "such" / "x.map", "No such file or directory"),
+                         (ro / "x.map", "Read-only file system"),
+                         (ro / "old.map", "Read-only file system")):
+        p = rescue("--map", mapfile, src, tmp_path / "dst")
+        assert p.returncode == 2, (mapfile, p.stdout, p.stderr)
+        assert p.stderr.splitlines() == [f"mcsafe rescue: {mapfile}: {why}"]
+        assert sorted(os.listdir(tmp_path)) == sorted(["src", ro.name])
+
+
+# -- page cache, stdout, usage -------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [500_000, 32 << 20])
+def test_the_page_cache_of_src_is_left_as_found(tmp_path, size) -> None:
+    """As scan: pages rescue brought in are evicted again, from the tail that opening
+    SRC reads too; pages cached before stay."""
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
+    src = tmp_path / "src"
+    written(src, size)
+    evict(src)
+    warm(src, 0, 2 << 20 if size > 4 << 20 else 4 * PAGE)
+    before = _resident_of_path(src, size)
+    p = rescue("--no-sync", src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    after = _resident_of_path(src, size)
+    assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
+
+
+def test_src_cut_during_the_rescue_is_said_in_one_line(failing_file, tmp_path) -> None:
+    """The FUSE server cuts SRC (4 MiB) to 10 pages when its bad page 20 is read: what
+    read(2) would have given stays rescued, the rest is not tried; stderr says SRC
+    was cut, exit 1 (ranges not rescued)."""
+    size = 1024 * PAGE
+    f = failing_file(size, inject.page_ranges([20]))
+    data = f.contents()
+    mapfile = tmp_path / "m.map"
+    with f.on_failed_read(truncate=10 * PAGE):
+        p = rescue("--map", mapfile, f.path, tmp_path / "dst")
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.splitlines() == [
+        f"mcsafe rescue: {f.path} was cut from {size} to {10 * PAGE} bytes during the "
+        f"rescue: {size - 10 * PAGE} bytes past the cut were not read"]
+    assert blocks(mapfile) == [(0, 10 * PAGE, "+"), (10 * PAGE, size - 10 * PAGE, "?")]
+    assert (tmp_path / "dst").read_bytes() == data[:10 * PAGE]
+
