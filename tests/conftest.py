@@ -129,3 +129,27 @@ def failing_file():
     yield make
     for f in reversed(made):
         f.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size, *options) -> a folder with a tmpfs of that size (e.g. "4m")
+    mounted on it, under tmp_path, unmounted after the test; the test is skipped
+    where a tmpfs cannot be mounted (not root), with mount's reason."""
+    mounted: list[Path] = []
+
+    def mount(size: str, *options: str) -> Path:
+        mnt = tmp_path / f"tmpfs{len(mounted)}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}",
+                                                                      *options]),
+                               "tmpfs", str(mnt)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()!r}")
+        mounted.append(mnt)
+        return mnt
+    try:
+        yield mount
+    finally:
+        for mnt in reversed(mounted):
+            subprocess.run(["umount", "-l", str(mnt)], check=True)

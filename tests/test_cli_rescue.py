@@ -419,9 +419,227 @@ def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> Non
     m = Mapfile.parse("# c\n  0x10  -  3 \n0 4096 +\n010000 0x1000 +\n8192 512 ?\n")
     assert (m.current_pos, m.current_status, m.current_pass) == (16, "-", 3)
     assert list(m.blocks()) == [(0, 8192, "+"), (8192, 512, "?")]
-    for text, words in (("", "no status line"), ("0x0 x 1\n", "line 1: not a status line"),
+    assert Mapfile.parse("") is None and Mapfile.parse("# c\n\n  \n") is None
+    for text, words in (("0x0 x 1\n", "line 1: not a status line"),
                         ("0 + 1\n0 10 x\n", "line 2: not a block"),
                         ("0 + 1\n0 0x-1 +\n", "line 2: not a number"),
-                        ("0 + 1\n0 0 +\n", "line 2: a block of size 0")):
+                        ("0 + 1\n0 0x10 +\n0x10 0 +\n", "line 3: a block of size 0")):
         with pytest.raises(MapfileError, match=words):
             Mapfile.parse(text)
+
+
+# -- empty mapfiles, as ddrescue reads them -------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "# made by mktemp, then a comment\n\n   \n"])
+def test_an_empty_mapfile_starts_a_new_rescue_as_in_ddrescue(tmp_path, text) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    (tmp_path / "theirs.map").write_text(text)
+    ddrescue(str(src), tmp_path / "theirs", tmp_path / "theirs.map")
+    (tmp_path / "m.map").write_text(text)
+    p = rescue("--map", tmp_path / "m.map", src, tmp_path / "mine")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "mine").read_bytes() == src.read_bytes()
+    assert blocks(tmp_path / "m.map") == blocks(tmp_path / "theirs.map") == \
+        [(0, 100_000, "+")]
+
+
+def test_ddrescue_s_mapfile_of_an_empty_input_is_resumed(tmp_path) -> None:
+    """ddrescue on an empty input writes one block of size 0 ("0x00000000 0x00000000 ?");
+    ddrescuelog reads it, and so does rescue, once the input holds data too."""
+    src = tmp_path / "src"
+    src.write_bytes(b"")
+    ddrescue(str(src), tmp_path / "dst", tmp_path / "dst.map")
+    assert "0x00000000  0x00000000  ?" in (tmp_path / "dst.map").read_text()
+    assert ddrescuelog("-t", tmp_path / "dst.map").returncode == 0
+    p = rescue(src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    src.write_bytes(b"now some data" * 1000)
+    p = rescue(src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+def test_a_block_of_size_0_is_read_where_ddrescuelog_reads_it() -> None:
+    """ddrescuelog takes a block of size 0 at position 0 before any other, and
+    refuses one anywhere else (checked against ddrescuelog itself)."""
+    for text, ok in (("0 ? 1\n0 0 ?\n", True), ("0 + 1\n0 0 -\n", True),
+                     ("0 ? 1\n0 0 ?\n0 0x1000 +\n", True),
+                     ("0 ? 1\n0 0x1000 +\n0x1000 0 ?\n", False),
+                     ("0 ? 1\n0 0x1000 +\n0x1000 0 ?\n0x1000 0x1000 ?\n", False)):
+        theirs = subprocess.run([need("ddrescuelog"), "-t", "-"], input=text,
+                                capture_output=True, text=True)
+        assert (theirs.returncode == 0) == ok, (text, theirs.stderr)
+        if ok:
+            m = Mapfile.parse(text)
+            assert m.size == sum(n for _, n, _ in m.blocks())
+        else:
+            with pytest.raises(MapfileError, match="a block of size 0"):
+                Mapfile.parse(text)
+
+
+# -- stdout and usage ------------------------------------------------------------------------
+
+def test_stdout_that_cannot_be_written_is_one_line_and_exit_2(tmp_path) -> None:
+    """A report to a full disk (/dev/full): one line naming standard output, exit 2
+    (for scan 1 would mean bad ranges found), no traceback; the rescue itself done."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    for args in (("scan", src), ("scan", "--json", src),
+                 ("rescue", src, tmp_path / "dst")):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "mcsafe", *map(str, args)], stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=WAIT)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.splitlines() == [f"mcsafe {args[0]}: standard output: "
+                                         "No space left on device"], p.stderr
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("command", ["scan", "rescue"])
+def test_a_closed_pipe_ends_quietly_as_cat_does(tmp_path, command) -> None:
+    """stdout a pipe whose reader has gone: killed by SIGPIPE (exit 141 in a shell),
+    nothing on stderr."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    args = ["scan", str(src), str(src)] if command == "scan" else \
+        ["rescue", str(src), str(tmp_path / "dst")]
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "mcsafe", *args], stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=WAIT)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (-signal.SIGPIPE, "")
+
+
+def test_usage_errors_are_rescue_s_own(tmp_path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"s" * 100)
+    p = rescue(src, tmp_path / "dst", "--bogus")
+    assert p.returncode == 2 and p.stderr.startswith("usage: python -m mcsafe rescue ")
+    assert p.stderr.splitlines()[-1] == \
+        "python -m mcsafe rescue: error: unrecognized arguments: --bogus"
+    for value in ("-5", "nan", "x"):
+        p = rescue("--save-every", value, src, tmp_path / "dst")
+        assert p.returncode == 2 and "argument --save-every: " in p.stderr, (value, p.stderr)
+    assert not (tmp_path / "dst").exists()
+
+
+# -- a full disk, an unwritable mapfile, the page cache, SRC cut short ----------------------
+
+# -- what a full disk, an unwritable mapfile and odd mapfiles do -----------------------------
+
+def test_a_full_disk_stops_with_a_mapfile_that_says_how_far_it_got(tmpfs, tmp_path) -> None:
+    """DST and its mapfile on a 4 MiB tmpfs, SRC 12 MiB: DST fills the disk. One
+    line naming DST, exit 2; the mapfile (saved into the room reserved for it when
+    the run began) says what DST holds; with room again, a rerun finishes."""
+    disk = tmpfs("4m")
+    src = tmp_path / "src"
+    data = os.urandom(12 << 20)
+    src.write_bytes(data)
+    dst, mapfile = disk / "dst", disk / "dst.map"
+    p = rescue(src, dst)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stderr.splitlines() == [f"mcsafe rescue: {dst}: No space left on device; "
+                                     "run again to go on"]
+    m = Mapfile.load(str(mapfile))
+    done = m.finished_end
+    assert 0 < done < 4 << 20 and m.total("+") == done
+    assert list(m.blocks()) == [(0, done, "+"), (done, (12 << 20) - done, "?")]
+    assert dst.read_bytes() == data[:done]
+    assert sorted(os.listdir(disk)) == ["dst", "dst.map"]
+    assert ddrescuelog("-D", mapfile).returncode == 1      # not everything rescued
+    # the last block taken by another file: the mapfile is written over itself, in
+    # the room reserved for it, up front and at the end
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(fd, b"f" * PAGE)
+    finally:
+        os.close(fd)
+    assert os.statvfs(disk).f_bavail == 0
+    p = rescue("--no-sync", src, dst)
+    assert p.returncode == 2 and p.stderr.splitlines() == \
+        [f"mcsafe rescue: {dst}: No space left on device; run again to go on"]
+    assert f"# Command line: mcsafe rescue --no-sync {src} {dst}\n" in mapfile.read_text()
+    assert blocks(mapfile) == [(0, done, "+"), (done, (12 << 20) - done, "?")]
+    assert sorted(os.listdir(disk)) == ["dst", "dst.map", "filler"]
+    os.unlink(disk / "filler")
+    subprocess.run(["mount", "-o", "remount,size=32m", str(disk)], check=True)
+    p = rescue(src, dst)
+    assert p.returncode == 0, p.stderr
+    assert dst.read_bytes() == data
+    assert ddrescuelog("-D", mapfile).returncode == 0
+
+
+def test_a_full_disk_in_place_keeps_saving_the_mapfile(tmpfs, tmp_path) -> None:
+    """--in-place, a save after every chunk: the saves that come after the disk is
+    full still succeed (in the room kept for the mapfile), the last says how far."""
+    disk = tmpfs("4m")
+    src = tmp_path / "src"
+    data = os.urandom(12 << 20)
+    src.write_bytes(data)
+    dst = disk / "dst"
+    p = rescue("--in-place", "--save-every", 0, "--map", disk / "d.map", src, dst)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "No space left on device" in p.stderr and "Traceback" not in p.stderr
+    m = Mapfile.load(str(disk / "d.map"))
+    assert 0 < m.finished_end and dst.read_bytes()[:m.finished_end] == data[:m.finished_end]
+
+
+def test_a_mapfile_that_cannot_be_written_is_refused_before_anything_is_copied(
+        tmpfs, tmp_path) -> None:
+    """Its folder missing, on a read-only file system, or an existing one there to
+    resume from: one line naming the mapfile, exit 2, DST not created."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    ro = tmpfs("64k")
+    (ro / "old.map").write_text("0x0 + 1\n0x0 0x186A0 ?\n")
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    for mapfile, why in ((tmp_path / "no" / "such" / "x.map", "No such file or directory"),
+                         (ro / "x.map", "Read-only file system"),
+                         (ro / "old.map", "Read-only file system")):
+        p = rescue("--map", mapfile, src, tmp_path / "dst")
+        assert p.returncode == 2, (mapfile, p.stdout, p.stderr)
+        assert p.stderr.splitlines() == [f"mcsafe rescue: {mapfile}: {why}"]
+        assert sorted(os.listdir(tmp_path)) == sorted(["src", ro.name])
+
+
+# -- page cache, stdout, usage -------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [500_000, 32 << 20])
+def test_the_page_cache_of_src_is_left_as_found(tmp_path, size) -> None:
+    """As scan: pages rescue brought in are evicted again, from the tail that opening
+    SRC reads too; pages cached before stay."""
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
+    src = tmp_path / "src"
+    written(src, size)
+    evict(src)
+    warm(src, 0, 2 << 20 if size > 4 << 20 else 4 * PAGE)
+    before = _resident_of_path(src, size)
+    p = rescue("--no-sync", src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    after = _resident_of_path(src, size)
+    assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
+
+
+def test_src_cut_during_the_rescue_is_said_in_one_line(failing_file, tmp_path) -> None:
+    """The FUSE server cuts SRC (4 MiB) to 10 pages when its bad page 20 is read: what
+    read(2) would have given stays rescued, the rest is not tried; stderr says SRC
+    was cut, exit 1 (ranges not rescued)."""
+    size = 1024 * PAGE
+    f = failing_file(size, inject.page_ranges([20]))
+    data = f.contents()
+    mapfile = tmp_path / "m.map"
+    with f.on_failed_read(truncate=10 * PAGE):
+        p = rescue("--map", mapfile, f.path, tmp_path / "dst")
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.splitlines() == [
+        f"mcsafe rescue: {f.path} was cut from {size} to {10 * PAGE} bytes during the "
+        f"rescue: {size - 10 * PAGE} bytes past the cut were not read"]
+    assert blocks(mapfile) == [(0, 10 * PAGE, "+"), (10 * PAGE, size - 10 * PAGE, "?")]
+    assert (tmp_path / "dst").read_bytes() == data[:10 * PAGE]
+

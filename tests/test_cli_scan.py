@@ -438,6 +438,7 @@ def test_a_signal_stops_cleanly_with_the_partial_report(failing_file, how: str) 
     got = lines[1]
     assert (got["path"], got["status"]) == (slow.path, "interrupted")
     assert PAGE < got["done"] < npages * PAGE
+    assert got["message"] == f"stopped by {sig.name} after {got['done']} of {npages * PAGE} bytes"
     assert bad_of(got) == [(p * PAGE, (p + 1) * PAGE) for p in bad if (p + 1) * PAGE <= got["done"]]
     assert "Traceback" not in err
 

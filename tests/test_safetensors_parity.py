@@ -409,6 +409,8 @@ def test_slices_as_the_reference(tmp_path, span, shape, key, dtype) -> None:
     if isinstance(theirs, Exception) or isinstance(mine, Exception):
         assert isinstance(theirs, Exception) and isinstance(mine, Exception), \
             f"{shape}[{key!r}]: reference {theirs!r}, mcsafe {mine!r}"
+        assert type(mine) is same_error(theirs), \
+            f"{shape}[{key!r}]: reference {theirs!r}, mcsafe {mine!r}"
         if isinstance(mine, SafetensorsError):
             assert str(path) in str(mine) and "\n" not in str(mine)
         return
@@ -418,3 +420,34 @@ def test_slices_as_the_reference(tmp_path, span, shape, key, dtype) -> None:
     if not isinstance(key, list) and not any(type(i) is bool for i in items):
         # where numpy indexes the same (a bool is an int to the reference)
         assert mine.tobytes() == np.ascontiguousarray(tensor[key]).tobytes()
+
+
+def same_error(theirs: Exception) -> type:
+    """What mcsafe raises where the reference raised theirs: the same TypeError or
+    OverflowError, and a SafetensorsError for its SafetensorError (and for the
+    SystemError of a stop before the start: the documented difference)."""
+    return type(theirs) if type(theirs) in (TypeError, OverflowError) else SafetensorsError
+
+
+def test_every_index_item_is_converted_before_any_is_checked_against_the_shape(tmp_path) -> None:
+    """The reference converts each item of the index, in order, and only then looks at
+    the shape: a negative bound anywhere is an OverflowError even after an item out
+    of bounds or past the last dimension; an item it cannot convert, an ellipsis
+    too many, or a negative int before the start of its dimension (checked as it
+    is converted) is named before a later negative bound."""
+    path = tmp_path / "t.safetensors"
+    save_file({"t": np.zeros((3, 4), np.float32)}, str(path))
+    whole, neg = slice(None), slice(-1, None)
+    for key in [(slice(5, None), neg), (whole, whole, neg), (9, neg), (neg, 1.0),
+                (slice(None, None, 0), neg), (neg, slice(None, None, 0)), (1.0, neg),
+                (slice(1.0, -1),), (slice(-1, 1.0),), (neg, Ellipsis, Ellipsis),
+                (slice(None, None, 1 << 70),), (whole, whole, whole, slice(None, None, 0)),
+                (Ellipsis, neg, whole, whole), (whole, whole, whole, 1.0), (5, 1 << 31),
+                (-5, neg), (0, -5, neg), (0, -4, neg), (whole, whole, -1, neg),
+                (Ellipsis, -4, neg), (Ellipsis, -5), (-4, Ellipsis), (slice(5, None), -9)]:
+        with safetensors.safe_open(str(path), "np") as f, pytest.raises(Exception) as theirs:
+            f.get_slice("t")[key]
+        with safe_open(path, "np") as f, pytest.raises(Exception) as mine:
+            f.get_slice("t")[key]
+        assert type(mine.value) is same_error(theirs.value), \
+            f"{key!r}: reference {theirs.value!r}, mcsafe {mine.value!r}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -46,8 +47,9 @@ when stopped), unless --in-place; it never extends past the last byte read."""
 RESCUE_EPILOG = """\
 exit status: 0 everything rescued; 1 some ranges could not be read (the
 mapfile lists them: status '-'); 2 bad usage or an error (SRC or DST
-unusable, a mapfile that is not SRC's); 128+N stopped by signal N (DST and
-the mapfile are left consistent first; run again to go on)."""
+unusable, a mapfile that is not SRC's or cannot be written, a full disk: the
+mapfile says how far it got); 128+N stopped by signal N (DST and the mapfile
+are left consistent first; run again to go on)."""
 
 
 def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
@@ -93,7 +95,7 @@ def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
                    "needed for a block device; DST is neither truncated nor extended past "
                    "the last byte read, and progress survives a crash (the mapfile is saved "
                    "every 30 s)")
-    r.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS",
+    r.add_argument("--save-every", type=_seconds, default=30.0, metavar="SECONDS",
                    help="with --in-place or when resuming, save the mapfile (DST synced "
                    "first) this often (default: 30, as ddrescue)")
     r.add_argument("--no-sync", action="store_true",
@@ -102,11 +104,14 @@ def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress on stderr (default: only on a terminal)")
 
-    sub.add_parser("demo", help="read poisoned memory and a truncated file, and live",
-                   description="Read memory with poisoned pages, a data file with poisoned "
-                   "pages and a mapped file truncated underneath, printing each short read; "
-                   "show a child doing the same without mcsafe die of SIGBUS; end with "
-                   "`mcsafe scan` of a tree holding a failing file (FUSE).")
+    d = sub.add_parser("demo", help="read poisoned memory and a truncated file, and live",
+                       description="Read memory with poisoned pages, a data file with "
+                       "poisoned pages and a mapped file truncated underneath, printing each "
+                       "short read; show a child doing the same without mcsafe die of "
+                       "SIGBUS; end with `mcsafe scan` of a tree holding a failing file "
+                       "(FUSE).")
+    for command in (s, r, d):
+        command.set_defaults(usage_error=command.error)
     return p
 
 
@@ -114,12 +119,35 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run the command line; the command's exit status (2 for bad usage)."""
     if prog is None:
         prog = "mcsafe" if os.path.basename(sys.argv[0]) == "mcsafe" else "python -m mcsafe"
-    args = parser(prog).parse_args(argv)
+    args, extra = parser(prog).parse_known_args(argv)
+    if extra:                       # the command's usage, not the top level's
+        args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
         from ..demo import run
         return run()
+    from .output import OutputFailed
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
     module = importlib.import_module(f".{args.command}", __name__)
-    return int(module.run(args))
+    try:
+        return int(module.run(args))
+    except OutputFailed as exc:
+        print(f"mcsafe {args.command}: {exc}", file=sys.stderr)
+        # what is left in stdout's buffer goes nowhere, rather than fail again at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 2
+
+
+def _seconds(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not n >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text}")
+    return n
 
 
 def _positive(text: str) -> int:

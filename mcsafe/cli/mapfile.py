@@ -15,15 +15,24 @@ trimming, ``/`` scraping, ``-`` retrying, ``F`` filling, ``G`` generating,
 from __future__ import annotations
 
 import bisect
+import ctypes
 import datetime as dt
+import errno
 import os
 import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .._libc import libc
+
 BLOCK_STATUSES = "?*/-+"
 CURRENT_STATUSES = "?*/-FG+"
 FINISHED, BAD, NON_TRIED = "+", "-", "?"
+#: room kept past the end of a mapfile (fallocate), at least twice its length, for
+#: a save on a full file system
+RESERVE = 64 << 10
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+FALLOC_FL_KEEP_SIZE = 1
 
 
 class MapfileError(ValueError):
@@ -121,8 +130,9 @@ class Mapfile:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def parse(cls, text: str, name: str = "mapfile") -> Mapfile:
-        """Read a mapfile; MapfileError naming the line if it is not one."""
+    def parse(cls, text: str, name: str = "mapfile") -> Mapfile | None:
+        """Read a mapfile; MapfileError naming the line if it is not one, None if it
+        holds nothing but comments and blank lines (ddrescue then starts afresh)."""
         status_line: tuple[int, str, int] | None = None
         starts: list[int] = []
         statuses: list[str] = []
@@ -147,6 +157,8 @@ class Mapfile:
             if pos != end:
                 raise MapfileError(f"{where}: the block at {pos:#x} does not start where "
                                    f"the one before ends ({end:#x})")
+            if size == 0 and pos == 0 and not statuses:
+                continue                # ddrescue's only block for an empty input
             if size <= 0:
                 raise MapfileError(f"{where}: a block of size {size}")
             if statuses and statuses[-1] == words[2]:
@@ -156,36 +168,87 @@ class Mapfile:
             statuses.append(words[2])
             end = pos + size
         if status_line is None:
-            raise MapfileError(f"{name}: no status line: not a ddrescue mapfile")
+            return None
         m = cls(end, starts, statuses)
         m.current_pos, m.current_status, m.current_pass = status_line
         return m
 
     @classmethod
-    def load(cls, path: str) -> Mapfile:
+    def load(cls, path: str) -> Mapfile | None:
         with open(path, encoding="ascii", errors="replace") as f:
             return cls.parse(f.read(), path)
 
     def save(self, path: str, command: str, started: dt.datetime, finished: bool,
              sync: bool) -> None:
         """Replace path with this mapfile at once (a temporary file renamed over it),
-        synced to disk first when sync."""
+        synced to disk first when sync.
+
+        Each mapfile written keeps room reserved past its end (fallocate), so that
+        when its file system is full the next one can still be written over it in
+        place (as ddrescue always writes its mapfile); OSError if even that fails."""
+        text = self.format(command, started, finished).encode("ascii", "replace")
+        room = max(RESERVE, 2 * len(text))
         folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
         try:
-            with os.fdopen(fd, "w", encoding="ascii", errors="replace") as f:
-                f.write(self.format(command, started, finished))
-                f.flush()
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+        except OSError as exc:
+            if exc.errno not in NO_ROOM or not os.path.exists(path):
+                raise
+            return _overwrite(path, text, room, sync)
+        try:
+            try:
+                _reserve(fd, room)
+                _write(fd, text)
                 if sync:
-                    os.fsync(f.fileno())
-            os.chmod(tmp, 0o644 & ~umask())
+                    os.fsync(fd)
+                os.fchmod(fd, 0o644 & ~umask())
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
+        except OSError as exc:
+            os.unlink(tmp)
+            if exc.errno not in NO_ROOM or not os.path.exists(path):
+                raise
+            return _overwrite(path, text, room, sync)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.unlink(tmp)
             raise
         if sync:
             sync_dir(folder)
+
+
+def _overwrite(path: str, text: bytes, room: int, sync: bool) -> None:
+    """Write text over the mapfile at path, in the room reserved past its end when
+    it was written (a crash meanwhile may leave it torn, as ddrescue's)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        _write(fd, text)
+        if os.fstat(fd).st_size > len(text):
+            os.ftruncate(fd, len(text))     # frees the room past the end: take it again
+            try:
+                _reserve(fd, room)
+            except OSError:
+                pass
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(fd: int, text: bytes) -> None:
+    view = memoryview(text)
+    offset = 0
+    while offset < len(text):
+        offset += os.pwrite(fd, view[offset:], offset)
+
+
+def _reserve(fd: int, room: int) -> None:
+    """Allocate [0, room) of fd's file without changing its size, where the file
+    system can (OSError ENOSPC if it has no room)."""
+    if libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, room) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
 
 
 def _number(word: str, where: str) -> int:

@@ -25,6 +25,20 @@ from .walk import Note, Target, Walk
 PLAIN_EVERY = 10.0       # seconds between plain progress lines
 
 
+class OutputFailed(Exception):
+    """Standard output could not be written (a full disk, EIO): the message says why."""
+
+
+def write_out(stream: IO[str], text: str, flush: bool = True) -> None:
+    """Write text to stream (standard output); OutputFailed if it cannot be."""
+    try:
+        stream.write(text)
+        if flush:
+            stream.flush()
+    except OSError as exc:
+        raise OutputFailed(f"standard output: {exc.strerror or exc}") from None
+
+
 def size_text(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":
@@ -84,11 +98,13 @@ class Output:
         self.progress: Progress | None = None
 
     def _line(self, text: str, stream: IO[str]) -> None:
-        if self.progress is not None:
+        if self.progress is None:
+            write_out(stream, text + "\n")
+            return
+        try:
             self.progress.write(text, stream)
-        else:
-            stream.write(text + "\n")
-            stream.flush()
+        except OSError as exc:
+            raise OutputFailed(f"standard output: {exc.strerror or exc}") from None
 
     def file(self, r: FileReport) -> None:
         self.summary.add(r)
@@ -97,9 +113,7 @@ class Output:
         if r.status == "error":
             self._line(f"mcsafe scan: {r.path}: {r.message}", self.err)
         if self.as_json:
-            self.out.write(json.dumps(r.as_json()) + "\n")
-            if r.status != "clean":
-                self.out.flush()
+            write_out(self.out, json.dumps(r.as_json()) + "\n", flush=r.status != "clean")
             return
         text = self._human(r)
         if text:
@@ -137,7 +151,7 @@ class Output:
             import datetime as dt
             import socket
 
-            self.out.write(json.dumps({
+            write_out(self.out, json.dumps({
                 "type": "summary", "host": socket.gethostname(), "version": _version(),
                 "paths": self.paths,
                 "started": dt.datetime.fromtimestamp(self.started, dt.timezone.utc)
@@ -159,10 +173,8 @@ class Output:
                 if s.counts[key]:
                     parts.append(f"{s.counts[key]} {word}")
             head = "interrupted: " if stopped else ""
-            self.out.write(f"{head}scanned {s.files} file{'s' * (s.files != 1)}, "
-                           f"{size_text(s.bytes)} in {seconds:.1f} s{rate}: "
-                           f"{', '.join(parts)}\n")
-        self.out.flush()
+            write_out(self.out, f"{head}scanned {s.files} file{'s' * (s.files != 1)}, "
+                      f"{size_text(s.bytes)} in {seconds:.1f} s{rate}: {', '.join(parts)}\n")
         return code
 
 

@@ -7,9 +7,11 @@ with its cause); DST is written with pwrite(2). One run is one pass over every
 block of the mapfile that is not finished; a bad page is tried by MappedFile a
 few times before it counts as bad, and a later run tries it again.
 
-DST, when the run starts afresh, is a temporary file in DST's folder, renamed
-over DST at the end (or when stopped, or when DST cannot be written: the
-mapfile then says how far it got). A run that resumes from a mapfile, and
+The mapfile is written before anything is copied (one that cannot be is refused
+up front), with room reserved for the saves that follow (see mapfile.py). DST,
+when the run starts afresh, is a temporary file in DST's folder, renamed over
+DST at the end (or when stopped, or when DST cannot be written: the mapfile
+then says how far it got). A run that resumes from a mapfile, and
 ``--in-place``, write into DST itself: only ranges not yet rescued change,
 and the mapfile is saved every --save-every seconds (30), DST synced first, so a
 crash loses at most that much work. Holes of SRC stay holes; bad ranges are
@@ -34,7 +36,7 @@ from .. import MappedFile
 from .._libc import libc
 from ..pagecache import Snapshot, sees_cache
 from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
-from .output import byte_bar, size_text
+from .output import byte_bar, size_text, write_out
 from .stop import StopFlag, Stopped
 
 ZEROS = bytes(1 << 20)
@@ -46,8 +48,9 @@ class RescueError(Exception):
     """What makes the rescue impossible, said in one line (exit status 2)."""
 
 
-class DestinationFailed(Exception):
-    """DST could not be written (ENOSPC, EIO): the run stops where it is."""
+class WriteFailed(Exception):
+    """DST or the mapfile could not be written (ENOSPC, EIO): the run stops where it
+    is; the message names the file."""
 
 
 class Destination:
@@ -86,7 +89,10 @@ class Destination:
     def write(self, offset: int, data: memoryview | bytes) -> None:
         view = memoryview(data)
         while view:
-            n = os.pwrite(self.fd, view, offset)
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as exc:
+                raise WriteFailed(f"{self.path}: {exc.strerror}") from None
             view, offset = view[n:], offset + n
 
     def zero(self, offset: int, length: int) -> None:
@@ -109,18 +115,28 @@ class Destination:
 
     def finish(self, size: int, sync: bool) -> None:
         """Make DST end at size (never shorter than it was, in place), synced when
-        sync, and put it in place."""
-        if not self.device:
-            if self.temp is not None or os.fstat(self.fd).st_size < size:
-                os.ftruncate(self.fd, size)
-        if sync:
-            os.fsync(self.fd)
-        if self.temp is not None:
-            os.fchmod(self.fd, self.mode)
-            os.replace(self.temp, self.path)
-            self.temp = None
+        sync, and put it in place; WriteFailed (and DST not put in place) if it
+        cannot be."""
+        try:
+            if not self.device:
+                if self.temp is not None or os.fstat(self.fd).st_size < size:
+                    os.ftruncate(self.fd, size)
             if sync:
-                sync_dir(os.path.dirname(os.path.abspath(self.path)))
+                os.fsync(self.fd)
+            if self.temp is not None:
+                os.fchmod(self.fd, self.mode)
+                os.replace(self.temp, self.path)
+                self.temp = None
+                if sync:
+                    sync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise WriteFailed(f"{self.path}: {exc.strerror}") from None
+
+    def sync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise WriteFailed(f"{self.path}: {exc.strerror}") from None
 
     def close(self) -> None:
         os.close(self.fd)
@@ -154,33 +170,87 @@ class Rescue:
             shlex.join(["mcsafe", "rescue", args.src, args.dst])
         self.causes: dict[tuple[int, int], str] = {}
         self.error: str | None = None
+        self.restore = False            # give back the page cache pages read from SRC
         self.last_save = time.monotonic()
 
     def run(self) -> int:
         args = self.args
         self._check_paths()
         try:
-            src = MappedFile(args.src)
+            fd = os.open(args.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as exc:
             raise RescueError(f"{args.src}: {exc.strerror}") from None
-        with src:
-            size = src.size
-            mapfile, resume = self._mapfile(size)
-            if resume and mapfile.total(FINISHED) and not os.path.exists(args.dst):
-                raise RescueError(f"{args.dst} does not exist, but {self.mappath} says "
-                                  f"{mapfile.total(FINISHED)} bytes were rescued into it")
+        tail = None
+        try:
+            st = os.fstat(fd)
+            self.restore = sees_cache(fd, st)
+            # Opening a MappedFile reads SRC's last page (and the kernel reads around
+            # it) before scrub can look: that part is given back at the end.
+            if self.restore and stat.S_ISREG(st.st_mode):
+                tail = Snapshot.tail(fd, st.st_size)
+            try:
+                src = MappedFile(fd)
+            except OSError as exc:
+                raise RescueError(f"{args.src}: {exc.strerror}") from None
+            with src:
+                size = src.size
+                mapfile = self._rescue(src, size)
+            if stat.S_ISREG(st.st_mode):
+                self._cut(size, os.fstat(fd).st_size, mapfile)
+        finally:
+            if tail is not None:
+                tail.evict()
+            os.close(fd)
+        return self._report(mapfile)
+
+    def _rescue(self, src: MappedFile, size: int) -> Mapfile:
+        """One pass over what the mapfile does not have yet; the mapfile as saved."""
+        args = self.args
+        mapfile = self._mapfile(size)
+        resume = mapfile.total(FINISHED) > 0        # DST holds what the mapfile says
+        if resume and not os.path.exists(args.dst):
+            raise RescueError(f"{args.dst} does not exist, but {self.mappath} says "
+                              f"{mapfile.total(FINISHED)} bytes were rescued into it")
+        # The mapfile is written before anything is copied: one that cannot be is
+        # refused up front, and the room for the saves that follow is reserved.
+        created = not os.path.lexists(self.mappath)
+        try:
+            self._save_map(mapfile, False)
+        except WriteFailed as exc:
+            raise RescueError(str(exc)) from None
+        try:
             dst = Destination(args.dst, args.in_place, resume)
+        except RescueError:
+            if created:
+                os.unlink(self.mappath)
+            raise
+        try:
             try:
                 self._copy(src, mapfile, dst, size)
                 self._bad_ranges(mapfile, dst)
-                dst.finish(mapfile.finished_end, self.sync)
-            finally:
-                dst.close()
-            mapfile.current_status = FINISHED if not self.stop() and self.error is None \
-                else mapfile.current_status
-            mapfile.save(self.mappath, self.command, self.started,
-                         mapfile.current_status == FINISHED, self.sync)
-        return self._report(mapfile)
+            except WriteFailed as exc:
+                self.error = str(exc)
+            dst.finish(mapfile.finished_end, self.sync)
+        except WriteFailed as exc:      # DST not synced or not in place: the mapfile
+            self.error = self.error or str(exc)     # saved last still says what it holds
+            return mapfile
+        finally:
+            dst.close()
+        if not self.stop() and self.error is None:
+            mapfile.current_status = FINISHED
+        try:
+            self._save_map(mapfile, mapfile.current_status == FINISHED)
+        except WriteFailed as exc:
+            self.error = self.error or str(exc)
+        return mapfile
+
+    def _cut(self, size: int, now: int, mapfile: Mapfile) -> None:
+        """Say so if SRC was cut during the rescue before all of it was read."""
+        left = sum(min(e, size) - max(s, now) for s, e in mapfile.ranges("?*/")
+                   if e > now and s < size)
+        if now < size and left:
+            print(f"mcsafe rescue: {self.args.src} was cut from {size} to {now} bytes during "
+                  f"the rescue: {left} bytes past the cut were not read", file=sys.stderr)
 
     def _check_paths(self) -> None:
         a = self.args
@@ -193,21 +263,25 @@ class Rescue:
             except OSError as exc:
                 raise RescueError(f"{exc.filename}: {exc.strerror}") from None
 
-    def _mapfile(self, size: int) -> tuple[Mapfile, bool]:
+    def _mapfile(self, size: int) -> Mapfile:
+        """The mapfile to go on from; a new one where there is none, or an empty one
+        (as ddrescue)."""
         try:
             m = Mapfile.load(self.mappath)
         except FileNotFoundError:
-            return Mapfile(size), False
+            return Mapfile(size)
         except (OSError, MapfileError) as exc:
             raise RescueError(str(exc) if isinstance(exc, MapfileError)
                               else f"{self.mappath}: {exc.strerror}") from None
+        if m is None:
+            return Mapfile(size)
         if m.size > size and m.total("?*/-") and any(e > size for _, e in m.ranges("?*/-")):
             print(f"mcsafe rescue: {self.args.src} is {size} bytes, shorter than "
                   f"{self.mappath} says ({m.size}): the rest cannot be read", file=sys.stderr)
         m.resize(size)
         if m.current_status == FINISHED:
             m.current_pass += 1
-        return m, True
+        return m
 
     def _copy(self, src: MappedFile, mapfile: Mapfile, dst: Destination, size: int) -> None:
         todo = [(a, min(b, size)) for a, b in mapfile.ranges("?*/-") if a < size]
@@ -215,18 +289,13 @@ class Rescue:
         mapfile.current_status = NON_TRIED if mapfile.total("?*/") else BAD
         bar = self._bar(sum(b - a for a, b in todo))
         in_place = dst.temp is None
-        restore = sees_cache(src.fileno())
-        tail = Snapshot.tail(src.fileno(), size) if restore else None
 
         def sink(offset: int, data: memoryview | int) -> None:
             n = data if isinstance(data, int) else data.nbytes
-            try:
-                if isinstance(data, int):
-                    dst.zero(offset, n)
-                else:
-                    dst.write(offset, data)
-            except OSError as exc:
-                raise DestinationFailed(f"{self.args.dst}: {exc.strerror}") from None
+            if isinstance(data, int):
+                dst.zero(offset, n)
+            else:
+                dst.write(offset, data)
             mapfile.set(offset, offset + n, FINISHED)
             mapfile.current_pos = offset + n
             if in_place and time.monotonic() - self.last_save >= self.args.save_every:
@@ -246,7 +315,7 @@ class Rescue:
                 mapfile.current_pos = a
                 try:
                     src.scrub(progress, start=a, end=b, sink=sink, skip_holes=True,
-                              restore_cache=restore)
+                              restore_cache=self.restore)
                 finally:
                     for s, e, fault in src.bad_range_faults():
                         if s < b and e > a:
@@ -254,13 +323,9 @@ class Rescue:
                             self.causes[(s, e)] = fault.cause
         except Stopped:
             pass
-        except DestinationFailed as exc:
-            self.error = str(exc)
         finally:
             if bar is not None:
                 bar.close()
-            if tail is not None:
-                tail.evict()
 
     def _bad_ranges(self, mapfile: Mapfile, dst: Destination) -> None:
         """Bad ranges below the last byte read: holes, or zeros with --zero-fill."""
@@ -276,8 +341,14 @@ class Rescue:
 
     def _save(self, mapfile: Mapfile, dst: Destination) -> None:
         if self.sync:
-            os.fdatasync(dst.fd)
-        mapfile.save(self.mappath, self.command, self.started, False, self.sync)
+            dst.sync()
+        self._save_map(mapfile, False)
+
+    def _save_map(self, mapfile: Mapfile, finished: bool) -> None:
+        try:
+            mapfile.save(self.mappath, self.command, self.started, finished, self.sync)
+        except OSError as exc:
+            raise WriteFailed(f"{self.mappath}: {exc.strerror}") from None
         self.last_save = time.monotonic()
 
     def _bar(self, total: int) -> Any:
@@ -289,13 +360,14 @@ class Rescue:
     def _report(self, m: Mapfile) -> int:
         rescued, bad = m.total(FINISHED), m.ranges(BAD)
         pct = f" ({100 * rescued / m.size:.2f}%)" if m.size else ""
-        print(f"rescued {rescued} of {m.size} bytes{pct} of {self.args.src} into "
-              f"{self.args.dst}; mapfile {self.mappath}")
+        lines = [f"rescued {rescued} of {m.size} bytes{pct} of {self.args.src} into "
+                 f"{self.args.dst}; mapfile {self.mappath}"]
         if bad:
             shown = ", ".join(f"[{s:#x}, {e:#x}) {self._cause(s, e)}" for s, e in bad[:8])
             more = f", and {len(bad) - 8} more" if len(bad) > 8 else ""
-            print(f"bad: {len(bad)} range{'s' * (len(bad) != 1)}, "
-                  f"{size_text(sum(e - s for s, e in bad))}: {shown}{more}")
+            lines.append(f"bad: {len(bad)} range{'s' * (len(bad) != 1)}, "
+                         f"{size_text(sum(e - s for s, e in bad))}: {shown}{more}")
+        write_out(sys.stdout, "".join(line + "\n" for line in lines))
         left = m.total("?*/")
         if self.error is not None:
             print(f"mcsafe rescue: {self.error}; run again to go on", file=sys.stderr)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 from .jobs import scan_here, scan_in_workers
-from .output import Bar, Output, PlainProgress, Progress
+from .output import Bar, Output, OutputFailed, PlainProgress, Progress
 from .scanfile import Scanner
 from .stop import StopFlag
 from .walk import Walk
@@ -16,7 +15,6 @@ from .walk import Walk
 
 def run(args: argparse.Namespace) -> int:
     """Scan args.paths; the exit status (see Summary.exit_code)."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
     stop = StopFlag()
     stop.install()
     walk_args = {"paths": args.paths, "one_file_system": args.one_file_system,
@@ -24,6 +22,17 @@ def run(args: argparse.Namespace) -> int:
     walk = Walk(**walk_args)
     out = Output(args.json, args.paths)
     restore = not args.keep_cache
+    try:
+        _scan(args, walk_args, walk, out, stop, restore)
+    except OutputFailed:
+        if out.progress is not None:
+            out.progress.close()
+        raise
+    return out.finish(stop.signum, walk)
+
+
+def _scan(args: argparse.Namespace, walk_args: dict[str, object], walk: Walk, out: Output,
+          stop: StopFlag, restore: bool) -> None:
     if args.jobs > 1:
         # The workers fork first: no thread (the progress) may run in the parent then.
         def start() -> None:
@@ -34,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
         out.progress = _progress(args, walk_args)
         scanner = Scanner(lambda n: _bytes(out, n), stop, restore)
         scan_here(walk, scanner, out.file, stop)
-    return out.finish(stop.signum, walk)
 
 
 def _bytes(out: Output, n: int) -> None:

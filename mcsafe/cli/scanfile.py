@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import signal
 import stat
 from typing import Any, Callable
 
@@ -52,7 +53,7 @@ class FileReport:
         self.bad = bad if bad is not None else []   #: (start, end, cause)
         self.change = change            #: grew, shrank, modified, replaced, deleted
         self.size_now = size_now        #: bytes when the scan ended, if it changed
-        self.message = message          #: why: for error, skipped, vanished, changed
+        self.message = message          #: why: for every status but clean (and bad, unless it changed)
         self.link = link                #: (st_dev, st_ino) of a file with several links
 
     def __repr__(self) -> str:
@@ -124,12 +125,11 @@ class Scanner:
                 self.seen.add(link)
             report = FileReport(path, "clean", kind, size, link=link)
             if self.stopped():
-                report.status = "interrupted"
-                return report
+                return self._interrupted(report)
             try:
                 self._read(fd, st, report)
             except Stopped:
-                report.status = "interrupted"
+                self._interrupted(report)
             except OSError as exc:
                 report.status, report.message = "error", _strerror(exc)
             except Exception as exc:        # one file's surprise must not end a long scan
@@ -142,6 +142,13 @@ class Scanner:
             return report
         finally:
             os.close(fd)
+
+    def _interrupted(self, report: FileReport) -> FileReport:
+        signum = getattr(self.stopped, "signum", 0)
+        by = signal.Signals(signum).name if signum else "a stop"
+        report.status = "interrupted"
+        report.message = f"stopped by {by} after {report.done} of {report.size} bytes"
+        return report
 
     def _read(self, fd: int, st: os.stat_result, report: FileReport) -> None:
         size = report.size or 0

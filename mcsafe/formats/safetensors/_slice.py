@@ -17,6 +17,7 @@ import operator
 from typing import Any, NamedTuple
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 U64 = (1 << 64) - 1
 
 
@@ -33,14 +34,22 @@ class Axis(NamedTuple):
 
 def plan(key: Any, shape: tuple[int, ...]) -> list[Axis]:
     """One Axis per dimension of shape for the index `key`; SliceError if the
-    reference refuses it (TypeError and OverflowError where it raises those)."""
+    reference refuses it (TypeError and OverflowError where it raises those).
+    As the reference, every item is converted, in order, before the index is
+    checked against the shape (only a negative int is, as it is converted): the
+    same index fails with the same exception type."""
     items = _items(key)
     if sum(1 for i in items if i is Ellipsis) > 1:
         raise SliceError("only one ellipsis (...) is allowed in slice index")
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
-        fill = len(shape) - (len(items) - 1)
-        items = items[:at] + [slice(None)] * max(fill, 0) + items[at + 1:]
+    fill = max(len(shape) - (len(items) - 1), 0)
+    converted: list[Any] = []
+    for item in items:
+        if item is Ellipsis:
+            converted += [(None, None, 1)] * fill
+            continue
+        i = len(converted)      # the dimension it indexes; one past the last has size 0
+        converted.append(_convert(i, item, shape[i] if i < len(shape) else 0))
+    items = converted
     if len(items) > len(shape):
         raise SliceError(f"more slicing indexes ({len(items)}) than dimensions in tensor "
                          f"({len(shape)})")
@@ -54,12 +63,31 @@ def _items(key: Any) -> list[Any]:
         if key:
             raise SliceError("non-empty lists are not implemented")
         return [slice(0, 0)]
-    items = list(key) if type(key) is tuple else [key]
-    for n, item in enumerate(items):
-        if item is not Ellipsis and type(item) is not slice and _int32(item) is None:
-            raise SliceError(f"unsupported slice index at position {n}: expected slice, "
-                             f"int, or ellipsis, not {type(item).__name__}")
-    return items
+    return list(key) if type(key) is tuple else [key]
+
+
+def _convert(i: int, item: Any, size: int) -> Any:
+    """The item for dimension i (of size) as the reference converts it: an int within
+    int32, a negative one counted from the end (and refused if it is before the
+    start); or a slice as (start, stop, step), start and stop a usize or None where
+    not given (OverflowError, TypeError), step an isize that must be positive."""
+    if type(item) is slice:
+        start, stop = _bound(item.start), _bound(item.stop)
+        step = 1 if item.step is None else operator.index(item.step)
+        if not I64_MIN <= step <= I64_MAX:
+            raise OverflowError("Python int too large to convert to C long")
+        if step <= 0:
+            raise SliceError(f"slice step must be a positive integer, got {step}")
+        return (start, stop, step)
+    index = _int32(item)
+    if index is None:
+        raise SliceError(f"unsupported slice index at position {i}: expected slice, "
+                         f"int, or ellipsis, not {type(item).__name__}")
+    if index < 0:
+        if index + size < 0:
+            raise SliceError(f"invalid index {index} for dimension {i} of size {size}")
+        index += size
+    return index
 
 
 def _int32(item: Any) -> int | None:
@@ -71,12 +99,10 @@ def _int32(item: Any) -> int | None:
 
 
 def _axis(i: int, item: Any, size: int) -> Axis:
-    if type(item) is slice:
-        start = _bound(item.start, 0)
-        stop = _bound(item.stop, size)
-        step = 1 if item.step is None else operator.index(item.step)
-        if step <= 0:
-            raise SliceError(f"slice step must be a positive integer, got {step}")
+    if type(item) is tuple:
+        start = 0 if item[0] is None else item[0]
+        stop = size if item[1] is None else item[1]
+        step = item[2]
         if start >= size:
             raise SliceError(f"index {start} out of bounds for tensor dimension #{i} of "
                              f"size {size}")
@@ -86,22 +112,17 @@ def _axis(i: int, item: Any, size: int) -> Axis:
         if stop < start:
             raise SliceError(f"slice {start}:{stop} of dimension #{i} ends before it starts")
         return Axis(start, -(-(stop - start) // step), step, True)
-    index = _int32(item)
-    assert index is not None
-    if index < 0:
-        if index + size < 0:
-            raise SliceError(f"invalid index {index} for dimension {i} of size {size}")
-        index += size
+    index = item
     if index >= size:
         raise SliceError(f"index {index} out of bounds for tensor dimension #{i} of size "
                          f"{size}")
     return Axis(index, 1, 1, False)
 
 
-def _bound(value: Any, default: int) -> int:
-    """A slice bound as the reference reads it: a usize."""
+def _bound(value: Any) -> int | None:
+    """A slice bound as the reference reads it: a usize (None: not given)."""
     if value is None:
-        return default
+        return None
     bound = operator.index(value)       # TypeError for a float, as the reference
     if bound < 0:
         raise OverflowError("can't convert negative int to unsigned")
