@@ -29,6 +29,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinxarg.ext",
     "stubsig",
+    "fielddocs",
 ]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
@@ -46,7 +47,6 @@ html_copy_source = False
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
-autodoc_class_signature = "separated"
 
 # Types from outside the project. With no network here, intersphinx cannot fetch
 # the Python and numpy inventories, so these names are shown unlinked instead of
