@@ -33,7 +33,7 @@ extensions = [
 ]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "bench/*.md"]
+exclude_patterns = ["_build"]
 templates_path: list[str] = []
 
 myst_heading_anchors = 3
