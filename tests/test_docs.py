@@ -100,15 +100,27 @@ def test_the_cli_reference_comes_from_the_parsers(site: Path) -> None:
 
 
 def test_a_broken_reference_fails_the_build(tmp_path: Path) -> None:
-    """What make test's build catches: a reference to a function that does not exist."""
+    """What make test's build catches, with the site's own configuration: of two
+    references, the one to a function that does not exist fails the build."""
     source = tmp_path / "docs"
-    shutil.copytree(DOCS, source, ignore=shutil.ignore_patterns("_build"))
-    page = source / "howto" / "storage.md"
-    page.write_text(page.read_text() + "\nSee {py:func}`mcsafe.no_such_function`.\n")
+    source.mkdir()
+    shutil.copy(DOCS / "conf.py", source)
+    shutil.copytree(DOCS / "_ext", source / "_ext",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "index.md").write_text(textwrap.dedent("""\
+        # A page
+
+        ```{eval-rst}
+        .. autofunction:: mcsafe.copy
+        ```
+
+        {py:func}`mcsafe.copy` exists; {py:func}`mcsafe.no_such_function` does not.
+        """))
     p = build(source, tmp_path / "out")
     assert p.returncode != 0
-    assert "mcsafe.no_such_function" in p.stderr, p.stderr
-    assert "reference target not found" in p.stderr, p.stderr
+    warnings = [line for line in p.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, p.stderr
+    assert "reference target not found: mcsafe.no_such_function" in warnings[0]
 
 
 def _chromium() -> str:
