@@ -4,13 +4,14 @@
 #
 #   make test PYTHON=python3.12 VENV=.venv-3.12    another interpreter
 #   make test-all                                  every installed CPython
+#   make docs                                      the documentation site, build/docs/html
 PYTHON ?= python3
 VENV   ?= .venv
 PYTEST  = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 export PYTHON VENV
 
-.PHONY: demo test test-all setup clean
+.PHONY: demo test test-all docs setup clean
 
 setup:
 	@scripts/setup.sh
@@ -21,6 +22,12 @@ demo: setup
 
 test: setup
 	@$(PYTEST) tests benchmarks --benchmark-disable
+
+# Warnings are errors (-W), all of them reported (--keep-going), and every
+# cross-reference must resolve (-n): a renamed function or a broken link fails.
+docs: setup
+	@$(VENV)/bin/python -m sphinx -b html -E -W --keep-going -n -q docs build/docs/html
+	@echo "docs: build/docs/html/index.html"
 
 test-all:
 	@scripts/test-all.sh

@@ -18,7 +18,7 @@ what each call returned:
 
 pread(2) itself cannot be exact here: the kernel's truncate is not atomic
 against readers. MappedFile promises no better than pread(2), and never a wrong
-offset. The README quotes a run of this script.
+offset. docs/howto/storage.md quotes a run of this script.
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ class _FaultRecord(NamedTuple):
 class FaultInfo(_FaultRecord):
     """Where a copy stopped: the faulting address, what the kernel said, and why.
 
-    ``cause`` defaults to what the signal says (:func:`fault_cause`); MappedFile
-    refines it to 'truncated' or 'no space' once it has checked the file."""
+    ``cause`` defaults to what the signal alone says ('poison', 'io', 'io or poison' on
+    arm64, 'protection' or 'unmapped'); MappedFile refines it to 'truncated' or
+    'no space' once it has checked the file."""
 
     __slots__ = ()
 

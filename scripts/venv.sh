@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's virtual environment: $VENV (default .venv) made with $PYTHON
-# (default: python3 on PATH), the project installed editable with its test and
-# bench extras. Debian's own python3 is externally managed, so nothing is ever
+# (default: python3 on PATH), the project installed editable with its test,
+# bench and docs extras. Debian's own python3 is externally managed, so nothing is ever
 # installed into it.
 #
 # Reinstalls only when what it was installed from changed (the interpreter, or
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 PY="$VENV/bin/python"
-EXTRAS="${EXTRAS:-test,bench}"
+EXTRAS="${EXTRAS:-test,bench,docs}"
 
 digest() { cat "$@" | sha256sum | cut -d' ' -f1; }
 interp="$("$PYTHON" -c 'import sys; print(sys.executable, sys.version)')"

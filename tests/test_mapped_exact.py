@@ -74,7 +74,7 @@ def test_no_zero_is_counted_while_another_process_cuts_or_appends(tmp_path,
     reads, the other waits for the reader between calls (flock), so that within one
     call the file only shrinks, or only grows. A cut and an append both inside one
     call are the next two tests, placed exactly; under free churn pread(2) itself
-    counts such zeros here (README, "Reading files that may have bad pages")."""
+    counts such zeros here (docs/howto/storage.md, "A file cut and rewritten during a read")."""
     path = tmp_path / "churn"
     ramp = bytes(range(1, 256)) * 400                 # 102000 nonzero bytes
     path.write_bytes(ramp)

@@ -4,7 +4,7 @@ of MappedFile and its adapters compared with the reference on the same file at
 the same moment: os.pread, built-in open(), numpy.fromfile, and os.pwrite on a
 twin file that lives through the same history.
 
-The differences allowed are the README's ("Where MappedFile differs from pread"),
+The differences allowed are docs/howto/storage.md's ("Where it differs from pread(2)"),
 each named where the comparison makes it:
 
 1. remembered: a page MappedFile has met bad stays bad for the object's life (a

@@ -180,7 +180,7 @@ def test_buffered_reads_before_a_bad_page_are_lost_exactly_as_open_loses_them(
         failing_file) -> None:
     """io.BufferedReader drops what a raw read gave it before a raw read raised, and
     moves tell() past it: built-in open() does the same on a failing disk. The
-    README documents it; buffering=0 or MappedFile gives those bytes."""
+    docs document it (docs/howto/storage.md, "Buffered reads"); buffering=0 or MappedFile gives those bytes."""
     data = inject.pattern(8 * PAGE)
     f = failing_file(data, inject.page_ranges([5]))
     seen = []

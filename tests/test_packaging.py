@@ -70,7 +70,8 @@ def test_sdist_has_the_sources_not_the_generated_c(dist: dict[str, Path]) -> Non
                  "mcsafe/_core/mcsafe_core.h", "mcsafe/_core/arch/x86_64/copy.c",
                  "mcsafe/_core/arch/aarch64/copy.c", "mcsafe/_core/arch/aarch64/context.h",
                  "extable/include/extable.h", "extable/py.typed", "docs/FORMAT.md",
-                 "docs/EXTENDING.md", "tests/conftest.py", "examples/protected/protected.c"):
+                 "docs/EXTENDING.md", "docs/conf.py", "docs/_ext/stubsig.py",
+                 "docs/reference/api.md", "BENCHMARKS.md", "tests/conftest.py", "examples/protected/protected.c"):
         assert name in names, f"{name} missing from the sdist"
     assert "mcsafe/_mcsafe.c" not in names
     assert not [n for n in names if n.endswith((".so", ".o", ".pyc"))]
