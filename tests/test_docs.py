@@ -87,11 +87,11 @@ def test_the_cli_reference_comes_from_the_parsers(site: Path) -> None:
     """Every subcommand and option of both commands' parsers is on the reference page."""
     import argparse
 
-    from extable.cli import _parser
+    from extable.arguments import parser as extable_parser
     from mcsafe.cli import parser
 
     text = _text((site / "reference" / "cli.html").read_text(encoding="utf-8"))
-    for top in (_parser(), parser()):
+    for top in (extable_parser(), parser()):
         (subs,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
         for name, sub in subs.choices.items():
             assert name in text
