@@ -1,4 +1,4 @@
-"""The C library's memory calls that Python's mmap module does not make, through
+"""The C library calls that Python's os and mmap modules do not make, through
 ctypes, with their argument types (one place, for MappedFile and inject)."""
 
 from __future__ import annotations
@@ -15,4 +15,5 @@ libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 libc.syscall.restype = ctypes.c_long
+libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 MAP_FAILED = ctypes.c_void_p(-1).value
