@@ -19,6 +19,19 @@ SITES = {
                               "mcsafe_copy_avx2_nt_store"}, ("rcx", "rsi", "rdi", "r8")),
     "aarch64": (SMALL_SITES | {"bulk_load", "bulk_store"}, ("x2", "x1", "x0", "x3")),
 }
+
+
+def sites(dump: dict) -> list[str]:
+    """The sites of an `extable dump --json` of the extension: its entries'
+    descriptor names, sorted (one entry a site, so a site twice shows twice)."""
+    return sorted(e["descriptor"]["name"] for e in dump["entries"])
+
+
+def expected_sites(machine: str) -> list[str]:
+    """The sites the extension built for machine must have, sorted as sites()."""
+    return sorted(SITES[machine][0])
+
+
 #: The copy paths each machine's extension has (mcsafe._mcsafe.copy_paths()).
 COPY_PATHS = {"x86_64": ("small", "bulk", "vector", "vector_nt"), "aarch64": ("small", "bulk")}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import expected
 import mcsafe
 from conftest import run_cli
 from extable.elf import ElfImage
@@ -21,20 +22,11 @@ EXT = Path(mcsafe._mcsafe.__file__)
 PKG = EXT.parent
 
 
-SMALL_SITES = {"group_load", "group_store", "word_load", "word_store", "byte_load", "byte_store"}
-EXPECTED = {
-    "x86_64": (SMALL_SITES | {"rep_movsb", "wide_load", "wide_store", "mcsafe_copy_avx2_load",
-                              "mcsafe_copy_avx2_store", "mcsafe_copy_avx2_nt_load",
-                              "mcsafe_copy_avx2_nt_store"}, ("rcx", "rsi", "rdi", "r8")),
-    "aarch64": (SMALL_SITES | {"bulk_load", "bulk_store"}, ("x2", "x1", "x0", "x3")),
-}
-
-
 def test_extension_table_verifies_and_names_the_copy_routines() -> None:
     assert run_cli("verify", EXT).returncode == 0
     d = json.loads(run_cli("dump", "--json", EXT, check=True).stdout)
-    names, regs = EXPECTED[d["machine"]]
-    assert {e["descriptor"]["name"] for e in d["entries"]} == names
+    assert expected.sites(d) == expected.expected_sites(d["machine"])
+    regs = expected.SITES[d["machine"]][1]
     for e in d["entries"]:
         desc = e["descriptor"]
         assert desc["kind"] == "short_copy" and desc["mc_safe"]
