@@ -162,8 +162,7 @@ def test_chaining_to_a_handler_that_longjmps_keeps_working(tmp_path) -> None:
 
     # Only find it: importing cysignals here would install its handlers in pytest's
     # process, over mcsafe's (the very case docs/HANDLER.md describes).
-    if importlib.util.find_spec("cysignals") is None:
-        pytest.skip("cysignals is not installed (make test installs it)")
+    assert importlib.util.find_spec("cysignals"), "cysignals is missing: the test extra has it"
     p = child(f"""
         import pathlib, mcsafe
         from benchmarks.conftest import build_cysignals_peer
