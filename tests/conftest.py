@@ -129,3 +129,56 @@ def failing_file():
     yield make
     for f in reversed(made):
         f.close()
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path):
+    """make(data, bad_pages, method="uffd", mode="r+") -> a MappedFile of data (bytes,
+    or a number of pages holding inject.pattern()) whose bad pages fault when
+    touched, closed after the test; skipped, with inject's reason, where this
+    machine lacks the method (tests/expected.py says which it must have).
+
+    uffd: a memfd whose bad pages are holes, poisoned in the mapping with
+    UFFDIO_POISON. madvise: a memfd whose bad pages are poisoned for real with
+    MADV_HWPOISON (a dirty shmem page keeps its poison; the page frame is lost).
+    mprotect: a file in tmp_path whose bad pages are mapped PROT_NONE."""
+    import contextlib
+    import itertools
+
+    from mcsafe import MappedFile, inject
+
+    stack, names = contextlib.ExitStack(), itertools.count()
+
+    def make(data: bytes | int, bad: list[int], method: str = "uffd", mode: str = "r+"
+             ) -> MappedFile:
+        why = inject.available()[method]
+        if why is not None:
+            pytest.skip(f"{method} unavailable on this machine: {why}")
+        if isinstance(data, int):
+            data = inject.pattern(data * inject.PAGE)
+        npages = -(-len(data) // inject.PAGE)
+        assert all(0 <= p < npages for p in bad), (bad, npages)
+        if method == "mprotect":
+            path = tmp_path / f"bad-{next(names)}.bin"
+            path.write_bytes(data)
+            mf = stack.enter_context(MappedFile(path, mode))
+            for p in bad:
+                assert inject._libc.mprotect(mf.address + p * inject.PAGE, inject.PAGE, 0) == 0
+            return mf
+        assert method in ("uffd", "madvise"), f"no bad files made with {method}"
+        fd = os.memfd_create("bad-file", os.MFD_CLOEXEC)
+        stack.callback(os.close, fd)
+        os.ftruncate(fd, len(data))
+        for p in range(npages):
+            if method == "madvise" or p not in bad:
+                os.pwrite(fd, data[p * inject.PAGE:(p + 1) * inject.PAGE], p * inject.PAGE)
+        mf = stack.enter_context(MappedFile(f"/proc/self/fd/{fd}", mode))
+        if method == "uffd":
+            stack.enter_context(inject.poison_range(mf.address, npages, bad))
+        else:
+            for p in bad:
+                assert inject._libc.madvise(mf.address + p * inject.PAGE, inject.PAGE,
+                                            inject.MADV_HWPOISON) == 0
+        return mf
+    with stack:
+        yield make

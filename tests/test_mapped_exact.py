@@ -221,25 +221,19 @@ def test_a_read_that_reaches_the_end_picks_up_what_was_appended(tmp_path) -> Non
         assert mf.readinto(buf, 0) == PAGE + 10 and buf[PAGE:PAGE + 10] == b"y" * 10
 
 
-def test_bad_ranges_are_kept_as_the_file_grows(tmp_path) -> None:
-    if inject.available()["uffd"] is not None:
-        pytest.skip(f"uffd unavailable on this machine: {inject.available()['uffd']}")
-    fd, path = inject.memfd_file(16, [4, 9])
-    try:
-        with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, 16, [4, 9]):
-            assert mf.scrub() == inject.page_ranges([4, 9])
-            before = mcsafe.claimed_faults()
-            os.ftruncate(fd, 8 << 20)                  # grows past the mapping: remapped
-            assert mf.size == 8 << 20
-            assert mf.bad_ranges() == inject.page_ranges([4, 9])
-            with pytest.raises(MemoryFaultError) as info:
-                mf.read(10, 9 * PAGE + 1)              # the new mapping reads it as zeros
-            assert info.value.offset == 9 * PAGE + 1
-            assert mf.readinto(bytearray(2 * PAGE), 3 * PAGE) == PAGE
-            assert mf.read(PAGE, 7 << 20) == bytes(PAGE)
-            assert mcsafe.claimed_faults() == before   # known bad pages were not touched
-    finally:
-        os.close(fd)
+def test_bad_ranges_are_kept_as_the_file_grows(bad_file) -> None:
+    mf = bad_file(16, [4, 9])
+    assert mf.scrub() == inject.page_ranges([4, 9])
+    before = mcsafe.claimed_faults()
+    os.ftruncate(mf.fileno(), 8 << 20)             # grows past the mapping: remapped
+    assert mf.size == 8 << 20
+    assert mf.bad_ranges() == inject.page_ranges([4, 9])
+    with pytest.raises(MemoryFaultError) as info:
+        mf.read(10, 9 * PAGE + 1)                  # the new mapping reads it as zeros
+    assert info.value.offset == 9 * PAGE + 1
+    assert mf.readinto(bytearray(2 * PAGE), 3 * PAGE) == PAGE
+    assert mf.read(PAGE, 7 << 20) == bytes(PAGE)
+    assert mcsafe.claimed_faults() == before       # known bad pages were not touched
 
 
 def test_readers_while_the_file_grows_and_then_closes(tmp_path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcsafe import MappedFile, MemoryFaultError, inject
+from mcsafe import MemoryFaultError, inject
 from mcsafe.formats.safetensors import SafetensorsError, SafetensorsFile, load_file
 
 st_numpy = pytest.importorskip("safetensors.numpy", reason="pip install safetensors "
@@ -86,28 +86,16 @@ def test_truncated_mid_tensor_by_another_process(shard) -> None:
         load_file(shard)                               # truncated before it was opened
 
 
-def test_a_poisoned_page_names_the_tensor(shard) -> None:
-    if inject.available()["uffd"] is not None:
-        pytest.skip(f"uffd unavailable on this machine: {inject.available()['uffd']}")
-    raw = shard.read_bytes()
+def test_a_poisoned_page_names_the_tensor(shard, bad_file) -> None:
     begin, end = _span(shard, "big")
     bad_page = begin // PAGE + 3
-    fd = os.memfd_create("shard", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, len(raw))
-        for p in range(-(-len(raw) // PAGE)):
-            if p != bad_page:                          # the poisoned page stays a hole
-                os.pwrite(fd, raw[p * PAGE:(p + 1) * PAGE], p * PAGE)
-        with MappedFile(f"/proc/self/fd/{fd}", "r+") as mf, \
-                inject.poison_range(mf.address, -(-len(raw) // PAGE), [bad_page]), \
-                SafetensorsFile(mf) as f:
-            assert np.array_equal(f.get_tensor("embed.weight"), tensors()["embed.weight"])
-            with pytest.raises(MemoryFaultError) as info:
-                f.get_tensor("big")
-            assert "tensor 'big'" in str(info.value) and info.value.offset == bad_page * PAGE
-            assert info.value.element == (bad_page * PAGE - begin) // 8
-    finally:
-        os.close(fd)
+    mf = bad_file(shard.read_bytes(), [bad_page])
+    with SafetensorsFile(mf) as f:
+        assert np.array_equal(f.get_tensor("embed.weight"), tensors()["embed.weight"])
+        with pytest.raises(MemoryFaultError) as info:
+            f.get_tensor("big")
+        assert "tensor 'big'" in str(info.value) and info.value.offset == bad_page * PAGE
+        assert info.value.element == (bad_page * PAGE - begin) // 8
 
 
 @pytest.mark.parametrize("content, why", [
