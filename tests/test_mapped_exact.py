@@ -3,7 +3,6 @@ shrinking and growing files, other processes doing it, the caller's own bad buff
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -140,8 +139,8 @@ def _cut_and_rewrite_mid_copy(path, stall_cut: int, stall_rewrite: int, contents
 
 
 def _need_uffd() -> None:
-    if inject._libc.syscall(inject.SYS_userfaultfd, os.O_CLOEXEC) < 0:
-        pytest.skip(f"userfaultfd() refused here: {os.strerror(ctypes.get_errno())}")
+    if uffd_stall.unavailable():
+        pytest.skip(uffd_stall.unavailable())
 
 
 def test_a_read_during_which_the_file_is_cut_and_written_again_counts_no_zero(
