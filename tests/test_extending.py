@@ -432,13 +432,28 @@ def test_fork_while_another_thread_registers(protected) -> None:
 def test_fork_while_another_thread_first_imports_pyelftools(protected) -> None:
     # The first register() imports pyelftools; a fork in the middle of that
     # import used to leave the child's import of it waiting forever on the
-    # module's lock. fork() now waits for that import to finish.
-    script = f"""
-        import os, signal, threading, time, mcsafe
+    # module's lock. fork() now waits for that import to finish. An import hook
+    # holds the thread inside the import (holding the module's lock) until a
+    # fork is under way: the fork starts while the import is certainly in progress.
+    p = child(f"""
+        import os, signal, sys, threading, mcsafe
+        assert "elftools.elf.elffile" not in sys.modules   # the import below is the first
         so = {str(protected)!r}
+        inside, forking = threading.Event(), threading.Event()
+
+        class HoldTheImport:
+            @staticmethod
+            def find_spec(name, path=None, target=None):
+                if name == "elftools.elf.elffile" and not inside.is_set():
+                    inside.set()
+                    forking.wait()          # the fork has begun: the import goes on
+                return None
+
+        sys.meta_path.insert(0, HoldTheImport)
+        os.register_at_fork(before=forking.set)    # runs before mcsafe's own hook
         t = threading.Thread(target=mcsafe.register, args=(so,))
         t.start()
-        time.sleep(0.002)                 # inside pyelftools' first import
+        inside.wait()
         pid = os.fork()
         if pid == 0:
             signal.alarm(10)
@@ -446,9 +461,8 @@ def test_fork_while_another_thread_first_imports_pyelftools(protected) -> None:
             os._exit(0)
         t.join()
         print("child", os.waitpid(pid, 0)[1], flush=True)
-    """
-    results = [child(script).stdout.split() for _ in range(4)]
-    assert results == [["child", "0"]] * 4
+    """)
+    assert p.stdout.split() == ["child", "0"], p.stdout + p.stderr
 
 
 X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",
