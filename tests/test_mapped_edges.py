@@ -106,6 +106,28 @@ def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch)
 
     monkeypatch.setattr(Window, "probe_failed", slow)
     mf = MappedFile(path)
+    looked_again = threading.Event()
+    looks: list[bool] = []
+    ends: list[str] = []
+
+    class Calls(dict):
+        """mf's calls under way, saying when close() looks at them (it iterates)
+        and when the read leaves."""
+
+        def __iter__(self):
+            if threading.current_thread().name == "closer":
+                looks.append(bool(self))
+                if len(looks) == 2:
+                    looked_again.set()
+            return super().__iter__()
+
+        def pop(self, *args):
+            depth = super().pop(*args)
+            if depth == 1 and held.is_set():     # the held call ended
+                ends.append("read left")
+            return depth
+
+    mf._users = Calls()
     assert inject._libc.mprotect(mf._state[3], PAGE, 0) == 0     # the probe faults
     got: list[object] = []
 
@@ -114,17 +136,22 @@ def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch)
             got.append(mf.read(10, 0))
         except Exception as exc:       # noqa: BLE001 - reported by the assertion
             got.append(exc)
+
+    def close() -> None:
+        mf.close()
+        ends.append("closed")
     reader = threading.Thread(target=read)
     reader.start()
     assert held.wait(10)
-    closer = threading.Thread(target=mf.close)
+    closer = threading.Thread(target=close, name="closer")
     closer.start()
-    closer.join(0.3)
-    waited = closer.is_alive()
+    # close() saw the call and looked again instead of going on: it waits
+    assert looked_again.wait(10), f"close() did not wait for the call: {looks} {ends}"
+    assert looks == [True, True] and ends == []
     release.set()
     reader.join(10)
     closer.join(10)
-    assert waited, "close() returned while a call was still using the descriptor"
+    assert ends == ["read left", "closed"]
     assert got == [data[:10]] and mf.closed
 
 
