@@ -21,27 +21,41 @@ PAGE = inject.PAGE
 BASE = bytes(i % 251 + 1 for i in range(2 << 20))
 
 
-def _appender(path, seconds: float) -> subprocess.Popen:
-    """Another process appending 512 bytes at a time: the bytes before never change."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import os, time
-        fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)
-        end = time.monotonic() + {seconds}
-        while time.monotonic() < end:
-            os.write(fd, b"x" * 512)
-    """)])
+class Appender:
+    """Another process appending to a file: `chunk` bytes for each append() asked,
+    so a test makes a fixed number of appends, interleaved with its own calls
+    however fast the machine is; the bytes before never change."""
+
+    def __init__(self, path, chunk: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import os, sys
+            fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)
+            while os.read(0, 1):
+                os.write(fd, b"x" * {chunk})
+        """)], stdin=subprocess.PIPE)
+
+    def append(self) -> None:
+        """Ask for one more append (it lands soon after: any thread may ask)."""
+        os.write(self.proc.stdin.fileno(), b"+")
+
+    def done(self) -> int:
+        """Wait until every append asked has landed; its exit status."""
+        self.proc.stdin.close()
+        return self.proc.wait()
 
 
 @pytest.mark.parametrize("mode", ["read", "write"])
 def test_calls_on_a_log_being_appended_to_count_in_full(tmp_path, mode: str) -> None:
     """Threads read (or write) 256 KiB in the first 2 MiB while another thread
-    follows the size and another process appends: every call counts all of it.
+    follows the size and another process appends (64 KiB per call, so the probe
+    is armed again many times): every call counts all of it.
     (Each size change used to arm the probe again, failing calls in flight, whose
     careful path then counted none: end of file, in the middle of the file.)"""
     path = tmp_path / "log"
     path.write_bytes(BASE)
-    appender = _appender(path, 2.0)
-    results = {"calls": 0, "bad": []}
+    chunk, calls = 64 << 10, 100
+    appender = Appender(path, chunk)
+    bad: list[tuple[int, int]] = []
     stop = threading.Event()
     with MappedFile(path, "r" if mode == "read" else "r+") as mf:
         def follow() -> None:
@@ -52,23 +66,23 @@ def test_calls_on_a_log_being_appended_to_count_in_full(tmp_path, mode: str) -> 
             off = i * 100_000
             expect = BASE[off:off + (256 << 10)]
             buf = bytearray(expect)
-            while not stop.is_set():
+            for _ in range(calls):
+                appender.append()
                 n = mf.readinto(buf, off) if mode == "read" else mf.write(expect, off)
-                results["calls"] += 1
                 if n != len(expect) or (mode == "read" and buf != expect):
-                    results["bad"].append((off, n))
-        threads = [threading.Thread(target=follow)] + \
-            [threading.Thread(target=call, args=(i,)) for i in range(4)]
-        for t in threads:
+                    bad.append((off, n))
+        follower = threading.Thread(target=follow)
+        callers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for t in [follower] + callers:
             t.start()
-        appender.wait()
-        stop.set()
-        for t in threads:
+        for t in callers:
             t.join()
-    assert appender.returncode == 0
-    assert results["calls"] > 100 and not results["bad"], \
-        f"{len(results['bad'])} of {results['calls']} calls short, e.g. {results['bad'][:3]}"
-    assert path.read_bytes()[:len(BASE)] == BASE
+        stop.set()
+        follower.join()
+    assert appender.done() == 0
+    assert not bad, f"{len(bad)} of {4 * calls} calls short, e.g. {bad[:3]}"
+    data = path.read_bytes()
+    assert len(data) == len(BASE) + 4 * calls * chunk and data[:len(BASE)] == BASE
 
 
 def test_a_read_near_the_end_of_a_growing_log_is_never_end_of_file(tmp_path) -> None:
@@ -76,16 +90,19 @@ def test_a_read_near_the_end_of_a_growing_log_is_never_end_of_file(tmp_path) -> 
     careful path: past the probe), one thread: pread(2) returns all of it."""
     path = tmp_path / "log"
     path.write_bytes(b"\x01" * (4 << 20))
-    appender = _appender(path, 1.5)
-    reads = zeros = 0
+    reads = 300
+    appender = Appender(path, 512)
+    short = 0
     buf = bytearray(64 << 10)
     with MappedFile(path) as mf:
-        while appender.poll() is None:
+        for _ in range(reads):
+            appender.append()
             end = os.fstat(mf.fileno()).st_size
             n = mf.readinto(buf, end - (72 << 10))
-            reads += 1
-            zeros += n != len(buf)
-    assert reads > 100 and zeros == 0, f"{zeros} of {reads} reads short"
+            short += n != len(buf)
+    assert appender.done() == 0
+    assert short == 0, f"{short} of {reads} reads short"
+    assert os.path.getsize(path) == (4 << 20) + reads * 512
 
 
 def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch) -> None:
