@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+import uffd_stall
 from mcsafe import MappedFile, MemoryFaultError, inject
 
 PAGE = inject.PAGE
@@ -83,6 +84,37 @@ def test_calls_on_a_log_being_appended_to_count_in_full(tmp_path, mode: str) -> 
     assert not bad, f"{len(bad)} of {4 * calls} calls short, e.g. {bad[:3]}"
     data = path.read_bytes()
     assert len(data) == len(BASE) + 4 * calls * chunk and data[:len(BASE)] == BASE
+
+
+@pytest.mark.parametrize("mode", ["read", "write"])
+def test_a_call_whose_probe_is_armed_again_meanwhile_counts_in_full(tmp_path,
+                                                                   mode: str) -> None:
+    """The race above, made certain: in the middle of a call (its buffer stalls at
+    page 30, tests/uffd_stall.py) the file grows twice by more than an eighth and
+    the size is followed each time, which arms the probe again twice: the probe
+    page the call checks holds another word, so the call takes the careful path,
+    which must count all of it."""
+    if uffd_stall.unavailable():
+        pytest.skip(uffd_stall.unavailable())
+    path = tmp_path / "log"
+    path.write_bytes(BASE)
+    off, npages = 100_000, 64
+    expect = BASE[off:off + npages * PAGE]
+    with MappedFile(path, "r" if mode == "read" else "r+") as mf:
+        probe, word = mf._state[3:5]
+
+        def grow_twice() -> None:
+            for _ in range(2):
+                with open(path, "ab") as f:
+                    f.write(b"x" * (1 << 20))
+                mf.size                      # followed: the probe is armed again
+        contents = bytes(len(expect)) if mode == "read" else expect
+        with uffd_stall.stalled_buffer(npages, contents, {30: grow_twice}) as buf:
+            n = mf.readinto(buf, off) if mode == "read" else mf.write(buf, off)
+            got = bytes(buf)
+        assert mf._state[3] == probe and mf._state[4] != word   # its page, armed again
+    assert n == len(expect) and got == expect
+    assert path.read_bytes()[:len(BASE)] == BASE
 
 
 def test_a_read_near_the_end_of_a_growing_log_is_never_end_of_file(tmp_path) -> None:
