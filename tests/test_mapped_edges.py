@@ -29,19 +29,25 @@ class Appender:
 
     def __init__(self, path, chunk: int) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-            import os, sys
+            import os
             fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)
             while os.read(0, 1):
                 os.write(fd, b"x" * {chunk})
-        """)], stdin=subprocess.PIPE)
+                os.write(1, b"+")
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def append(self) -> None:
         """Ask for one more append (it lands soon after: any thread may ask)."""
         os.write(self.proc.stdin.fileno(), b"+")
 
+    def landed(self) -> None:
+        """Wait until the oldest append asked (and not waited for) is in the file."""
+        assert os.read(self.proc.stdout.fileno(), 1) == b"+"
+
     def done(self) -> int:
         """Wait until every append asked has landed; its exit status."""
         self.proc.stdin.close()
+        self.proc.stdout.read()
         return self.proc.wait()
 
 
@@ -127,14 +133,16 @@ def test_a_read_near_the_end_of_a_growing_log_is_never_end_of_file(tmp_path) -> 
     short = 0
     buf = bytearray(64 << 10)
     with MappedFile(path) as mf:
+        appender.append()
         for _ in range(reads):
-            appender.append()
+            appender.landed()          # the file is longer than mf last saw it,
+            appender.append()          # and grows again during the read
             end = os.fstat(mf.fileno()).st_size
             n = mf.readinto(buf, end - (72 << 10))
             short += n != len(buf)
     assert appender.done() == 0
     assert short == 0, f"{short} of {reads} reads short"
-    assert os.path.getsize(path) == (4 << 20) + reads * 512
+    assert os.path.getsize(path) == (4 << 20) + (reads + 1) * 512
 
 
 def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch) -> None:
