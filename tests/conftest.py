@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 import extable
+from extable.elf import ElfImage
 
-FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 HOST = platform.machine()
 #: A compiler for each machine the fixtures are built for: the host's own gcc,
 #: or Debian's cross compiler (scripts/setup.sh installs it).
@@ -26,6 +30,17 @@ def compile_so(source: Path, out: Path, cc: str = "gcc", extra: list[str] = ()) 
     subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", extable.include_dir(), *extra,
                     str(source), "-o", str(out)], check=True)
     return out
+
+
+def python_child(*parts: str, timeout: float = 60, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    """Run the parts (each dedented, then joined) in a fresh interpreter, from the
+    repository's root, with faulthandler off (a test that expects a death reads
+    the signal, not faulthandler's report): its exit status and output, as text."""
+    code = "".join(textwrap.dedent(part) for part in parts)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "", **(env or {})})
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -41,6 +56,42 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]
     if check and proc.returncode:
         raise AssertionError(f"extable {' '.join(argv)} failed: {proc.stderr}")
     return proc
+
+
+#: Ways to damage a built object's table (damage_table), and the words the
+#: refusal of it names.
+TABLE_DAMAGE = {
+    "magic": "bad magic", "machine": "machine 183", "unsorted": "unsorted",
+    "overlapping": "overlapping", "outside": "outside the module's code",
+    "descriptor": "descriptor 99", "truncated": "truncated",
+}
+
+
+def damage_table(so: Path, how: str, out: Path | None = None) -> None:
+    """Write so to out (default: so itself) with its extable table damaged in the
+    way TABLE_DAMAGE names (in its header, or its first two entries)."""
+    with ElfImage(so) as image:
+        base = image.section("extable_table").offset
+    blob = bytearray(so.read_bytes())
+    first = base + struct.unpack_from("<I", blob, base + 24)[0]       # entries_off
+    second = first + 16
+    if how == "magic":
+        blob[base] ^= 0xFF
+    elif how == "machine":
+        struct.pack_into("<H", blob, base + 10, 183)
+    elif how == "unsorted":
+        blob[first:second + 16] = blob[second:second + 16] + blob[first:second]
+    elif how == "overlapping":                     # the first ends inside the second
+        struct.pack_into("<I", blob, first + 4, struct.unpack_from("<I", blob, second)[0] + 1)
+    elif how == "outside":                         # the first's landing pad
+        struct.pack_into("<I", blob, first + 8, 0x7FFFFF00)
+    elif how == "descriptor":                      # the first names descriptor 99
+        struct.pack_into("<I", blob, first + 12, 0x8000 | (99 << 16))
+    elif how == "truncated":                       # more entries than the section holds
+        struct.pack_into("<I", blob, base + 16, 1 << 20)
+    else:
+        raise ValueError(f"no damage {how!r} (one of {', '.join(TABLE_DAMAGE)})")
+    (out or so).write_bytes(bytes(blob))
 
 
 class Fixtures(dict):

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import mcsafe
-from conftest import compile_so, run_cli
+from conftest import TABLE_DAMAGE, compile_so, damage_table, run_cli
+from conftest import python_child as child
 from extable.elf import ElfImage
 from mcsafe import inject
 
@@ -79,24 +80,13 @@ def table_of(so: Path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("how,words", [
-    ("magic", "bad magic"), ("machine", "machine 183"), ("outside", "outside the module's code"),
-    ("overlap", "overlapping"), ("unbuilt", "bad magic")])
+    *((how, TABLE_DAMAGE[how]) for how in ("magic", "machine", "outside", "overlapping")),
+    ("unbuilt", "bad magic")])
 def test_bad_tables_are_refused_and_never_published(tmp_path, how: str, words: str) -> None:
     so = compile_so(EXAMPLE, tmp_path / f"bad_{how}.so")
     if how != "unbuilt":
         run_cli("build", so, "--in-place", check=True)
-    off, _ = table_of(so)
-    blob = bytearray(so.read_bytes())
-    if how == "magic":
-        blob[off] = ord("X")
-    elif how == "machine":
-        struct.pack_into("<H", blob, off + 10, 183)
-    elif how == "outside":
-        struct.pack_into("<I", blob, off + 48 + 8, 0x10000000)
-    elif how == "overlap":
-        end0 = struct.unpack_from("<I", blob, off + 48 + 4)[0]
-        struct.pack_into("<I", blob, off + 48 + 16, end0 - 1)
-    so.write_bytes(bytes(blob))
+        damage_table(so, how)
     before = mcsafe.published_tables()
     with pytest.raises(mcsafe.TableError, match=words) as info:
         mcsafe.register(so)
@@ -161,16 +151,6 @@ def test_fault_outside_the_named_buffers_is_not_claimed(tmp_path) -> None:
 # crashed the old code run in a child.
 
 FIXTURES = ROOT / "tests" / "fixtures"
-
-
-def child(*parts: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    import os
-    import textwrap
-
-    code = "".join(textwrap.dedent(part) for part in parts)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, "PYTHONFAULTHANDLER": ""})
 
 
 def patch_section(so: Path, *, addr: int | None = None, size: int | None = None) -> None:

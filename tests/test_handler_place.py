@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compile_so
+from conftest import compile_so, python_child
 
 ROOT = Path(__file__).resolve().parent.parent
 # rt_sigqueueinfo and rt_tgsigqueueinfo
@@ -20,12 +20,11 @@ SYSCALLS = {"x86_64": (129, 297), "aarch64": (138, 240)}[__import__("platform").
 
 
 def child(*parts: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """python_child, with the system call numbers of this machine filled in."""
     code = "".join(textwrap.dedent(part) for part in parts)
     code = code.replace("SYS_RT_TGSIGQUEUEINFO", str(SYSCALLS[1]))
     code = code.replace("SYS_RT_SIGQUEUEINFO", str(SYSCALLS[0]))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONFAULTHANDLER": ""})
+    return python_child(code, timeout=timeout)
 
 
 POISONED_COPY = """

@@ -14,14 +14,9 @@ import pytest
 
 import uffd_stall
 from conftest import compile_so
+from conftest import python_child as child
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def child(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT,
-                          env={**os.environ, "PYTHONFAULTHANDLER": "", **(env or {})})
 
 
 SEGV_OUTSIDE = """

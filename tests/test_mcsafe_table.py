@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,7 @@ import pytest
 
 import expected
 import mcsafe
-from conftest import run_cli
-from extable.elf import ElfImage
+from conftest import TABLE_DAMAGE, damage_table, run_cli
 
 EXT = Path(mcsafe._mcsafe.__file__)
 PKG = EXT.parent
@@ -48,43 +46,11 @@ def test_rebuilding_the_table_is_byte_identical(tmp_path) -> None:
     assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(EXT.read_bytes()).digest()
 
 
-def table_offset() -> tuple[int, int]:
-    with ElfImage(EXT) as image:
-        sec = image.section("extable_table")
-        return sec.offset, sec.size
-
-
-def corrupt(blob: bytearray, how: str) -> None:
-    base, _ = table_offset()
-    first = base + 48
-    if how == "magic":
-        blob[base] ^= 0xFF
-    elif how == "machine":
-        struct.pack_into("<H", blob, base + 10, 183)
-    elif how == "unsorted":
-        blob[first:first + 32] = blob[first + 16:first + 32] + blob[first:first + 16]
-    elif how == "overlapping":
-        start1 = struct.unpack_from("<I", blob, first + 16)[0]
-        struct.pack_into("<I", blob, first + 4, start1 + 1)
-    elif how == "outside":
-        struct.pack_into("<I", blob, first + 8, 0x7FFFFF00)
-    elif how == "descriptor":
-        struct.pack_into("<I", blob, first + 12, 0x8000 | (99 << 16))
-    elif how == "truncated":
-        struct.pack_into("<I", blob, base + 16, 1 << 20)
-
-
-@pytest.mark.parametrize("how,words", [
-    ("magic", "bad magic"), ("machine", "machine 183"), ("unsorted", "unsorted"),
-    ("overlapping", "overlapping"), ("outside", "outside the module's code"),
-    ("descriptor", "descriptor 99"), ("truncated", "truncated"),
-])
+@pytest.mark.parametrize("how,words", TABLE_DAMAGE.items())
 def test_damaged_table_is_refused_and_nothing_is_claimed(tmp_path, how, words) -> None:
     pkg = tmp_path / "mcsafe"
     shutil.copytree(PKG, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.c"))
-    blob = bytearray(EXT.read_bytes())
-    corrupt(blob, how)
-    (pkg / EXT.name).write_bytes(bytes(blob))
+    damage_table(EXT, how, pkg / EXT.name)
     code = ("import mcsafe, json\n"
             "try:\n    mcsafe.copy(bytearray(4), b'abcd'); refused = None\n"
             "except RuntimeError as e:\n    refused = str(e)\n"
