@@ -91,3 +91,23 @@ def measure(benchmark, fn, size: int = 64):
     rounds = 60 if FULL else 20
     return benchmark.pedantic(fn, rounds=rounds, iterations=iterations,
                               warmup_rounds=2 if size >= (1 << 20) else 1)
+
+
+def interleaved(calls: dict, reps: int, rounds: int) -> dict[str, float]:
+    """Each peer's median time per call, the peers taking turns every round (in an
+    order shuffled each round), so that a shared machine's drift hits all alike. The
+    first round is a warmup and not counted."""
+    import random
+    import time
+
+    times: dict[str, list[float]] = {p: [] for p in calls}
+    order = list(calls)
+    for _ in range(rounds + 1):
+        random.shuffle(order)
+        for p in order:
+            fn = calls[p]
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times[p].append((time.perf_counter() - t0) / reps)
+    return {p: sorted(ts[1:])[len(ts[1:]) // 2] for p, ts in times.items()}

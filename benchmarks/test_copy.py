@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mcsafe
-from benchmarks.conftest import FULL, measure
+from benchmarks.conftest import FULL, interleaved, measure
 
 SIZES = [64, 256, 4096, 64 << 10, 1 << 20, 16 << 20] + ([256 << 20] if FULL else [])
 
@@ -85,29 +85,16 @@ def test_small_copy_threshold(benchmark, path: str, size: int) -> None:
 def test_copy_interleaved(benchmark, peers, cysignals_peer, size: int) -> None:
     """Every peer in turn, round after round, so that a shared machine's drifting
     memory bandwidth hits all of them alike; the report's targets use these."""
-    import random
-    import time
-
     src, dst = _buffers(size)
     calls = {p: _peer(p, src, dst, peers, cysignals_peer) for p in PEERS}
     reps = max(1, min(2000, (4 << 20) // size))
     rounds = (60 if FULL else 15) if size < (64 << 20) else (10 if FULL else 3)
-    times: dict[str, list[float]] = {p: [] for p in PEERS}
-    order = list(PEERS)
     peers.setjmp_install()
     mcsafe.install()       # in front of the setjmp peer's handler, as docs/HANDLER.md says
     try:
-        for _ in range(rounds + 1):
-            random.shuffle(order)
-            for p in order:
-                fn = calls[p]
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    fn()
-                times[p].append((time.perf_counter() - t0) / reps)
+        medians = interleaved(calls, reps, rounds)
     finally:
         peers.setjmp_uninstall()
-    medians = {p: sorted(ts[1:])[len(ts[1:]) // 2] for p, ts in times.items()}  # drop warmup
     benchmark.group = f"interleaved-{size}"
     benchmark.extra_info.update(peer="mcsafe", size=size, interleaved=medians)
     measure(benchmark, calls["mcsafe"], size)

@@ -94,8 +94,9 @@ class FailingFile:
         finally:
             theirs.close()
         self._sock, self._reader = mine, mine.makefile("rb")
-        self._closer = weakref.finalize(self, _shut_down, self._proc, self._fds, self._sock,
-                                        self._reader, self.mountpoint, self._tmp, errors)
+        self._closer = weakref.finalize(self, _shut_down, os.getpid(), self._proc, self._fds,
+                                        self._sock, self._reader, self.mountpoint, self._tmp,
+                                        errors)
         try:
             mine.settimeout(TIMEOUT)
             ready = self._reader.readline()
@@ -224,16 +225,21 @@ class FailingFile:
         return reply
 
 
-def _shut_down(proc: subprocess.Popen[bytes], fds: list[int], sock: socket.socket,
-               reader: object, mountpoint: str, tmp: str, errors: object) -> None:
+def _shut_down(owner: int, proc: subprocess.Popen[bytes], fds: list[int],
+               sock: socket.socket, reader: object, mountpoint: str, tmp: str,
+               errors: object) -> None:
     """Close the control socket (the server then unmounts and exits), make sure the
-    mount is gone whatever the server did, and remove the temporary directory."""
+    mount is gone whatever the server did, and remove the temporary directory. In
+    a process forked from the owner only its copies of the descriptors are
+    closed: the mount is the owner's, which the server serves until it ends."""
     while fds:
         with contextlib.suppress(OSError):      # ENOTCONN if the server is gone
             os.close(fds.pop())
     for f in (reader, sock, errors):
         with contextlib.suppress(OSError):
             f.close()  # type: ignore[attr-defined]
+    if os.getpid() != owner:
+        return
     try:
         proc.wait(TIMEOUT)
     except subprocess.TimeoutExpired:

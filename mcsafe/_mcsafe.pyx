@@ -458,13 +458,14 @@ cdef Py_ssize_t _pread_all(int fd, char *buf, Py_ssize_t n, Py_ssize_t offset) n
     return done
 
 
-def _read_split(dst, src, Py_ssize_t offset, Py_ssize_t limit, uintptr_t probe,
-                uint64_t expect, int fd):
-    """MappedFile.readinto in one call: fill dst from file offset `offset`, the bytes
-    below `limit` (the start of the file's last page as last seen, where the probe
-    word at address `probe` is armed) copied from the mapping src between two reads
-    of the probe, the rest read with pread(2) from fd, which is exact where a
-    mapping cannot tell the file's end.
+def _read_split(dst, tuple state, Py_ssize_t offset):
+    """MappedFile.readinto in one call: fill dst from file offset `offset`. `state`
+    is what the MappedFile published: (src, size, limit, probe, expect, fd), taken
+    whole so the fast path passes one object. The bytes below `limit` (the start of
+    the file's last page as last seen, where the probe word at address `probe` is
+    armed) are copied from the mapping src between two reads of the probe, the
+    rest read with pread(2) from fd, which is exact where a mapping cannot tell
+    the file's end.
 
     pread(2) racing a cut may count the zeros the cut leaves in the page it falls
     in. So the last byte it counted is read again from the mapping: a cut below it
@@ -482,6 +483,11 @@ def _read_split(dst, src, Py_ssize_t offset, Py_ssize_t limit, uintptr_t probe,
     cdef Py_ssize_t want, mapped = 0, done = 0, got, end, size
     cdef uint64_t word
     cdef unsigned char last = 0
+    cdef object src = state[0]
+    cdef Py_ssize_t limit = state[2]
+    cdef uintptr_t probe = state[3]
+    cdef uint64_t expect = state[4]
+    cdef int fd = state[5]
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     _acquire(dst, src, &d, &s)

@@ -22,3 +22,12 @@ def read_array(file: MappedFile, dtype: npt.DTypeLike, count: int = -1, offset: 
     count 0, and items of no bytes, read nothing, as numpy.fromfile."""
     out: np.ndarray[Any, np.dtype[Any]] = file.read_array(dtype, count, offset)
     return out
+
+
+def load(file: Any, mmap_mode: None = None, allow_pickle: bool = False, fix_imports: bool = True,
+         encoding: str = "ASCII", *, max_header_size: int = 10000) -> Any:
+    """numpy.load's drop-in for .npy and .npz files, through the table-driven copy:
+    see :func:`mcsafe.formats.npy.load`."""
+    from .formats.npy import load as _load
+    return _load(file, mmap_mode, allow_pickle, fix_imports, encoding,
+                 max_header_size=max_header_size)

@@ -298,6 +298,33 @@ def test_the_mount_goes_when_its_owner_exits_or_is_killed(tmp_path, end) -> None
         owner.wait()
 
 
+FORKER = """
+    import os, sys
+    from mcsafe import inject
+    f = inject.failing_file(4096, dir=sys.argv[1])
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)                   # a forked child that ends as Python ends (atexit)
+    _, status = os.waitpid(pid, 0)
+    with open(f.path, "rb") as g:
+        print(os.waitstatus_to_exitcode(status), os.path.ismount(f.mountpoint),
+              g.read() == inject.pattern(4096), flush=True)
+    f.close()
+    print(os.path.exists(f.mountpoint), os.listdir(sys.argv[1]))
+"""
+
+
+def test_a_forked_child_that_ends_leaves_its_parents_mount_alone(tmp_path) -> None:
+    """The mount is its owner's: a child forked from it that exits normally (and
+    so runs the finalizers it inherited) must not unmount it or remove its files."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this machine: failing files need FUSE")
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(FORKER), str(tmp_path)],
+                       capture_output=True, text=True, timeout=WAIT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["0 True True", "False []"]
+
+
 def test_the_mount_goes_when_the_server_is_sent_sigterm(failing_file) -> None:
     f = failing_file(PAGE)
     os.kill(f.pid, signal.SIGTERM)              # libfuse's handler ends the loop, unmounts

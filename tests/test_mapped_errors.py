@@ -162,6 +162,51 @@ def test_every_call_on_a_closed_file_says_it_is_closed(tmp_path) -> None:
     assert mf.closed and repr(mf).endswith("closed>")
 
 
+UNWRITABLE = """
+    import mmap, sys
+    from mcsafe import MappedFile
+    path, bad_page = sys.argv[1], int(sys.argv[2])
+    ref = open(path, "rb", buffering=0)
+    ro = mmap.mmap(ref.fileno(), 0, access=mmap.ACCESS_READ)
+    buffers = {"bytes": b"x" * 10, "read-only view": memoryview(bytearray(10)).toreadonly(),
+               "read-only mmap": ro, "str": "x" * 10, "strided": memoryview(bytearray(20))[::2]}
+    with MappedFile(path) as mf:
+        import ctypes
+        from mcsafe import inject, MemoryFaultError
+        assert inject._libc.mprotect(mf.address + bad_page * 4096, 4096, 0) == 0
+        try:
+            mf.readinto(bytearray(1), bad_page * 4096)
+        except MemoryFaultError:
+            pass                                # a known bad range: the careful path
+        for name, buf in buffers.items():
+            for offset in (0, 9000, bad_page * 4096 - 5, 10**9):
+                for reader in (ref.readinto, lambda b: mf.readinto(b, offset)):
+                    ref.seek(offset)
+                    try:
+                        reader(buf)
+                        print(name, offset, "no error")
+                    except Exception as exc:
+                        print(name, offset, type(exc).__name__)
+    ro.close()
+"""
+
+
+def test_a_buffer_that_cannot_be_written_is_refused_as_open_refuses_it(tmp_path) -> None:
+    """readinto() of bytes, a read-only view or mmap, a str or a strided view raises
+    TypeError as FileIO.readinto does, wherever the offset lies (it looped forever
+    once the fast path handed it to the careful path). In a child, so that a loop
+    fails the test instead of hanging the suite."""
+    path = tmp_path / "f"
+    path.write_bytes(inject.pattern(3 * PAGE + 100))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(UNWRITABLE), str(path), "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5 * 4 * 2
+    for ref, got in zip(lines[::2], lines[1::2]):
+        assert got == ref and ref.endswith(" TypeError"), (ref, got)
+
+
 # -- why -----------------------------------------------------------------------------
 
 def test_fault_cause_from_the_signal(monkeypatch) -> None:

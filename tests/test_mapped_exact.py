@@ -189,6 +189,32 @@ def test_a_write_during_which_the_file_is_cut_and_written_again_counts_what_is_t
     assert n == 32 * PAGE
 
 
+@pytest.mark.parametrize("call", ["readinto", "write"])
+def test_a_cut_between_the_offset_and_the_fault_is_not_the_end_of_the_file(
+        tmp_path, call: str) -> None:
+    """The file is cut to 50 bytes past the call's offset as the copy begins; the
+    copy then faults on the next page. The file never ended at or before the
+    offset, so 0 (the end of the file, EFBIG from MappedFileIO.write) is wrong:
+    pread(2)/pwrite(2) count the 50 bytes, and so must the call."""
+    _need_uffd()
+    path = tmp_path / "f"
+    path.write_bytes(RAMP)
+    offset = 20 * PAGE + 50
+    fd = os.open(path, os.O_WRONLY)
+    data = bytes(range(255, 0, -1)) * (17 * PAGE // 255 + 1)
+    try:
+        with MappedFile(path, "r+") as mf, uffd_stall.stalled_buffer(
+                17, data[:17 * PAGE], {0: lambda: os.ftruncate(fd, CUT)}) as buf:
+            n = getattr(mf, call)(buf[:16 * PAGE], offset)
+            got = bytes(buf[:n])
+    finally:
+        os.close(fd)
+    assert os.path.getsize(path) == CUT
+    assert n == CUT - offset
+    on_disk = path.read_bytes()[offset:]
+    assert got == on_disk == (RAMP[offset:CUT] if call == "readinto" else data[:CUT - offset])
+
+
 def test_growth_is_followed_and_remapped(tmp_path) -> None:
     path = tmp_path / "segment.log"
     path.write_bytes(b"a" * 100)

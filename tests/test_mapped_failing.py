@@ -83,6 +83,19 @@ def test_a_cut_below_the_faulting_page_is_the_end_of_the_file(failing_file) -> N
         assert mf.readinto(bytearray(4 * PAGE), 2 * PAGE) == PAGE
 
 
+def test_a_cut_above_the_offset_is_not_the_end_of_the_file(failing_file) -> None:
+    """A read from inside the page before the bad one, and the file cut (by another
+    client, as the page fails) to 1,000 bytes past the read's offset: the file
+    never ended at the offset, so the answer is what pread(2) reads now, not 0."""
+    f = failing_file(16 * PAGE, inject.page_ranges([BAD]))
+    offset, cut = (BAD - 1) * PAGE + 1000, (BAD - 1) * PAGE + 2000
+    with MappedFile(f.path) as mf, f.on_failed_read(truncate=cut):
+        buf = bytearray(2 * PAGE)
+        assert mf.readinto(buf, offset) == 1000
+        assert buf[:1000] == inject.pattern(16 * PAGE)[offset:cut]
+        assert mf.bad_ranges() == []
+
+
 APPENDER = """
     import os, sys
     fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)

@@ -168,6 +168,29 @@ class Parity(RuleBasedStateMachine):
                 twin.seek(before)
                 twin.write(grown)
 
+    @precondition(lambda self: self.backing.kind == "fuse")
+    @rule(offset=offsets, n=lengths, cut=st.integers(0, PAGES * PAGE))
+    def read_while_another_client_cuts(self, offset: int, n: int, cut: int) -> None:
+        """Every read the server fails first cuts (or extends) the file to `cut`: the
+        call may count what it read before the cut, but never fewer bytes than
+        the file holds after it (the file never ended before that), and only
+        bytes that were the file's."""
+        assert self.mf is not None
+        fuse = self.backing.files[0]
+        before = fuse.contents()
+        buf = bytearray(n)
+        with fuse.on_failed_read(truncate=cut):
+            got = outcome(lambda: bytes(buf[:self.mf.readinto(buf, offset)]))  # type: ignore
+        after = self.remembered_cut(offset, outcome(lambda: os.pread(self.fds[0], n, offset)))
+        if isinstance(got, bytes):
+            assert got == before[offset:offset + len(got)], (offset, n, cut)
+            assert not isinstance(after, bytes) or len(got) >= len(after), \
+                (offset, n, cut, len(got), len(after), self.mf.bad_ranges())
+        else:
+            assert got == ("error", errno.EIO) and after == got, (offset, n, cut, after)
+        if fuse.size != os.fstat(self.fds[1]).st_size:     # the twin lives the same history
+            os.truncate(self.backing.paths[1], fuse.size)
+
     @rule(offset=offsets, data=st.binary(min_size=1, max_size=2 * PAGE))
     def write(self, offset: int, data: bytes) -> None:
         assert self.mf is not None

@@ -72,6 +72,61 @@ def test_a_passed_descriptor_is_read_from_its_position(data_file) -> None:
     assert results[0] == results[1] == (1000, data[1000:1010])
 
 
+def test_a_descriptor_is_used_for_what_it_was_opened_for(data_file) -> None:
+    """A write-only descriptor cannot be read (open() fails the read with EBADF; the
+    file opened again through /proc would read it), and an O_APPEND descriptor
+    writes only at the end (FileIO.write and pwrite(2) append; a mapping never
+    extends the file, so it would write elsewhere): both refused, naming why,
+    before anything is read or written."""
+    path, data = data_file
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with open(fd, "rb", closefd=False) as f, pytest.raises(OSError) as ref:
+            f.read(1)
+        for make in (lambda: MappedFile(fd), lambda: fileio.open(fd, "rb", closefd=False)):
+            with pytest.raises(OSError) as exc:
+                make()
+            assert exc.value.errno == ref.value.errno == errno.EBADF
+            assert "not open for reading" in str(exc.value)
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        for make in (lambda: MappedFile(fd, "r+"),
+                     lambda: fileio.open(fd, "rb+", buffering=0, closefd=False)):
+            with pytest.raises(OSError) as exc:
+                make()
+            assert exc.value.errno == errno.EBADF and "O_APPEND" in str(exc.value)
+        with MappedFile(fd) as mf:                      # reading it is fine
+            assert mf.read(10, 0) == data[:10]
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data                    # nothing written anywhere
+
+
+def test_the_descriptor_from_fileno_keeps_its_offset_as_opens_does(tmp_path) -> None:
+    """What reads through fileno() (numpy.fromfile of a stream, os.read, stdio)
+    finds the offset where it left it, whatever the file object does meanwhile
+    (its size asked, reads at the end of a file ending in a 0 byte, writes):
+    MappedFile asked its size with lseek(SEEK_END) on that very descriptor, so a
+    thread's numpy.fromfile(fileio.open(mf)) could read from the end of the file
+    (numpy then fills the array with whatever memory held)."""
+    path = tmp_path / "data.bin"
+    data = inject.pattern(3 * PAGE + 123)[:-1] + b"\0"
+    path.write_bytes(data)
+    results = []
+    for kind in ("open", "MappedFile"):
+        f = open(path, "rb+", buffering=0) if kind == "open" else MappedFile(path, "r+")
+        with f:
+            fd = f.fileno()
+            os.lseek(fd, 100, os.SEEK_SET)
+            size = os.fstat(fd).st_size if kind == "open" else f.size
+            tail = os.pread(fd, 50, size - 50) if kind == "open" else f.read(50, size - 50)
+            wrote = os.pwrite(fd, b"w", 5) if kind == "open" else f.write(b"w", 5)
+            results.append((size, tail, wrote, os.lseek(fd, 0, os.SEEK_CUR), os.read(fd, 10)))
+    assert results[1] == results[0] == (len(data), data[-50:], 1, 100, data[100:110])
+
+
 # -- item 7: the raw and text objects ------------------------------------------------
 
 def test_truncate_in_rb_plus_as_open_does(tmp_path) -> None:

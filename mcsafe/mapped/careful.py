@@ -54,6 +54,9 @@ class Careful:
         fault judged; pread(2) alone where there is no probe to prove a copy."""
         w = self.window
         out = memoryview(buf).cast("B")
+        if out.readonly:        # refused wherever offset lies, as FileIO.readinto refuses it
+            raise TypeError("readinto() argument must be read-write bytes-like object, "
+                            f"not {type(buf).__name__}")
         want = out.nbytes
         retries, probes = RETRIES, CHURN_RETRIES
         stamp: Stamp | None = None          # the file's, at the first fault
@@ -62,13 +65,18 @@ class Careful:
                 if stamp is None:
                     stamp = self.stamp()
                 verdict = self.judge(fault, offset, done, True, retries == 0, stamp)
-                # The file was shorter when the page faulted: the page before it may
-                # have been copied past the end then (zeros). Copy it again, or (when
-                # the file ends before the fault now) do not count it.
-                done = before_page_before(offset, done) if verdict != STOP else done
-                if verdict != RETRY:
+                if verdict == STOP:
                     return done
-                fault, retries = None, retries - 1
+                # The file was shorter when the page faulted: the page before it may
+                # have been copied past the end then (zeros). Copy it again; after a
+                # cut, with pread(2) alone, which finds the end wherever it is now (it
+                # may lie past the call's offset: the file never ended there).
+                done = before_page_before(offset, done)
+                if verdict == CUT:
+                    probes = 0
+                else:
+                    retries -= 1
+                fault = None
             pos = offset + done
             if done >= want or pos >= w.refresh():
                 return done
@@ -80,19 +88,20 @@ class Careful:
                 raise self.known_bad(bad[0], pos, "read")
             if bad is not None and bad[0] < pos + n:
                 n = bad[0] - pos
-            data, _, limit, probe, word, fd = w.state
+            state = w.state
             try:
-                got = _read_split(out[done:done + n], data, pos, limit, probe, word,
-                                  fd) if probes else -2
+                got = _read_split(out[done:done + n], state, pos) if probes else -2
             except (ValueError, TypeError):
                 w.check_open()
+                if state[0] is w.state[0]:
+                    raise           # the caller's buffer: not one to write into
                 continue            # the file changed size after the view was fetched
             if isinstance(got, CopyResult):
                 done += got.copied
                 fault = got.fault
                 continue
             if got == -1:           # cut during the copy, perhaps: count none of it
-                w.probe_failed(word)
+                w.probe_failed(state[4])
                 probes -= 1
                 continue
             if got < 0:
@@ -142,14 +151,16 @@ class Careful:
                 if stamp is None:
                     stamp = self.stamp()
                 verdict = self.judge(fault, offset, done, False, retries == 0, stamp)
-                # The file was shorter when the page faulted: the page before it may
-                # have been written past the end then (dropped). Write it again, or
-                # (when the file ends before the fault now) do not count it.
-                if verdict != RETRY:
-                    if verdict == CUT:
-                        done = before_page_before(offset, done)
+                if verdict == STOP:
                     break
+                # The file was shorter when the page faulted: the page before it may
+                # have been written past the end then (dropped). Write it again, up
+                # to the end wherever it is now (after a cut it may lie past the
+                # call's offset: the file never ended there); a file cut under every
+                # try counts what lies before the page before the fault.
                 done = before_page_before(offset, done)
+                if verdict == CUT and retries == 0:
+                    break
                 fault, retries = None, retries - 1
             pos = offset + done
             size = w.refresh()
@@ -254,8 +265,9 @@ class Careful:
               stamp: Stamp) -> int:
         """Judge a fault met `done` bytes into a call at file offset `offset`: STOP
         if the call stops there (raising if nothing was done, remembering the page
-        if it is bad), RETRY if it should copy again from there, CUT if it stops
-        before the page before it (the file was cut under it).
+        if it is bad), RETRY if it should copy again from there, CUT if the file
+        now ends at or before the fault (it was cut under the copy): the call
+        goes on from the page before it, to wherever the end is now.
 
         A SIGBUS that says nothing of its cause (BUS_ADRERR) is a page past the end
         of the file or a page the kernel could not read. read(2) of the byte

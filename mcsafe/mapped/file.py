@@ -163,9 +163,10 @@ class MappedFile:
         return self._window.map.address
 
     def fileno(self) -> int:
-        """The file descriptor of MappedFile's own open file."""
-        self._window.check_open()
-        return self._window.fd
+        """A descriptor of the file (for fstat, locks, fsync, or reads of the
+        caller's own): an open file of its own, opened on first use and closed
+        with the MappedFile, whose offset only the caller moves."""
+        return self._window.export()
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         """Every bad range seen so far: page-granular [start, end), merged and sorted."""
@@ -178,18 +179,21 @@ class MappedFile:
         """Fill buf from the file at offset, as pread(2): the count, short at a bad
         byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
         if the first byte is bad."""
-        data, size, limit, probe, word, fd = self._window.state
-        if 0 <= offset < size and not self._bad.starts:
+        state = self._window.state
+        if not self._bad.starts:
             try:
-                got = _read_split(buf, data, offset, limit, probe, word, fd)
-            except (ValueError, TypeError):      # closed, or resized by another thread
+                got = _read_split(buf, state, offset)
+            except (ValueError, TypeError, OverflowError):  # closed, resized, not ours
                 got = -2
             if type(got) is int:
                 if got >= 0:
                     return got
-                return self._checked(buf, offset, True, 0, None, word if got == -1 else None)
-            assert isinstance(got, CopyResult)
-            return self._checked(buf, offset, True, got.copied, got.fault)
+                if got != -2:
+                    return self._checked(buf, offset, True, 0, None,
+                                         state[4] if got == -1 else None)
+            else:
+                assert isinstance(got, CopyResult)
+                return self._checked(buf, offset, True, got.copied, got.fault)
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
         return self._checked(buf, offset, True, 0, None)

@@ -90,6 +90,7 @@ class Window:
             # map just the file, as mmap.mmap would
             self.map = Mapping(fd, pages(max(size, 1)), writable, path)
         self.probe = Probe()
+        self.exported = -1               # fileno()'s descriptor, opened on first use
         self.lock = threading.Lock()     # writers of the state, the mapping and `closed`
         self.closed = False
         self.retired: list[Mapping] = []     # outgrown mappings, unmapped by close()
@@ -184,6 +185,17 @@ class Window:
         if self.closed:
             raise ValueError(CLOSED)
 
+    def export(self) -> int:
+        """A descriptor of the file for the caller: an open file of its own, so that
+        its offset is the caller's alone (the size is asked here with lseek, which
+        moves the offset of the descriptor it is asked on)."""
+        with self.lock:
+            self.check_open()
+            if self.exported < 0:
+                flags = (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_CLOEXEC
+                self.exported = os.open(f"/proc/self/fd/{self.fd}", flags)
+            return self.exported
+
     def copy(self, buf: Buffer, done: int, pos: int, n: int, reading: bool
              ) -> int | CopyResult:
         """Copy n bytes between buf (from `done`) and the file (from `pos`), never
@@ -247,7 +259,11 @@ class Window:
         for m in self.retired + [self.map]:
             m.close()
         self.probe.close()
-        os.close(self.fd)
+        try:
+            if self.exported >= 0:
+                os.close(self.exported)
+        finally:
+            os.close(self.fd)
 
     def after_fork(self) -> None:
         """In a forked child only the forking thread lives on: the lock another

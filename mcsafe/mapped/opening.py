@@ -55,8 +55,17 @@ def _fd_path(fd: int, mode: str) -> str:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError as exc:
         raise oserror(exc.errno or errno.EBADF, f"fd {fd}", "fcntl") from None
+    # The file is opened again through /proc, which would grant what the
+    # descriptor was not opened for: use it only for that, as open(fd) would.
+    if flags & os.O_ACCMODE == os.O_WRONLY:
+        raise oserror(errno.EBADF, f"fd {fd}", "not open for reading (O_WRONLY)")
     if mode == "r+" and flags & os.O_ACCMODE != os.O_RDWR:
         raise oserror(errno.EBADF, f"fd {fd}", "mode 'r+' needs a descriptor open O_RDWR")
+    if mode == "r+" and flags & os.O_APPEND:
+        # FileIO.write and pwrite(2) on it write at the end; a mapping never extends
+        # the file, so it would write elsewhere
+        raise oserror(errno.EBADF, f"fd {fd}", "mode 'r+' of an O_APPEND descriptor, whose "
+                      "writes go at the end (a mapping never extends the file)")
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
