@@ -298,31 +298,40 @@ class Touch:
     address: int
 
 
+_report_to = -1     # (in a probing child) the pipe _say writes to
+
+
+def _say(**what: object) -> None:
+    os.write(_report_to, (json.dumps(what) + "\n").encode())
+
+
+# Made here, in the parent, once: libffi allocates (and locks) to make a callback,
+# which a forked child of a threaded process must not.
+@_HANDLER
+def _on_fault(sig: int, info: int, _context: int) -> None:
+    # (in a probing child) only os.write and _exit: the fault repeats if this returns
+    code = ctypes.c_int.from_address(info + 8).value            # si_code
+    address = ctypes.c_void_p.from_address(info + 16).value     # si_addr
+    _say(signal=sig, code=code, address=address or 0)
+    os._exit(0)
+
+
 def _touch_in_child(method: str, out: int) -> None:
     """(In a forked child.) Make a 2-page region with page 1 bad, touch page 1 with
     libc's memmove, and write to `out` what happened, one JSON object a line."""
-    def say(**what: object) -> None:
-        os.write(out, (json.dumps(what) + "\n").encode())
-
-    def on_fault(sig: int, info: int, _context: int) -> None:
-        # only os.write and _exit: the fault repeats if this returns
-        code = ctypes.c_int.from_address(info + 8).value            # si_code
-        address = ctypes.c_void_p.from_address(info + 16).value     # si_addr
-        say(signal=sig, code=code, address=address or 0)
-        os._exit(0)
-
-    handler = _HANDLER(on_fault)
-    action = _Sigaction(ctypes.cast(handler, ctypes.c_void_p), (ctypes.c_ulong * 16)(),
+    global _report_to
+    _report_to = out
+    action = _Sigaction(ctypes.cast(_on_fault, ctypes.c_void_p), (ctypes.c_ulong * 16)(),
                         SA_SIGINFO, None)
     try:
         with region(method, 2, [1]) as r:
-            say(bad=r.address + PAGE, signal=r.signal, codes=list(r.codes))
+            _say(bad=r.address + PAGE, signal=r.signal, codes=list(r.codes))
             for sig in (signal.SIGBUS, signal.SIGSEGV):
                 _check(_libc.sigaction(sig, ctypes.addressof(action), None), "sigaction")
             ctypes.memmove(ctypes.create_string_buffer(1), r.address + PAGE, 1)
-            say(touched="no fault")
+            _say(touched="no fault")
     except OSError as exc:
-        say(unavailable=exc.strerror or str(exc))
+        _say(unavailable=exc.strerror or str(exc))
 
 
 def _probe(method: str) -> tuple[str | None, Touch | None]:
