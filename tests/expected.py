@@ -41,6 +41,13 @@ EMULATOR_VARIABLE = "MCSAFE_TEST_EMULATOR"
 VM = Path("/proc/sys/vm")
 
 
+def _capable(bit: int) -> bool:
+    """Whether this process has the capability (CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21)."""
+    with open("/proc/self/status") as f:
+        effective = next(line for line in f if line.startswith("CapEff:")).split()[1]
+    return bool(int(effective, 16) >> bit & 1)
+
+
 def _kernel_at_least(major: int, minor: int) -> bool:
     release = os.uname().release.split("-")[0].split(".")
     return (int(release[0]), int(release[1])) >= (major, minor)
@@ -52,26 +59,26 @@ def injection_methods(emulator: str | None = None) -> dict[str, str | None]:
 
     Native: mprotect and truncate work everywhere; uffd needs userfaultfd
     (CONFIG_USERFAULTFD: /proc/sys/vm/unprivileged_userfaultfd exists), UFFDIO_POISON
-    (Linux 6.6) and root or vm.unprivileged_userfaultfd = 1; madvise needs
-    CONFIG_MEMORY_FAILURE (/proc/sys/vm/memory_failure_early_kill exists) and root.
+    (Linux 6.6) and CAP_SYS_PTRACE or vm.unprivileged_userfaultfd = 1; madvise needs
+    CONFIG_MEMORY_FAILURE (/proc/sys/vm/memory_failure_early_kill exists) and
+    CAP_SYS_ADMIN.
     Under qemu-user: qemu implements no userfaultfd system call (ENOSYS), and takes
     madvise as a hint, returning 0 without poisoning anything, so the page reads."""
     if emulator == "qemu-user":
         return {"uffd": "Function not implemented", "mprotect": None, "truncate": None,
                 "madvise": "a plain read does not fault on"}
     assert emulator is None, f"no expectations for emulator {emulator!r}"
-    root = os.geteuid() == 0
     if not (VM / "unprivileged_userfaultfd").exists():
         uffd: str | None = "userfaultfd() failed"
     elif not _kernel_at_least(6, 6):
         uffd = "needs Linux 6.6+"
-    elif not root and (VM / "unprivileged_userfaultfd").read_text().strip() != "1":
+    elif not _capable(19) and (VM / "unprivileged_userfaultfd").read_text().strip() != "1":
         uffd = "userfaultfd() failed"
     else:
         uffd = None
     if not (VM / "memory_failure_early_kill").exists():
         madvise: str | None = "EINVAL: the kernel has no CONFIG_MEMORY_FAILURE"
-    elif not root:
+    elif not _capable(21):
         madvise = "EPERM: it needs CAP_SYS_ADMIN"
     else:
         madvise = None
