@@ -454,31 +454,29 @@ def test_a_child_forked_while_another_thread_holds_the_lock_does_not_hang(tmp_pa
 
 def test_a_child_forked_during_another_threads_copy_can_close(tmp_path) -> None:
     """The copying thread does not exist in the child, and never releases the view
-    it held there: the child's close() must not wait for it."""
+    it held there: the child's close() must not wait for it. The child is forked
+    while the copy is under way for certain: its destination stalls at a page
+    (tests/uffd_stall.py) and the stall's action forks it."""
+    _need_uffd()
+    npages = 512                                         # past GIL_RELEASE_BYTES
     path = tmp_path / "f"
-    with open(path, "wb") as f:
-        f.truncate(64 << 20)                             # sparse: a long copy of holes
+    path.write_bytes(inject.pattern(npages * PAGE))
+    statuses = []
     with MappedFile(path) as mf:
-        started = threading.Event()
-
-        def read() -> None:
-            started.set()
-            buf = bytearray(64 << 20)
-            for _ in range(16):
-                mf.readinto(buf, 0)
-        reader = threading.Thread(target=read)
-        reader.start()
-        started.wait()
-        time.sleep(0.1)
-
         def child() -> bool:
-            ok = mf.read(3, 0) == bytes(3)
+            ok = mf.read(3, 0) == inject.pattern(3)
             mf.close()
             return ok and mf.closed
-        try:
-            assert _in_child(child) == 0
-        finally:
+
+        def fork_during_the_copy() -> None:
+            statuses.append(_in_child(child))
+        with uffd_stall.stalled_buffer(npages, bytes(npages * PAGE),
+                                       {300: fork_during_the_copy}) as dst:
+            reader = threading.Thread(target=lambda: statuses.append(mf.readinto(dst, 0)))
+            reader.start()
             reader.join()
+            assert bytes(dst) == inject.pattern(npages * PAGE)
+    assert statuses == [0, npages * PAGE]               # -14 (SIGALRM): close() hung
 
 
 def test_a_file_too_large_to_map_twice_is_mapped_once(tmp_path) -> None:
