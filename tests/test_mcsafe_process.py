@@ -207,16 +207,17 @@ def test_chaining_to_a_handler_that_longjmps_keeps_working(tmp_path) -> None:
 
 
 def test_queued_signal_naming_the_copy_buffer_is_not_claimed() -> None:
-    # A user-sent SIGBUS (SI_QUEUE) whose si_addr points into the destination of
-    # the copy under way, sent to the copying thread while it is inside the copy:
-    # only the kernel's word counts, so it is not claimed and the process dies of
-    # it, as it would without mcsafe.
+    # A user-sent SIGBUS (SI_QUEUE) whose si_addr is the very source page the copy
+    # waits on, sent to the copying thread while it is inside the copy (so a
+    # handler that checked the PC and the address alone would claim it): only
+    # the kernel's word counts, so it is not claimed and the process dies of it,
+    # as it would without mcsafe.
     import platform as _platform
 
     syscall = {"x86_64": 297, "aarch64": 240}[_platform.machine()]   # rt_tgsigqueueinfo
     p = stalled_copy(f"""
         def send(thread):
-            target = mcsafe._mcsafe.buffer_address(dst) + len(dst) - 1
+            target = mcsafe._mcsafe.buffer_address(src) + 300 * PAGE    # where it waits
             info = struct.pack("iiii", signal.SIGBUS, 0, -1, 0) + struct.pack("Q", target)
             info += bytes(128 - len(info))
             rc = ctypes.CDLL(None).syscall({syscall}, os.getpid(), thread.native_id,
