@@ -26,4 +26,4 @@ test-all:
 	@scripts/test-all.sh
 
 clean:
-	rm -rf build dist .venv .venv-3.* mcsafe/_mcsafe.c mcsafe/*.so *.egg-info
+	rm -rf build dist .venv .venv-3.* mcsafe/_mcsafe.c mcsafe/*.so extable/*.so *.egg-info

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+#: The extensions whose exception table is compiled into them after linking.
+WITH_TABLE = ("mcsafe._mcsafe",)
 ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -32,7 +34,8 @@ def target_arch() -> str:
 
 
 def extensions() -> list:
-    """The extension modules, cythonized."""
+    """The extension modules: mcsafe's (cythonized; its exception table is embedded after
+    linking) and extable's listing accelerator (plain C, optional at run time)."""
     from Cython.Build import cythonize
     from setuptools import Extension
 
@@ -50,12 +53,18 @@ def extensions() -> list:
         # dynamic linker's lazy binding (not async-signal-safe).
         extra_link_args=["-Wl,-z,now"],
     )
-    return cythonize([ext], language_level=3, quiet=True)
+    fast = Extension("extable._fast", sources=["extable/_fast.c"],
+                     extra_compile_args=["-O2", "-std=gnu11"])
+    return cythonize([ext], language_level=3, quiet=True) + [fast]
 
 
 def embed_table(path: str | os.PathLike[str]) -> None:
     """Compile the exception table of a built extension into it, in place."""
     sys.path.insert(0, str(ROOT))          # this tree's extable, not an installed one
+    # ...in pure Python: its accelerator (extable._fast) is built by this same build, so
+    # the one in the tree is not built yet, or left from an older build.
+    if "extable.elf" not in sys.modules:
+        sys.modules.setdefault("extable._fast", None)
     try:
         from extable.compiler import build
         from extable.elf import ElfImage
@@ -83,11 +92,13 @@ def build_ext_class() -> type:
     from setuptools.command.build_ext import build_ext
 
     class BuildExt(build_ext):
-        """build_ext that embeds the exception table right after linking."""
+        """build_ext that embeds the exception table right after linking (into the
+        extensions that carry one)."""
 
         def build_extension(self, ext) -> None:   # type: ignore[no-untyped-def]
             super().build_extension(ext)
-            embed_table(self.get_ext_fullpath(ext.name))
+            if ext.name in WITH_TABLE:
+                embed_table(self.get_ext_fullpath(ext.name))
 
     return BuildExt
 

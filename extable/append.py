@@ -1,9 +1,9 @@
 """Adding a non-loaded section to an ELF file the way ``objcopy --add-section`` lays it out.
 
-The input is copied unchanged (in the kernel, with ``copy_file_range``), then
-three things are appended: the section's bytes, a new ``.shstrtab`` (the old
-names plus the new one; it is non-alloc, so moving it touches no segment) and
-a new section header table (the old headers, ``.shstrtab``'s pointing at its
+The input is copied unchanged (in the kernel, with ``copy_file_range``, by
+:mod:`extable.output`), then three things are appended: the section's bytes, a
+new ``.shstrtab`` (the old names plus the new one; it is non-alloc, so moving
+it touches no segment) and a new section header table (the old headers, ``.shstrtab``'s pointing at its
 new place, and one header for the new section, last, so no section index
 changes). Finally ``e_shoff``/``e_shnum`` in the ELF header are updated. No
 program header, no SHF_ALLOC section, no byte of code or data moves.
@@ -20,11 +20,11 @@ is identical (:func:`check_unchanged`).
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 from typing import IO, Any
 
-from .elf import EHDR, SHDR, SHF_ALLOC, SHN_LORESERVE, SHN_XINDEX, SHT_NOBITS, SHT_PROGBITS
+from .elf import (EHDR, PN_XNUM, SHDR, SHF_ALLOC, SHN_LORESERVE, SHN_XINDEX, SHT_NOBITS,
+                  SHT_PROGBITS)
 from .elf import ElfImage
 from .errors import ExtableError
 
@@ -46,6 +46,8 @@ def copy_file(src: IO[bytes], dst: IO[bytes]) -> int:
     except OSError:
         done = 0                            # no copy_file_range here (e.g. across file systems)
     if done < size:
+        import shutil
+
         src.seek(done)
         dst.seek(done)
         shutil.copyfileobj(src, dst, 1 << 20)
@@ -60,7 +62,8 @@ def _pad(f: IO[bytes], align: int) -> int:
 
 
 def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> None:
-    """Write image with a new non-alloc PROGBITS section ``name`` holding blob to out."""
+    """Turn out, a copy of image's file, into image with a new non-alloc PROGBITS
+    section ``name`` holding blob."""
     if image.section(name) is not None:
         raise ExtableError(f"section {name!r} exists already", image.path)
     if not image.sections:
@@ -73,10 +76,8 @@ def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> N
     names = image.sections[e_shstrndx]
     table = image.read(e_shoff, count * SHDR.size)
     headers = [bytearray(table[i * SHDR.size:(i + 1) * SHDR.size]) for i in range(count)]
-    strings = image.section_bytes(names)     # everything read before the copy starts
+    strings = image.section_bytes(names)
 
-    if copy_file(image.file, out) != image.size:
-        raise ExtableError("the file changed size while it was being copied", image.path)
     section_at = _pad(out, ALIGN)
     out.write(blob)
 
@@ -104,25 +105,58 @@ def append_section(image: ElfImage, out: IO[bytes], name: str, blob: bytes) -> N
 
 # -- the independent check ----------------------------------------------------
 
-def _elf(f: IO[bytes]) -> Any:
-    from elftools.elf.elffile import ELFFile   # pyelftools: only the writer's check needs it
+class _Parsed:
+    """An ELF file's headers as pyelftools parses them: through its ``ELFStructs`` and
+    ``struct_parse``, what its ``ELFFile`` reads headers with. Not ``ELFFile`` itself:
+    importing it imports the DWARF and EHABI readers too, which took longer than the
+    check (libLLVM-15: 35 ms of the check's 60, loaded). Extended numbering is read as
+    ``ELFFile`` reads it."""
 
-    return ELFFile(f)
+    def __init__(self, f: IO[bytes]) -> None:
+        from elftools.common.exceptions import ELFError
+        from elftools.common.utils import struct_parse
+        from elftools.elf.structs import ELFStructs
 
+        f.seek(0)
+        ident = f.read(6)
+        if ident[:4] != b"\x7fELF" or len(ident) < 6 or ident[4] not in (1, 2) \
+                or ident[5] not in (1, 2):
+            raise ELFError("not an ELF file")
+        self._file, self._parse = f, struct_parse
+        self.structs = ELFStructs(little_endian=ident[5] == 1, elfclass=32 * ident[4])
+        self.structs.create_basic_structs()
+        self.header = struct_parse(self.structs.Elf_Ehdr, f, stream_pos=0)
+        self.structs.create_advanced_structs(self.header["e_type"], self.header["e_machine"],
+                                             self.header["e_ident"]["EI_OSABI"])
 
-def _headers(elf: Any) -> list[tuple[str, Any]]:
-    """(name, header) of every section, as pyelftools parses the section header table.
+    def _section_header(self, i: int) -> Any:
+        h = self.header
+        return self._parse(self.structs.Elf_Shdr, self._file,
+                           stream_pos=h["e_shoff"] + i * h["e_shentsize"])
 
-    Through the headers rather than ``iter_sections()``: that builds each section's
-    object, and the objects of .hash and .gnu.hash parse their whole tables (1.2 s of
-    the 1.6 s libLLVM's check took).
-    """
-    names = elf.get_section(elf.get_shstrndx())
-    out = []
-    for i in range(elf.num_sections()):
-        h = elf._get_section_header(i)      # pyelftools' own parse of header i
-        out.append((names.get_string(h["sh_name"]), h))
-    return out
+    def segments(self) -> list[dict[str, Any]]:
+        """Every program header."""
+        h = self.header
+        count = h["e_phnum"] if h["e_phnum"] < PN_XNUM else self._section_header(0)["sh_info"]
+        return [dict(self._parse(self.structs.Elf_Phdr, self._file,
+                                 stream_pos=h["e_phoff"] + i * h["e_phentsize"]))
+                for i in range(count)]
+
+    def sections(self) -> list[tuple[str, Any]]:
+        """(name, header) of every section."""
+        h = self.header
+        if not h["e_shoff"]:
+            return []
+        count = h["e_shnum"] or self._section_header(0)["sh_size"]
+        names_at = h["e_shstrndx"]
+        if names_at == SHN_XINDEX:
+            names_at = self._section_header(0)["sh_link"]
+        headers = [self._section_header(i) for i in range(count)]
+        table = headers[names_at]
+        self._file.seek(table["sh_offset"])
+        names = self._file.read(table["sh_size"])
+        return [(names[x["sh_name"]:names.index(b"\0", x["sh_name"])].decode("utf-8", "replace"),
+                 x) for x in headers]
 
 
 def _alloc_view(name: str, h: Any) -> tuple[object, ...]:
@@ -146,16 +180,13 @@ def check_unchanged(before: IO[bytes], after: str, name: str, blob: bytes) -> No
         # A duplicate of the input's descriptor: the file that was copied, whatever its
         # path names now.
         with open(os.dup(before.fileno()), "rb") as fa, open(after, "rb") as fb:
-            a, b = _elf(fa), _elf(fb)
+            a, b = _Parsed(fa), _Parsed(fb)
             keep = ("e_ident", "e_type", "e_machine", "e_version", "e_entry", "e_phoff",
                     "e_flags", "e_ehsize", "e_phentsize", "e_phnum", "e_shentsize")
             for key in keep:
                 if a.header[key] != b.header[key]:
                     raise ExtableError(f"ELF header field {key} changed")
-            # Headers, not iter_segments(): a PT_DYNAMIC's object looks up its string
-            # table through every section object (and so parses .gnu.hash whole).
-            pa = [dict(a._get_segment_header(i)) for i in range(a.num_segments())]
-            pb = [dict(b._get_segment_header(i)) for i in range(b.num_segments())]
+            pa, pb = a.segments(), b.segments()
             if pa != pb:
                 raise ExtableError("program headers changed")
             for seg in pa:
@@ -164,7 +195,7 @@ def check_unchanged(before: IO[bytes], after: str, name: str, blob: bytes) -> No
                     fb.seek(seg["p_offset"])
                     if fa.read(seg["p_filesz"]) != fb.read(seg["p_filesz"]):
                         raise ExtableError("the dynamic section changed")
-            ha, hb = _headers(a), _headers(b)
+            ha, hb = a.sections(), b.sections()
             alloc_a = [(i, _alloc_view(n, h)) for i, (n, h) in enumerate(ha)
                        if h["sh_flags"] & SHF_ALLOC]
             alloc_b = [(i, _alloc_view(n, h)) for i, (n, h) in enumerate(hb)

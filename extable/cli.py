@@ -6,92 +6,27 @@ Errors are one line on stderr naming the file and the problem.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
-from . import __version__, include_dir
+from . import include_dir
 from .errors import CheckFailed, ExtableError
 
+# Only what the command runs is imported: typing and argparse (with the re, gettext,
+# locale and shutil it imports) would be most of a short command's time.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
+    from typing import Any, Sequence, Union
+
     from .elf import ElfImage
+    from .output import Output
     from .table import Table
 
+    Args = Union[argparse.Namespace, SimpleNamespace]
+
 EXIT_OK, EXIT_CHECK, EXIT_INPUT = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    #: --json is on the command line: a usage error is a JSON object on stdout too. A class
-    #: attribute because argparse makes the subcommand parsers itself; main() sets it.
-    json_errors = False
-
-    def error(self, message: str) -> NoReturn:
-        if self.json_errors:
-            _print_json({"error": message, "file": None, "exit": EXIT_INPUT})
-        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="extable", description="Build, dump, verify and look up user-space "
-                "exception tables in ELF files.",
-                epilog="exit codes: 0 success, 1 a check failed or nothing was found, "
-                "2 bad input or usage. The table format: "
-                f"{__file__.rpartition('/')[0]}/docs/FORMAT.md")
-    p.add_argument("--version", action="version", version=f"extable {__version__}")
-    p.add_argument("--include-dir", action="store_true",
-                   help="print the folder holding extable.h and exit")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-
-    s = sub.add_parser("symbols", help="list function ranges (STT_FUNC and STT_GNU_IFUNC "
-                       "symbols with a size)")
-    s.add_argument("file")
-    s.add_argument("--sort", choices=("file", "address", "name", "size"), default="file",
-                   help="order of the list (default: symbol-table order)")
-    s.add_argument("--demangle", "-C", action="store_true",
-                   help="demangle C++ and Rust names (with binutils' c++filt)")
-    s.add_argument("--json", action="store_true")
-
-    b = sub.add_parser("build", help="compile the table and write it into the ELF")
-    b.add_argument("file")
-    out = b.add_mutually_exclusive_group()
-    out.add_argument("-o", "--output", metavar="OUT", help="write the result here")
-    out.add_argument("--in-place", action="store_true", help="rewrite FILE itself")
-    b.add_argument("--rule", action="append", default=[],
-                   metavar="GLOB=HANDLER[@LANDING][,end=landing]",
-                   help="cover every function matching GLOB; LANDING is a symbol, symbol+0x4 "
-                   "or 0x1234, may use {name}, and defaults to {name}_fixup; a pad inside "
-                   "the function is refused unless end=landing ends the range there; "
-                   "HANDLER unwind returns -EFAULT to the function's caller (no LANDING)")
-    b.add_argument("--spec", metavar="FILE", help="TOML file of handlers, rules and ranges")
-    b.add_argument("--add-section", action="store_true",
-                   help="add a non-loaded section (for files without a reservation)")
-    b.add_argument("--section", default=None, metavar="NAME",
-                   help="the section to write (default extable_table)")
-    b.add_argument("--strict", action="store_true", help="a rule matching nothing is an error")
-    b.add_argument("--no-records", action="store_true",
-                   help="ignore the extable_sites records compiled into the file")
-    b.add_argument("--json", action="store_true", help="print a summary as JSON")
-
-    for name, text in (("dump", "print the embedded table"),
-                       ("verify", "check the embedded table against the file")):
-        d = sub.add_parser(name, help=text)
-        d.add_argument("file")
-        d.add_argument("--section", default=None, metavar="NAME")
-        d.add_argument("--json", action="store_true")
-        d.add_argument("--kernel-version", metavar="VERSION",
-                       help="Linux kernel objects: the kernel whose types to use (like 6.1)")
-
-    lk = sub.add_parser("lookup", help="the entry covering an address")
-    lk.add_argument("file")
-    lk.add_argument("address", help="0x1234, 4660, symbol or symbol+0x10")
-    lk.add_argument("--section", default=None, metavar="NAME")
-    lk.add_argument("--json", action="store_true")
-    lk.add_argument("--kernel-version", metavar="VERSION",
-                    help="Linux kernel objects: the kernel whose types to use (like 6.1)")
-
-    sub.add_parser("include-dir", help="print the folder holding extable.h")
-    return p
 
 
 class StdoutFailed(ExtableError):
@@ -163,16 +98,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    _Parser.json_errors = "--json" in argv
-    args = parser.parse_args(argv)
+    args = _plain_symbols(argv)
+    if args is None:
+        from .arguments import Parser, parser
+
+        Parser.json_errors = "--json" in argv
+        p = parser()
+        args = p.parse_args(argv)
+        if args.command is None and not args.include_dir:
+            p.print_usage(sys.stderr)
+            return EXIT_INPUT
     if args.include_dir or args.command == "include-dir":
         print(include_dir())
         return EXIT_OK
-    if args.command is None:
-        parser.print_usage(sys.stderr)
-        return EXIT_INPUT
+    if args.command != "symbols":
+        _one_blas_thread()
     if args.command == "build":
         _unwind_on_termination()
     try:
@@ -195,6 +136,34 @@ def _main(argv: Sequence[str] | None) -> int:
         signal.signal(exc.signum, signal.SIG_DFL)      # the temporary file is gone: now die
         os.kill(os.getpid(), exc.signum)               # of the signal, as the sender expects
         raise
+
+
+def _plain_symbols(argv: list[str]) -> Args | None:
+    """The arguments of ``symbols FILE`` with or without ``--json``, the forms a build
+    step runs, read without argparse (which, with what it imports, would take longer
+    than the listing); None for any other command line, which argparse reads. The
+    result holds what argparse would give for the same command line."""
+    if len(argv) not in (2, 3) or argv[0] != "symbols":
+        return None
+    rest = argv[1:]
+    as_json = "--json" in rest
+    if as_json:
+        rest.remove("--json")
+    if len(rest) != 1 or rest[0].startswith("-"):
+        return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(command="symbols", file=rest[0], sort="file", demangle=False,
+                           json=as_json, include_dir=False)
+
+
+def _one_blas_thread() -> None:
+    """Keep numpy's OpenBLAS from starting a thread per core when numpy is imported, as
+    it does by default: the threads spin before they sleep, which cost more than a whole
+    build of libLLVM-15 (numpy's import: 141 -> 87 ms of CPU, loaded). extable uses
+    numpy's arrays, never its linear algebra. A setting in the environment is kept."""
+    if "numpy" not in sys.modules:                 # else it is too late, and not ours
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 class _Terminated(BaseException):
@@ -226,7 +195,7 @@ def _unwind_on_termination() -> None:
 _KERNEL_COMMANDS = ("dump", "verify", "lookup")
 
 
-def _kernel_command(args: argparse.Namespace) -> int | None:
+def _kernel_command(args: Args) -> int | None:
     """Run a Linux kernel object's dump/verify/lookup (extable/kernel); None for other files."""
     from .kernel.detect import is_kernel_object
 
@@ -238,10 +207,10 @@ def _kernel_command(args: argparse.Namespace) -> int | None:
         return None
     from .kernel.cli import run
 
-    return run(args)
+    return run(args)        # type: ignore[arg-type]  # argparse's: only symbols is read without
 
 
-def _fail(args: argparse.Namespace, exc: ExtableError, code: int) -> int:
+def _fail(args: Args, exc: ExtableError, code: int) -> int:
     """One line on stderr; with --json also {"error", "file", "exit"} on stdout."""
     text = " ".join((str(exc) if exc.path else f"{args.file}: {exc.message}").split("\n"))
     if getattr(args, "json", False):
@@ -258,14 +227,14 @@ def _print_json(obj: object) -> None:
     sys.stdout.write(json_text(obj, separators=(",", ":")) + "\n")
 
 
-def _emit(args: argparse.Namespace, obj: object, lines: list[str]) -> None:
+def _emit(args: Args, obj: object, lines: list[str]) -> None:
     if args.json:
         _print_json(obj)
     else:
         sys.stdout.write("".join(line + "\n" for line in lines))
 
 
-def _symbols(args: argparse.Namespace) -> int:
+def _symbols(args: Args) -> int:
     from .elf import ElfImage
     from .symbols import listing
 
@@ -274,39 +243,50 @@ def _symbols(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         out = sys.stdout.buffer
         for chunk in chunks:      # bytes as in the file: a non-UTF-8 name is passed through
-            out.write(chunk.encode("utf-8", "surrogateescape"))
+            out.write(chunk)
     return EXIT_OK
 
 
-def _build(args: argparse.Namespace) -> int:
-    from . import spec as spec_mod
-    from .compiler import build
+def _build(args: Args) -> int:
     from .elf import ElfImage
-    from .sites import Rule
-    from .table import DEFAULT_SECTION
-    from .writer import check_target, write_added_section, write_into_section
+    from .output import Output, check_target
 
     with ElfImage(args.file) as image:
         target = check_target(image, args.output, args.in_place)
-        spec = spec_mod.load(args.spec, image.machine)
-        rules = [Rule.parse(r) for r in args.rule]
-        result = build(image, spec, rules, records=not args.no_records, strict=args.strict)
-        for warning in result.warnings:
-            print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
-        section = args.section or DEFAULT_SECTION
-        t = result.table
+        # The copy of the input starts now, in the kernel, while the modules the table is
+        # compiled with (numpy's) are imported and the table is compiled.
+        with Output(image, target, args.in_place) as output:
+            return _build_into(args, image, target, output)
 
-        def announce() -> None:
-            # Printed before the output is put in place: if stdout cannot take it, the
-            # build fails and leaves nothing (and --in-place leaves the input as it was).
-            _emit(args, {"output": target, "section": section, "sites": result.sites,
-                         "entries": len(t), "descriptors": len(t.handlers)},
-                  [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} "
-                   f"descriptors written into section {section}"])
-            sys.stdout.flush()
 
-        write = write_added_section if args.add_section else write_into_section
-        write(image, t, target, section, in_place=args.in_place, before_commit=announce)
+def _build_into(args: Args, image: ElfImage, target: str, output: Output) -> int:
+    """Compile the table and write it into ``output``."""
+    from . import spec as spec_mod
+    from .compiler import build
+    from .sites import Rule
+    from .table import DEFAULT_SECTION
+    from .writer import write_added_section, write_into_section
+
+    spec = spec_mod.load(args.spec, image.machine)
+    rules = [Rule.parse(r) for r in args.rule]
+    result = build(image, spec, rules, records=not args.no_records, strict=args.strict)
+    for warning in result.warnings:
+        print(f"extable: warning: {args.file}: {warning}", file=sys.stderr)
+    section = args.section or DEFAULT_SECTION
+    t = result.table
+
+    def announce() -> None:
+        # Printed before the output is put in place: if stdout cannot take it, the
+        # build fails and leaves nothing (and --in-place leaves the input as it was).
+        _emit(args, {"output": target, "section": section, "sites": result.sites,
+                     "entries": len(t), "descriptors": len(t.handlers)},
+              [f"{target}: {len(t)} entries ({result.sites} sites), {len(t.handlers)} "
+               f"descriptors written into section {section}"])
+        sys.stdout.flush()
+
+    write = write_added_section if args.add_section else write_into_section
+    write(image, t, target, section, in_place=args.in_place, before_commit=announce,
+          output=output)
     return EXIT_OK
 
 
@@ -362,7 +342,7 @@ def _entry_line(d: dict[str, object], at: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def _dump(args: argparse.Namespace) -> int:
+def _dump(args: Args) -> int:
     from .elf import ElfImage
     from .embedded import read_table
     from .table import DEFAULT_SECTION
@@ -387,7 +367,7 @@ def _dump(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _verify(args: Args) -> int:
     from .elf import ElfImage
     from .embedded import verify
     from .table import DEFAULT_SECTION
@@ -402,7 +382,7 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _lookup(args: argparse.Namespace) -> int:
+def _lookup(args: Args) -> int:
     from .elf import ElfImage
     from .embedded import read_table
     from .sites import resolve_address

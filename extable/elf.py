@@ -22,11 +22,19 @@ import os
 import stat
 import struct
 import sys
+from collections import namedtuple
 from functools import cached_property
-from typing import IO, Iterator, NamedTuple
 
 from .errors import ExtableError
-from .names import shown
+
+try:
+    from . import _fast
+except ImportError:        # not built (a source tree, another machine's build): Python reads
+    _fast = None           # type: ignore[assignment]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Iterator
 
 EM_X86_64 = 62
 EM_AARCH64 = 183
@@ -58,11 +66,13 @@ _NONZERO = bytes([0] + [1] * 255)
 _UNPLAIN = bytes(0x80 if 0 < i < 32 or i in (0x22, 0x5C, 0x7F) else i for i in range(256))
 
 
-# The records are NamedTuples, not dataclasses: importing dataclasses (and with it
-# inspect) is 9 ms of every command's start.
-class Segment(NamedTuple):
+# The records are collections.namedtuple classes (with their fields' types declared for
+# the type checker), neither typing.NamedTuple nor dataclasses: importing typing (and re
+# with it) would be a third of a short command's start, dataclasses (and inspect) more.
+class Segment(namedtuple("Segment", "vaddr memsz offset filesz flags")):
     """One PT_LOAD program header."""
 
+    __slots__ = ()
     vaddr: int
     memsz: int
     offset: int
@@ -78,9 +88,11 @@ class Segment(NamedTuple):
         return self.vaddr + self.memsz
 
 
-class Section(NamedTuple):
+class Section(namedtuple("Section", "index name type flags addr offset size link entsize "
+                                     "info addralign", defaults=(0, 0))):
     """One section header, with its name resolved."""
 
+    __slots__ = ()
     index: int               # type: ignore[assignment]  # shadows tuple.index, on purpose
     name: str
     type: int
@@ -90,8 +102,8 @@ class Section(NamedTuple):
     size: int
     link: int
     entsize: int
-    info: int = 0
-    addralign: int = 0
+    info: int
+    addralign: int
 
     @property
     def alloc(self) -> bool:
@@ -102,7 +114,8 @@ class Section(NamedTuple):
         return self.type != SHT_NOBITS
 
 
-class FunctionSymbols(NamedTuple):
+class FunctionSymbols(namedtuple("FunctionSymbols", "table names start size ifunc shndx "
+                                                     "versions hidden")):
     """Defined STT_FUNC and STT_GNU_IFUNC symbols of nonzero size, in file order.
 
     Parallel lists; ``names`` are bare (``memcpy``), ``versions`` the version a
@@ -111,6 +124,7 @@ class FunctionSymbols(NamedTuple):
     ET_REL object ``start`` is an offset into section ``shndx``.
     """
 
+    __slots__ = ()
     table: str               # ".symtab" or ".dynsym"
     names: list[str]
     start: list[int]
@@ -328,7 +342,9 @@ class ElfImage:
         by_type = {s.type: s for s in reversed(self.sections)}
         return by_type.get(SHT_SYMTAB) or by_type.get(SHT_DYNSYM)
 
-    def _symtab_parts(self) -> tuple[Section, bytes, _Strings]:
+    def symbol_table_bytes(self) -> tuple[Section, bytes, bytes]:
+        """The symbol table (``.symtab``, else ``.dynsym``), its bytes and its string
+        table's bytes; an error if there is none or its headers are inconsistent."""
         symtab = self._symbol_table()
         if symtab is None and not self.sections:
             raise self._error("no section headers (e_shnum is 0, as after sstrip), so no "
@@ -339,10 +355,18 @@ class ElfImage:
             raise self._error(f"{symtab.name}: bad symbol entry size {symtab.entsize}")
         if symtab.link >= len(self.sections) or self.sections[symtab.link].type != SHT_STRTAB:
             raise self._error(f"{symtab.name}: linked string table is missing")
-        return symtab, self.section_bytes(symtab), self._strings(self.sections[symtab.link])
+        return symtab, self.section_bytes(symtab), self.section_bytes(self.sections[symtab.link])
 
-    def _strings(self, section: Section) -> _Strings:
-        return _Strings(self.section_bytes(section))
+    def _symbol_names(self, symtab: Section, strtab: bytes, offsets: list[int]) -> list[str]:
+        """The names at these offsets of the symbol table's strings (in C when the
+        accelerator is built); an error names the first offset that does not resolve."""
+        names = _fast.strings(strtab, offsets) if _fast is not None else None
+        if names is None:
+            strings = _Strings(strtab)
+            names = strings.many(offsets)
+            if names is None:
+                names = [self._name(strings, o, symtab.name) for o in offsets]
+        return names
 
     def _name(self, strings: _Strings, offset: int, table: str) -> str:
         name = strings.get(offset)
@@ -351,15 +375,22 @@ class ElfImage:
             raise self._error(f"{table}: symbol name offset {offset} {what}")
         return name
 
+    @property
+    def symbol_versions(self) -> tuple[bytes, dict[int, str]] | None:
+        """(``.gnu.version`` bytes, version index → name from ``.gnu.version_d``), if the
+        file has both: .dynsym's versions, and the sign that .symtab's names carry theirs
+        (``memcpy@@GLIBC_2.14``)."""
+        return self._versions
+
     @cached_property
     def _versions(self) -> tuple[bytes, dict[int, str]] | None:
-        """(.gnu.version bytes, version index → name from .gnu.version_d), if both exist."""
         versym = next((s for s in self.sections if s.type == SHT_GNU_VERSYM), None)
         verdef = next((s for s in self.sections if s.type == SHT_GNU_VERDEF), None)
         if versym is None or verdef is None or verdef.link >= len(self.sections):
             return None
         blob = self.section_bytes(verdef)
-        strings = self._strings(self.sections[verdef.link])
+        # A few names: cut from the bytes, not from the whole table decoded (.dynstr).
+        strings = self.section_bytes(self.sections[verdef.link])
         names: dict[int, str] = {}
         at = 0
         for _ in range(max(verdef.info, 1)):
@@ -367,48 +398,63 @@ class ElfImage:
                 break
             _ver, _flags, ndx, count, _hash, aux, nxt = struct.unpack_from("<HHHHIII", blob, at)
             if count and at + aux + 8 <= len(blob):
-                name = strings.get(struct.unpack_from("<I", blob, at + aux)[0])
-                if name is not None:
-                    names[ndx] = name
+                offset = struct.unpack_from("<I", blob, at + aux)[0]
+                end = strings.find(b"\0", offset)
+                if end >= 0:
+                    names[ndx] = strings[offset:end].decode("utf-8", "surrogateescape")
             if not nxt:
                 break
             at += nxt
         return self.section_bytes(versym), names
 
-    def _version_of(self, table: Section, index: int, name: str) -> tuple[str, str | None, bool]:
-        """(bare name, version, hidden) of symbol ``index``."""
+    def _split_versions(self, table: Section, keep: bytes, names: list[str]
+                        ) -> tuple[list[str], list[str | None], list[bool]]:
+        """(bare names, versions, hidden) of the symbols whose ``keep`` byte is set, named
+        ``names``: a version is None when unversioned, hidden when not the default.
+
+        A pass over all of them at once, no Python call per symbol (libLLVM has 37,000).
+        """
+        count = len(names)
+        if self._versions is None:
+            return names, [None] * count, [False] * count
+        versym, by_ndx = self._versions
         if table.type == SHT_DYNSYM:
-            versions = self._versions
-            if versions is not None and 2 * index + 2 <= len(versions[0]):
-                v = versions[0][2 * index] | versions[0][2 * index + 1] << 8
-                ndx = v & ~VERSYM_HIDDEN
-                if ndx > VER_NDX_GLOBAL and ndx in versions[1]:
-                    return name, versions[1][ndx], bool(v & VERSYM_HIDDEN)
-            return name, None, False
+            # The version is the symbol's .gnu.version entry; a symbol past its end has none.
+            entries = min(len(keep), len(versym) // 2)
+            words = list(itertools.compress(struct.unpack(f"<{entries}H", versym[:2 * entries]),
+                                            keep))
+            words += [0] * (count - len(words))
+            known: list[str | None] = [None] * VERSYM_HIDDEN
+            for ndx, version in by_ndx.items():
+                if VER_NDX_GLOBAL < ndx < VERSYM_HIDDEN:
+                    known[ndx] = version
+            versions = [known[w & ~VERSYM_HIDDEN] for w in words]
+            hidden = [w >= VERSYM_HIDDEN and v is not None for w, v in zip(words, versions)]
+            return names, versions, hidden
         # In .symtab the linker writes the version into the name: memcpy@@GLIBC_2.14.
-        if "@" in name and self._versions is not None:
-            bare, _, version = name.partition("@")
+        names, versions, hidden = list(names), [None] * count, [False] * count
+        for k in [k for k, name in enumerate(names) if "@" in name]:
+            bare, _, version = names[k].partition("@")
             if version.startswith("@"):
-                return bare, version[1:], False
-            return bare, version, True
-        return name, None, False
+                names[k], versions[k] = bare, version[1:]
+            else:
+                names[k], versions[k], hidden[k] = bare, version, True
+        return names, versions, hidden
 
     @cached_property
     def functions(self) -> FunctionSymbols:
         """Defined function symbols with nonzero size: the function ranges."""
-        symtab, raw, strings = self._symtab_parts()
-        keep = _function_mask(raw)
-        st_name, shndx, value, size = _symbol_columns(raw, keep)
-        names = strings.many(st_name)
-        if names is None:
-            names = [self._name(strings, o, symtab.name) for o in st_name]
-        versions: list[str | None] = [None] * len(names)
-        hidden = [False] * len(names)
-        if self._versions is not None:
-            for k, i in enumerate(itertools.compress(range(len(keep)), keep)):
-                names[k], versions[k], hidden[k] = self._version_of(symtab, i, names[k])
-        ifunc = list(map(bool, itertools.compress(raw[4::SYM.size].translate(_IFUNC_INFO),
-                                                  keep)))
+        symtab, raw, strtab = self.symbol_table_bytes()
+        columns = _fast.functions(raw, strtab) if _fast is not None else None
+        if columns is not None:
+            keep, names, shndx, value, size, ifunc = columns
+        else:
+            keep = _function_mask(raw)
+            st_name, shndx, value, size = _symbol_columns(raw, keep)
+            names = self._symbol_names(symtab, strtab, st_name)
+            ifunc = list(map(bool, itertools.compress(raw[4::SYM.size].translate(_IFUNC_INFO),
+                                                      keep)))
+        names, versions, hidden = self._split_versions(symtab, keep, names)
         return FunctionSymbols(symtab.name, names, value, size, ifunc, shndx, versions, hidden)
 
     @cached_property
@@ -428,19 +474,16 @@ class ElfImage:
         by the bare name, which means the default version when there is one
         (as the linker resolves it), else the first symbol of that name.
         """
-        symtab, raw, strings = self._symtab_parts()
+        symtab, raw, strtab = self.symbol_table_bytes()
         keep = _defined_mask(raw)
         st_name, _shndx, value, _size = _symbol_columns(raw, keep)
-        names = strings.many(st_name)
-        if names is None:
-            names = [self._name(strings, o, symtab.name) for o in st_name]
+        names = self._symbol_names(symtab, strtab, st_name)
         if self._versions is None:
             # The first symbol of each name wins: reversed, so that a dict keeps it.
             return dict(zip(reversed(names), reversed(value)))
         table: dict[str, int] = {}
         rank: dict[str, int] = {}
-        for i, full, v in zip(itertools.compress(range(len(keep)), keep), names, value):
-            name, version, hide = self._version_of(symtab, i, full)
+        for name, version, hide, v in zip(*self._split_versions(symtab, keep, names), value):
             if version is not None:
                 table.setdefault(f"{name}{'@' if hide else '@@'}{version}", v)
             r = 2 if hide else 0 if version is not None else 1
@@ -462,6 +505,8 @@ class ElfImage:
             starts, ends, names = self._sorted_functions
         except ExtableError:
             return f"{address:#x}"
+        from .names import shown
+
         i = bisect.bisect_right(starts, address) - 1
         # A later-starting function may end before an earlier, larger one; look back a little.
         for j in range(i, max(i - 8, -1), -1):

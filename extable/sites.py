@@ -45,14 +45,20 @@ class SiteSet:
     @classmethod
     def from_lists(cls, rows: list[tuple[int, int, int, int]], handlers: list[Handler],
                    origins: list[str]) -> SiteSet:
+        start, end, landing, data = ([r[j] for r in rows] for j in range(4))
+        return cls.from_columns(start, end, landing, data, handlers, origins)
+
+    @classmethod
+    def from_columns(cls, start: list[int], end: list[int], landing: list[int],
+                     data: list[int], handlers: list[Handler], origins: list[str]) -> SiteSet:
+        """Sites from parallel lists of addresses and data words, one origin each."""
         try:                         # numpy refuses a negative or wider than 64 bits
-            arr = np.array(rows, dtype=np.uint64).reshape(-1, 4)
+            a, b, c, d = (np.array(c, dtype=np.uint64) for c in (start, end, landing, data))
         except OverflowError:
-            bad = next(o for row, o in zip(rows, origins)
+            bad = next(o for row, o in zip(zip(start, end, landing, data), origins)
                        if not all(0 <= v < (1 << 64) for v in row))
             raise ExtableError(f"{bad}: address out of range") from None
-        return cls(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3].astype(np.uint32), handlers,
-                   origins)
+        return cls(a, b, c, d.astype(np.uint32), handlers, origins)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -149,25 +155,28 @@ class Rule:
         return cls(glob.strip(), handler.strip(), pad, f"rule {text!r}", end)
 
 
-def _pads(image: ElfImage, rule: Rule, names: list[str], found: list[int]
-          ) -> dict[int, int | ExtableError]:
-    """Each matched function's landing pad address, or why it does not resolve."""
-    out: dict[int, int | ExtableError] = {}
+def _pads(image: ElfImage, rule: Rule, names: list[str], found: np.ndarray
+          ) -> tuple[np.ndarray, dict[int, ExtableError]]:
+    """Each matched function's landing pad address, and why those that do not resolve do
+    not (by position in ``found``)."""
     landing = rule.landing or DEFAULT_LANDING
-    if "{name}" not in landing and found:        # one pad for every function: resolve once
+    if "{name}" not in landing and len(found):   # one pad for every function: resolve once
         try:
-            pad: int | ExtableError = resolve_address(image, landing, f"{rule.origin}: "
-                                                      f"landing pad for {names[found[0]]}")
+            pad = resolve_address(image, landing, f"{rule.origin}: landing pad for "
+                                  f"{names[found[0]]}")
         except ExtableError as exc:
-            pad = ExtableError(exc.message)
-        return dict.fromkeys(found, pad)
-    for i in found:
+            error = ExtableError(exc.message)
+            return np.zeros(len(found), np.uint64), dict.fromkeys(range(len(found)), error)
+        return np.full(len(found), pad, np.uint64), {}
+    out = np.zeros(len(found), np.uint64)
+    failed: dict[int, ExtableError] = {}
+    for k, i in enumerate(found.tolist()):
         try:
-            out[i] = resolve_address(image, landing.replace("{name}", names[i]),
+            out[k] = resolve_address(image, landing.replace("{name}", names[i]),
                                      f"{rule.origin}: landing pad for {names[i]}")
         except ExtableError as exc:
-            out[i] = ExtableError(exc.message)       # without the image's path twice
-    return out
+            failed[k] = ExtableError(exc.message)    # without the image's path twice
+    return out, failed
 
 
 def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
@@ -179,15 +188,19 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
     pad (``copy_*`` matches ``copy_x_fixup``) is not covered; a pad inside the function
     it covers is refused (a fault would resume before the faulting instruction and
     repeat forever) unless the rule ends the range there (``end=landing``).
+
+    Each rule's functions are handled together, as arrays (a ``*`` rule covers every
+    function: 37,000 in libLLVM), not one Python step per function.
     """
     if not rules:
         return SiteSet.empty(), []
     funcs = image.functions
+    starts = np.array(funcs.start, np.uint64)
+    ends = starts + np.array(funcs.size, np.uint64)        # wraps past 2^64: checked below
     pool = HandlerPool()
-    claimed: dict[int, Rule] = {}
+    claims = _Claims()
     by_name: dict[str, list[int]] = {}       # for rules naming one function: built once
-    rows: list[tuple[int, int, int, int]] = []
-    origins: list[str] = []
+    parts: list[SiteSet] = []
     unmatched = []
     for rule in rules:
         if rule.handler not in handlers:
@@ -195,46 +208,109 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                                f"(known: {', '.join(sorted(handlers))})")
         handler = handlers[rule.handler]
         word = pool.word(handler)
-        if any(c in rule.pattern for c in "*?["):
-            found = list(funcs.matching(rule.pattern))
+        if rule.pattern == "*":
+            found = np.arange(len(funcs), dtype=np.intp)
+        elif any(c in rule.pattern for c in "*?["):
+            found = np.fromiter(funcs.matching(rule.pattern), np.intp)
         else:
             if not by_name:
                 for i, name in enumerate(funcs.names):
                     by_name.setdefault(name, []).append(i)
-            found = list(by_name.get(rule.pattern, ()))
+            found = np.array(by_name.get(rule.pattern, ()), np.intp)
         unwind = handler.kind == Kind.UNWIND
         if unwind and (rule.landing is not None or rule.end != "function"):
             raise ExtableError(f"{rule.origin}: {rule.handler} returns to the function's "
                                "caller: it takes no landing pad and no end=")
-        pads = {} if unwind else _pads(image, rule, funcs.names, found)
-        taken = {p for i, p in pads.items() if isinstance(p, int) and p != funcs.start[i]}
-        hits = [i for i in found if funcs.start[i] not in taken]
-        if not hits:
+        matched = len(found)
+        failed: dict[int, ExtableError] = {}
+        if unwind:
+            pads = np.zeros(len(found), np.uint64)         # no landing pad: fixup 0
+        else:
+            pads, failed = _pads(image, rule, funcs.names, found)
+            # A function that is another matched function's landing pad is not covered.
+            ok = np.ones(len(found), bool)
+            ok[list(failed)] = False
+            taken = np.isin(starts[found], pads[ok & (pads != starts[found])])
+            if taken.any():
+                kept = np.flatnonzero(~taken)
+                found, pads = found[kept], pads[kept]
+                failed = {int(j): failed[k] for j, k in enumerate(kept.tolist()) if k in failed}
+        if not len(found):
             unmatched.append(f"{rule.origin} matches only the landing pads of the functions "
-                             "it matches: no function to cover" if found
+                             "it matches: no function to cover" if matched
                              else f"{rule.origin} matches no function")
-        for i in hits:
-            name = funcs.names[i]
-            start, end = funcs.start[i], funcs.start[i] + funcs.size[i]
-            if start in claimed:
-                other = claimed[start]
-                if (other.handler, other.landing, other.end) != \
-                        (rule.handler, rule.landing, rule.end):
-                    raise ExtableError(f"overlapping rules: {other.origin} and {rule.origin} "
-                                       f"both match {name}")
-                continue
-            claimed[start] = rule
-            if unwind:
-                rows.append((start, end, 0, word))      # no landing pad: fixup 0
-                origins.append(name)
-                continue
-            landing = pads[i]
-            if isinstance(landing, ExtableError):
-                raise landing
-            end = _range_end(image, rule, name, start, end, landing)
-            rows.append((start, end, landing, word))
-            origins.append(name)
-    return SiteSet.from_lists(rows, pool.handlers, origins), unmatched
+            continue
+        new = claims.claim(rule, starts[found], funcs.names, found)
+        if failed:
+            covered = set(new.tolist())
+            first = min((k for k in failed if k in covered), default=None)
+            if first is not None:
+                raise failed[first]
+        hits, pad = found[new], pads[new]
+        first_at, last_at = starts[hits], ends[hits]
+        wrapped = np.flatnonzero(last_at < first_at)
+        if len(wrapped):
+            raise ExtableError(f"{funcs.names[int(hits[wrapped[0]])]}: address out of range")
+        if not unwind:
+            last_at = _end_ranges(image, rule, funcs.names, hits, first_at, last_at, pad)
+        parts.append(SiteSet(first_at, last_at, pad, np.full(len(hits), word, np.uint32),
+                             pool.handlers, [funcs.names[i] for i in hits.tolist()]))
+    parts.append(SiteSet.empty())
+
+    def joined(column: str) -> np.ndarray:
+        return np.concatenate([getattr(p, column) for p in parts])
+
+    return SiteSet(joined("start"), joined("end"), joined("landing"), joined("data"),
+                   pool.handlers, [o for p in parts for o in p.origins or ()]), unmatched
+
+
+class _Claims:
+    """The function addresses the rules cover so far, and which rule covers each."""
+
+    def __init__(self) -> None:
+        self.at = np.zeros(0, np.uint64)          # sorted
+        self.rule = np.zeros(0, np.intp)          # index into self.rules, per address
+        self.rules: list[Rule] = []
+
+    def claim(self, rule: Rule, starts: np.ndarray, names: list[str], found: np.ndarray
+              ) -> np.ndarray:
+        """Positions in ``starts`` of the functions ``rule`` covers, now claimed for it:
+        the first of each address (an alias covers nothing more), unless an earlier rule
+        with the same handler, pad and end covered it already. Another rule's claim is
+        an error, naming the first function (in ``found``'s order) it is for."""
+        at, first = np.unique(starts, return_index=True)
+        if len(self.at):
+            pos = np.minimum(np.searchsorted(self.at, at), len(self.at) - 1)
+            seen = self.at[pos] == at
+            key = (rule.handler, rule.landing, rule.end)
+            clash = [(int(k), self.rules[r]) for k, r in zip(first[seen], self.rule[pos[seen]])
+                     if (self.rules[r].handler, self.rules[r].landing, self.rules[r].end) != key]
+            if clash:
+                k, other = min(clash, key=lambda c: c[0])
+                raise ExtableError(f"overlapping rules: {other.origin} and {rule.origin} "
+                                   f"both match {names[int(found[k])]}")
+            at, first = at[~seen], first[~seen]
+        self.rules.append(rule)
+        merged = np.concatenate((self.at, at))
+        order = np.argsort(merged, kind="stable")
+        self.at = merged[order]
+        self.rule = np.concatenate((self.rule, np.full(len(at), len(self.rules) - 1,
+                                                       np.intp)))[order]
+        return np.sort(first)
+
+
+def _end_ranges(image: ElfImage, rule: Rule, names: list[str], hits: np.ndarray,
+                start: np.ndarray, end: np.ndarray, landing: np.ndarray) -> np.ndarray:
+    """The ranges' ends, cut at a landing pad inside a range where the rule says so; a
+    pad inside otherwise is refused (:func:`_range_end`)."""
+    inside = np.flatnonzero((start <= landing) & (landing < end))
+    if not len(inside):
+        return end
+    end = end.copy()
+    for k in inside.tolist():
+        end[k] = _range_end(image, rule, names[int(hits[k])], int(start[k]), int(end[k]),
+                            int(landing[k]))
+    return end
 
 
 def _range_end(image: ElfImage, rule: Rule, name: str, start: int, end: int,

@@ -30,11 +30,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:                                  # the same parser, before it joined the stdlib
-    import tomli as tomllib
-
 from .errors import ExtableError
 from .model import FLAG_MC_SAFE, Handler, Kind, Side, builtin_handlers, register_number
 from .sites import Rule
@@ -59,6 +54,11 @@ def load(path: str | os.PathLike[str] | None, machine: int) -> Spec:
         return spec
     path = os.fspath(path)
     spec.origin = path
+    # Imported here: a build with rules on the command line alone has no TOML to read.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:                              # the same parser, before it joined the stdlib
+        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)

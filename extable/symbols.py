@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import operator
-from typing import Any, Callable, Iterator
 
-from .elf import ET_REL, ElfImage, FunctionSymbols
+from .elf import ET_REL, SHT_DYNSYM, ElfImage, FunctionSymbols
 from .errors import ExtableError
-from .names import is_text, raw_hex, shown
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:                       # typing is imported only for the type checker
+    from typing import Any, Callable, Iterator
 
 _MANGLED = ("_Z", "_R")       # Itanium C++ and Rust v0
 
@@ -63,7 +65,7 @@ def demangle_names(names: list[str], path: str) -> list[str]:
 
 
 def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
-            as_json: bool = False) -> Iterator[str]:
+            as_json: bool = False) -> Iterator[bytes | bytearray]:
     """The whole output of ``extable symbols``: one line per function, or a JSON array.
 
     Text: ``START END SIZE NAME`` (``SECTION+OFFSET SIZE NAME`` for ET_REL), with
@@ -71,7 +73,58 @@ def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
     with name, start, end, size, type (func or ifunc), version, default (and section for
     ET_REL); a name that is not UTF-8 is shown as readelf shows it, with its bytes in
     ``name_hex`` (:mod:`extable.names`).
-    Yielded in chunks, each built with one ``%`` over its rows so the loop runs in C.
+    Yielded in chunks of bytes. In symbol-table order and without demangling, the rows
+    come from the C accelerator (:mod:`extable._fast`) when it is built and takes the
+    file; otherwise, and always as the reference it is tested against, from
+    :func:`listing_in_python`.
+    """
+    if sort == "file" and not demangle:
+        fast = _listing_in_c(image, as_json)
+        if fast is not None:
+            return iter(fast)
+    return (chunk.encode("utf-8", "surrogateescape")
+            for chunk in listing_in_python(image, sort, demangle, as_json))
+
+
+def _header(image: ElfImage, table: str, count: int) -> str:
+    return (f"# {count} functions from {table} of {image.path}"
+            + (" (relocatable: section+offset)\n" if image.type == ET_REL else "\n"))
+
+
+def _listing_in_c(image: ElfImage, as_json: bool) -> list[bytes | bytearray] | None:
+    """The output in symbol-table order formatted by extable._fast, or None when it is
+    not built (a source tree, another machine's package) or declines the file."""
+    try:
+        from . import _fast
+    except ImportError:
+        return None
+    symtab, raw, strings = image.symbol_table_bytes()
+    versions = image.symbol_versions
+    versym: bytes | None = None
+    vernames: tuple[bytes | None, ...] = ()
+    if versions is not None and symtab.type == SHT_DYNSYM:
+        versym, names = versions
+        table: list[bytes | None] = [None] * (max(names, default=0) + 1)
+        for ndx, name in names.items():
+            table[ndx] = name.encode("utf-8", "surrogateescape")
+        vernames = tuple(table)
+    sections = (tuple(s.name.encode("utf-8", "surrogateescape") for s in image.sections)
+                if image.type == ET_REL else None)
+    rows = _fast.listing(raw, strings, versym, vernames, sections, as_json,
+                         versions is not None and symtab.type != SHT_DYNSYM)
+    if rows is None:
+        return None
+    count, body = rows
+    if as_json:
+        return [body]
+    return [_header(image, symtab.name, count).encode("utf-8", "surrogateescape"), body]
+
+
+def listing_in_python(image: ElfImage, sort: str = "file", demangle: bool = False,
+                      as_json: bool = False) -> Iterator[str]:
+    """:func:`listing` in Python, as text (names that are not UTF-8 hold lone surrogates).
+
+    Chunks, each built with one ``%`` over its rows so the loop runs in C.
     """
     f = image.functions
     versioned = f.versions.count(None) != len(f.versions)
@@ -92,8 +145,7 @@ def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
         plain = image.plain_symbol_names and not demangle
         return _json(start, end, size, names, col(f.ifunc), col(f.versions), col(f.hidden),
                      where, plain)
-    head = (f"# {len(f)} functions from {f.table} of {image.path}"
-            + (" (relocatable: section+offset)\n" if rel else "\n"))
+    head = _header(image, f.table, len(f))
     if where is not None:
         cols, line = [where, start, size, names], "%s+%#x %8d %s"
     else:
@@ -114,6 +166,8 @@ def _format(line: str, cols: list[list[Any]], rows: int = 8192) -> Iterator[str]
 def _quoted_name(name: str, quote: Callable[[str], str]) -> str:
     """A name's JSON value; one that is not UTF-8 is shown as readelf shows it, and its
     bytes follow in ``name_hex`` (a lone surrogate is not valid JSON text)."""
+    from .names import is_text, raw_hex, shown
+
     if is_text(name):
         return quote(name)
     return f'{quote(shown(name))},"name_hex":"{raw_hex(name)}"'

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import extable.append
+import extable.output
 import extable.writer
 from conftest import run_cli
 from extable.elf import ElfImage
@@ -88,7 +89,7 @@ def test_a_file_that_shrinks_while_copied_is_refused(built, tmp_path, monkeypatc
         dst.write(src.read(100))
         return 100
 
-    monkeypatch.setattr(extable.append, "copy_file", short_copy)
+    monkeypatch.setattr(extable.output, "copy_file", short_copy)
     with ElfImage(built["plain"]) as image:
         with pytest.raises(ExtableError, match="changed size while it was being copied"):
             extable.writer.write_added_section(

@@ -100,7 +100,7 @@ def test_symbol_name_offset_out_of_range(fresh, tmp_path) -> None:
     so = fresh("x86")
     _, symoff, strsize = symtab_header(so)
     with ElfImage(so) as image:
-        _, raw, _ = image._symtab_parts()
+        _, raw, _ = image.symbol_table_bytes()
         func = next(i for i, s in enumerate(struct.iter_unpack("<IBBHQQ", raw))
                     if s[1] & 0xF == 2 and s[5])
     bad = patched(so, tmp_path / "name.so", symoff + 24 * func, struct.pack("<I", strsize + 100))

@@ -191,6 +191,25 @@ def test_addresses_outside_executable_segments_are_refused(row, what) -> None:
         compile_sites(sites([row]), 62, SEG)
 
 
+def test_an_unsafe_classic_word_names_the_first_entry_that_has_it() -> None:
+    """Classic words are checked once per distinct word; the error names the first entry
+    of the first unsafe word in table order, whichever word it is."""
+    from extable.model import classic_data
+
+    ok = classic_data(Kind.ERRNO, reg=0, imm=-14)                 # rax: fine
+    rsp_errno = classic_data(Kind.ERRNO, reg=4, imm=-14)          # the stack pointer
+    rsp_count = classic_data(Kind.SHORT_COPY, reg=4)
+    def rows(*words: int) -> list[tuple[int, int, int, int]]:
+        return [(0x2000 + 16 * i, 0x2008 + 16 * i, 0x3000, w) for i, w in enumerate(words)]
+
+    with pytest.raises(CheckFailed, match=r"^entry 2 \(classic short_copy .*: short_copy "
+                                          "count register rsp is the stack pointer"):
+        compile_sites(sites(rows(ok, ok, rsp_count, rsp_errno, rsp_count, ok)), 62, SEG)
+    with pytest.raises(CheckFailed, match=r"^entry 1 \(classic errno .*: errno register rsp "
+                                          "is the stack pointer"):
+        compile_sites(sites(rows(ok, rsp_errno, rsp_count, ok)), 62, SEG)
+
+
 def test_a_million_entries_compile_and_round_trip() -> None:
     n = 1_000_000
     start = np.arange(n, dtype=np.uint64) * 16 + 0x2000

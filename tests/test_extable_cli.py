@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,9 +36,81 @@ def test_symbols_imports_neither_numpy_nor_pyelftools_nor_lief(built) -> None:
     assert loaded_modules("include-dir") == set()
 
 
+def test_plain_symbols_runs_on_the_accelerator_without_argparse_typing_or_re(built) -> None:
+    """``symbols FILE [--json]``, what build steps run, imports only what it runs: argparse
+    (with re, gettext, locale, shutil), typing and json are most of a short command's
+    time. Run without site, so that nothing the environment imports hides one."""
+    root = str(Path(__file__).resolve().parents[1])
+    heavy = ("argparse", "typing", "re", "json", "numpy", "elftools", "extable.names")
+    code = (f"import sys; sys.path.insert(0, {root!r}); from extable.cli import main; "
+            "rc = main(sys.argv[1:]); "
+            f"print([m for m in {heavy!r} if m in sys.modules], "
+            "'extable._fast' in sys.modules, file=sys.stderr); sys.exit(rc)")
+    for argv in (["symbols", str(built["x86"])], ["symbols", "--json", str(built["x86"])],
+                 ["symbols", str(built["x86"]), "--json"]):
+        proc = subprocess.run([sys.executable, "-S", "-c", code, *argv], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == "[] True", (argv, proc.stderr)
+
+
+QUICK = [["symbols", "f.so"], ["symbols", "--json", "f.so"], ["symbols", "f.so", "--json"]]
+ARGPARSE = [["symbols", "--sort", "name", "f.so"], ["symbols", "-C", "f.so"],
+            ["symbols", "--js", "f.so"], ["symbols", "--json", "--json"], ["symbols", "-"],
+            ["symbols", "--", "f.so"], ["symbols", "f.so", "g.so"], ["symbols"],
+            ["dump", "f.so"], ["--json", "symbols", "f.so"], ["symbols", "-h"]]
+
+
+@pytest.mark.parametrize("argv", QUICK + ARGPARSE)
+def test_the_plain_symbols_forms_read_as_argparse_reads_them(argv: list[str]) -> None:
+    from extable.arguments import parser
+    from extable.cli import _plain_symbols
+
+    quick = _plain_symbols(list(argv))
+    assert (quick is not None) == (argv in QUICK)
+    if quick is not None:
+        assert vars(quick) == vars(parser().parse_args(argv))
+
+
 def test_build_into_a_reservation_needs_neither_pyelftools_nor_lief(built, tmp_path) -> None:
     assert loaded_modules("build", str(built["x86"]), "-o", str(tmp_path / "o.so"),
                           "--rule", "copy_word=errno") == {"numpy"}
+
+
+def test_build_add_section_imports_neither_numpy_ma_nor_pyelftools_dwarf(built, tmp_path
+                                                                        ) -> None:
+    """What a build imports is most of its time: numpy.ma (which numpy 2's unique imports
+    unless asked for indices) and pyelftools' ELFFile with its DWARF and EHABI readers
+    (the read-back check needs its header parsing only) would cost 30-60 ms more."""
+    heavy = ("numpy.ma", "elftools.elf.elffile", "elftools.dwarf")
+    code = ("import sys; from extable.cli import main; rc = main(sys.argv[1:]); "
+            f"print([m for m in {heavy!r} if m in sys.modules], 'elftools.elf.structs' "
+            "in sys.modules, file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "build", str(built["plain"]), "-o",
+                           str(tmp_path / "o.so"), "--add-section", "--rule",
+                           "copy_word=errno"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "[] True"
+
+
+@pytest.mark.parametrize("preset", [None, "2"])
+def test_build_keeps_openblas_to_one_thread_unless_told(built, tmp_path, preset) -> None:
+    """numpy's OpenBLAS starts a spinning thread per core when numpy is imported; the
+    command uses no linear algebra, so it asks for one, unless the environment says."""
+    code = ("import os, sys; from extable.cli import main; rc = main(sys.argv[1:]); "
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task')),"
+            " file=sys.stderr); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    proc = subprocess.run([sys.executable, "-c", code, "build", str(built["x86"]), "-o",
+                           str(tmp_path / "o.so"), "--rule", "copy_word=errno"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    setting, threads = proc.stderr.split()[-2:]
+    assert setting == (preset or "1")
+    if preset is None:
+        assert threads == "1"            # the copy's thread has ended, and no BLAS pool
 
 
 def test_dump_and_verify_import_no_writer_spec_or_rule_sources(built, tmp_path) -> None:

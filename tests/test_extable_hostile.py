@@ -242,3 +242,64 @@ def test_build_from_a_thread_works_without_the_termination_handler(built, tmp_pa
     t.start()
     t.join()
     assert result == [0] and run_cli("verify", out).returncode == 0
+
+
+_TERMINATED_WHILE_COPYING = """
+import os, signal, sys, threading
+import extable.output, extable.spec
+from extable.cli import main
+
+started, release = threading.Event(), threading.Event()
+real_copy, real_discard, real_load = (extable.output.copy_file, extable.output.Output.discard,
+                                      extable.spec.load)
+
+def held_copy(src, dst):           # the copy is under way, and stays so until released
+    started.set()
+    release.wait()
+    return real_copy(src, dst)
+
+def discard(self):                 # what SIGTERM leads to: let the copy end, then clean up
+    release.set()
+    real_discard(self)
+
+def load(*args):                   # compiling, with the copy in flight: SIGTERM arrives
+    started.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_load(*args)
+
+extable.output.copy_file, extable.output.Output.discard = held_copy, discard
+extable.spec.load = load
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_the_input_is_being_copied_removes_the_temporary(built,
+                                                                       tmp_path) -> None:
+    """The copy of the input runs in a thread while the table is compiled: a SIGTERM then
+    waits for it to end, removes the temporary file, and dies of SIGTERM."""
+    out = tmp_path / "out.so"
+    proc = subprocess.run([sys.executable, "-c", _TERMINATED_WHILE_COPYING, "build",
+                           str(built["plain"]), "-o", str(out), "--add-section", "--rule", RULE],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path) == []                # neither out.so nor .extable-*
+
+
+def test_a_copy_that_fails_is_one_line_and_leaves_nothing(built, tmp_path) -> None:
+    """An error in the copying thread (here EIO from the input's file system) is the
+    command's error: exit 2, one line naming the file, nothing written."""
+    code = ("import errno, sys, extable.output\n"
+            "from extable.cli import main\n"
+            "def failing(src, dst):\n"
+            "    raise OSError(errno.EIO, 'Input/output error')\n"
+            "extable.output.copy_file = failing\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "out.so"
+    proc = subprocess.run([sys.executable, "-c", code, "build", str(built["plain"]), "-o",
+                           str(out), "--add-section", "--rule", RULE], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"extable: {out}: cannot write: Input/output error"]
+    assert os.listdir(tmp_path) == []
