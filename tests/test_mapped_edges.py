@@ -204,7 +204,7 @@ def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch)
     closer.start()
     # close() saw the call and looked again instead of going on: it waits
     assert looked_again.wait(10), f"close() did not wait for the call: {looks} {ends}"
-    assert looks == [True, True] and ends == []
+    assert all(looks[:2]) and ends == []     # (it may look again meanwhile: it polls)
     release.set()
     reader.join(10)
     closer.join(10)
