@@ -125,7 +125,7 @@ def test_a_call_whose_probe_is_armed_again_meanwhile_counts_in_full(tmp_path,
 
 def test_a_read_near_the_end_of_a_growing_log_is_never_end_of_file(tmp_path) -> None:
     """64 KiB ending 8 KiB before the end of a log another process appends to (the
-    careful path: past the probe), one thread: pread(2) returns all of it."""
+    careful path: past the probe), one thread: every read counts all of it."""
     path = tmp_path / "log"
     path.write_bytes(b"\x01" * (4 << 20))
     reads = 300
