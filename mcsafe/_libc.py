@@ -1,4 +1,4 @@
-"""The C library's memory calls that Python's mmap module does not make, through
+"""The C library calls that Python's os and mmap modules do not make, through
 ctypes, with their argument types (one place, for MappedFile, inject, pagecache
 and the commands)."""
 
@@ -18,4 +18,5 @@ libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 libc.syscall.restype = ctypes.c_long
+libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 MAP_FAILED = ctypes.c_void_p(-1).value

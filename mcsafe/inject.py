@@ -17,8 +17,9 @@ method        how                                                        signal
 ``mprotect``  ``mprotect(PROT_NONE)``                                      SIGSEGV
 ============  =========================================================  ============
 
-:func:`available` says which work on this machine, and why the others do not.
-Nothing here may touch a bad page: only :func:`mcsafe.copy` may.
+:func:`available` says which work on this machine, and why the others do not,
+from a plain read of a bad page in a child process (never mcsafe's copy).
+Nothing else here touches a bad page: only :func:`mcsafe.copy` may.
 
 Those poison one mapping in one process. :func:`failing_file` makes a *file*
 whose chosen byte ranges fail for every reader and every path, as a failing
@@ -32,11 +33,13 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import mmap
 import os
 import signal
 import struct
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -268,43 +271,133 @@ def region(method: str, npages: int, bad_pages: Sequence[int], seed: int = 0
         r.close()
 
 
-def _probe(method: str) -> str | None:
-    from . import copy_report
+# Which methods work is decided without mcsafe: in a forked child that makes a
+# region and touches its bad page with libc's memmove, under a handler of the
+# child's own that reports the signal, its si_code and address, then exits. So a
+# copy or handler that miscounts cannot make a method look unavailable (and the
+# tests parametrized on it skip); it fails them.
 
+SA_SIGINFO = 4
+
+
+class _Sigaction(ctypes.Structure):
+    # glibc's struct sigaction, the same on x86-64 and aarch64
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
+                ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
+
+
+_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+
+@dataclass(frozen=True)
+class Touch:
+    """A plain read of a bad page: the signal it raised, its si_code and si_addr."""
+
+    signal: int
+    code: int
+    address: int
+
+
+_report_to = -1     # (in a probing child) the pipe _say writes to
+
+
+def _say(**what: object) -> None:
+    os.write(_report_to, (json.dumps(what) + "\n").encode())
+
+
+# Made here, in the parent, once: libffi allocates (and locks) to make a callback,
+# which a forked child of a threaded process must not.
+@_HANDLER
+def _on_fault(sig: int, info: int, _context: int) -> None:
+    # (in a probing child) only os.write and _exit: the fault repeats if this returns
+    code = ctypes.c_int.from_address(info + 8).value            # si_code
+    address = ctypes.c_void_p.from_address(info + 16).value     # si_addr
+    _say(signal=sig, code=code, address=address or 0)
+    os._exit(0)
+
+
+def _touch_in_child(method: str, out: int) -> None:
+    """(In a forked child.) Make a 2-page region with page 1 bad, touch page 1 with
+    libc's memmove, and write to `out` what happened, one JSON object a line."""
+    global _report_to
+    _report_to = out
+    action = _Sigaction(ctypes.cast(_on_fault, ctypes.c_void_p), (ctypes.c_ulong * 16)(),
+                        SA_SIGINFO, None)
     try:
         with region(method, 2, [1]) as r:
-            out = bytearray(2 * PAGE)
-            res = copy_report(out, r.buffer)
-            if res.copied != PAGE or res.fault is None or res.fault.signal != r.signal:
-                return f"a bad page did not fault as expected ({res})"
-    except InjectionUnavailable as exc:
-        return exc.strerror
+            _say(bad=r.address + PAGE, signal=r.signal, codes=list(r.codes))
+            for sig in (signal.SIGBUS, signal.SIGSEGV):
+                _check(_libc.sigaction(sig, ctypes.addressof(action), None), "sigaction")
+            ctypes.memmove(ctypes.create_string_buffer(1), r.address + PAGE, 1)
+            _say(touched="no fault")
     except OSError as exc:
-        return f"{exc.strerror or exc}"
-    return None
+        _say(unavailable=exc.strerror or str(exc))
 
 
-_available: dict[str, str | None] | None = None
+def _probe(method: str) -> tuple[str | None, Touch | None]:
+    """(None, what a touch did) if the method works here, else (why not, None)."""
+    read, write = os.pipe()
+    with warnings.catch_warnings():     # 3.12+ warns of fork() with threads running:
+        warnings.simplefilter("ignore", DeprecationWarning)   # the child only maps and reads
+        pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            _touch_in_child(method, write)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = [json.loads(line) for line in f.read().decode().splitlines()]
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"the probe died of {signal.Signals(os.WTERMSIG(status)).name}", None
+    if said and "unavailable" in said[-1]:
+        return said[-1]["unavailable"], None
+    if len(said) != 2:
+        return f"the probe said {said}", None
+    want, got = said
+    if "touched" in got:
+        return f"{method} made a bad page that a plain read does not fault on", None
+    touch = Touch(got["signal"], got["code"], got["address"])
+    if (touch.signal, touch.address) != (want["signal"], want["bad"]) or \
+            touch.code not in want["codes"]:
+        return (f"a plain read of its bad page raised {signal.Signals(touch.signal).name} "
+                f"code {touch.code} at {touch.address:#x}, not "
+                f"{signal.Signals(want['signal']).name} code {want['codes']} at "
+                f"{want['bad']:#x}"), None
+    return None, touch
+
+
+_probed: dict[str, tuple[str | None, Touch | None]] = {}
+
+
+def _probed_once(method: str) -> tuple[str | None, Touch | None]:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
+    if method not in _probed:
+        _probed[method] = _probe(method)
+    return _probed[method]
 
 
 def available() -> dict[str, str | None]:
-    """Each method → None if it works here, else the reason it does not."""
-    global _available
-    if _available is None:
-        _available = {m: _probe(m) for m in METHODS}
-    return dict(_available)
+    """Each method → None if it works here, else the reason it does not.
+
+    Decided by a plain read of a bad page in a child process, never by mcsafe."""
+    return {m: _probed_once(m)[0] for m in METHODS}
+
+
+def touch(method: str) -> Touch | None:
+    """What a plain read of a bad page made by `method` raised here (the reference
+    a copy's fault record is held to); None if the method is unavailable."""
+    return _probed_once(method)[1]
 
 
 def uffd_poison_code() -> int | None:
     """The si_code UFFDIO_POISON raises here: BUS_MCEERR_AR, or BUS_ADRERR without
     CONFIG_MEMORY_FAILURE; None if userfaultfd poisoning is unavailable."""
-    from . import copy_report
-
-    if available()["uffd"] is not None:
-        return None
-    with region("uffd", 1, [0]) as r:
-        fault = copy_report(bytearray(PAGE), r.buffer).fault
-        return fault.code if fault else None
+    t = touch("uffd")
+    return t.code if t else None
 
 
 def failing_file(data: bytes | int, bad: Sequence[tuple[int, int]] = (), *,

@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 import extable
+from extable.elf import ElfImage
 
-FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 HOST = platform.machine()
 #: A compiler for each machine the fixtures are built for: the host's own gcc,
 #: or Debian's cross compiler (scripts/setup.sh installs it).
@@ -26,6 +30,17 @@ def compile_so(source: Path, out: Path, cc: str = "gcc", extra: list[str] = ()) 
     subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", extable.include_dir(), *extra,
                     str(source), "-o", str(out)], check=True)
     return out
+
+
+def python_child(*parts: str, timeout: float = 60, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    """Run the parts (each dedented, then joined) in a fresh interpreter, from the
+    repository's root, with faulthandler off (a test that expects a death reads
+    the signal, not faulthandler's report): its exit status and output, as text."""
+    code = "".join(textwrap.dedent(part) for part in parts)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "", **(env or {})})
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -41,6 +56,42 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]
     if check and proc.returncode:
         raise AssertionError(f"extable {' '.join(argv)} failed: {proc.stderr}")
     return proc
+
+
+#: Ways to damage a built object's table (damage_table), and the words the
+#: refusal of it names.
+TABLE_DAMAGE = {
+    "magic": "bad magic", "machine": "machine 183", "unsorted": "unsorted",
+    "overlapping": "overlapping", "outside": "outside the module's code",
+    "descriptor": "descriptor 99", "truncated": "truncated",
+}
+
+
+def damage_table(so: Path, how: str, out: Path | None = None) -> None:
+    """Write so to out (default: so itself) with its extable table damaged in the
+    way TABLE_DAMAGE names (in its header, or its first two entries)."""
+    with ElfImage(so) as image:
+        base = image.section("extable_table").offset
+    blob = bytearray(so.read_bytes())
+    first = base + struct.unpack_from("<I", blob, base + 24)[0]       # entries_off
+    second = first + 16
+    if how == "magic":
+        blob[base] ^= 0xFF
+    elif how == "machine":
+        struct.pack_into("<H", blob, base + 10, 183)
+    elif how == "unsorted":
+        blob[first:second + 16] = blob[second:second + 16] + blob[first:second]
+    elif how == "overlapping":                     # the first ends inside the second
+        struct.pack_into("<I", blob, first + 4, struct.unpack_from("<I", blob, second)[0] + 1)
+    elif how == "outside":                         # the first's landing pad
+        struct.pack_into("<I", blob, first + 8, 0x7FFFFF00)
+    elif how == "descriptor":                      # the first names descriptor 99
+        struct.pack_into("<I", blob, first + 12, 0x8000 | (99 << 16))
+    elif how == "truncated":                       # more entries than the section holds
+        struct.pack_into("<I", blob, base + 16, 1 << 20)
+    else:
+        raise ValueError(f"no damage {how!r} (one of {', '.join(TABLE_DAMAGE)})")
+    (out or so).write_bytes(bytes(blob))
 
 
 class Fixtures(dict):
@@ -153,3 +204,56 @@ def tmpfs(tmp_path):
     finally:
         for mnt in reversed(mounted):
             subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path):
+    """make(data, bad_pages, method="uffd", mode="r+") -> a MappedFile of data (bytes,
+    or a number of pages holding inject.pattern()) whose bad pages fault when
+    touched, closed after the test; skipped, with inject's reason, where this
+    machine lacks the method (tests/expected.py says which it must have).
+
+    uffd: a memfd whose bad pages are holes, poisoned in the mapping with
+    UFFDIO_POISON. madvise: a memfd whose bad pages are poisoned for real with
+    MADV_HWPOISON (a dirty shmem page keeps its poison; the page frame is lost).
+    mprotect: a file in tmp_path whose bad pages are mapped PROT_NONE."""
+    import contextlib
+    import itertools
+
+    from mcsafe import MappedFile, inject
+
+    stack, names = contextlib.ExitStack(), itertools.count()
+
+    def make(data: bytes | int, bad: list[int], method: str = "uffd", mode: str = "r+"
+             ) -> MappedFile:
+        why = inject.available()[method]
+        if why is not None:
+            pytest.skip(f"{method} unavailable on this machine: {why}")
+        if isinstance(data, int):
+            data = inject.pattern(data * inject.PAGE)
+        npages = -(-len(data) // inject.PAGE)
+        assert all(0 <= p < npages for p in bad), (bad, npages)
+        if method == "mprotect":
+            path = tmp_path / f"bad-{next(names)}.bin"
+            path.write_bytes(data)
+            mf = stack.enter_context(MappedFile(path, mode))
+            for p in bad:
+                assert inject._libc.mprotect(mf.address + p * inject.PAGE, inject.PAGE, 0) == 0
+            return mf
+        assert method in ("uffd", "madvise"), f"no bad files made with {method}"
+        fd = os.memfd_create("bad-file", os.MFD_CLOEXEC)
+        stack.callback(os.close, fd)
+        os.ftruncate(fd, len(data))
+        for p in range(npages):
+            if method == "madvise" or p not in bad:
+                os.pwrite(fd, data[p * inject.PAGE:(p + 1) * inject.PAGE], p * inject.PAGE)
+        mf = stack.enter_context(MappedFile(f"/proc/self/fd/{fd}", mode))
+        if method == "uffd":
+            stack.enter_context(inject.poison_range(mf.address, npages, bad))
+        else:
+            for p in bad:
+                assert inject._libc.madvise(mf.address + p * inject.PAGE, inject.PAGE,
+                                            inject.MADV_HWPOISON) == 0
+        return mf
+    with stack:
+        yield make

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import mcsafe
-from conftest import compile_so, run_cli
+from conftest import TABLE_DAMAGE, compile_so, damage_table, run_cli
+from conftest import python_child as child
 from extable.elf import ElfImage
 from mcsafe import inject
 
@@ -79,24 +80,13 @@ def table_of(so: Path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("how,words", [
-    ("magic", "bad magic"), ("machine", "machine 183"), ("outside", "outside the module's code"),
-    ("overlap", "overlapping"), ("unbuilt", "bad magic")])
+    *((how, TABLE_DAMAGE[how]) for how in ("magic", "machine", "outside", "overlapping")),
+    ("unbuilt", "bad magic")])
 def test_bad_tables_are_refused_and_never_published(tmp_path, how: str, words: str) -> None:
     so = compile_so(EXAMPLE, tmp_path / f"bad_{how}.so")
     if how != "unbuilt":
         run_cli("build", so, "--in-place", check=True)
-    off, _ = table_of(so)
-    blob = bytearray(so.read_bytes())
-    if how == "magic":
-        blob[off] = ord("X")
-    elif how == "machine":
-        struct.pack_into("<H", blob, off + 10, 183)
-    elif how == "outside":
-        struct.pack_into("<I", blob, off + 48 + 8, 0x10000000)
-    elif how == "overlap":
-        end0 = struct.unpack_from("<I", blob, off + 48 + 4)[0]
-        struct.pack_into("<I", blob, off + 48 + 16, end0 - 1)
-    so.write_bytes(bytes(blob))
+        damage_table(so, how)
     before = mcsafe.published_tables()
     with pytest.raises(mcsafe.TableError, match=words) as info:
         mcsafe.register(so)
@@ -161,16 +151,6 @@ def test_fault_outside_the_named_buffers_is_not_claimed(tmp_path) -> None:
 # crashed the old code run in a child.
 
 FIXTURES = ROOT / "tests" / "fixtures"
-
-
-def child(*parts: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    import os
-    import textwrap
-
-    code = "".join(textwrap.dedent(part) for part in parts)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, "PYTHONFAULTHANDLER": ""})
 
 
 def patch_section(so: Path, *, addr: int | None = None, size: int | None = None) -> None:
@@ -432,13 +412,28 @@ def test_fork_while_another_thread_registers(protected) -> None:
 def test_fork_while_another_thread_first_imports_pyelftools(protected) -> None:
     # The first register() imports pyelftools; a fork in the middle of that
     # import used to leave the child's import of it waiting forever on the
-    # module's lock. fork() now waits for that import to finish.
-    script = f"""
-        import os, signal, threading, time, mcsafe
+    # module's lock. fork() now waits for that import to finish. An import hook
+    # holds the thread inside the import (holding the module's lock) until a
+    # fork is under way: the fork starts while the import is certainly in progress.
+    p = child(f"""
+        import os, signal, sys, threading, mcsafe
+        assert "elftools.elf.elffile" not in sys.modules   # the import below is the first
         so = {str(protected)!r}
+        inside, forking = threading.Event(), threading.Event()
+
+        class HoldTheImport:
+            @staticmethod
+            def find_spec(name, path=None, target=None):
+                if name == "elftools.elf.elffile" and not inside.is_set():
+                    inside.set()
+                    forking.wait()          # the fork has begun: the import goes on
+                return None
+
+        sys.meta_path.insert(0, HoldTheImport)
+        os.register_at_fork(before=forking.set)    # runs before mcsafe's own hook
         t = threading.Thread(target=mcsafe.register, args=(so,))
         t.start()
-        time.sleep(0.002)                 # inside pyelftools' first import
+        inside.wait()
         pid = os.fork()
         if pid == 0:
             signal.alarm(10)
@@ -446,9 +441,8 @@ def test_fork_while_another_thread_first_imports_pyelftools(protected) -> None:
             os._exit(0)
         t.join()
         print("child", os.waitpid(pid, 0)[1], flush=True)
-    """
-    results = [child(script).stdout.split() for _ in range(4)]
-    assert results == [["child", "0"]] * 4
+    """)
+    assert p.stdout.split() == ["child", "0"], p.stdout + p.stderr
 
 
 X86_ONLY = pytest.mark.skipif(__import__("platform").machine() != "x86_64",

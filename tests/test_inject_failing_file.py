@@ -15,16 +15,11 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import python_child as child
 from mcsafe import copy_report, inject
 
 PAGE = mmap.PAGESIZE
 WAIT = 60      # seconds: a deadline for a process that should end, never a pace
-
-
-def child(code: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter that has not imported mcsafe."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, **kwargs)
 
 
 def wait_gone(pid: int) -> None:

@@ -15,33 +15,54 @@ import time
 
 import pytest
 
+import uffd_stall
 from mcsafe import MappedFile, MemoryFaultError, inject
 
 PAGE = inject.PAGE
 BASE = bytes(i % 251 + 1 for i in range(2 << 20))
 
 
-def _appender(path, seconds: float) -> subprocess.Popen:
-    """Another process appending 512 bytes at a time: the bytes before never change."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import os, time
-        fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)
-        end = time.monotonic() + {seconds}
-        while time.monotonic() < end:
-            os.write(fd, b"x" * 512)
-    """)])
+class Appender:
+    """Another process appending to a file: `chunk` bytes for each append() asked,
+    so a test makes a fixed number of appends, interleaved with its own calls
+    however fast the machine is; the bytes before never change."""
+
+    def __init__(self, path, chunk: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import os
+            fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)
+            while os.read(0, 1):
+                os.write(fd, b"x" * {chunk})
+                os.write(1, b"+")
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def append(self) -> None:
+        """Ask for one more append (it lands soon after: any thread may ask)."""
+        os.write(self.proc.stdin.fileno(), b"+")
+
+    def landed(self) -> None:
+        """Wait until the oldest append asked (and not waited for) is in the file."""
+        assert os.read(self.proc.stdout.fileno(), 1) == b"+"
+
+    def done(self) -> int:
+        """Wait until every append asked has landed; its exit status."""
+        self.proc.stdin.close()
+        self.proc.stdout.read()
+        return self.proc.wait()
 
 
 @pytest.mark.parametrize("mode", ["read", "write"])
 def test_calls_on_a_log_being_appended_to_count_in_full(tmp_path, mode: str) -> None:
     """Threads read (or write) 256 KiB in the first 2 MiB while another thread
-    follows the size and another process appends: every call counts all of it.
+    follows the size and another process appends (64 KiB per call, so the probe
+    is armed again many times): every call counts all of it.
     (Each size change used to arm the probe again, failing calls in flight, whose
     careful path then counted none: end of file, in the middle of the file.)"""
     path = tmp_path / "log"
     path.write_bytes(BASE)
-    appender = _appender(path, 2.0)
-    results = {"calls": 0, "bad": []}
+    chunk, calls = 64 << 10, 100
+    appender = Appender(path, chunk)
+    bad: list[tuple[int, int]] = []
     stop = threading.Event()
     with MappedFile(path, "r" if mode == "read" else "r+") as mf:
         def follow() -> None:
@@ -52,40 +73,76 @@ def test_calls_on_a_log_being_appended_to_count_in_full(tmp_path, mode: str) -> 
             off = i * 100_000
             expect = BASE[off:off + (256 << 10)]
             buf = bytearray(expect)
-            while not stop.is_set():
+            for _ in range(calls):
+                appender.append()
                 n = mf.readinto(buf, off) if mode == "read" else mf.write(expect, off)
-                results["calls"] += 1
                 if n != len(expect) or (mode == "read" and buf != expect):
-                    results["bad"].append((off, n))
-        threads = [threading.Thread(target=follow)] + \
-            [threading.Thread(target=call, args=(i,)) for i in range(4)]
-        for t in threads:
+                    bad.append((off, n))
+        follower = threading.Thread(target=follow)
+        callers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for t in [follower] + callers:
             t.start()
-        appender.wait()
-        stop.set()
-        for t in threads:
+        for t in callers:
             t.join()
-    assert appender.returncode == 0
-    assert results["calls"] > 100 and not results["bad"], \
-        f"{len(results['bad'])} of {results['calls']} calls short, e.g. {results['bad'][:3]}"
+        stop.set()
+        follower.join()
+    assert appender.done() == 0
+    assert not bad, f"{len(bad)} of {4 * calls} calls short, e.g. {bad[:3]}"
+    data = path.read_bytes()
+    assert len(data) == len(BASE) + 4 * calls * chunk and data[:len(BASE)] == BASE
+
+
+@pytest.mark.parametrize("mode", ["read", "write"])
+def test_a_call_whose_probe_is_armed_again_meanwhile_counts_in_full(tmp_path,
+                                                                   mode: str) -> None:
+    """The race above, made certain: in the middle of a call (its buffer stalls at
+    page 30, tests/uffd_stall.py) the file grows twice by more than an eighth and
+    the size is followed each time, which arms the probe again twice: the probe
+    page the call checks holds another word, so the call takes the careful path,
+    which must count all of it."""
+    if uffd_stall.unavailable():
+        pytest.skip(uffd_stall.unavailable())
+    path = tmp_path / "log"
+    path.write_bytes(BASE)
+    off, npages = 100_000, 64
+    expect = BASE[off:off + npages * PAGE]
+    with MappedFile(path, "r" if mode == "read" else "r+") as mf:
+        probe, word = mf._state[3:5]
+
+        def grow_twice() -> None:
+            for _ in range(2):
+                with open(path, "ab") as f:
+                    f.write(b"x" * (1 << 20))
+                mf.size                      # followed: the probe is armed again
+        contents = bytes(len(expect)) if mode == "read" else expect
+        with uffd_stall.stalled_buffer(npages, contents, {30: grow_twice}) as buf:
+            n = mf.readinto(buf, off) if mode == "read" else mf.write(buf, off)
+            got = bytes(buf)
+        assert mf._state[3] == probe and mf._state[4] != word   # its page, armed again
+    assert n == len(expect) and got == expect
     assert path.read_bytes()[:len(BASE)] == BASE
 
 
 def test_a_read_near_the_end_of_a_growing_log_is_never_end_of_file(tmp_path) -> None:
     """64 KiB ending 8 KiB before the end of a log another process appends to (the
-    careful path: past the probe), one thread: pread(2) returns all of it."""
+    careful path: past the probe), one thread: every read counts all of it."""
     path = tmp_path / "log"
     path.write_bytes(b"\x01" * (4 << 20))
-    appender = _appender(path, 1.5)
-    reads = zeros = 0
+    reads = 300
+    appender = Appender(path, 512)
+    short = 0
     buf = bytearray(64 << 10)
     with MappedFile(path) as mf:
-        while appender.poll() is None:
+        appender.append()
+        for _ in range(reads):
+            appender.landed()          # the file is longer than mf last saw it,
+            appender.append()          # and grows again during the read
             end = os.fstat(mf.fileno()).st_size
             n = mf.readinto(buf, end - (72 << 10))
-            reads += 1
-            zeros += n != len(buf)
-    assert reads > 100 and zeros == 0, f"{zeros} of {reads} reads short"
+            short += n != len(buf)
+    assert appender.done() == 0
+    assert short == 0, f"{short} of {reads} reads short"
+    assert os.path.getsize(path) == (4 << 20) + (reads + 1) * 512
 
 
 def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch) -> None:
@@ -106,6 +163,28 @@ def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch)
 
     monkeypatch.setattr(Window, "probe_failed", slow)
     mf = MappedFile(path)
+    looked_again = threading.Event()
+    looks: list[bool] = []
+    ends: list[str] = []
+
+    class Calls(dict):
+        """mf's calls under way, saying when close() looks at them (it iterates)
+        and when the read leaves."""
+
+        def __iter__(self):
+            if threading.current_thread().name == "closer":
+                looks.append(bool(self))
+                if len(looks) == 2:
+                    looked_again.set()
+            return super().__iter__()
+
+        def pop(self, *args):
+            depth = super().pop(*args)
+            if depth == 1 and held.is_set():     # the held call ended
+                ends.append("read left")
+            return depth
+
+    mf._users = Calls()
     assert inject._libc.mprotect(mf._state[3], PAGE, 0) == 0     # the probe faults
     got: list[object] = []
 
@@ -114,17 +193,22 @@ def test_close_waits_for_a_call_that_arms_the_probe_again(tmp_path, monkeypatch)
             got.append(mf.read(10, 0))
         except Exception as exc:       # noqa: BLE001 - reported by the assertion
             got.append(exc)
+
+    def close() -> None:
+        mf.close()
+        ends.append("closed")
     reader = threading.Thread(target=read)
     reader.start()
     assert held.wait(10)
-    closer = threading.Thread(target=mf.close)
+    closer = threading.Thread(target=close, name="closer")
     closer.start()
-    closer.join(0.3)
-    waited = closer.is_alive()
+    # close() saw the call and looked again instead of going on: it waits
+    assert looked_again.wait(10), f"close() did not wait for the call: {looks} {ends}"
+    assert all(looks[:2]) and ends == []     # (it may look again meanwhile: it polls)
     release.set()
     reader.join(10)
     closer.join(10)
-    assert waited, "close() returned while a call was still using the descriptor"
+    assert ends == ["read left", "closed"]
     assert got == [data[:10]] and mf.closed
 
 

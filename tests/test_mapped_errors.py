@@ -3,7 +3,6 @@ files that are not files, a closed file, why a fault happened, a full disk."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import multiprocessing
 import os
@@ -243,21 +242,15 @@ def test_causes_met_by_reads(tmp_path) -> None:
         assert addr == mf.address + 5 * PAGE                   # MAP_SHARED | MAP_FIXED
 
 
-def test_poison_says_poison_or_io(tmp_path) -> None:
+def test_poison_says_poison_or_io(bad_file) -> None:
+    mf = bad_file(8, [3])
     code = inject.uffd_poison_code()
-    if code is None:
-        pytest.skip(f"uffd unavailable on this machine: {inject.available()['uffd']}")
-    fd, path = inject.memfd_file(8, [3])
-    try:
-        with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, 8, [3]):
-            with pytest.raises(MemoryFaultError) as info:
-                mf.read(10, 3 * PAGE)
-            # BUS_MCEERR_AR with CONFIG_MEMORY_FAILURE; without it the kernel says
-            # BUS_ADRERR, which is all a reader can know: io
-            assert info.value.cause == ("poison" if code == inject.BUS_MCEERR_AR else "io")
-            assert info.value.code == code and mf.bad_ranges() == [(3 * PAGE, 4 * PAGE)]
-    finally:
-        os.close(fd)
+    with pytest.raises(MemoryFaultError) as info:
+        mf.read(10, 3 * PAGE)
+    # BUS_MCEERR_AR with CONFIG_MEMORY_FAILURE; without it the kernel says
+    # BUS_ADRERR, which is all a reader can know: io
+    assert info.value.cause == ("poison" if code == inject.BUS_MCEERR_AR else "io")
+    assert info.value.code == code and mf.bad_ranges() == [(3 * PAGE, 4 * PAGE)]
 
 
 @pytest.fixture

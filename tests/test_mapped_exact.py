@@ -3,7 +3,6 @@ shrinking and growing files, other processes doing it, the caller's own bad buff
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -140,8 +139,8 @@ def _cut_and_rewrite_mid_copy(path, stall_cut: int, stall_rewrite: int, contents
 
 
 def _need_uffd() -> None:
-    if inject._libc.syscall(inject.SYS_userfaultfd, os.O_CLOEXEC) < 0:
-        pytest.skip(f"userfaultfd() refused here: {os.strerror(ctypes.get_errno())}")
+    if uffd_stall.unavailable():
+        pytest.skip(uffd_stall.unavailable())
 
 
 def test_a_read_during_which_the_file_is_cut_and_written_again_counts_no_zero(
@@ -281,25 +280,19 @@ def test_a_file_grown_since_it_was_seen_and_cut_during_the_copy_counts_to_the_cu
         assert mcsafe.claimed_faults() - before == (1 if cut < 23 * PAGE else 0)
 
 
-def test_bad_ranges_are_kept_as_the_file_grows(tmp_path) -> None:
-    if inject.available()["uffd"] is not None:
-        pytest.skip(f"uffd unavailable on this machine: {inject.available()['uffd']}")
-    fd, path = inject.memfd_file(16, [4, 9])
-    try:
-        with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, 16, [4, 9]):
-            assert mf.scrub() == inject.page_ranges([4, 9])
-            before = mcsafe.claimed_faults()
-            os.ftruncate(fd, 8 << 20)                  # grows past the mapping: remapped
-            assert mf.size == 8 << 20
-            assert mf.bad_ranges() == inject.page_ranges([4, 9])
-            with pytest.raises(MemoryFaultError) as info:
-                mf.read(10, 9 * PAGE + 1)              # the new mapping reads it as zeros
-            assert info.value.offset == 9 * PAGE + 1
-            assert mf.readinto(bytearray(2 * PAGE), 3 * PAGE) == PAGE
-            assert mf.read(PAGE, 7 << 20) == bytes(PAGE)
-            assert mcsafe.claimed_faults() == before   # known bad pages were not touched
-    finally:
-        os.close(fd)
+def test_bad_ranges_are_kept_as_the_file_grows(bad_file) -> None:
+    mf = bad_file(16, [4, 9])
+    assert mf.scrub() == inject.page_ranges([4, 9])
+    before = mcsafe.claimed_faults()
+    os.ftruncate(mf.fileno(), 8 << 20)             # grows past the mapping: remapped
+    assert mf.size == 8 << 20
+    assert mf.bad_ranges() == inject.page_ranges([4, 9])
+    with pytest.raises(MemoryFaultError) as info:
+        mf.read(10, 9 * PAGE + 1)                  # the new mapping reads it as zeros
+    assert info.value.offset == 9 * PAGE + 1
+    assert mf.readinto(bytearray(2 * PAGE), 3 * PAGE) == PAGE
+    assert mf.read(PAGE, 7 << 20) == bytes(PAGE)
+    assert mcsafe.claimed_faults() == before       # known bad pages were not touched
 
 
 def test_readers_while_the_file_grows_and_then_closes(tmp_path) -> None:
@@ -499,31 +492,29 @@ def test_a_child_forked_while_another_thread_holds_the_lock_does_not_hang(tmp_pa
 
 def test_a_child_forked_during_another_threads_copy_can_close(tmp_path) -> None:
     """The copying thread does not exist in the child, and never releases the view
-    it held there: the child's close() must not wait for it."""
+    it held there: the child's close() must not wait for it. The child is forked
+    while the copy is under way for certain: its destination stalls at a page
+    (tests/uffd_stall.py) and the stall's action forks it."""
+    _need_uffd()
+    npages = 512                                         # past GIL_RELEASE_BYTES
     path = tmp_path / "f"
-    with open(path, "wb") as f:
-        f.truncate(64 << 20)                             # sparse: a long copy of holes
+    path.write_bytes(inject.pattern(npages * PAGE))
+    statuses = []
     with MappedFile(path) as mf:
-        started = threading.Event()
-
-        def read() -> None:
-            started.set()
-            buf = bytearray(64 << 20)
-            for _ in range(16):
-                mf.readinto(buf, 0)
-        reader = threading.Thread(target=read)
-        reader.start()
-        started.wait()
-        time.sleep(0.1)
-
         def child() -> bool:
-            ok = mf.read(3, 0) == bytes(3)
+            ok = mf.read(3, 0) == inject.pattern(3)
             mf.close()
             return ok and mf.closed
-        try:
-            assert _in_child(child) == 0
-        finally:
+
+        def fork_during_the_copy() -> None:
+            statuses.append(_in_child(child))
+        with uffd_stall.stalled_buffer(npages, bytes(npages * PAGE),
+                                       {300: fork_during_the_copy}) as dst:
+            reader = threading.Thread(target=lambda: statuses.append(mf.readinto(dst, 0)))
+            reader.start()
             reader.join()
+            assert bytes(dst) == inject.pattern(npages * PAGE)
+    assert statuses == [0, npages * PAGE]               # -14 (SIGALRM): close() hung
 
 
 def test_a_file_too_large_to_map_twice_is_mapped_once(tmp_path) -> None:

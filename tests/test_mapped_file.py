@@ -4,8 +4,6 @@ test_mapped_exact.py; error causes and odd files: test_mapped_errors.py.)"""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import os
 import subprocess
@@ -19,34 +17,8 @@ import mcsafe
 from mcsafe import MappedFile, MemoryFaultError, inject
 
 PAGE = inject.PAGE
-AVAILABLE = inject.available()
 NPAGES = 24
 BAD = [3, 9, 10, 17]
-
-
-@contextlib.contextmanager
-def bad_file(method: str, tmp_path, npages: int = NPAGES, bad: list[int] = BAD):
-    """A MappedFile whose `bad` pages fault, made with one injection method;
-    yields (file, the bad pages actually made)."""
-    if AVAILABLE[method] is not None:
-        pytest.skip(f"{method} unavailable on this machine: {AVAILABLE[method]}")
-    data = inject.pattern(npages * PAGE)
-    if method == "uffd":
-        fd, path = inject.memfd_file(npages, bad)
-        try:
-            with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, npages, bad):
-                yield mf, bad
-        finally:
-            os.close(fd)
-    elif method == "mprotect":
-        path = tmp_path / "data.bin"
-        path.write_bytes(data)
-        with MappedFile(path) as mf:
-            for p in bad:
-                assert inject._libc.mprotect(mf.address + p * PAGE, PAGE, 0) == 0
-            yield mf, bad
-    else:
-        pytest.skip(f"{method} does not apply to files ({AVAILABLE[method] or 'anonymous only'})")
 
 
 def ranges(pages: list[int]) -> list[tuple[int, int]]:
@@ -54,59 +26,60 @@ def ranges(pages: list[int]) -> list[tuple[int, int]]:
 
 
 # A truncated file is not bad past its new end: it ends there (test_mapped_exact.py).
+# madvise poisons a memfd's pages for real, where the kernel can (CONFIG_MEMORY_FAILURE).
 METHODS = ["uffd", "mprotect", "madvise"]
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_short_read_then_eio_then_remembered(method: str, tmp_path) -> None:
-    with bad_file(method, tmp_path) as (mf, bad):
-        first = bad[0]
-        data = inject.pattern(NPAGES * PAGE)
-        start = first * PAGE - 100
-        buf = bytearray(3 * PAGE)
-        assert mf.readinto(buf, start) == 100
-        assert buf[:100] == data[start:start + 100] and not any(buf[100:])
-        faults = mcsafe.claimed_faults()
-        with pytest.raises(MemoryFaultError) as info:
-            mf.readinto(buf, first * PAGE + 7)
-        e = info.value
-        assert e.errno == errno.EIO and e.offset == first * PAGE + 7
-        assert e.cause == ("protection" if method == "mprotect" else
-                           "poison" if e.code == inject.BUS_MCEERR_AR else "io")
-        assert e.filename == mf.path
-        assert e.signal == (7 if method != "mprotect" else 11)
-        assert e.address == mf.address + first * PAGE + 7
-        # remembered: neither the short read nor the EIO touched the page again
-        assert mf.readinto(buf, start) == 100
-        assert mcsafe.claimed_faults() == faults
-        assert (first * PAGE, (first + 1) * PAGE) in [r for r in mf.bad_ranges()] or \
-            mf.bad_ranges()[0][0] == first * PAGE
+def test_short_read_then_eio_then_remembered(method: str, bad_file) -> None:
+    mf = bad_file(NPAGES, BAD, method)
+    first = BAD[0]
+    data = inject.pattern(NPAGES * PAGE)
+    start = first * PAGE - 100
+    buf = bytearray(3 * PAGE)
+    assert mf.readinto(buf, start) == 100
+    assert buf[:100] == data[start:start + 100] and not any(buf[100:])
+    faults = mcsafe.claimed_faults()
+    with pytest.raises(MemoryFaultError) as info:
+        mf.readinto(buf, first * PAGE + 7)
+    e = info.value
+    assert e.errno == errno.EIO and e.offset == first * PAGE + 7
+    plain = inject.touch(method)            # what a plain read of such a page raises
+    assert (e.signal, e.code) == (plain.signal, plain.code)
+    assert e.cause == ("protection" if method == "mprotect" else
+                       "poison" if e.code == inject.BUS_MCEERR_AR else "io")
+    assert e.filename == mf.path
+    assert e.address == mf.address + first * PAGE + 7
+    # remembered: neither the short read nor the EIO touched the page again
+    assert mf.readinto(buf, start) == 100
+    assert mcsafe.claimed_faults() == faults
+    assert mf.bad_ranges() == [(first * PAGE, (first + 1) * PAGE)]   # that page, no more
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_scrub_finds_exactly_the_bad_pages(method: str, tmp_path) -> None:
-    with bad_file(method, tmp_path) as (mf, bad):
-        seen: list[int] = []
-        found = mf.scrub(progress=lambda done, size: seen.append(done))
-        assert found == ranges(bad)
-        assert seen and seen[-1] == NPAGES * PAGE and seen == sorted(seen)
-        faults = mcsafe.claimed_faults()
-        assert mf.scrub() == found
-        assert mcsafe.claimed_faults() == faults          # a second scrub faults nowhere
-        # the good bytes read back intact between the bad ranges
-        data = inject.pattern(NPAGES * PAGE)
-        for p in range(NPAGES):
-            if p not in bad:
-                assert mf.read(PAGE, p * PAGE) == data[p * PAGE:(p + 1) * PAGE]
+def test_scrub_finds_exactly_the_bad_pages(method: str, bad_file) -> None:
+    mf = bad_file(NPAGES, BAD, method)
+    seen: list[int] = []
+    found = mf.scrub(progress=lambda done, size: seen.append(done))
+    assert found == ranges(BAD)
+    assert seen and seen[-1] == NPAGES * PAGE and seen == sorted(seen)
+    faults = mcsafe.claimed_faults()
+    assert mf.scrub() == found
+    assert mcsafe.claimed_faults() == faults          # a second scrub faults nowhere
+    # the good bytes read back intact between the bad ranges
+    data = inject.pattern(NPAGES * PAGE)
+    for p in range(NPAGES):
+        if p not in BAD:
+            assert mf.read(PAGE, p * PAGE) == data[p * PAGE:(p + 1) * PAGE]
 
 
-def test_write_short_at_a_bad_page(tmp_path) -> None:
-    with bad_file("uffd", tmp_path) as (mf, bad):
-        at = bad[0] * PAGE - 10
-        assert mf.write(b"z" * 50, at) == 10
-        assert mf.read(10, at) == b"z" * 10
-        with pytest.raises(MemoryFaultError):
-            mf.write(b"z", bad[0] * PAGE)
+def test_write_short_at_a_bad_page(bad_file) -> None:
+    mf = bad_file(NPAGES, BAD)
+    at = BAD[0] * PAGE - 10
+    assert mf.write(b"z" * 50, at) == 10
+    assert mf.read(10, at) == b"z" * 10
+    with pytest.raises(MemoryFaultError):
+        mf.write(b"z", BAD[0] * PAGE)
 
 
 def test_write_needs_r_plus(tmp_path) -> None:
@@ -152,41 +125,42 @@ def test_truncated_while_mapped_ends_at_the_new_end(tmp_path) -> None:
         assert mf.bad_ranges() == [] and mf.scrub() == []
 
 
-def test_concurrent_readers(tmp_path) -> None:
-    with bad_file("uffd", tmp_path, npages=64, bad=[5, 20, 21, 50]) as (mf, bad):
-        data = inject.pattern(64 * PAGE)
-        errors: list[str] = []
+def test_concurrent_readers(bad_file) -> None:
+    bad = [5, 20, 21, 50]
+    mf = bad_file(64, bad)
+    data = inject.pattern(64 * PAGE)
+    errors: list[str] = []
 
-        def reader(k: int) -> None:
+    def reader(k: int) -> None:
+        try:
+            read_many(k)
+        except Exception as exc:  # noqa: BLE001 - any exception is a failure here
+            errors.append(f"{k}: {exc!r}")
+
+    def read_many(k: int) -> None:
+        buf = bytearray(8 * PAGE)
+        for i in range(200):
+            off = (k * 977 + i * 4099) % (64 * PAGE)
+            first = next((p * PAGE for p in bad if p * PAGE + PAGE > off), None)
+            want = min(8 * PAGE, 64 * PAGE - off,
+                       first - off if first is not None and first >= off else 1 << 30)
             try:
-                read_many(k)
-            except Exception as exc:  # noqa: BLE001 - any exception is a failure here
-                errors.append(f"{k}: {exc!r}")
+                got = mf.readinto(buf, off)
+            except MemoryFaultError as e:
+                if not (first is not None and first <= off) or e.offset != off:
+                    errors.append(f"{k}/{i}: unexpected EIO at {off}")
+                continue
+            if got != want or buf[:got] != data[off:off + got]:
+                errors.append(f"{k}/{i}: {got} != {want} at {off}")
 
-        def read_many(k: int) -> None:
-            buf = bytearray(8 * PAGE)
-            for i in range(200):
-                off = (k * 977 + i * 4099) % (64 * PAGE)
-                first = next((p * PAGE for p in bad if p * PAGE + PAGE > off), None)
-                want = min(8 * PAGE, 64 * PAGE - off,
-                           first - off if first is not None and first >= off else 1 << 30)
-                try:
-                    got = mf.readinto(buf, off)
-                except MemoryFaultError as e:
-                    if not (first is not None and first <= off) or e.offset != off:
-                        errors.append(f"{k}/{i}: unexpected EIO at {off}")
-                    continue
-                if got != want or buf[:got] != data[off:off + got]:
-                    errors.append(f"{k}/{i}: {got} != {want} at {off}")
-
-        threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
-        scrubber = threading.Thread(target=mf.scrub)
-        for t in threads + [scrubber]:
-            t.start()
-        for t in threads + [scrubber]:
-            t.join()
-        assert errors == []
-        assert mf.bad_ranges() == ranges(bad)
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+    scrubber = threading.Thread(target=mf.scrub)
+    for t in threads + [scrubber]:
+        t.start()
+    for t in threads + [scrubber]:
+        t.join()
+    assert errors == []
+    assert mf.bad_ranges() == ranges(bad)
 
 
 def test_close_waits_and_then_refuses(tmp_path) -> None:
@@ -220,14 +194,14 @@ def test_scrub_of_a_sparse_multi_gib_file_keeps_memory_bounded(tmp_path) -> None
     assert int(out[1]) < 400 * 1024, f"peak RSS {int(out[1]) >> 10} MiB while scrubbing 3 GiB"
 
 
-def test_read_near_the_end_after_a_bad_range(tmp_path) -> None:
-    with bad_file("mprotect", tmp_path) as (mf, bad):
-        with pytest.raises(MemoryFaultError):
-            mf.readinto(bytearray(10), bad[0] * PAGE)          # remembers a bad range
-        off = NPAGES * PAGE - 1000
-        buf = bytearray(8 * PAGE)                               # larger than what is left
-        assert mf.readinto(buf, off) == 1000
-        assert buf[:1000] == inject.pattern(NPAGES * PAGE)[off:]
+def test_read_near_the_end_after_a_bad_range(bad_file) -> None:
+    mf = bad_file(NPAGES, BAD, "mprotect", mode="r")
+    with pytest.raises(MemoryFaultError):
+        mf.readinto(bytearray(10), BAD[0] * PAGE)              # remembers a bad range
+    off = NPAGES * PAGE - 1000
+    buf = bytearray(8 * PAGE)                                   # larger than what is left
+    assert mf.readinto(buf, off) == 1000
+    assert buf[:1000] == inject.pattern(NPAGES * PAGE)[off:]
 
 
 def test_scrubs_reader_counts_up_to_a_fault_in_a_later_piece() -> None:

@@ -7,12 +7,14 @@ count and the fault record are all checked exactly.
 
 from __future__ import annotations
 
+import platform
 import signal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import expected
 import mcsafe
 from mcsafe import inject
 
@@ -24,31 +26,57 @@ PATHS = mcsafe._mcsafe.copy_paths()
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 
-def test_every_method_is_reported() -> None:
-    assert set(AVAILABLE) == set(inject.METHODS)
-    for method, why in AVAILABLE.items():
-        assert why is None or (isinstance(why, str) and why), method
-    assert "uffd" in WORKING and "mprotect" in WORKING and "truncate" in WORKING
+def test_methods_available_are_exactly_those_this_machine_has() -> None:
+    """inject.available() decides by a plain read in a child process, never by the
+    copy under test: what it finds is what this machine's kernel promises."""
+    want = expected.injection_methods(expected.emulator())
+    assert set(AVAILABLE) == set(want) == set(inject.METHODS)
+    for method, why in want.items():
+        if why is None:
+            assert AVAILABLE[method] is None, f"{method} should work here: {AVAILABLE[method]}"
+        else:
+            assert AVAILABLE[method] is not None and why in AVAILABLE[method], \
+                f"{method} should be refused here ({why}): {AVAILABLE[method]}"
+
+
+def test_availability_is_decided_without_the_copy(monkeypatch) -> None:
+    """A copy that cannot copy at all changes nothing inject.available() says."""
+    def broken(*args, **kwargs):
+        raise AssertionError("inject probed a method with mcsafe's copy")
+    for name in ("copy", "copy_report"):
+        monkeypatch.setattr(mcsafe, name, broken)
+        monkeypatch.setattr(mcsafe._mcsafe, name, broken)
+    monkeypatch.setattr(inject, "_probed", {})
+    assert inject.available() == AVAILABLE
+
+
+def test_every_copy_path_is_tested() -> None:
+    assert PATHS == expected.COPY_PATHS[platform.machine()]
 
 
 @pytest.mark.parametrize("method", inject.METHODS)
 def test_each_method_faults_with_its_signal(method: str) -> None:
     if AVAILABLE[method] is not None:
         pytest.skip(f"{method} unavailable on this machine: {AVAILABLE[method]}")
+    plain = inject.touch(method)          # what a plain read of a bad page raised
     with inject.region(method, 3, [2]) as r:
         out = bytearray(3 * PAGE)
         res = mcsafe.copy_report(out, r.buffer)
         assert res.copied == 2 * PAGE
-        assert res.fault.signal == r.signal and res.fault.code in r.codes
+        assert (res.fault.signal, res.fault.code) == (plain.signal, plain.code)
         assert res.fault.signal == (signal.SIGSEGV if method == "mprotect" else signal.SIGBUS)
+        assert res.fault.code in r.codes
         assert out[:2 * PAGE] == inject.pattern(3 * PAGE)[:2 * PAGE]
 
 
 def test_uffd_poison_si_code_is_reported() -> None:
     code = inject.uffd_poison_code()
-    assert code in (inject.BUS_ADRERR, inject.BUS_MCEERR_AR)
-    print(f"UFFDIO_POISON raises si_code {code} "
-          f"({'BUS_MCEERR_AR' if code == inject.BUS_MCEERR_AR else 'BUS_ADRERR'}) here")
+    assert code == expected.uffd_poison_code(expected.emulator())
+    if code is not None:
+        with inject.region("uffd", 2, [1]) as r:
+            assert mcsafe.copy_report(bytearray(r.size), r.buffer).fault.code == code
+        print(f"UFFDIO_POISON raises si_code {code} "
+              f"({'BUS_MCEERR_AR' if code == inject.BUS_MCEERR_AR else 'BUS_ADRERR'}) here")
 
 
 @st.composite
@@ -143,5 +171,5 @@ def test_fault_on_first_byte_copies_nothing(method: str, path: str) -> None:
 def test_fault_counter_counts_claims() -> None:
     before = mcsafe.claimed_faults()
     with inject.region("mprotect", 2, [1]) as r:
-        mcsafe.copy(bytearray(2 * PAGE), r.buffer)
-    assert mcsafe.claimed_faults() > before
+        assert mcsafe.copy(bytearray(2 * PAGE), r.buffer) == PAGE
+    assert mcsafe.claimed_faults() == before + 1

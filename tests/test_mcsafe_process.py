@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import uffd_stall
 from conftest import compile_so
+from conftest import python_child as child
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def child(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT,
-                          env={**os.environ, "PYTHONFAULTHANDLER": "", **(env or {})})
 
 
 SEGV_OUTSIDE = """
@@ -81,17 +77,43 @@ def test_signal_sent_with_kill_is_not_claimed(sig: int) -> None:
     assert "survived" not in p.stdout
 
 
+# A copy on its own thread, stalled in the middle (tests/uffd_stall.py: the copy
+# touches page 300 of its source and waits in the kernel until the stall action
+# has run), so a signal the action sends arrives while the copying thread is
+# inside the copy, on one of its table's sites; SEND is the action.
+STALLED_COPY = """
+    import ctypes, os, signal, struct, sys, threading, mcsafe
+    sys.path.insert(0, "tests")
+    from uffd_stall import PAGE, stalled_buffer
+    NPAGES = 512
+    dst = bytearray(NPAGES * PAGE)
+    {send}
+    def stalled():
+        print("inside the copy", flush=True)
+        send(copier)
+    with stalled_buffer(NPAGES, bytes(NPAGES * PAGE), {{300: stalled}}) as src:
+        copier = threading.Thread(target=mcsafe.copy, args=(dst, src))
+        copier.start()
+        copier.join()
+    print("survived", mcsafe.claimed_faults(), flush=True)
+"""
+
+
+def stalled_copy(send: str) -> subprocess.CompletedProcess[str]:
+    """A child that runs STALLED_COPY with `send` (defining send(thread))."""
+    if uffd_stall.unavailable():
+        pytest.skip(uffd_stall.unavailable())
+    return child(STALLED_COPY.format(send=textwrap.indent(textwrap.dedent(send), " " * 4)
+                                     .strip()))
+
+
 def test_signal_sent_with_kill_during_a_copy_thread_is_not_claimed() -> None:
-    p = child("""
-        import os, signal, threading, mcsafe
-        src = bytes(64 << 20); dst = bytearray(64 << 20)
-        t = threading.Thread(target=lambda: [mcsafe.copy(dst, src) for _ in range(50)])
-        t.start()
-        signal.pthread_kill(t.ident, signal.SIGBUS)
-        t.join()
-        print("survived", flush=True)
+    p = stalled_copy("""
+        def send(thread):
+            signal.pthread_kill(thread.ident, signal.SIGBUS)
     """)
-    assert p.returncode == -signal.SIGBUS and "survived" not in p.stdout
+    assert p.returncode == -signal.SIGBUS, p.stdout + p.stderr
+    assert p.stdout.split("\n")[0] == "inside the copy" and "survived" not in p.stdout
 
 
 def test_ignored_signal_from_a_process_stays_ignored() -> None:
@@ -162,8 +184,7 @@ def test_chaining_to_a_handler_that_longjmps_keeps_working(tmp_path) -> None:
 
     # Only find it: importing cysignals here would install its handlers in pytest's
     # process, over mcsafe's (the very case docs/HANDLER.md describes).
-    if importlib.util.find_spec("cysignals") is None:
-        pytest.skip("cysignals is not installed (make test installs it)")
+    assert importlib.util.find_spec("cysignals"), "cysignals is missing: the test extra has it"
     p = child(f"""
         import pathlib, mcsafe
         from benchmarks.conftest import build_cysignals_peer
@@ -186,38 +207,25 @@ def test_chaining_to_a_handler_that_longjmps_keeps_working(tmp_path) -> None:
 
 
 def test_queued_signal_naming_the_copy_buffer_is_not_claimed() -> None:
-    # A user-sent SIGBUS (SI_QUEUE) whose si_addr points into the copy under way,
-    # sent to the copying thread while it sits in rep movsb (thousands of copies in
-    # one nogil call): only the kernel's word counts, so it is not claimed and the
-    # process dies of it, as it would without mcsafe.
+    # A user-sent SIGBUS (SI_QUEUE) whose si_addr is the very source page the copy
+    # waits on, sent to the copying thread while it is inside the copy (so a
+    # handler that checked the PC and the address alone would claim it): only
+    # the kernel's word counts, so it is not claimed and the process dies of it,
+    # as it would without mcsafe.
     import platform as _platform
 
     syscall = {"x86_64": 297, "aarch64": 240}[_platform.machine()]   # rt_tgsigqueueinfo
-    p = child(f"""
-        import ctypes, os, signal, struct, threading, time, mcsafe
-        size = 1 << 20
-        src, dst = bytes(size), bytearray(size)
-        target = mcsafe._mcsafe.buffer_address(dst) + size - 1
-        ready = threading.Event()
-
-        def copy_many():
-            ready.set()
-            mcsafe._mcsafe._copy_path("bulk", dst, src, 20000)
-
-        t = threading.Thread(target=copy_many)
-        t.start()
-        ready.wait()
-        time.sleep(0.05)
-        info = struct.pack("iiii", signal.SIGBUS, 0, -1, 0) + struct.pack("Q", target)
-        info += bytes(128 - len(info))
-        rc = ctypes.CDLL(None).syscall({syscall}, os.getpid(), t.native_id, signal.SIGBUS,
-                                       ctypes.c_char_p(info))
-        assert rc == 0
-        t.join()
-        print("survived", mcsafe.claimed_faults(), flush=True)
+    p = stalled_copy(f"""
+        def send(thread):
+            target = mcsafe._mcsafe.buffer_address(src) + 300 * PAGE    # where it waits
+            info = struct.pack("iiii", signal.SIGBUS, 0, -1, 0) + struct.pack("Q", target)
+            info += bytes(128 - len(info))
+            rc = ctypes.CDLL(None).syscall({syscall}, os.getpid(), thread.native_id,
+                                           signal.SIGBUS, ctypes.c_char_p(info))
+            assert rc == 0
     """)
     assert p.returncode == -signal.SIGBUS, p.stdout + p.stderr
-    assert "survived" not in p.stdout
+    assert p.stdout.split("\n")[0] == "inside the copy" and "survived" not in p.stdout
 
 
 def test_copy_on_a_thread_that_blocks_the_fault_signals_raises_instead_of_dying() -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import safetensors
 import safetensors.numpy
 from safetensors.numpy import save_file
 
+from conftest import python_child
 from mcsafe.formats.safetensors import (SafetensorError, SafetensorsError, TensorNotFound,
                                         load_file, safe_open)
 
@@ -113,13 +111,8 @@ def test_backends_as_the_reference(shard) -> None:
         safe_open(shard, "np", backend="x")
 
 
-def run(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True)
-
-
 def test_without_ml_dtypes_bf16_and_f8_are_their_raw_bits(shard) -> None:
-    out = run(f"""
+    out = python_child(f"""
         import sys
         sys.modules["ml_dtypes"] = None          # as if it were not installed
         from mcsafe.formats.safetensors import safe_open
@@ -138,7 +131,7 @@ def test_without_ml_dtypes_bf16_and_f8_are_their_raw_bits(shard) -> None:
 
 
 def test_pt_without_torch_names_the_missing_package(shard) -> None:
-    out = run(f"""
+    out = python_child(f"""
         import sys
         sys.modules["torch"] = None              # as where torch is not installed
         from mcsafe.formats.safetensors import safe_open

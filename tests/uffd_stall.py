@@ -25,6 +25,15 @@ UFFD_EVENT_PAGEFAULT = 0x12
 UFFDIO_COPY = inject._iowr(0x03, 40)   # { u64 dst, src, len, mode; s64 copy; }
 
 
+def unavailable() -> str | None:
+    """Why stalled buffers cannot be made here (userfaultfd refused), or None."""
+    fd = inject._libc.syscall(inject.SYS_userfaultfd, os.O_CLOEXEC)
+    if fd < 0:
+        return f"userfaultfd() refused here: {os.strerror(ctypes.get_errno())}"
+    os.close(fd)
+    return None
+
+
 @contextlib.contextmanager
 def stalled_buffer(npages: int, contents: bytes, stalls: dict[int, Callable[[], object]]
                    ) -> Iterator[memoryview]:
