@@ -44,6 +44,12 @@ cdef extern from "mcsafe_core.h" nogil:
     void mcsafe_arch_init()
     const char *const mcsafe_path_names[]
     size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n, mcsafe_fault *rec)
+    struct mcsafe_copy_plan:
+        size_t bulk_stop, nt_threshold, l2, l3
+        unsigned features
+    const char *const mcsafe_feature_names[]
+    const mcsafe_copy_plan *mcsafe_plan()
+    int mcsafe_copy_choice(size_t n)
     int mcsafe_register(const void *table, size_t size, const char *name,
                         char *err, size_t errlen)
     int mcsafe_unregister(const void *table)
@@ -346,6 +352,34 @@ def copy_paths():
             i += 1
         _PATHS = tuple(out)
     return _PATHS
+
+
+def copy_plan():
+    """How copies are made on this machine, chosen from the CPU at import:
+    ``small`` (copies below it take the word path), ``bulk_stop`` and
+    ``nt_threshold`` (copies from ``small`` up to ``bulk_stop`` take the bulk
+    path, then the vector loop, then from ``nt_threshold`` the non-temporal one;
+    None: never), the cache sizes ``l2`` and ``l3`` it read (None if unknown) and
+    the CPU ``features`` it looked at that this CPU has."""
+    cdef const mcsafe_copy_plan *p = mcsafe_plan()
+    cdef int i = 0
+    features = []
+    while mcsafe_feature_names[i] != NULL:
+        if p.features >> i & 1:
+            features.append((<bytes>mcsafe_feature_names[i]).decode())
+        i += 1
+    never = <size_t>-1
+    return {"small": MCSAFE_SMALL_COPY,
+            "bulk_stop": None if p.bulk_stop == never else p.bulk_stop,
+            "nt_threshold": None if p.nt_threshold == never else p.nt_threshold,
+            "l2": p.l2 or None, "l3": p.l3 or None, "features": tuple(features)}
+
+
+def copy_path_for(n):
+    """The name of the path (one of copy_paths()) a copy of n bytes takes."""
+    if n < 0:
+        raise ValueError(f"negative size {n}")
+    return copy_paths()[mcsafe_copy_choice(<size_t>n)]
 
 
 cdef extern from "<sys/stat.h>" nogil:
