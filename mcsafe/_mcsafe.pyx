@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The mcsafe extension: the table-driven copy and the handler's controls."""
 
-from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
-                             PyObject_GetBuffer)
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo,
+                             PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches
 from libc.errno cimport errno as c_errno
 from libc.signal cimport SIGBUS, SIGSEGV
@@ -426,8 +426,8 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
     every access through the table-driven copy. The copy must end at or before
     offset `limit` of the file's buffer (src if from_src, else dst).
     Returns the count, or -1 if a probe faulted or read other than `expect` (the
-    copy may have run), or -2 if the copy would pass `limit` (nothing done), or a
-    CopyResult if the copy faulted."""
+    copy may have run), or -2 if the copy would pass `limit` or there is no probe
+    (`probe` 0: nothing done), or a CopyResult if the copy faulted."""
     cdef mcsafe_fault rec
     cdef Py_buffer d, s
     cdef Py_ssize_t count, done
@@ -442,7 +442,7 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
             raise ValueError("offset outside its buffer")
         count = _span(d.len - dst_offset, s.len - src_offset, None)
         if (src_offset if from_src else dst_offset) + count > limit or \
-                limit >= (s.len if from_src else d.len):
+                limit >= (s.len if from_src else d.len) or not probe:
             return -2
         dp = <char *>d.buf + dst_offset
         sp = <const char *>s.buf + src_offset
@@ -509,8 +509,8 @@ def _read_split(dst, tuple state, Py_ssize_t offset):
 
     Returns the count (short at the end of the file or before a page pread(2)
     cannot read), -1 if the probe failed (the copy may have run: count none of
-    it), -2 if there is no probe (limit < 0) or offset is outside src (nothing
-    done), -3 - errno if pread(2) failed on the first byte, or a CopyResult if
+    it), -2 if there is no probe (limit < 0, or probe 0 where the read starts
+    below limit) or offset is outside src (nothing done), -3 - errno if pread(2) failed on the first byte, or a CopyResult if
     the mapped copy faulted."""
     cdef mcsafe_fault rec
     cdef Py_buffer d, s
@@ -527,7 +527,8 @@ def _read_split(dst, tuple state, Py_ssize_t offset):
     _acquire(dst, src, &d, &s)
     try:
         want = d.len
-        if limit < 0 or limit >= s.len or not 0 <= offset < s.len:
+        if limit < 0 or limit >= s.len or not 0 <= offset < s.len or \
+                (offset < limit and not probe):
             return -2
         if offset < limit:
             mapped = want if want < limit - offset else limit - offset
@@ -640,6 +641,102 @@ def _copy_path(path, dst, src, Py_ssize_t repeat=1):
     finally:
         PyBuffer_Release(&s)
         PyBuffer_Release(&d)
+
+
+# -- the memory calls MappedFile makes ------------------------------------------
+# Python's mmap module refuses to map past the end of a file (a file that can
+# grow is mapped past its end) and ctypes costs a few microseconds a call: these
+# are what a short-lived MappedFile spends its opening and closing on.
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *_mmap "mmap"(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int _munmap "munmap"(void *addr, size_t length)
+    int _madvise "madvise"(void *addr, size_t length, int advice)
+    int _msync "msync"(void *addr, size_t length, int flags)
+    void *MAP_FAILED
+
+cdef extern from "<sys/vfs.h>" nogil:
+    struct _statfs "statfs":
+        long f_type
+    int _fstatfs "fstatfs"(int fd, _statfs *buf)
+
+
+def _map(size_t length, int prot, int flags, int fd, long offset):
+    """mmap(2) at an address the kernel chooses: the address; OSError on failure."""
+    cdef void *at
+    with nogil:
+        at = _mmap(NULL, length, prot, flags, fd, offset)
+    if at == MAP_FAILED:
+        PyErr_SetFromErrno(OSError)
+        return None
+    return <uintptr_t>at
+
+
+def _unmap(uintptr_t address, size_t length):
+    """munmap(2); OSError on failure."""
+    if _munmap(<void *>address, length) != 0:
+        PyErr_SetFromErrno(OSError)
+
+
+def _advise(uintptr_t address, size_t length, int advice):
+    """madvise(2): 0, or the errno it failed with."""
+    cdef int rc
+    with nogil:
+        rc = _madvise(<void *>address, length, advice)
+    return c_errno if rc != 0 else 0
+
+
+def _sync(uintptr_t address, size_t length, int flags):
+    """msync(2); OSError on failure."""
+    cdef int rc
+    with nogil:
+        rc = _msync(<void *>address, length, flags)
+    if rc != 0:
+        PyErr_SetFromErrno(OSError)
+
+
+def _fs_type(int fd):
+    """The statfs(2) f_type of fd's file system, or 0 if fstatfs fails."""
+    cdef _statfs st
+    if _fstatfs(fd, &st) != 0:
+        return 0
+    return <unsigned long>st.f_type & 0xFFFFFFFF
+
+
+def _word_at(uintptr_t address):
+    """The 8-byte word at address through the table-driven copy (native byte
+    order), or None if reading it faults."""
+    cdef mcsafe_fault rec
+    cdef uint64_t word
+    if mcsafe_copy(&word, <const void *>address, 8, &rec) != 8:
+        return None
+    return word
+
+
+def _set_word(uintptr_t address, uint64_t word):
+    """Write an 8-byte word at address through the table-driven copy: False if
+    writing it faults."""
+    cdef mcsafe_fault rec
+    return mcsafe_copy(<void *>address, &word, 8, &rec) == 8
+
+
+cdef class _Memory:
+    """[address, address + length) as a writable buffer: the object a mapping's
+    memoryview is made from. It owns nothing (the mapping is unmapped by whoever
+    made it, once every view of it is released)."""
+    cdef readonly uintptr_t address
+    cdef readonly Py_ssize_t length
+
+    def __cinit__(self, uintptr_t address, Py_ssize_t length):
+        if length < 0:
+            raise ValueError(f"negative length {length}")
+        self.address, self.length = address, length
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, <void *>self.address, self.length, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
 
 
 def install():
