@@ -1,5 +1,6 @@
 """The C library's memory calls that Python's mmap module does not make, through
-ctypes, with their argument types (one place, for MappedFile and inject)."""
+ctypes, with their argument types (one place, for MappedFile, inject, pagecache
+and the commands)."""
 
 from __future__ import annotations
 
@@ -14,5 +15,7 @@ libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 libc.syscall.restype = ctypes.c_long
 MAP_FAILED = ctypes.c_void_p(-1).value

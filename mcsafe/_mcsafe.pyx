@@ -144,11 +144,17 @@ cdef int _front_again(int stacklevel) except -1:
     if not replaced:
         return 0
     install()
+    import sys
     import warnings
+    hint = ""
+    if "_pytest.faulthandler" in sys.modules and sys.modules["faulthandler"].is_enabled():
+        hint = (" Under pytest, which enables faulthandler after conftest files are "
+                "imported, add pytest_plugins = ['mcsafe.pytest_plugin'] to the root "
+                "conftest (or run pytest -p mcsafe.pytest_plugin).")
     warnings.warn("mcsafe's handler was replaced (" + ", ".join(replaced) + "); mcsafe "
                   "put itself in front again, and passes on what is not its own as that "
                   "handler would have had it. Call mcsafe.install() after installing "
-                  "signal handlers to do this explicitly.", RuntimeWarning,
+                  "signal handlers to do this explicitly." + hint, RuntimeWarning,
                   stacklevel=stacklevel)
     return 0
 
@@ -577,13 +583,29 @@ def _read_split(dst, tuple state, Py_ssize_t offset):
         PyBuffer_Release(&d)
 
 
+cdef size_t _through(void *sink, size_t sink_len, const char *src, size_t n,
+                     mcsafe_fault *rec) noexcept nogil:
+    """Copy n bytes of src through sink, a sink-full at a time: the bytes read
+    before a fault (n if none; rec says where)."""
+    cdef size_t piece, got, done = 0
+    while done < n:
+        piece = n - done
+        if piece > sink_len:
+            piece = sink_len
+        got = mcsafe_copy(sink, src + done, piece, rec)
+        done += got
+        if got < piece:
+            break
+    return done
+
+
 def _copy_through(sink, src, Py_ssize_t src_offset, Py_ssize_t n):
     """scrub()'s reader: copy n bytes of src from src_offset through sink, a
     sink-full at a time (each overwriting the last), without the GIL. Returns n,
     or a CopyResult whose count is the bytes read before the fault."""
     cdef mcsafe_fault rec
     cdef Py_buffer d, s
-    cdef size_t piece, got, done = 0
+    cdef size_t done
     cdef const char *sp
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
@@ -598,20 +620,75 @@ def _copy_through(sink, src, Py_ssize_t src_offset, Py_ssize_t n):
         if n >= MASK_CHECK and not _ready():
             _make_ready(1)
         with nogil:
-            while done < <size_t>n:
-                piece = <size_t>n - done
-                if piece > <size_t>d.len:
-                    piece = <size_t>d.len
-                got = mcsafe_copy(d.buf, sp + done, piece, &rec)
-                done += got
-                if got < piece:
-                    break
+            done = _through(d.buf, <size_t>d.len, sp, <size_t>n, &rec)
         if done < <size_t>n:
             return CopyResult(<Py_ssize_t>done,
                               _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>s.buf))
         return n
     finally:
         PyBuffer_Release(&s)
+        PyBuffer_Release(&d)
+
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *_mmap "mmap"(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int _munmap "munmap"(void *addr, size_t length)
+    int _mincore "mincore"(void *addr, size_t length, unsigned char *vec)
+    void *MAP_FAILED
+    int PROT_READ
+    int MAP_SHARED
+
+
+def _read_mapped(int fd, Py_ssize_t size, sink, residency=None):
+    """A file's first `size` bytes read whole through a mapping of its own, in one
+    call (mcsafe scan's reader of small files, where per-file cost decides):
+    map them (shared, read-only), copy them through sink a sink-full at a time
+    with the table-driven copy, unmap. Returns size, or the CopyResult of the
+    first fault (its src offset is the file offset). residency, if given, a
+    writable buffer of a byte per page, first gets mincore(2) of the mapping:
+    what was cached before anything was read."""
+    cdef mcsafe_fault rec
+    cdef Py_buffer d, r
+    cdef void *addr
+    cdef size_t done
+    cdef bint have_r = False
+    if not _own_ok:
+        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
+    if size <= 0:
+        return 0
+    PyObject_GetBuffer(sink, &d, PyBUF_WRITABLE)
+    try:
+        if d.len == 0:
+            raise ValueError("an empty sink")
+        if residency is not None:
+            PyObject_GetBuffer(residency, &r, PyBUF_WRITABLE)
+            have_r = True
+            if r.len < (size + 4095) // 4096:
+                raise ValueError("residency holds fewer bytes than the file has pages")
+        if size >= MASK_CHECK and not _ready():
+            _make_ready(1)
+        addr = _mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
+        if addr == MAP_FAILED:
+            PyErr_SetFromErrno(OSError)
+            return None
+        try:
+            if have_r and _mincore(addr, <size_t>size, <unsigned char *>r.buf) != 0:
+                PyErr_SetFromErrno(OSError)
+                return None
+            if size >= GIL_RELEASE:
+                with nogil:
+                    done = _through(d.buf, <size_t>d.len, <const char *>addr, <size_t>size, &rec)
+            else:
+                done = _through(d.buf, <size_t>d.len, <const char *>addr, <size_t>size, &rec)
+            if done < <size_t>size:
+                return CopyResult(<Py_ssize_t>done,
+                                  _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>addr))
+            return size
+        finally:
+            _munmap(addr, <size_t>size)
+    finally:
+        if have_r:
+            PyBuffer_Release(&r)
         PyBuffer_Release(&d)
 
 

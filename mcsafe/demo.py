@@ -13,6 +13,8 @@
    by os.pread, open(), numpy.fromfile, a plain mmap in a child process and
    MappedFile, while another client appends to it.
 6. A mapped file truncated under the mapping, read the same way.
+7. The operator's commands: ``mcsafe rescue`` of a failing file (a GNU ddrescue
+   mapfile) and, last, ``mcsafe scan`` of a tree holding it.
 """
 
 from __future__ import annotations
@@ -251,6 +253,47 @@ def show_truncated_file() -> None:
             print(f"  scrub():   {_ranges(mf.scrub())}")
 
 
+def _command(*args: str) -> None:
+    """Run the mcsafe command in a child, as an operator would, and show it."""
+    print(f"  $ mcsafe {' '.join(args)}")
+    child = subprocess.run([sys.executable, "-m", "mcsafe", *args], capture_output=True,
+                           text=True)
+    for line in (child.stdout + child.stderr).splitlines():
+        print(f"    {line}")
+    print(f"    (exit status {child.returncode})")
+
+
+def show_commands() -> None:
+    why = inject.fuse_unavailable()
+    if why is not None:
+        _title(f"mcsafe rescue and mcsafe scan of a failing disk: skipped ({why})")
+        return
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="mcsafe-demo-") as top:
+        os.chdir(top)                   # relative paths: what an operator would type
+        try:
+            os.makedirs("tree/logs")
+            for name, size in (("tree/README", 300), ("tree/logs/app.log", 200_000),
+                               ("tree/logs/old.log", 3_000_000)):
+                with open(name, "wb") as out:
+                    out.write(inject.pattern(size))
+            os.mkfifo("tree/logs/pipe")
+            npages, bad = 64, [5, 6, 40]
+            with inject.failing_file(npages * PAGE, inject.page_ranges(bad), name="disk.img",
+                                     dir=os.path.join(top, "tree")) as f:
+                image = os.path.relpath(f.path)
+                _title(f"mcsafe rescue: a {npages * PAGE >> 10} KiB image on a failing disk "
+                       f"(FUSE, pages {bad} fail), with a GNU ddrescue mapfile")
+                _command("rescue", image, "rescued.img")
+                with open("rescued.img.map") as m:
+                    for line in m.read().splitlines()[-6:]:
+                        print(f"    {line}")
+                _title("mcsafe scan: a tree holding that image, logs and a FIFO")
+                _command("scan", "tree")
+        finally:
+            os.chdir(old)
+
+
 def run() -> int:
     show_table()
     show_poison()
@@ -261,4 +304,5 @@ def run() -> int:
     _title("still alive")
     print(f"  pid {os.getpid()}: {mcsafe.claimed_faults()} faults claimed and recovered "
           f"through the table, handler still installed: {mcsafe.handler_installed()}")
+    show_commands()
     return 0

@@ -333,7 +333,8 @@ def register(module: ModuleOrPath) -> None:
     TableError, publishing nothing, if it is not a regular file, if the file is
     not the object that is loaded, or if the table is missing, damaged, outside
     the object's memory, for another machine, unsafe, or points outside the
-    module's code. Registering twice needs two unregister() calls.
+    module's code. Each registration holds the module loaded (a dlclose leaves it
+    mapped) until its unregister(); registering twice needs two.
     """
     obj, path = _identify(module)
     key = _register_object(path, obj)
@@ -342,7 +343,7 @@ def register(module: ModuleOrPath) -> None:
 
 
 def unregister(module: ModuleOrPath) -> bool:
-    """Drop one registration (before unloading the module); False if none was held.
+    """Drop one registration, and its hold on the module; False if none was held.
 
     mcsafe's own table is never removed."""
     try:

@@ -11,12 +11,13 @@ PYTHON="${PYTHON:-python3}"
 # fixtures with clang as well as gcc) and run the
 # other machine's under qemu-user; they read ELF files with elfutils and
 # patchelf (auditwheel needs patchelf too) and compressed files with zstd/xz;
-# failing files are served by FUSE (fuse3: fusermount3 and libfuse3).
+# failing files are served by FUSE (fuse3: fusermount3 and libfuse3); mcsafe
+# rescue's mapfiles are checked with GNU ddrescue's own tools (gddrescue).
 case "$(uname -m)" in
     aarch64) cross=(gcc-x86-64-linux-gnu libc6-dev-amd64-cross) ;;
     *)       cross=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
 esac
-debs=(gcc clang binutils "${cross[@]}" qemu-user elfutils patchelf zstd xz-utils fuse3)
+debs=(gcc clang binutils "${cross[@]}" qemu-user elfutils patchelf zstd xz-utils fuse3 gddrescue)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
@@ -28,7 +29,7 @@ if installed gcc-multilib && [ "${MCSAFE_REPLACE_MULTILIB:-0}" != 1 ] && ! insta
          "not installing the cross compiler, so the tests for the other machine" \
          "will be skipped (MCSAFE_REPLACE_MULTILIB=1 make test replaces gcc-multilib)" >&2
     cross=()
-    debs=(gcc clang binutils qemu-user elfutils patchelf zstd xz-utils fuse3)
+    debs=(gcc clang binutils qemu-user elfutils patchelf zstd xz-utils fuse3 gddrescue)
 fi
 
 # A python3 that cannot make a virtual environment (Debian without python3-venv):

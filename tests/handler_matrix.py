@@ -35,7 +35,11 @@ C_KINDS = ("returns", "fixes", "longjmp", "call", "call_plain", "wasmtime", "rer
            "reraise_nodefer", "breakpad", "resethand", "ign", "ign_siginfo", "dfl", "dfl_siginfo")
 REAL_KINDS = ("python", "faulthandler", "cysignals", "none")
 KINDS = C_KINDS + REAL_KINDS
-ORDERS = ("before", "after", "reinstall")
+# "under" and "under_plain": handler, import, then a chainer above both (chain.c's
+# chain_install_above: V8's way, or a plain handler's), which calls mcsafe's
+# entry as its saved action: every previous handler reached by a call.
+ORDERS = ("before", "after", "reinstall", "under", "under_plain")
+UNDER = ("under", "under_plain")
 # faulthandler enabled first ("on"), or enabled first and disabled after the
 # arrangement ("around"); for the faulthandler kind, disabled after ("off").
 FH = ("-", "on", "around")
@@ -89,7 +93,8 @@ def cells() -> list[Cell]:
         if threads and source not in (CYSIGNALS_THREAD_SOURCES if kind == "cysignals"
                                       else THREAD_SOURCES):
             continue
-        for fh in FH_OF_FAULTHANDLER if kind == "faulthandler" else FH:
+        fhs = ("-",) if order in UNDER else FH_OF_FAULTHANDLER if kind == "faulthandler" else FH
+        for fh in fhs:
             out.append(Cell(kind, order, fh, source, threads))
     return out
 
@@ -104,7 +109,10 @@ DIFFERENT_ON_PURPOSE = {
     # action is mcsafe's generation, which it calls, whose previous action is
     # SIG_DFL: the process dies of the first one, as SIG_DFL means.
     r"(wasmtime-(after|reinstall)-fh--(kill|tgkill|sigqueue|child)_(SEGV|BUS)"
-    r"|call-(after|reinstall)-fh--child_(SEGV|BUS))-t\d":
+    r"|call-(after|reinstall)-fh--child_(SEGV|BUS)"
+    # the same V8-style chainer above mcsafe, in the orders that put it there
+    # over a SIG_DFL (the other handler's place: SIG_DFL, or none)
+    r"|(dfl|dfl_siginfo|none)-under-fh--child_(SEGV|BUS))-t\d":
         "a chaining handler's 'restore SIG_DFL and return' loses a signal that "
         "does not recur; mcsafe's generation under it ends the process, as SIG_DFL",
 }
@@ -176,7 +184,7 @@ class Run:
         c = self.cell
         if c.fh in ("on", "around"):
             faulthandler.enable(all_threads=self.fh_all_threads)
-        if c.order == "before":
+        if c.order in ("before", *UNDER):
             self.install_previous()
             self.import_mcsafe()
         else:
@@ -184,6 +192,9 @@ class Run:
             self.install_previous()
             if c.order == "reinstall":
                 self.import_mcsafe()
+        if c.order in UNDER:
+            if self.chain.chain_install_above(c.order == "under_plain") != 0:
+                raise OSError("chain_install_above failed")
         if c.fh in ("around", "off"):
             faulthandler.disable()
 
@@ -288,7 +299,7 @@ class Run:
 
 # ---------------------------------------------------------------- in the parent
 
-KEEP = re.compile(r"^(K:|SRC:|PY:|END|ERROR|MISMATCH|Fatal Python error: \w|Unhandled SIG)")
+KEEP = re.compile(r"^(K:|A:|SRC:|PY:|END|ERROR|MISMATCH|Fatal Python error: \w|Unhandled SIG)")
 
 
 def outcome(status: int | None, text: str) -> dict:

@@ -121,3 +121,30 @@ def test_another_module_registered_on_arm64(arm64_package) -> None:
         "    print(lib.probe_read(r.address + inject.PAGE), total, left.value)\n"))
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["-14", "11", "8"]
+
+
+@pytest.mark.parametrize("order", ["before", "under"])
+def test_a_delivery_and_a_call_are_told_apart_on_arm64(arm64_package, order: str) -> None:
+    # A one-shot (SA_RESETHAND) handler that returns, then import mcsafe ("before"),
+    # and for "under" a V8-style chainer above both, which *calls* mcsafe's entry;
+    # three kills. Delivered, the handler's one call is spent on the first and the
+    # second kills; called, the kernel resets nothing and all three reach it. The
+    # entry tells them apart by the frame it runs on (arch/aarch64/context.h),
+    # which qemu-user builds as the kernel does. Compared with the same process
+    # without mcsafe.
+    so = arm64_package / "chain.so"
+    if not so.exists():
+        subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-shared", "-fPIC", "-pthread",
+                        str(ROOT / "tests" / "fixtures" / "chain.c"), "-o", str(so)], check=True)
+    ends = []
+    for with_mcsafe in (True, False):
+        p = emulated(arm64_package, "-c", (
+            f"import ctypes\nchain = ctypes.CDLL({str(so)!r})\n"
+            "chain.chain_reset()\nchain.chain_install(9)\n"            # chain.c's RESETHAND
+            + ("import mcsafe\n" if with_mcsafe else "")
+            + ("chain.chain_install_above(0)\n" if order == "under" else "")
+            + "chain.chain_source(3, 11, 3)\n"))                       # kill(SIGSEGV) x3
+        ends.append((p.returncode, p.stderr.splitlines()))
+    assert ends[0] == ends[1]
+    calls = [line for line in ends[1][1] if line.startswith("K:")]
+    assert (ends[1][0], len(calls)) == ((-11, 1) if order == "before" else (0, 3)), ends[1]

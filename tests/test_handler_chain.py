@@ -5,6 +5,7 @@ and mcsafe put in front again of a handler that replaced it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -45,6 +46,30 @@ def test_install_in_front_of_the_same_handler_again_reuses_its_generation() -> N
     """)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["2", "2", "True"]
+
+
+def test_a_one_shot_handler_armed_again_and_again_reuses_its_generations(handlers) -> None:
+    # A one-shot (SA_RESETHAND) handler, armed again after each signal spent it,
+    # mcsafe put in front each time: the kernel resets a one-shot action as it
+    # delivers it, never the struct a handler saved, so the same action armed
+    # again is the same generation (and its reset form one more). A generation
+    # marked spent forever took a new one each time: the 48th install() raised.
+    with_, without = both(handlers, """
+        import os, signal
+        for _ in range(100):
+            lib.install_oneshot(7)
+            MCSAFE()
+            os.kill(os.getpid(), signal.SIGBUS)
+        print("calls", lib.inert_count(), flush=True)
+        if "mcsafe" in globals():
+            print("taken", mcsafe._mcsafe._generations_taken()[1], mcsafe.handler_installed(),
+                  flush=True)
+        os.kill(os.getpid(), signal.SIGBUS)          # spent: SIG_DFL applies
+        print("survived", flush=True)
+    """)
+    assert without.returncode == with_.returncode == -signal.SIGBUS, with_.stderr
+    assert without.stdout == "calls 100\n"
+    assert with_.stdout == "calls 100\ntaken 2 True\n"      # it, and its reset form
 
 
 def test_generations_run_out_with_a_clear_error(handlers) -> None:
@@ -296,3 +321,48 @@ def test_mapped_file_open_and_scrub_put_mcsafe_in_front_again(tmp_path, call: st
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[-2:] == ["warned [('RuntimeWarning', '<string>')]",
                                           "installed True"]
+
+
+CONFTEST_TEST = """
+import faulthandler, warnings, mcsafe
+from mcsafe import inject
+
+def test_in_front(tmp_path):
+    assert faulthandler.is_enabled()
+    print("in front", mcsafe.handler_installed())
+    (tmp_path / "f").write_bytes(bytes(4096))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcsafe.MappedFile(str(tmp_path / "f")).close()
+    for w in caught:
+        print("warned:", w.message)
+    with inject.region("uffd", 3, [1]) as r:
+        print("copied", mcsafe.copy(bytearray(r.size), r.buffer))
+"""
+
+
+@pytest.mark.parametrize("plugin", [True, False])
+def test_pytest_enables_faulthandler_after_a_conftest_imported_mcsafe(tmp_path,
+                                                                       plugin: bool) -> None:
+    # A suite whose root conftest imports mcsafe (or a package built on it):
+    # pytest's faulthandler plugin enables faulthandler afterwards, in its
+    # pytest_configure. With mcsafe.pytest_plugin, mcsafe is in front when the
+    # tests run. Without it, the first MappedFile puts it in front with a warning
+    # that says how to have the plugin.
+    (tmp_path / "conftest.py").write_text(
+        "import mcsafe\n" + ("pytest_plugins = ['mcsafe.pytest_plugin']\n" if plugin else ""))
+    (tmp_path / "test_it.py").write_text(CONFTEST_TEST)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                        str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": ""})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    lines = [line for line in p.stdout.splitlines() if line.startswith(("in front", "warned",
+                                                                         "copied"))]
+    if plugin:
+        assert lines == ["in front True", f"copied {4096}"]
+    else:
+        assert lines[0] == "in front False" and lines[2] == f"copied {4096}"
+        assert lines[1].startswith("warned: mcsafe's handler was replaced (SIGSEGV by ")
+        assert lines[1].endswith("Under pytest, which enables faulthandler after conftest files "
+                                 "are imported, add pytest_plugins = ['mcsafe.pytest_plugin'] to "
+                                 "the root conftest (or run pytest -p mcsafe.pytest_plugin).")

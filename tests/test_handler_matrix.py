@@ -43,8 +43,9 @@ def test_cell_ends_as_without_mcsafe(results: dict[str, dict], cell: matrix.Cell
         f"with mcsafe: {r['mcsafe']}\nwithout:     {r['reference']}")
 
 
-# The defects of issue 17, each a cell (all of them failed on the main branch of
-# the time); what the process without mcsafe does there, which mcsafe must match.
+# The defects of issue 17, and those its review found, each a cell (all of them
+# failed on the main branch of the time); what the process without mcsafe does
+# there, which mcsafe must match.
 DEFECTS = {
     # 1: a handler that restores its saved action and re-raises without
     # SA_NODEFER, above mcsafe, then install() again: hung (re-raise forwarded
@@ -82,6 +83,28 @@ DEFECTS = {
     "faulthandler-after-fh--copy_bus-t0": ("exit 0", ["END"]),
     # 8: faulthandler.enable(); mcsafe.install(); faulthandler.disable(); kill
     "faulthandler-reinstall-fhoff-kill_SEGV-t0": ("signal SIGSEGV", ["SRC:episode 0"]),
+    # Found in review: the previous handler below mcsafe, reached by a chainer
+    # above that *calls* mcsafe's entry (orders under, under_plain). The entry
+    # took every call for a delivery by the kernel:
+    # - it set the handler's own mask, unblocking the signal for a SA_NODEFER
+    #   handler that re-raises, or faulthandler: the raise killed the process
+    #   inside the call, before the caller went on ("A:after")
+    "reraise_nodefer-under-fh--kill_SEGV-t0": (
+        "signal SIGSEGV", ["SRC:episode 0", "A:call 11 0", "K:reraise_nodefer 11 0", "A:after"]),
+    "faulthandler-under-fh--null-t0": (
+        "signal SIGSEGV", ["A:call 11 1", "Fatal Python error: Segmentation fault", "A:after"]),
+    # - it spent a SA_RESETHAND handler's one call on a call (the kernel resets
+    #   the action only when it delivers it): the next fault died
+    "resethand-under-fh--null-t0": (
+        "exit 70", [x for _ in range(3) for x in ("A:call 11 1", "K:resethand 11 1", "A:after")]
+        + ["K:hang"]),
+    # - a saved SIG_IGN called stayed in place of the caller's own "restore
+    #   SIG_IGN": a plain chainer's fault then recurred forever (hang) where it
+    #   dies, and every later kill reached the chainer, where it is ignored
+    "ign-under_plain-fh--null-t0": ("signal SIGSEGV", ["A:call_plain 11 -", "A:after"]),
+    "ign-under-fh--kill_SEGV-t0": (
+        "exit 0", ["SRC:episode 0", "A:call 11 0", "A:after", "SRC:episode 1", "SRC:episode 2",
+                   "SRC:episodes 3 jumps 0", "END"]),
 }
 
 

@@ -7,6 +7,7 @@ anything that is not a regular file is refused before it is opened or loaded
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -177,3 +178,43 @@ def test_anything_but_a_regular_file_is_refused_before_it_is_opened(tmp_path, wh
     why = {"fifo": "not a regular file (a FIFO)", "directory": "not a regular file (a directory)",
            "missing": "cannot read: No such file or directory"}[what]
     assert p.stdout.strip() == f"{path}: {why}"
+
+
+@pytest.mark.parametrize("how", ["reserved", "add-section"])
+def test_a_registered_object_stays_loaded_until_its_last_unregister(tmp_path, how: str) -> None:
+    # register(A), then dlclose(A) by whoever loaded it, then B loaded: an object
+    # built from the same source without a table, which the dynamic linker puts
+    # where A was. Had A gone, its published table would name B's instructions and
+    # claim B's fault (probe_read returned -14); B's fault must end the process as
+    # without the registration. A stays mapped until unregister() drops it.
+    source = EXAMPLE if how == "reserved" else unreserved_source(tmp_path)
+    a = built(source, tmp_path / "a.so", *(["--add-section"] if how == "add-section" else []))
+    b = compile_so(source, tmp_path / "b.so")
+    mapped = f"print('a mapped', any({str(a)!r} in line for line in open('/proc/self/maps')))"
+    load_b = f"lib = ctypes.CDLL({str(b)!r})\n"
+    runs = []
+    for register in (True, False):
+        runs.append(child(f"""
+            import _ctypes, ctypes, mcsafe
+            a = ctypes.CDLL({str(a)!r})
+            if {register}:
+                mcsafe.register(a)
+            _ctypes.dlclose(a._handle)
+            {mapped}
+        """, load_b, PROBE))
+    (with_, without) = runs
+    assert without.returncode == with_.returncode == -signal.SIGSEGV, with_.stdout
+    assert with_.stdout == "a mapped True\n" and without.stdout == "a mapped False\n"
+    p = child(f"""
+        import _ctypes, ctypes, mcsafe
+        a = ctypes.CDLL({str(a)!r})
+        mcsafe.register(a)
+        mcsafe.register(a)
+        _ctypes.dlclose(a._handle)
+        print(mcsafe.unregister(a), end=" ")
+        {mapped}
+        print(mcsafe.unregister(a), end=" ")
+        {mapped}
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["True a mapped True", "True a mapped False"]

@@ -27,10 +27,11 @@
  *     binding). It reads immutable tables reached through one atomic pointer
  *     (registry.c), each generation's previous action through one atomic
  *     pointer (an immutable copy, never freed), and the interrupted context.
- *     All signals are blocked while an entry runs (its sa_mask), so nothing
- *     can interrupt a table lookup and leave by siglongjmp with the readers
- *     count raised; mcsafe_handle_fault, called from an embedder's handler
- *     with that handler's mask, blocks them itself around the lookup.
+ *     All signals are blocked while an entry the kernel delivered to runs
+ *     (its sa_mask), so nothing can interrupt a table lookup and leave by
+ *     siglongjmp with the readers count raised; an entry called by another
+ *     handler, and mcsafe_handle_fault called from an embedder's, run with
+ *     that handler's mask and block them themselves around the lookup.
  *  2. Claim only what can be attributed precisely. A fault is claimed when
  *     all hold: the kernel sent it (si_code > 0: never SI_USER, SI_TKILL,
  *     SI_QUEUE or any other user-sent code); it is not BUS_MCEERR_AO (the
@@ -43,19 +44,24 @@
  *     mcsafe_handle_fault is this decision alone, for runtimes that own the
  *     handler.
  *  3. Forward the rest to the generation's previous action as the kernel
- *     would have delivered it. SIG_DFL (whatever SA_SIGINFO says): install
+ *     would have delivered it, or, when another handler called the entry as
+ *     its saved action, as that call would have reached it. An entry knows
+ *     which (arch_kernel_frame, installed): delivered, it runs on the frame
+ *     the kernel built and is the installed action. SIG_DFL (whatever SA_SIGINFO says): install
  *     SIG_DFL, queue the original siginfo to this thread and return; every
  *     signal is blocked until the entry returns, so the process dies of it
  *     at the interrupted instruction, whether or not a fault would recur.
  *     SIG_IGN: a signal the kernel forces (a fault: the thread's fault
  *     record names it, arch/<arch>/context.h; or SI_KERNEL) dies as SIG_DFL,
  *     as the kernel forces SIG_DFL on an ignored fault; anything else is
- *     dropped. A handler: called with the mask the kernel would have set had
- *     it been installed itself (interrupted mask, its sa_mask, the signal
- *     unless SA_NODEFER; when called with no context, by a plain handler
- *     chaining with (sig, NULL, NULL), the caller's mask stands), SA_SIGINFO
- *     or plain; SA_RESETHAND: the first call (an atomic exchange per
- *     generation and signal) wins, later ones take SIG_DFL. Then return:
+ *     dropped if delivered, and if called, SIG_IGN is restored in the
+ *     caller's place, as the caller does with a saved SIG_IGN. A handler:
+ *     delivered, called with the mask the kernel would have set had it been
+ *     installed itself (interrupted mask, its sa_mask, the signal unless
+ *     SA_NODEFER); called, with the caller's mask; SA_SIGINFO or plain.
+ *     SA_RESETHAND: delivered, the generation is replaced by its reset form's
+ *     (one sigaction exchange, as the kernel resets the action on delivery),
+ *     so exactly one delivery calls it; a call spends nothing. Then return:
  *     a handler that returns without fixing a fault is called again, as it
  *     would be without mcsafe. Each entry is installed with its previous
  *     handler's SA_ONSTACK and SA_RESTART, so the kernel picks the stack and
@@ -236,14 +242,51 @@ int mcsafe_handle_fault(int sig, siginfo_t *info, void *context)
 }
 
 /* The generations of each signal, [0] SIGSEGV and [1] SIGBUS. `previous` is
- * published once, whole, before the entry is installed, and never changes. */
+ * published once, whole, before the entry is installed, and never changes;
+ * `reset` is written before it. */
 struct generation {
     _Atomic(const struct sigaction *) previous;
-    atomic_int consumed;                 /* SA_RESETHAND: the one call is made */
+    int reset;                           /* SA_RESETHAND: the generation of the action
+                                            as the kernel leaves it once delivered */
 };
 static struct generation generations[2][MCSAFE_GENERATIONS];
 static int taken[2];                     /* under install_lock */
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The entry points, on_fault_<g> for g = 8 * b + i. Each passes on its CFA:
+ * whether it runs on the frame the kernel built tells a delivery from a call. */
+static void on_fault(int g, int sig, siginfo_t *info, void *context, const void *cfa);
+#define ENTRY(b, i)                                                             \
+    static void on_fault_##b##_##i(int sig, siginfo_t *info, void *context)     \
+    {                                                                           \
+        on_fault(8 * b + i, sig, info, context, __builtin_dwarf_cfa());         \
+    }
+#define EIGHT(X, b) X(b, 0) X(b, 1) X(b, 2) X(b, 3) X(b, 4) X(b, 5) X(b, 6) X(b, 7)
+#define ALL(X) EIGHT(X, 0) EIGHT(X, 1) EIGHT(X, 2) EIGHT(X, 3) EIGHT(X, 4) EIGHT(X, 5)
+ALL(ENTRY)
+#define NAME(b, i) on_fault_##b##_##i,
+static void (*const entries[])(int, siginfo_t *, void *) = {ALL(NAME)};
+_Static_assert(sizeof entries / sizeof entries[0] == MCSAFE_GENERATIONS,
+               "one entry point per generation");
+
+static int is_entry(const struct sigaction *sa, int g)
+{
+    return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == entries[g];
+}
+
+/* Generation g's entry, with the flags that make the kernel deliver to it as
+ * it would have delivered to `prev` (rule 3). */
+static struct sigaction entry_action(int g, const struct sigaction *prev)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = entries[g];
+    sigfillset(&sa.sa_mask);
+    int handler = prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN;
+    sa.sa_flags = SA_SIGINFO | (handler ? prev->sa_flags & (SA_ONSTACK | SA_RESTART)
+                                        : SA_ONSTACK | SA_RESTART);
+    return sa;
+}
 
 /* Rule 4's mark in uc_link: a tag no pointer has, and one bit per generation. */
 #define FORWARD_TAG (0x4d43ull << 48)
@@ -278,36 +321,77 @@ static int forced(const siginfo_t *info, const ucontext_t *uc)
     return info->si_code == SI_KERNEL || (uc && arch_fault_recorded(uc, info->si_addr));
 }
 
-/* Run the previous handler as the kernel would have (rule 3). */
+/* Whether generation g's entry is the installed action. */
+static int installed(int g, int sig)
+{
+    struct sigaction cur;
+    return sigaction(sig, NULL, &cur) == 0 && is_entry(&cur, g);
+}
+
+/* The kernel delivered to g, whose previous action is one-shot (SA_RESETHAND).
+ * It would have reset that action to SIG_DFL as it delivered it: install the
+ * generation standing for the action so reset in g's place, with one exchange,
+ * so that exactly one delivery calls the handler. 1 if this one does, -1 if
+ * another delivery reset it first, 0 if g is not installed (its entry was
+ * called by a handler, on the kernel's frame: a tail call). */
+static int reset_one_shot(int g, int sig, const struct generation *gen)
+{
+    struct sigaction cur;
+    if (sigaction(sig, NULL, &cur) != 0)
+        return 0;
+    if (is_entry(&cur, gen->reset))
+        return -1;
+    if (!is_entry(&cur, g))
+        return 0;
+    const struct sigaction *dfl = atomic_load_explicit(
+        &generations[sig == SIGBUS][gen->reset].previous, memory_order_acquire);
+    struct sigaction reset = entry_action(gen->reset, dfl);
+    if (sigaction(sig, &reset, &cur) != 0)
+        return 0;
+    if (is_entry(&cur, g))
+        return 1;
+    if (is_entry(&cur, gen->reset))
+        return -1;
+    sigaction(sig, &cur, NULL);          /* installed meanwhile by another thread */
+    return 0;
+}
+
+/* Run the previous handler (rule 3): delivered, with the mask the kernel would
+ * have set for it; called by another handler, with that handler's mask, as a
+ * call runs. */
 static void call_previous(int g, const struct sigaction *prev, int sig, siginfo_t *info,
-                          ucontext_t *uc)
+                          ucontext_t *uc, int delivered)
 {
     sigset_t mask, saved;
     void *link = NULL;
     if (uc) {
+        link = uc->uc_link;
+        uintptr_t mark = ((uintptr_t)link & FORWARD_TAG_MASK) == FORWARD_TAG ? (uintptr_t)link
+                                                                            : FORWARD_TAG;
+        uc->uc_link = (void *)(mark | 1ull << g);
+    }
+    if (delivered) {
         mask = uc->uc_sigmask;
         for (int s = 1; s < NSIG; s++)
             if (sigismember(&prev->sa_mask, s) == 1)
                 sigaddset(&mask, s);
         if (!(prev->sa_flags & SA_NODEFER))
             sigaddset(&mask, sig);
-        link = uc->uc_link;
-        uintptr_t mark = ((uintptr_t)link & FORWARD_TAG_MASK) == FORWARD_TAG ? (uintptr_t)link
-                                                                            : FORWARD_TAG;
-        uc->uc_link = (void *)(mark | 1ull << g);
         pthread_sigmask(SIG_SETMASK, &mask, &saved);
     }
     if (prev->sa_flags & SA_SIGINFO)
         prev->sa_sigaction(sig, info, uc);
     else
         prev->sa_handler(sig);
-    if (uc) {
+    if (delivered)
         pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (uc)
         uc->uc_link = link;
-    }
 }
 
-static void forward(int g, int sig, siginfo_t *info, ucontext_t *uc)
+/* Rule 3. `kernel`: the entry runs on the frame the kernel built for this
+ * signal; it was delivered to it if its entry is also the installed action. */
+static void forward(int g, int sig, siginfo_t *info, ucontext_t *uc, int kernel)
 {
     struct generation *gen = &generations[sig == SIGBUS][g];
     const struct sigaction *prev = atomic_load_explicit(&gen->previous, memory_order_acquire);
@@ -318,39 +402,38 @@ static void forward(int g, int sig, siginfo_t *info, ucontext_t *uc)
     } else if (prev->sa_handler == SIG_IGN) {
         if (forced(info, uc))
             die_by_default(sig, info);
-    } else if ((prev->sa_flags & SA_RESETHAND) && atomic_exchange(&gen->consumed, 1)) {
-        die_by_default(sig, info);
+        else if (!kernel || !installed(g, sig))
+            sigaction(sig, prev, NULL);  /* called as a saved SIG_IGN: restored, as the
+                                            handler that saved it does with one */
     } else {
-        call_previous(g, prev, sig, info, uc);
+        int delivered = !kernel ? 0
+                        : prev->sa_flags & SA_RESETHAND ? reset_one_shot(g, sig, gen)
+                                                        : installed(g, sig);
+        if (delivered < 0)
+            die_by_default(sig, info);
+        else
+            call_previous(g, prev, sig, info, uc, delivered);
     }
 }
 
-static __attribute__((noinline)) void on_fault(int g, int sig, siginfo_t *info, void *context)
+/* `cfa`: the entry's canonical frame address, the stack pointer before its
+ * return address was pushed (x86-64) or as it was entered (arm64). A call by
+ * a handler blocks every signal around the lookup itself, as an embedder's
+ * call to mcsafe_handle_fault does (rule 1). */
+static __attribute__((noinline)) void on_fault(int g, int sig, siginfo_t *info, void *context,
+                                              const void *cfa)
 {
     int saved_errno = errno;
     if (sig != SIGBUS && sig != SIGSEGV)
         return;
+    int kernel = arch_kernel_frame(cfa, info, context);
     if (info && is_ao(sig, info))
         log_ao(info);                    /* never claimed: no instruction of ours faulted */
-    else if (claim(sig, info, context))
+    else if (kernel ? claim(sig, info, context) : mcsafe_handle_fault(sig, info, context))
         return;
-    forward(g, sig, info, context);
+    forward(g, sig, info, context, kernel);
     errno = saved_errno;
 }
-
-/* The entry points, on_fault_<g> for g = 8 * b + i. */
-#define ENTRY(b, i)                                                             \
-    static void on_fault_##b##_##i(int sig, siginfo_t *info, void *context)     \
-    {                                                                           \
-        on_fault(8 * b + i, sig, info, context);                                \
-    }
-#define EIGHT(X, b) X(b, 0) X(b, 1) X(b, 2) X(b, 3) X(b, 4) X(b, 5) X(b, 6) X(b, 7)
-#define ALL(X) EIGHT(X, 0) EIGHT(X, 1) EIGHT(X, 2) EIGHT(X, 3) EIGHT(X, 4) EIGHT(X, 5)
-ALL(ENTRY)
-#define NAME(b, i) on_fault_##b##_##i,
-static void (*const entries[])(int, siginfo_t *, void *) = {ALL(NAME)};
-_Static_assert(sizeof entries / sizeof entries[0] == MCSAFE_GENERATIONS,
-               "one entry point per generation");
 
 /* The generation whose entry `sa` is, if that generation is in use for sig. */
 static int generation_of(int sig, const struct sigaction *sa)
@@ -373,16 +456,23 @@ static int same_action(const struct sigaction *a, const struct sigaction *b)
     return 1;
 }
 
-/* Under install_lock: a generation whose previous action is `now` (reused if
- * one exists and its SA_RESETHAND call is not spent), or -1 with errno. */
+/* Under install_lock: the generation whose previous action is `now`, reused if
+ * one exists, else a new one; -1 with errno. A one-shot handler's generation
+ * comes with the generation of that action as the kernel leaves it once it has
+ * delivered it (SIG_DFL, its flags and mask kept), taken first. */
 static int generation_for(int sig, const struct sigaction *now)
 {
     int s = sig == SIGBUS;
-    for (int g = 0; g < taken[s]; g++) {
-        struct generation *gen = &generations[s][g];
-        const struct sigaction *p = atomic_load(&gen->previous);
-        if (same_action(p, now) && !((p->sa_flags & SA_RESETHAND) && atomic_load(&gen->consumed)))
+    for (int g = 0; g < taken[s]; g++)
+        if (same_action(atomic_load(&generations[s][g].previous), now))
             return g;
+    int reset = -1;
+    if (now->sa_handler != SIG_DFL && now->sa_handler != SIG_IGN
+        && (now->sa_flags & SA_RESETHAND)) {
+        struct sigaction dfl = *now;
+        dfl.sa_handler = SIG_DFL;
+        if ((reset = generation_for(sig, &dfl)) < 0)
+            return -1;
     }
     if (taken[s] == MCSAFE_GENERATIONS) {
         errno = ENOSPC;
@@ -394,22 +484,9 @@ static int generation_for(int sig, const struct sigaction *now)
         return -1;
     }
     *copy = *now;
+    generations[s][taken[s]].reset = reset;
     atomic_store_explicit(&generations[s][taken[s]].previous, copy, memory_order_release);
     return taken[s]++;
-}
-
-/* Generation g's entry, with the flags that make the kernel deliver to it as
- * it would have delivered to `prev` (rule 3). */
-static struct sigaction entry_action(int g, const struct sigaction *prev)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = entries[g];
-    sigfillset(&sa.sa_mask);
-    int handler = prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN;
-    sa.sa_flags = SA_SIGINFO | (handler ? prev->sa_flags & (SA_ONSTACK | SA_RESTART)
-                                        : SA_ONSTACK | SA_RESTART);
-    return sa;
 }
 
 static int install_one(int sig)

@@ -26,7 +26,8 @@ struct mcsafe_c_api {
     int version;                          /* 2 */
     size_t (*copy)(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
     /* Each successful register_table must be matched by one unregister_table;
-     * the table is searched while anyone holds a registration. */
+     * the table is searched, and its object held loaded, while anyone holds a
+     * registration. */
     int (*register_table)(const void *table, size_t size, const char *name,
                           char *err, size_t errlen);
     int (*unregister_table)(const void *table);

@@ -99,6 +99,8 @@ struct mcsafe_module {
     const void *copy;                     /* the private read-only copy the handler reads */
     size_t size;
     unsigned owners;                      /* registrations held; writers only */
+    void *held;                           /* its object, held loaded (one dlopen
+                                             reference per owner), or NULL */
     int pinned;                           /* mcsafe's own: never removed */
     char name[64];
     /* A version-2 table's unwind rows (docs/FORMAT.md), inside `copy`; 0 and NULL

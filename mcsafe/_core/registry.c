@@ -23,7 +23,11 @@
  * Each registration has an owner count: register() adds an owner (a second
  * register of the same table is idempotent but counted), unregister() drops
  * one, and the table goes when the last owner does. mcsafe's own table is
- * pinned: it is never removed.
+ * pinned: it is never removed. Each owner also holds the object loaded (a
+ * dlopen reference, as a module reference is taken in the kernel): a dlclose
+ * by whoever loaded it leaves it mapped while a table of it is published, so
+ * the handler never searches a table of code that is gone, nor claims a fault
+ * of another object loaded at the same addresses.
  *
  * Publication is read-copy-update without the reclaim: writers (serialised by
  * a mutex that is never held across I/O, and re-initialised in a forked child)
@@ -35,6 +39,7 @@
  * pointer.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -570,12 +575,45 @@ static void publish(struct registry *next)
     }
 }
 
+/* Hold the object around addr loaded for one registration: a dlopen
+ * reference (RTLD_NOLOAD, in the object's own namespace, found by the name it
+ * was loaded under, and proved to be that very object). *held is NULL for the
+ * main program, which is never unloaded, and for an address in no object,
+ * which the caller refuses. 0, or -1 with the reason in err. */
+static int hold_object(uintptr_t addr, void **held, char *err, size_t errlen)
+{
+    Dl_info info;
+    struct link_map *map = NULL, *got = NULL;
+    Lmid_t ns = LM_ID_BASE;
+    *held = NULL;
+    if (!dladdr1((void *)addr, &info, (void **)&map, RTLD_DL_LINKMAP) || !map
+        || !map->l_name || !*map->l_name)
+        return 0;                        /* in no object (refused later), or the program */
+    if (dlinfo(map, RTLD_DI_LMID, &ns) != 0)   /* glibc: a link map is its handle */
+        ns = LM_ID_BASE;
+    void *h = dlmopen(ns, map->l_name, RTLD_LAZY | RTLD_NOLOAD);
+    if (h && dlinfo(h, RTLD_DI_LINKMAP, &got) == 0 && got == map) {
+        *held = h;
+        return 0;
+    }
+    if (h)
+        dlclose(h);
+    return fail(err, errlen, "%s: cannot hold the object loaded while its table is published "
+                "(dlopen by that name finds %s)", map->l_name, h ? "another object" : "none");
+}
+
+static void release_object(void *held)
+{
+    if (held)
+        dlclose(held);
+}
+
 /* Validate a private copy, seal it and publish it under `key`; a second
  * registration of an equal table under the same key adds an owner. Consumes
  * the copy. */
 static int publish_copy(const void *key, void *copy, size_t size, size_t mapped,
                         uintptr_t base, const struct segments *s, const char *name, int pinned,
-                        char *err, size_t errlen)
+                        void *held, char *err, size_t errlen)
 {
     struct mcsafe_module m = {0};
     if (validate(copy, size, base, s, &m, err, errlen) || mprotect(copy, mapped, PROT_READ)) {
@@ -590,6 +628,7 @@ static int publish_copy(const void *key, void *copy, size_t size, size_t mapped,
     m.size = size;
     m.owners = 1;
     m.pinned = pinned;
+    m.held = held;
 
     pthread_mutex_lock(&writer_lock);
     struct registry *old = atomic_load_explicit(&current, memory_order_relaxed);
@@ -641,7 +680,7 @@ static int check_header(const struct extable_header *h, int loaded, char *err, s
 }
 
 static int register_loaded(const void *table, size_t size, const char *name, int pinned,
-                           char *err, size_t errlen)
+                           void *held, char *err, size_t errlen)
 {
     *err = 0;
     if (!table || size < sizeof(struct extable_header) || size > MAX_TABLE_BYTES)
@@ -667,28 +706,41 @@ static int register_loaded(const void *table, size_t size, const char *name, int
         munmap(copy, mapped);
         return -1;
     }
-    return publish_copy(table, copy, size, mapped, base, &s, name, pinned, err, errlen);
+    return publish_copy(table, copy, size, mapped, base, &s, name, pinned, held, err, errlen);
+}
+
+/* One registration of a loaded table, holding its object loaded. */
+static int register_held(const void *table, size_t size, const char *name, int pinned,
+                         char *err, size_t errlen)
+{
+    void *held;
+    *err = 0;
+    if (hold_object((uintptr_t)table, &held, err, errlen))
+        return -1;
+    int rc = register_loaded(table, size, name, pinned, held, err, errlen);
+    if (rc)
+        release_object(held);
+    return rc;
 }
 
 int mcsafe_register(const void *table, size_t size, const char *name, char *err,
                     size_t errlen)
 {
-    return register_loaded(table, size, name, 0, err, errlen);
+    return register_held(table, size, name, 0, err, errlen);
 }
 
 int mcsafe_register_own(char *err, size_t errlen)
 {
     size_t size;
     const void *table = mcsafe_own_table(&size);
-    int rc = register_loaded(table, size, "mcsafe._mcsafe", 1, err, errlen);
+    int rc = register_held(table, size, "mcsafe._mcsafe", 1, err, errlen);
     own_published = rc == 0;
     return rc;
 }
 
-int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
-                               const char *name, char *err, size_t errlen)
+static int register_file_table(const void *bytes, size_t size, uintptr_t anchor,
+                               const char *name, void *held, char *err, size_t errlen)
 {
-    *err = 0;
     if (size < sizeof(struct extable_header) || size > MAX_TABLE_BYTES)
         return fail(err, errlen, "table size %zu is not between %zu and %u bytes", size,
                     sizeof(struct extable_header), MAX_TABLE_BYTES);
@@ -705,8 +757,21 @@ int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
         munmap(copy, mapped);
         return -1;
     }
-    return publish_copy((const void *)anchor, copy, size, mapped, s.bias, &s, name, 0, err,
-                        errlen);
+    return publish_copy((const void *)anchor, copy, size, mapped, s.bias, &s, name, 0, held,
+                        err, errlen);
+}
+
+int mcsafe_register_file_table(const void *bytes, size_t size, uintptr_t anchor,
+                               const char *name, char *err, size_t errlen)
+{
+    void *held;
+    *err = 0;
+    if (hold_object(anchor, &held, err, errlen))
+        return -1;
+    int rc = register_file_table(bytes, size, anchor, name, held, err, errlen);
+    if (rc)
+        release_object(held);
+    return rc;
 }
 
 int mcsafe_unregister(const void *table)
@@ -721,8 +786,10 @@ int mcsafe_unregister(const void *table)
         pthread_mutex_unlock(&writer_lock);
         return -1;                                     /* not registered (by anyone but us) */
     }
+    void *held = old->mods[at].held;
     if (--old->mods[at].owners > 0) {
         pthread_mutex_unlock(&writer_lock);
+        release_object(held);
         return 0;
     }
     struct registry *next = malloc(sizeof *next + (n ? n : 1) * sizeof next->mods[0]);
@@ -745,6 +812,7 @@ int mcsafe_unregister(const void *table)
     dropped = gone;
     publish(next);
     pthread_mutex_unlock(&writer_lock);
+    release_object(held);
     return 0;
 }
 

@@ -32,6 +32,11 @@ class BadRanges:
         with self.lock:
             return list(zip(self.starts, self.ends))
 
+    def faults(self) -> list[tuple[int, int, FaultInfo]]:
+        """The ranges, each with the first fault met in it."""
+        with self.lock:
+            return [(s, e, self._first_fault[s]) for s, e in zip(self.starts, self.ends)]
+
     def at_or_after(self, offset: int) -> tuple[int, int] | None:
         """The first bad range that ends after offset."""
         starts, ends = self.starts, self.ends

@@ -173,6 +173,13 @@ class MappedFile:
         self._window.check_open()
         return self._bad.ranges()
 
+    def bad_range_faults(self) -> list[tuple[int, int, FaultInfo]]:
+        """bad_ranges(), each with the first fault met in it: its ``cause`` (poison,
+        io, protection, ...), signal and code say why the range is bad; its
+        ``offset`` is the file offset of that fault."""
+        self._window.check_open()
+        return self._bad.faults()
+
     # -- reading and writing -------------------------------------------------
 
     def readinto(self, buf: Buffer, offset: int = 0) -> int:
@@ -285,17 +292,45 @@ class MappedFile:
 
     # -- whole files and arrays ---------------------------------------------------
 
-    def scrub(self, progress: Callable[[int, int], object] | None = None
-              ) -> list[tuple[int, int]]:
-        """Read the whole file and return every bad range (page-granular, merged,
-        sorted). Pages are dropped from this process as it goes, so files larger
-        than memory can be scrubbed. progress(done, size) is called per chunk."""
+    def scrub(self, progress: Callable[[int, int], object] | None = None, *, start: int = 0,
+              end: int | None = None, sink: Callable[[int, memoryview | int], object] | None = None,
+              skip_holes: bool = False, restore_cache: bool = False) -> list[tuple[int, int]]:
+        """Read the file's data from start to end (default: its size now) and return
+        every bad range seen (page-granular, merged, sorted: bad_ranges()).
+
+        Pages are dropped from this process as it goes, so files larger than
+        memory can be scrubbed. skip_holes=True skips the holes, which the file
+        system stores no data for (SEEK_HOLE): they read as zeros and no storage
+        under them can fail (only a fault injected into this mapping could).
+
+        progress(done, end) is called per chunk (16 MiB at most), done the offset
+        reached. sink(offset, data), if given, receives what was read, in order:
+        data is a memoryview of the bytes at offset (valid during the call only),
+        or, for a hole skipped, its length (an int). The bytes are those readinto()
+        would count: only bytes in the file during the read, none of a bad page.
+        A range the file was cut and written again under at every try is passed
+        over without reaching sink.
+
+        restore_cache=True leaves the page cache as the scrub found it: the pages
+        it brought in are evicted once read (posix_fadvise DONTNEED), the pages
+        that were cached before stay. Where the kernel will not say which pages
+        were cached (see mcsafe.pagecache), nothing is evicted. (Opening the
+        MappedFile read its last page, and the kernel what is around it, before
+        the scrub could look: mcsafe.pagecache.Snapshot.tail, taken before the
+        open and evicted after close(), gives that back too.)
+
+        An exception raised by progress or sink stops the scrub and propagates;
+        bad_ranges() keeps what was found until then.
+        """
         from .scrub import scrub
 
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"bad range to scrub: start {start}, end {end}")
         _ensure_front(2)
         self._enter()
         try:
-            return scrub(self._window, self._bad, self._careful, progress)
+            return scrub(self._window, self._bad, self._careful, self.readinto, progress,
+                         start, end, sink, skip_holes, restore_cache)
         finally:
             self._leave()
 

@@ -31,6 +31,16 @@ static inline void arch_set_reg(ucontext_t *uc, unsigned reg, uintptr_t value)
     uc->uc_mcontext.regs[reg] = value;
 }
 
+/* Whether a handler entered with this CFA (its stack pointer on entry) runs
+ * on the signal frame the kernel built for (info, uc), rather than being
+ * called by another handler: the kernel enters a handler with the stack
+ * pointer at the frame, the siginfo first (arch/arm64/kernel/signal.c, struct
+ * rt_sigframe: info, uc; qemu-user builds the same). */
+static inline int arch_kernel_frame(const void *cfa, const siginfo_t *info, const void *uc)
+{
+    return uc != NULL && (const void *)info == cfa;
+}
+
 /* The ESR the kernel saved with the context (esr_context in __reserved), or 0. */
 static inline uint64_t arch_esr(const ucontext_t *uc)
 {

@@ -37,6 +37,18 @@ static inline void arch_set_reg(ucontext_t *uc, unsigned reg, uintptr_t value)
     uc->uc_mcontext.gregs[mcsafe_greg_index[reg]] = (greg_t)value;
 }
 
+/* Whether a handler entered with this CFA (the stack pointer before its
+ * return address was pushed) runs on the signal frame the kernel built for
+ * (info, uc), rather than being called by another handler: the kernel enters
+ * a handler with the stack pointer at the frame's return address, the
+ * ucontext right after it (arch/x86/include/asm/sigframe.h, struct
+ * rt_sigframe: pretcode, uc, info). */
+static inline int arch_kernel_frame(const void *cfa, const siginfo_t *info, const void *uc)
+{
+    (void)info;
+    return uc != NULL && uc == cfa;
+}
+
 /* Whether the kernel's record of this thread's last fault, which it copies
  * into every signal frame (setup_sigcontext: trapno, err, cr2 from
  * current->thread), is the fault this signal reports. A page fault records

@@ -1,0 +1,132 @@
+"""The ``mcsafe`` command: ``scan``, ``rescue`` and ``demo``.
+
+Only the parser lives here; a command's module (and its progress library) is
+imported when that command runs, so ``mcsafe --help`` and ``import mcsafe``
+stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from .. import __version__
+
+SCAN_HELP = """\
+Read every byte of every regular file under each PATH through mcsafe's
+fault-tolerant copy and report the files with unreadable (bad) ranges: pages
+that fail with an I/O error, or poisoned memory. Directories are walked
+without following symbolic links; FIFOs, sockets and devices found while
+walking are skipped, with a note (a block device is scanned when named).
+Files that grow, shrink, vanish or are replaced during the scan are reported
+as such, never as bad. Holes of sparse files are not read. The page cache is
+left as found, and memory stays bounded whatever the sizes."""
+
+SCAN_EPILOG = """\
+output: a line per file worth a look (BAD, CHANGED, VANISHED, SKIPPED,
+INTERRUPTED), errors on stderr, a summary line last; --json writes JSON Lines
+instead (schema: docs/COMMANDS.md).
+
+exit status: 0 nothing bad found; 1 bad ranges found; 2 bad usage or a path
+that could not be scanned (each named on stderr; the rest is still scanned);
+128+N stopped by signal N (SIGINT, SIGTERM or SIGHUP: the report so far is
+written first; a second signal stops at once)."""
+
+RESCUE_HELP = """\
+Copy everything readable from SRC to DST through mcsafe's fault-tolerant
+copy, leaving the unreadable (bad) ranges as holes (or zeros), and write a
+GNU ddrescue mapfile of what was rescued (ddrescuelog and ddrescueview read
+it). Run again with the same mapfile, it retries only what is not rescued
+yet. DST is written to a temporary file renamed into place at the end (or
+when stopped), unless --in-place; it never extends past the last byte read."""
+
+RESCUE_EPILOG = """\
+exit status: 0 everything rescued; 1 some ranges could not be read (the
+mapfile lists them: status '-'); 2 bad usage or an error (SRC or DST
+unusable, a mapfile that is not SRC's); 128+N stopped by signal N (DST and
+the mapfile are left consistent first; run again to go on)."""
+
+
+def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="mcsafe: a machine-check-safe copy, recovered through "
+        "exception tables, and commands that use it on files that may not read back.")
+    p.add_argument("--version", action="version", version=f"mcsafe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="find the unreadable ranges of files and trees",
+                       description=SCAN_HELP, epilog=SCAN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a file, a block device, or a directory to walk")
+    s.add_argument("--json", action="store_true",
+                   help="write JSON Lines: an object per file, then a summary object")
+    s.add_argument("--jobs", "-j", type=_positive, default=1, metavar="N",
+                   help="scan files in N processes (default: 1)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress on stderr: a bar on a terminal, a line every 10 s "
+                   "elsewhere (default: only on a terminal)")
+    s.add_argument("--one-file-system", "-x", action="store_true",
+                   help="stay on the file system of each PATH (do not cross mount points)")
+    s.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip entries whose name matches GLOB (whose path, if GLOB holds a "
+                   "'/'), and do not walk such directories; repeatable")
+    s.add_argument("--keep-cache", action="store_true",
+                   help="leave what the scan read in the page cache (by default the pages "
+                   "it brought in are evicted again; pages cached before always stay)")
+
+    r = sub.add_parser("rescue", help="copy what can be read, with a ddrescue mapfile",
+                       description=RESCUE_HELP, epilog=RESCUE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("src", metavar="SRC", help="the file or block device to rescue")
+    r.add_argument("dst", metavar="DST", help="where the rescued bytes go (a file, or with "
+                   "--in-place also a block device)")
+    r.add_argument("--map", metavar="MAPFILE", help="the GNU ddrescue mapfile to write, and "
+                   "to resume from if it exists (default: DST.map)")
+    r.add_argument("--zero-fill", action="store_true",
+                   help="write zeros over bad ranges (default: leave them as holes)")
+    r.add_argument("--in-place", action="store_true",
+                   help="write into DST itself instead of a temporary file renamed over it: "
+                   "needed for a block device; DST is neither truncated nor extended past "
+                   "the last byte read, and progress survives a crash (the mapfile is saved "
+                   "every 30 s)")
+    r.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS",
+                   help="with --in-place or when resuming, save the mapfile (DST synced "
+                   "first) this often (default: 30, as ddrescue)")
+    r.add_argument("--no-sync", action="store_true",
+                   help="do not fsync DST before saving the mapfile (faster, as cp; a crash "
+                   "may then lose bytes the mapfile says were rescued)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress on stderr (default: only on a terminal)")
+
+    sub.add_parser("demo", help="read poisoned memory and a truncated file, and live",
+                   description="Read memory with poisoned pages, a data file with poisoned "
+                   "pages and a mapped file truncated underneath, printing each short read; "
+                   "show a child doing the same without mcsafe die of SIGBUS; end with "
+                   "`mcsafe scan` of a tree holding a failing file (FUSE).")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command line; the command's exit status (2 for bad usage)."""
+    if prog is None:
+        prog = "mcsafe" if os.path.basename(sys.argv[0]) == "mcsafe" else "python -m mcsafe"
+    args = parser(prog).parse_args(argv)
+    if args.command == "demo":
+        from ..demo import run
+        return run()
+    module = importlib.import_module(f".{args.command}", __name__)
+    return int(module.run(args))
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {n}")
+    return n

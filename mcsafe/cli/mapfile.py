@@ -1,0 +1,214 @@
+"""GNU ddrescue mapfiles: what of an input was rescued, as ddrescue itself writes them.
+
+The format (ddrescue's manual, "Mapfile structure"): lines starting with ``#``
+are comments; the first other line is the status line, ``current_pos
+current_status current_pass``; every later line is a block, ``pos size
+status``, the blocks covering the rescue domain in order, without gaps.
+Positions and sizes are written in hex (``0x``), and read in hex, octal
+(``0`` prefix) or decimal, as ddrescue reads them. Block status: ``?``
+non-tried, ``*`` non-trimmed, ``/`` non-scraped, ``-`` bad, ``+`` finished.
+The current status adds the phases a rescue was in: ``?`` copying, ``*``
+trimming, ``/`` scraping, ``-`` retrying, ``F`` filling, ``G`` generating,
+``+`` finished.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+BLOCK_STATUSES = "?*/-+"
+CURRENT_STATUSES = "?*/-FG+"
+FINISHED, BAD, NON_TRIED = "+", "-", "?"
+
+
+class MapfileError(ValueError):
+    """A mapfile that ddrescue would not read either: the message says where."""
+
+
+@dataclass
+class Mapfile:
+    """The blocks of a rescue domain [0, size): starts, and each block's status."""
+
+    size: int
+    starts: list[int] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    current_pos: int = 0
+    current_status: str = NON_TRIED
+    current_pass: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.starts and self.size > 0:
+            self.starts, self.statuses = [0], [NON_TRIED]
+
+    # -- the blocks --------------------------------------------------------------------
+
+    def blocks(self) -> Iterator[tuple[int, int, str]]:
+        """(pos, size, status) of every block, in order."""
+        ends = self.starts[1:] + [self.size]
+        for start, end, status in zip(self.starts, ends, self.statuses):
+            yield start, end - start, status
+
+    def ranges(self, statuses: str) -> list[tuple[int, int]]:
+        """[start, end) of the blocks whose status is one of statuses."""
+        return [(p, p + n) for p, n, s in self.blocks() if s in statuses]
+
+    def total(self, statuses: str) -> int:
+        return sum(e - s for s, e in self.ranges(statuses))
+
+    def set(self, start: int, end: int, status: str) -> None:
+        """Give [start, end) (clipped to the domain) the status, merging neighbours."""
+        assert status in BLOCK_STATUSES
+        start, end = max(0, start), min(end, self.size)
+        if start >= end:
+            return
+        self._split(start)
+        self._split(end)
+        i = bisect.bisect_left(self.starts, start)
+        j = bisect.bisect_left(self.starts, end)
+        del self.starts[i + 1:j], self.statuses[i + 1:j]
+        self.statuses[i] = status
+        if i + 1 < len(self.starts) and self.statuses[i + 1] == status:
+            del self.starts[i + 1], self.statuses[i + 1]
+        if i > 0 and self.statuses[i - 1] == status:
+            del self.starts[i], self.statuses[i]
+
+    def _split(self, at: int) -> None:
+        """Make a block start at `at` (inside the domain), if none does."""
+        i = bisect.bisect_right(self.starts, at) - 1
+        if 0 < at < self.size and self.starts[i] != at:
+            self.starts.insert(i + 1, at)
+            self.statuses.insert(i + 1, self.statuses[i])
+
+    def resize(self, size: int) -> None:
+        """Grow the domain to size (the new part non-tried); never shrinks."""
+        if size <= self.size:
+            return
+        if self.statuses and self.statuses[-1] == NON_TRIED:
+            self.size = size
+            return
+        self.starts.append(self.size)
+        self.statuses.append(NON_TRIED)
+        self.size = size
+
+    @property
+    def finished_end(self) -> int:
+        """The end of the last finished block (0 if none): no byte past it was read."""
+        for p, n, s in reversed(list(self.blocks())):
+            if s == FINISHED:
+                return p + n
+        return 0
+
+    # -- text ---------------------------------------------------------------------------
+
+    def format(self, command: str, started: dt.datetime, finished: bool) -> str:
+        now = dt.datetime.now()
+        lines = ["# Mapfile. Created by mcsafe rescue (GNU ddrescue's mapfile format)",
+                 f"# Command line: {command}",
+                 f"# Start time:   {started:%Y-%m-%d %H:%M:%S}",
+                 f"# Current time: {now:%Y-%m-%d %H:%M:%S}"]
+        if finished:
+            lines.append("# Finished")
+        lines += ["# current_pos  current_status  current_pass",
+                  f"0x{self.current_pos:08X}     {self.current_status}               "
+                  f"{self.current_pass}",
+                  "#      pos        size  status"]
+        lines += [f"0x{p:08X}  0x{n:08X}  {s}" for p, n, s in self.blocks()]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def parse(cls, text: str, name: str = "mapfile") -> Mapfile:
+        """Read a mapfile; MapfileError naming the line if it is not one."""
+        status_line: tuple[int, str, int] | None = None
+        starts: list[int] = []
+        statuses: list[str] = []
+        end = 0
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            words = line.split()
+            where = f"{name}, line {number}"
+            if status_line is None:
+                if len(words) not in (2, 3) or words[1] not in CURRENT_STATUSES:
+                    raise MapfileError(f"{where}: not a status line "
+                                       f"('current_pos current_status current_pass'): {raw!r}")
+                status_line = (_number(words[0], where), words[1],
+                               _number(words[2], where) if len(words) == 3 else 1)
+                continue
+            if len(words) != 3 or words[2] not in BLOCK_STATUSES:
+                raise MapfileError(f"{where}: not a block ('pos size status', status one of "
+                                   f"{BLOCK_STATUSES}): {raw!r}")
+            pos, size = _number(words[0], where), _number(words[1], where)
+            if pos != end:
+                raise MapfileError(f"{where}: the block at {pos:#x} does not start where "
+                                   f"the one before ends ({end:#x})")
+            if size <= 0:
+                raise MapfileError(f"{where}: a block of size {size}")
+            if statuses and statuses[-1] == words[2]:
+                end = pos + size                     # two blocks of one status: one
+                continue
+            starts.append(pos)
+            statuses.append(words[2])
+            end = pos + size
+        if status_line is None:
+            raise MapfileError(f"{name}: no status line: not a ddrescue mapfile")
+        m = cls(end, starts, statuses)
+        m.current_pos, m.current_status, m.current_pass = status_line
+        return m
+
+    @classmethod
+    def load(cls, path: str) -> Mapfile:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return cls.parse(f.read(), path)
+
+    def save(self, path: str, command: str, started: dt.datetime, finished: bool,
+             sync: bool) -> None:
+        """Replace path with this mapfile at once (a temporary file renamed over it),
+        synced to disk first when sync."""
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii", errors="replace") as f:
+                f.write(self.format(command, started, finished))
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o644 & ~umask())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        if sync:
+            sync_dir(folder)
+
+
+def _number(word: str, where: str) -> int:
+    try:
+        value = int(word, 0) if not (word.startswith("0") and word[1:].isdigit()) \
+            else int(word, 8)
+    except ValueError:
+        raise MapfileError(f"{where}: not a number: {word!r}") from None
+    if value < 0:
+        raise MapfileError(f"{where}: a negative number: {word!r}")
+    return value
+
+
+def umask() -> int:
+    """This process's umask (os.umask sets it: set it back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def sync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,311 @@
+"""``mcsafe rescue``: copy everything readable from SRC to DST, and keep a GNU ddrescue
+mapfile of what was rescued and what could not be read.
+
+SRC is read through :meth:`mcsafe.MappedFile.scrub` (the bytes handed to its
+sink are exactly those read(2) would count; a page that fails is remembered
+with its cause); DST is written with pwrite(2). One run is one pass over every
+block of the mapfile that is not finished; a bad page is tried by MappedFile a
+few times before it counts as bad, and a later run tries it again.
+
+DST, when the run starts afresh, is a temporary file in DST's folder, renamed
+over DST at the end (or when stopped, or when DST cannot be written: the
+mapfile then says how far it got). A run that resumes from a mapfile, and
+``--in-place``, write into DST itself: only ranges not yet rescued change,
+and the mapfile is saved every --save-every seconds (30), DST synced first, so a
+crash loses at most that much work. Holes of SRC stay holes; bad ranges are
+holes (punched, where DST held something), or zeros with ``--zero-fill``;
+DST never extends past the last byte read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import signal
+import stat
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .. import MappedFile
+from .._libc import libc
+from ..pagecache import Snapshot, sees_cache
+from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
+from .output import byte_bar, size_text
+from .stop import StopFlag, Stopped
+
+ZEROS = bytes(1 << 20)
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+
+
+
+class RescueError(Exception):
+    """What makes the rescue impossible, said in one line (exit status 2)."""
+
+
+class DestinationFailed(Exception):
+    """DST could not be written (ENOSPC, EIO): the run stops where it is."""
+
+
+class Destination:
+    """DST as this run writes it: a fresh temporary file renamed over DST at the end,
+    or DST itself (in place). fresh: it held nothing before (so holes need no
+    writing)."""
+
+    def __init__(self, path: str, in_place: bool, resume: bool) -> None:
+        self.path = path
+        self.temp: str | None = None
+        try:
+            st: os.stat_result | None = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise RescueError(f"{path}: {exc.strerror}") from None
+        self.device = st is not None and stat.S_ISBLK(st.st_mode)
+        if st is not None and not (stat.S_ISREG(st.st_mode) or self.device):
+            raise RescueError(f"{path}: not a regular file or a block device")
+        if self.device and not in_place:
+            raise RescueError(f"{path}: a block device is written in place only (--in-place)")
+        self.mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask()
+        try:
+            if in_place or resume:
+                self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if in_place
+                                                                    else 0), 0o666)
+                self.fresh = st is None or (not self.device and st.st_size == 0)
+            else:
+                folder = os.path.dirname(os.path.abspath(path))
+                self.fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                                      suffix=".part", dir=folder)
+                self.fresh = True
+        except OSError as exc:
+            raise RescueError(f"{path}: {exc.strerror}") from None
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make [offset, offset + length) read as zeros: a hole where it can be punched,
+        else written zeros."""
+        if self.fresh and not self.device:
+            return
+        if not self.device and libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE |
+                                              FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+        self.fill(offset, length)
+
+    def fill(self, offset: int, length: int) -> None:
+        """Write zeros over [offset, offset + length)."""
+        end = offset + length
+        while offset < end:
+            n = min(len(ZEROS), end - offset)
+            self.write(offset, memoryview(ZEROS)[:n])
+            offset += n
+
+    def finish(self, size: int, sync: bool) -> None:
+        """Make DST end at size (never shorter than it was, in place), synced when
+        sync, and put it in place."""
+        if not self.device:
+            if self.temp is not None or os.fstat(self.fd).st_size < size:
+                os.ftruncate(self.fd, size)
+        if sync:
+            os.fsync(self.fd)
+        if self.temp is not None:
+            os.fchmod(self.fd, self.mode)
+            os.replace(self.temp, self.path)
+            self.temp = None
+            if sync:
+                sync_dir(os.path.dirname(os.path.abspath(self.path)))
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.temp is not None:           # never put in place: an error before any copy
+            os.unlink(self.temp)
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = StopFlag()
+    stop.install()
+    try:
+        return Rescue(args, stop).run()
+    except RescueError as exc:
+        print(f"mcsafe rescue: {exc}", file=sys.stderr)
+        return 2
+
+
+class Rescue:
+    def __init__(self, args: argparse.Namespace, stop: StopFlag) -> None:
+        self.args = args
+        self.stop = stop
+        self.mappath = args.map or args.dst + ".map"
+        if args.map is None and os.path.exists(args.dst) and \
+                stat.S_ISBLK(os.stat(args.dst).st_mode):
+            raise RescueError(f"{args.dst} is a block device: say where the mapfile goes "
+                              "(--map MAPFILE)")
+        self.sync = not args.no_sync
+        self.started = dt.datetime.now()
+        self.command = shlex.join(["mcsafe", "rescue", *sys.argv[2:]]) \
+            if os.path.basename(sys.argv[0]) in ("mcsafe", "__main__.py") else \
+            shlex.join(["mcsafe", "rescue", args.src, args.dst])
+        self.causes: dict[tuple[int, int], str] = {}
+        self.error: str | None = None
+        self.last_save = time.monotonic()
+
+    def run(self) -> int:
+        args = self.args
+        self._check_paths()
+        try:
+            src = MappedFile(args.src)
+        except OSError as exc:
+            raise RescueError(f"{args.src}: {exc.strerror}") from None
+        with src:
+            size = src.size
+            mapfile, resume = self._mapfile(size)
+            if resume and mapfile.total(FINISHED) and not os.path.exists(args.dst):
+                raise RescueError(f"{args.dst} does not exist, but {self.mappath} says "
+                                  f"{mapfile.total(FINISHED)} bytes were rescued into it")
+            dst = Destination(args.dst, args.in_place, resume)
+            try:
+                self._copy(src, mapfile, dst, size)
+                self._bad_ranges(mapfile, dst)
+                dst.finish(mapfile.finished_end, self.sync)
+            finally:
+                dst.close()
+            mapfile.current_status = FINISHED if not self.stop() and self.error is None \
+                else mapfile.current_status
+            mapfile.save(self.mappath, self.command, self.started,
+                         mapfile.current_status == FINISHED, self.sync)
+        return self._report(mapfile)
+
+    def _check_paths(self) -> None:
+        a = self.args
+        for x, y in ((a.src, a.dst), (a.src, self.mappath), (a.dst, self.mappath)):
+            try:
+                if os.path.samefile(x, y):
+                    raise RescueError(f"{x} and {y} are the same file")
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise RescueError(f"{exc.filename}: {exc.strerror}") from None
+
+    def _mapfile(self, size: int) -> tuple[Mapfile, bool]:
+        try:
+            m = Mapfile.load(self.mappath)
+        except FileNotFoundError:
+            return Mapfile(size), False
+        except (OSError, MapfileError) as exc:
+            raise RescueError(str(exc) if isinstance(exc, MapfileError)
+                              else f"{self.mappath}: {exc.strerror}") from None
+        if m.size > size and m.total("?*/-") and any(e > size for _, e in m.ranges("?*/-")):
+            print(f"mcsafe rescue: {self.args.src} is {size} bytes, shorter than "
+                  f"{self.mappath} says ({m.size}): the rest cannot be read", file=sys.stderr)
+        m.resize(size)
+        if m.current_status == FINISHED:
+            m.current_pass += 1
+        return m, True
+
+    def _copy(self, src: MappedFile, mapfile: Mapfile, dst: Destination, size: int) -> None:
+        todo = [(a, min(b, size)) for a, b in mapfile.ranges("?*/-") if a < size]
+        # ddrescue's phases: copying what was never tried, else retrying bad blocks
+        mapfile.current_status = NON_TRIED if mapfile.total("?*/") else BAD
+        bar = self._bar(sum(b - a for a, b in todo))
+        in_place = dst.temp is None
+        restore = sees_cache(src.fileno())
+        tail = Snapshot.tail(src.fileno(), size) if restore else None
+
+        def sink(offset: int, data: memoryview | int) -> None:
+            n = data if isinstance(data, int) else data.nbytes
+            try:
+                if isinstance(data, int):
+                    dst.zero(offset, n)
+                else:
+                    dst.write(offset, data)
+            except OSError as exc:
+                raise DestinationFailed(f"{self.args.dst}: {exc.strerror}") from None
+            mapfile.set(offset, offset + n, FINISHED)
+            mapfile.current_pos = offset + n
+            if in_place and time.monotonic() - self.last_save >= self.args.save_every:
+                self._save(mapfile, dst)
+
+        try:
+            for a, b in todo:
+                passed = a
+
+                def progress(done: int, total: int) -> None:
+                    nonlocal passed
+                    if bar is not None:
+                        bar.update(done - passed)
+                    passed = done
+                    if self.stop():
+                        raise Stopped
+                mapfile.current_pos = a
+                try:
+                    src.scrub(progress, start=a, end=b, sink=sink, skip_holes=True,
+                              restore_cache=restore)
+                finally:
+                    for s, e, fault in src.bad_range_faults():
+                        if s < b and e > a:
+                            mapfile.set(max(s, a), min(e, b), BAD)
+                            self.causes[(s, e)] = fault.cause
+        except Stopped:
+            pass
+        except DestinationFailed as exc:
+            self.error = str(exc)
+        finally:
+            if bar is not None:
+                bar.close()
+            if tail is not None:
+                tail.evict()
+
+    def _bad_ranges(self, mapfile: Mapfile, dst: Destination) -> None:
+        """Bad ranges below the last byte read: holes, or zeros with --zero-fill."""
+        end = mapfile.finished_end
+        for s, e in mapfile.ranges(BAD):
+            if s >= end:
+                break
+            e = min(e, end)
+            if self.args.zero_fill:
+                dst.fill(s, e - s)
+            else:
+                dst.zero(s, e - s)
+
+    def _save(self, mapfile: Mapfile, dst: Destination) -> None:
+        if self.sync:
+            os.fdatasync(dst.fd)
+        mapfile.save(self.mappath, self.command, self.started, False, self.sync)
+        self.last_save = time.monotonic()
+
+    def _bar(self, total: int) -> Any:
+        tty = os.isatty(sys.stderr.fileno())
+        if self.args.progress is False or (self.args.progress is None and not tty):
+            return None
+        return byte_bar(total, "rescued")
+
+    def _report(self, m: Mapfile) -> int:
+        rescued, bad = m.total(FINISHED), m.ranges(BAD)
+        pct = f" ({100 * rescued / m.size:.2f}%)" if m.size else ""
+        print(f"rescued {rescued} of {m.size} bytes{pct} of {self.args.src} into "
+              f"{self.args.dst}; mapfile {self.mappath}")
+        if bad:
+            shown = ", ".join(f"[{s:#x}, {e:#x}) {self._cause(s, e)}" for s, e in bad[:8])
+            more = f", and {len(bad) - 8} more" if len(bad) > 8 else ""
+            print(f"bad: {len(bad)} range{'s' * (len(bad) != 1)}, "
+                  f"{size_text(sum(e - s for s, e in bad))}: {shown}{more}")
+        left = m.total("?*/")
+        if self.error is not None:
+            print(f"mcsafe rescue: {self.error}; run again to go on", file=sys.stderr)
+            return 2
+        if self.stop():
+            print(f"stopped by {signal.Signals(self.stop.signum).name}: {left} bytes not "
+                  "tried yet; run again to go on", file=sys.stderr)
+            return self.stop.exit_code
+        return 1 if bad or left else 0
+
+    def _cause(self, s: int, e: int) -> str:
+        causes = {c for (cs, ce), c in self.causes.items() if cs < e and ce > s}
+        return "/".join(sorted(causes)) if causes else "earlier run"

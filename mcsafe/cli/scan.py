@@ -1,0 +1,49 @@
+"""``mcsafe scan``: which files have unreadable ranges, and why."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from .jobs import scan_here, scan_in_workers
+from .output import Bar, Output, PlainProgress, Progress
+from .scanfile import Scanner
+from .stop import StopFlag
+from .walk import Walk
+
+
+def run(args: argparse.Namespace) -> int:
+    """Scan args.paths; the exit status (see Summary.exit_code)."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
+    stop = StopFlag()
+    stop.install()
+    walk_args = {"paths": args.paths, "one_file_system": args.one_file_system,
+                 "exclude": args.exclude}
+    walk = Walk(**walk_args)
+    out = Output(args.json, args.paths)
+    restore = not args.keep_cache
+    if args.jobs > 1:
+        # The workers fork first: no thread (the progress) may run in the parent then.
+        def start() -> None:
+            out.progress = _progress(args, walk_args)
+        scan_in_workers(walk, args.jobs, out.file, lambda n: _bytes(out, n), stop, restore,
+                        started=start)
+    else:
+        out.progress = _progress(args, walk_args)
+        scanner = Scanner(lambda n: _bytes(out, n), stop, restore)
+        scan_here(walk, scanner, out.file, stop)
+    return out.finish(stop.signum, walk)
+
+
+def _bytes(out: Output, n: int) -> None:
+    if out.progress is not None and n:
+        out.progress.bytes_done(n)
+
+
+def _progress(args: argparse.Namespace, walk_args: dict[str, object]) -> Progress | None:
+    tty = os.isatty(sys.stderr.fileno())
+    if args.progress is False or (args.progress is None and not tty):
+        return None
+    return Bar(walk_args) if tty else PlainProgress(walk_args)

@@ -1,0 +1,427 @@
+"""``mcsafe rescue`` against GNU ddrescue on the same failing files (FUSE): the same
+mapfile, the same output bytes; ddrescuelog reads ours; a rerun retries only what
+is not rescued; stops, crashes, sparse files, in place, and errors (issue 21)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcsafe import inject
+from mcsafe.cli.mapfile import Mapfile, MapfileError
+
+from test_cli_scan import WAIT, Inotify, inside
+from test_mapped_scrub import sparse
+
+PAGE = inject.PAGE
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (Debian package gddrescue; make test installs it)")
+    return path
+
+
+def rescue(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "mcsafe", "rescue", *map(str, args)],
+                       capture_output=True, text=True, timeout=WAIT, **kwargs)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def ddrescue(src: str, out: Path, mapfile: Path, *extra: str) -> None:
+    p = subprocess.run([need("ddrescue"), "-q", "-b", str(PAGE), *extra, src, str(out),
+                        str(mapfile)], capture_output=True, text=True, timeout=WAIT)
+    assert p.returncode == 0, p.stderr
+
+
+def ddrescuelog(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([need("ddrescuelog"), *map(str, args)], capture_output=True,
+                          text=True, timeout=WAIT)
+
+
+def blocks(path: Path) -> list[tuple[int, int, str]]:
+    return list(Mapfile.load(str(path)).blocks())
+
+
+def listed(mapfile: Path, types: str) -> list[int]:
+    """Page numbers of the blocks of the given types, as ddrescuelog lists them."""
+    p = ddrescuelog("-b", PAGE, f"--list-blocks={types}", mapfile)
+    assert p.returncode == 0, p.stderr
+    return [int(x) for x in p.stdout.split()]
+
+
+# -- the reference: GNU ddrescue on the same failing file -----------------------------------
+
+def test_the_same_mapfile_and_bytes_as_ddrescue(failing_file, tmp_path) -> None:
+    """Bad pages drawn by hypothesis on one FUSE file: mcsafe rescue and ddrescue
+    (sector = page) write the same blocks, the same bytes, the same DST size; and
+    ddrescuelog lists the same bad and finished pages from both mapfiles."""
+    npages = 48
+    f = failing_file(npages * PAGE)
+
+    @settings(max_examples=10, deadline=None)
+    @given(bad=st.sets(st.integers(0, npages - 1), max_size=8))
+    def check(bad: set[int]) -> None:
+        f.set_bad(inject.page_ranges(sorted(bad)))
+        work = Path(tmp_path / f"run-{len(os.listdir(tmp_path))}")
+        work.mkdir()
+        ours, theirs = work / "ours", work / "theirs"
+        p = rescue(f.path, ours, "--map", work / "ours.map")
+        assert p.returncode == (1 if bad else 0), p.stderr
+        ddrescue(f.path, theirs, work / "theirs.map")
+        assert blocks(work / "ours.map") == blocks(work / "theirs.map")
+        assert ours.read_bytes() == theirs.read_bytes()
+        for types in ("-", "+", "?*/"):
+            assert listed(work / "ours.map", types) == listed(work / "theirs.map", types)
+        assert listed(work / "ours.map", "-") == sorted(bad)
+        truth = f.contents()
+        data = ours.read_bytes()
+        for page in range(len(data) // PAGE):
+            want = bytes(PAGE) if page in bad else truth[page * PAGE:(page + 1) * PAGE]
+            assert data[page * PAGE:(page + 1) * PAGE] == want, page
+    check()
+
+
+def test_ddrescuelog_reads_our_mapfile(failing_file, tmp_path) -> None:
+    f = failing_file(32 * PAGE, inject.page_ranges([3, 4, 31]))
+    out, mapfile = tmp_path / "out", tmp_path / "out.map"
+    assert rescue(f.path, out).returncode == 1
+    status = ddrescuelog("-t", mapfile)
+    assert status.returncode == 0, status.stderr
+    text = " ".join(status.stdout.split())
+    assert f"rescued: {29 * PAGE} B, in 2 area(s)" in text
+    assert f"bad-sector: {3 * PAGE} B, in 2 area(s)" in text
+    assert "current status: finished" in text
+    assert ddrescuelog("-D", mapfile).returncode == 1        # not everything rescued
+    assert out.stat().st_size == 31 * PAGE                   # nothing past the last byte read
+    clean = failing_file(8 * PAGE)
+    assert rescue(clean.path, tmp_path / "clean").returncode == 0
+    assert ddrescuelog("-D", tmp_path / "clean.map").returncode == 0
+
+
+def test_rescue_finishes_what_ddrescue_left(failing_file, tmp_path) -> None:
+    """ddrescue --no-trim --no-scrape leaves non-trimmed blocks; mcsafe rescue,
+    given its mapfile, reads only those and ends with the same map as a whole
+    ddrescue run."""
+    npages = 256
+    bad = [10, 11, 100, 200]
+    f = failing_file(npages * PAGE, inject.page_ranges(bad))
+    out, mapfile = tmp_path / "out", tmp_path / "out.map"
+    ddrescue(f.path, out, mapfile, "--no-scrape", "--no-trim", "--cluster-size=16")
+    assert Mapfile.load(str(mapfile)).total("*/?") > len(bad) * PAGE     # left for later
+    p = rescue(f.path, out, "--map", mapfile)
+    assert p.returncode == 1, p.stderr
+    assert listed(mapfile, "-") == bad and listed(mapfile, "?*/") == []
+    ddrescue(f.path, tmp_path / "whole", tmp_path / "whole.map")
+    assert blocks(mapfile) == blocks(tmp_path / "whole.map")
+    assert out.read_bytes() == (tmp_path / "whole").read_bytes()
+
+
+# -- running again ----------------------------------------------------------------------------
+
+def test_a_rerun_reads_only_what_is_not_rescued(failing_file, tmp_path) -> None:
+    """After a first run, the failing file heals at two of its three bad pages and its
+    good bytes change behind the mount (as another client would write them): the
+    rerun fills the two healed pages with their bytes now, leaves the third bad,
+    and never reads a page rescued before (DST keeps the first run's bytes)."""
+    npages = 64
+    f = failing_file(npages * PAGE, inject.page_ranges([5, 20, 50]))
+    first = f.contents()
+    out = tmp_path / "out"
+    assert rescue(f.path, out).returncode == 1
+    assert listed(tmp_path / "out.map", "-") == [5, 20, 50]
+    f.set_bad(inject.page_ranges([20]))
+    f.write(b"N" * (npages * PAGE), 0)            # stops short at page 20: every good page
+    f.write(b"N" * (43 * PAGE), 21 * PAGE)
+    assert f.contents() == b"N" * (20 * PAGE) + first[20 * PAGE:21 * PAGE] + \
+        b"N" * (43 * PAGE)
+    p = rescue(f.path, out)
+    assert p.returncode == 1, p.stderr
+    assert listed(tmp_path / "out.map", "-") == [20]
+    data = out.read_bytes()
+    for page in range(npages):
+        chunk = data[page * PAGE:(page + 1) * PAGE]
+        if page in (5, 50):
+            assert chunk == b"N" * PAGE, page           # healed: read now
+        elif page == 20:
+            assert chunk == bytes(PAGE)
+        else:
+            assert chunk == first[page * PAGE:(page + 1) * PAGE], page   # never read again
+    mapfile = Mapfile.load(str(tmp_path / "out.map"))
+    assert (mapfile.current_pass, mapfile.current_status) == (2, "+")
+
+
+def test_a_retry_run_stopped_says_it_was_retrying(failing_file, tmp_path) -> None:
+    """A run that only retries bad blocks, stopped inside SRC (its first failing read,
+    told by the FUSE server): the mapfile's current status is '-' (retrying), not the
+    '+' (finished) the run before it left."""
+    f = failing_file(64 * PAGE, inject.page_ranges([5, 20]))
+    out = tmp_path / "out"
+    assert rescue(f.path, out).returncode == 1
+    assert Mapfile.load(str(tmp_path / "out.map")).current_status == "+"
+    hook, watch = inside(f)
+    with hook:
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", f.path, str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            watch.wait(1)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=WAIT)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    m = Mapfile.load(str(tmp_path / "out.map"))
+    assert (m.current_status, m.current_pass) == ("-", 2)
+    assert m.ranges("-") == inject.page_ranges([5, 20])
+
+
+def test_a_signal_leaves_dst_and_the_mapfile_consistent_and_a_rerun_finishes(
+        failing_file, tmp_path) -> None:
+    """SIGINT once the rescue is inside SRC (its first failing read, told by the FUSE
+    server): exit 130, DST is in place with what was rescued, the mapfile says so
+    (the rest non-tried), no temporary file is left; a rerun finishes and both runs
+    together equal one."""
+    npages = (64 << 20) // PAGE
+    bad = list(range(1, npages, 16))
+    f = failing_file(npages * PAGE, inject.page_ranges(bad))
+    out = tmp_path / "out"
+    out.write_bytes(b"old")
+    hook, watch = inside(f)
+    with hook:
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", f.path, str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            watch.wait(1)
+            assert out.read_bytes() == b"old"          # DST untouched until the end
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=WAIT)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "stopped by SIGINT" in err and "run again" in err
+    assert sorted(os.listdir(tmp_path)) == ["out", "out.map"]
+    m = Mapfile.load(str(tmp_path / "out.map"))
+    assert m.current_status == "?" and m.total("?") > 0 and m.total("+") >= PAGE
+    assert m.ranges("-")[0] == (PAGE, 2 * PAGE)
+    truth = f.contents()
+    data = out.read_bytes()
+    assert len(data) == m.finished_end
+    for s, e in m.ranges("+"):
+        assert data[s:e] == truth[s:e]
+    f.set_bad(inject.page_ranges(bad[:10]))         # and heal most, to finish quickly
+    assert rescue(f.path, out).returncode == 1
+    assert listed(tmp_path / "out.map", "-") == bad[:10]
+    data = out.read_bytes()
+    for page in range(npages):
+        want = bytes(PAGE) if page in bad[:10] else truth[page * PAGE:(page + 1) * PAGE]
+        assert data[page * PAGE:(page + 1) * PAGE] == want, page
+
+
+def test_a_crash_in_place_leaves_a_mapfile_that_dst_agrees_with(failing_file, tmp_path) -> None:
+    """--in-place --save-every 0 (the mapfile saved after every write, DST synced
+    first), killed with SIGKILL after its fifth save (inotify): every byte the
+    mapfile on disk says was rescued is in DST; a rerun from it finishes."""
+    npages = (32 << 20) // PAGE
+    bad = list(range(1, npages, 16))
+    f = failing_file(npages * PAGE, inject.page_ranges(bad))
+    out = tmp_path / "out"
+    saves = Inotify(tmp_path, Inotify.IN_MOVED_TO, "out.map")
+    proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", "--in-place",
+                             "--save-every", "0", f.path, str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        saves.wait(5)
+        proc.kill()
+        proc.wait()
+    finally:
+        saves.close()
+    assert proc.returncode == -signal.SIGKILL
+    truth = f.contents()
+    m = Mapfile.load(str(tmp_path / "out.map"))
+    assert m.current_status == "?" and 0 < m.total("+") < npages * PAGE // 2
+    data = out.read_bytes()
+    for s, e in m.ranges("+"):
+        assert data[s:e] == truth[s:e]
+    f.set_bad([])
+    assert rescue(f.path, out).returncode == 0
+    assert out.read_bytes() == truth
+
+
+# -- what DST gets ----------------------------------------------------------------------------
+
+def test_holes_zero_fill_and_nothing_past_the_last_byte_read(failing_file, tmp_path) -> None:
+    f = failing_file(16 * PAGE, inject.page_ranges([2, 3, 14, 15]))
+    truth = f.contents()
+    assert rescue(f.path, tmp_path / "holes").returncode == 1
+    assert rescue("--zero-fill", f.path, tmp_path / "zeros").returncode == 1
+    for name in ("holes", "zeros"):
+        data = (tmp_path / name).read_bytes()
+        assert len(data) == 14 * PAGE                     # the bad tail is not invented
+        assert data == truth[:2 * PAGE] + bytes(2 * PAGE) + truth[4 * PAGE:14 * PAGE]
+    fd = os.open(tmp_path / "holes", os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 2 * PAGE  # a hole where the bad pages were
+        assert os.lseek(fd, 2 * PAGE, os.SEEK_DATA) == 4 * PAGE
+    finally:
+        os.close(fd)
+    fd = os.open(tmp_path / "zeros", os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 14 * PAGE  # written: no hole
+    finally:
+        os.close(fd)
+
+
+def test_a_sparse_terabyte_stays_sparse(tmp_path) -> None:
+    src = tmp_path / "sparse"
+    sparse(src, 1 << 40, {1 << 30: b"middle" * 1000, (1 << 40) - 10: b"end" * 3 + b"!"})
+    out = tmp_path / "out"
+    p = rescue(src, out)
+    assert p.returncode == 0, p.stderr
+    assert out.stat().st_size == 1 << 40 and out.stat().st_blocks * 512 < 1 << 20
+    with open(out, "rb") as f:
+        f.seek(1 << 30)
+        assert f.read(6000) == b"middle" * 1000
+        f.seek((1 << 40) - 10)
+        assert f.read() == b"end" * 3 + b"!"
+    assert blocks(tmp_path / "out.map") == [(0, 1 << 40, "+")]
+
+
+def test_in_place_over_an_older_copy(failing_file, tmp_path) -> None:
+    """--in-place into a longer file holding other bytes: good pages overwritten, bad
+    pages punched (read as zeros, not the old bytes), the file not shortened."""
+    f = failing_file(8 * PAGE, inject.page_ranges([3]))
+    out = tmp_path / "out"
+    out.write_bytes(b"O" * (12 * PAGE))
+    assert rescue("--in-place", f.path, out).returncode == 1
+    truth = f.contents()
+    assert out.read_bytes() == truth[:3 * PAGE] + bytes(PAGE) + truth[4 * PAGE:] + \
+        b"O" * (4 * PAGE)
+
+
+def test_in_place_onto_a_block_device(failing_file, loop_device, tmp_path) -> None:
+    backing = tmp_path / "disk"
+    backing.write_bytes(b"D" * (16 * PAGE))
+    dev = loop_device(backing)
+    f = failing_file(8 * PAGE, inject.page_ranges([1]))
+    p = rescue(f.path, dev)
+    assert p.returncode == 2 and f"{dev} is a block device: say where the mapfile goes" in \
+        p.stderr
+    p = rescue("--map", tmp_path / "dev.map", f.path, dev)
+    assert p.returncode == 2 and "written in place only (--in-place)" in p.stderr
+    p = rescue("--in-place", "--zero-fill", "--map", tmp_path / "dev.map", f.path, dev)
+    assert p.returncode == 1, p.stderr
+    with open(dev, "rb") as d:
+        got = d.read()
+    truth = f.contents()
+    assert got == truth[:PAGE] + bytes(PAGE) + truth[2 * PAGE:] + b"D" * (8 * PAGE)
+
+
+def test_from_a_failing_block_device(failing_file, loop_device, tmp_path) -> None:
+    """SRC a loop device over a failing file (a failing disk): the same map as
+    ddrescue's, and the readable bytes."""
+    f = failing_file(64 * PAGE, inject.page_ranges([3, 40, 41]))
+    dev = loop_device(Path(f.path))
+    out = tmp_path / "disk.img"
+    p = rescue(dev, out)
+    assert p.returncode == 1, p.stderr
+    assert listed(tmp_path / "disk.img.map", "-") == [3, 40, 41]
+    ddrescue(dev, tmp_path / "theirs", tmp_path / "theirs.map", "--idirect")
+    assert blocks(tmp_path / "disk.img.map") == blocks(tmp_path / "theirs.map")
+    assert out.read_bytes() == (tmp_path / "theirs").read_bytes()
+
+
+def test_dst_that_fails_to_write_stops_with_a_consistent_mapfile(failing_file, tmp_path) -> None:
+    """DST is itself a failing file (writes fail at its bad page): exit 2 naming DST,
+    the mapfile says what was written; once DST heals, a rerun finishes."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(64 * PAGE))
+    dst = failing_file(64 * PAGE, inject.page_ranges([40]), name="dst")
+    mapfile = tmp_path / "m.map"
+    p = rescue("--in-place", "--map", mapfile, src, dst.path)
+    assert p.returncode == 2 and f"mcsafe rescue: {dst.path}: Input/output error" in p.stderr
+    m = Mapfile.load(str(mapfile))
+    assert m.finished_end <= 40 * PAGE and m.total("?") >= 24 * PAGE
+    dst.set_bad([])
+    assert rescue("--in-place", "--map", mapfile, src, dst.path).returncode == 0
+    assert dst.contents() == src.read_bytes()
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def test_errors_are_one_line_and_exit_2(tmp_path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"s" * 100)
+    cases = [
+        ((tmp_path / "missing", tmp_path / "o1"), "No such file or directory"),
+        ((tmp_path, tmp_path / "o2"), "directory"),
+        ((src, src), "are the same file"),
+    ]
+    bad_map = tmp_path / "bad.map"
+    bad_map.write_text("# a comment\n0x0 + 1\n0x0 0x10 +\n0x20 0x10 -\n")
+    cases.append(((src, tmp_path / "o3", "--map", bad_map),
+                  f"{bad_map}, line 4: the block at 0x20 does not start where"))
+    done = tmp_path / "done.map"
+    done.write_text("0x0 + 1\n0x0 0x64 +\n")
+    cases.append(((src, tmp_path / "gone", "--map", done), "does not exist, but"))
+    for args, words in cases:
+        p = rescue(*args)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".part")] == []
+
+
+def test_help_describes_every_positional() -> None:
+    p = subprocess.run([sys.executable, "-m", "mcsafe", "rescue", "--help"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0
+    for words in ("SRC", "DST", "the file or block device to rescue", "--map", "--zero-fill",
+                  "--in-place", "exit status"):
+        assert words in p.stdout, words
+
+
+# -- the mapfile, as text ----------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 200),
+       changes=st.lists(st.tuples(st.integers(0, 220), st.integers(0, 220),
+                                  st.sampled_from("?*/-+")), max_size=12))
+def test_mapfile_blocks_follow_every_change_as_a_byte_map_would(size, changes) -> None:
+    m = Mapfile(size)
+    model = ["?"] * size
+    for a, b, status in changes:
+        m.set(a, b, status)
+        model[a:b] = [status] * len(model[a:b])
+        flat = [s for _, n, s in m.blocks() for _ in range(n)]
+        assert flat == model
+        assert all(x != y for x, y in zip(m.statuses, m.statuses[1:]))
+    again = Mapfile.parse(m.format("cmd", dt.datetime.now(), False))
+    assert list(again.blocks()) == list(m.blocks())
+
+
+def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> None:
+    m = Mapfile.parse("# c\n  0x10  -  3 \n0 4096 +\n010000 0x1000 +\n8192 512 ?\n")
+    assert (m.current_pos, m.current_status, m.current_pass) == (16, "-", 3)
+    assert list(m.blocks()) == [(0, 8192, "+"), (8192, 512, "?")]
+    for text, words in (("", "no status line"), ("0x0 x 1\n", "line 1: not a status line"),
+                        ("0 + 1\n0 10 x\n", "line 2: not a block"),
+                        ("0 + 1\n0 0x-1 +\n", "line 2: not a number"),
+                        ("0 + 1\n0 0 +\n", "line 2: a block of size 0")):
+        with pytest.raises(MapfileError, match=words):
+            Mapfile.parse(text)
