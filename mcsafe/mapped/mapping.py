@@ -158,7 +158,7 @@ class Window:
             self.state = (view, size, limit, 0, 0, self.fd)
             return
         _, _, kept, address, word, _ = getattr(self, "state", (None, 0, -1, 0, 0, 0))
-        if not rearm and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
+        if not rearm and address and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
             self.state = (view, size, kept, address, word, self.fd)
             return
         armed = self.probe.arm(self.fd, limit)
