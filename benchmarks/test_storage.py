@@ -83,8 +83,8 @@ def _file_peers(benchmark, path, buf, offset: int, size: int, peer: str) -> None
 
 @pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv"])
 def test_read_whole_small_file(benchmark, tmp_path_factory, peer: str) -> None:
-    """A 10,000-byte file read whole: the copy reaches the file's last page, whose
-    bytes MappedFile reads with pread(2) (the two pages before it from the mapping)."""
+    """A 10,000-byte file read whole: the copy reaches the file's last page, so
+    MappedFile asks the size (lseek) before copying all of it from the mapping."""
     path = tmp_path_factory.mktemp("small") / "small.bin"
     data = os.urandom(10_000)
     path.write_bytes(data)
@@ -101,7 +101,8 @@ def test_read_tail(benchmark, tmp_path_factory, peer: str, end: str) -> None:
     """The last 100 bytes of a 1 MiB file (a log's tail): all in the last page. With
     -zero-end the file's last byte is 0 (a tar archive's end, zero padding), which
     the check of the last counted byte cannot tell from a cut: MappedFile then
-    asks the size too (one lseek more than pread)."""
+    asks the size again after the copy (two lseeks, where a tail ending in
+    another byte costs one)."""
     path = tmp_path_factory.mktemp("tail") / "log.bin"
     data = os.urandom((1 << 20) - 1) + (b"\0" if end else b"\1")
     path.write_bytes(data)
@@ -110,6 +111,35 @@ def test_read_tail(benchmark, tmp_path_factory, peer: str, end: str) -> None:
     benchmark.extra_info.update(peer=peer, size=100)
     _file_peers(benchmark, path, buf, len(data) - 100, 100, peer)
     assert buf == data[-100:]
+
+
+@pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv"])
+def test_read_appended(benchmark, tmp_path_factory, peer: str) -> None:
+    """A log followed as it grows: append 100 bytes, read them back (both peers pay
+    the same write). MappedFile copies them from its mapping's room to grow, past
+    the size it last saw, bounded by the size it asks."""
+    path = tmp_path_factory.mktemp("appended") / "log.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    record = os.urandom(100)
+    buf = memoryview(sink(4096))[:100]
+    benchmark.group = "appended-read-100"
+    benchmark.extra_info.update(peer=peer, size=100)
+    wfd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    rfd = os.open(path, os.O_RDONLY)
+    mf = MappedFile(path)
+    read = mf.readinto if peer == "MappedFile.readinto" else \
+        (lambda b, at: os.preadv(rfd, [b], at))
+
+    def append_and_read() -> int:
+        end = os.lseek(wfd, 0, os.SEEK_END) + os.write(wfd, record)
+        return read(buf, end - 100)
+    try:
+        measure(benchmark, append_and_read, 100)
+        assert append_and_read() == 100 and buf == record
+    finally:
+        mf.close()
+        os.close(rfd)
+        os.close(wfd)
 
 
 @pytest.fixture(scope="module")

@@ -247,6 +247,40 @@ def test_a_read_that_reaches_the_end_picks_up_what_was_appended(tmp_path) -> Non
         assert mf.readinto(buf, 0) == PAGE + 10 and buf[PAGE:PAGE + 10] == b"y" * 10
 
 
+@pytest.mark.parametrize("cut", [10 * PAGE + 100, 24 * PAGE + 50],
+                         ids=["pages past the cut fault", "the cut in the copy's last page"])
+def test_a_file_grown_since_it_was_seen_and_cut_during_the_copy_counts_to_the_cut(
+        tmp_path, cut: int) -> None:
+    """A read of bytes appended since the size was last seen copies them from the
+    mapping's room to grow, bounded by the size it asks; the file is cut (at a
+    stalled buffer page) while the copy runs: the count ends at the cut, whether
+    the copy then faults on a page past it or reads the zeros it left in the
+    copy's last page."""
+    _need_uffd()
+    path = tmp_path / "log"
+    path.write_bytes(RAMP[:8 * PAGE])
+    offset, n = 4 * PAGE + 100, 20 * PAGE
+    with MappedFile(path) as mf:
+        assert mf.size == 8 * PAGE
+        with open(path, "ab") as f:
+            f.write(RAMP[8 * PAGE:32 * PAGE])
+        fd = os.open(path, os.O_WRONLY)
+        before = mcsafe.claimed_faults()
+        try:
+            with uffd_stall.stalled_buffer(21, bytes(21 * PAGE),
+                                           {5: lambda: os.ftruncate(fd, cut)}) as buf:
+                got = mf.readinto(buf[:n], offset)
+                data = bytes(buf[:got])
+        finally:
+            os.close(fd)
+        assert os.path.getsize(path) == cut
+        assert got == cut - offset and data == RAMP[offset:cut]
+        assert mf.bad_ranges() == []
+        # through the mapping: the page past a cut below the copy's last page
+        # faulted under the copy (read(2) would have stopped at the end instead)
+        assert mcsafe.claimed_faults() - before == (1 if cut < 23 * PAGE else 0)
+
+
 def test_bad_ranges_are_kept_as_the_file_grows(tmp_path) -> None:
     if inject.available()["uffd"] is not None:
         pytest.skip(f"uffd unavailable on this machine: {inject.available()['uffd']}")
@@ -433,8 +467,12 @@ def test_a_shrink_between_the_size_and_the_copy_is_a_short_count(tmp_path) -> No
                 return 4 * PAGE           # ...but this call saw the size before the cut
             return now
         mf._window.refresh = stale_once          # type: ignore[method-assign]
-        assert mf.readinto(bytearray(4 * PAGE), 100) == 0
+        # ends before the probe's page: the fast path asks no size, and its failed
+        # probe sends the call down the careful path (a read reaching the last page
+        # asks the size itself, in the same call as its copy)
+        assert mf.readinto(bytearray(PAGE), 100) == 0
         assert lied == [0] and mf.bad_ranges() == []
+        assert mf.readinto(bytearray(4 * PAGE), 100) == 0
 
 
 def _in_child(body: Callable[[], bool]) -> int:

@@ -1,10 +1,12 @@
 """The careful paths and their verdicts: a call after a fault, a failed probe, a
 known bad range, or (for a write) a copy that reaches the file's last page.
 
-Reads are the fast path's split call again from where the call stopped (pread(2)
-alone where no probe is armed). Writes ask the size and the file's times around
-every copy. A fault is judged by read(2) of its byte: the end of the file only
-if read(2) says so then; a bad page if it fails, whatever the file did meanwhile.
+Reads are the fast path's call again from where the call stopped, through the
+mapping (the size asked before and after each copy where no probe is armed).
+Writes ask the size and the file's times around every copy. A fault is judged
+by read(2) of its byte: the end of the file only if read(2) says so then; a bad
+page if it fails, whatever the file did meanwhile. That one-byte read(2) only
+decides (its byte is handed to no one): file data is never served by read(2).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from .._mcsafe import _copy_or_report, _file_stamp, _read_split
+from .._mcsafe import _file_stamp, _readinto_careful
 from .._types import CopyResult, FaultInfo, MemoryFaultError
 from ._sys import PAGE, oserror
 from .badranges import BadRanges
@@ -49,9 +51,10 @@ class Careful:
 
     def read(self, buf: Buffer, offset: int, done: int, fault: FaultInfo | None) -> int:
         """readinto() after a fault, a failed probe, past the size last seen or with
-        bad ranges known: the fast path's split copy again, from where the call
-        stopped, with the bad-range list obeyed and kept, growth followed and each
-        fault judged; pread(2) alone where there is no probe to prove a copy."""
+        bad ranges known: the fast path's copy again, from where the call stopped,
+        with the bad-range list obeyed and kept, growth followed and each fault
+        judged; the size asked before and after each copy where there is no probe
+        to prove one (and after a cut: the probe was armed for a size now gone)."""
         w = self.window
         out = memoryview(buf).cast("B")
         if out.readonly:        # refused wherever offset lies, as FileIO.readinto refuses it
@@ -69,8 +72,8 @@ class Careful:
                     return done
                 # The file was shorter when the page faulted: the page before it may
                 # have been copied past the end then (zeros). Copy it again; after a
-                # cut, with pread(2) alone, which finds the end wherever it is now (it
-                # may lie past the call's offset: the file never ended there).
+                # cut, without the probe, to wherever the end is now (it may lie past
+                # the call's offset: the file never ended there).
                 done = before_page_before(offset, done)
                 if verdict == CUT:
                     probes = 0
@@ -80,6 +83,10 @@ class Careful:
             pos = offset + done
             if done >= want or pos >= w.refresh():
                 return done
+            if pos >= w.map.length:     # the file outgrew a mapping made again in vain
+                if done:
+                    return done
+                raise oserror(errno.ENOMEM, w.path, "mmap of the file's new length")
             n = want - done
             bad = self.bad.at_or_after(pos)
             if bad is not None and bad[0] <= pos:
@@ -89,8 +96,10 @@ class Careful:
             if bad is not None and bad[0] < pos + n:
                 n = bad[0] - pos
             state = w.state
+            if not probes:
+                state = (*state[:2], -1, 0, 0, *state[5:])
             try:
-                got = _read_split(out[done:done + n], state, pos) if probes else -2
+                got = _readinto_careful(out[done:done + n], state, pos)
             except (ValueError, TypeError):
                 w.check_open()
                 if state[0] is w.state[0]:
@@ -104,35 +113,11 @@ class Careful:
                 w.probe_failed(state[4])
                 probes -= 1
                 continue
-            if got < 0:
-                got = self.pread(out[done:done + n], pos, done)
-                if got == 0:        # the end of the file, or a bad page after done bytes
-                    return done
+            if got == -2:           # shrunk under the view fetched: follow it
+                continue
+            if got == 0:            # the end of the file
+                return done
             done += got
-
-    def pread(self, out: memoryview, pos: int, done: int) -> int:
-        """pread(2) into out at file offset pos: the count (short at the end of the
-        file or before a page it cannot read, 0 at the end). A page it cannot read
-        at pos is bad: remembered (EIO), and raised if the call has nothing yet."""
-        try:
-            return os.preadv(self.window.fd, [out], pos)
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-            if err == errno.EFAULT:
-                # The caller's buffer, at its first byte (pread(2) counts the bytes
-                # before): the table-driven copy says what the fault was.
-                res = _copy_or_report(out[:1], b"\0")
-                if not isinstance(res, CopyResult) or res.fault is None:
-                    raise
-                raise MemoryFaultError(res.fault._replace(offset=done),
-                                       "read: the caller's buffer (dst)", self.window.path,
-                                       errno.EFAULT) from None
-            info = FaultInfo(self.window.map.address + pos, pos, "src", 0, 0, "io")
-            if err == errno.EIO:
-                self.bad.remember(info)
-            if done:
-                return 0
-            raise MemoryFaultError(info, "read", self.window.path, err) from None
 
     # -- writes ------------------------------------------------------------------
 
@@ -308,7 +293,17 @@ class Careful:
 
     def readable(self, at: int) -> int | None:
         """Ask read(2) for the byte at file offset `at`: None if it is at or past the
-        end of the file, 0 if it reads, else the errno it fails with."""
+        end of the file, 0 if it reads, else the errno it fails with.
+
+        This read(2) decides; its byte is handed to no one. It is safe where a read
+        of data would not be (a poisoned page-cache page copied by the kernel is a
+        machine check in kernel mode): it is asked only after a SIGBUS that named
+        no poison (BUS_ADRERR). That page was past the end of the file, and
+        read(2) returns 0 without touching a page; or the kernel could not read
+        it (not up to date), and read(2) reads it from the storage again or
+        fails with EIO (docs/ARCHITECTURE.md, "Machine checks"). A page that
+        faulted as poison (BUS_MCEERR_AR) is never asked about: it is remembered
+        bad as it is."""
         try:
             return 0 if os.pread(self.window.fd, 1, at) else None
         except OSError as exc:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from .._mcsafe import _copy_bracketed, _ensure_front, _read_split
+from .._mcsafe import _copy_bracketed, _ensure_front, _readinto
 from .._types import CopyResult, FaultInfo
 from ._sys import MS_SYNC, PAGE, oserror, pages, sync
 from .badranges import BadRanges
@@ -189,15 +189,14 @@ class MappedFile:
         state = self._window.state
         if not self._bad.starts:
             try:
-                got = _read_split(buf, state, offset)
+                got = _readinto(buf, state, offset)
             except (ValueError, TypeError, OverflowError):  # closed, resized, not ours
                 got = -2
             if type(got) is int:
                 if got >= 0:
                     return got
-                if got != -2:
-                    return self._checked(buf, offset, True, 0, None,
-                                         state[4] if got == -1 else None)
+                if got == -1:       # the probe failed: cut since it was armed
+                    return self._checked(buf, offset, True, 0, None, state[4])
             else:
                 assert isinstance(got, CopyResult)
                 return self._checked(buf, offset, True, got.copied, got.fault)
@@ -205,13 +204,14 @@ class MappedFile:
             raise ValueError(f"negative offset {offset}")
         return self._checked(buf, offset, True, 0, None)
 
-    # The fast path of readinto(): the bytes before the file's last page (as last
-    # seen) are copied from the mapping, proved by the probe to have been in the
-    # file during the copy; the rest is read with pread(2), which is exact at the
-    # end of a file, where a mapping shows zeros without a fault. write() has no
-    # such pread half (pwrite(2) would extend a file cut under it): a write that
-    # reaches the last page takes the careful path, which asks the size around
-    # every copy. Faults and failed probes take the careful paths.
+    # The fast path of readinto() is one call: every byte comes from the mapping
+    # through the table-driven copy, never from read(2) (docs/ARCHITECTURE.md,
+    # "Machine checks"). A copy that ends before the file's last page (as last
+    # seen) is proved by the probe to have read only the file's bytes; one that
+    # reaches that page is bounded by the size asked just before it, where the
+    # mapping shows zeros past the end without a fault. write() mirrors it without
+    # the last page: a write that reaches it takes the careful path, which asks
+    # the size around every copy. Faults and failed probes take the careful paths.
 
     def read(self, n: int, offset: int = 0) -> bytes:
         """Up to n bytes from offset (fewer at a bad byte or the end of the file)."""
@@ -228,8 +228,8 @@ class MappedFile:
         byte is bad (ENOSPC for a hole the full file system cannot fill)."""
         if self.mode != "r+":
             raise OSError(errno.EBADF, "not open for writing (mode 'r+')", self.path)
-        # readinto's fast path, mirrored without the pread half
-        data, size, limit, probe, word, _ = self._window.state
+        # readinto's fast path, mirrored without the last page (the comment above)
+        data, size, limit, probe, word, _, _ = self._window.state
         if 0 <= offset < size and not self._bad.starts:
             try:
                 got = _copy_bracketed(data, buf, offset, 0, False, limit, probe, word)

@@ -28,9 +28,11 @@ RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (addres
 GROWTH_REARM = 64 << 10     # growth (at least, or an eighth of the file) that moves the probe
 CLOSED = "I/O operation on closed file"
 
-# view, size, probe limit, probe address, probe word, descriptor: one tuple, so the
+# view, size, probe limit, probe address, probe word, descriptor, and how many bytes
+# are mapped from the view's start (the mapping it is a view of: a read of a file
+# grown since, bounded by the size it asks, copies from there): one tuple, so the
 # fast path fetches all it needs with one attribute lookup
-State = tuple[memoryview, int, int, int, int, int]
+State = tuple[memoryview, int, int, int, int, int, int]
 
 
 class Mapping:
@@ -123,8 +125,8 @@ class Window:
                 if exc.errno != errno.ENOMEM:
                     raise
                 # no address space for room to grow: map just the file; and if even
-                # that fails (vm.max_map_count), serve what is mapped (the careful
-                # path says why a write cannot go past it; reads use pread(2))
+                # that fails (vm.max_map_count), serve what is mapped: past it a
+                # read or write is ENOMEM (the careful path), never read(2)
                 try:
                     new = Mapping(self.fd, pages(size), self.writable, self.path)
                 except OSError as again:
@@ -147,25 +149,28 @@ class Window:
         us), every call takes the careful path until the size changes.
 
         A file that grew a little keeps its probe (still the proof for every copy
-        that ends before the probe's page; copies past it take the careful path):
+        that ends before the probe's page; reads past it ask the size, writes
+        take the careful path):
         a log appended to in small writes is not re-armed on every write."""
         # A block device that shrinks (a loop device's backing file cut, then
         # losetup -c) keeps its page cache: no cut unmaps the probe, so a device
         # is never probed.
         limit = (size - 1) // PAGE * PAGE if size and self.probed else -1
+        room = self.map.length          # the view is a slice of self.map, from its start
         if limit <= 0:
-            # no probe; or none needed: a file of one page is read with pread(2)
-            self.state = (view, size, limit, 0, 0, self.fd)
+            # no probe; or none needed: every read of a file of one page reaches
+            # its last page, bounded by the size it asks
+            self.state = (view, size, limit, 0, 0, self.fd, room)
             return
-        _, _, kept, address, word, _ = getattr(self, "state", (None, 0, -1, 0, 0, 0))
+        _, _, kept, address, word, _, _ = getattr(self, "state", (None, 0, -1, 0, 0, 0, 0))
         if not rearm and address and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
-            self.state = (view, size, kept, address, word, self.fd)
+            self.state = (view, size, kept, address, word, self.fd, room)
             return
         armed = self.probe.arm(self.fd, limit)
         if armed is None:
-            self.state = (view, size, -1, 0, 0, self.fd)
+            self.state = (view, size, -1, 0, 0, self.fd, room)
         else:
-            self.state = (view, size, limit, *armed, self.fd)
+            self.state = (view, size, limit, *armed, self.fd, room)
 
     def probe_failed(self, word: int) -> None:
         """The probe armed with word faulted or read another word: the file was cut
@@ -173,7 +178,7 @@ class Window:
         the probe again, unless another thread has."""
         self.refresh()
         with self.lock:
-            view, size, limit, _, now, _ = self.state
+            view, size, limit, _, now, _, _ = self.state
             if limit >= 0 and now == word and not self.closed:
                 self.publish(view, size, rearm=True)
 
@@ -246,7 +251,7 @@ class Window:
                 return None
             self.closed = True
             view = self.state[0]
-            self.state = (view, 0, -1, 0, 0, self.fd)
+            self.state = (view, 0, -1, 0, 0, self.fd, 0)
             return view
 
     def unmap(self, view: memoryview) -> None:
@@ -269,7 +274,7 @@ class Window:
         self.lock = threading.Lock()
         if self.closed:
             return
-        view, size, limit, probe, word, fd = self.state
+        view, size, limit, probe, word, fd, room = self.state
         self.leaked += [view] + self.stale       # never released: left mapped, unused
         self.stale = []
-        self.state = (self.map.view[:size], size, limit, probe, word, fd)
+        self.state = (self.map.view[:size], size, limit, probe, word, fd, room)
