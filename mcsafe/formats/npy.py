@@ -100,9 +100,9 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
 
 
 def _head(mf: MappedFile, size: int) -> bytes:
-    """A small file's bytes, read in one call (each read of a file's last page takes
-    MappedFile's careful path); b"" for a larger file, or if the read fails (the
-    reads that follow then say where)."""
+    """A small file's bytes, read in one call (each read that reaches a file's last
+    page asks its size); b"" for a larger file, or if the read fails (the reads
+    that follow then say where)."""
     if size > SMALL_FILE:
         return b""
     data = bytearray(size)
