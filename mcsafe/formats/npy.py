@@ -240,7 +240,7 @@ def _saved_header(reader: _Reader, version: tuple[int, int], max_header_size: in
         return None
     descr, fortran, shape = m.groups()
     try:
-        dtype = npformat.descr_to_dtype(descr)
+        dtype = np.dtype(descr)         # numpy's descr_to_dtype of a str
         dims = tuple(int(d) for d in shape.split(",") if d)    # past int's digit limit: raises
     except Exception:           # numpy's reader says what is wrong with it
         return None
