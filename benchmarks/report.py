@@ -351,15 +351,18 @@ _NPY_MISS = (
     "fault: fault-around maps the 16 pages; for 1 MiB 64 µs against 42 µs, 3.6 faults; "
     "MAP_POPULATE and MADV_POPULATE_READ measured no cheaper); and the probe page, a "
     "private mapping and its copy-on-write fault (about 4 µs). Opening now makes 12 system "
-    "calls (was 19) and a third of the user-space instructions it did. At 16 MiB the "
-    "mapping costs no more than read(2)'s copy and arrays.load is the faster; the 16 MiB "
-    "figures of both swing 2-5x between runs on this VM (memory shared with other jobs).")
+    "calls (was 19) and a third of the user-space instructions it did. Measured at load "
+    "7-8 (three runs): 1.4-2.0× at 4 KiB, 1.2-1.5× at 64 KiB, 1.1-1.4× at 1 MiB (one 4.8× "
+    "outlier), 1.04-1.12× at 16 MiB, where a fresh mapping and its faults cost about what "
+    "read(2)'s copy does (0.45× in another run: the 16 MiB figures of both swing 2-5× "
+    "between runs on this VM, memory shared with other jobs).")
 WHY_MISSED.update({f"arrays.load {size} .npy ≤ 1.0× numpy.load (interleaved)": _NPY_MISS
                    for size in ("4 KiB", "64 KiB", "1 MiB", "16 MiB", "256 MiB")})
 WHY_MISSED["safe_open.get_tensor, a 1 MiB tensor, ≤ 1.0× safetensors (interleaved)"] = (
     "Met since the copy's size dispatch is chosen from CPUID and the cache sizes (rep movsb "
     "with ERMS up to a quarter of L3, as glibc's memmove chooses): a 1 MiB tensor is one "
-    "rep movsb either way, 0.86-0.9× safetensors here. A miss is the noise of a shared VM.")
+    "rep movsb either way, 0.86-0.91× safetensors in four runs here. A miss is the noise "
+    "of a shared VM.")
 
 
 def plot(res: Results, folder: Path) -> list[tuple[str, str]]:
