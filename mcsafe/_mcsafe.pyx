@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The mcsafe extension: the table-driven copy and the handler's controls."""
 
-from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
-                             PyObject_GetBuffer)
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo,
+                             PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_ExceptionMatches
 from libc.errno cimport errno as c_errno
 from libc.signal cimport SIGBUS, SIGSEGV
@@ -44,6 +44,12 @@ cdef extern from "mcsafe_core.h" nogil:
     void mcsafe_arch_init()
     const char *const mcsafe_path_names[]
     size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n, mcsafe_fault *rec)
+    struct mcsafe_copy_plan:
+        size_t bulk_stop, nt_threshold, l2, l3
+        unsigned features
+    const char *const mcsafe_feature_names[]
+    const mcsafe_copy_plan *mcsafe_plan()
+    int mcsafe_copy_choice(size_t n)
     int mcsafe_register(const void *table, size_t size, const char *name,
                         char *err, size_t errlen)
     int mcsafe_unregister(const void *table)
@@ -354,6 +360,34 @@ def copy_paths():
     return _PATHS
 
 
+def copy_plan():
+    """How copies are made on this machine, chosen from the CPU at import:
+    ``small`` (copies below it take the word path), ``bulk_stop`` and
+    ``nt_threshold`` (copies from ``small`` up to ``bulk_stop`` take the bulk
+    path, then the vector loop, then from ``nt_threshold`` the non-temporal one;
+    None: never), the cache sizes ``l2`` and ``l3`` it read (None if unknown) and
+    the CPU ``features`` it looked at that this CPU has."""
+    cdef const mcsafe_copy_plan *p = mcsafe_plan()
+    cdef int i = 0
+    features = []
+    while mcsafe_feature_names[i] != NULL:
+        if p.features >> i & 1:
+            features.append((<bytes>mcsafe_feature_names[i]).decode())
+        i += 1
+    never = <size_t>-1
+    return {"small": MCSAFE_SMALL_COPY,
+            "bulk_stop": None if p.bulk_stop == never else p.bulk_stop,
+            "nt_threshold": None if p.nt_threshold == never else p.nt_threshold,
+            "l2": p.l2 or None, "l3": p.l3 or None, "features": tuple(features)}
+
+
+def copy_path_for(n):
+    """The name of the path (one of copy_paths()) a copy of n bytes takes."""
+    if n < 0:
+        raise ValueError(f"negative size {n}")
+    return copy_paths()[mcsafe_copy_choice(<size_t>n)]
+
+
 cdef extern from "<sys/stat.h>" nogil:
     struct _timespec "timespec":
         long tv_sec
@@ -398,8 +432,8 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
     every access through the table-driven copy. The copy must end at or before
     offset `limit` of the file's buffer (src if from_src, else dst).
     Returns the count, or -1 if a probe faulted or read other than `expect` (the
-    copy may have run), or -2 if the copy would pass `limit` (nothing done), or a
-    CopyResult if the copy faulted."""
+    copy may have run), or -2 if the copy would pass `limit` or there is no probe
+    (`probe` 0: nothing done), or a CopyResult if the copy faulted."""
     cdef mcsafe_fault rec
     cdef Py_buffer d, s
     cdef Py_ssize_t count, done
@@ -414,7 +448,7 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
             raise ValueError("offset outside its buffer")
         count = _span(d.len - dst_offset, s.len - src_offset, None)
         if (src_offset if from_src else dst_offset) + count > limit or \
-                limit >= (s.len if from_src else d.len):
+                limit >= (s.len if from_src else d.len) or not probe:
             return -2
         dp = <char *>d.buf + dst_offset
         sp = <const char *>s.buf + src_offset
@@ -490,7 +524,7 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
         if d.len == 0:
             return 0
         end = offset + d.len
-        if limit < 0 or end > limit:
+        if not probe or end > limit:
             # The file's last page (or no probe): its bytes past the end read as
             # zeros without a fault, so the copy stops at the size asked now.
             size = _size_now(fd)
@@ -508,8 +542,8 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
             raise ValueError("src and dst overlap")
         if count >= MASK_CHECK and mcsafe_faults_blocked():
             _refuse_blocked()
-        if limit >= 0 and (mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8
-                           or word != expect):
+        if probe and (mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8
+                      or word != expect):
             return -1
         if count >= GIL_RELEASE:
             with nogil:
@@ -518,8 +552,8 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
             done = <Py_ssize_t>mcsafe_copy(d.buf, sp, <size_t>count, &rec)
         if done < count:
             return CopyResult(done, _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>sp))
-        if limit >= 0 and (mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8
-                           or word != expect):
+        if probe and (mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8
+                      or word != expect):
             return -1
         if size < 0:
             return count                # ends before the probe's page: proved by it
@@ -704,6 +738,102 @@ def _copy_path(path, dst, src, Py_ssize_t repeat=1):
     finally:
         PyBuffer_Release(&s)
         PyBuffer_Release(&d)
+
+
+# -- the memory calls MappedFile makes ------------------------------------------
+# Python's mmap module refuses to map past the end of a file (a file that can
+# grow is mapped past its end) and ctypes costs a few microseconds a call: these
+# are what a short-lived MappedFile spends its opening and closing on.
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *_mmap "mmap"(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int _munmap "munmap"(void *addr, size_t length)
+    int _madvise "madvise"(void *addr, size_t length, int advice)
+    int _msync "msync"(void *addr, size_t length, int flags)
+    void *MAP_FAILED
+
+cdef extern from "<sys/vfs.h>" nogil:
+    struct _statfs "statfs":
+        long f_type
+    int _fstatfs "fstatfs"(int fd, _statfs *buf)
+
+
+def _map(size_t length, int prot, int flags, int fd, long offset):
+    """mmap(2) at an address the kernel chooses: the address; OSError on failure."""
+    cdef void *at
+    with nogil:
+        at = _mmap(NULL, length, prot, flags, fd, offset)
+    if at == MAP_FAILED:
+        PyErr_SetFromErrno(OSError)
+        return None
+    return <uintptr_t>at
+
+
+def _unmap(uintptr_t address, size_t length):
+    """munmap(2); OSError on failure."""
+    if _munmap(<void *>address, length) != 0:
+        PyErr_SetFromErrno(OSError)
+
+
+def _advise(uintptr_t address, size_t length, int advice):
+    """madvise(2): 0, or the errno it failed with."""
+    cdef int rc
+    with nogil:
+        rc = _madvise(<void *>address, length, advice)
+    return c_errno if rc != 0 else 0
+
+
+def _sync(uintptr_t address, size_t length, int flags):
+    """msync(2); OSError on failure."""
+    cdef int rc
+    with nogil:
+        rc = _msync(<void *>address, length, flags)
+    if rc != 0:
+        PyErr_SetFromErrno(OSError)
+
+
+def _fs_type(int fd):
+    """The statfs(2) f_type of fd's file system, or 0 if fstatfs fails."""
+    cdef _statfs st
+    if _fstatfs(fd, &st) != 0:
+        return 0
+    return <unsigned long>st.f_type & 0xFFFFFFFF
+
+
+def _word_at(uintptr_t address):
+    """The 8-byte word at address through the table-driven copy (native byte
+    order), or None if reading it faults."""
+    cdef mcsafe_fault rec
+    cdef uint64_t word
+    if mcsafe_copy(&word, <const void *>address, 8, &rec) != 8:
+        return None
+    return word
+
+
+def _set_word(uintptr_t address, uint64_t word):
+    """Write an 8-byte word at address through the table-driven copy: False if
+    writing it faults."""
+    cdef mcsafe_fault rec
+    return mcsafe_copy(<void *>address, &word, 8, &rec) == 8
+
+
+cdef class _Memory:
+    """[address, address + length) as a writable buffer: the object a mapping's
+    memoryview is made from. It owns nothing (the mapping is unmapped by whoever
+    made it, once every view of it is released)."""
+    cdef readonly uintptr_t address
+    cdef readonly Py_ssize_t length
+
+    def __cinit__(self, uintptr_t address, Py_ssize_t length):
+        if length < 0:
+            raise ValueError(f"negative length {length}")
+        self.address, self.length = address, length
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, <void *>self.address, self.length, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
 
 
 def install():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import struct
 import warnings
 import zipfile
@@ -21,6 +22,7 @@ from hypothesis.extra import numpy as hnp
 
 from mcsafe import MemoryFaultError, inject
 from mcsafe.arrays import load
+from mcsafe.formats import npy
 from mcsafe.formats.npy import NpzFile, UnprotectedMemberWarning
 
 PAGE = inject.PAGE
@@ -129,6 +131,83 @@ def test_hostile_headers_as_numpy(tmp_path, case) -> None:
         assert str(path) in str(info.value) and "\n" not in str(info.value)
     else:
         same(load(path), theirs)
+
+
+class _Bytes(io.BytesIO):
+    """A header reader as mcsafe's own: read() and a settable pos."""
+    pos = property(io.BytesIO.tell, io.BytesIO.seek)
+
+
+def _read_header(read, raw: bytes, version: tuple[int, int], max_header_size: int) -> object:
+    """What a header reader makes of raw: (shape, fortran_order, dtype), or the
+    exception it raises (type and message), warnings recorded."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            got: object = read(_Bytes(raw), version, max_header_size)
+        except Exception as exc:
+            got = (type(exc), re.sub(" at 0x[0-9a-f]+", "", str(exc)))    # an ast node's
+    return got, [(w.category, str(w.message)) for w in seen]
+
+
+_NUMERALS = st.one_of(st.integers(-3, 2**70).map(str), st.sampled_from(
+    ["01", "0x10", "1_0", "1.0", "True", "-0", " 3", "9" * 5000]))
+_SHAPES = st.lists(_NUMERALS, max_size=4).flatmap(lambda dims: st.sampled_from(
+    [", ".join(dims), ", ".join(dims) + ",", ",".join(dims), ", ".join(dims) + ", "]))
+
+
+@SETTINGS
+@given(descr=st.one_of(st.sampled_from(["<f8", "|b1", ">i2", "<U3", "|S0", "|V4", "O", "<M8[ns]",
+                                        "zz", "", "f8 ", " <f8", "<f8\\x", "<f\u00e98", "é",
+                                        '<f"8', "<m8[D]", "|u1", "<c16"]),
+                       st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                               max_size=6)),
+       fortran=st.sampled_from(["True", "False", "1", "true", "None"]),
+       shape=_SHAPES, form=st.sampled_from(["{'descr': %s, 'fortran_order': %s, 'shape': (%s), }",
+                                           "{'descr': %s, 'fortran_order': %s, 'shape': (%s)}",
+                                           "{'descr':%s, 'fortran_order': %s, 'shape': (%s), }",
+                                           "{'shape': (%3$s), 'descr': %1$s, 'fortran_order': %2$s, }",
+                                           " {'descr': %s, 'fortran_order': %s, 'shape': (%s), }",
+                                           "{'descr': %s, 'fortran_order': %s, 'shape': [%s], }"]),
+       pad=st.sampled_from(["", "\n", "   \n", " ", "\n\n", "\t\n"]),
+       version=st.sampled_from([(1, 0), (2, 0), (3, 0)]),
+       max_header_size=st.sampled_from([10000, 60]))
+def test_headers_read_as_numpy_reads_them(descr, fortran, shape, form, pad, version,
+                                          max_header_size) -> None:
+    """The header reader against numpy's, on numpy.save's header form and near
+    misses of it: the same (shape, fortran_order, dtype), or the same error."""
+    if "%3$s" in form:
+        text = form.replace("%1$s", repr(descr)).replace("%2$s", fortran).replace("%3$s", shape)
+    else:
+        text = form % (repr(descr), fortran, shape)
+    body = (text + pad).encode("latin1" if version != (3, 0) else "utf8", "replace")
+    raw = struct.pack("<H" if version == (1, 0) else "<I", len(body)) + body
+    impl = getattr(np.lib, "_format_impl", np.lib.format)
+    theirs = _read_header(impl._read_array_header, raw, version, max_header_size)
+    mine = _read_header(npy._header, raw, version, max_header_size)
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_the_headers_numpy_save_writes_are_read_without_numpy_s_reader(
+        version, monkeypatch) -> None:
+    """The fast reader takes every header numpy.save writes with a string descr
+    (numpy's reader, made to fail here, is not reached)."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("numpy's header reader was called")
+    for name in ("read_array_header_1_0", "read_array_header_2_0"):
+        monkeypatch.setattr(np.lib.format, name, refuse)
+    impl = getattr(np.lib, "_format_impl", np.lib.format)
+    monkeypatch.setattr(impl, "_read_array_header", refuse)
+    for dtype in ("<f8", ">i2", "|b1", "<U7", "|S3", "|V5", "<M8[us]", "<c8", "<f2"):
+        for shape in [(), (0,), (3,), (2, 3), (1, 0, 4), (2**40, 2**20)]:
+            for fortran in (False, True):
+                out = io.BytesIO()
+                header = {"descr": dtype, "fortran_order": fortran, "shape": shape}
+                impl._write_array_header(out, header, version)
+                raw = out.getvalue()[8:]
+                assert npy._header(_Bytes(raw), version, 10000) == (shape, fortran,
+                                                                     np.dtype(dtype))
 
 
 def test_short_data_is_named_without_allocating_it(tmp_path) -> None:

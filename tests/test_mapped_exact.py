@@ -395,6 +395,25 @@ def test_a_probe_that_faults_costs_one_fault_not_one_per_read(tmp_path) -> None:
         assert mf.bad_ranges() == []
 
 
+def test_a_file_of_one_page_that_grows_arms_a_probe_for_its_new_last_page(tmp_path) -> None:
+    """A file of one page has no probe (every read of it reaches its last page).
+    Grown by less than the growth that moves a probe, it must still arm one: the
+    copies that now end before its last page are proved by nothing else."""
+    path = tmp_path / "f"
+    data = inject.pattern(3 * PAGE + 10)
+    path.write_bytes(data[:100])
+    with MappedFile(path) as mf:
+        assert mf.read(PAGE, 0) == data[:100]
+        assert mf._state[2:4] == (0, 0)                 # one page: no probe
+        with open(path, "ab") as f:
+            f.write(data[100:])
+        assert mf.read(PAGE, PAGE) == data[PAGE:2 * PAGE]
+        _, size, limit, probe, word, *_ = mf._state
+        assert (size, limit) == (len(data), 3 * PAGE) and probe != 0
+        assert ctypes.c_uint64.from_address(probe).value == word
+        assert mf.read(2 * PAGE, 100) == data[100:100 + 2 * PAGE]
+
+
 def test_a_forked_child_reads_and_closes_its_own_copy(tmp_path) -> None:
     path = tmp_path / "f"
     data = inject.pattern(4 * PAGE)

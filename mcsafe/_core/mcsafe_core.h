@@ -28,7 +28,8 @@ struct mcsafe_fault {
 /* Copies below this many bytes take the word path; larger ones the
  * architecture's choice (mcsafe_copy_large). Measured in benchmarks/
  * (test_small_copy_threshold): on AMD EPYC the SSE word path beats rep movsb
- * up to 1 KiB and loses from 2 KiB. */
+ * up to 1 KiB and loses from 2 KiB; on an Intel Xeon with FSRM (Sapphire
+ * Rapids class) the two cross between 1 and 2 KiB too. */
 #define MCSAFE_SMALL_COPY 1536
 
 /* The start of an assembly routine in arch/<arch>/copy.c: aligned, global
@@ -55,7 +56,7 @@ struct mcsafe_fault {
 
 /* The per-architecture routines (arch/<arch>/copy.c). All return the number
  * of bytes NOT copied, as the kernel's copy_mc_* do. */
-void mcsafe_arch_init(void);
+void mcsafe_arch_init(void);             /* chooses the plan below; once, at import */
 size_t mcsafe_copy_small(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
 size_t mcsafe_copy_bulk(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
 size_t mcsafe_copy_large(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
@@ -63,6 +64,18 @@ size_t mcsafe_copy_large(void *dst, const void *src, size_t n, struct mcsafe_fau
 extern const char *const mcsafe_path_names[];
 size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n,
                         struct mcsafe_fault *rec);
+/* What mcsafe_arch_init chose from the CPU: the path (index into
+ * mcsafe_path_names) of a copy of n bytes, and why. Copies from
+ * MCSAFE_SMALL_COPY up to bulk_stop take the bulk path, then the vector loop
+ * up to nt_threshold, then the non-temporal one (SIZE_MAX: never). */
+struct mcsafe_copy_plan {
+    size_t bulk_stop, nt_threshold;
+    size_t l2, l3;                        /* cache sizes, 0 if unknown */
+    unsigned features;                    /* bit i: mcsafe_feature_names[i] */
+};
+extern const char *const mcsafe_feature_names[];
+const struct mcsafe_copy_plan *mcsafe_plan(void);
+int mcsafe_copy_choice(size_t n);
 
 /* The copy: returns bytes copied; on a fault `rec` says where. */
 static inline size_t mcsafe_copy(void *dst, const void *src, size_t n,

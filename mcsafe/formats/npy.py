@@ -17,6 +17,7 @@ import errno
 import io
 import os
 import pickle
+import re
 import struct
 import warnings
 import zipfile
@@ -99,9 +100,9 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
 
 
 def _head(mf: MappedFile, size: int) -> bytes:
-    """A small file's bytes, read in one call (each read of a file's last page takes
-    MappedFile's careful path); b"" for a larger file, or if the read fails (the
-    reads that follow then say where)."""
+    """A small file's bytes, read in one call (each read that reaches a file's last
+    page asks its size); b"" for a larger file, or if the read fails (the reads
+    that follow then say where)."""
     if size > SMALL_FILE:
         return b""
     data = bytearray(size)
@@ -186,8 +187,25 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
     return out.T if fortran else out
 
 
+# The header numpy.save writes (numpy.lib.format._wrap_header), a dict literal in
+# one fixed form. A header in exactly this form (a descr of printable ASCII without
+# quotes or backslashes, True or False, a tuple of decimal ints) is read here to
+# what numpy's reader makes of it with ast.literal_eval, without compiling it:
+# compiling is most of what numpy.load costs for a small array. Any other header,
+# and any error, goes to numpy's reader, which decides.
+_INT = "(?:0|[1-9][0-9]*)"
+_SAVED = re.compile(r"\{'descr': '([ !#-&(-\[\]-~]*)', 'fortran_order': (True|False), "
+                    rf"'shape': \((|{_INT},|{_INT}(?:, {_INT})+,?)\), \}} *\n?\Z")
+_LENGTHS = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}
+
+
 def _header(reader: _Reader, version: tuple[int, int], max_header_size: int
             ) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    start = reader.pos
+    saved = _saved_header(reader, version, max_header_size)
+    if saved is not None:
+        return saved
+    reader.pos = start
     if version == (1, 0):
         return npformat.read_array_header_1_0(reader, max_header_size=max_header_size)
     if version == (2, 0):
@@ -196,6 +214,37 @@ def _header(reader: _Reader, version: tuple[int, int], max_header_size: int
     impl = getattr(np.lib, "_format_impl", npformat)
     return impl._read_array_header(reader, version,     # type: ignore[no-any-return]
                                    max_header_size=max_header_size)
+
+
+def _saved_header(reader: _Reader, version: tuple[int, int], max_header_size: int
+                  ) -> tuple[tuple[int, ...], bool, np.dtype[Any]] | None:
+    """(shape, fortran_order, dtype) of a header in numpy.save's form, read from
+    reader; None for any other (the reader's position is then undefined)."""
+    if version not in _LENGTHS:
+        return None
+    fmt, encoding = _LENGTHS[version]
+    size = struct.calcsize(fmt)
+    raw = reader.read(size)
+    if len(raw) != size:
+        return None
+    length, = struct.unpack(fmt, raw)
+    body = reader.read(length)
+    if len(body) != length:
+        return None
+    try:
+        header = body.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+    m = _SAVED.match(header) if len(header) <= max_header_size else None
+    if m is None:
+        return None
+    descr, fortran, shape = m.groups()
+    try:
+        dtype = np.dtype(descr)         # numpy's descr_to_dtype of a str
+        dims = tuple(int(d) for d in shape.split(",") if d)    # past int's digit limit: raises
+    except Exception:           # numpy's reader says what is wrong with it
+        return None
+    return dims, fortran == "True", dtype
 
 
 def _fail(mf: MappedFile, raw: Any, offset: int, got: int, what: str, dtype: np.dtype[Any],

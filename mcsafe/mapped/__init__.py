@@ -10,7 +10,7 @@ badranges      the bad-range memory (a bad-block list)
 mapping        the mapping of the file, its growth, what calls see of it
 probe          the private page whose survival proves no cut below the last page
 opening        opening a file, refusing what cannot be mapped
-_sys           mmap, munmap, msync, madvise and fstatfs through ctypes
+_sys           mmap, munmap, msync, madvise and fstatfs, made by the extension
 =============  ===================================================================
 """
 

@@ -1,21 +1,25 @@
 """The system calls Python's mmap module does not make (it refuses to map past the
-end of a file, and a file that can grow has to be mapped past its end), and
-page arithmetic."""
+end of a file, and a file that can grow has to be mapped past its end), made by
+the extension, and page arithmetic."""
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 
-from .._libc import MAP_FAILED, libc
+from .._mcsafe import _advise as advise
+from .._mcsafe import _fs_type as fs_type
+from .._mcsafe import _map as map_memory
+from .._mcsafe import _Memory as Memory
+from .._mcsafe import _set_word as set_word
+from .._mcsafe import _sync as sync
+from .._mcsafe import _unmap as unmap
+from .._mcsafe import _word_at as word_at
 
-__all__ = ["MAP_FAILED", "MAP_FIXED", "MS_SYNC", "PAGE", "PROT_NONE", "errno_now", "libc",
-           "oserror", "pages"]
+__all__ = ["MS_SYNC", "Memory", "PAGE", "advise", "fs_type", "map_memory", "oserror", "pages",
+           "set_word", "sync", "unmap", "word_at"]
 
 PAGE = mmap.PAGESIZE
-MAP_FIXED = 0x10
-PROT_NONE = 0
 MS_SYNC = 4
 
 
@@ -26,7 +30,3 @@ def pages(n: int) -> int:
 
 def oserror(err: int, name: str, what: str) -> OSError:
     return OSError(err, f"{what}: {os.strerror(err)}", name)
-
-
-def errno_now() -> int:
-    return ctypes.get_errno()

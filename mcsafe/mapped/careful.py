@@ -231,12 +231,8 @@ class Careful:
         """A probe (see ProbePage) armed for one copy on the first page at or after
         file offset `end`: (the page, its word), or None if the file does not
         reach past that page's start."""
-        page = ProbePage()
-        word = page.arm(self.window.fd, -(-end // PAGE) * PAGE)
-        if word is None:
-            page.close()
-            return None
-        return page, word
+        page = ProbePage.arm(self.window.fd, -(-end // PAGE) * PAGE)
+        return None if page is None else (page, page.word)
 
     # -- verdicts ----------------------------------------------------------------
 

@@ -4,7 +4,6 @@ it back."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import threading
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 
 from .._mcsafe import _copy_bracketed, _ensure_front, _readinto
 from .._types import CopyResult, FaultInfo
-from ._sys import MS_SYNC, PAGE, libc, oserror, pages
+from ._sys import MS_SYNC, PAGE, oserror, pages, sync
 from .badranges import BadRanges
 from .careful import Careful
 from .mapping import CLOSED, Mapping, State, Window
@@ -49,17 +48,18 @@ class MappedFile:
         _ensure_front(2)          # a handler installed over mcsafe: in front again, warned
         self.mode = mode
         self.name: str | int = file if isinstance(file, int) else os.fspath(file)
-        fd, self.path = open_file(file, mode)
+        opened = open_file(file, mode)
+        self.path = opened.path
         try:
-            self._window = Window(fd, self.path, mode == "r+")
+            self._window = Window(opened, mode == "r+")
         except OSError as exc:
-            os.close(fd)
+            os.close(opened.fd)
             if exc.errno == errno.ENODEV:     # the file system has no pages to map
                 raise oserror(errno.ENODEV, self.path, "its file system cannot map it"
                               ) from None
             raise
         except BaseException:
-            os.close(fd)
+            os.close(opened.fd)
             raise
         self._bad = BadRanges()
         self._careful = Careful(self._window, self._bad)
@@ -277,8 +277,10 @@ class MappedFile:
             if end <= start:
                 return
             with w.lock:
-                if libc.msync(w.map.address + start, pages(end) - start, MS_SYNC) != 0:
-                    raise oserror(ctypes.get_errno(), self.path, "msync")
+                try:
+                    sync(w.map.address + start, pages(end) - start, MS_SYNC)
+                except OSError as exc:
+                    raise oserror(exc.errno or errno.EIO, self.path, "msync") from None
         finally:
             self._leave()
 

@@ -8,11 +8,9 @@ size it was given."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
-import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -22,8 +20,8 @@ if TYPE_CHECKING:
 
 from .._mcsafe import _copy_or_report, _copy_through
 from .._types import CopyResult
-from ._sys import MAP_FAILED, PAGE, errno_now, libc, oserror, pages
-from .opening import HUGETLBFS_MAGIC, fs_type
+from ._sys import PAGE, Memory, advise, map_memory, oserror, pages, unmap
+from .opening import HUGETLBFS_MAGIC, Opened
 from .probe import Probe
 
 RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (address space only)
@@ -43,21 +41,21 @@ class Mapping:
 
     def __init__(self, fd: int, length: int, writable: bool, name: str) -> None:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        address = libc.mmap(None, length, prot, mmap.MAP_SHARED, fd, 0)
-        if address in (None, MAP_FAILED):
-            raise oserror(errno_now(), name, "mmap")
-        self.address: int = address
+        try:
+            self.address: int = map_memory(length, prot, mmap.MAP_SHARED, fd, 0)
+        except OSError as exc:
+            raise oserror(exc.errno or errno.ENOMEM, name, "mmap") from None
         self.length = length
-        self.view = memoryview((ctypes.c_ubyte * length).from_address(address)).cast("B")
+        self.view = memoryview(Memory(self.address, length))
 
     def close(self) -> None:
         """Release the view, waiting out copies still using it, then unmap."""
         release(self.view)
-        libc.munmap(self.address, self.length)
+        unmap(self.address, self.length)
 
     def drop(self, start: int, end: int) -> None:
         if end > start:
-            libc.madvise(self.address + start, end - start, mmap.MADV_DONTNEED)
+            advise(self.address + start, end - start, mmap.MADV_DONTNEED)
 
 
 def release(view: memoryview) -> None:
@@ -73,24 +71,23 @@ def release(view: memoryview) -> None:
 class Window:
     """MappedFile's descriptor, the mapping of its file and what calls see of it."""
 
-    def __init__(self, fd: int, path: str, writable: bool) -> None:
-        self.fd, self.path, self.writable = fd, path, writable
-        st = os.fstat(fd)
+    def __init__(self, opened: Opened, writable: bool) -> None:
+        self.fd, self.path, self.writable = opened.fd, opened.path, writable
         # Regular files are probed (block devices shrink without a cut: see
         # publish) and mapped with room to grow, except on hugetlbfs, where a
         # writable mapping past the end makes the file that long.
-        self.probed = stat.S_ISREG(st.st_mode)
-        self.room = self.probed and fs_type(fd) != HUGETLBFS_MAGIC
+        self.probed = opened.regular
+        self.room = self.probed and opened.fs != HUGETLBFS_MAGIC
         size = self.file_size()
         reserve = pages(max(2 * size, size + RESERVE_MIN)) if self.room else pages(max(size, 1))
         try:
-            self.map = Mapping(fd, reserve, writable, path)
+            self.map = Mapping(self.fd, reserve, writable, self.path)
         except OSError as exc:
             if exc.errno != errno.ENOMEM or reserve == pages(max(size, 1)):
                 raise
             # no address space for room to grow (a sparse file of tens of TiB):
             # map just the file, as mmap.mmap would
-            self.map = Mapping(fd, pages(max(size, 1)), writable, path)
+            self.map = Mapping(self.fd, pages(max(size, 1)), writable, self.path)
         self.probe = Probe()
         self.exported = -1               # fileno()'s descriptor, opened on first use
         self.lock = threading.Lock()     # writers of the state, the mapping and `closed`
@@ -160,11 +157,13 @@ class Window:
         # is never probed.
         limit = (size - 1) // PAGE * PAGE if size and self.probed else -1
         room = self.map.length          # the view is a slice of self.map, from its start
-        if limit < 0:
-            self.state = (view, size, -1, 0, 0, self.fd, room)
+        if limit <= 0:
+            # no probe; or none needed: every read of a file of one page reaches
+            # its last page, bounded by the size it asks
+            self.state = (view, size, limit, 0, 0, self.fd, room)
             return
         _, _, kept, address, word, _, _ = getattr(self, "state", (None, 0, -1, 0, 0, 0, 0))
-        if not rearm and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
+        if not rearm and address and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
             self.state = (view, size, kept, address, word, self.fd, room)
             return
         armed = self.probe.arm(self.fd, limit)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 import stat
+from typing import NamedTuple
 
-from ._sys import libc, oserror
+from ._sys import fs_type, oserror
 
 HUGETLBFS_MAGIC = 0x958458F6
 # File systems whose files have no pages to map, by statfs f_type.
@@ -19,10 +19,21 @@ _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a 
           stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
 
 
-def open_file(file: str | os.PathLike[str] | int, mode: str) -> tuple[int, str]:
-    """Open without blocking (a FIFO would), and refuse what is not a file: the
-    descriptor (MappedFile's own, also for a descriptor passed in, which is
-    opened again through /proc/self/fd) and the path to name in errors."""
+class Opened(NamedTuple):
+    """A file open for MappedFile: its descriptor (MappedFile's own), the path to
+    name in errors, whether it is a regular file (else a block device), and its
+    file system's statfs f_type (0 if unknown)."""
+
+    fd: int
+    path: str
+    regular: bool
+    fs: int
+
+
+def open_file(file: str | os.PathLike[str] | int, mode: str) -> Opened:
+    """Open without blocking (a FIFO would), and refuse what is not a file. A
+    descriptor passed in stays the caller's: its file is opened again through
+    /proc/self/fd."""
     flags = (os.O_RDONLY if mode == "r" else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK | \
         os.O_NOCTTY
     if isinstance(file, int):
@@ -33,21 +44,16 @@ def open_file(file: str | os.PathLike[str] | int, mode: str) -> tuple[int, str]:
         path = os.fspath(file)
         fd = os.open(path, flags)
     try:
-        _check_kind(os.fstat(fd), path)
-        _check_fs(fd, path)
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        st = os.fstat(fd)
+        _check_kind(st, path)
+        fs = fs_type(fd)
+        _check_fs(fs, path)
+        # O_NONBLOCK is the only flag F_SETFL changes that was asked for
+        fcntl.fcntl(fd, fcntl.F_SETFL, 0)
     except BaseException:
         os.close(fd)
         raise
-    return fd, path
-
-
-def fs_type(fd: int) -> int:
-    """The statfs f_type of fd's file system (0 if unknown)."""
-    buf = ctypes.create_string_buffer(256)       # struct statfs; f_type comes first
-    if libc.fstatfs(fd, buf) != 0:
-        return 0
-    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return Opened(fd, path, stat.S_ISREG(st.st_mode), fs)
 
 
 def _fd_path(fd: int, mode: str) -> str:
@@ -80,10 +86,10 @@ def _check_kind(st: os.stat_result, path: str) -> None:
                   f"{kind}, not a regular file or a block device: cannot be mapped", path)
 
 
-def _check_fs(fd: int, path: str) -> None:
-    """Refuse a file of procfs, sysfs and the like: its size is not its contents,
-    and mapping it fails or shows nothing."""
-    fs = _PSEUDO_FS.get(fs_type(fd))
+def _check_fs(magic: int, path: str) -> None:
+    """Refuse a file of procfs, sysfs and the like (by statfs f_type): its size is
+    not its contents, and mapping it fails or shows nothing."""
+    fs = _PSEUDO_FS.get(magic)
     if fs:
         raise OSError(errno.ENODEV, f"a {fs} file, whose size is not its contents: "
                                     "cannot be mapped", path)

@@ -115,16 +115,30 @@ __asm__(
     MCSAFE_SMALL_COPY_SITES(SITE)
 );
 
+/* rep movsb's counterpart here is the ldp/stp loop of mcsafe_copy_bulk at every
+ * size from MCSAFE_SMALL_COPY on. */
+static const struct mcsafe_copy_plan plan = {.bulk_stop = SIZE_MAX, .nt_threshold = SIZE_MAX};
+const char *const mcsafe_feature_names[] = {NULL};
+const char *const mcsafe_path_names[] = {"small", "bulk", NULL};
+
 void mcsafe_arch_init(void)
 {
+}
+
+const struct mcsafe_copy_plan *mcsafe_plan(void)
+{
+    return &plan;
+}
+
+int mcsafe_copy_choice(size_t n)
+{
+    return n >= MCSAFE_SMALL_COPY;
 }
 
 size_t mcsafe_copy_large(void *dst, const void *src, size_t n, struct mcsafe_fault *rec)
 {
     return mcsafe_copy_bulk(dst, src, n, rec);
 }
-
-const char *const mcsafe_path_names[] = {"small", "bulk", NULL};
 
 size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n,
                         struct mcsafe_fault *rec)
