@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from . import __version__, include_dir
-from .errors import CheckFailed, ExtableError
+from .errors import CheckFailed, ExtableError, MissingExtra
 
 if TYPE_CHECKING:
     from .elf import ElfImage
@@ -187,6 +187,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return _fail(args, exc, EXIT_CHECK)
     except ExtableError as exc:
         return _fail(args, exc, EXIT_INPUT)
+    except MissingExtra as exc:                     # an optional part, not installed
+        if getattr(args, "json", False):
+            _print_json({"error": str(exc), "file": None, "exit": EXIT_INPUT})
+        print(f"extable: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
     except _Terminated as exc:

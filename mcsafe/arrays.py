@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+from extable.errors import missing_extra
+
+try:
+    import numpy as np
+    import numpy.typing as npt
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "mcsafe.arrays", "numpy") from None
 
 from .mapped import MappedFile
 

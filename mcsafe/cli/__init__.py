@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Sequence
 
+from extable.errors import MissingExtra
+
 from .. import __version__
 
 SCAN_HELP = """\
@@ -115,11 +117,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if prog is None:
         prog = "mcsafe" if os.path.basename(sys.argv[0]) == "mcsafe" else "python -m mcsafe"
     args = parser(prog).parse_args(argv)
-    if args.command == "demo":
-        from ..demo import run
-        return run()
-    module = importlib.import_module(f".{args.command}", __name__)
-    return int(module.run(args))
+    try:
+        if args.command == "demo":
+            from ..demo import run
+            return run()
+        module = importlib.import_module(f".{args.command}", __name__)
+        return int(module.run(args))
+    except MissingExtra as exc:                     # an optional part, not installed
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _positive(text: str) -> int:

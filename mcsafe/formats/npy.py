@@ -24,8 +24,13 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Iterator
 
-import numpy as np
-from numpy.lib import format as npformat
+from extable.errors import missing_extra
+
+try:
+    import numpy as np
+    from numpy.lib import format as npformat
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
 from .._types import MemoryFaultError
 from ..fileio import MappedFileIO
