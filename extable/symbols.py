@@ -13,18 +13,24 @@ from .names import is_text, raw_hex, shown
 _MANGLED = ("_Z", "_R")       # Itanium C++ and Rust v0
 
 
-def order(funcs: FunctionSymbols, names: list[str], key: str) -> list[int] | None:
-    """Indices in the order asked for: address, name or size (ties by address, then name);
-    None for file order."""
+def order(funcs: FunctionSymbols, names: list[str], key: str, reverse: bool = False
+          ) -> list[int] | None:
+    """Indices in the order asked for: address, name or size, each ascending as nm sorts
+    (ties by address, then name), or the file's order; reversed (nm -r) if asked. None
+    for the file's order unreversed."""
     idx = range(len(funcs))
     start, size = funcs.start, funcs.size
     if key == "address":
-        return sorted(idx, key=lambda i: (start[i], names[i]))
-    if key == "name":
-        return sorted(idx, key=lambda i: (names[i], start[i]))
-    if key == "size":
-        return sorted(idx, key=lambda i: (-size[i], start[i], names[i]))
-    return None
+        out = sorted(idx, key=lambda i: (start[i], names[i]))
+    elif key == "name":
+        out = sorted(idx, key=lambda i: (names[i], start[i]))
+    elif key == "size":
+        out = sorted(idx, key=lambda i: (size[i], start[i], names[i]))
+    elif not reverse:
+        return None
+    else:
+        out = list(idx)
+    return out[::-1] if reverse else out
 
 
 def demangle_names(names: list[str], path: str) -> list[str]:
@@ -63,7 +69,7 @@ def demangle_names(names: list[str], path: str) -> list[str]:
 
 
 def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
-            as_json: bool = False) -> Iterator[str]:
+            as_json: bool = False, reverse: bool = False) -> Iterator[str]:
     """The whole output of ``extable symbols``: one line per function, or a JSON array.
 
     Text: ``START END SIZE NAME`` (``SECTION+OFFSET SIZE NAME`` for ET_REL), with
@@ -79,7 +85,7 @@ def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
     if demangle:
         names = demangle_names(names, image.path)
     rel = image.type == ET_REL
-    idx = order(f, names, sort)
+    idx = order(f, names, sort, reverse)
 
     def col(values: list[Any]) -> list[Any]:
         return values if idx is None else [values[i] for i in idx]

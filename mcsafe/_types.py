@@ -5,17 +5,21 @@ from __future__ import annotations
 import errno
 import os
 import signal as _signal
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 BUS_OBJERR, BUS_MCEERR_AR = 3, 4
 SEGV_MAPERR = 1
 _ARM64 = os.uname().machine == "aarch64"
 
 #: Why a copy faulted, as FaultInfo.cause says it.
-CAUSES = ("poison", "io", "io or poison", "truncated", "no space", "protection", "unmapped")
+Cause = Literal["poison", "io", "io or poison", "truncated", "no space", "protection",
+                "unmapped"]
+CAUSES: tuple[Cause, ...] = get_args(Cause)
+#: Which buffer of a copy faulted: the source or the destination.
+Side = Literal["src", "dst"]
 
 
-def fault_cause(signo: int, code: int) -> str:
+def fault_cause(signo: int, code: int) -> Cause:
     """What the signal alone says about a fault. 'truncated' and 'no space' need
     the file's size and its file system: only MappedFile can tell those."""
     if signo == _signal.SIGSEGV:
@@ -32,10 +36,10 @@ def fault_cause(signo: int, code: int) -> str:
 class _FaultRecord(NamedTuple):
     address: int        #: the fault address (si_addr)
     offset: int         #: from the start of the copy on that side
-    side: str           #: 'src' or 'dst'
+    side: Side          #: 'src' or 'dst'
     signal: int         #: signal.SIGBUS or signal.SIGSEGV
     code: int           #: si_code, e.g. BUS_ADRERR, BUS_MCEERR_AR, SEGV_ACCERR
-    cause: str          #: one of CAUSES
+    cause: Cause        #: one of CAUSES
 
 
 class FaultInfo(_FaultRecord):
@@ -46,8 +50,8 @@ class FaultInfo(_FaultRecord):
 
     __slots__ = ()
 
-    def __new__(cls, address: int, offset: int, side: str, signal: int, code: int,
-                cause: str | None = None) -> FaultInfo:
+    def __new__(cls, address: int, offset: int, side: Side, signal: int, code: int,
+                cause: Cause | None = None) -> FaultInfo:
         return super().__new__(cls, address, offset, side, signal, code,
                                cause if cause is not None else fault_cause(signal, code))
 

@@ -298,7 +298,7 @@ def _register_object(path: str, obj: LoadedObject) -> int:
                                  "EXTABLE_RESERVE() and run extable build (or extable build "
                                  "--add-section)")
             if sec["sh_flags"] & SHF_ALLOC:
-                address, size = obj.bias + sec["sh_addr"], sec["sh_size"]
+                address, size = obj.bias + int(sec["sh_addr"]), int(sec["sh_size"])
                 if not 0 < address < 1 << 64:
                     raise TableError(f"{path}: section {TABLE_SECTION!r} is at an impossible "
                                      f"address {address:#x}")

@@ -161,7 +161,7 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
                              "allow_pickle=False")
         with io.BufferedReader(MappedFileIO(mf, closefd=False)) as f:
             f.seek(reader.pos)
-            return pickle.load(f, **pickled)    # type: ignore[arg-type]
+            return pickle.load(f, **pickled)
     if any(d < 0 for d in shape):
         raise ValueError(f"{what}: not a .npy file: negative dimensions in shape {shape}")
     count = 1
