@@ -12,14 +12,14 @@ register() and the submodules (``arrays``, ``fileio``, ``formats``, ``inject``)
 are imported when first used, so storage code pays at start-up for the copy alone.
 """
 
-import typing as _typing
-
 from ._mcsafe import (GIL_RELEASE_BYTES, SMALL_COPY_BYTES, claimed_faults, copy, copy_report,
                       handler_installed, install, poison_log, published_table_count,
                       table_status)
 from ._types import CopyResult, FaultInfo, MemoryFaultError, PoisonNotice
 
-if _typing.TYPE_CHECKING:     # what the lazy names below are, for type checkers
+# typing costs more than the rest of import mcsafe: a name mypy knows instead.
+TYPE_CHECKING = False
+if TYPE_CHECKING:               # what the lazy names below are, for type checkers
     from typing_extensions import deprecated
 
     from . import arrays, fileio, formats, inject
@@ -67,8 +67,9 @@ def _lazy_attribute(name: str) -> object:
     raise AttributeError(f"module 'mcsafe' has no attribute {name!r}")
 
 
-if not _typing.TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays an error
+if not TYPE_CHECKING:   # hidden from type checkers, so a misspelt name stays an error
     __getattr__ = _lazy_attribute
+del TYPE_CHECKING
 
 
 def __dir__() -> list[str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compile_so, run_cli
+from test_lean_import import assert_lean
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "protected" / "protected.c"
@@ -192,6 +193,13 @@ def test_the_table_survives_what_repair_does_when_it_grafts(original_so: Path,
 
 #: What ``pip install mcsafe`` may bring: pure Python, nothing compiled.
 CORE_DEPENDENCIES = {"mcsafe", "pyelftools", "tqdm", "pip", "setuptools", "tomli"}
+
+
+@pytest.mark.parametrize("package", ["mcsafe", "extable"])
+def test_import_from_the_wheel_loads_its_core_only(bare_venv: Path, package: str) -> None:
+    """As tests/test_lean_import.py, where no editable install's finder ran at start-up
+    (it imports pathlib, re and more before the program does)."""
+    assert_lean(package, str(bare_venv / "bin" / "python"))
 
 
 def test_the_wheel_alone_brings_no_heavy_dependency(bare_venv: Path) -> None:
