@@ -145,7 +145,7 @@ def _section_data(image: ElfImage, sec: Section) -> bytes:
             import zstandard
         except ModuleNotFoundError as exc:
             raise missing_extra(exc, "zstandard", "a zstd-compressed debug section",
-                                "kernel") from None
+                                "unwind") from None
 
         return zstandard.ZstdDecompressor().decompress(data[24:], max_output_size=size)
     raise ExtableError(f"{sec.name}: compressed with unknown type {ch_type}", image.path)

