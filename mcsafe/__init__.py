@@ -12,6 +12,9 @@ register() and the submodules (``arrays``, ``fileio``, ``formats``, ``inject``)
 are imported when first used, so storage code pays at start-up for the copy alone.
 """
 
+import _thread
+import os as _os
+
 from ._mcsafe import (GIL_RELEASE_BYTES, SMALL_COPY_BYTES, claimed_faults, copy, copy_report,
                       handler_installed, install, poison_log, published_table_count,
                       table_status)
@@ -43,6 +46,15 @@ _LAZY = {
     "inject": (".inject", None),
 }
 
+# A lazy import runs under this lock, which a fork waits for: a child forked while
+# another thread was half way through one would find the module half initialised,
+# its import lock held forever (CPython resets only the global import lock in a
+# child). Reentrant: a module imported lazily may ask for another lazy name.
+# registry holds it too while it first imports pyelftools.
+_lazy_lock = _thread.RLock()
+_os.register_at_fork(before=_lazy_lock.acquire, after_in_parent=_lazy_lock.release,
+                     after_in_child=_lazy_lock.release)
+
 # Old name -> new name; each still works, with a DeprecationWarning.
 _DEPRECATED = {"published_tables": "published_table_count"}
 
@@ -52,10 +64,11 @@ def _lazy_attribute(name: str) -> object:
         import importlib
 
         module, attribute = _LAZY[name]
-        value: object = importlib.import_module(module, __name__)
-        if attribute is not None:
-            value = getattr(value, attribute)
-        globals()[name] = value
+        with _lazy_lock:
+            value: object = importlib.import_module(module, __name__)
+            if attribute is not None:
+                value = getattr(value, attribute)
+            globals()[name] = value
         return value
     if name in _DEPRECATED:
         import warnings

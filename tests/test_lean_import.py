@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -77,3 +78,40 @@ def test_the_old_name_of_published_table_count_warns_and_still_works() -> None:
         old = mcsafe.published_tables
     assert old is mcsafe.published_table_count
     assert "published_tables" not in dir(mcsafe) and "published_tables" not in mcsafe.__all__
+
+
+def test_a_fork_during_a_lazy_import_waits_for_it() -> None:
+    """A thread is half way through the first import of mcsafe.mapped (held there by
+    an import hook) when the main thread forks: the fork waits for the import, so the
+    child finds MappedFile whole instead of a module whose import lock no thread in
+    it will ever release (it would hang: SIGALRM)."""
+    script = textwrap.dedent("""\
+        import importlib.abc, os, signal, sys, threading
+        import mcsafe
+
+        entered, go = threading.Event(), threading.Event()
+
+        class Hold(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "mcsafe.mapped":
+                    entered.set()
+                    go.wait()
+                return None
+
+        sys.meta_path.insert(0, Hold())
+        t = threading.Thread(target=lambda: mcsafe.MappedFile)
+        t.start()
+        entered.wait()
+        threading.Timer(0.1, go.set).start()   # the fork must wait for it, however long
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            with mcsafe.MappedFile(sys.executable) as f:
+                os._exit(0 if f.read(4) == b"\\x7fELF" else 1)
+        t.join()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), go.is_set())
+        """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert (p.returncode, p.stdout) == (0, "0 True\n"), p.stderr
