@@ -33,6 +33,13 @@ def target_arch() -> str:
         raise SystemExit(f"mcsafe: no copy core for {machine} (have x86-64 and aarch64)")
 
 
+def strip_args() -> list[str]:
+    """The linker drops the debug information (-S), as released wheels do: a fifth of
+    the size. The table is written after linking, and the symbol table it is compiled
+    from stays. MCSAFE_DEBUG=1 keeps it, for gdb."""
+    return [] if os.environ.get("MCSAFE_DEBUG") == "1" else ["-Wl,--strip-debug"]
+
+
 def extensions() -> list:
     """The extension modules: mcsafe's (cythonized; its exception table is embedded after
     linking) and extable's listing accelerator (plain C, optional at run time)."""
@@ -51,7 +58,7 @@ def extensions() -> list:
         extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing"],
         # Bind every symbol at load: the signal handler must never enter the
         # dynamic linker's lazy binding (not async-signal-safe).
-        extra_link_args=["-Wl,-z,now"],
+        extra_link_args=["-Wl,-z,now", *strip_args()],
     )
     fast = Extension("extable._fast", sources=["extable/_fast.c"],
                      extra_compile_args=["-O2", "-std=gnu11"])

@@ -199,6 +199,13 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
             r = med["arrays.load"] / med["numpy.load"]
             out.append((f"arrays.load {fmt_size(size_of(g))} .npy ≤ 1.0× numpy.load "
                         "(interleaved)", f"{r:.2f}×", r <= 1.0))
+    for module in ("mcsafe", "extable"):
+        med = res.groups.get("import", {}).get(f"import {module}", {}).get("interleaved")
+        if med:
+            over = med[f"import {module}"] - med["python -c pass"]
+            out.append((f"import {module} ≤ 30 ms over python -c pass (whole processes, "
+                        "medians of 20, interleaved)",
+                        fmt_time(over) if over > 0 else "none (below the noise)", over <= 0.030))
     st = res.groups.get("cli-symbols-small", {}).get("extable symbols")
     if st:
         out.append(("extable symbols on a small library < 80 ms (whole process)",

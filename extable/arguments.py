@@ -68,15 +68,19 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("symbols", help="list function ranges (STT_FUNC and STT_GNU_IFUNC "
                        "symbols with a size)")
-    s.add_argument("file")
+    s.add_argument("file", help="the ELF file (shared object, executable or object file)")
     s.add_argument("--sort", choices=("file", "address", "name", "size"), default="file",
-                   help="order of the list (default: symbol-table order)")
+                   help="order of the list: file (the symbol table's order, the default), "
+                   "address, name, or size; each ascending, as nm --size-sort")
+    s.add_argument("--reverse-sort", "-r", action="store_true",
+                   help="reverse the order, as nm -r")
     s.add_argument("--demangle", "-C", action="store_true",
                    help="demangle C++ and Rust names (with binutils' c++filt)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="write a JSON array instead of text")
 
     b = sub.add_parser("build", help="compile the table and write it into the ELF")
-    b.add_argument("file")
+    b.add_argument("file", help="the ELF file whose table to compile (written in place "
+                   "with --in-place, else to --output)")
     out = b.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", metavar="OUT", help="write the result here")
     out.add_argument("--in-place", action="store_true", help="rewrite FILE itself")
@@ -99,17 +103,20 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("dump", "print the embedded table"),
                        ("verify", "check the embedded table against the file")):
         d = sub.add_parser(name, help=text)
-        d.add_argument("file")
-        d.add_argument("--section", default=None, metavar="NAME")
-        d.add_argument("--json", action="store_true")
+        d.add_argument("file", help="the ELF file holding the table: a built shared object "
+                       "or executable, or a Linux kernel image or module")
+        d.add_argument("--section", default=None, metavar="NAME",
+                       help="the section holding the table (default: extable_table)")
+        d.add_argument("--json", action="store_true", help="write JSON instead of text")
         d.add_argument("--kernel-version", metavar="VERSION",
                        help="Linux kernel objects: the kernel whose types to use (like 6.1)")
 
     lk = sub.add_parser("lookup", help="the entry covering an address")
-    lk.add_argument("file")
+    lk.add_argument("file", help="the ELF file holding the table")
     lk.add_argument("address", help="0x1234, 4660, symbol or symbol+0x10")
-    lk.add_argument("--section", default=None, metavar="NAME")
-    lk.add_argument("--json", action="store_true")
+    lk.add_argument("--section", default=None, metavar="NAME",
+                    help="the section holding the table (as for dump)")
+    lk.add_argument("--json", action="store_true", help="write JSON instead of text")
     lk.add_argument("--kernel-version", metavar="VERSION",
                     help="Linux kernel objects: the kernel whose types to use (like 6.1)")
 

@@ -22,7 +22,12 @@ import struct
 import zlib
 from typing import Any
 
-import numpy as np
+from .errors import missing_extra
+
+try:
+    import numpy as np
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
 
 from .elf import EM_AARCH64, EM_X86_64, ElfImage, Section
 from .errors import ExtableError
@@ -136,7 +141,11 @@ def _section_data(image: ElfImage, sec: Section) -> bytes:
     if ch_type == 1:
         return zlib.decompress(data[24:])[:size]
     if ch_type == 2:
-        import zstandard
+        try:
+            import zstandard
+        except ModuleNotFoundError as exc:
+            raise missing_extra(exc, "zstandard", "a zstd-compressed debug section",
+                                "unwind") from None
 
         return zstandard.ZstdDecompressor().decompress(data[24:], max_output_size=size)
     raise ExtableError(f"{sec.name}: compressed with unknown type {ch_type}", image.path)

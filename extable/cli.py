@@ -10,7 +10,7 @@ import os
 import sys
 
 from . import include_dir
-from .errors import CheckFailed, ExtableError
+from .errors import CheckFailed, ExtableError, MissingExtra
 
 # Only what the command runs is imported: typing and argparse (with the re, gettext,
 # locale and shutil it imports) would be most of a short command's time.
@@ -107,8 +107,7 @@ def _main(argv: Sequence[str] | None) -> int:
         p = parser()
         args = p.parse_args(argv)
         if args.command is None and not args.include_dir:
-            p.print_usage(sys.stderr)
-            return EXIT_INPUT
+            p.error("a command is required")
     if args.include_dir or args.command == "include-dir":
         print(include_dir())
         return EXIT_OK
@@ -128,6 +127,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return _fail(args, exc, EXIT_CHECK)
     except ExtableError as exc:
         return _fail(args, exc, EXIT_INPUT)
+    except MissingExtra as exc:                     # an optional part, not installed
+        if getattr(args, "json", False):
+            _print_json({"error": str(exc), "file": None, "exit": EXIT_INPUT})
+        print(f"extable: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
     except _Terminated as exc:
@@ -154,7 +158,7 @@ def _plain_symbols(argv: list[str]) -> Args | None:
     from types import SimpleNamespace
 
     return SimpleNamespace(command="symbols", file=rest[0], sort="file", demangle=False,
-                           json=as_json, include_dir=False)
+                           reverse_sort=False, json=as_json, include_dir=False)
 
 
 def _one_blas_thread() -> None:
@@ -239,7 +243,8 @@ def _symbols(args: Args) -> int:
     from .symbols import listing
 
     with ElfImage(args.file) as image:
-        chunks = listing(image, sort=args.sort, demangle=args.demangle, as_json=args.json)
+        chunks = listing(image, sort=args.sort, demangle=args.demangle, as_json=args.json,
+                         reverse=args.reverse_sort)
         sys.stdout.flush()
         out = sys.stdout.buffer
         for chunk in chunks:      # bytes as in the file: a non-UTF-8 name is passed through

@@ -8,7 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+from .errors import missing_extra
+
+try:
+    import numpy as np
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
 
 from .elf import EM_X86_64, ElfImage, Segment
 from .errors import CheckFailed, ExtableError

@@ -1,4 +1,4 @@
-"""The one error type the extable package raises for bad input."""
+"""The errors the extable package raises: bad input, and a missing optional part."""
 
 from __future__ import annotations
 
@@ -19,3 +19,23 @@ class ExtableError(Exception):
 
 class CheckFailed(ExtableError):
     """A well-formed table that fails a consistency check (exit code 1, not 2)."""
+
+
+class MissingExtra(ImportError):
+    """A part of the package whose optional dependency is not installed.
+
+    ``str()`` is one line naming the extra that installs it, as in
+    ``the table compiler needs numpy: pip install 'mcsafe[extable]'``.
+    """
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        super().__init__(f"{feature} needs {module}: pip install 'mcsafe[{extra}]'", name=module)
+        self.feature = feature
+        self.extra = extra
+
+
+def missing_extra(exc: ModuleNotFoundError, module: str, feature: str, extra: str
+                  ) -> ImportError:
+    """What to raise when importing `module` failed with `exc`: MissingExtra when it
+    is `module` itself that is not installed, else `exc` (a broken installation)."""
+    return MissingExtra(feature, module, extra) if exc.name == module else exc

@@ -33,6 +33,7 @@ import re
 from typing import Any, NamedTuple
 
 from .elf import EM_AARCH64, EM_X86_64
+from .errors import missing_extra
 from .unwind import RA_SLOT, SLOTS, SP_REG, Row
 
 
@@ -130,7 +131,11 @@ class _Checker:
     decoding (the registers it says an instruction writes) over whole libraries."""
 
     def __init__(self, machine: int) -> None:
-        import capstone
+        try:
+            import capstone
+        except ModuleNotFoundError as exc:
+            raise missing_extra(exc, "capstone", "proving unwind rules against the code",
+                                "unwind") from None
 
         self.machine = machine
         arch = (capstone.CS_ARCH_X86, capstone.CS_MODE_64) if machine == EM_X86_64 else \

@@ -11,7 +11,12 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-import numpy as np
+from .errors import missing_extra
+
+try:
+    import numpy as np
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
 
 from .elf import ElfImage
 from .errors import ExtableError

@@ -15,18 +15,24 @@ if TYPE_CHECKING:                       # typing is imported only for the type c
 _MANGLED = ("_Z", "_R")       # Itanium C++ and Rust v0
 
 
-def order(funcs: FunctionSymbols, names: list[str], key: str) -> list[int] | None:
-    """Indices in the order asked for: address, name or size (ties by address, then name);
-    None for file order."""
+def order(funcs: FunctionSymbols, names: list[str], key: str, reverse: bool = False
+          ) -> list[int] | None:
+    """Indices in the order asked for: address, name or size, each ascending as nm sorts
+    (ties by address, then name), or the file's order; reversed (nm -r) if asked. None
+    for the file's order unreversed."""
     idx = range(len(funcs))
     start, size = funcs.start, funcs.size
     if key == "address":
-        return sorted(idx, key=lambda i: (start[i], names[i]))
-    if key == "name":
-        return sorted(idx, key=lambda i: (names[i], start[i]))
-    if key == "size":
-        return sorted(idx, key=lambda i: (-size[i], start[i], names[i]))
-    return None
+        out = sorted(idx, key=lambda i: (start[i], names[i]))
+    elif key == "name":
+        out = sorted(idx, key=lambda i: (names[i], start[i]))
+    elif key == "size":
+        out = sorted(idx, key=lambda i: (size[i], start[i], names[i]))
+    elif not reverse:
+        return None
+    else:
+        out = list(idx)
+    return out[::-1] if reverse else out
 
 
 def demangle_names(names: list[str], path: str) -> list[str]:
@@ -65,7 +71,7 @@ def demangle_names(names: list[str], path: str) -> list[str]:
 
 
 def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
-            as_json: bool = False) -> Iterator[bytes | bytearray]:
+            as_json: bool = False, reverse: bool = False) -> Iterator[bytes | bytearray]:
     """The whole output of ``extable symbols``: one line per function, or a JSON array.
 
     Text: ``START END SIZE NAME`` (``SECTION+OFFSET SIZE NAME`` for ET_REL), with
@@ -78,12 +84,12 @@ def listing(image: ElfImage, sort: str = "file", demangle: bool = False,
     file; otherwise, and always as the reference it is tested against, from
     :func:`listing_in_python`.
     """
-    if sort == "file" and not demangle:
+    if sort == "file" and not demangle and not reverse:
         fast = _listing_in_c(image, as_json)
         if fast is not None:
             return iter(fast)
     return (chunk.encode("utf-8", "surrogateescape")
-            for chunk in listing_in_python(image, sort, demangle, as_json))
+            for chunk in listing_in_python(image, sort, demangle, as_json, reverse))
 
 
 def _header(image: ElfImage, table: str, count: int) -> str:
@@ -121,7 +127,7 @@ def _listing_in_c(image: ElfImage, as_json: bool) -> list[bytes | bytearray] | N
 
 
 def listing_in_python(image: ElfImage, sort: str = "file", demangle: bool = False,
-                      as_json: bool = False) -> Iterator[str]:
+                      as_json: bool = False, reverse: bool = False) -> Iterator[str]:
     """:func:`listing` in Python, as text (names that are not UTF-8 hold lone surrogates).
 
     Chunks, each built with one ``%`` over its rows so the loop runs in C.
@@ -132,7 +138,7 @@ def listing_in_python(image: ElfImage, sort: str = "file", demangle: bool = Fals
     if demangle:
         names = demangle_names(names, image.path)
     rel = image.type == ET_REL
-    idx = order(f, names, sort)
+    idx = order(f, names, sort, reverse)
 
     def col(values: list[Any]) -> list[Any]:
         return values if idx is None else [values[i] for i in idx]

@@ -16,7 +16,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-import numpy as np
+from .errors import missing_extra
+
+try:
+    import numpy as np
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
 
 from . import unwind as unwind_rows
 from .errors import CheckFailed, ExtableError

@@ -27,7 +27,12 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-import numpy as np
+from .errors import missing_extra
+
+try:
+    import numpy as np
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
 
 from .elf import EM_AARCH64, EM_X86_64
 from .errors import CheckFailed

@@ -6,30 +6,87 @@ the number of bytes copied before the fault instead of killing the process.
 The recovery goes through the exception table that ``extable`` compiled into
 this package's extension: the signal handler looks the faulting instruction up
 and resumes the copy at its landing pad.
+
+``import mcsafe`` loads the extension and its records only (PEP 562): MappedFile,
+register() and the submodules (``arrays``, ``fileio``, ``formats``, ``inject``)
+are imported when first used, so storage code pays at start-up for the copy alone.
 """
 
-import typing as _typing
+import _thread
+import os as _os
 
 from ._mcsafe import (GIL_RELEASE_BYTES, SMALL_COPY_BYTES, claimed_faults, copy, copy_report,
-                      handler_installed, install, poison_log, published_tables, table_status)
+                      handler_installed, install, poison_log, published_table_count,
+                      table_status)
 from ._types import CopyResult, FaultInfo, MemoryFaultError, PoisonNotice
-from .mapped import MappedFile
-from .registry import TableError, register, unregister
+
+# typing costs more than the rest of import mcsafe: a name mypy knows instead.
+TYPE_CHECKING = False
+if TYPE_CHECKING:               # what the lazy names below are, for type checkers
+    from typing_extensions import deprecated
+
+    from . import arrays, fileio, formats, inject
+    from .mapped import MappedFile
+    from .registry import TableError, register, unregister
+
+    @deprecated("published_tables() returns a count: use published_table_count()")
+    def published_tables() -> int: ...
 
 __version__ = "0.1.0"
 
+# A name imported when first asked for: name -> (module, attribute or None for the module).
+_LAZY = {
+    "MappedFile": (".mapped", "MappedFile"),
+    "TableError": (".registry", "TableError"),
+    "register": (".registry", "register"),
+    "unregister": (".registry", "unregister"),
+    "arrays": (".arrays", None),
+    "fileio": (".fileio", None),
+    "formats": (".formats", None),
+    "inject": (".inject", None),
+}
 
-def __getattr__(name: str) -> _typing.Any:
-    # mcsafe.inject (fault injection for tests and demos: a sixth of import mcsafe's
-    # time) is imported when first used.
-    if name == "inject":
+# A lazy import runs under this lock, which a fork waits for: a child forked while
+# another thread was half way through one would find the module half initialised,
+# its import lock held forever (CPython resets only the global import lock in a
+# child). Reentrant: a module imported lazily may ask for another lazy name.
+# registry holds it too while it first imports pyelftools.
+_lazy_lock = _thread.RLock()
+_os.register_at_fork(before=_lazy_lock.acquire, after_in_parent=_lazy_lock.release,
+                     after_in_child=_lazy_lock.release)
+
+# Old name -> new name; each still works, with a DeprecationWarning.
+_DEPRECATED = {"published_tables": "published_table_count"}
+
+
+def _lazy_attribute(name: str) -> object:
+    if name in _LAZY:
         import importlib
-        return importlib.import_module(".inject", __name__)
+
+        module, attribute = _LAZY[name]
+        with _lazy_lock:
+            value: object = importlib.import_module(module, __name__)
+            if attribute is not None:
+                value = getattr(value, attribute)
+            globals()[name] = value
+        return value
+    if name in _DEPRECATED:
+        import warnings
+
+        new = _DEPRECATED[name]
+        warnings.warn(f"mcsafe.{name}() is deprecated: it returns a count; use "
+                      f"mcsafe.{new}()", DeprecationWarning, stacklevel=2)
+        return globals()[new]
     raise AttributeError(f"module 'mcsafe' has no attribute {name!r}")
 
 
+if not TYPE_CHECKING:   # hidden from type checkers, so a misspelt name stays an error
+    __getattr__ = _lazy_attribute
+del TYPE_CHECKING
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"inject"})
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def get_include() -> list[str]:
@@ -45,4 +102,4 @@ def get_include() -> list[str]:
 __all__ = ["GIL_RELEASE_BYTES", "SMALL_COPY_BYTES", "CopyResult", "FaultInfo", "MappedFile",
            "MemoryFaultError", "PoisonNotice", "TableError", "claimed_faults", "copy",
            "copy_report", "get_include", "handler_installed", "inject", "install", "poison_log",
-           "published_tables", "register", "table_status", "unregister"]
+           "published_table_count", "register", "table_status", "unregister"]

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from .inject import InjectionUnavailable, pattern
 
@@ -209,9 +209,9 @@ class FailingFile:
         failed_writes, truncates (FUSE requests, which the kernel makes per page
         or per readahead window, not per call)."""
         reply = self._command({"op": "stats"})
-        return {k: v for k, v in reply.items() if k != "ok"}
+        return {k: int(v) for k, v in reply.items() if k != "ok"}
 
-    def _command(self, cmd: dict[str, object]) -> dict[str, int]:
+    def _command(self, cmd: dict[str, object]) -> dict[str, Any]:
         with self._lock:
             if self.closed:
                 raise ValueError("the FailingFile is closed")
@@ -219,7 +219,7 @@ class FailingFile:
             line = self._reader.readline()
         if not line:
             raise OSError(f"the FUSE server serving {self.path} has gone")
-        reply = json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok"):
             raise ValueError(f"the FUSE server refused {cmd['op']}: {reply.get('error')}")
         return reply

@@ -877,8 +877,8 @@ def claimed_faults():
     return mcsafe_claimed_count()
 
 
-def published_tables():
-    """How many tables the handler searches."""
+def published_table_count():
+    """How many tables the handler searches (this module's own, and each register()ed)."""
     return mcsafe_published()
 
 

@@ -4,21 +4,57 @@ from __future__ import annotations
 
 import errno
 import os
-import signal as _signal
-from typing import Any, NamedTuple
+from collections import namedtuple
 
+# typing (with re, enum and functools behind it) is most of what importing mcsafe
+# would cost: type checkers read the records below, the interpreter builds them
+# with collections.namedtuple. A name mypy knows: only checkers take this branch.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, NamedTuple
+
+    #: Why a copy faulted, as FaultInfo.cause says it.
+    Cause = Literal["poison", "io", "io or poison", "truncated", "no space", "protection",
+                    "unmapped"]
+    #: Which buffer of a copy faulted: the source or the destination.
+    Side = Literal["src", "dst"]
+
+    class _FaultRecord(NamedTuple):
+        address: int        #: the fault address (si_addr)
+        offset: int         #: from the start of the copy on that side
+        side: Side          #: 'src' or 'dst'
+        signal: int         #: signal.SIGBUS or signal.SIGSEGV
+        code: int           #: si_code, e.g. BUS_ADRERR, BUS_MCEERR_AR, SEGV_ACCERR
+        cause: Cause        #: one of CAUSES
+
+    class _CopyRecord(NamedTuple):
+        copied: int
+        fault: FaultInfo | None
+
+    class _PoisonRecord(NamedTuple):
+        address: int        #: the poisoned address the kernel reported
+        time: float         #: when it arrived, seconds since the epoch
+else:
+    _FaultRecord = namedtuple("_FaultRecord", "address offset side signal code cause")
+    _CopyRecord = namedtuple("_CopyRecord", "copied fault")
+    _PoisonRecord = namedtuple("_PoisonRecord", "address time")
+
+#: Why a copy faulted, as FaultInfo.cause says it.
+CAUSES: tuple[Cause, ...] = ("poison", "io", "io or poison", "truncated", "no space",
+                             "protection", "unmapped")
+
+#: Linux's numbers on both machines mcsafe builds for (x86-64 and arm64), so that
+#: the signal module (and enum behind it) is not imported for two constants.
+SIGBUS, SIGSEGV = 7, 11
 BUS_OBJERR, BUS_MCEERR_AR = 3, 4
 SEGV_MAPERR = 1
 _ARM64 = os.uname().machine == "aarch64"
 
-#: Why a copy faulted, as FaultInfo.cause says it.
-CAUSES = ("poison", "io", "io or poison", "truncated", "no space", "protection", "unmapped")
 
-
-def fault_cause(signo: int, code: int) -> str:
+def fault_cause(signo: int, code: int) -> Cause:
     """What the signal alone says about a fault. 'truncated' and 'no space' need
     the file's size and its file system: only MappedFile can tell those."""
-    if signo == _signal.SIGSEGV:
+    if signo == SIGSEGV:
         return "unmapped" if code == SEGV_MAPERR else "protection"
     if code == BUS_MCEERR_AR:
         return "poison"
@@ -27,15 +63,6 @@ def fault_cause(signo: int, code: int) -> str:
         # abort on poisoned memory reaches user space as BUS_OBJERR too.
         return "io or poison"
     return "io"
-
-
-class _FaultRecord(NamedTuple):
-    address: int        #: the fault address (si_addr)
-    offset: int         #: from the start of the copy on that side
-    side: str           #: 'src' or 'dst'
-    signal: int         #: signal.SIGBUS or signal.SIGSEGV
-    code: int           #: si_code, e.g. BUS_ADRERR, BUS_MCEERR_AR, SEGV_ACCERR
-    cause: str          #: one of CAUSES
 
 
 class FaultInfo(_FaultRecord):
@@ -47,24 +74,24 @@ class FaultInfo(_FaultRecord):
 
     __slots__ = ()
 
-    def __new__(cls, address: int, offset: int, side: str, signal: int, code: int,
-                cause: str | None = None) -> FaultInfo:
+    def __new__(cls, address: int, offset: int, side: Side, signal: int, code: int,
+                cause: Cause | None = None) -> FaultInfo:
         return super().__new__(cls, address, offset, side, signal, code,
                                cause if cause is not None else fault_cause(signal, code))
 
 
-class CopyResult(NamedTuple):
+class CopyResult(_CopyRecord):
     """The outcome of copy_report(): bytes copied, and the fault if there was one."""
 
-    copied: int
-    fault: FaultInfo | None
+    __slots__ = ()
 
 
-class PoisonNotice(NamedTuple):
-    """An asynchronous poison notice (SIGBUS with BUS_MCEERR_AO) the handler logged."""
+class PoisonNotice(_PoisonRecord):
+    """An asynchronous poison notice (SIGBUS with BUS_MCEERR_AO) the handler logged:
+    ``address``, the poisoned address the kernel reported, and ``time``, when it
+    arrived (seconds since the epoch)."""
 
-    address: int        #: the poisoned address the kernel reported
-    time: float         #: when it arrived, seconds since the epoch
+    __slots__ = ()
 
 
 class MemoryFaultError(OSError):
@@ -96,3 +123,6 @@ class MemoryFaultError(OSError):
     def __reduce__(self) -> tuple[Any, ...]:
         # OSError pickles its args (errno, strerror): rebuild from the fault instead.
         return (type(self), (self.fault, self.what, self.filename, self.errno), self.__dict__)
+
+
+del TYPE_CHECKING       # not one of the module's names

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
-import numpy as np
-import numpy.typing as npt
+from extable.errors import missing_extra
+
+try:
+    import numpy as np
+    import numpy.typing as npt
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "mcsafe.arrays", "numpy") from None
 
 from .mapped import MappedFile
+from .mapped.file import Scalar
 
 
+@overload
+def read_array(file: MappedFile, dtype: type[Scalar] | np.dtype[Scalar], count: int = -1,
+               offset: int = 0) -> np.ndarray[Any, np.dtype[Scalar]]: ...
+@overload
+def read_array(file: MappedFile, dtype: npt.DTypeLike, count: int = -1, offset: int = 0
+               ) -> np.ndarray[Any, np.dtype[Any]]: ...
 def read_array(file: MappedFile, dtype: npt.DTypeLike, count: int = -1, offset: int = 0
                ) -> np.ndarray[Any, np.dtype[Any]]:
     """A new 1-D array of `count` items of `dtype` read from `file` at `offset`

@@ -20,12 +20,15 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+
+from extable.errors import MissingExtra
 
 import mcsafe
 from mcsafe import MappedFile, MemoryFaultError, inject
@@ -295,6 +298,9 @@ def show_commands() -> None:
 
 
 def run() -> int:
+    for module in ("numpy", "capstone", "mfusepy"):       # what the demo extra installs
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra("mcsafe demo", module, "demo")
     show_table()
     show_poison()
     show_plain_c()

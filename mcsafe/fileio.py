@@ -6,7 +6,7 @@ import errno
 import io
 import operator
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Union, overload
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -166,11 +166,41 @@ class MappedFileIO(io.RawIOBase):
         super().close()
 
 
-def open(file: MappedFile | str | os.PathLike[str] | int, mode: str = "rb",
-         buffering: int = -1, encoding: str | None = None, errors: str | None = None,
-         newline: str | None = None, closefd: bool | None = None) -> io.IOBase:
-    """Like the built-in open() for reading through a mapping: 'rb' (buffered),
-    'rb+', 'r'/'rt' (text); buffering=0 gives the MappedFileIO itself. closefd
+Openable = Union[MappedFile, str, "os.PathLike[str]", int]
+#: The binary modes open() takes; 'r+b' is 'rb+', as for the built-in open().
+BinaryMode = Literal["rb", "br", "rb+", "r+b", "br+"]
+
+
+@overload
+def open(file: Openable, mode: Literal["r", "rt", "tr"], buffering: int = -1,
+         encoding: str | None = None, errors: str | None = None, newline: str | None = None,
+         closefd: bool | None = None) -> io.TextIOWrapper: ...
+@overload
+def open(file: Openable, mode: BinaryMode, buffering: Literal[0], encoding: None = None,
+         errors: None = None, newline: None = None, closefd: bool | None = None
+         ) -> MappedFileIO: ...
+@overload
+def open(file: Openable, mode: Literal["rb+", "r+b", "br+"], buffering: Literal[-1, 1] = -1,
+         encoding: None = None, errors: None = None, newline: None = None,
+         closefd: bool | None = None) -> io.BufferedRandom: ...
+@overload
+def open(file: Openable, mode: Literal["rb", "br"] = "rb", buffering: Literal[-1, 1] = -1,
+         encoding: None = None, errors: None = None, newline: None = None,
+         closefd: bool | None = None) -> io.BufferedReader: ...
+@overload
+def open(file: Openable, mode: BinaryMode = "rb", buffering: int = -1, encoding: None = None,
+         errors: None = None, newline: None = None, closefd: bool | None = None
+         ) -> io.BufferedReader | io.BufferedRandom | MappedFileIO: ...
+@overload
+def open(file: Openable, mode: str = "rb", buffering: int = -1, encoding: str | None = None,
+         errors: str | None = None, newline: str | None = None, closefd: bool | None = None
+         ) -> io.IOBase: ...
+def open(file: Openable, mode: str = "rb", buffering: int = -1, encoding: str | None = None,
+         errors: str | None = None, newline: str | None = None, closefd: bool | None = None
+         ) -> io.IOBase:
+    """Like the built-in open() for reading through a mapping: 'rb' (an
+    io.BufferedReader), 'rb+' (an io.BufferedRandom), 'r'/'rt' (an io.TextIOWrapper);
+    buffering=0 gives the MappedFileIO itself. closefd
     as for MappedFileIO: a descriptor is closed with the file unless
     closefd=False, a MappedFile is left open unless closefd=True."""
     text = "b" not in mode

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import BinaryIO, NamedTuple, Union
 
-from . import _mcsafe
+from . import _lazy_lock, _mcsafe
 
 ModuleOrPath = Union[ModuleType, ctypes.CDLL, str, "os.PathLike[str]"]
 
@@ -54,8 +54,10 @@ _keys: dict[int, int] = {}                    # an object's anchor -> the C regi
 # Held while pyelftools is first imported, and across fork(): a child forked
 # while another thread was inside that import would find the module half
 # initialised and its import lock held forever (CPython resets only the global
-# import lock in a child). Imported lazily: it doubles the time of import mcsafe.
-_import_lock = threading.Lock()
+# import lock in a child). It is the lock of mcsafe's lazy imports, whose fork
+# hooks are registered by import mcsafe: this module is itself imported lazily,
+# maybe while another thread forks, so hooks of its own could miss a fork's start.
+# Imported lazily: it doubles the time of import mcsafe.
 _elf: tuple[type, type[Exception]] | None = None
 
 
@@ -63,7 +65,7 @@ def _elftools() -> tuple[type, type[Exception]]:
     """pyelftools' ELFFile and ELFError."""
     global _elf
     if _elf is None:
-        with _import_lock:
+        with _lazy_lock:
             from elftools.common.exceptions import ELFError
             from elftools.elf.elffile import ELFFile
 
@@ -71,18 +73,9 @@ def _elftools() -> tuple[type, type[Exception]]:
     return _elf
 
 
-def _hold_for_fork() -> None:
-    _import_lock.acquire()
-
-
-def _release_after_fork() -> None:
-    _import_lock.release()
-
-
 def _reset_after_fork() -> None:
-    global _lock, _import_lock
+    global _lock
     _lock = threading.Lock()
-    _import_lock = threading.Lock()
     # On Python < 3.12 every functools.cached_property holds one class-wide RLock
     # while it computes (CPython gh-87634), and pyelftools reads the file inside
     # two of them: a thread forked away mid-read would leave it held forever.
@@ -97,8 +90,7 @@ def _reset_after_fork() -> None:
                     attr.lock = threading.RLock()
 
 
-os.register_at_fork(before=_hold_for_fork, after_in_parent=_release_after_fork,
-                    after_in_child=_reset_after_fork)
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @dataclass(frozen=True)
@@ -298,7 +290,7 @@ def _register_object(path: str, obj: LoadedObject) -> int:
                                  "EXTABLE_RESERVE() and run extable build (or extable build "
                                  "--add-section)")
             if sec["sh_flags"] & SHF_ALLOC:
-                address, size = obj.bias + sec["sh_addr"], sec["sh_size"]
+                address, size = obj.bias + int(sec["sh_addr"]), int(sec["sh_size"])
                 if not 0 < address < 1 << 64:
                     raise TableError(f"{path}: section {TABLE_SECTION!r} is at an impossible "
                                      f"address {address:#x}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's virtual environment: $VENV (default .venv) made with $PYTHON
-# (default: python3 on PATH), the project installed editable with its test,
-# bench and docs extras. Debian's own python3 is externally managed, so nothing is ever
+# (default: python3 on PATH), the project installed editable with the extras
+# $EXTRAS (default: demo,test,bench,docs; make demo asks for demo only). Debian's own python3 is externally managed, so nothing is ever
 # installed into it.
 #
 # Reinstalls only when what it was installed from changed (the interpreter, or
@@ -14,12 +14,18 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 PY="$VENV/bin/python"
-EXTRAS="${EXTRAS:-test,bench,docs}"
+EXTRAS="${EXTRAS:-demo,test,bench,docs}"
 
 digest() { cat "$@" | sha256sum | cut -d' ' -f1; }
 interp="$("$PYTHON" -c 'import sys; print(sys.executable, sys.version)')"
-want_install="$(printf '%s\n%s\n%s\n' "$interp" "$EXTRAS" \
-                "$(digest pyproject.toml setup.py build.py)")"
+stamp() { printf '%s\n%s\n%s\n' "$interp" "$1" "$(digest pyproject.toml setup.py build.py)"; }
+want_install="$(stamp "$EXTRAS")"
+# An environment installed with more extras than asked for serves as it is.
+have_extras="$(sed -n 2p "$VENV/.mcsafe-install" 2>/dev/null || true)"
+if [ -n "$have_extras" ] && [ "$(stamp "$have_extras")" = "$(cat "$VENV/.mcsafe-install")" ] \
+        && [ -z "$(comm -23 <(tr , '\n' <<<"$EXTRAS" | sort -u) <(tr , '\n' <<<"$have_extras" | sort -u))" ]; then
+    want_install="$(stamp "$have_extras")"
+fi
 ext_sources() {                            # what the built extension is made from
     find mcsafe/_mcsafe.pyx mcsafe/_mcsafe.pxd mcsafe/_core extable -type f \
         \( -name '*.pyx' -o -name '*.pxd' -o -name '*.[ch]' -o -name '*.py' \) | LC_ALL=C sort

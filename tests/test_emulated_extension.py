@@ -84,7 +84,7 @@ def emulated(pkg: Path, *args: str, timeout: int = 900, env: dict[str, str] | No
 def test_extension_imports_and_recovers_on_arm64(arm64_package) -> None:
     p = emulated(arm64_package, "-c", (
         "import platform, mcsafe\nfrom mcsafe import inject\n"
-        "print(platform.machine(), mcsafe.table_status(), mcsafe.published_tables())\n"
+        "print(platform.machine(), mcsafe.table_status(), mcsafe.published_table_count())\n"
         "with inject.region('mprotect', 4, [2]) as r:\n"
         "    res = mcsafe.copy_report(bytearray(r.size), r.buffer, src_offset=100)\n"
         "    print(res.copied, res.fault.side, res.fault.signal)\n"))

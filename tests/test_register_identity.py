@@ -63,9 +63,9 @@ def test_register_through_a_hard_link_to_the_loaded_file(tmp_path) -> None:
     p = child(f"""
         import ctypes, mcsafe
         lib = ctypes.CDLL({str(so)!r})
-        before = mcsafe.published_tables()
+        before = mcsafe.published_table_count()
         mcsafe.register({str(link)!r})
-        print("published", mcsafe.published_tables() - before)
+        print("published", mcsafe.published_table_count() - before)
     """, PROBE, f"""
         print("unregistered", mcsafe.unregister({str(so)!r}), mcsafe.unregister({str(link)!r}))
     """)
@@ -79,9 +79,9 @@ def test_an_extension_module_is_registered_by_an_address_inside_it() -> None:
     # own extension: its table is already published (pinned); this adds an owner.
     p = child("""
         import json, sys, mcsafe, mcsafe._mcsafe as ext
-        before = mcsafe.published_tables()
+        before = mcsafe.published_table_count()
         mcsafe.register(ext)
-        print(mcsafe.published_tables() - before, mcsafe.unregister(ext), mcsafe.unregister(ext))
+        print(mcsafe.published_table_count() - before, mcsafe.unregister(ext), mcsafe.unregister(ext))
         try:
             mcsafe.register(sys.modules["json"])
         except mcsafe.TableError as exc:

@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import IO, Callable
 
-from ..errors import ExtableError
+from ..errors import ExtableError, MissingExtra, missing_extra
 from .detect import compression_of
 
 #: No module or vmlinux comes near this; a bigger stream is not what we think it is.
@@ -30,9 +30,9 @@ _CHUNK = 1 << 20
 def _zstd_reader(f: IO[bytes]) -> IO[bytes]:
     try:
         import zstandard
-    except ImportError:
-        raise ExtableError("reading zstd needs the zstandard package "
-                           "(pip install zstandard)") from None
+    except ModuleNotFoundError as exc:
+        raise missing_extra(exc, "zstandard", "reading a zstd-compressed kernel module",
+                            "kernel") from None
     reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     return reader
 
@@ -115,7 +115,7 @@ class Source:
             out.flush()
             out.seek(0)
             return out
-        except ExtableError:
+        except (ExtableError, MissingExtra):
             out.close()
             raise
         except (lzma.LZMAError, OSError, EOFError, ValueError) as exc:

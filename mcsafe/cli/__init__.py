@@ -14,6 +14,8 @@ import signal
 import sys
 from typing import Sequence
 
+from extable.errors import MissingExtra
+
 from .. import __version__
 
 SCAN_HELP = """\
@@ -122,15 +124,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args, extra = parser(prog).parse_known_args(argv)
     if extra:                       # the command's usage, not the top level's
         args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "demo":
-        from ..demo import run
-        return run()
     from .output import OutputFailed
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
-    module = importlib.import_module(f".{args.command}", __name__)
     try:
+        if args.command == "demo":
+            from ..demo import run
+            return run()
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
+        module = importlib.import_module(f".{args.command}", __name__)
         return int(module.run(args))
+    except MissingExtra as exc:                     # an optional part, not installed
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     except OutputFailed as exc:
         print(f"mcsafe {args.command}: {exc}", file=sys.stderr)
         # what is left in stdout's buffer goes nowhere, rather than fail again at exit

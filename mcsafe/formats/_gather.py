@@ -9,8 +9,13 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable
 
-import numpy as np
-from numpy.lib.stride_tricks import as_strided
+from extable.errors import missing_extra
+
+try:
+    import numpy as np
+    from numpy.lib.stride_tricks import as_strided
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
 from ._read import Stopped
 

@@ -25,8 +25,13 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Iterator
 
-import numpy as np
-from numpy.lib import format as npformat
+from extable.errors import missing_extra
+
+try:
+    import numpy as np
+    from numpy.lib import format as npformat
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
 from .._types import MemoryFaultError
 from ..fileio import MappedFileIO
@@ -157,7 +162,7 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
                              "allow_pickle=False")
         with io.BufferedReader(MappedFileIO(mf, closefd=False)) as f:
             f.seek(reader.pos)
-            return pickle.load(f, **pickled)    # type: ignore[arg-type]
+            return pickle.load(f, **pickled)
     if any(d < 0 for d in shape):
         raise ValueError(f"{what}: not a .npy file: negative dimensions in shape {shape}")
     count = 1

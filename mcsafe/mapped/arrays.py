@@ -10,8 +10,13 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-import numpy as np
-import numpy.typing as npt
+from extable.errors import missing_extra
+
+try:
+    import numpy as np
+    import numpy.typing as npt
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "MappedFile.read_array", "numpy") from None
 
 from .._types import FaultInfo, MemoryFaultError
 

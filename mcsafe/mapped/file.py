@@ -10,10 +10,15 @@ import threading
 import time
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from typing_extensions import Buffer
+
+#: A numpy scalar type: read_array(np.float32) is an array of np.float32.
+Scalar = TypeVar("Scalar", bound="np.generic")
 
 from .._mcsafe import _copy_bracketed, _ensure_front, _readinto
 from .._types import CopyResult, FaultInfo
@@ -213,11 +218,13 @@ class MappedFile:
     # the last page: a write that reaches it takes the careful path, which asks
     # the size around every copy. Faults and failed probes take the careful paths.
 
-    def read(self, n: int, offset: int = 0) -> bytes:
-        """Up to n bytes from offset (fewer at a bad byte or the end of the file)."""
-        if n < 0:
-            raise ValueError(f"negative size {n}")
-        buf = bytearray(max(0, min(n, self.size - offset)))
+    def read(self, n: int | None = -1, offset: int = 0) -> bytes:
+        """Up to n bytes from offset (fewer at a bad byte or the end of the file); with
+        n -1 (or any negative, or None), everything from offset to the end of the file,
+        as a file's ``read(-1)``."""
+        size = self.size
+        want = size - offset if n is None or n < 0 else n
+        buf = bytearray(max(0, min(want, size - offset)))
         got = self.readinto(buf, offset) if buf else 0
         return bytes(buf) if got == len(buf) else bytes(buf[:got])
 
@@ -334,7 +341,14 @@ class MappedFile:
         finally:
             self._leave()
 
-    def read_array(self, dtype: Any, count: int = -1, offset: int = 0) -> Any:
+    @overload
+    def read_array(self, dtype: type[Scalar] | np.dtype[Scalar], count: int = -1,
+                   offset: int = 0) -> np.ndarray[Any, np.dtype[Scalar]]: ...
+    @overload
+    def read_array(self, dtype: npt.DTypeLike, count: int = -1, offset: int = 0
+                   ) -> np.ndarray[Any, np.dtype[Any]]: ...
+    def read_array(self, dtype: npt.DTypeLike, count: int = -1, offset: int = 0
+                   ) -> np.ndarray[Any, np.dtype[Any]]:
         """A new numpy array of count items of dtype (-1: to the end of the file),
         filled from offset; see :func:`mcsafe.arrays.read_array`."""
         from .arrays import read_array

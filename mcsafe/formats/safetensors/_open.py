@@ -9,7 +9,12 @@ import mmap
 import os
 from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
-import numpy as np
+from extable.errors import missing_extra
+
+try:
+    import numpy as np
+except ModuleNotFoundError as _exc:
+    raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
 from ..._types import MemoryFaultError
 from ...mapped import MappedFile

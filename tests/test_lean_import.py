@@ -1,0 +1,117 @@
+"""``import mcsafe`` and ``import extable`` load what their first use needs and no
+more (issue 22): the modules each import adds to sys.modules, in a fresh process.
+What it costs in time is a benchmark (benchmarks/test_import.py), not a test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+#: Modules no plain import of either package may load: each costs milliseconds and
+#: belongs to a part that is imported when first used.
+HEAVY = {"numpy", "ctypes", "mmap", "threading", "tempfile", "dataclasses", "inspect", "ast",
+         "elftools", "zstandard", "capstone", "ml_dtypes", "mfusepy", "tqdm", "argparse",
+         "subprocess", "json", "pathlib", "struct", "weakref", "typing", "re", "enum", "signal"}
+
+#: Exactly the package's own modules each import loads.
+OWN = {"mcsafe": {"mcsafe", "mcsafe._mcsafe", "mcsafe._types"},
+       "extable": {"extable", "extable.errors"}}
+
+
+def loaded_by(code: str, setup: str = "", python: str = sys.executable) -> set[str]:
+    """The modules `code` adds to sys.modules, run after `setup` in a new interpreter
+    (json is imported after `code` has run, so that it is not counted as already there)."""
+    script = (f"import sys\n{setup}\nbefore = set(sys.modules)\n{code}\n"
+              "new = sorted(set(sys.modules) - before)\nimport json\nprint(json.dumps(new))")
+    p = subprocess.run([python, "-c", script], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return set(json.loads(p.stdout))
+
+
+def top(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def assert_lean(package: str, python: str = sys.executable) -> None:
+    new = loaded_by(f"import {package}", python=python)
+    own = {m for m in new if top({m}) & {"mcsafe", "extable"}}
+    assert own == OWN[package]
+    # a heavy module already loaded at start-up (site) is not ours to count
+    assert not (top(new) | new) & HEAVY, sorted((top(new) | new) & HEAVY)
+
+
+@pytest.mark.parametrize("package", sorted(OWN))
+def test_import_loads_its_core_only(package: str) -> None:
+    assert_lean(package)
+
+
+@pytest.mark.parametrize("name, module", [
+    ("MappedFile", "mcsafe.mapped"), ("register", "mcsafe.registry"),
+    ("TableError", "mcsafe.registry"), ("inject", "mcsafe.inject"),
+    ("fileio", "mcsafe.fileio"), ("arrays", "mcsafe.arrays"), ("formats", "mcsafe.formats")])
+def test_a_lazy_name_loads_its_module_when_first_used(name: str, module: str) -> None:
+    new = loaded_by(f"getattr(mcsafe, {name!r})", setup="import mcsafe")
+    assert module in new
+    assert "mcsafe.inject" not in new or name == "inject"
+
+
+def test_lazy_names_are_the_objects_of_their_modules() -> None:
+    import mcsafe
+    import mcsafe.fileio
+    import mcsafe.registry
+    from mcsafe.mapped import MappedFile
+
+    assert (mcsafe.MappedFile, mcsafe.register, mcsafe.fileio) == \
+        (MappedFile, mcsafe.registry.register, sys.modules["mcsafe.fileio"])
+    with pytest.raises(AttributeError, match="no attribute 'MappedFiles'"):
+        mcsafe.MappedFiles      # noqa: B018
+
+
+def test_the_old_name_of_published_table_count_warns_and_still_works() -> None:
+    import mcsafe
+
+    with pytest.warns(DeprecationWarning, match=r"use mcsafe.published_table_count\(\)"):
+        old = mcsafe.published_tables
+    assert old is mcsafe.published_table_count
+    assert "published_tables" not in dir(mcsafe) and "published_tables" not in mcsafe.__all__
+
+
+def test_a_fork_during_a_lazy_import_waits_for_it() -> None:
+    """A thread is half way through the first import of mcsafe.mapped (held there by
+    an import hook) when the main thread forks: the fork waits for the import, so the
+    child finds MappedFile whole instead of a module whose import lock no thread in
+    it will ever release (it would hang: SIGALRM)."""
+    script = textwrap.dedent("""\
+        import importlib.abc, os, signal, sys, threading
+        import mcsafe
+
+        entered, go = threading.Event(), threading.Event()
+
+        class Hold(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "mcsafe.mapped":
+                    entered.set()
+                    go.wait()
+                return None
+
+        sys.meta_path.insert(0, Hold())
+        t = threading.Thread(target=lambda: mcsafe.MappedFile)
+        t.start()
+        entered.wait()
+        threading.Timer(0.1, go.set).start()   # the fork must wait for it, however long
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            with mcsafe.MappedFile(sys.executable) as f:
+                os._exit(0 if f.read(4) == b"\\x7fELF" else 1)
+        t.join()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), go.is_set())
+        """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert (p.returncode, p.stdout) == (0, "0 True\n"), p.stderr
