@@ -59,6 +59,10 @@ nitpick_ignore_regex = [
     ("py:class", r"mcsafe\.formats\.safetensors\._header\.TensorInfo"),
     ("py:class", r"Buffer|SupportsIndex|PathLike|StrOrBytesPath|FileDescriptorOrPath"
                  r"|ReadableBuffer|WriteableBuffer|DTypeLike|ArrayLike|NDArray|Self|T"),
+    # Names that exist for type checkers only: FaultInfo's Literal aliases (defined
+    # under TYPE_CHECKING so that import mcsafe loads no typing; FaultInfo's fields
+    # list their values) and read_array's scalar TypeVar.
+    ("py:class", r"(mcsafe\._types\.)?(Side|Cause)|(mcsafe\.mapped\.file\.)?Scalar"),
     ("py:class", r"(Iterator|Iterable|Callable|Sequence|Mapping|Generator|ContextManager"
                  r"|Literal|Any|IO|BinaryIO|TextIO|ndarray|dtype|module|ModuleType|CDLL"
                  r"|BufferedReader|BufferedRandom|BufferedWriter|TextIOWrapper|RawIOBase"

@@ -305,15 +305,17 @@ def _say(**what: object) -> None:
     os.write(_report_to, (json.dumps(what) + "\n").encode())
 
 
-# Made here, in the parent, once: libffi allocates (and locks) to make a callback,
-# which a forked child of a threaded process must not.
-@_HANDLER
-def _on_fault(sig: int, info: int, _context: int) -> None:
+def _report_fault(sig: int, info: int, _context: int) -> None:
     # (in a probing child) only os.write and _exit: the fault repeats if this returns
     code = ctypes.c_int.from_address(info + 8).value            # si_code
     address = ctypes.c_void_p.from_address(info + 16).value     # si_addr
     _say(signal=sig, code=code, address=address or 0)
     os._exit(0)
+
+
+# Made here, in the parent, once: libffi allocates (and locks) to make a callback,
+# which a forked child of a threaded process must not.
+_on_fault = _HANDLER(_report_fault)
 
 
 def _touch_in_child(method: str, out: int) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import mcsafe
 from conftest import run_cli
-from extable.cli import _parser as extable_parser
+from extable.arguments import parser as extable_parser
 from mcsafe.cli import parser as mcsafe_parser
 
 SCRIPTS = Path(sys.executable).parent
