@@ -36,11 +36,14 @@ def python_child(*parts: str, timeout: float = 60, env: dict[str, str] | None = 
                  ) -> subprocess.CompletedProcess[str]:
     """Run the parts (each dedented, then joined) in a fresh interpreter, from the
     repository's root, with faulthandler off (a test that expects a death reads
-    the signal, not faulthandler's report): its exit status and output, as text."""
+    the signal, not faulthandler's report), its output buffered as on a pipe whatever
+    this environment says (a line printed before a death is lost unless flushed): its
+    exit status and output, as text."""
     code = "".join(textwrap.dedent(part) for part in parts)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONFAULTHANDLER": "", **(env or {})})
+                          env={**os.environ, "PYTHONFAULTHANDLER": "", "PYTHONUNBUFFERED": "",
+                               **(env or {})})
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -3,6 +3,7 @@ shrinking and growing files, other processes doing it, the caller's own bad buff
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os

@@ -190,7 +190,8 @@ def test_a_registered_object_stays_loaded_until_its_last_unregister(tmp_path, ho
     source = EXAMPLE if how == "reserved" else unreserved_source(tmp_path)
     a = built(source, tmp_path / "a.so", *(["--add-section"] if how == "add-section" else []))
     b = compile_so(source, tmp_path / "b.so")
-    mapped = f"print('a mapped', any({str(a)!r} in line for line in open('/proc/self/maps')))"
+    mapped = (f"print('a mapped', any({str(a)!r} in line for line in open('/proc/self/maps')),"
+              " flush=True)")
     load_b = f"lib = ctypes.CDLL({str(b)!r})\n"
     runs = []
     for register in (True, False):
