@@ -46,6 +46,22 @@ def python_child(*parts: str, timeout: float = 60, env: dict[str, str] | None = 
                                **(env or {})})
 
 
+def wait_gone(pid: int, deadline: float = 60) -> None:
+    """Wait (by pidfd, not by polling) for a process that is not our child to end;
+    deadline is how long it may take, never a pace."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], deadline)
+        assert ready, f"process {pid} still running after {deadline} s"
+    finally:
+        os.close(fd)
+
+
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """The extable CLI in a child process, as a user runs it. Every file a build
     writes is read back by LIEF too (tests/lief_check.py)."""

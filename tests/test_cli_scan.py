@@ -22,6 +22,7 @@ from mcsafe.cli.scanfile import Scanner
 from mcsafe.cli.stop import StopFlag
 from mcsafe.cli.walk import Target, Walk
 
+from conftest import wait_gone
 from test_mapped_scrub import sparse
 
 PAGE = inject.PAGE
@@ -461,7 +462,7 @@ def test_workers_end_with_a_parent_killed_outright(failing_file) -> None:
             proc.kill()
             proc.wait()
             for pid in workers:
-                wait_gone(pid)
+                wait_gone(pid, WAIT)
         finally:
             watch.close()
             proc.kill()
@@ -480,18 +481,6 @@ def children_of(pid: int) -> list[int]:
                 continue
     return out
 
-
-def wait_gone(pid: int) -> None:
-    """Wait (by pidfd, not by polling) for a process that is not our child to end."""
-    import select
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        assert select.select([fd], [], [], WAIT)[0], f"process {pid} still running"
-    finally:
-        os.close(fd)
 
 
 # -- options ------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -16,23 +15,13 @@ import numpy as np
 import pytest
 
 from conftest import python_child as child
+from conftest import wait_gone
 from mcsafe import copy_report, inject
 
 PAGE = mmap.PAGESIZE
 WAIT = 60      # seconds: a deadline for a process that should end, never a pace
 
 
-def wait_gone(pid: int) -> None:
-    """Wait (by pidfd, not by polling) for a process that is not our child to end."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        ready, _, _ = select.select([fd], [], [], WAIT)
-        assert ready, f"process {pid} still running after {WAIT} s"
-    finally:
-        os.close(fd)
 
 
 def children_named(pid: int, name: str) -> list[int]:
@@ -249,7 +238,7 @@ def test_the_mount_goes_when_the_block_ends_and_when_it_raises(tmp_path) -> None
         server = f.pid
     assert not os.path.exists(f.mountpoint) and f.closed
     assert os.listdir(tmp_path) == []
-    wait_gone(server)
+    wait_gone(server, WAIT)
     with pytest.raises(RuntimeError, match="boom"):
         with inject.failing_file(PAGE, dir=str(tmp_path)) as f:
             raise RuntimeError("boom")
@@ -285,7 +274,7 @@ def test_the_mount_goes_when_its_owner_exits_or_is_killed(tmp_path, end) -> None
             assert os.path.ismount(mountpoint)
             owner.send_signal(end)
         assert owner.wait(WAIT) == (0 if end == "exit" else -end)
-        wait_gone(int(pid))
+        wait_gone(int(pid), WAIT)
         assert not os.path.ismount(mountpoint)
         assert os.listdir(tmp_path) == []        # the server removed what was made
     finally:
@@ -323,7 +312,7 @@ def test_a_forked_child_that_ends_leaves_its_parents_mount_alone(tmp_path) -> No
 def test_the_mount_goes_when_the_server_is_sent_sigterm(failing_file) -> None:
     f = failing_file(PAGE)
     os.kill(f.pid, signal.SIGTERM)              # libfuse's handler ends the loop, unmounts
-    wait_gone(f.pid)
+    wait_gone(f.pid, WAIT)
     assert not os.path.ismount(f.mountpoint)
     with pytest.raises(OSError):
         f.stats()
@@ -335,7 +324,7 @@ def test_the_mount_goes_when_the_server_is_killed_outright(failing_file) -> None
     watchdogs = children_named(f.pid, "fusermount3")     # mounted with auto_unmount
     assert len(watchdogs) == 1
     os.kill(f.pid, signal.SIGKILL)
-    wait_gone(watchdogs[0])                              # it unmounts, then exits
+    wait_gone(watchdogs[0], WAIT)                        # it unmounts, then exits
     assert not os.path.ismount(f.mountpoint)
     f.close()
     assert not os.path.exists(f.mountpoint)
