@@ -33,9 +33,15 @@ def _copy_bracketed(dst: Buffer, src: Buffer, dst_offset: int, src_offset: int, 
 def _readinto_careful(dst: Buffer, state: tuple[Buffer, int, int, int, int, int, int], offset: int
                       ) -> int | CopyResult: ...
 
+class _Published:
+    state: Any
+
+class _Starts:
+    starts: list[int]
+
 class _FastPath:
-    _window: Any
-    _bad: Any
+    _window: _Published
+    _bad: _Starts
     def readinto(self, buf: Buffer, offset: int = 0) -> int: ...
 
 def _file_stamp(fd: int) -> tuple[int, int, int]: ...
