@@ -627,8 +627,13 @@ cdef class _FastPath:
         """Fill buf from the file at offset, as pread(2): the count, short at a bad
         byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
         if the first byte is bad."""
-        cdef tuple state = self._window.state
+        cdef tuple state
         cdef object got = -2
+        # typed slots, read without a check: never read None as a part
+        if self._window is None or self._bad is None or self._window.state is None:
+            raise ValueError(f"{type(self).__name__} was never opened (its __init__ did "
+                             "not run)")
+        state = self._window.state
         if not self._bad.starts:
             try:
                 got = _read_exact(buf, state, offset, False)
