@@ -10,12 +10,9 @@ first, so that such a reader does not even ask.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import stat
-
-from ._libc import libc
 
 PAGE = mmap.PAGESIZE
 CAP_FOWNER = 3
@@ -113,6 +110,10 @@ class Snapshot:
 def resident(address: int, length: int) -> bytes:
     """One byte per page of [address, address + length) (page-aligned address):
     nonzero where the page is resident."""
+    import ctypes       # (not at start-up: a scan of small files never asks)
+
+    from ._libc import libc
+
     npages = -(-length // PAGE)
     vec = ctypes.create_string_buffer(npages)
     if libc.mincore(address, length, vec) != 0:

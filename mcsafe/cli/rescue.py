@@ -36,7 +36,8 @@ from .. import MappedFile
 from .._libc import libc
 from ..pagecache import Snapshot, sees_cache
 from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
-from .output import byte_bar, size_text, write_out
+from .output import size_text, write_out
+from .progress import byte_bar
 from .stop import StopFlag, Stopped
 
 ZEROS = bytes(1 << 20)

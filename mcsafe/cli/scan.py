@@ -7,10 +7,14 @@ import os
 import sys
 
 from .jobs import scan_here, scan_in_workers
-from .output import Bar, Output, OutputFailed, PlainProgress, Progress
+from .output import Output, OutputFailed
 from .scanfile import Scanner
 from .stop import StopFlag
 from .walk import Walk
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # the progress (threading, tqdm) is imported when it is shown
+    from .progress import Progress
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,4 +58,6 @@ def _progress(args: argparse.Namespace, walk_args: dict[str, object]) -> Progres
     tty = os.isatty(sys.stderr.fileno())
     if args.progress is False or (args.progress is None and not tty):
         return None
+    from .progress import Bar, PlainProgress
+
     return Bar(walk_args) if tty else PlainProgress(walk_args)

@@ -17,13 +17,17 @@ import mmap
 import os
 import signal
 import stat
-from typing import Any, Callable
 
-from .. import MappedFile
 from .._mcsafe import _ensure_front, _read_mapped
 from ..pagecache import Snapshot, evict_cold, sees_cache
 from .stop import Stopped
-from .walk import Target, _kind_name
+from .walk import _kind_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # typing, and MappedFile (for large files only): loaded where used
+    from typing import Any, Callable
+
+    from .walk import Target
 
 SMALL = 1 << 20          # files up to this size are read by one mapped copy
 SINK = 16 << 10          # where their bytes are copied to, a piece at a time (in L1)
@@ -170,6 +174,8 @@ class Scanner:
         # Opening a MappedFile reads the file's last page (and the kernel reads around
         # it) before scrub can look: that part is given back after it is closed.
         tail = Snapshot.tail(fd, size) if restore else None
+        from ..mapped import MappedFile
+
         with MappedFile(fd) as mf:
             try:
                 mf.scrub(progress, skip_holes=True, restore_cache=restore)

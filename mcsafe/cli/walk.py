@@ -14,7 +14,41 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator, NamedTuple, Sequence, Union
+from collections import namedtuple
+
+_TARGET_DOC = """A file to scan: path as the user sees it; opened as name relative to dir_fd
+(an open directory of the walk, valid until the next item is asked for) when
+dir_fd is not None. named: given on the command line (followed if a link; a
+block device is scanned). root_dev: the device the walk must stay on
+(--one-file-system), or None."""
+_NOTE_DOC = """Something the walk did not scan. status: 'skipped' (not a file to scan: said,
+not an error) or 'error' (a path that could not be scanned)."""
+
+# typing costs a scan's start more than the rest of its modules: type checkers read
+# the records below, the interpreter builds them with collections.namedtuple (as
+# mcsafe._types does). A name mypy knows: only checkers take this branch.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator, NamedTuple, Sequence, Union
+
+    class Target(NamedTuple):
+        path: str
+        name: str
+        dir_fd: int | None = None
+        named: bool = False
+        root_dev: int | None = None
+
+    class Note(NamedTuple):
+        path: str
+        status: str
+        message: str
+        kind: str | None = None
+
+    Item = Union[Target, Note]
+else:
+    Target = namedtuple("Target", "path name dir_fd named root_dev", defaults=(None, False, None))
+    Note = namedtuple("Note", "path status message kind", defaults=(None,))
+Target.__doc__, Note.__doc__ = _TARGET_DOC, _NOTE_DOC
 
 #: What a walk found that it does not scan, by the kind of file.
 KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -28,33 +62,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 PSEUDO_FS = {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2", "bpf",
              "configfs", "pstore", "efivarfs", "fusectl", "devpts", "mqueue", "binfmt_misc",
              "nsfs", "rpc_pipefs", "selinuxfs", "autofs"}
-
-
-class Target(NamedTuple):
-    """A file to scan: path as the user sees it; opened as name relative to dir_fd
-    (an open directory of the walk, valid until the next item is asked for)
-    when dir_fd is not None. named: given on the command line (followed if a
-    link; a block device is scanned). root_dev: the device the walk must stay
-    on (--one-file-system), or None."""
-
-    path: str
-    name: str
-    dir_fd: int | None = None
-    named: bool = False
-    root_dev: int | None = None
-
-
-class Note(NamedTuple):
-    """Something the walk did not scan. status: 'skipped' (not a file to scan:
-    said, not an error) or 'error' (a path that could not be scanned)."""
-
-    path: str
-    status: str
-    message: str
-    kind: str | None = None
-
-
-Item = Union[Target, Note]
 
 
 class Walk:
