@@ -47,6 +47,12 @@ def sees_cache(fd: int, st: os.stat_result | None = None) -> bool:
         return False
 
 
+def sees_every_cache() -> tuple[int, bool]:
+    """(euid, CAP_FOWNER): mincore(2) reports the page cache of files this euid owns,
+    and of every file with CAP_FOWNER (the rest of sees_cache() is per file)."""
+    return _EUID, _FOWNER
+
+
 def evict_cold(fd: int, offset: int, residency: bytes | bytearray | memoryview) -> None:
     """Evict the pages of fd's file from offset (page-aligned) on whose residency
     byte is 0 (posix_fadvise DONTNEED, a run of pages a call)."""

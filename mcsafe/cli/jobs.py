@@ -17,7 +17,7 @@ import signal
 
 from .scanfile import FileReport, Scanner
 from .stop import SIGNALS, StopFlag
-from .walk import Note, Target
+from .walk import Files, Note, Target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:       # typing: loaded by none of a scan's own modules
@@ -38,13 +38,18 @@ def note_report(note: Note) -> FileReport:
     return FileReport(note.path, note.status, note.kind, message=note.message)
 
 
-def scan_here(items: Iterable[Item], scanner: Scanner, emit: Emit, stop: StopFlag) -> None:
-    """Scan every target in this process, in the walk's order."""
+def scan_here(items: Iterable[Item], scanner: Scanner, emit: Emit, stop: StopFlag,
+              clean: Callable[[str, int], object]) -> None:
+    """Scan every target in this process, in the walk's order; a batch of files
+    tells clean(path, size) of each that reads clean (see Scanner.scan_files)."""
     for item in items:
         if stop():
             return
         if isinstance(item, Note):
             emit(note_report(item))
+            continue
+        if isinstance(item, Files):
+            scanner.scan_files(item, emit, clean)
             continue
         report = scanner.scan(item)
         if report is not None:

@@ -57,6 +57,12 @@ class Summary:
         self.bad_bytes = 0
         self.bad_files = 0
 
+    def add_clean(self, size: int) -> None:
+        """Count a file read whole and clean (as add() of its report would)."""
+        self.counts["clean"] += 1
+        self.files += 1
+        self.bytes += size
+
     def add(self, r: FileReport) -> None:
         self.counts[r.status] = self.counts.get(r.status, 0) + 1
         if r.size is not None and r.status not in ("skipped", "error", "vanished"):
@@ -113,6 +119,16 @@ class Output:
         text = self._human(r)
         if text:
             self._line(text, self.out)
+
+    def clean(self, path: str, size: int) -> None:
+        """A file of size bytes read whole, clean and unchanged: counted (and written,
+        with --json); no report is made for it where none is written."""
+        if self.as_json or self.progress is not None:
+            from .scanfile import FileReport
+
+            self.file(FileReport(path, "clean", "file", size, done=size))
+        else:
+            self.summary.add_clean(size)
 
     @staticmethod
     def _human(r: FileReport) -> str | None:

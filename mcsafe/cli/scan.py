@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     stop.install()
     walk_args = {"paths": args.paths, "one_file_system": args.one_file_system,
                  "exclude": args.exclude}
-    walk = Walk(**walk_args)
+    # in one process, a folder's files come in batches (Scanner.scan_files)
+    walk = Walk(**walk_args, batch=args.jobs == 1)
     out = Output(args.json, args.paths)
     restore = not args.keep_cache
     try:
@@ -46,7 +47,7 @@ def _scan(args: argparse.Namespace, walk_args: dict[str, object], walk: Walk, ou
     else:
         out.progress = _progress(args, walk_args)
         scanner = Scanner(lambda n: _bytes(out, n), stop, restore)
-        scan_here(walk, scanner, out.file, stop)
+        scan_here(walk, scanner, out.file, stop, out.clean)
 
 
 def _bytes(out: Output, n: int) -> None:
