@@ -253,20 +253,28 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     r = ratio("symbols", "pyelftools loop", "extable")
     if r:
         out.append(("extable symbols ≥ 20× faster than a pyelftools loop", f"{r:.0f}×", r >= 20))
+    # as for extable: the goals hold for the command as a wheel installs it
     for group, what in (("scan-large", "1 GiB in large files"),
                         ("scan-small", "10,000 files of 4 KiB")):
-        r = ratio(group, "cat", "mcsafe scan")
+        r = ratio(group, "cat", "mcsafe scan" + INSTALLED)
         if r:
             out.append((f"mcsafe scan, {what}, ≥ 0.9× the throughput of cat (whole process)",
                         f"{r:.2f}×", r >= 0.9))
-    r = ratio("rescue", "cp", "mcsafe rescue --no-sync")
-    if r:
-        out.append(("mcsafe rescue --no-sync of a clean 1 GiB file ≥ 0.9× cp", f"{r:.2f}×",
-                    r >= 0.9))
-    r = ratio("rescue", "cp + sync", "mcsafe rescue")
-    if r:
-        out.append(("mcsafe rescue (DST synced) of a clean 1 GiB file ≥ 0.9× cp + sync",
-                    f"{r:.2f}×", r >= 0.9))
+        r = ratio(group, "cat", "mcsafe scan")
+        if r:
+            out.append((f"mcsafe scan, {what}, vs cat, editable development install "
+                        "(no target)", f"{r:.2f}×", None))
+    for peer, ref, what in (("mcsafe rescue --no-sync", "cp", "--no-sync of a clean 1 GiB "
+                             "file ≥ 0.9× cp"),
+                            ("mcsafe rescue", "cp + sync", "(DST synced) of a clean 1 GiB "
+                             "file ≥ 0.9× cp + sync")):
+        r = ratio("rescue", ref, peer + INSTALLED)
+        if r:
+            out.append((f"mcsafe rescue {what}", f"{r:.2f}×", r >= 0.9))
+        r = ratio("rescue", ref, peer)
+        if r:
+            out.append((f"{peer} vs {ref}, editable development install (no target)",
+                        f"{r:.2f}×", None))
     st = res.groups.get("compile", {}).get("extable")
     if st:
         out.append(("1M-entry compile < 1 s", fmt_time(st["median"]), st["median"] < 1))
