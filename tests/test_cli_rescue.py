@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -716,22 +717,31 @@ def test_the_one_copy_path_is_taken_where_the_kernel_recovers_its_copy(
     assert onecopy.unavailable(machine, release) == f"{onecopy.SWITCH}=0"
 
 
-def test_a_clean_file_is_copied_by_the_one_copy_path_alone(tmp_path, monkeypatch) -> None:
+def test_a_clean_file_is_copied_by_the_one_copy_path_alone(tmp_path) -> None:
     """Where it is available, a clean SRC goes through onecopy.copy only: MappedFile's
-    scrub (the two-copy path) is never asked; DST and the mapfile are complete."""
-    from mcsafe.cli import main, onecopy
-    from mcsafe.mapped import MappedFile
+    scrub (the two-copy path) is never asked; DST and the mapfile are complete. (In
+    a child: the command installs signal handlers of its own.)"""
+    from mcsafe.cli import onecopy
     if onecopy.unavailable() is not None:
         pytest.skip(f"the one-copy path is not taken here: {onecopy.unavailable()}")
     src = tmp_path / "src"
     data = os.urandom((20 << 20) + 123)
     src.write_bytes(data)
-    calls = []
-    real = onecopy.copy
-    monkeypatch.setattr(onecopy, "copy", lambda *a: calls.append(a[3:5]) or real(*a))
-    monkeypatch.setattr(MappedFile, "scrub", lambda *a, **k: pytest.fail("scrub was asked"))
-    assert main(["rescue", "--no-sync", str(src), str(tmp_path / "out")]) == 0
-    assert calls == [(0, len(data))]
+    script = textwrap.dedent(f"""\
+        import sys
+        from mcsafe.cli import main, onecopy
+        from mcsafe.mapped import MappedFile
+        calls, real = [], onecopy.copy
+        onecopy.copy = lambda *a: calls.append(a[3:5]) or real(*a)
+        def scrub(*a, **k):
+            raise AssertionError("scrub was asked")
+        MappedFile.scrub = scrub
+        code = main(["rescue", "--no-sync", {str(src)!r}, {str(tmp_path / "out")!r}])
+        print(code, calls, file=sys.stderr)
+        """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=WAIT)
+    assert p.stderr.splitlines()[-1] == f"0 [(0, {len(data)})]", p.stderr
     assert (tmp_path / "out").read_bytes() == data
     assert blocks(tmp_path / "out.map") == [(0, len(data), "+")]
 

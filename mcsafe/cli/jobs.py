@@ -33,7 +33,6 @@ OUTSTANDING = 2              # batches a worker may hold
 PROGRESS_EVERY = 16 << 20    # bytes a worker reports progress after, within a file
 
 
-
 def note_report(note: Note) -> FileReport:
     return FileReport(note.path, note.status, note.kind, message=note.message)
 
