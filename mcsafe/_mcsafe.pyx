@@ -829,7 +829,8 @@ cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t s
 
 
 def _scan_small(int dir_fd, list names, bint follow, sink, Py_ssize_t max_size,
-                long long root_dev, residency, unsigned int euid, bint fowner):
+                long long root_dev, residency, unsigned int euid, bint fowner,
+                Py_ssize_t budget):
     """Files of a directory read whole, each as _read_mapped reads it (mapped,
     copied through sink by the table-driven copy, unmapped), in one call with the
     GIL released: mcsafe scan's reader of a tree of small files, where per-file
@@ -841,10 +842,14 @@ def _scan_small(int dir_fd, list names, bint follow, sink, Py_ssize_t max_size,
     a fault and its size and modification time did not move meanwhile; None
     where this path does not decide (not a regular file of one link, larger than
     max_size, on another device than root_dev (-1: any), a fault, a change, a
-    page cache it may not see, an error): the caller's own path reads those."""
+    page cache it may not see, an error): the caller's own path reads those. It
+    stops after the file that brings what it read to budget bytes or more (the
+    caller may be asked to stop meanwhile, as between a large file's chunks):
+    the list is then shorter than names, and the rest is not touched."""
     cdef Py_buffer d, r
     cdef bint have_r = False
-    cdef Py_ssize_t n = len(names), i
+    cdef Py_ssize_t n = len(names), i, done = 0
+    cdef long long total = 0
     cdef const char **paths = NULL
     cdef long long *sizes = NULL
     cdef int *verdicts = NULL
@@ -864,13 +869,16 @@ def _scan_small(int dir_fd, list names, bint follow, sink, Py_ssize_t max_size,
         for i in range(n):
             paths[i] = <bytes>encoded[i]
         with nogil:
-            for i in range(n):
-                verdicts[i] = _scan_one(dir_fd, paths[i], flags, d.buf, <size_t>d.len,
-                                        max_size, root_dev, euid, fowner,
-                                        <unsigned char *>r.buf if have_r else NULL,
-                                        &sizes[i])
-        out = [None] * n
-        for i in range(n):
+            while done < n and total < budget:
+                verdicts[done] = _scan_one(dir_fd, paths[done], flags, d.buf, <size_t>d.len,
+                                           max_size, root_dev, euid, fowner,
+                                           <unsigned char *>r.buf if have_r else NULL,
+                                           &sizes[done])
+                if verdicts[done] == SMALL_CLEAN:
+                    total += sizes[done]
+                done += 1
+        out = [None] * done
+        for i in range(done):
             if verdicts[i] == SMALL_CLEAN:
                 out[i] = sizes[i]
         return out

@@ -685,16 +685,42 @@ def test_the_batch_reader_takes_only_plain_small_files(tmp_path) -> None:
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         got = _scan_small(dir_fd, order, False, bytearray(SMALL // 64), SMALL, -1,
-                          bytearray(SMALL // PAGE), os.geteuid(), False)
+                          bytearray(SMALL // PAGE), os.geteuid(), False, 1 << 30)
         assert got == [5000, 0, None, None, None, None, None, None, SMALL]
         # on another device than the walk's root: not its to read
         assert _scan_small(dir_fd, ["a"], False, bytearray(64), SMALL,
-                           os.fstat(dir_fd).st_dev + 1, None, 0, False) == [None]
+                           os.fstat(dir_fd).st_dev + 1, None, 0, False, 1 << 30) == [None]
+        # it stops after the file that reaches its budget of bytes
+        assert _scan_small(dir_fd, order, False, bytearray(64), SMALL, -1, None, 0, False,
+                           5001) == [5000, 0, None, None, None, None, None, None, SMALL]
+        assert _scan_small(dir_fd, order, False, bytearray(64), SMALL, -1, None, 0, False,
+                           5000) == [5000]
     finally:
         os.close(dir_fd)
     batch, alone, read_in_c = batch_and_one_by_one(str(tmp_path), order)
     assert batch == alone
     assert read_in_c == [str(tmp_path / n) for n in ("a", "b", "top")]
+
+
+def test_a_stop_is_honoured_within_a_budget_of_reading(tmp_path) -> None:
+    """A stop asked during a folder of small files: the batch reader ends its call
+    once it has read its budget (as a large file's scrub ends its chunk), and no
+    file after that is read or reported."""
+    from mcsafe.cli.scanfile import BUDGET
+    names = [f"f{i:02d}" for i in range(40)]
+    for name in names:
+        (tmp_path / name).write_bytes(os.urandom(SMALL))
+    passed: list[int] = []
+    clean: list[str] = []
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        Scanner(passed.append, lambda: bool(passed)).scan_files(
+            Files(f"{tmp_path}/", names, dir_fd, None),
+            lambda r: pytest.fail(f"a report: {r}"), lambda path, size: clean.append(path))
+    finally:
+        os.close(dir_fd)
+    assert clean == [f"{tmp_path}/{n}" for n in names[:BUDGET // SMALL]]
+    assert passed == [SMALL] * (BUDGET // SMALL)
 
 
 def test_the_batch_reader_leaves_the_page_cache_as_found(tmp_path) -> None:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:       # typing, and MappedFile (for large files only): loaded 
 SMALL = 1 << 20          # files up to this size are read by one mapped copy
 SINK = 16 << 10          # where their bytes are copied to, a piece at a time (in L1)
 BATCH = 256              # files of a folder read per call of the C reader, at most
+BUDGET = 16 << 20        # and bytes, about: a stop is honoured within as much reading as
+                         # between a large file's chunks (scrub.SCRUB_CHUNK)
 PAGE = mmap.PAGESIZE
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -158,13 +160,15 @@ class Scanner:
         euid, fowner = sees_every_cache()
         vec = self.residency if self.restore_cache else None
         names = files.names
-        for first in range(0, len(names), BATCH):
+        first = 0
+        while first < len(names):
             if self.stopped():
                 return
             part = names[first:first + BATCH]
             got = _scan_small(files.dir_fd, part, False, self.sink, SMALL,
                               -1 if files.root_dev is None else files.root_dev, vec, euid,
-                              fowner)
+                              fowner, BUDGET)
+            first += len(got)
             for name, result in zip(part, got):
                 path = files.prefix + name
                 if result is not None:
