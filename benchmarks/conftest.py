@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import compileall
 import ctypes
 import glob
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent
 #: MCSAFE_BENCH=full adds the 256 MiB copies and longer runs; the default is quick.
 FULL = os.environ.get("MCSAFE_BENCH") == "full"
 
@@ -118,3 +121,40 @@ def interleaved(calls: dict, reps: int, rounds: int, clock=None) -> dict[str, fl
                 fn()
             times[p].append((clock() - t0) / reps)
     return {p: sorted(ts[1:])[len(ts[1:]) // 2] for p, ts in times.items()}
+
+
+@pytest.fixture(scope="session")
+def installed_bin(tmp_path_factory) -> Path:
+    """The bin folder of a virtual environment where ``extable`` and ``mcsafe`` are as a
+    user runs them once a wheel is installed: its site-packages holds this tree's
+    packages (links: the same files) and its console scripts, found by the standard
+    path finder.
+
+    The development install is editable: setuptools' import hook, run by a .pth file at
+    every start, imports pathlib, importlib.util and what they import, 10-15 ms of CPU
+    that an installed command never pays, and more than the whole listing of a small
+    library. Its dependencies (numpy, pyelftools) come from the development environment
+    through a path entry (a line of a .pth file: nothing is imported).
+    """
+    env = tmp_path_factory.mktemp("installed")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = env / "bin" / "python"
+    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; "
+                                   "print(sysconfig.get_path('purelib'))"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    for package in ("extable", "mcsafe"):
+        (purelib / package).symlink_to(ROOT / package)
+        # As pip does when it installs a wheel: a .pyc current with every module. Under
+        # PYTHONDONTWRITEBYTECODE a module edited since its .pyc was written is compiled
+        # again at every start (extable.elf: 10 ms, more than the listing of libstdc++).
+        compileall.compile_dir(ROOT / package, quiet=2)
+    (purelib / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    for command in ("extable", "mcsafe"):
+        # The console script pip wrote for the development install, pointed at this one.
+        dev = Path(sys.executable).parent / command
+        body = (dev.read_text().split("\n", 1)[1] if dev.exists() else
+                f"import sys\nfrom {command}.cli import main\nsys.exit(main())\n")
+        script = env / "bin" / command
+        script.write_text(f"#!{python}\n{body}")
+        script.chmod(0o755)
+    return env / "bin"

@@ -14,7 +14,6 @@ with ``unwind`` rules for 1,000 functions of the largest library under 2 s.
 
 from __future__ import annotations
 
-import compileall
 import glob
 import json
 import os
@@ -23,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -47,37 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def installed(tmp_path_factory) -> list[str]:
-    """``extable`` as a user runs it once a wheel is installed: a virtual environment
-    whose site-packages holds this tree's packages (links: the same files) and its
-    console script, found by the standard path finder.
-
-    The development install is editable: setuptools' import hook, run by a .pth file at
-    every start, imports pathlib, importlib.util and what they import, 10-15 ms of CPU
-    that an installed command never pays, and more than the whole listing of a small
-    library. Its dependencies (numpy, pyelftools) come from the development environment
-    through a path entry (a line of a .pth file: nothing is imported).
-    """
-    env = tmp_path_factory.mktemp("installed")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
-    python = env / "bin" / "python"
-    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; "
-                                   "print(sysconfig.get_path('purelib'))"],
-                                  capture_output=True, text=True, check=True).stdout.strip())
-    for package in ("extable", "mcsafe"):
-        (purelib / package).symlink_to(ROOT / package)
-        # As pip does when it installs a wheel: a .pyc current with every module. Under
-        # PYTHONDONTWRITEBYTECODE a module edited since its .pyc was written is compiled
-        # again at every start (extable.elf: 10 ms, more than the listing of libstdc++).
-        compileall.compile_dir(ROOT / package, quiet=2)
-    (purelib / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    # The console script pip wrote for the development install, pointed at this one.
-    dev = Path(extable_cmd()[0])
-    body = (dev.read_text().split("\n", 1)[1] if dev.name == "extable" else
-            "import sys\nfrom extable.cli import main\nsys.exit(main())\n")
-    script = env / "bin" / "extable"
-    script.write_text(f"#!{python}\n{body}")
-    script.chmod(0o755)
+def installed(installed_bin: Path) -> list[str]:
+    """``extable`` as a user runs it once a wheel is installed (conftest.installed_bin)."""
+    script = installed_bin / "extable"
     probe = subprocess.run([str(script), "--include-dir"], capture_output=True, text=True,
                            check=True).stdout.strip()
     assert probe == str(ROOT / "extable" / "include"), probe

@@ -11,7 +11,8 @@ side by side with the tools they are held to (issue 21).
   ``sync DST``; GNU ddrescue too, where it is installed.
 
 Goals: each mcsafe peer at least 0.9x the throughput of its reference (time at
-most 1.11x). Every file is written and fsynced once, then read once before the
+most 1.11x), for the command as a wheel installs it (``(installed)``: no editable
+import hook, a .pyc for every module); the development install's is shown beside. Every file is written and fsynced once, then read once before the
 rounds so that all peers find it cached.
 """
 
@@ -74,8 +75,19 @@ def small_tree(tmp_path_factory) -> Path:
     return top
 
 
-def scan_peers(tree: Path) -> dict[str, list[str]]:
-    return {"mcsafe scan": [*mcsafe_cmd(), "scan", str(tree)],
+#: benchmarks/report.py's name for the command as a wheel installs it (a suffix).
+INSTALLED = " (installed)"
+
+
+def command(peer: str, installed_bin: Path) -> list[str]:
+    """The mcsafe command a peer runs: as installed from a wheel, or the development
+    install's (editable: setuptools' import hook at every start)."""
+    return [str(installed_bin / "mcsafe")] if peer.endswith(INSTALLED) else mcsafe_cmd()
+
+
+def scan_peers(tree: Path, installed_bin: Path) -> dict[str, list[str]]:
+    return {**{p: [*command(p, installed_bin), "scan", str(tree)]
+               for p in ("mcsafe scan" + INSTALLED, "mcsafe scan")},
             "cat": ["sh", "-c", f"find '{tree}' -type f -exec cat {{}} + > /dev/null"]}
 
 
@@ -83,14 +95,14 @@ def run(argv: list[str]) -> None:
     subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
 
 
-@pytest.mark.parametrize("peer", ["mcsafe scan", "cat"])
+@pytest.mark.parametrize("peer", ["mcsafe scan" + INSTALLED, "mcsafe scan", "cat"])
 @pytest.mark.parametrize("tree", ["large_tree", "small_tree"])
-def test_scan(benchmark, request, tree: str, peer: str) -> None:
+def test_scan(benchmark, request, installed_bin: Path, tree: str, peer: str) -> None:
     top = request.getfixturevalue(tree)
     benchmark.group = "scan-large" if tree == "large_tree" else "scan-small"
     benchmark.extra_info.update(peer=peer)
-    benchmark.pedantic(run, args=(scan_peers(top)[peer],), rounds=9 if FULL else 3,
-                       iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, args=(scan_peers(top, installed_bin)[peer],),
+                       rounds=9 if FULL else 3, iterations=1, warmup_rounds=1)
 
 
 @pytest.fixture(scope="module")
@@ -106,20 +118,22 @@ def rescue_src(tmp_path_factory) -> Path:
 
 
 RESCUE_PEERS = {
-    "mcsafe rescue --no-sync": lambda s, d: [*mcsafe_cmd(), "rescue", "--no-sync", s, d],
-    "cp": lambda s, d: ["cp", s, d],
-    "mcsafe rescue": lambda s, d: [*mcsafe_cmd(), "rescue", s, d],
-    "cp + sync": lambda s, d: ["sh", "-c", f"cp '{s}' '{d}' && sync '{d}'"],
-    "ddrescue": lambda s, d: ["ddrescue", "-q", s, d, d + ".map"],
+    "mcsafe rescue --no-sync" + INSTALLED: lambda m, s, d: [*m, "rescue", "--no-sync", s, d],
+    "mcsafe rescue --no-sync": lambda m, s, d: [*m, "rescue", "--no-sync", s, d],
+    "cp": lambda m, s, d: ["cp", s, d],
+    "mcsafe rescue" + INSTALLED: lambda m, s, d: [*m, "rescue", s, d],
+    "mcsafe rescue": lambda m, s, d: [*m, "rescue", s, d],
+    "cp + sync": lambda m, s, d: ["sh", "-c", f"cp '{s}' '{d}' && sync '{d}'"],
+    "ddrescue": lambda m, s, d: ["ddrescue", "-q", s, d, d + ".map"],
 }
 
 
 @pytest.mark.parametrize("peer", list(RESCUE_PEERS))
-def test_rescue(benchmark, rescue_src: Path, peer: str) -> None:
+def test_rescue(benchmark, rescue_src: Path, installed_bin: Path, peer: str) -> None:
     if peer == "ddrescue" and shutil.which("ddrescue") is None:
         pytest.skip("GNU ddrescue is not installed (Debian package gddrescue)")
     dst = rescue_src.parent / "dst"
-    argv = RESCUE_PEERS[peer](str(rescue_src), str(dst))
+    argv = RESCUE_PEERS[peer](command(peer, installed_bin), str(rescue_src), str(dst))
 
     def fresh() -> tuple[tuple, dict]:
         for p in (dst, Path(str(dst) + ".map")):

@@ -394,10 +394,15 @@ cdef extern from "<sys/stat.h>" nogil:
         long tv_sec
         long tv_nsec
     struct _stat "stat":
+        unsigned long long st_dev
+        unsigned int st_mode
+        unsigned long long st_nlink
+        unsigned int st_uid
         long long st_size
         _timespec st_mtim
         _timespec st_ctim
     int _fstat "fstat"(int fd, _stat *buf)
+    bint S_ISREG(unsigned int mode)
 
 from cpython.exc cimport PyErr_SetFromErrno
 
@@ -700,6 +705,27 @@ cdef extern from "<sys/mman.h>" nogil:
     int MAP_SHARED
 
 
+cdef bint _sink_buffers(sink, residency, Py_ssize_t size, Py_buffer *d,
+                       Py_buffer *r) except -1:
+    """Acquire sink (writable, not empty) and residency unless None (writable, a byte
+    per page of size bytes): whether residency was. Nothing stays acquired on an
+    error."""
+    PyObject_GetBuffer(sink, d, PyBUF_WRITABLE)
+    try:
+        if d.len == 0:
+            raise ValueError("an empty sink")
+        if residency is None:
+            return False
+        PyObject_GetBuffer(residency, r, PyBUF_WRITABLE)
+        if r.len < (size + 4095) // 4096:
+            PyBuffer_Release(r)
+            raise ValueError("residency holds fewer bytes than the file has pages")
+        return True
+    except BaseException:
+        PyBuffer_Release(d)
+        raise
+
+
 def _read_mapped(int fd, Py_ssize_t size, sink, residency=None):
     """A file's first `size` bytes read whole through a mapping of its own, in one
     call (mcsafe scan's reader of small files, where per-file cost decides):
@@ -717,15 +743,8 @@ def _read_mapped(int fd, Py_ssize_t size, sink, residency=None):
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     if size <= 0:
         return 0
-    PyObject_GetBuffer(sink, &d, PyBUF_WRITABLE)
+    have_r = _sink_buffers(sink, residency, size, &d, &r)
     try:
-        if d.len == 0:
-            raise ValueError("an empty sink")
-        if residency is not None:
-            PyObject_GetBuffer(residency, &r, PyBUF_WRITABLE)
-            have_r = True
-            if r.len < (size + 4095) // 4096:
-                raise ValueError("residency holds fewer bytes than the file has pages")
         if size >= MASK_CHECK and not _ready():
             _make_ready(1)
         addr = _mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
@@ -748,6 +767,166 @@ def _read_mapped(int fd, Py_ssize_t size, sink, residency=None):
         finally:
             _munmap(addr, <size_t>size)
     finally:
+        if have_r:
+            PyBuffer_Release(&r)
+        PyBuffer_Release(&d)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int _openat "openat"(int dir_fd, const char *path, int flags)
+    int _posix_fadvise "posix_fadvise"(int fd, long offset, long length, int advice)
+    int O_RDONLY, O_NONBLOCK, O_NOCTTY, O_CLOEXEC, O_NOFOLLOW, POSIX_FADV_DONTNEED
+
+cdef extern from "<unistd.h>" nogil:
+    int _close "close"(int fd)
+    long _syscall "syscall"(long number, ...)
+
+# cachestat(2), Linux 6.5 (451 on every architecture; newer than Debian 12's headers)
+cdef struct _cachestat_range:
+    uint64_t off
+    uint64_t len
+cdef struct _cachestat:
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted
+cdef long SYS_CACHESTAT = 451
+
+
+cdef bint _all_cached(int fd, size_t size) noexcept nogil:
+    """Whether every page of fd's first size bytes is in the page cache, by one
+    cachestat(2) (cheaper than mapping the file's pages in mincore(2)); False
+    also where the kernel cannot say (older than 6.5, or not ours to see)."""
+    cdef _cachestat_range r
+    cdef _cachestat cs
+    r.off = 0
+    r.len = size
+    return _syscall(SYS_CACHESTAT, fd, &r, &cs, 0) == 0 and cs.nr_cache >= (size + 4095) // 4096
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+
+cdef extern from "Python.h":
+    object PyUnicode_EncodeFSDefault(object text)
+from libc.string cimport memset
+
+# What _scan_small says of one name.
+cdef enum:
+    SMALL_CLEAN = 0         # read whole, no fault, unchanged (its size beside)
+    SMALL_ELSEWHERE = 1     # not for this path: the caller's own path decides
+
+
+cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t sink_len,
+                   long long max_size, long long root_dev, unsigned int euid, bint fowner,
+                   unsigned char *vec, long long *size) noexcept nogil:
+    """One small file read whole through a mapping of its own, as _read_mapped
+    reads it; SMALL_ELSEWHERE for anything but a regular file of one link, up to
+    max_size bytes, on root_dev (if >= 0), that maps and reads without a fault and
+    keeps its size and modification time meanwhile (and, with vec, whose page
+    cache we may see: owner or CAP_FOWNER)."""
+    cdef _stat st, now
+    cdef mcsafe_fault rec
+    cdef void *addr
+    cdef size_t pages, i, run
+    cdef int verdict = SMALL_ELSEWHERE
+    cdef int fd = _openat(dir_fd, name, flags)
+    if fd < 0:
+        return SMALL_ELSEWHERE
+    if _fstat(fd, &st) != 0 or not S_ISREG(st.st_mode) or st.st_nlink != 1 \
+            or st.st_size > max_size or (root_dev >= 0 and st.st_dev != <unsigned long long>root_dev) \
+            or (vec != NULL and not fowner and st.st_uid != euid):
+        _close(fd)
+        return SMALL_ELSEWHERE
+    size[0] = st.st_size
+    if st.st_size > 0:
+        addr = _mmap(NULL, <size_t>st.st_size, PROT_READ, MAP_SHARED, fd, 0)
+        if addr == MAP_FAILED:
+            _close(fd)
+            return SMALL_ELSEWHERE
+        # All cached (the common case): the read brings nothing in, nothing to give back
+        if vec != NULL and _all_cached(fd, <size_t>st.st_size):
+            vec = NULL
+        pages = (<size_t>st.st_size + 4095) // 4096
+        if vec != NULL and _mincore(addr, <size_t>st.st_size, vec) != 0:
+            memset(vec, 1, pages)           # (as _read_mapped: then evict nothing)
+        if _through(sink, sink_len, <const char *>addr, <size_t>st.st_size, &rec) \
+                < <size_t>st.st_size:
+            _munmap(addr, <size_t>st.st_size)
+            _close(fd)
+            return SMALL_ELSEWHERE          # faulted: the careful path judges it
+        _munmap(addr, <size_t>st.st_size)
+        if vec != NULL:                     # give back what we brought in (evict_cold)
+            i = 0
+            while i < pages:
+                run = 0
+                while i + run < pages and not vec[i + run]:
+                    run += 1
+                if run:
+                    _posix_fadvise(fd, <long>(i * 4096), <long>(run * 4096),
+                                   POSIX_FADV_DONTNEED)
+                i += run + 1
+    if _fstat(fd, &now) == 0 and now.st_size == st.st_size \
+            and now.st_mtim.tv_sec == st.st_mtim.tv_sec \
+            and now.st_mtim.tv_nsec == st.st_mtim.tv_nsec:
+        verdict = SMALL_CLEAN
+    _close(fd)
+    return verdict
+
+
+def _scan_small(int dir_fd, list names, bint follow, sink, Py_ssize_t max_size,
+                long long root_dev, residency, unsigned int euid, bint fowner,
+                Py_ssize_t budget):
+    """Files of a directory read whole, each as _read_mapped reads it (mapped,
+    copied through sink by the table-driven copy, unmapped), in one call with the
+    GIL released: mcsafe scan's reader of a tree of small files, where per-file
+    cost decides. names: opened relative to dir_fd (symbolic links followed only
+    if follow). residency: None, or a buffer of a byte per page of max_size: then
+    the pages each read brought into the page cache are evicted again.
+
+    Returns a list beside names: the file's size where it was read whole without
+    a fault and its size and modification time did not move meanwhile; None
+    where this path does not decide (not a regular file of one link, larger than
+    max_size, on another device than root_dev (-1: any), a fault, a change, a
+    page cache it may not see, an error): the caller's own path reads those. It
+    stops after the file that brings what it read to budget bytes or more (the
+    caller may be asked to stop meanwhile, as between a large file's chunks):
+    the list is then shorter than names, and the rest is not touched."""
+    cdef Py_buffer d, r
+    cdef bint have_r = False
+    cdef Py_ssize_t n = len(names), i, done = 0
+    cdef long long total = 0
+    cdef const char **paths = NULL
+    cdef long long *sizes = NULL
+    cdef int *verdicts = NULL
+    cdef int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (0 if follow else O_NOFOLLOW)
+    if not _own_ok:
+        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
+    encoded = [PyUnicode_EncodeFSDefault(name) for name in names]
+    have_r = _sink_buffers(sink, residency, max_size, &d, &r)
+    try:
+        if max_size >= MASK_CHECK and not _ready():
+            _make_ready(1)
+        paths = <const char **>PyMem_Malloc(n * sizeof(char *) + 1)
+        sizes = <long long *>PyMem_Malloc(n * sizeof(long long) + 1)
+        verdicts = <int *>PyMem_Malloc(n * sizeof(int) + 1)
+        if paths == NULL or sizes == NULL or verdicts == NULL:
+            raise MemoryError
+        for i in range(n):
+            paths[i] = <bytes>encoded[i]
+        with nogil:
+            while done < n and total < budget:
+                verdicts[done] = _scan_one(dir_fd, paths[done], flags, d.buf, <size_t>d.len,
+                                           max_size, root_dev, euid, fowner,
+                                           <unsigned char *>r.buf if have_r else NULL,
+                                           &sizes[done])
+                if verdicts[done] == SMALL_CLEAN:
+                    total += sizes[done]
+                done += 1
+        out = [None] * done
+        for i in range(done):
+            if verdicts[i] == SMALL_CLEAN:
+                out[i] = sizes[i]
+        return out
+    finally:
+        PyMem_Free(paths)
+        PyMem_Free(sizes)
+        PyMem_Free(verdicts)
         if have_r:
             PyBuffer_Release(&r)
         PyBuffer_Release(&d)

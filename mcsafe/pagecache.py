@@ -10,12 +10,9 @@ first, so that such a reader does not even ask.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import stat
-
-from ._libc import libc
 
 PAGE = mmap.PAGESIZE
 CAP_FOWNER = 3
@@ -48,6 +45,12 @@ def sees_cache(fd: int, st: os.stat_result | None = None) -> bool:
         return os.access(f"/proc/self/fd/{fd}", os.W_OK, effective_ids=True)
     except (OSError, NotImplementedError):
         return False
+
+
+def sees_every_cache() -> tuple[int, bool]:
+    """(euid, CAP_FOWNER): mincore(2) reports the page cache of files this euid owns,
+    and of every file with CAP_FOWNER (the rest of sees_cache() is per file)."""
+    return _EUID, _FOWNER
 
 
 def evict_cold(fd: int, offset: int, residency: bytes | bytearray | memoryview) -> None:
@@ -113,6 +116,10 @@ class Snapshot:
 def resident(address: int, length: int) -> bytes:
     """One byte per page of [address, address + length) (page-aligned address):
     nonzero where the page is resident."""
+    import ctypes       # (not at start-up: a scan of small files never asks)
+
+    from ._libc import libc
+
     npages = -(-length // PAGE)
     vec = ctypes.create_string_buffer(npages)
     if libc.mincore(address, length, vec) != 0:

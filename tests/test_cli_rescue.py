@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -643,3 +644,154 @@ def test_src_cut_during_the_rescue_is_said_in_one_line(failing_file, tmp_path) -
     assert blocks(mapfile) == [(0, 10 * PAGE, "+"), (10 * PAGE, size - 10 * PAGE, "?")]
     assert (tmp_path / "dst").read_bytes() == data[:10 * PAGE]
 
+
+
+# -- the one-copy path: pwrite(2) to DST straight from SRC's mapping ---------------------------
+
+def mapped(path: str) -> tuple[int, int, int]:
+    """(fd, address, size) of a whole-file shared mapping of path."""
+    from mcsafe._mcsafe import _map
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    return fd, _map(size, 1, 1, fd, 0), size     # PROT_READ, MAP_SHARED
+
+
+def test_a_write_from_the_mapping_stops_short_at_a_failing_page(failing_file, tmp_path) -> None:
+    """The kernel's copy from user memory meets a FUSE page that fails with EIO: the
+    write comes back short at that page, then fails with EFAULT; no signal. What
+    was written is the file's."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    f = failing_file(16 * PAGE, inject.page_ranges([5]))
+    fd, address, size = mapped(f.path)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert onecopy._write(out, address, size, 0) == (5 * PAGE, 0)
+        assert onecopy._write(out, address + 5 * PAGE, PAGE, 5 * PAGE) == (0, 0)
+        assert os.pread(out, size, 0) == f.contents()[:5 * PAGE]
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)
+
+
+def test_a_write_from_the_mapping_stops_short_where_another_process_cut_src(tmp_path) -> None:
+    """SRC cut by another process (truncate(1)) after it was mapped: the write from
+    the mapping comes back short at the page after the cut (the rest of the cut
+    page reads as zeros, as the kernel maps it); copy() writes up to the cut and
+    returns the rest for the careful path."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    src = tmp_path / "src"
+    data = os.urandom(64 * PAGE)
+    src.write_bytes(data)
+    fd, address, size = mapped(str(src))
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        subprocess.run(["truncate", "-s", str(10 * PAGE + 100), src], check=True)
+        assert onecopy._write(out, address, size, 0) == (11 * PAGE, 0)
+        assert os.pread(out, size, 0) == data[:10 * PAGE + 100] + bytes(PAGE - 100)
+        done: list[tuple[int, int]] = []
+        got = onecopy.copy(fd, address, out, 0, size, lambda o, n: done.append((o, n)),
+                           lambda o, n: None, lambda d, t: None, lambda: os.fstat(fd).st_size,
+                           False)
+        cut = 10 * PAGE + 100            # written up to the cut, the rest handed over
+        assert got == (cut, size) and done == [(0, cut)]
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)
+
+
+@pytest.mark.parametrize("machine, release, why", [
+    ("x86_64", "6.18.44-fc-v1272", None), ("x86_64", "5.17.0-1-amd64", None),
+    ("x86_64", "5.16.18", "older than 5.17"), ("aarch64", "6.12.0", "aarch64: no machine"),
+    ("x86_64", "weird", "not understood")])
+def test_the_one_copy_path_is_taken_where_the_kernel_recovers_its_copy(
+        monkeypatch, machine: str, release: str, why: str | None) -> None:
+    from mcsafe.cli import onecopy
+    monkeypatch.delenv(onecopy.SWITCH, raising=False)
+    got = onecopy.unavailable(machine, release)
+    assert got is None if why is None else why in got
+    monkeypatch.setenv(onecopy.SWITCH, "0")
+    assert onecopy.unavailable(machine, release) == f"{onecopy.SWITCH}=0"
+
+
+def test_a_clean_file_is_copied_by_the_one_copy_path_alone(tmp_path) -> None:
+    """Where it is available, a clean SRC goes through onecopy.copy only: MappedFile's
+    scrub (the two-copy path) is never asked; DST and the mapfile are complete. (In
+    a child: the command installs signal handlers of its own.)"""
+    from mcsafe.cli import onecopy
+    if onecopy.unavailable() is not None:
+        pytest.skip(f"the one-copy path is not taken here: {onecopy.unavailable()}")
+    src = tmp_path / "src"
+    data = os.urandom((20 << 20) + 123)
+    src.write_bytes(data)
+    script = textwrap.dedent(f"""\
+        import sys
+        from mcsafe.cli import main, onecopy
+        from mcsafe.mapped import MappedFile
+        calls, real = [], onecopy.copy
+        onecopy.copy = lambda *a: calls.append(a[3:5]) or real(*a)
+        def scrub(*a, **k):
+            raise AssertionError("scrub was asked")
+        MappedFile.scrub = scrub
+        code = main(["rescue", "--no-sync", {str(src)!r}, {str(tmp_path / "out")!r}])
+        print(code, calls, file=sys.stderr)
+        """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=WAIT)
+    assert p.stderr.splitlines()[-1] == f"0 [(0, {len(data)})]", p.stderr
+    assert (tmp_path / "out").read_bytes() == data
+    assert blocks(tmp_path / "out.map") == [(0, len(data), "+")]
+
+
+def _without_comments(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def _data_extents(path: Path) -> list[tuple[int, int]]:
+    """[start, end) of each run of data of a file (SEEK_DATA, SEEK_HOLE): its holes."""
+    out = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        offset = 0
+        while offset < end:
+            try:
+                data = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:             # ENXIO: only a hole is left
+                break
+            offset = os.lseek(fd, data, os.SEEK_HOLE)
+            out.append((data, offset))
+    finally:
+        os.close(fd)
+    return out
+
+
+@settings(max_examples=12, deadline=None)
+@given(pages=st.lists(st.integers(0, 4200), max_size=8, unique=True),
+       size=st.integers(1, 4200 * PAGE))
+def test_one_copy_and_two_copies_rescue_the_same(pages, size) -> None:
+    """The same failing file (random bad pages, a size not a multiple of pages, over
+    the 16 MiB the one-copy path maps in at a time) rescued with the one-copy path
+    and without it (MCSAFE_RESCUE_ONE_COPY=0): the same exit, the same bytes, the
+    same holes, the same mapfile; its bad blocks are the pages read(2) fails on."""
+    import tempfile
+    from mcsafe.cli import onecopy
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this machine: failing files need FUSE")
+    bad = inject.page_ranges(sorted(p for p in pages if p * PAGE < size))
+    with inject.failing_file(size, bad) as f, tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for switch in ("1", "0"):
+            out = Path(tmp) / f"out{switch}"
+            p = rescue(f.path, out, env={**os.environ, onecopy.SWITCH: switch})
+            runs[switch] = (p.returncode, out.read_bytes(), _data_extents(out),
+                            _without_comments(Path(str(out) + ".map")))
+        assert runs["1"] == runs["0"]
+        code, data, _, _ = runs["1"]
+        assert code == (1 if bad else 0)
+        want_bad = [(s, min(e, size)) for s, e in bad]
+        assert Mapfile.load(str(Path(tmp) / "out1.map")).ranges("-") == \
+            [(s, e) for s, e in want_bad if s < e]

@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mcsafe import inject
-from mcsafe.cli.scanfile import Scanner
+from mcsafe.cli.scanfile import SMALL, FileReport, Scanner
 from mcsafe.cli.stop import StopFlag
-from mcsafe.cli.walk import Target, Walk
+from mcsafe.cli.walk import Files, Target, Walk
 
 from conftest import wait_gone
 from test_mapped_scrub import sparse
@@ -615,6 +617,134 @@ def test_the_small_file_reader_reads_whole_or_says_where_it_faulted(failing_file
             _read_mapped(fd, 40 * PAGE, sink, bytearray(39))
     finally:
         os.close(fd)
+
+
+# -- the batch reader of small files (C, the GIL released) and its fallback ------------
+
+def batch_and_one_by_one(folder: str, names: list[str]) -> tuple[list, list]:
+    """The reports (as fields) of a folder's files scanned by Scanner.scan_files (the
+    batch reader, falling back to scan()) and by scan() alone, today's path; and
+    which of them the batch reader read itself."""
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        batch: list = []
+        read_in_c: list[str] = []
+
+        def clean(path: str, size: int) -> None:
+            read_in_c.append(path)
+            batch.append(FileReport(path, "clean", "file", size, done=size).fields())
+        Scanner(lambda n: None, lambda: False).scan_files(
+            Files(folder + "/", names, dir_fd, None), lambda r: batch.append(r.fields()), clean)
+        scanner = Scanner(lambda n: None, lambda: False)
+        alone = [scanner.scan(Target(f"{folder}/{n}", n, dir_fd, False, None)) for n in names]
+        return batch, [r.fields() for r in alone if r is not None], read_in_c
+    finally:
+        os.close(dir_fd)
+
+
+_pages = st.lists(st.tuples(st.integers(0, (SMALL >> 12) + 2), st.integers(1, 3)), max_size=6)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.one_of(st.integers(0, 3 * PAGE), st.integers(SMALL - PAGE, SMALL + 3 * PAGE)),
+       pages=_pages, offset=st.integers(0, PAGE - 1))
+def test_the_batch_reader_reports_what_the_per_file_path_does(failing_file, size, pages,
+                                                              offset) -> None:
+    """A FUSE file with random bad ranges (or none), of sizes about the batch
+    reader's limit: scan_files reports exactly what scan() does, its bad ranges
+    those read(2) fails on; the batch reader reads it itself only when it is small
+    and clean, else scan() does."""
+    if not hasattr(failing_file, "one"):        # one FUSE file for every example
+        failing_file.one = failing_file(PAGE)
+    f = failing_file.one
+    folder = os.path.dirname(f.path)
+    f.resize(size)
+    bad = [(p * PAGE + offset, p * PAGE + offset + n) for p, n in pages if p * PAGE < size]
+    f.set_bad(bad)
+    batch, alone, read_in_c = batch_and_one_by_one(folder, [os.path.basename(f.path)])
+    f.set_bad(bad)                  # (dropping the cache again: both start alike)
+    assert batch == alone
+    (report,) = alone
+    assert [(s, e) for s, e, _ in report[5]] == read2_bad_pages(f.path, size)
+    assert read_in_c == ([f.path] if size <= SMALL and not report[5] else [])
+
+
+def test_the_batch_reader_takes_only_plain_small_files(tmp_path) -> None:
+    """What _scan_small reads itself (a regular file of one link, up to its limit),
+    and what it leaves to scan(): a second link, a file over the limit, a symbolic
+    link, a FIFO, a name gone; a folder of each is reported as scan() reports it."""
+    from mcsafe._mcsafe import _scan_small
+    names = {"a": 5000, "b": 0, "big": SMALL + 1, "linked": 10, "top": SMALL}
+    for name, size in names.items():
+        (tmp_path / name).write_bytes(os.urandom(size))
+    os.link(tmp_path / "linked", tmp_path / "linked2")
+    os.symlink("a", tmp_path / "sym")
+    os.mkfifo(tmp_path / "fifo")
+    order = ["a", "b", "big", "fifo", "gone", "linked", "linked2", "sym", "top"]
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = _scan_small(dir_fd, order, False, bytearray(SMALL // 64), SMALL, -1,
+                          bytearray(SMALL // PAGE), os.geteuid(), False, 1 << 30)
+        assert got == [5000, 0, None, None, None, None, None, None, SMALL]
+        # on another device than the walk's root: not its to read
+        assert _scan_small(dir_fd, ["a"], False, bytearray(64), SMALL,
+                           os.fstat(dir_fd).st_dev + 1, None, 0, False, 1 << 30) == [None]
+        # it stops after the file that reaches its budget of bytes
+        assert _scan_small(dir_fd, order, False, bytearray(64), SMALL, -1, None, 0, False,
+                           5001) == [5000, 0, None, None, None, None, None, None, SMALL]
+        assert _scan_small(dir_fd, order, False, bytearray(64), SMALL, -1, None, 0, False,
+                           5000) == [5000]
+    finally:
+        os.close(dir_fd)
+    batch, alone, read_in_c = batch_and_one_by_one(str(tmp_path), order)
+    assert batch == alone
+    assert read_in_c == [str(tmp_path / n) for n in ("a", "b", "top")]
+
+
+def test_a_stop_is_honoured_within_a_budget_of_reading(tmp_path) -> None:
+    """A stop asked during a folder of small files: the batch reader ends its call
+    once it has read its budget (as a large file's scrub ends its chunk), and no
+    file after that is read or reported."""
+    from mcsafe.cli.scanfile import BUDGET
+    names = [f"f{i:02d}" for i in range(40)]
+    for name in names:
+        (tmp_path / name).write_bytes(os.urandom(SMALL))
+    passed: list[int] = []
+    clean: list[str] = []
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        Scanner(passed.append, lambda: bool(passed)).scan_files(
+            Files(f"{tmp_path}/", names, dir_fd, None),
+            lambda r: pytest.fail(f"a report: {r}"), lambda path, size: clean.append(path))
+    finally:
+        os.close(dir_fd)
+    assert clean == [f"{tmp_path}/{n}" for n in names[:BUDGET // SMALL]]
+    assert passed == [SMALL] * (BUDGET // SMALL)
+
+
+def test_the_batch_reader_leaves_the_page_cache_as_found(tmp_path) -> None:
+    """Files of a walked folder, read by the batch reader: one all cached stays, one
+    evicted is evicted again, one half cached has the same half cached after."""
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
+    size = 64 * PAGE
+    for name in ("cached", "cold", "half"):
+        written(tmp_path / name, size)
+    evict(tmp_path / "cold")
+    evict(tmp_path / "half")
+    warm(tmp_path / "half", 16 * PAGE, 16 * PAGE)
+    warm(tmp_path / "cached", 0, size)
+    before = {n: _resident_of_path(tmp_path / n, size) for n in ("cached", "cold", "half")}
+    assert before["cached"] == b"\1" * 64 and before["cold"] == bytes(64)
+    assert before["half"] == bytes(16) + b"\1" * 16 + bytes(32)
+    _, _, read_in_c = batch_and_one_by_one(str(tmp_path), ["cached", "cold", "half"])
+    assert len(read_in_c) == 3
+    for name in ("cold", "half"):        # (batch_and_one_by_one scans each twice)
+        evict(tmp_path / name)
+    warm(tmp_path / "half", 16 * PAGE, 16 * PAGE)
+    p = mcsafe("scan", tmp_path)
+    assert p.returncode == 0 and "scanned 3 files" in p.stdout
+    assert {n: _resident_of_path(tmp_path / n, size) for n in before} == before
 
 
 def test_a_terminal_gets_a_progress_bar_and_a_pipe_none(tmp_path) -> None:

@@ -115,3 +115,30 @@ def test_a_fork_during_a_lazy_import_waits_for_it() -> None:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=60)
     assert (p.returncode, p.stdout) == (0, "0 True\n"), p.stderr
+
+
+#: Exactly the package's own modules a scan of small files loads (issue 21: the
+#: interpreter's start is most of the time of `mcsafe scan` on a small tree).
+SCAN_OWN = {"mcsafe", "mcsafe._mcsafe", "mcsafe._types", "mcsafe.cli", "mcsafe.cli.scan",
+            "mcsafe.cli.jobs", "mcsafe.cli.output", "mcsafe.cli.scanfile", "mcsafe.cli.stop",
+            "mcsafe.cli.walk", "mcsafe.pagecache"}
+#: What such a scan, not on a terminal, must not load: the progress (threads, tqdm,
+#: rich), MappedFile (large files only), numpy, ctypes, --json's json, --jobs'
+#: multiprocessing, typing and what stands behind it.
+SCAN_HEAVY = (HEAVY - {"argparse", "signal", "mmap"}) | {
+    "rich", "multiprocessing", "datetime", "socket", "fnmatch", "tempfile", "shlex"}
+
+
+@pytest.mark.parametrize("files", [0, 3])
+def test_a_scan_of_small_files_off_a_terminal_loads_only_what_it_uses(tmp_path, files) -> None:
+    for i in range(files):
+        (tmp_path / f"f{i}").write_bytes(bytes(range(256)) * (i + 1))
+    code = (f"import io\nstdout, sys.stdout = sys.stdout, io.StringIO()\n"
+            f"from mcsafe.cli import main\n"
+            f"assert main(['scan', {str(tmp_path)!r}]) == 0, 'scan failed'\n"
+            f"assert f'scanned {files} file' in sys.stdout.getvalue(), sys.stdout.getvalue()\n"
+            f"sys.stdout = stdout")
+    new = loaded_by(code)
+    own = {m for m in new if top({m}) & {"mcsafe", "extable"}}
+    assert own == SCAN_OWN
+    assert not (top(new) | new) & SCAN_HEAVY, sorted((top(new) | new) & SCAN_HEAVY)

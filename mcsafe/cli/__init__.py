@@ -12,11 +12,12 @@ import importlib
 import os
 import signal
 import sys
-from typing import Sequence
-
-from extable.errors import MissingExtra
 
 from .. import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:               # typing and extable: milliseconds a scan need not pay
+    from typing import Sequence
 
 SCAN_HELP = """\
 Read every byte of every regular file under each PATH through mcsafe's
@@ -59,7 +60,8 @@ def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
         prog=prog, description="mcsafe: a machine-check-safe copy, recovered through "
         "exception tables, and commands that use it on files that may not read back.")
     p.add_argument("--version", action="version", version=f"mcsafe {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    # prog given: else argparse formats a usage line (and imports shutil) to make it
+    sub = p.add_subparsers(dest="command", required=True, prog=prog)
 
     s = sub.add_parser("scan", help="find the unreadable ranges of files and trees",
                        description=SCAN_HELP, epilog=SCAN_EPILOG,
@@ -133,9 +135,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
         module = importlib.import_module(f".{args.command}", __name__)
         return int(module.run(args))
-    except MissingExtra as exc:                     # an optional part, not installed
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
     except OutputFailed as exc:
         print(f"mcsafe {args.command}: {exc}", file=sys.stderr)
         # what is left in stdout's buffer goes nowhere, rather than fail again at exit
@@ -143,6 +142,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 2
+    except Exception as exc:
+        if not _missing_extra(exc):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)     # an optional part, not installed
+        return 2
+
+
+def _missing_extra(exc: Exception) -> bool:
+    """Whether exc is extable's MissingExtra (loaded by whoever raised one)."""
+    errors = sys.modules.get("extable.errors")
+    return errors is not None and isinstance(exc, errors.MissingExtra)
 
 
 def _seconds(text: str) -> float:

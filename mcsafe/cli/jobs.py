@@ -14,31 +14,41 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Callable, Iterable
 
 from .scanfile import FileReport, Scanner
 from .stop import SIGNALS, StopFlag
-from .walk import Item, Note, Target
+from .walk import Files, Note, Target
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # typing: loaded by none of a scan's own modules
+    from typing import Any, Callable, Iterable
+
+    from .walk import Item
+
+    Emit = Callable[[FileReport], object]
 
 BATCH = 32                   # targets per message to a worker, at most
 BATCH_BYTES = 64 << 20       # and bytes of files (a batch's reports come when it is done)
 OUTSTANDING = 2              # batches a worker may hold
 PROGRESS_EVERY = 16 << 20    # bytes a worker reports progress after, within a file
 
-Emit = Callable[[FileReport], object]
-
 
 def note_report(note: Note) -> FileReport:
     return FileReport(note.path, note.status, note.kind, message=note.message)
 
 
-def scan_here(items: Iterable[Item], scanner: Scanner, emit: Emit, stop: StopFlag) -> None:
-    """Scan every target in this process, in the walk's order."""
+def scan_here(items: Iterable[Item], scanner: Scanner, emit: Emit, stop: StopFlag,
+              clean: Callable[[str, int], object]) -> None:
+    """Scan every target in this process, in the walk's order; a batch of files
+    tells clean(path, size) of each that reads clean (see Scanner.scan_files)."""
     for item in items:
         if stop():
             return
         if isinstance(item, Note):
             emit(note_report(item))
+            continue
+        if isinstance(item, Files):
+            scanner.scan_files(item, emit, clean)
             continue
         report = scanner.scan(item)
         if report is not None:

@@ -20,8 +20,10 @@ import datetime as dt
 import errno
 import os
 import tempfile
-from dataclasses import dataclass, field
-from typing import Iterator
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
 
 from .._libc import libc
 
@@ -39,20 +41,35 @@ class MapfileError(ValueError):
     """A mapfile that ddrescue would not read either: the message says where."""
 
 
-@dataclass
 class Mapfile:
-    """The blocks of a rescue domain [0, size): starts, and each block's status."""
+    """The blocks of a rescue domain [0, size): starts, and each block's status.
 
-    size: int
-    starts: list[int] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
-    current_pos: int = 0
-    current_status: str = NON_TRIED
-    current_pass: int = 1
+    (A plain class, not a dataclass: dataclasses imports inspect, a fifth of the
+    start of ``mcsafe rescue``.)"""
 
-    def __post_init__(self) -> None:
+    def __init__(self, size: int, starts: list[int] | None = None,
+                 statuses: list[str] | None = None, current_pos: int = 0,
+                 current_status: str = NON_TRIED, current_pass: int = 1) -> None:
+        self.size = size
+        self.starts = starts if starts is not None else []
+        self.statuses = statuses if statuses is not None else []
+        self.current_pos = current_pos
+        self.current_status = current_status
+        self.current_pass = current_pass
         if not self.starts and self.size > 0:
             self.starts, self.statuses = [0], [NON_TRIED]
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.size, self.starts, self.statuses, self.current_pos,
+                self.current_status, self.current_pass)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapfile) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return (f"Mapfile(size={self.size}, starts={self.starts}, statuses={self.statuses}, "
+                f"current_pos={self.current_pos}, current_status={self.current_status!r}, "
+                f"current_pass={self.current_pass})")
 
     # -- the blocks --------------------------------------------------------------------
 

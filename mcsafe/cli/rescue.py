@@ -35,8 +35,9 @@ from typing import Any
 from .. import MappedFile
 from .._libc import libc
 from ..pagecache import Snapshot, sees_cache
+from . import onecopy
 from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
-from .output import byte_bar, size_text, write_out
+from .output import size_text, write_out
 from .stop import StopFlag, Stopped
 
 ZEROS = bytes(1 << 20)
@@ -171,6 +172,7 @@ class Rescue:
         self.causes: dict[tuple[int, int], str] = {}
         self.error: str | None = None
         self.restore = False            # give back the page cache pages read from SRC
+        self.src_fd = -1
         self.last_save = time.monotonic()
 
     def run(self) -> int:
@@ -181,6 +183,7 @@ class Rescue:
         except OSError as exc:
             raise RescueError(f"{args.src}: {exc.strerror}") from None
         tail = None
+        self.src_fd = fd
         try:
             st = os.fstat(fd)
             self.restore = sees_cache(fd, st)
@@ -290,16 +293,25 @@ class Rescue:
         bar = self._bar(sum(b - a for a, b in todo))
         in_place = dst.temp is None
 
-        def sink(offset: int, data: memoryview | int) -> None:
-            n = data if isinstance(data, int) else data.nbytes
-            if isinstance(data, int):
-                dst.zero(offset, n)
-            else:
-                dst.write(offset, data)
+        def written(offset: int, n: int) -> None:
             mapfile.set(offset, offset + n, FINISHED)
             mapfile.current_pos = offset + n
             if in_place and time.monotonic() - self.last_save >= self.args.save_every:
                 self._save(mapfile, dst)
+
+        def hole(offset: int, n: int) -> None:
+            dst.zero(offset, n)
+            written(offset, n)
+
+        def sink(offset: int, data: memoryview | int) -> None:
+            if isinstance(data, int):
+                hole(offset, data)
+            else:
+                dst.write(offset, data)
+                written(offset, data.nbytes)
+
+        # pwrite(2) from SRC's mapping where the kernel's copy survives what it reads
+        one_copy = onecopy.unavailable() is None
 
         try:
             for a, b in todo:
@@ -314,8 +326,20 @@ class Rescue:
                         raise Stopped
                 mapfile.current_pos = a
                 try:
-                    src.scrub(progress, start=a, end=b, sink=sink, skip_holes=True,
-                              restore_cache=self.restore)
+                    start = a
+                    while start < b:
+                        upto = b
+                        if one_copy:
+                            try:
+                                start, upto = onecopy.copy(
+                                    self.src_fd, src.address, dst.fd, start, b, written, hole,
+                                    progress, lambda: src.size, self.restore)
+                            except onecopy.Stop as exc:
+                                raise WriteFailed(f"{dst.path}: {exc}") from None
+                        if start < upto:        # a page of SRC failed: today's path judges
+                            src.scrub(progress, start=start, end=upto, sink=sink,
+                                      skip_holes=True, restore_cache=self.restore)
+                        start = upto
                 finally:
                     for s, e, fault in src.bad_range_faults():
                         if s < b and e > a:
@@ -355,6 +379,8 @@ class Rescue:
         tty = os.isatty(sys.stderr.fileno())
         if self.args.progress is False or (self.args.progress is None and not tty):
             return None
+        from .progress import byte_bar
+
         return byte_bar(total, "rescued")
 
     def _report(self, m: Mapfile) -> int:

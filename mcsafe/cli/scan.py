@@ -7,10 +7,14 @@ import os
 import sys
 
 from .jobs import scan_here, scan_in_workers
-from .output import Bar, Output, OutputFailed, PlainProgress, Progress
+from .output import Output, OutputFailed
 from .scanfile import Scanner
 from .stop import StopFlag
 from .walk import Walk
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # the progress (threading, tqdm) is imported when it is shown
+    from .progress import Progress
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     stop.install()
     walk_args = {"paths": args.paths, "one_file_system": args.one_file_system,
                  "exclude": args.exclude}
-    walk = Walk(**walk_args)
+    # in one process, a folder's files come in batches (Scanner.scan_files)
+    walk = Walk(**walk_args, batch=args.jobs == 1)
     out = Output(args.json, args.paths)
     restore = not args.keep_cache
     try:
@@ -42,7 +47,7 @@ def _scan(args: argparse.Namespace, walk_args: dict[str, object], walk: Walk, ou
     else:
         out.progress = _progress(args, walk_args)
         scanner = Scanner(lambda n: _bytes(out, n), stop, restore)
-        scan_here(walk, scanner, out.file, stop)
+        scan_here(walk, scanner, out.file, stop, out.clean)
 
 
 def _bytes(out: Output, n: int) -> None:
@@ -54,4 +59,6 @@ def _progress(args: argparse.Namespace, walk_args: dict[str, object]) -> Progres
     tty = os.isatty(sys.stderr.fileno())
     if args.progress is False or (args.progress is None and not tty):
         return None
+    from .progress import Bar, PlainProgress
+
     return Bar(walk_args) if tty else PlainProgress(walk_args)

@@ -17,16 +17,23 @@ import mmap
 import os
 import signal
 import stat
-from typing import Any, Callable
 
-from .. import MappedFile
-from .._mcsafe import _ensure_front, _read_mapped
-from ..pagecache import Snapshot, evict_cold, sees_cache
+from .._mcsafe import _ensure_front, _read_mapped, _scan_small
+from ..pagecache import Snapshot, evict_cold, sees_cache, sees_every_cache
 from .stop import Stopped
 from .walk import Target, _kind_name
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # typing, and MappedFile (for large files only): loaded where used
+    from typing import Any, Callable
+
+    from .walk import Files
+
 SMALL = 1 << 20          # files up to this size are read by one mapped copy
 SINK = 16 << 10          # where their bytes are copied to, a piece at a time (in L1)
+BATCH = 256              # files of a folder read per call of the C reader, at most
+BUDGET = 16 << 20        # and bytes, about: a stop is honoured within as much reading as
+                         # between a large file's chunks (scrub.SCRUB_CHUNK)
 PAGE = mmap.PAGESIZE
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -143,6 +150,35 @@ class Scanner:
         finally:
             os.close(fd)
 
+    def scan_files(self, files: Files, emit: Callable[[FileReport], object],
+                   clean: Callable[[str, int], object]) -> None:
+        """Scan a folder's files (a batch of the walk), in its order: a small file
+        that reads clean is read by the C reader (_scan_small), many per call, the
+        GIL released; every other file (large, faulted, changed, special, of
+        several links, an error) is read again by scan(), which judges it. clean(path,
+        size) is told of each clean file, emit() gets every other report."""
+        euid, fowner = sees_every_cache()
+        vec = self.residency if self.restore_cache else None
+        names = files.names
+        first = 0
+        while first < len(names):
+            if self.stopped():
+                return
+            part = names[first:first + BATCH]
+            got = _scan_small(files.dir_fd, part, False, self.sink, SMALL,
+                              -1 if files.root_dev is None else files.root_dev, vec, euid,
+                              fowner, BUDGET)
+            first += len(got)
+            for name, result in zip(part, got):
+                path = files.prefix + name
+                if result is not None:
+                    self.progress(result)
+                    clean(path, result)
+                    continue
+                report = self.scan(Target(path, name, files.dir_fd, False, files.root_dev))
+                if report is not None:
+                    emit(report)
+
     def _interrupted(self, report: FileReport) -> FileReport:
         signum = getattr(self.stopped, "signum", 0)
         by = signal.Signals(signum).name if signum else "a stop"
@@ -170,6 +206,8 @@ class Scanner:
         # Opening a MappedFile reads the file's last page (and the kernel reads around
         # it) before scrub can look: that part is given back after it is closed.
         tail = Snapshot.tail(fd, size) if restore else None
+        from ..mapped import MappedFile
+
         with MappedFile(fd) as mf:
             try:
                 mf.scrub(progress, skip_holes=True, restore_cache=restore)

@@ -14,7 +14,51 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator, NamedTuple, Sequence, Union
+from collections import namedtuple
+
+_TARGET_DOC = """A file to scan: path as the user sees it; opened as name relative to dir_fd
+(an open directory of the walk, valid until the next item is asked for) when
+dir_fd is not None. named: given on the command line (followed if a link; a
+block device is scanned). root_dev: the device the walk must stay on
+(--one-file-system), or None."""
+_FILES_DOC = """Regular files of one folder, in the walk's order (when the walk is asked for
+batches): each at prefix + name, opened as name relative to dir_fd (valid until
+the next item is asked for); root_dev as in Target."""
+_NOTE_DOC = """Something the walk did not scan. status: 'skipped' (not a file to scan: said,
+not an error) or 'error' (a path that could not be scanned)."""
+
+# typing costs a scan's start more than the rest of its modules: type checkers read
+# the records below, the interpreter builds them with collections.namedtuple (as
+# mcsafe._types does). A name mypy knows: only checkers take this branch.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator, NamedTuple, Sequence, Union
+
+    class Target(NamedTuple):
+        path: str
+        name: str
+        dir_fd: int | None = None
+        named: bool = False
+        root_dev: int | None = None
+
+    class Note(NamedTuple):
+        path: str
+        status: str
+        message: str
+        kind: str | None = None
+
+    class Files(NamedTuple):
+        prefix: str
+        names: list[str]
+        dir_fd: int
+        root_dev: int | None
+
+    Item = Union[Target, Note, Files]
+else:
+    Target = namedtuple("Target", "path name dir_fd named root_dev", defaults=(None, False, None))
+    Note = namedtuple("Note", "path status message kind", defaults=(None,))
+    Files = namedtuple("Files", "prefix names dir_fd root_dev")
+Target.__doc__, Note.__doc__, Files.__doc__ = _TARGET_DOC, _NOTE_DOC, _FILES_DOC
 
 #: What a walk found that it does not scan, by the kind of file.
 KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -30,40 +74,16 @@ PSEUDO_FS = {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgr
              "nsfs", "rpc_pipefs", "selinuxfs", "autofs"}
 
 
-class Target(NamedTuple):
-    """A file to scan: path as the user sees it; opened as name relative to dir_fd
-    (an open directory of the walk, valid until the next item is asked for)
-    when dir_fd is not None. named: given on the command line (followed if a
-    link; a block device is scanned). root_dev: the device the walk must stay
-    on (--one-file-system), or None."""
-
-    path: str
-    name: str
-    dir_fd: int | None = None
-    named: bool = False
-    root_dev: int | None = None
-
-
-class Note(NamedTuple):
-    """Something the walk did not scan. status: 'skipped' (not a file to scan:
-    said, not an error) or 'error' (a path that could not be scanned)."""
-
-    path: str
-    status: str
-    message: str
-    kind: str | None = None
-
-
-Item = Union[Target, Note]
-
-
 class Walk:
     """Iterate the targets and notes for some paths; counts what it passes over
-    silently (symbolic links, other file systems, excluded entries)."""
+    silently (symbolic links, other file systems, excluded entries). batch: the
+    regular files met in a row in a folder come as one Files item instead of a
+    Target each (named files are always Targets)."""
 
     def __init__(self, paths: Sequence[str], *, one_file_system: bool = False,
-                 exclude: Sequence[str] = ()) -> None:
+                 exclude: Sequence[str] = (), batch: bool = False) -> None:
         self.paths = list(paths)
+        self.batch = batch
         self.one_file_system = one_file_system
         self.exclude = list(exclude)
         self.symlinks = 0
@@ -139,23 +159,36 @@ class Walk:
                     continue
                 subdirs = []
                 prefix = path if path.endswith("/") else path + "/"
+                files: list[str] = []           # (batch) regular files in a row
                 for name, kind in entries:
                     child = prefix + name
                     if self.exclude and self.excluded_name(child, name):
                         self.excluded += 1
-                    elif kind == stat.S_IFREG:
-                        yield Target(child, name, fd, False, root_dev)
-                    elif kind == stat.S_IFDIR:
+                        continue
+                    if kind == stat.S_IFREG:
+                        if self.batch:
+                            files.append(name)
+                        else:
+                            yield Target(child, name, fd, False, root_dev)
+                        continue
+                    if kind == stat.S_IFDIR:
                         subdirs.append((child, dev))
-                    elif kind == stat.S_IFLNK:
+                        continue
+                    if kind == stat.S_IFLNK:
                         self.symlinks += 1
-                    elif kind is None:
+                        continue
+                    if files:                   # a note: the files before it come first
+                        yield Files(prefix, files, fd, root_dev)
+                        files = []
+                    if kind is None:
                         yield Note(child, "vanished", "removed before it could be scanned")
                     else:
                         what = KINDS.get(kind, "not a regular file")
                         if kind == stat.S_IFBLK:
                             what += " (scanned only when named)"
                         yield Note(child, "skipped", what, _kind_name(kind))
+                if files:
+                    yield Files(prefix, files, fd, root_dev)
             finally:
                 os.close(fd)
             pending.extend(reversed(subdirs))

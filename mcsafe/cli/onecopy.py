@@ -1,0 +1,139 @@
+"""``mcsafe rescue``'s one-copy path: pwrite(2) to DST straight from SRC's mapping.
+
+The kernel then copies SRC's bytes *from user memory* (copy_from_user), once,
+where the table-covered path copies them into a buffer and pwrite(2) copies that
+buffer again. A page of SRC that cannot be read makes the write come back short
+(or fail with EFAULT when it is the first), never a signal: an I/O error of a
+file system (a FUSE page that fails with EIO) or a cut file faults inside the
+kernel's copy, whose exception table fixes it up; a machine check there (latent
+poison) is recovered the same way on x86-64 since Linux 5.17 (see
+docs/ARCHITECTURE.md, "Machine checks"). At a short write, rescue hands the rest
+of the range to MappedFile.scrub, today's path, which finds the exact bad range
+and its cause: the bytes and the mapfile come out the same either way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+from .._libc import libc
+from ..mapped.scrub import SCRUB_CHUNK, _next_data
+from ..pagecache import PAGE, Restorer, readahead
+
+libc.pwrite.restype = ctypes.c_ssize_t
+libc.pwrite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+MADV_DONTNEED = 4
+MADV_POPULATE_READ = 22      # Linux 5.14
+
+#: The first kernel where a machine check in copy_from_user is recovered *and* the
+#: process is sent no SIGBUS for it (kill_me_never: the write just comes back short).
+KERNEL_FLOOR = (5, 17)
+#: Set to 0 in the environment to always take the two-copy path (the table-covered
+#: read into a buffer, then pwrite).
+SWITCH = "MCSAFE_RESCUE_ONE_COPY"
+
+
+def unavailable(machine: str | None = None, release: str | None = None) -> str | None:
+    """Why the one-copy path is not taken here, or None where it is: only on x86-64
+    from KERNEL_FLOOR, where the kernel's copy from user memory survives poison."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return f"{SWITCH}=0"
+    machine = machine or os.uname().machine
+    if machine not in ("x86_64", "AMD64"):
+        return f"{machine}: no machine-check recovery in the kernel's copy from user memory"
+    release = release or os.uname().release
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return f"kernel {release}: version not understood"
+    if version < KERNEL_FLOOR:
+        return f"kernel {release}: older than {'.'.join(map(str, KERNEL_FLOOR))}"
+    return None
+
+
+class Stop(Exception):
+    """The one-copy path cannot go on here (DST failed: the message says why)."""
+
+
+def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
+         written: Callable[[int, int], object], hole: Callable[[int, int], object],
+         progress: Callable[[int, int], object], size_now: Callable[[], int],
+         restore_cache: bool) -> tuple[int, int]:
+    """Copy [start, end) of SRC (mapped whole at address) to the same offsets of DST
+    with pwrite(2) from the mapping, chunk by chunk, holes skipped (hole(offset,
+    n)); written(offset, n) after each write, progress(offset, end) after each
+    chunk. Each chunk is first mapped in whole (MADV_POPULATE_READ), which fails
+    where a page of SRC cannot be read, before DST is touched: the write into
+    DST starts only once SRC's pages are there, so it is not cut short half way
+    through a file system's folio (a short write can leave the folio's blocks
+    past it allocated as zeros, where the rescue leaves a hole).
+
+    Returns (offset, upto): [offset, upto) is where it stopped and what the
+    caller's careful path must read next (a chunk that did not map in, the rest
+    of one whose write came back short, or SRC cut); offset == upto == end when
+    all was copied. Stop (with errno's message) if DST could not be written,
+    after written() of what was."""
+    offset, stop = start, end
+    keeper = Restorer(src_fd, max(SCRUB_CHUNK, readahead(src_fd))) if restore_cache else None
+    while offset < stop:
+        data, data_end = _next_data(src_fd, offset, stop)
+        if data > offset:                           # a hole, or SRC cut short
+            stop = min(stop, size_now())
+            if min(data, stop) > offset:
+                hole(offset, min(data, stop) - offset)
+            offset = max(offset, min(data, stop))
+            progress(min(offset, stop), stop)
+            continue
+        n = min(SCRUB_CHUNK, data_end - offset)
+        if keeper is not None:
+            keeper.before(address, offset, n, stop)
+        first = offset // PAGE * PAGE
+        if libc.madvise(address + first, offset + n - first, MADV_POPULATE_READ) != 0:
+            _drop(address, first, offset + n)
+            if keeper is not None:                  # what it brought in goes back first
+                keeper.after(offset, n)
+            return offset, offset + n               # a page that fails: the careful path's
+        got, err = _write(dst_fd, address + offset, n, offset)
+        if got:
+            written(offset, got)
+        _drop(address, first, offset + n)
+        if keeper is not None:
+            keeper.after(offset, got)
+        offset += got
+        if err:
+            raise Stop(os.strerror(err))
+        if got < n:     # (no progress first: a stop asked now comes after scrub's verdict)
+            return offset, offset - got + n
+        progress(min(offset, stop), stop)
+    return (offset, offset) if offset >= end else (offset, end)
+
+
+def _drop(address: int, start: int, end: int) -> None:
+    """Unmap [start, end) of SRC's mapping from this process's page tables (the page
+    cache keeps the pages): memory stays bounded whatever SRC's size."""
+    libc.madvise(address + start, end - start, MADV_DONTNEED)
+
+
+def _write(fd: int, address: int, n: int, offset: int) -> tuple[int, int]:
+    """pwrite(2) n bytes from address to fd at offset: (how many were written, 0 or
+    the errno of an error of DST's); fewer than n without an error where SRC's
+    page faulted (EFAULT)."""
+    done = 0
+    while done < n:
+        k = libc.pwrite(fd, address + done, n - done, offset + done)
+        if k > 0:
+            done += k
+            continue
+        err = ctypes.get_errno() if k < 0 else 0
+        if err == errno.EINTR:
+            continue
+        if k == 0 or err == errno.EFAULT:           # SRC's page: the careful path's
+            return done, 0
+        return done, err
+    return done, 0
