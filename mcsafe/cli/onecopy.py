@@ -31,8 +31,9 @@ libc.pwrite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c
 MADV_DONTNEED = 4
 MADV_POPULATE_READ = 22      # Linux 5.14
 
-#: The first kernel where a machine check in copy_from_user is recovered *and* the
-#: process is sent no SIGBUS for it (kill_me_never: the write just comes back short).
+#: A machine check in copy_from_user is recovered *and* the process sent no SIGBUS
+#: for it (kill_me_never: the write just comes back short) since a6e3cf70b772, in
+#: 5.16; one release of margin.
 KERNEL_FLOOR = (5, 17)
 #: Set to 0 in the environment to always take the two-copy path (the table-covered
 #: read into a buffer, then pwrite).
