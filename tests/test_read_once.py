@@ -8,6 +8,7 @@ reference there, the path it took before)."""
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import re
 
@@ -20,6 +21,7 @@ from hypothesis.extra import numpy as hnp
 import mcsafe.formats.npy as npy
 import mcsafe.mapped.once as once
 from mcsafe import MappedFile, MemoryFaultError, inject
+from mcsafe._mcsafe import buffer_address
 from mcsafe.arrays import load
 from mcsafe.mapped.once import ReadOnce, open_once
 
@@ -259,11 +261,17 @@ class _NumpyInto:
         return getattr(np, name)
 
 
-def test_a_load_cut_mid_copy_raises_as_through_a_mapped_file(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("prefault", [True, False],
+                         ids=["stalled while prefaulted", "stalled in the copy"])
+def test_a_load_cut_mid_copy_raises_as_through_a_mapped_file(tmp_path, monkeypatch,
+                                                             prefault: bool) -> None:
     """The array's own memory stalls (its page 3) while another process cuts the file
     inside the data: load(path) raises what load of a MappedFile opened before the
-    cut raises."""
+    cut raises. The array's pages are prefaulted before the copy (MADV_POPULATE_WRITE),
+    which meets the stall first; without it, the copy does, in its middle."""
     _need_uffd()
+    if not prefault:
+        monkeypatch.setattr(npy, "_prefault", lambda buf: None)
     array = np.frombuffer(RAMP[:16 * PAGE], np.uint8).view(np.int64)
     raw = _npy_bytes(array)
     path = tmp_path / "a.npy"
@@ -284,3 +292,29 @@ def test_a_load_cut_mid_copy_raises_as_through_a_mapped_file(tmp_path, monkeypat
     assert results[0][0] is MemoryFaultError, results[0]
     assert results[0] == results[1]
     assert results[0][2][-1] == "truncated" and results[0][2][2] == cut
+
+
+# -- the new array's pages, prefaulted ---------------------------------------------------
+
+def test_prefault_maps_the_whole_pages_and_changes_no_byte() -> None:
+    """_prefault makes the pages wholly inside a buffer of 64 KiB or more present
+    (mincore), leaves its partial first and last pages to the copy, writes nothing,
+    and leaves a buffer under 64 KiB alone."""
+    from mcsafe._mcsafe import PREFAULT_BYTES, _prefault
+    from mcsafe.pagecache import resident
+
+    npages = 40
+    region = mmap.mmap(-1, npages * PAGE)           # fresh anonymous pages: none present
+    address = buffer_address(region)
+    region[5 * PAGE:5 * PAGE + 3] = b"abc"
+    assert resident(address, npages * PAGE)[7] & 1 == 0
+    view = memoryview(region)
+    _prefault(view[PAGE + 10:PAGE + 10 + PREFAULT_BYTES - 1])     # just under: nothing
+    assert resident(address, npages * PAGE)[2] & 1 == 0
+    _prefault(view[PAGE + 10:30 * PAGE + 20])
+    present = [b & 1 for b in resident(address, npages * PAGE)]
+    assert present[2:30] == [1] * 28 and present[1] == present[30] == 0 and present[31:] == \
+        [0] * (npages - 31)
+    assert bytes(region) == bytes(5 * PAGE) + b"abc" + bytes(npages * PAGE - 5 * PAGE - 3)
+    view.release()
+    region.close()

@@ -33,6 +33,7 @@ try:
 except ModuleNotFoundError as _exc:
     raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
+from .._mcsafe import PREFAULT_BYTES, _prefault
 from .._types import MemoryFaultError
 from ..fileio import MappedFileIO
 from ..mapped import MappedFile
@@ -197,6 +198,8 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
     if nbytes and reader.pos + nbytes <= len(reader.head):
         raw[:] = np.frombuffer(reader.head, np.uint8, nbytes, reader.pos)
     elif nbytes:
+        if nbytes >= PREFAULT_BYTES:
+            _prefault(raw)      # type: ignore[arg-type]  # an ndarray
         try:
             got = mf.readinto(raw, reader.pos)     # type: ignore[arg-type]  # an ndarray
         except MemoryFaultError:
