@@ -318,3 +318,20 @@ def test_prefault_maps_the_whole_pages_and_changes_no_byte() -> None:
     assert bytes(region) == bytes(5 * PAGE) + b"abc" + bytes(npages * PAGE - 5 * PAGE - 3)
     view.release()
     region.close()
+
+
+def test_prefault_passes_over_memory_already_mapped() -> None:
+    """A buffer whose last whole page is present is taken for memory the allocator
+    handed out again: _prefault does not walk it (the pages before stay absent)."""
+    from mcsafe._mcsafe import _prefault
+    from mcsafe.pagecache import resident
+
+    npages = 32
+    region = mmap.mmap(-1, npages * PAGE)
+    address = buffer_address(region)
+    region[(npages - 1) * PAGE] = 1                  # the last page only
+    with memoryview(region) as view:
+        _prefault(view)
+    present = [b & 1 for b in resident(address, npages * PAGE)]
+    assert present == [0] * (npages - 1) + [1]
+    region.close()

@@ -1,7 +1,9 @@
 """numpy's .npy and .npz files through mcsafe: ``mcsafe.arrays.load``, numpy.load's
 drop-in.
 
-An array's bytes are copied out of the file by the table-driven copy (MappedFile), so
+An array's bytes are copied out of a mapping of the file by the table-driven copy (a
+path is read once through a mapping of exactly the file, mcsafe.mapped.once, which
+hands over to a MappedFile at a fault; an open MappedFile is read through itself), so
 a bad page or a file cut under the reader raises MemoryFaultError naming the array,
 the element and the file offset instead of killing the process with SIGBUS. Headers
 are read by numpy.lib.format's own readers, so what numpy refuses is refused here.
