@@ -362,8 +362,8 @@ _NPY_LARGE = (
     "which ext4's large folios map with 2 MiB entries) and the faults of the new array "
     "(numpy advises huge pages for arrays of 4 MiB and up; ours are faulted in one "
     "MADV_POPULATE_WRITE pass). 16 MiB measured 0.90-1.02x in ten runs at load 1.3-7 "
-    "(one 0.35x, numpy.load's own outlier); 256 MiB 0.82x in two full runs with the "
-    "prefault (0.94-1.05x before it). A miss is this VM's run-to-run spread; at 256 MiB "
+    "(one 0.35x, numpy.load's own outlier); 256 MiB 0.82-0.90x in three full runs with "
+    "the prefault (0.94-1.05x before it). A miss is this VM's run-to-run spread; at 256 MiB "
     "also the copy's non-temporal stores (see the 256 MiB throughput target).")
 WHY_MISSED.update({f"arrays.load {size} .npy ≤ 1.0× numpy.load (interleaved)": _NPY_LARGE
                    for size in ("16 MiB", "256 MiB")})
@@ -393,8 +393,8 @@ WHY_MISSED["MappedFile.readinto of 100 B just appended to a log, with the append
     "tree and machine.")
 WHY_MISSED["load_file, a checkpoint of 1,000 tensors, ≤ 1.0× safetensors (interleaved)"] = (
     "Met in every run since the new tensors' pages are faulted in before the copy "
-    "(MADV_POPULATE_WRITE, one pass in the kernel): 0.70x in two full runs (1 GiB, load "
-    "4-7), 0.64-0.70x in three quick ones. Before, both loaders spent most of the time in "
+    "(MADV_POPULATE_WRITE, one pass in the kernel): 0.67-0.70x in three full runs (1 GiB, "
+    "load 3-7), 0.64-0.72x in five quick ones. Before, both loaders spent most of the time in "
     "the same place, a page fault per 4 KiB of new memory (1,000 fresh 1 MiB arrays), and "
     "measured 0.96-1.03x. Profiled: the MappedFile (one per call) and the header (about "
     "2 ms for 1,000 tensors in Python's json against about 1 ms for the reference's "

@@ -78,8 +78,12 @@ class ReadOnce:
 
     def mapped(self) -> MappedFile:
         """A MappedFile of the same open file (the caller's to close), named by the
-        path this was opened by, as MappedFile(path) would name it."""
+        path this was opened by, as MappedFile(path) would name it; of the path
+        again where /proc is not mounted (MappedFile opens a descriptor through it)."""
+        if not os.path.isdir("/proc/self/fd"):
+            return MappedFile(self.path)
         mf = MappedFile(self._fd)
+        # MappedFile(fd) names the file by /proc's link: name it as the caller did
         mf.name = mf.path = mf._window.path = self.path
         return mf
 
