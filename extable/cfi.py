@@ -27,7 +27,7 @@ from .errors import missing_extra
 try:
     import numpy as np
 except ModuleNotFoundError as _exc:
-    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
+    raise missing_extra(_exc, "numpy", "an unwind rule", "unwind") from None
 
 from .elf import EM_AARCH64, EM_X86_64, ElfImage, Section
 from .errors import ExtableError

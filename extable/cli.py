@@ -300,8 +300,8 @@ def _entry_dicts(image: ElfImage, table: Table, which: Sequence[int] | None = No
     """The entries (all, or those in which) as dump and lookup print them."""
     from .model import describe_data
 
-    rows = table.entries.tolist()          # (start, end, fixup, data): plain ints, at once
-    unwinding = table.unwinding().tolist()
+    rows = table.rows()                    # (start, end, fixup, data): plain ints, at once
+    unwinding = table.unwinding_flags()
     by_word: dict[int, tuple[str, object]] = {}   # a data word's text and descriptor, once
     out = []
     for i in range(len(rows)) if which is None else which:
@@ -390,7 +390,7 @@ def _verify(args: Args) -> int:
 def _lookup(args: Args) -> int:
     from .elf import ElfImage
     from .embedded import read_table
-    from .sites import resolve_address
+    from .addresses import resolve_address
     from .table import DEFAULT_SECTION
 
     with ElfImage(args.file) as image:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .compiler import check_table
+from .checks import check_table
 from .elf import ElfImage
 from .errors import CheckFailed, ExtableError
 from .table import DEFAULT_SECTION, FLAG_LOADED, Table, decode, is_table

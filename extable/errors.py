@@ -25,7 +25,7 @@ class MissingExtra(ImportError):
     """A part of the package whose optional dependency is not installed.
 
     ``str()`` is one line naming the extra that installs it, as in
-    ``the table compiler needs numpy: pip install 'mcsafe[extable]'``.
+    ``an unwind rule needs numpy: pip install 'mcsafe[unwind]'``.
     """
 
     def __init__(self, feature: str, module: str, extra: str) -> None:

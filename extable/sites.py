@@ -3,21 +3,25 @@
 Each source yields a :class:`SiteSet`: parallel arrays of ``[start, end)``,
 landing pad and data word, with the extended handlers they refer to. The
 compiler concatenates them; nothing here sorts or checks overlap.
+
+The columns are numpy arrays, or lists of ints without numpy (``pip install
+mcsafe``, no extras), each step done by loops with the same results and errors.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass, field
-
-from .errors import missing_extra
+from typing import Any
 
 try:
     import numpy as np
 except ModuleNotFoundError as _exc:
-    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
+    if _exc.name != "numpy":
+        raise
+    np = None  # type: ignore[assignment]
 
+from .addresses import ADDRESS, resolve_address
 from .elf import ElfImage
 from .errors import ExtableError
 from .model import DATA_EXTENDED, DATA_IMM_SHIFT, NOREG, Handler, Kind, Side, extended_word
@@ -27,23 +31,24 @@ RECORD = struct.Struct("<iiiIBBBBBBBxiI32s")
 RECORD_MAGIC = 0x31535458          # "XTS1"
 assert RECORD.size == 64
 
-#: An address: symbol, symbol+off, symbol-off or a number (decimal or 0x hex).
-_ADDR = re.compile(r"^\s*([A-Za-z_.$][\w.$@]*)?\s*(?:([+-])?\s*(0x[0-9a-fA-F]+|\d+))?\s*$")
 
 
 @dataclass
 class SiteSet:
-    """Fault sites as arrays; ``data`` is a classic word or names a handler."""
+    """Fault sites as arrays (lists without numpy); ``data`` is a classic word or names
+    a handler."""
 
-    start: np.ndarray
-    end: np.ndarray
-    landing: np.ndarray
-    data: np.ndarray
+    start: Any
+    end: Any
+    landing: Any
+    data: Any
     handlers: list[Handler] = field(default_factory=list)
     origins: list[str] | None = None     # a label per site for error messages, if known
 
     @classmethod
     def empty(cls) -> SiteSet:
+        if np is None:
+            return cls([], [], [], [], [], [])
         z = np.zeros(0, np.uint64)
         return cls(z, z, z, np.zeros(0, np.uint32), [], [])
 
@@ -57,6 +62,14 @@ class SiteSet:
     def from_columns(cls, start: list[int], end: list[int], landing: list[int],
                      data: list[int], handlers: list[Handler], origins: list[str]) -> SiteSet:
         """Sites from parallel lists of addresses and data words, one origin each."""
+        if np is None:
+            columns = [list(map(int, c)) for c in (start, end, landing, data)]
+            if not all(0 <= v < (1 << 64) for c in columns for v in c):
+                bad = next(o for row, o in zip(zip(*columns), origins)
+                           if not all(0 <= v < (1 << 64) for v in row))
+                raise ExtableError(f"{bad}: address out of range")
+            a, b, c, d = columns
+            return cls(a, b, c, [v & 0xFFFFFFFF for v in d], handlers, origins)
         try:                         # numpy refuses a negative or wider than 64 bits
             a, b, c, d = (np.array(c, dtype=np.uint64) for c in (start, end, landing, data))
         except OverflowError:
@@ -87,6 +100,15 @@ def merge(sets: list[SiteSet]) -> SiteSet:
     """One SiteSet from several, with handler indices renumbered into one pool."""
     pool = HandlerPool()
     datas = []
+    if np is None:
+        for s in sets:
+            words = [pool.word(h) for h in s.handlers]
+            datas += [words[d >> DATA_IMM_SHIFT] if d & DATA_EXTENDED else d for d in s.data]
+        origins = None
+        if all(s.origins is not None for s in sets):
+            origins = [o for s in sets for o in s.origins]  # type: ignore[union-attr]
+        return SiteSet([a for s in sets for a in s.start], [a for s in sets for a in s.end],
+                       [a for s in sets for a in s.landing], datas, pool.handlers, origins)
     for s in sets:
         remap = np.array([pool.word(h) for h in s.handlers] or [0], dtype=np.uint32)
         ext = (s.data & DATA_EXTENDED) != 0
@@ -147,7 +169,7 @@ class Rule:
             raise ExtableError(f"bad rule {text!r}: empty landing pad after '@' (leave out "
                                "'@' for the default {name}_fixup)")
         pad = landing.strip() or None
-        if pad is not None and not _ADDR.match(pad.replace("{name}", "x")):
+        if pad is not None and not ADDRESS.match(pad.replace("{name}", "x")):
             raise ExtableError(f"bad rule {text!r}: cannot read landing pad {pad!r} "
                                "(a symbol, symbol+0x10 or 0x1234)")
         end = "function"
@@ -158,30 +180,6 @@ class Rule:
                                    "(the one option is end=landing)")
             end = value
         return cls(glob.strip(), handler.strip(), pad, f"rule {text!r}", end)
-
-
-def _pads(image: ElfImage, rule: Rule, names: list[str], found: np.ndarray
-          ) -> tuple[np.ndarray, dict[int, ExtableError]]:
-    """Each matched function's landing pad address, and why those that do not resolve do
-    not (by position in ``found``)."""
-    landing = rule.landing or DEFAULT_LANDING
-    if "{name}" not in landing and len(found):   # one pad for every function: resolve once
-        try:
-            pad = resolve_address(image, landing, f"{rule.origin}: landing pad for "
-                                  f"{names[found[0]]}")
-        except ExtableError as exc:
-            error = ExtableError(exc.message)
-            return np.zeros(len(found), np.uint64), dict.fromkeys(range(len(found)), error)
-        return np.full(len(found), pad, np.uint64), {}
-    out = np.zeros(len(found), np.uint64)
-    failed: dict[int, ExtableError] = {}
-    for k, i in enumerate(found.tolist()):
-        try:
-            out[k] = resolve_address(image, landing.replace("{name}", names[i]),
-                                     f"{rule.origin}: landing pad for {names[i]}")
-        except ExtableError as exc:
-            failed[k] = ExtableError(exc.message)    # without the image's path twice
-    return out, failed
 
 
 def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
@@ -195,10 +193,13 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
     repeat forever) unless the rule ends the range there (``end=landing``).
 
     Each rule's functions are handled together, as arrays (a ``*`` rule covers every
-    function: 37,000 in libLLVM), not one Python step per function.
+    function: 37,000 in libLLVM), not one Python step per function; without numpy,
+    by :func:`_from_rules_in_loops`.
     """
     if not rules:
         return SiteSet.empty(), []
+    if np is None:
+        return _from_rules_in_loops(image, rules, handlers)
     funcs = image.functions
     starts = np.array(funcs.start, np.uint64)
     ends = starts + np.array(funcs.size, np.uint64)        # wraps past 2^64: checked below
@@ -208,10 +209,7 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
     parts: list[SiteSet] = []
     unmatched = []
     for rule in rules:
-        if rule.handler not in handlers:
-            raise ExtableError(f"{rule.origin}: unknown handler {rule.handler!r} "
-                               f"(known: {', '.join(sorted(handlers))})")
-        handler = handlers[rule.handler]
+        handler = _rule_handler(rule, handlers)
         word = pool.word(handler)
         if rule.pattern == "*":
             found = np.arange(len(funcs), dtype=np.intp)
@@ -223,15 +221,13 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                     by_name.setdefault(name, []).append(i)
             found = np.array(by_name.get(rule.pattern, ()), np.intp)
         unwind = handler.kind == Kind.UNWIND
-        if unwind and (rule.landing is not None or rule.end != "function"):
-            raise ExtableError(f"{rule.origin}: {rule.handler} returns to the function's "
-                               "caller: it takes no landing pad and no end=")
         matched = len(found)
         failed: dict[int, ExtableError] = {}
         if unwind:
             pads = np.zeros(len(found), np.uint64)         # no landing pad: fixup 0
         else:
-            pads, failed = _pads(image, rule, funcs.names, found)
+            listed, failed = _pads(image, rule, funcs.names, found.tolist())
+            pads = np.array(listed, np.uint64)
             # A function that is another matched function's landing pad is not covered.
             ok = np.ones(len(found), bool)
             ok[list(failed)] = False
@@ -241,9 +237,7 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
                 found, pads = found[kept], pads[kept]
                 failed = {int(j): failed[k] for j, k in enumerate(kept.tolist()) if k in failed}
         if not len(found):
-            unmatched.append(f"{rule.origin} matches only the landing pads of the functions "
-                             "it matches: no function to cover" if matched
-                             else f"{rule.origin} matches no function")
+            unmatched.append(_unmatched(rule, matched))
             continue
         new = claims.claim(rule, starts[found], funcs.names, found)
         if failed:
@@ -267,6 +261,126 @@ def from_rules(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
 
     return SiteSet(joined("start"), joined("end"), joined("landing"), joined("data"),
                    pool.handlers, [o for p in parts for o in p.origins or ()]), unmatched
+
+
+def _rule_handler(rule: Rule, handlers: dict[str, Handler]) -> Handler:
+    """The rule's handler; an unwind rule takes no landing pad and no end=."""
+    if rule.handler not in handlers:
+        raise ExtableError(f"{rule.origin}: unknown handler {rule.handler!r} "
+                           f"(known: {', '.join(sorted(handlers))})")
+    handler = handlers[rule.handler]
+    if handler.kind == Kind.UNWIND and (rule.landing is not None or rule.end != "function"):
+        raise ExtableError(f"{rule.origin}: {rule.handler} returns to the function's "
+                           "caller: it takes no landing pad and no end=")
+    return handler
+
+
+def _unmatched(rule: Rule, matched: int) -> str:
+    return (f"{rule.origin} matches only the landing pads of the functions it matches: "
+            "no function to cover" if matched else f"{rule.origin} matches no function")
+
+
+def _from_rules_in_loops(image: ElfImage, rules: list[Rule], handlers: dict[str, Handler],
+                         ) -> tuple[SiteSet, list[str]]:
+    """from_rules without numpy: the same steps, one function at a time."""
+    funcs = image.functions
+    names = funcs.names
+    starts = [int(a) for a in funcs.start]
+    ends = [(a + int(z)) % (1 << 64) for a, z in zip(starts, funcs.size)]  # as u64 wraps
+    pool = HandlerPool()
+    owner: dict[int, int] = {}               # a covered function address -> its rule
+    claimed: list[Rule] = []
+    by_name: dict[str, list[int]] = {}
+    out = SiteSet([], [], [], [], pool.handlers, [])
+    unmatched = []
+    for rule in rules:
+        handler = _rule_handler(rule, handlers)
+        word = pool.word(handler)
+        if rule.pattern == "*":
+            found = list(range(len(names)))
+        elif any(c in rule.pattern for c in "*?["):
+            found = list(funcs.matching(rule.pattern))
+        else:
+            if not by_name:
+                for i, name in enumerate(names):
+                    by_name.setdefault(name, []).append(i)
+            found = list(by_name.get(rule.pattern, ()))
+        unwind = handler.kind == Kind.UNWIND
+        matched = len(found)
+        failed: dict[int, ExtableError] = {}
+        if unwind:
+            pads = [0] * len(found)                       # no landing pad: fixup 0
+        else:
+            pads, failed = _pads(image, rule, names, found)
+            # A function that is another matched function's landing pad is not covered.
+            taken = {pad for k, (i, pad) in enumerate(zip(found, pads))
+                     if k not in failed and pad != starts[i]}
+            kept = [k for k, i in enumerate(found) if starts[i] not in taken]
+            if len(kept) < len(found):
+                found, pads = [found[k] for k in kept], [pads[k] for k in kept]
+                failed = {j: failed[k] for j, k in enumerate(kept) if k in failed}
+        if not found:
+            unmatched.append(_unmatched(rule, matched))
+            continue
+        # Claim the first function at each address (an alias covers nothing more),
+        # unless an earlier rule with the same handler, pad and end covered it.
+        first: dict[int, int] = {}
+        for k, i in enumerate(found):
+            first.setdefault(starts[i], k)
+        key = (rule.handler, rule.landing, rule.end)
+        clash = [(k, claimed[owner[a]]) for a, k in first.items() if a in owner
+                 and (claimed[owner[a]].handler, claimed[owner[a]].landing,
+                      claimed[owner[a]].end) != key]
+        if clash:
+            k, other = min(clash, key=lambda c: c[0])
+            raise ExtableError(f"overlapping rules: {other.origin} and {rule.origin} "
+                               f"both match {names[found[k]]}")
+        new = sorted(k for a, k in first.items() if a not in owner)
+        claimed.append(rule)
+        for k in new:
+            owner[starts[found[k]]] = len(claimed) - 1
+        bad = min((k for k in failed if k in set(new)), default=None)
+        if bad is not None:
+            raise failed[bad]
+        hits = [found[k] for k in new]
+        pad = [pads[k] for k in new]
+        first_at, last_at = [starts[i] for i in hits], [ends[i] for i in hits]
+        wrapped = next((i for i, a, b in zip(hits, first_at, last_at) if b < a), None)
+        if wrapped is not None:
+            raise ExtableError(f"{names[wrapped]}: address out of range")
+        if not unwind:
+            last_at = [_range_end(image, rule, names[i], a, b, c)
+                       for i, a, b, c in zip(hits, first_at, last_at, pad)]
+        out.start += first_at
+        out.end += last_at
+        out.landing += pad
+        out.data += [word] * len(hits)
+        out.origins += [names[i] for i in hits]  # type: ignore[operator]
+    return out, unmatched
+
+
+def _pads(image: ElfImage, rule: Rule, names: list[str], found: list[int]
+          ) -> tuple[list[int], dict[int, ExtableError]]:
+    """Each matched function's landing pad address, and why those that do not resolve do
+    not (by position in ``found``)."""
+    landing = rule.landing or DEFAULT_LANDING
+    if "{name}" not in landing and found:    # one pad for every function: resolve once
+        try:
+            pad = resolve_address(image, landing, f"{rule.origin}: landing pad for "
+                                  f"{names[found[0]]}")
+        except ExtableError as exc:
+            error = ExtableError(exc.message)
+            return [0] * len(found), dict.fromkeys(range(len(found)), error)
+        return [pad] * len(found), {}
+    out = [0] * len(found)
+    failed: dict[int, ExtableError] = {}
+    for k, i in enumerate(found):
+        try:
+            out[k] = resolve_address(image, landing.replace("{name}", names[i]),
+                                     f"{rule.origin}: landing pad for {names[i]}")
+        except ExtableError as exc:
+            failed[k] = ExtableError(exc.message)    # without the image's path twice
+    return out, failed
 
 
 class _Claims:
@@ -375,30 +489,6 @@ def from_records(image: ElfImage, section_name: str = RECORD_SECTION) -> SiteSet
 
 
 # -- source 3: explicit ranges ------------------------------------------------
-
-
-def resolve_address(image: ElfImage, value: int | str, what: str) -> int:
-    """An address given as an integer, ``"0x1234"``, ``"symbol"`` or ``"symbol+0x10"``.
-
-    The result must fit 64 bits and not be negative (ExtableError otherwise).
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        address = value
-    else:
-        m = _ADDR.match(str(value))
-        if not m or not (m.group(1) or m.group(3)):
-            raise ExtableError(f"{what}: cannot read address {value!r}")
-        base = 0
-        if m.group(1):
-            if m.group(1) not in image.symbol_addresses:
-                raise ExtableError(f"{what}: unknown symbol {m.group(1)!r}")
-            base = image.symbol_addresses[m.group(1)]
-        off = int(m.group(3), 0) if m.group(3) else 0
-        address = base - off if m.group(2) == "-" else base + off
-    if not 0 <= address < 1 << 64:
-        why = "negative" if address < 0 else "wider than 64 bits"
-        raise ExtableError(f"{what}: {value!r} is {why}")
-    return address
 
 
 def from_ranges(image: ElfImage, ranges: list[dict[str, object]],

@@ -24,15 +24,18 @@ An offset of 0 means "not saved: still in its register".
 
 from __future__ import annotations
 
+import bisect
 import struct
-from typing import NamedTuple
-
-from .errors import missing_extra
+import sys
+from array import array
+from typing import Any, NamedTuple, Sequence
 
 try:
     import numpy as np
 except ModuleNotFoundError as _exc:
-    raise missing_extra(_exc, "numpy", "extable's table compiler", "extable") from None
+    if _exc.name != "numpy":
+        raise
+    np = None  # type: ignore[assignment]
 
 from .elf import EM_AARCH64, EM_X86_64
 from .errors import CheckFailed
@@ -87,10 +90,11 @@ def cfa_register_name(machine: int, reg: int) -> str:
 
 class Unwind(NamedTuple):
     """A table's unwind rows: ``ips`` sorted (u32, relative to the load base), ``idx``
-    the row each sub-range uses (u32), ``rows`` the distinct rows."""
+    the row each sub-range uses (u32), ``rows`` the distinct rows. numpy arrays, or
+    ``array('I')`` without numpy."""
 
-    ips: np.ndarray
-    idx: np.ndarray
+    ips: Any
+    idx: Any
     rows: list[Row]
 
     def __len__(self) -> int:
@@ -102,26 +106,47 @@ class Unwind(NamedTuple):
         pairs = sorted(pairs)
         rows: dict[Row, int] = {}
         idx = [rows.setdefault(row, len(rows)) for _, row in pairs]
-        return cls(np.array([ip for ip, _ in pairs], np.uint32), np.array(idx, np.uint32),
-                   list(rows))
+        return cls(_u32([ip for ip, _ in pairs]), _u32(idx), list(rows))
 
     def at(self, address: int) -> tuple[int, Row] | None:
         """(sub-range start, row) in effect at address, or None before the first."""
-        i = int(np.searchsorted(self.ips, address, side="right")) - 1
+        i = bisect.bisect_right(self.ips, address) - 1
         return None if i < 0 else (int(self.ips[i]), self.rows[int(self.idx[i])])
 
     def within(self, start: int, end: int) -> list[tuple[int, Row]]:
         """The sub-ranges starting in [start, end)."""
-        a, b = np.searchsorted(self.ips, [start, end])
+        a, b = bisect.bisect_left(self.ips, start), bisect.bisect_left(self.ips, end)
         return [(int(self.ips[i]), self.rows[int(self.idx[i])]) for i in range(a, b)]
+
+
+def _u32(values: Sequence[int]) -> Any:
+    return array("I", values) if np is None else np.array(values, np.uint32)
+
+
+def _u32_bytes(values: Any) -> bytes:
+    """Little-endian u32 bytes of a numpy array or an array('I')."""
+    if np is not None:
+        return np.ascontiguousarray(values, "<u4").tobytes()
+    out = array("I", values)
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tobytes()
+
+
+def _u32_from(blob: bytes, count: int, offset: int) -> Any:
+    if np is not None:
+        return np.frombuffer(blob, "<u4", count=count, offset=offset).copy()
+    out = array("I", blob[offset:offset + 4 * count])
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out
 
 
 def encode(machine: int, unwind: Unwind) -> tuple[bytes, bytes, bytes]:
     """The ips, idx and rows arrays' bytes."""
     packer = row_struct(machine)
     rows = b"".join(packer.pack(r.cfa_off, r.cfa_reg, 0, *r.saves) for r in unwind.rows)
-    return (np.ascontiguousarray(unwind.ips, "<u4").tobytes(),
-            np.ascontiguousarray(unwind.idx, "<u4").tobytes(), rows)
+    return _u32_bytes(unwind.ips), _u32_bytes(unwind.idx), rows
 
 
 def decode(machine: int, blob: bytes, header_at: int, path: str | None) -> Unwind:
@@ -136,8 +161,7 @@ def decode(machine: int, blob: bytes, header_at: int, path: str | None) -> Unwin
             or rows_off % 4):
         raise CheckFailed("unwind rows are truncated: counts and offsets exceed the table",
                           path)
-    ips = np.frombuffer(blob, "<u4", count=n, offset=ips_off).copy()
-    idx = np.frombuffer(blob, "<u4", count=n, offset=idx_off).copy()
+    ips, idx = _u32_from(blob, n, ips_off), _u32_from(blob, n, idx_off)
     rows = []
     for k in range(nrows):
         cfa_off, cfa_reg, flags, *saves = packer.unpack_from(blob, rows_off + k * row_size)
@@ -147,7 +171,7 @@ def decode(machine: int, blob: bytes, header_at: int, path: str | None) -> Unwin
     return Unwind(ips, idx, rows)
 
 
-def check(machine: int, unwind: Unwind, starts: np.ndarray, ends: np.ndarray,
+def check(machine: int, unwind: Unwind, starts: Any, ends: Any,
           path: str | None = None) -> None:
     """The rules the runtime relies on (docs/FORMAT.md, "Unwind rows"), given the
     ``[start, end)`` of every ``unwind`` entry (sorted, non-overlapping):
@@ -159,6 +183,39 @@ def check(machine: int, unwind: Unwind, starts: np.ndarray, ends: np.ndarray,
       that is not negative; each save 0 or a negative multiple of 8; on x86-64 the
       return address saved (a call pushes it).
     """
+    if np is None:
+        _check_sub_ranges(unwind, list(starts), list(ends), path)
+    else:
+        _check_sub_ranges_np(unwind, starts, ends, path)
+    for k, row in enumerate(unwind.rows):
+        why = _bad_row(machine, row)
+        if why:
+            raise CheckFailed(f"unwind row {k} ({row.describe(machine)}): {why}", path)
+
+
+def _check_sub_ranges(unwind: Unwind, starts: list[int], ends: list[int],
+                      path: str | None) -> None:
+    """The ips and idx rules of check(), without numpy."""
+    ips, idx = unwind.ips, unwind.idx
+    for i in range(len(ips) - 1):
+        if ips[i + 1] <= ips[i]:
+            raise CheckFailed(f"unwind rows {i} and {i + 1} are not in increasing order "
+                              f"({ips[i]:#x}, {ips[i + 1]:#x})", path)
+    if len(idx) and max(idx) >= len(unwind.rows):
+        raise CheckFailed(f"an unwind sub-range names row {max(idx)}, but there are "
+                          f"{len(unwind.rows)}", path)
+    for i, ip in enumerate(ips):
+        e = bisect.bisect_right(starts, ip) - 1
+        if not (e >= 0 and ip < ends[e]):
+            raise CheckFailed(f"unwind row {i} at {ip:#x} is not inside an unwind entry", path)
+    for start in starts:
+        have = bisect.bisect_left(ips, start)
+        if not (have < len(ips) and ips[have] == start):
+            raise CheckFailed(f"unwind entry at {start:#x} has no row at its start", path)
+
+
+def _check_sub_ranges_np(unwind: Unwind, starts: Any, ends: Any, path: str | None) -> None:
+    """The ips and idx rules of check(), vectorised."""
     ips, idx = unwind.ips.astype(np.int64), unwind.idx
     if len(ips) > 1 and not bool(np.all(ips[1:] > ips[:-1])):
         i = int(np.flatnonzero(ips[1:] <= ips[:-1])[0])
@@ -167,6 +224,9 @@ def check(machine: int, unwind: Unwind, starts: np.ndarray, ends: np.ndarray,
     if len(idx) and int(idx.max()) >= len(unwind.rows):
         raise CheckFailed(f"an unwind sub-range names row {int(idx.max())}, but there are "
                           f"{len(unwind.rows)}", path)
+    if not len(starts) and len(ips):        # rows, but no unwind entry to hold them
+        raise CheckFailed(f"unwind row 0 at {int(ips[0]):#x} is not inside an unwind entry",
+                          path)
     e = np.searchsorted(starts.astype(np.int64), ips, side="right") - 1
     inside = (e >= 0) & (ips < ends.astype(np.int64)[np.clip(e, 0, None)])
     if not bool(np.all(inside)):
@@ -180,10 +240,6 @@ def check(machine: int, unwind: Unwind, starts: np.ndarray, ends: np.ndarray,
     if not bool(np.all(found)):
         i = int(np.flatnonzero(~found)[0])
         raise CheckFailed(f"unwind entry at {int(starts[i]):#x} has no row at its start", path)
-    for k, row in enumerate(unwind.rows):
-        why = _bad_row(machine, row)
-        if why:
-            raise CheckFailed(f"unwind row {k} ({row.describe(machine)}): {why}", path)
 
 
 def _bad_row(machine: int, row: Row) -> str | None:

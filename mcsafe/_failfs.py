@@ -83,7 +83,7 @@ class FailingFile:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, SERVER, self.mountpoint, self.backing, name,
-                 str(theirs.fileno())],
+                 str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=errors,
                 stderr=errors, env=env, start_new_session=True)
         except BaseException:

@@ -5,7 +5,7 @@ and mfusepy, and runs in a process of its own, because a reader whose page
 fault waits for this server while holding its interpreter's GIL would
 deadlock a server thread in the same interpreter.
 
-    python _failfs_server.py MOUNTPOINT BACKING NAME CONTROL_FD
+    python _failfs_server.py MOUNTPOINT BACKING NAME CONTROL_FD OWNER_PID
 
 serves BACKING (a regular file elsewhere) as MOUNTPOINT/NAME. A read or write
 request that touches a page holding a bad byte fails with EIO, as a failing
@@ -20,10 +20,16 @@ CONTROL_FD is one end of a socket pair, one JSON object a line each way:
     {"op": "stats"}   -> {"ok": true, "reads": .., "failed_reads": .., ...}
 
 The server says {"ready": true} once mounted, and unmounts and exits when the
-control socket closes (the client closed it, exited or was killed), on
+control socket closes (the client closed it, exited or was killed), when
+OWNER_PID (the process that asked for the file, this one's parent) ends, on
 SIGTERM, SIGINT or SIGHUP (libfuse's handlers), and when the mount is taken
 away (fusermount3 -u). ``auto_unmount`` leaves a fusermount3 watchdog that
 unmounts even if this process is killed outright.
+
+The owner is watched by a pidfd as well as by the socket: a child forked from
+the owner holds a copy of the socket, so after kill -9 of the owner the socket
+may never see EOF; a pidfd becomes readable when the owner's whole process
+ends (PR_SET_PDEATHSIG would fire when the thread that started us ends).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import ctypes.util
 import errno
 import json
 import os
+import select
 import socket
 import stat
 import subprocess
@@ -57,11 +64,13 @@ class FailingFS(mfusepy.Operations):
     # Every attribute is private: mfusepy takes any attribute named like a FUSE
     # operation (lock, read, ...) for that operation.
 
-    def __init__(self, backing: str, name: str, control: socket.socket, mountpoint: str) -> None:
+    def __init__(self, backing: str, name: str, control: socket.socket, mountpoint: str,
+                 owner: int) -> None:
         self._backing = backing
         self._name = "/" + name
         self._control = control
         self._mountpoint = mountpoint
+        self._owner = owner
         self._fd = os.open(backing, os.O_RDWR | os.O_CLOEXEC)
         self._bad: list[tuple[int, int]] = []
         self._counts = {"reads": 0, "failed_reads": 0, "writes": 0, "failed_writes": 0,
@@ -99,6 +108,7 @@ class FailingFS(mfusepy.Operations):
         libfuse = mfusepy._libfuse
         self._fuse = ctypes.c_void_p(libfuse.fuse_get_context().contents.fuse)
         threading.Thread(target=self._serve_control, daemon=True).start()
+        threading.Thread(target=self._watch_owner, daemon=True).start()
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         if path == "/":
@@ -179,13 +189,27 @@ class FailingFS(mfusepy.Operations):
         except (OSError, ValueError):
             pass
         finally:
-            # The client is gone or said goodbye: take the mount away and end this
-            # process, which ends the connection for any reader that still has
-            # the file open (its next uncached page fails, as a disk pulled out).
-            subprocess.run(["fusermount3", "-u", "-z", self._mountpoint],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            remove_made(self._backing, self._mountpoint)
-            os._exit(0)
+            self._end()     # the client is gone or said goodbye
+
+    def _watch_owner(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self._owner)
+        except ProcessLookupError:
+            self._end()
+        except OSError:     # no pidfd (Linux < 5.3): the control socket alone tells
+            return
+        if os.getppid() == self._owner:     # else the pid may be another's already
+            select.select([pidfd], [], [])
+        self._end()
+
+    def _end(self) -> None:
+        """Take the mount away and end this process, which ends the connection for
+        any reader that still has the file open (its next uncached page fails, as
+        a disk pulled out)."""
+        subprocess.run(["fusermount3", "-u", "-z", self._mountpoint],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        remove_made(self._backing, self._mountpoint)
+        os._exit(0)
 
     def _reply(self, obj: dict[str, object]) -> None:
         self._control.sendall(json.dumps(obj).encode() + b"\n")
@@ -220,11 +244,11 @@ def remove_made(backing: str, mountpoint: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    mountpoint, backing, name, control_fd = argv[1:5]
+    mountpoint, backing, name, control_fd, owner = argv[1:6]
     mountpoint = os.path.abspath(mountpoint)     # libfuse changes to / before serving
     os.set_inheritable(int(control_fd), False)   # not into fusermount3
     control = socket.socket(fileno=int(control_fd))
-    fs = FailingFS(backing, name, control, mountpoint)
+    fs = FailingFS(backing, name, control, mountpoint, int(owner))
     mfusepy._libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     try:
         mfusepy.FUSE(fs, mountpoint, foreground=True, fsname="mcsafe-failfs",

@@ -1,4 +1,4 @@
-from typing import SupportsIndex
+from typing import Any, SupportsIndex
 
 from typing_extensions import Buffer
 
@@ -30,10 +30,20 @@ def _copy_or_report(dst: Buffer, src: Buffer, n: int | None = None, dst_offset: 
                     src_offset: int = 0) -> int | CopyResult: ...
 def _copy_bracketed(dst: Buffer, src: Buffer, dst_offset: int, src_offset: int, from_src: bool,
                     limit: int, probe: int, expect: int) -> int | CopyResult: ...
-def _readinto(dst: Buffer, state: tuple[Buffer, int, int, int, int, int, int], offset: int
-              ) -> int | CopyResult: ...
 def _readinto_careful(dst: Buffer, state: tuple[Buffer, int, int, int, int, int, int], offset: int
                       ) -> int | CopyResult: ...
+
+class _Published:
+    state: Any
+
+class _Starts:
+    starts: list[int]
+
+class _FastPath:
+    _window: _Published
+    _bad: _Starts
+    def readinto(self, buf: Buffer, offset: int = 0) -> int: ...
+
 def _file_stamp(fd: int) -> tuple[int, int, int]: ...
 def _copy_through(sink: Buffer, src: Buffer, src_offset: int, n: int) -> int | CopyResult: ...
 def _read_mapped(fd: int, size: int, sink: Buffer, residency: Buffer | None = None

@@ -9,6 +9,7 @@ from libc.signal cimport SIGBUS, SIGSEGV
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
 from cpython.number cimport PyIndex_Check
 from cpython.ref cimport PyObject
+cimport cython
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.pyport cimport PY_SSIZE_T_MAX, PY_SSIZE_T_MIN
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
@@ -499,7 +500,7 @@ cdef Py_ssize_t _size_now(int fd) except -1:
 
 cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
     """Fill dst from file offset `offset` through the table-driven copy from the
-    mapping, and count only bytes that were in the file: _readinto's and
+    mapping, and count only bytes that were in the file: _FastPath.readinto's and
     _readinto_careful's body."""
     cdef mcsafe_fault rec
     cdef Py_buffer d, s
@@ -572,14 +573,40 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
         PyBuffer_Release(&d)
 
 
-def _readinto(dst, tuple state, Py_ssize_t offset):
-    """MappedFile.readinto's fast path, in one call: fill dst from file offset
-    `offset` through the table-driven copy from the mapping. `state` is what the
-    MappedFile published: (src, size, limit, probe, expect, fd, room), taken
-    whole so the fast path passes one object. src is a view of the file's bytes
-    as last seen, and the first `room` bytes from its start are mapped (the
-    mapping src is a view of, with room to grow; src's export keeps it mapped):
-    a read of a file grown since copies from there, up to the size it asks.
+def _readinto_careful(dst, tuple state, Py_ssize_t offset):
+    """_FastPath.readinto's copy for the careful path: a state without a probe
+    (limit < 0) is read with the size asked before and after the copy, and a
+    file grown past the mapping is read to its end (a short count: the caller
+    maps it again and goes on). -2 only for an offset outside the mapping."""
+    return _read_exact(dst, state, offset, True)
+
+
+cdef class _Published:
+    """The base of mcsafe.mapped.mapping.Window: `state`, the tuple the window
+    publishes for every call (None until it first does), in a slot, so that
+    _FastPath.readinto reads it without an attribute lookup (two of those, this
+    and the bad ranges', cost a tenth of a 4 KiB read)."""
+    cdef public tuple state
+
+
+cdef class _Starts:
+    """The base of mcsafe.mapped.badranges.BadRanges: `starts`, the bad ranges'
+    starts (replaced, never mutated), in a slot for _FastPath.readinto."""
+    cdef public list starts
+
+
+@cython.auto_pickle(False)
+cdef class _FastPath:
+    """MappedFile's base: readinto()'s fast path as one call from Python.
+
+    `_window` and `_bad` are the MappedFile's parts (mcsafe.mapped.mapping.Window
+    and mcsafe.mapped.badranges.BadRanges), set by its __init__. readinto()
+    fills buf from the mapping through the table-driven copy, from the state the
+    window published: (src, size, limit, probe, expect, fd, room). src is a view
+    of the file's bytes as last seen, and the first `room` bytes from its start
+    are mapped (the mapping src is a view of, with room to grow; src's export
+    keeps it mapped): a read of a file grown since copies from there, up to the
+    size it asks.
 
     A copy that ends at or before `limit` (the start of the file's last page as
     last seen, where the probe word at address `probe` is armed) is proved by
@@ -588,19 +615,33 @@ def _readinto(dst, tuple state, Py_ssize_t offset):
     read again after it (a cut during the copy makes it 0 or fault; then the
     size asked again bounds the count).
 
-    Returns the count (short only at the end of the file), -1 if the probe
-    failed (the copy may have run: count none of it), -2 if the careful path
-    must take the call (no probe, offset outside the mapping, the file grown
-    past it: nothing done), or a CopyResult if the copy faulted."""
-    return _read_exact(dst, state, offset, False)
+    A read that is not plainly fast goes on in Python, in the subclass's
+    _readinto_slow(buf, offset, state, got), with `got` -1 if the probe failed
+    (the copy may have run: count none of it), -2 if nothing was done (a bad
+    range known, no probe, the offset outside the mapping, the file grown past
+    it, a closed file, odd arguments), or the CopyResult of a fault."""
+    cdef public _Published _window
+    cdef public _Starts _bad
 
-
-def _readinto_careful(dst, tuple state, Py_ssize_t offset):
-    """_readinto for the careful path: a state without a probe (limit < 0) is
-    read with the size asked before and after the copy, and a file grown past
-    the mapping is read to its end (a short count: the caller maps it again and
-    goes on). -2 only for an offset outside the mapping."""
-    return _read_exact(dst, state, offset, True)
+    def readinto(self, buf, offset=0):
+        """Fill buf from the file at offset, as pread(2): the count, short at a bad
+        byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
+        if the first byte is bad."""
+        cdef tuple state
+        cdef object got = -2
+        # typed slots, read without a check: never read None as a part
+        if self._window is None or self._bad is None or self._window.state is None:
+            raise ValueError(f"{type(self).__name__} was never opened (its __init__ did "
+                             "not run)")
+        state = self._window.state
+        if not self._bad.starts:
+            try:
+                got = _read_exact(buf, state, offset, False)
+            except (ValueError, TypeError, OverflowError):   # closed, resized, not ours
+                got = -2
+            if PyLong_CheckExact(got) and <Py_ssize_t>got >= 0:   # a count
+                return got
+        return self._readinto_slow(buf, offset, state, got)
 
 
 cdef size_t _through(void *sink, size_t sink_len, const char *src, size_t n,

@@ -309,6 +309,46 @@ def test_a_forked_child_that_ends_leaves_its_parents_mount_alone(tmp_path) -> No
     assert p.stdout.splitlines() == ["0 True True", "False []"]
 
 
+ORPHANING = """
+    import os, sys
+    from mcsafe import inject
+    f = inject.failing_file(4096, dir=sys.argv[1])
+    if os.fork() == 0:                # holds copies of the owner's descriptors, lives on
+        os.read(0, 1)
+        os._exit(0)
+    print(f.mountpoint, f.pid, flush=True)
+    os.read(0, 1)                     # until killed
+"""
+
+
+def mounted(mountpoint: str) -> bool:
+    """Whether /proc/self/mountinfo lists `mountpoint` (field 5)."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == mountpoint for line in f)
+
+
+def test_the_mount_goes_when_its_owner_is_killed_while_a_fork_of_it_lives(tmp_path) -> None:
+    """kill -9 of the process that asked for the file ends the server even though
+    a child forked from it still holds the control socket (it never sees EOF)."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this machine: failing files need FUSE")
+    owner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(ORPHANING),
+                              str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        mountpoint, pid = owner.stdout.readline().split()
+        assert mounted(mountpoint)
+        owner.kill()
+        assert owner.wait(WAIT) == -signal.SIGKILL
+        wait_gone(int(pid), WAIT)
+        assert not mounted(mountpoint)
+        assert os.listdir(tmp_path) == []        # the server removed what was made
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdin.close()                      # the fork reads EOF and ends
+
+
 def test_the_mount_goes_when_the_server_is_sent_sigterm(failing_file) -> None:
     f = failing_file(PAGE)
     os.kill(f.pid, signal.SIGTERM)              # libfuse's handler ends the loop, unmounts

@@ -292,6 +292,23 @@ def test_a_write_into_a_hole_of_a_full_file_system_is_enospc(full_tmpfs: Path) -
         assert mf.read(100, 8 * PAGE) == b"w" * 100
 
 
+def test_a_mapped_file_never_opened_refuses_to_read() -> None:
+    """readinto() is a C method reading MappedFile's parts from typed slots; on an
+    object whose __init__ never ran they are None, which it refuses with a
+    ValueError instead of reading None as a part (it crashed the process: SIGSEGV).
+    In a child, so that a crash fails the test instead of the suite."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        from mcsafe import MappedFile
+        mf = MappedFile.__new__(MappedFile)
+        try:
+            mf.readinto(bytearray(4))
+        except ValueError as exc:
+            print(exc)
+        """)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    assert out.stdout == "MappedFile was never opened (its __init__ did not run)\n"
+
+
 def test_a_mapped_file_refuses_pickling_clearly(tmp_path) -> None:
     """A mapping and a descriptor do not travel: the refusal says what to send."""
     from mcsafe.fileio import MappedFileIO

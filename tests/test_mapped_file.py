@@ -112,6 +112,38 @@ def test_plain_reads_and_edges(tmp_path) -> None:
         assert mf.size == 0 and mf.read(10) == b"" and mf.scrub() == []
 
 
+def test_readinto_takes_its_offset_as_pread_does(tmp_path) -> None:
+    """readinto()'s fast path is one C method (mcsafe._mcsafe._FastPath); what it
+    cannot take plainly goes to the careful path in Python, so every integer offset
+    reads what os.preadv reads, by position or keyword, and the rest is refused
+    there: past the end 0 (however far), negative ValueError, not an integer
+    TypeError."""
+    import numpy as np
+
+    data = os.urandom(3 * PAGE + 5)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        with MappedFile(tmp_path / "f") as mf:
+            for offset in (0, 100, True, np.int64(PAGE + 7), np.uint32(3 * PAGE),
+                           len(data) - 1):
+                want, got = bytearray(64), bytearray(64)
+                assert mf.readinto(got, offset) == os.preadv(fd, [want], int(offset))
+                assert got == want
+                assert mf.readinto(buf=got, offset=offset) == os.preadv(fd, [want],
+                                                                         int(offset))
+            for far in (len(data), 2**62, 2**63, 2**70):
+                assert mf.readinto(bytearray(8), far) == 0
+            for bad, error in ((-1, ValueError), (-(2**70), ValueError),
+                               (-1.0, ValueError), (1.0, TypeError), ("1", TypeError)):
+                with pytest.raises(error):
+                    mf.readinto(bytearray(8), bad)
+            with pytest.raises(TypeError):
+                mf.readinto(bytearray(8), 0, 1)     # type: ignore[call-arg]
+    finally:
+        os.close(fd)
+
+
 def test_truncated_while_mapped_ends_at_the_new_end(tmp_path) -> None:
     path = tmp_path / "log"
     data = inject.pattern(10 * PAGE)

@@ -7,11 +7,12 @@ import bisect
 import signal
 import threading
 
+from .._mcsafe import _Starts
 from .._types import FaultInfo, MemoryFaultError
 from ._sys import PAGE
 
 
-class BadRanges:
+class BadRanges(_Starts):
     """Bad ranges in file offsets ([start, end), page-granular, merged, sorted),
     each with the fault that found it. Read without the lock: the lists are
     replaced, never mutated, so a reader sees a consistent pair."""

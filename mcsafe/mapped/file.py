@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 #: A numpy scalar type: read_array(np.float32) is an array of np.float32.
 Scalar = TypeVar("Scalar", bound="np.generic")
 
-from .._mcsafe import _copy_bracketed, _ensure_front, _readinto
+from .._mcsafe import _copy_bracketed, _ensure_front, _FastPath
 from .._types import CopyResult, FaultInfo
 from ._sys import MS_SYNC, PAGE, oserror, pages, sync
 from .badranges import BadRanges
@@ -29,7 +29,7 @@ from .mapping import CLOSED, Mapping, State, Window
 from .opening import open_file
 
 
-class MappedFile:
+class MappedFile(_FastPath):
     """A file mapped into memory, read and written through the table-driven copy.
 
     Reads and writes behave as pread(2) and pwrite(2) would, except that they
@@ -46,6 +46,9 @@ class MappedFile:
     file is opened again through /proc/self/fd). Regular files and block devices
     are accepted; anything else is refused with an OSError naming it.
     """
+
+    _window: Window
+    _bad: BadRanges
 
     def __init__(self, file: str | os.PathLike[str] | int, mode: str = "r") -> None:
         if mode not in ("r", "r+"):
@@ -187,31 +190,25 @@ class MappedFile:
 
     # -- reading and writing -------------------------------------------------
 
-    def readinto(self, buf: Buffer, offset: int = 0) -> int:
-        """Fill buf from the file at offset, as pread(2): the count, short at a bad
-        byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
-        if the first byte is bad."""
-        state = self._window.state
-        if not self._bad.starts:
-            try:
-                got = _readinto(buf, state, offset)
-            except (ValueError, TypeError, OverflowError):  # closed, resized, not ours
-                got = -2
-            if type(got) is int:
-                if got >= 0:
-                    return got
-                if got == -1:       # the probe failed: cut since it was armed
-                    return self._checked(buf, offset, True, 0, None, state[4])
-            else:
-                assert isinstance(got, CopyResult)
-                return self._checked(buf, offset, True, got.copied, got.fault)
+    readinto = _FastPath.readinto     # in C (mcsafe._mcsafe): here for the reference
+
+    def _readinto_slow(self, buf: Buffer, offset: int, state: State,
+                          got: int | CopyResult) -> int:
+        """readinto() where its fast path stopped: `got` is -1 if the probe armed
+        in `state` failed, -2 if the fast path did nothing (a bad range known, the
+        file grown past the mapping, a closed file, odd arguments), or the
+        CopyResult of a fault."""
+        if isinstance(got, CopyResult):
+            return self._checked(buf, offset, True, got.copied, got.fault)
+        if got == -1:       # the probe failed: cut since it was armed
+            return self._checked(buf, offset, True, 0, None, state[4])
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
         return self._checked(buf, offset, True, 0, None)
 
-    # The fast path of readinto() is one call: every byte comes from the mapping
-    # through the table-driven copy, never from read(2) (docs/ARCHITECTURE.md,
-    # "Machine checks"). A copy that ends before the file's last page (as last
+    # The fast path of readinto() is one C call (_FastPath.readinto): every byte
+    # comes from the mapping through the table-driven copy, never from read(2)
+    # (docs/ARCHITECTURE.md, "Machine checks"). A copy that ends before the file's last page (as last
     # seen) is proved by the probe to have read only the file's bytes; one that
     # reaches that page is bounded by the size asked just before it, where the
     # mapping shows zeros past the end without a fault. write() mirrors it without

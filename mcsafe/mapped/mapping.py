@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from .._mcsafe import _copy_or_report, _copy_through
+from .._mcsafe import _copy_or_report, _copy_through, _Published
 from .._types import CopyResult
 from ._sys import PAGE, Memory, advise, map_memory, oserror, pages, unmap
 from .opening import HUGETLBFS_MAGIC, Opened
@@ -68,8 +68,11 @@ def release(view: memoryview) -> None:
             time.sleep(0.001)
 
 
-class Window:
-    """MappedFile's descriptor, the mapping of its file and what calls see of it."""
+class Window(_Published):
+    """MappedFile's descriptor, the mapping of its file and what calls see of it
+    (`state`, in a slot of the extension's base class, which the fast path reads)."""
+
+    state: State
 
     def __init__(self, opened: Opened, writable: bool) -> None:
         self.fd, self.path, self.writable = opened.fd, opened.path, writable
@@ -95,7 +98,6 @@ class Window:
         self.retired: list[Mapping] = []     # outgrown mappings, unmapped by close()
         self.stale: list[memoryview] = []    # size views still exported when replaced
         self.leaked: list[memoryview] = []   # views exported by threads a fork left behind
-        self.state: State
         self.publish(self.map.view[:size], size)
 
     # -- the size ------------------------------------------------------------
@@ -162,7 +164,7 @@ class Window:
             # its last page, bounded by the size it asks
             self.state = (view, size, limit, 0, 0, self.fd, room)
             return
-        _, _, kept, address, word, _, _ = getattr(self, "state", (None, 0, -1, 0, 0, 0, 0))
+        _, _, kept, address, word, _, _ = self.state or (None, 0, -1, 0, 0, 0, 0)  # None: first
         if not rearm and address and 0 <= kept <= limit < kept + max(kept // 8, GROWTH_REARM):
             self.state = (view, size, kept, address, word, self.fd, room)
             return
