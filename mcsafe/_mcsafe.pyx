@@ -1000,13 +1000,11 @@ install()
 
 
 # -- one-shot reads of a whole file ---------------------------------------------
-# arrays.load and load_file read a file once, start to end, and close it: none of
+# arrays.load reads a file once, start to end, and closes it: none of
 # MappedFile's machinery for a file that lives on (room to grow, the probe page,
 # the size asked around copies) pays for itself there. These open and map
-# exactly the file in one call, prove each copy by the file's stamp asked after
-# it, and unmap and close in one call (mcsafe/mapped/once.py).
-
-from libc.string cimport strerror
+# exactly the file in one call and prove each copy by the file's stamp asked
+# after it (mcsafe/mapped/once.py).
 
 cdef extern from "<fcntl.h>" nogil:
     int _open "open"(const char *path, int flags)
@@ -1024,18 +1022,19 @@ cdef extern from "<sys/stat.h>" nogil:
     int _fstat_full "fstat"(int fd, _stat_full *buf)
     bint S_ISREG(unsigned int mode)
 
+
 cdef inline int64_t _ns(_timespec t) noexcept nogil:
     return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
 
 
-def _open_once(bytes path, name, frozenset refuse):
-    """Open `path` (bytes; `name` in errors) read-only and map exactly its bytes,
-    shared and read-only: (fd, size, address, mtime_ns, ctime_ns). None (nothing
-    left open) for what MappedFile must judge: not a regular file, an empty one,
-    a file system in `refuse` (statfs f_type), a mapping the kernel refused.
-    OSError as os.open raises for a path that cannot be opened. (MAP_POPULATE
-    measured no faster than the faults, with fault-around, for 64 KiB to 16 MiB.)"""
-    cdef int fd, err
+def _open_once(bytes path, frozenset refuse, /):
+    """Open `path` read-only and map exactly its bytes, shared and read-only:
+    (fd, size, address, mtime_ns, ctime_ns); the errno if open(2) failed. None
+    (nothing left open) for what MappedFile must judge: not a regular file, an
+    empty one, a file system in `refuse` (statfs f_type), a mapping the kernel
+    refused. (MAP_POPULATE measured no faster than the faults, with
+    fault-around, for 64 KiB to 16 MiB.)"""
+    cdef int fd
     cdef _stat_full st
     cdef _statfs fs
     cdef void *at
@@ -1043,8 +1042,7 @@ def _open_once(bytes path, name, frozenset refuse):
     with nogil:
         fd = _open(cpath, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
     if fd < 0:
-        err = c_errno
-        raise OSError(err, (<bytes>strerror(err)).decode(), name)
+        return c_errno
     if _fstat_full(fd, &st) != 0 or not S_ISREG(st.st_mode) or st.st_size <= 0 or \
             (_fstatfs(fd, &fs) == 0 and (<unsigned long>fs.f_type & 0xFFFFFFFF) in refuse):
         _close(fd)
@@ -1057,18 +1055,12 @@ def _open_once(bytes path, name, frozenset refuse):
     return fd, <Py_ssize_t>st.st_size, <uintptr_t>at, _ns(st.st_mtim), _ns(st.st_ctim)
 
 
-def _close_once(int fd, uintptr_t address, size_t size):
-    """Unmap what _open_once mapped and close its descriptor."""
-    _munmap(<void *>address, size)
-    _close(fd)
-
-
 def _read_once(dst, uintptr_t address, Py_ssize_t size, int fd, Py_ssize_t offset,
-               int64_t mtime_ns, int64_t ctime_ns):
-    """Fill dst from file offset `offset` of a file _open_once mapped (`size` bytes
-    at `address`, its times as it gave them) through the table-driven copy: the
-    count (short only at that size), -1 if the file changed since it was opened
-    (the copy may have run: count none of it), or the CopyResult of a fault.
+               int64_t mtime_ns, int64_t ctime_ns, /):
+    """Fill dst from file offset `offset` (>= 0) of a file _open_once mapped (`size`
+    bytes at `address`, its times as it gave them) through the table-driven copy:
+    the count (short only at that size), -1 if the file changed since it was
+    opened (the copy may have run: count none of it), or the CopyResult of a fault.
 
     The proof that a copy read only the file's bytes is the file unchanged after
     it: its size, mtime and ctime (one fstat) as when it was opened. A cut, and
@@ -1082,7 +1074,7 @@ def _read_once(dst, uintptr_t address, Py_ssize_t size, int fd, Py_ssize_t offse
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     if offset < 0:
-        raise ValueError(f"negative offset {offset}")
+        raise ValueError("negative offset")
     PyObject_GetBuffer(dst, &d, PyBUF_WRITABLE)
     try:
         count = size - offset if d.len > size - offset else d.len
@@ -1115,33 +1107,25 @@ cdef extern from "<unistd.h>" nogil:
 # MADV_POPULATE_WRITE (asm-generic, every architecture), which older headers lack
 cdef int MADV_POPULATE_WRITE_ = 23
 cdef uintptr_t PAGE_MASK = <uintptr_t>_sysconf(_SC_PAGESIZE) - 1
-#: Buffers of at least this many bytes are prefaulted by _prefault.
-cdef Py_ssize_t PREFAULT_MIN = 64 * 1024
-PREFAULT_BYTES = PREFAULT_MIN
 
 
-def _prefault(dst):
+def _prefault(dst, /):
     """Fault in the whole pages of a writable buffer about to be filled whole (a
     new array): MADV_POPULATE_WRITE, one pass in the kernel where the copy would
     take a page fault per page (here a fresh 1 MiB array filled by a copy takes
     0.7x the time this way). Memory the allocator hands out again is mapped
     already, and the advice would only walk it (about 30 ns a page): if the last
-    whole page is present (mincore), nothing is done. Buffers under 64 KiB, and
-    kernels without the advice (before Linux 5.14), are left to the copy's faults;
-    so is any page the advice fails on (the copy then meets it as it would have)."""
+    whole page is present (mincore), nothing is done. Kernels without the advice
+    (before Linux 5.14) leave the pages to the copy's faults; so does any page
+    the advice fails on (the copy then meets it as it would have)."""
     cdef Py_buffer d
     cdef uintptr_t start, end
     cdef unsigned char present = 0
     PyObject_GetBuffer(dst, &d, PyBUF_WRITABLE)
-    try:
-        if d.len < PREFAULT_MIN:
-            return
-        start = (<uintptr_t>d.buf + PAGE_MASK) & ~PAGE_MASK
-        end = (<uintptr_t>d.buf + <uintptr_t>d.len) & ~PAGE_MASK
-        if end <= start or (_mincore(<void *>(end - PAGE_MASK - 1), 1, &present) == 0
+    start = (<uintptr_t>d.buf + PAGE_MASK) & ~PAGE_MASK
+    end = (<uintptr_t>d.buf + <uintptr_t>d.len) & ~PAGE_MASK
+    if end > start and not (_mincore(<void *>(end - PAGE_MASK - 1), 1, &present) == 0
                             and present & 1):
-            return
         with nogil:
             _madvise(<void *>start, end - start, MADV_POPULATE_WRITE_)
-    finally:
-        PyBuffer_Release(&d)
+    PyBuffer_Release(&d)

@@ -297,10 +297,9 @@ def test_a_load_cut_mid_copy_raises_as_through_a_mapped_file(tmp_path, monkeypat
 # -- the new array's pages, prefaulted ---------------------------------------------------
 
 def test_prefault_maps_the_whole_pages_and_changes_no_byte() -> None:
-    """_prefault makes the pages wholly inside a buffer of 64 KiB or more present
-    (mincore), leaves its partial first and last pages to the copy, writes nothing,
-    and leaves a buffer under 64 KiB alone."""
-    from mcsafe._mcsafe import PREFAULT_BYTES, _prefault
+    """_prefault makes the pages wholly inside a buffer present (mincore), leaves its
+    partial first and last pages to the copy, and writes nothing."""
+    from mcsafe._mcsafe import _prefault
     from mcsafe.pagecache import resident
 
     npages = 40
@@ -309,8 +308,8 @@ def test_prefault_maps_the_whole_pages_and_changes_no_byte() -> None:
     region[5 * PAGE:5 * PAGE + 3] = b"abc"
     assert resident(address, npages * PAGE)[7] & 1 == 0
     view = memoryview(region)
-    _prefault(view[PAGE + 10:PAGE + 10 + PREFAULT_BYTES - 1])     # just under: nothing
-    assert resident(address, npages * PAGE)[2] & 1 == 0
+    _prefault(view[PAGE + 10:2 * PAGE + 20])        # no whole page: nothing
+    assert resident(address, npages * PAGE)[1:3] == b"\0\0"
     _prefault(view[PAGE + 10:30 * PAGE + 20])
     present = [b & 1 for b in resident(address, npages * PAGE)]
     assert present[2:30] == [1] * 28 and present[1] == present[30] == 0 and present[31:] == \

@@ -35,7 +35,8 @@ try:
 except ModuleNotFoundError as _exc:
     raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
-from .._mcsafe import PREFAULT_BYTES, _prefault
+from .._mcsafe import _prefault
+from ..mapped._sys import PREFAULT_BYTES
 from .._types import MemoryFaultError
 from ..fileio import MappedFileIO
 from ..mapped import MappedFile

@@ -18,7 +18,8 @@ try:
 except ModuleNotFoundError as _exc:
     raise missing_extra(_exc, "numpy", "MappedFile.read_array", "numpy") from None
 
-from .._mcsafe import PREFAULT_BYTES, _prefault
+from .._mcsafe import _prefault
+from ._sys import PREFAULT_BYTES
 from .._types import FaultInfo, MemoryFaultError
 
 

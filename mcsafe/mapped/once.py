@@ -4,8 +4,7 @@ without the machinery MappedFile keeps for a file that lives on.
 Opening maps exactly the file's bytes (one call: open, fstat, fstatfs, mmap);
 each read is one table-driven copy from that mapping, proved by the file's size,
 mtime and ctime asked after it (one fstat) being what they were at the open: no
-cut, no write, so every byte copied was the file's. Closing unmaps and closes
-(one call). No room to grow, no probe page, no descriptor state to restore.
+cut, no write, so every byte copied was the file's. Closing unmaps and closes. No room to grow, no probe page, no descriptor state to restore.
 
 Whatever that cannot prove (a fault, a file changed under the copy) hands the rest
 of the file to a MappedFile of the same open file, from the page before the one
@@ -22,10 +21,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from .._mcsafe import _close_once, _open_once, _read_once
+from .._mcsafe import _open_once, _read_once
 from .._types import CopyResult, MemoryFaultError
 from .careful import before_page_before
 from .file import MappedFile
+from ._sys import unmap
 from .opening import _PSEUDO_FS
 
 _REFUSE = frozenset(_PSEUDO_FS)
@@ -90,7 +90,10 @@ class ReadOnce:
     def close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            _close_once(fd, self.address, self._size)
+            try:
+                unmap(self.address, self._size)
+            finally:
+                os.close(fd)
         mf, self._mf = self._mf, None
         if mf is not None:
             mf.close()
@@ -100,7 +103,9 @@ def open_once(file: str | os.PathLike[str]) -> ReadOnce | MappedFile:
     """A ReadOnce of the file, or a MappedFile where ReadOnce does not map it (which
     raises what MappedFile raises for it)."""
     path = os.fspath(file)
-    opened = _open_once(os.fsencode(path), path, _REFUSE)
+    opened = _open_once(os.fsencode(path), _REFUSE)
+    if type(opened) is int:
+        raise OSError(opened, os.strerror(opened), path)
     if opened is None:
         return MappedFile(path)
     return ReadOnce(path, *opened)
