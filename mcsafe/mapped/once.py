@@ -104,7 +104,7 @@ def open_once(file: str | os.PathLike[str]) -> ReadOnce | MappedFile:
     raises what MappedFile raises for it)."""
     path = os.fspath(file)
     opened = _open_once(os.fsencode(path), _REFUSE)
-    if type(opened) is int:
+    if isinstance(opened, int):
         raise OSError(opened, os.strerror(opened), path)
     if opened is None:
         return MappedFile(path)
