@@ -40,6 +40,11 @@ def load(file: Any, mmap_mode: None = None, allow_pickle: bool = False, fix_impo
          encoding: str = "ASCII", *, max_header_size: int = 10000) -> Any:
     """numpy.load's drop-in for .npy and .npz files, through the table-driven copy:
     see :func:`mcsafe.formats.npy.load`."""
-    from .formats.npy import load as _load
-    return _load(file, mmap_mode, allow_pickle, fix_imports, encoding,
-                 max_header_size=max_header_size)
+    global _npy_load
+    if _npy_load is None:       # imported on first use: import mcsafe.arrays stays light
+        from .formats.npy import load as _npy_load
+    return _npy_load(file, mmap_mode, allow_pickle, fix_imports, encoding,
+                     max_header_size=max_header_size)
+
+
+_npy_load: Any = None

@@ -13,6 +13,7 @@ page?) is left working; its byte is not handed to anyone."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -35,9 +36,14 @@ CHILD = """
     import syscall_filter
     from mcsafe import MappedFile, MemoryFaultError, arrays, fileio
 
+    import mcsafe.formats.npy, mcsafe.mapped.arrays     # no import after the filter
     cases = json.loads(sys.argv[1])
-    files = {{c["path"]: MappedFile(c["path"]) for c in cases}}
-    syscall_filter.forbid_file_reads(tuple(mf._fd for mf in files.values()))
+    files = {{c["path"]: MappedFile(c["path"]) for c in cases if c["op"] != "load_path"}}
+    # the descriptors opened after the filter (by arrays.load of a path): the lowest free
+    spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(8)]
+    for fd in spare:
+        os.close(fd)
+    syscall_filter.forbid_file_reads(tuple(mf._fd for mf in files.values()) + tuple(spare))
     probe = os.open(cases[0]["path"], os.O_RDONLY)       # the filter is on:
     try:
         os.pread(probe, 2, 0)
@@ -68,11 +74,14 @@ CHILD = """
         if op == "load":
             a = arrays.load(mf)
             return a.nbytes, a.tobytes()
+        if op == "load_path":
+            a = arrays.load(case["path"])
+            return a.nbytes, a.tobytes()
         raise ValueError(op)
 
     out = []
     for case in cases:
-        mf = files[case["path"]]
+        mf = files.get(case["path"])
         try:
             got, data = run(case, mf)
             out.append([got, data.hex()])
@@ -191,3 +200,24 @@ def test_a_block_device_is_read_through_the_mapping(tmp_path, loop_device) -> No
     got = through_mapping([{"path": dev, "op": "readinto", "args": list(r)} for r in reads])
     for (n, offset), result in zip(reads, got):
         assert result == expect(data, n, offset), (n, offset)
+
+
+def test_arrays_load_of_a_path_comes_through_the_mapping(tmp_path, failing_file) -> None:
+    """arrays.load(path) reads the file once through a mapping of its own (ReadOnce),
+    not a MappedFile: every byte of it still comes through the mapping, and after a
+    bad page, the MappedFile it hands the rest to reads through its own."""
+    arrays = {"small": np.arange(300, dtype=np.float64),
+              "page": np.frombuffer(inject.pattern(PAGE), np.uint8),
+              "fortran": np.asfortranarray(np.arange(64 * 1024.0).reshape(256, 256))}
+    for name, array in arrays.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    buf = io.BytesIO()
+    np.save(buf, arrays["fortran"])
+    f = failing_file(buf.getvalue(), [(10 * PAGE, 10 * PAGE + 1)])
+    paths = [str(tmp_path / f"{name}.npy") for name in arrays] + [f.path]
+    got = through_mapping([{"path": p, "op": "load_path"} for p in paths])
+    for name, result in zip(arrays, got):
+        reference = np.load(tmp_path / f"{name}.npy")
+        assert result == [reference.nbytes, reference.tobytes()], name
+    assert got[-1][0] == "error" and got[-1][1].startswith("MemoryFaultError: ")
+    assert f"at file offset {10 * PAGE}" in got[-1][1]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .._types import FaultInfo, MemoryFaultError
 
 if TYPE_CHECKING:
-    from ..mapped import MappedFile
+    from ..mapped.arrays import Reader
 
 
 class Stopped(Exception):
@@ -35,7 +35,7 @@ class Stopped(Exception):
         return exc
 
 
-def fill(file: MappedFile, buf: memoryview, offset: int) -> None:
+def fill(file: Reader, buf: memoryview, offset: int) -> None:
     """Fill buf (a writable byte view) from file at offset, or raise Stopped."""
     want, got = buf.nbytes, 0
     while got < want:

@@ -1,7 +1,9 @@
 """numpy's .npy and .npz files through mcsafe: ``mcsafe.arrays.load``, numpy.load's
 drop-in.
 
-An array's bytes are copied out of the file by the table-driven copy (MappedFile), so
+An array's bytes are copied out of a mapping of the file by the table-driven copy (a
+path is read once through a mapping of exactly the file, mcsafe.mapped.once, which
+hands over to a MappedFile at a fault; an open MappedFile is read through itself), so
 a bad page or a file cut under the reader raises MemoryFaultError naming the array,
 the element and the file offset instead of killing the process with SIGBUS. Headers
 are read by numpy.lib.format's own readers, so what numpy refuses is refused here.
@@ -33,9 +35,12 @@ try:
 except ModuleNotFoundError as _exc:
     raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
+from .._mcsafe import _prefault
+from ..mapped._sys import PREFAULT_BYTES
 from .._types import MemoryFaultError
 from ..fileio import MappedFileIO
 from ..mapped import MappedFile
+from ..mapped.once import ReadOnce, open_once
 from ._read import Stopped, fill
 
 MAX_HEADER_SIZE = 10000             # numpy.load's default max_header_size
@@ -43,6 +48,7 @@ ZIP_PREFIXES = (b"PK\x03\x04", b"PK\x05\x06")   # a zip archive; an empty one
 LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")     # a zip member's local file header
 ENCODINGS = ("ASCII", "latin1", "bytes")
 SMALL_FILE = 64 << 10               # read whole, in one call
+HEAD = 4096                         # read first from a file read once: any usual header
 
 
 class UnprotectedMemberWarning(UserWarning):
@@ -70,7 +76,7 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
         raise TypeError(f"file must be a path or a MappedFile, not {type(file).__name__} "
                         "(a file object would be read through read(2), not the mapping)")
     owned = not isinstance(file, MappedFile)
-    mf = MappedFile(file) if not isinstance(file, MappedFile) else file
+    mf = file if isinstance(file, MappedFile) else open_once(file)
     path = mf.path
     keep = False
     try:
@@ -81,16 +87,21 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
         if not magic:
             raise EOFError(f"{path}: no data left in file")
         pickled = {"encoding": encoding, "fix_imports": fix_imports}
-        if magic.startswith(ZIP_PREFIXES):
+        if magic == npformat.MAGIC_PREFIX:
+            return _read_npy(reader, f"{path}", allow_pickle, pickled, max_header_size)
+        is_zip = magic.startswith(ZIP_PREFIXES)
+        if not is_zip and not allow_pickle:
+            raise ValueError(f"{path}: this file contains pickled (object) data; if you "
+                             "trust it, load it with allow_pickle=True")
+        if isinstance(mf, ReadOnce):
+            # an archive or a pickle is read through a MappedFile of the same file
+            once, mf = mf, mf.mapped()
+            once.close()
+        if is_zip:
             npz = NpzFile(mf, own=owned, allow_pickle=allow_pickle, pickle_kwargs=pickled,
                           max_header_size=max_header_size)
             keep = owned            # the NpzFile closes it
             return npz
-        if magic == npformat.MAGIC_PREFIX:
-            return _read_npy(reader, f"{path}", allow_pickle, pickled, max_header_size)
-        if not allow_pickle:
-            raise ValueError(f"{path}: this file contains pickled (object) data; if you "
-                             "trust it, load it with allow_pickle=True")
         with io.BufferedReader(MappedFileIO(mf, closefd=False)) as f:
             try:
                 return pickle.load(f, **pickled)    # type: ignore[arg-type]
@@ -104,11 +115,13 @@ def load(file: str | os.PathLike[str] | MappedFile, mmap_mode: None = None,
             mf.close()
 
 
-def _head(mf: MappedFile, size: int) -> bytes:
+def _head(mf: MappedFile | ReadOnce, size: int) -> bytes:
     """A small file's bytes, read in one call (each read that reaches a file's last
-    page asks its size); b"" for a larger file, or if the read fails (the reads
-    that follow then say where)."""
-    if size > SMALL_FILE:
+    page asks its size), or a file read once's first HEAD bytes; b"" for a larger
+    file, or if the read fails (the reads that follow then say where)."""
+    if isinstance(mf, ReadOnce):
+        size = min(size, HEAD)
+    elif size > SMALL_FILE:
         return b""
     data = bytearray(size)
     try:
@@ -123,7 +136,7 @@ class _Reader:
     header readers; the end of the file is an end of file, a bad byte an error.
     ``head`` holds the file's first bytes, already read."""
 
-    def __init__(self, mf: MappedFile, path: str, start: int, end: int,
+    def __init__(self, mf: MappedFile | ReadOnce, path: str, start: int, end: int,
                  head: bytes = b"") -> None:
         self.mf, self.path, self.pos, self.end, self.head = mf, path, start, end, head
 
@@ -139,7 +152,8 @@ class _Reader:
             if stop.fault.cause != "truncated":
                 raise stop.error(f"the header of {self.path}: {stop.where()} at file offset "
                                  f"{stop.fault.offset}", self.mf.path, 0) from None
-            del data[stop.got:]
+            # a copy, not del: the traceback may still hold views of data
+            data = data[:stop.got]
         self.pos += len(data)
         return bytes(data)
 
@@ -160,9 +174,14 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
         if not allow_pickle:
             raise ValueError(f"{what}: object arrays cannot be loaded when "
                              "allow_pickle=False")
-        with io.BufferedReader(MappedFileIO(mf, closefd=False)) as f:
-            f.seek(reader.pos)
-            return pickle.load(f, **pickled)
+        pickles = mf.mapped() if isinstance(mf, ReadOnce) else mf
+        try:
+            with io.BufferedReader(MappedFileIO(pickles, closefd=False)) as f:
+                f.seek(reader.pos)
+                return pickle.load(f, **pickled)
+        finally:
+            if pickles is not mf:
+                pickles.close()
     if any(d < 0 for d in shape):
         raise ValueError(f"{what}: not a .npy file: negative dimensions in shape {shape}")
     count = 1
@@ -182,6 +201,8 @@ def _read_npy(reader: _Reader, what: str, allow_pickle: bool, pickled: dict[str,
     if nbytes and reader.pos + nbytes <= len(reader.head):
         raw[:] = np.frombuffer(reader.head, np.uint8, nbytes, reader.pos)
     elif nbytes:
+        if nbytes >= PREFAULT_BYTES:
+            _prefault(raw)      # type: ignore[arg-type]  # an ndarray
         try:
             got = mf.readinto(raw, reader.pos)     # type: ignore[arg-type]  # an ndarray
         except MemoryFaultError:
@@ -252,7 +273,7 @@ def _saved_header(reader: _Reader, version: tuple[int, int], max_header_size: in
     return dims, fortran == "True", dtype
 
 
-def _fail(mf: MappedFile, raw: Any, offset: int, got: int, what: str, dtype: np.dtype[Any],
+def _fail(mf: MappedFile | ReadOnce, raw: Any, offset: int, got: int, what: str, dtype: np.dtype[Any],
           shape: tuple[int, ...], fortran: bool) -> None:
     try:
         fill(mf, memoryview(raw)[got:], offset + got)
@@ -269,7 +290,7 @@ def _fail(mf: MappedFile, raw: Any, offset: int, got: int, what: str, dtype: np.
                          f"at file offset {at}", mf.path, element) from None
 
 
-def _end(mf: MappedFile, at: int) -> Any:
+def _end(mf: MappedFile | ReadOnce, at: int) -> Any:
     from .._types import FaultInfo
 
     return FaultInfo(mf.address + at, at, "src", 0, 0, "truncated")

@@ -16,11 +16,15 @@ from .._mcsafe import _sync as sync
 from .._mcsafe import _unmap as unmap
 from .._mcsafe import _word_at as word_at
 
-__all__ = ["MS_SYNC", "Memory", "PAGE", "advise", "fs_type", "map_memory", "oserror", "pages",
+__all__ = ["MS_SYNC", "Memory", "PAGE", "PREFAULT_BYTES", "advise", "fs_type", "map_memory", "oserror", "pages",
            "set_word", "sync", "unmap", "word_at"]
 
 PAGE = mmap.PAGESIZE
 MS_SYNC = 4
+#: New arrays of at least this many bytes have their pages faulted in before the
+#: copy fills them (_prefault): below it the advice's system call costs more than
+#: the faults it saves.
+PREFAULT_BYTES = 64 << 10
 
 
 def pages(n: int) -> int:

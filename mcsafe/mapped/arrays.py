@@ -18,6 +18,8 @@ try:
 except ModuleNotFoundError as _exc:
     raise missing_extra(_exc, "numpy", "MappedFile.read_array", "numpy") from None
 
+from .._mcsafe import _prefault
+from ._sys import PREFAULT_BYTES
 from .._types import FaultInfo, MemoryFaultError
 
 
@@ -72,6 +74,8 @@ def read_array(file: Reader, dtype: npt.DTypeLike, count: int = -1, offset: int 
         raise _at_element(end, errno.EIO, file, dt, count, offset, got)
     out = np.empty(count, dt)
     raw = memoryview(cast("Buffer", out.reshape(-1).view(np.uint8)))
+    if raw.nbytes >= PREFAULT_BYTES:
+        _prefault(raw)
     want, got = raw.nbytes, 0
     while got < want:
         try:

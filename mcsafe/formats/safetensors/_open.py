@@ -16,6 +16,8 @@ try:
 except ModuleNotFoundError as _exc:
     raise missing_extra(_exc, "numpy", "mcsafe.formats", "numpy") from None
 
+from ..._mcsafe import _prefault
+from ...mapped._sys import PREFAULT_BYTES
 from ..._types import MemoryFaultError
 from ...mapped import MappedFile
 from .._gather import gather
@@ -161,6 +163,8 @@ class safe_open:  # noqa: N801 - the reference's name
         if size and mf is not None:
             # ml_dtypes arrays export no buffer format: read into their bytes
             buf = out if exported else out.reshape(-1).view(np.uint8)
+            if size >= PREFAULT_BYTES:
+                _prefault(buf)      # type: ignore[arg-type]  # an ndarray
             try:
                 got = mf.readinto(buf, offset)     # type: ignore[arg-type]  # an ndarray
             except MemoryFaultError:
@@ -193,6 +197,8 @@ class safe_open:  # noqa: N801 - the reference's name
             size = end - begin
             if size:
                 buf = array if dtype.numpy is not None else array.reshape(-1).view(u8)
+                if size >= PREFAULT_BYTES:
+                    _prefault(buf)      # type: ignore[arg-type]  # an ndarray
                 try:
                     got = readinto(buf, start + begin)     # type: ignore[arg-type]
                 except MemoryFaultError:
@@ -289,6 +295,8 @@ class safe_open:  # noqa: N801 - the reference's name
         raw = torch.empty(size, dtype=torch.uint8)
         if size:
             view = raw.numpy()
+            if size >= PREFAULT_BYTES:
+                _prefault(view)
             offset = self._start + info.begin
             try:
                 got = self._open().readinto(view, offset)
@@ -351,7 +359,10 @@ class SafeSlice:
             out = np.empty(shape, owner._numpy_dtype(name, info))
         except ValueError as exc:
             raise owner._shape_error(name, shape, exc) from None
-        self._read(mf, out.reshape(-1).view(np.uint8), where, what)
+        raw = out.reshape(-1).view(np.uint8)
+        if raw.nbytes >= PREFAULT_BYTES:
+            _prefault(raw)      # type: ignore[arg-type]  # an ndarray
+        self._read(mf, raw, where, what)
         return out
 
     def _read(self, mf: MappedFile, out: npt.NDArray[np.uint8], where: _slice.Layout,
