@@ -618,11 +618,15 @@ cdef class _Starts:
         self.starts, self.ends = starts, ends
 
 
-cdef bint _misses(_Starts bad, Py_ssize_t offset, Py_ssize_t n) except -1:
+cdef inline bint _misses(_Starts bad, Py_ssize_t offset, Py_ssize_t n) except -1:
     """Whether [offset, offset + n) (its first byte if n is 0) touches no bad
-    range: bisect the starts, then the end of the last range starting before it."""
+    range: bisect the starts, then the end of the last range starting before it.
+    Anything odd (lists of other lengths, an item not an int) says no: the
+    careful path decides. Only exact ints are read, so no Python code runs
+    (which could change the lists under the bisection)."""
     cdef list starts = bad.starts, ends = bad.ends
-    cdef Py_ssize_t lo = 0, hi, mid, stop = offset + (n if n > 0 else 1)
+    cdef Py_ssize_t lo = 0, hi, mid, stop
+    cdef object item
     if starts is None or ends is None:
         return False
     hi = PyList_GET_SIZE(starts)
@@ -630,13 +634,22 @@ cdef bint _misses(_Starts bad, Py_ssize_t offset, Py_ssize_t n) except -1:
         return True
     if PyList_GET_SIZE(ends) != hi:     # boundscheck is off: never read past either
         return False
+    if n < 1:
+        n = 1
+    stop = offset + n if offset <= PY_SSIZE_T_MAX - n else PY_SSIZE_T_MAX
     while lo < hi:                      # the ranges starting before stop: [0, lo)
         mid = (lo + hi) // 2
-        if <Py_ssize_t>starts[mid] < stop:
+        item = starts[mid]
+        if not PyLong_CheckExact(item):
+            return False
+        if <Py_ssize_t>item < stop:
             lo = mid + 1
         else:
             hi = mid
-    return lo == 0 or <Py_ssize_t>ends[lo - 1] <= offset
+    if lo == 0:
+        return True
+    item = ends[lo - 1]
+    return PyLong_CheckExact(item) and <Py_ssize_t>item <= offset
 
 
 cdef int _refuse_dst(object buf) except -1:
@@ -695,7 +708,8 @@ cdef class _FastPath:
         if not isinstance(<object>self, _FastPath):
             raise TypeError(f"descriptor 'readinto' for 'MappedFile' objects doesn't "
                             f"apply to a '{type(<object>self).__name__}' object")
-        offset = PyNumber_Index(offset)     # first and once, as os.preadv: its errors
+        if not PyLong_CheckExact(offset):
+            offset = PyNumber_Index(offset)     # first and once, as os.preadv: its errors
         # typed slots, read without a check: never read None as a part
         if self._window is None or self._bad is None or self._window.state is None:
             raise ValueError(f"{type(self).__name__} was never opened (its __init__ did "
