@@ -131,9 +131,10 @@ def test_read_tail(benchmark, tmp_path_factory, peer: str, end: str) -> None:
 @pytest.mark.parametrize("peer", ["MappedFile.readinto", "os.preadv"])
 def test_read_with_a_bad_range_elsewhere(benchmark, peer: str) -> None:
     """4 KiB from a file with a known bad range 36 pages away (a memfd whose page 40
-    is poisoned with UFFDIO_POISON, met once): the fast path bisects the bad ranges
-    and stays fast for a read that misses them (every read took the careful path
-    in Python, 5.7-6.3x os.preadv, before it did)."""
+    is poisoned with UFFDIO_POISON, which needs a writable mapping: mode "r+"; met
+    once): the fast path bisects the bad ranges and stays fast for a read that
+    misses them (every read took the careful path in Python, 5.7-6.3x os.preadv,
+    before it did)."""
     from mcsafe import MemoryFaultError, inject
 
     fd, path = inject.memfd_file(64, [40])
@@ -141,7 +142,7 @@ def test_read_with_a_bad_range_elsewhere(benchmark, peer: str) -> None:
     benchmark.group = "bad-elsewhere-read-4096"
     benchmark.extra_info.update(peer=peer, size=4096)
     try:
-        with MappedFile(path) as mf, inject.poison_range(mf.address, 64, [40]):
+        with MappedFile(path, "r+") as mf, inject.poison_range(mf.address, 64, [40]):
             with pytest.raises(MemoryFaultError):
                 mf.readinto(bytearray(1), 40 * 4096)
             assert mf.bad_ranges() == [(40 * 4096, 41 * 4096)]
