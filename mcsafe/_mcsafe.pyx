@@ -7,7 +7,9 @@ from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_ExceptionMatches
 from libc.errno cimport errno as c_errno
 from libc.signal cimport SIGBUS, SIGSEGV
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
-from cpython.number cimport PyIndex_Check
+from cpython.number cimport PyIndex_Check, PyNumber_Index
+from cpython.list cimport PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.ref cimport PyObject
 cimport cython
 from cpython.pycapsule cimport PyCapsule_New
@@ -503,16 +505,20 @@ cdef Py_ssize_t _size_now(int fd) except -1:
         PyErr_CheckSignals()         # interrupted (a FUSE request): handlers, then again
 
 
-cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
-    """Fill dst from file offset `offset` through the table-driven copy from the
+cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint careful):
+    """Fill d from file offset `offset` through the table-driven copy from the
     mapping, and count only bytes that were in the file: _FastPath.readinto's and
-    _readinto_careful's body."""
+    _readinto_careful's body. The fast path (not careful) takes a mapping it
+    cannot have (a closed file's, released) as -2, to the careful path."""
     cdef mcsafe_fault rec
-    cdef Py_buffer d, s
+    cdef Py_buffer s
     cdef Py_ssize_t end, count, done, size = -1
     cdef uint64_t word
     cdef unsigned char last = 0
     cdef const char *sp
+    # boundscheck is off: a tuple of another length is refused, never read past
+    if state is None or PyTuple_GET_SIZE(state) != 7:
+        raise ValueError(f"not a published state: {state!r}")
     cdef object src = state[0]
     cdef Py_ssize_t limit = state[2]
     cdef uintptr_t probe = state[3]
@@ -521,7 +527,11 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
     cdef Py_ssize_t room = state[6]
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
-    _acquire(dst, src, &d, &s)
+    if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
+        if careful:
+            _raise_buffer_error("src", src)
+        PyErr_Clear()
+        return -2
     try:
         if room < s.len:
             room = s.len
@@ -575,7 +585,6 @@ cdef object _read_exact(dst, tuple state, Py_ssize_t offset, bint careful):
         return count if count <= size else (size if size > 0 else 0)
     finally:
         PyBuffer_Release(&s)
-        PyBuffer_Release(&d)
 
 
 def _readinto_careful(dst, tuple state, Py_ssize_t offset):
@@ -583,7 +592,13 @@ def _readinto_careful(dst, tuple state, Py_ssize_t offset):
     (limit < 0) is read with the size asked before and after the copy, and a
     file grown past the mapping is read to its end (a short count: the caller
     maps it again and goes on). -2 only for an offset outside the mapping."""
-    return _read_exact(dst, state, offset, True)
+    cdef Py_buffer d
+    if _get_buffer(dst, &d, PyBUF_WRITABLE) < 0:
+        _raise_buffer_error("dst", dst)
+    try:
+        return _read_exact(&d, state, offset, True)
+    finally:
+        PyBuffer_Release(&d)
 
 
 cdef class _Published:
@@ -595,9 +610,64 @@ cdef class _Published:
 
 
 cdef class _Starts:
-    """The base of mcsafe.mapped.badranges.BadRanges: `starts`, the bad ranges'
-    starts (replaced, never mutated), in a slot for _FastPath.readinto."""
-    cdef public list starts
+    """The base of mcsafe.mapped.badranges.BadRanges: the bad ranges' `starts`
+    and `ends` (sorted, disjoint), in slots for _FastPath.readinto. publish()
+    replaces both at once (never mutated), so a reader sees a consistent pair."""
+    cdef readonly list starts
+    cdef readonly list ends
+
+    def publish(self, list starts not None, list ends not None) -> None:
+        """Make (starts, ends) the ranges: both in one step, under the GIL."""
+        if len(starts) != len(ends):
+            raise ValueError(f"{len(starts)} starts but {len(ends)} ends")
+        self.starts, self.ends = starts, ends
+
+
+cdef inline bint _misses(_Starts bad, Py_ssize_t offset, Py_ssize_t n) except -1:
+    """Whether [offset, offset + n) (its first byte if n is 0) touches no bad
+    range: bisect the starts, then the end of the last range starting before it.
+    Anything odd (lists of other lengths, an item not an int) says no: the
+    careful path decides. Only exact ints are read, so no Python code runs
+    (which could change the lists under the bisection)."""
+    cdef list starts = bad.starts, ends = bad.ends
+    cdef Py_ssize_t lo = 0, hi, mid, stop
+    cdef object item
+    if starts is None or ends is None:
+        return False
+    hi = PyList_GET_SIZE(starts)
+    if hi == 0:
+        return True
+    if PyList_GET_SIZE(ends) != hi:     # boundscheck is off: never read past either
+        return False
+    if n < 1:
+        n = 1
+    stop = offset + n if offset <= PY_SSIZE_T_MAX - n else PY_SSIZE_T_MAX
+    while lo < hi:                      # the ranges starting before stop: [0, lo)
+        mid = (lo + hi) // 2
+        item = starts[mid]
+        if not PyLong_CheckExact(item):
+            return False
+        if <Py_ssize_t>item < stop:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == 0:
+        return True
+    item = ends[lo - 1]
+    return PyLong_CheckExact(item) and <Py_ssize_t>item <= offset
+
+
+cdef int _refuse_dst(object buf) except -1:
+    """The pending error of buf's buffer request, as readinto() reports it: the
+    refusals of a buffer that cannot be written into (BufferError: read-only or
+    not contiguous; TypeError: no buffer) as FileIO.readinto words them; anything
+    else (a __buffer__'s own error, numpy's) propagates as it is, as in
+    os.preadv."""
+    if not (PyErr_ExceptionMatches(BufferError) or PyErr_ExceptionMatches(TypeError)):
+        return -1
+    PyErr_Clear()
+    raise TypeError("readinto() argument must be read-write bytes-like object, "
+                    f"not {type(buf).__name__}")
 
 
 @cython.auto_pickle(False)
@@ -622,9 +692,10 @@ cdef class _FastPath:
 
     A read that is not plainly fast goes on in Python, in the subclass's
     _readinto_slow(buf, offset, state, got), with `got` -1 if the probe failed
-    (the copy may have run: count none of it), -2 if nothing was done (a bad
-    range known, no probe, the offset outside the mapping, the file grown past
-    it, a closed file, odd arguments), or the CopyResult of a fault."""
+    (the copy may have run: count none of it), -2 if nothing was done (the read
+    touches a known bad range, no probe, the offset outside the mapping or not a
+    Py_ssize_t, the file grown past it, a closed file), or the CopyResult of a
+    fault. The offset it gets is an int (operator.index, once, as os.preadv)."""
     cdef public _Published _window
     cdef public _Starts _bad
 
@@ -632,20 +703,35 @@ cdef class _FastPath:
         """Fill buf from the file at offset, as pread(2): the count, short at a bad
         byte or the end of the file, 0 at or past the end. Raises MemoryFaultError
         if the first byte is bad."""
+        cdef Py_buffer d
         cdef tuple state
         cdef object got = -2
+        cdef long at
+        cdef int overflow = 0
+        # A cyfunction, unlike a method descriptor, takes any object as self:
+        # MappedFile.readinto(object(), buf) would read object()'s memory as slots.
+        if not isinstance(<object>self, _FastPath):
+            raise TypeError(f"descriptor 'readinto' for 'MappedFile' objects doesn't "
+                            f"apply to a '{type(<object>self).__name__}' object")
+        if not PyLong_CheckExact(offset):
+            offset = PyNumber_Index(offset)     # first and once, as os.preadv: its errors
         # typed slots, read without a check: never read None as a part
         if self._window is None or self._bad is None or self._window.state is None:
             raise ValueError(f"{type(self).__name__} was never opened (its __init__ did "
                              "not run)")
         state = self._window.state
-        if not self._bad.starts:
-            try:
-                got = _read_exact(buf, state, offset, False)
-            except (ValueError, TypeError, OverflowError):   # closed, resized, not ours
-                got = -2
-            if PyLong_CheckExact(got) and <Py_ssize_t>got >= 0:   # a count
-                return got
+        at = PyLong_AsLongAndOverflow(offset, &overflow)   # long is Py_ssize_t (LP64)
+        if overflow:
+            return self._readinto_slow(buf, offset, state, got)
+        if _get_buffer(buf, &d, PyBUF_WRITABLE) < 0:
+            _refuse_dst(buf)
+        try:
+            if _misses(self._bad, at, d.len):
+                got = _read_exact(&d, state, at, False)
+        finally:
+            PyBuffer_Release(&d)
+        if PyLong_CheckExact(got) and <Py_ssize_t>got >= 0:   # a count
+            return got
         return self._readinto_slow(buf, offset, state, got)
 
 

@@ -79,7 +79,7 @@ def test_the_api_reference_has_the_stub_signatures(site: Path) -> None:
     text = _text((site / "reference" / "api.html").read_text(encoding="utf-8"))
     assert ("mcsafe.copy(dst: Buffer, src: Buffer, n: SupportsIndex | None = None, *, "
             "dst_offset: SupportsIndex = 0, src_offset: SupportsIndex = 0) → int") in text
-    assert "readinto(buf: Buffer, offset: int = 0) → int" in text
+    assert "readinto(buf: Buffer, offset: SupportsIndex = 0) → int" in text
     assert "scrub(" in text and "progress" in text
 
 
@@ -152,7 +152,7 @@ def test_the_api_reference_in_a_browser(site: Path, tmp_path: Path) -> None:
     assert dom.returncode == 0, dom.stderr
     text = _text(dom.stdout)
     assert "MappedFile.readinto" in text
-    assert "readinto(buf: Buffer, offset: int = 0) → int" in text
+    assert "readinto(buf: Buffer, offset: SupportsIndex = 0) → int" in text
 
     shot = tmp_path / "api.png"
     p = _headless(browser, tmp_path / "profile", f"--screenshot={shot}",

@@ -15,11 +15,11 @@ from ._sys import PAGE
 class BadRanges(_Starts):
     """Bad ranges in file offsets ([start, end), page-granular, merged, sorted),
     each with the fault that found it. Read without the lock: the lists are
-    replaced, never mutated, so a reader sees a consistent pair."""
+    replaced together (publish(), in the extension's base class), never mutated,
+    so a reader sees a consistent pair."""
 
     def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
+        self.publish([], [])
         self._first_fault: dict[int, FaultInfo] = {}
         self.lock = threading.Lock()
 
@@ -60,7 +60,7 @@ class BadRanges(_Starts):
                     self._first_fault.pop(s, None)
             starts[i:j], ends[i:j] = [start], [end]
             self._first_fault[start] = kept
-            self.starts, self.ends = starts, ends
+            self.publish(starts, ends)
 
     def known_bad(self, start: int, offset: int, address: int, what: str, path: str
                   ) -> MemoryFaultError:

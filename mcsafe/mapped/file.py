@@ -45,6 +45,11 @@ class MappedFile(_FastPath):
     ``file`` is a path or an open file descriptor (which stays the caller's: the
     file is opened again through /proc/self/fd). Regular files and block devices
     are accepted; anything else is refused with an OSError naming it.
+
+    MappedFile's base is in C (readinto()'s fast path reads its parts from
+    slots): a subclass may not also derive from another class with a layout of
+    its own (``io.RawIOBase``, ``dict``, ``Exception``: "instance lay-out
+    conflict"). :class:`mcsafe.fileio.MappedFileIO` wraps one as a raw file.
     """
 
     _window: Window
@@ -195,9 +200,9 @@ class MappedFile(_FastPath):
     def _readinto_slow(self, buf: Buffer, offset: int, state: State,
                           got: int | CopyResult) -> int:
         """readinto() where its fast path stopped: `got` is -1 if the probe armed
-        in `state` failed, -2 if the fast path did nothing (a bad range known, the
-        file grown past the mapping, a closed file, odd arguments), or the
-        CopyResult of a fault."""
+        in `state` failed, -2 if the fast path did nothing (the read touches a
+        known bad range, the file grown past the mapping, a closed file, an offset
+        past Py_ssize_t), or the CopyResult of a fault. offset is an int."""
         if isinstance(got, CopyResult):
             return self._checked(buf, offset, True, got.copied, got.fault)
         if got == -1:       # the probe failed: cut since it was armed
