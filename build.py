@@ -72,6 +72,8 @@ def strip_unneeded_symbols(path: str | os.PathLike[str], linker: str) -> None:
         print(f"mcsafe build: {path}: no objcopy, local data symbols kept")
         return
     names = unneeded_symbols(path)
+    if not names:       # already stripped (build_ext reused an up-to-date link)
+        return          # objcopy fails, silently, on an empty list
     with tempfile.NamedTemporaryFile("w", suffix=".symbols") as listing:
         listing.write("".join(f"{n}\n" for n in names))
         listing.flush()
