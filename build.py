@@ -72,11 +72,36 @@ def strip_unneeded_symbols(path: str | os.PathLike[str], linker: str) -> None:
         print(f"mcsafe build: {path}: no objcopy, local data symbols kept")
         return
     names = unneeded_symbols(path)
+    if not names:       # already stripped (build_ext reused an up-to-date link)
+        return          # objcopy fails, silently, on an empty list
     with tempfile.NamedTemporaryFile("w", suffix=".symbols") as listing:
         listing.write("".join(f"{n}\n" for n in names))
         listing.flush()
         subprocess.run([objcopy, f"--strip-symbols={listing.name}", os.fspath(path)],
                        check=True)
+
+
+CORE = "mcsafe/_core"
+C_FLAGS = ["-std=gnu11", "-fno-strict-aliasing"]
+#: The core (the copy loops, the handler, the registry, the unwinder) is compiled for
+#: speed. The Cython glue, three quarters of the code and little of the time, is
+#: compiled for size, which keeps the wheel's extension under its budget (issue 22,
+#: docs/INSTALL.md): 265 KB at -O2, 232 KB so. Plain -Os costs every call: it leaves
+#: Py_DECREF, mcsafe_copy() and Cython's small helpers out of line (readinto 4 KiB
+#: +25%), which max-inline-insns-size=32 undoes (inlining a callee of up to 32 insns
+#: where it is called), and on x86-64 it zeroes and copies structs such as Py_buffer
+#: with rep stos/movs, whose start-up alone made copy() of 64 B 25 ns slower; SSE
+#: loops instead cost no byte. setuptools has one set of flags per extension, so
+#: BuildExt compiles the core itself and links its objects in.
+CORE_OPTIMIZATION = ["-O2"]
+GLUE_OPTIMIZATION = ["-Os", "--param", "max-inline-insns-size=32"]
+GLUE_STRING_OPS = {"x86_64": ["-mstringop-strategy=vector_loop"], "aarch64": []}
+
+
+def core_sources() -> list[str]:
+    """The C files of mcsafe's core for the target architecture."""
+    return [f"{CORE}/handler.c", f"{CORE}/registry.c", f"{CORE}/unwind.c",
+            f"{CORE}/arch/{target_arch()}/copy.c"]
 
 
 def extensions() -> list:
@@ -86,15 +111,13 @@ def extensions() -> list:
     from setuptools import Extension
 
     arch = target_arch()
-    core = "mcsafe/_core"
     ext = Extension(
         "mcsafe._mcsafe",
-        sources=["mcsafe/_mcsafe.pyx", f"{core}/handler.c", f"{core}/registry.c",
-                 f"{core}/unwind.c", f"{core}/arch/{arch}/copy.c"],
-        include_dirs=["extable/include", core, f"{core}/arch/{arch}"],
-        depends=[f"{core}/mcsafe_core.h", f"{core}/arch/{arch}/context.h",
-                 f"{core}/arch/{arch}/unwind.h", "extable/include/extable.h"],
-        extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing"],
+        sources=["mcsafe/_mcsafe.pyx"],
+        include_dirs=["extable/include", CORE, f"{CORE}/arch/{arch}"],
+        depends=[*core_sources(), f"{CORE}/mcsafe_core.h", f"{CORE}/arch/{arch}/context.h",
+                 f"{CORE}/arch/{arch}/unwind.h", "extable/include/extable.h"],
+        extra_compile_args=[*C_FLAGS, *GLUE_OPTIMIZATION, *GLUE_STRING_OPS[arch]],
         # Bind every symbol at load: the signal handler must never enter the
         # dynamic linker's lazy binding (not async-signal-safe).
         extra_link_args=["-Wl,-z,now", *strip_args()],
@@ -142,6 +165,12 @@ def build_ext_class() -> type:
         extensions that carry one)."""
 
         def build_extension(self, ext) -> None:   # type: ignore[no-untyped-def]
+            if ext.name in WITH_TABLE:
+                core = self.compiler.compile(
+                    core_sources(), output_dir=self.build_temp, macros=ext.define_macros,
+                    include_dirs=ext.include_dirs, debug=self.debug,
+                    extra_postargs=[*C_FLAGS, *CORE_OPTIMIZATION], depends=ext.depends)
+                ext.extra_objects = [*dict.fromkeys([*ext.extra_objects, *core])]
             super().build_extension(ext)
             strip_unneeded_symbols(self.get_ext_fullpath(ext.name),
                                    self.compiler.linker_so[0])

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3, boundscheck=False, wraparound=False, auto_pickle=False
 """The mcsafe extension: the table-driven copy and the handler's controls."""
 
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo,
@@ -670,7 +670,6 @@ cdef int _refuse_dst(object buf) except -1:
                     f"not {type(buf).__name__}")
 
 
-@cython.auto_pickle(False)
 cdef class _FastPath:
     """MappedFile's base: readinto()'s fast path as one call from Python.
 

@@ -39,3 +39,23 @@ def test_wheel_extension_has_its_table(tmp_path) -> None:
     d = json.loads(run_cli("dump", "--json", so, check=True).stdout)
     assert expected.sites(d) == expected.expected_sites(d["machine"])   # every named site
     assert d["self_vaddr"] != 0
+
+
+def test_a_second_build_of_the_same_tree_gives_the_same_extension(tmp_path) -> None:
+    """pip builds in the tree, so the second build finds build/ up to date: build_ext
+    skips the link, and stripping and embedding run again on a finished extension."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=NOT_SOURCES)
+    built = []
+    for n in (1, 2):
+        out = tmp_path / f"wheel{n}"
+        p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "--no-build-isolation", "-w", str(out), str(src)],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, (n, p.stdout[-3000:] + p.stderr[-3000:])
+        (wheel,) = out.glob("mcsafe-*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            (ext,) = [name for name in z.namelist() if name.startswith("mcsafe/_mcsafe")
+                      and name.endswith(".so")]
+            built.append(z.read(ext))
+    assert built[0] == built[1]
