@@ -888,3 +888,50 @@ def test_a_stop_in_a_folder_reports_only_the_file_being_read(tmp_path) -> None:
     assert 0 < reports[0].done == sum(passed) <= SMALL + PAGE
     assert reports[0].message == \
         f"stopped by a stop after {reports[0].done} of {SMALL + PAGE} bytes"
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_a_folder_reports_one_file_interrupted(failing_file, tmp_path,
+                                                           how: str) -> None:
+    """mcsafe scan of a folder whose first file (a 64 MiB FUSE file with a bad page
+    in every 16, bind-mounted there) is being read when the signal comes (its first
+    failing read, told by the FUSE server), the rest files too large for the batch
+    reader: that file is the one reported interrupted, the summary counts one, and
+    the files passed over are neither read nor reported; exit 128 + signal."""
+    npages = (64 << 20) // PAGE
+    slow = failing_file(npages * PAGE, inject.page_ranges(range(1, npages, 16)), name="slow")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(5):
+        (tree / f"b{i}").write_bytes(os.urandom(SMALL + PAGE))
+    target = tree / "a_slow"
+    target.touch()
+    done = subprocess.run(["mount", "--bind", slow.path, str(target)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot bind-mount a file here: {done.stderr.strip()!r}")
+    sig = signal.Signals[how]
+    try:
+        hook, watch = inside(slow)
+        with hook:
+            proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", tree],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                watch.wait(1)
+                proc.send_signal(sig)
+                out, err = proc.communicate(timeout=WAIT)
+            finally:
+                watch.close()
+                proc.kill()
+                proc.wait()
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    assert proc.returncode == 128 + sig, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [(o["path"], o["status"]) for o in lines[:-1]] == [(str(target), "interrupted")]
+    got = lines[0]
+    assert PAGE < got["done"] < npages * PAGE
+    assert got["message"] == f"stopped by {sig.name} after {got['done']} of {npages * PAGE} bytes"
+    summary = lines[-1]
+    assert (summary["type"], summary["stopped"], summary["interrupted"]) == ("summary", True, 1)
+    assert "Traceback" not in err
