@@ -895,20 +895,42 @@ from libc.string cimport memset
 cdef enum:
     SMALL_CLEAN = 0         # read whole, no fault, unchanged (its size beside)
     SMALL_ELSEWHERE = 1     # not for this path: the caller's own path decides
+    SMALL_FAULTED = 2       # the read faulted: the caller's careful path judges it
+
+# What _scan_one read of one name (size when opened; where a read faulted, and how).
+cdef struct _small_read:
+    long long size
+    size_t copied
+    uintptr_t src_at
+    mcsafe_fault rec
+
+
+cdef void _evict_cold(int fd, const unsigned char *vec, size_t pages) noexcept nogil:
+    """Give back the pages of fd a read brought in: those vec says were not cached
+    before (as mcsafe.pagecache.evict_cold), a run of them per fadvise."""
+    cdef size_t i = 0, run
+    while i < pages:
+        run = 0
+        while i + run < pages and not vec[i + run]:
+            run += 1
+        if run:
+            _posix_fadvise(fd, <long>(i * 4096), <long>(run * 4096), POSIX_FADV_DONTNEED)
+        i += run + 1
 
 
 cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t sink_len,
                    long long max_size, long long root_dev, unsigned int euid, bint fowner,
-                   unsigned char *vec, long long *size) noexcept nogil:
+                   unsigned char *vec, _small_read *got) noexcept nogil:
     """One small file read whole through a mapping of its own, as _read_mapped
     reads it; SMALL_ELSEWHERE for anything but a regular file of one link, up to
-    max_size bytes, on root_dev (if >= 0), that maps and reads without a fault and
-    keeps its size and modification time meanwhile (and, with vec, whose page
-    cache we may see: owner or CAP_FOWNER)."""
+    max_size bytes, on root_dev (if >= 0), that maps (and, with vec, whose page
+    cache we may see: owner or CAP_FOWNER); SMALL_FAULTED where the read faults
+    (got says where); SMALL_CLEAN where it reads whole and keeps its size and
+    modification time meanwhile. With vec, the pages the read brought into the
+    page cache are evicted again whichever way it ended."""
     cdef _stat st, now
-    cdef mcsafe_fault rec
     cdef void *addr
-    cdef size_t pages, i, run
+    cdef size_t pages
     cdef int verdict = SMALL_ELSEWHERE
     cdef int fd = _openat(dir_fd, name, flags)
     if fd < 0:
@@ -918,34 +940,27 @@ cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t s
             or (vec != NULL and not fowner and st.st_uid != euid):
         _close(fd)
         return SMALL_ELSEWHERE
-    size[0] = st.st_size
+    got.size = st.st_size
+    got.copied = <size_t>st.st_size
     if st.st_size > 0:
         addr = _mmap(NULL, <size_t>st.st_size, PROT_READ, MAP_SHARED, fd, 0)
         if addr == MAP_FAILED:
             _close(fd)
             return SMALL_ELSEWHERE
+        got.src_at = <uintptr_t>addr
         # All cached (the common case): the read brings nothing in, nothing to give back
         if vec != NULL and _all_cached(fd, <size_t>st.st_size):
             vec = NULL
         pages = (<size_t>st.st_size + 4095) // 4096
         if vec != NULL and _mincore(addr, <size_t>st.st_size, vec) != 0:
             memset(vec, 1, pages)           # (as _read_mapped: then evict nothing)
-        if _through(sink, sink_len, <const char *>addr, <size_t>st.st_size, &rec) \
-                < <size_t>st.st_size:
-            _munmap(addr, <size_t>st.st_size)
-            _close(fd)
-            return SMALL_ELSEWHERE          # faulted: the careful path judges it
+        got.copied = _through(sink, sink_len, <const char *>addr, <size_t>st.st_size, &got.rec)
         _munmap(addr, <size_t>st.st_size)
-        if vec != NULL:                     # give back what we brought in (evict_cold)
-            i = 0
-            while i < pages:
-                run = 0
-                while i + run < pages and not vec[i + run]:
-                    run += 1
-                if run:
-                    _posix_fadvise(fd, <long>(i * 4096), <long>(run * 4096),
-                                   POSIX_FADV_DONTNEED)
-                i += run + 1
+        if vec != NULL:                     # give back what we brought in, fault or not
+            _evict_cold(fd, vec, pages)
+        if got.copied < <size_t>st.st_size:
+            _close(fd)
+            return SMALL_FAULTED
     if _fstat(fd, &now) == 0 and now.st_size == st.st_size \
             and now.st_mtim.tv_sec == st.st_mtim.tv_sec \
             and now.st_mtim.tv_nsec == st.st_mtim.tv_nsec:
@@ -962,22 +977,26 @@ def _scan_small(int dir_fd, list names, bint follow, sink, Py_ssize_t max_size,
     GIL released: mcsafe scan's reader of a tree of small files, where per-file
     cost decides. names: opened relative to dir_fd (symbolic links followed only
     if follow). residency: None, or a buffer of a byte per page of max_size: then
-    the pages each read brought into the page cache are evicted again.
+    the pages each read brought into the page cache are evicted again (also
+    where it faulted, so that the caller finds the page cache as it was).
 
-    Returns a list beside names: the file's size where it was read whole without
-    a fault and its size and modification time did not move meanwhile; None
-    where this path does not decide (not a regular file of one link, larger than
-    max_size, on another device than root_dev (-1: any), a fault, a change, a
-    page cache it may not see, an error): the caller's own path reads those. It
-    stops after the file that brings what it read to budget bytes or more (the
-    caller may be asked to stop meanwhile, as between a large file's chunks):
-    the list is then shorter than names, and the rest is not touched."""
+    Returns a list beside names, as _read_mapped answers: the file's size where
+    it was read whole without a fault and its size and modification time did not
+    move meanwhile; the CopyResult of the first fault where its read faulted (its
+    src offset is the file offset; the caller's careful path judges the file,
+    without reading it this way again); None where this path does not decide (not
+    a regular file of one link, larger than max_size, on another device than
+    root_dev (-1: any), a change, a page cache it may not see, an error): the
+    caller's own path reads those. It stops after the file that brings the bytes
+    it read or faulted in to budget or more (the caller may be asked to stop
+    meanwhile, as between a large file's chunks): the list is then shorter than
+    names, and the rest is not touched."""
     cdef Py_buffer d, r
     cdef bint have_r = False
     cdef Py_ssize_t n = len(names), i, done = 0
     cdef long long total = 0
     cdef const char **paths = NULL
-    cdef long long *sizes = NULL
+    cdef _small_read *reads = NULL
     cdef int *verdicts = NULL
     cdef int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (0 if follow else O_NOFOLLOW)
     if not _own_ok:
@@ -988,9 +1007,9 @@ def _scan_small(int dir_fd, list names, bint follow, sink, Py_ssize_t max_size,
         if max_size >= MASK_CHECK and not _ready():
             _make_ready(1)
         paths = <const char **>PyMem_Malloc(n * sizeof(char *) + 1)
-        sizes = <long long *>PyMem_Malloc(n * sizeof(long long) + 1)
+        reads = <_small_read *>PyMem_Malloc(n * sizeof(_small_read) + 1)
         verdicts = <int *>PyMem_Malloc(n * sizeof(int) + 1)
-        if paths == NULL or sizes == NULL or verdicts == NULL:
+        if paths == NULL or reads == NULL or verdicts == NULL:
             raise MemoryError
         for i in range(n):
             paths[i] = <bytes>encoded[i]
@@ -999,18 +1018,22 @@ def _scan_small(int dir_fd, list names, bint follow, sink, Py_ssize_t max_size,
                 verdicts[done] = _scan_one(dir_fd, paths[done], flags, d.buf, <size_t>d.len,
                                            max_size, root_dev, euid, fowner,
                                            <unsigned char *>r.buf if have_r else NULL,
-                                           &sizes[done])
-                if verdicts[done] == SMALL_CLEAN:
-                    total += sizes[done]
+                                           &reads[done])
+                if verdicts[done] != SMALL_ELSEWHERE:
+                    total += reads[done].size
                 done += 1
         out = [None] * done
         for i in range(done):
             if verdicts[i] == SMALL_CLEAN:
-                out[i] = sizes[i]
+                out[i] = reads[i].size
+            elif verdicts[i] == SMALL_FAULTED:
+                out[i] = CopyResult(<Py_ssize_t>reads[i].copied,
+                                    _fault_info(&reads[i].rec, <uintptr_t>d.buf,
+                                                reads[i].src_at))
         return out
     finally:
         PyMem_Free(paths)
-        PyMem_Free(sizes)
+        PyMem_Free(reads)
         PyMem_Free(verdicts)
         if have_r:
             PyBuffer_Release(&r)

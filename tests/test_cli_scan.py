@@ -804,3 +804,134 @@ def test_jobs_batches_are_bounded_in_files_and_bytes(tmp_path) -> None:
         sizes.append([os.path.basename(p) for p, _, _ in batch])
     assert [len(b) for b in sizes] == [32, 9, 1, 1, 1]
     assert sizes[1][-1] == "b0" and sizes[2:] == [["b1"], ["b2"], ["c"]]
+
+
+# -- a small file whose read faults, and a stop, in the batch reader (the hostile review) ---
+
+def test_a_faulting_small_file_leaves_the_page_cache_as_found(failing_file) -> None:
+    """A 256 KiB FUSE file with a bad page in its middle, evicted, then scanned as
+    a folder's file (the batch reader, which faults) and by --jobs 2 (scan() per
+    file, the path before the batch reader): the same bad page, and not one page
+    left in the page cache either way (the pages read before the fault included)."""
+    from test_mapped_scrub import _resident_of_path, evict
+    size = 256 << 10
+    f = failing_file(size, [(size // 2, size // 2 + PAGE)])
+    for extra in ([], ["--jobs", "2"]):
+        evict(f.path)
+        assert _resident_of_path(f.path, size) == bytes(size // PAGE)
+        code, files, _, err = scan_json(*extra, os.path.dirname(f.path))
+        assert code == 1, err
+        assert bad_of(files[f.path]) == [(size // 2, size // 2 + PAGE)]
+        assert _resident_of_path(f.path, size) == bytes(size // PAGE), extra
+
+
+def test_a_faulting_small_file_is_read_no_more_than_per_file(failing_file) -> None:
+    """The FUSE server is asked for a small file's bad page as often by the batch
+    reader (which hands its fault to the scrub) as by --jobs 2 (scan() per file:
+    one mapped copy, then the scrub), each from an evicted file: on a dying disk
+    each failed read costs seconds. Then the same, with the page cache kept."""
+    size = 256 << 10
+    f = failing_file(size, [(size // 2, size // 2 + PAGE)])
+    for keep in ([], ["--keep-cache"]):
+        asked = []
+        for extra in ([], ["--jobs", "2"]):
+            f.set_bad(f.bad)        # (dropping the file's page cache: both start alike)
+            before = f.stats()
+            code, files, _, err = scan_json(*keep, *extra, os.path.dirname(f.path))
+            assert code == 1 and bad_of(files[f.path]) == [(size // 2, size // 2 + PAGE)], err
+            after = f.stats()
+            asked.append((after["reads"] - before["reads"],
+                          after["failed_reads"] - before["failed_reads"]))
+        assert asked[0] == asked[1] and asked[0][1] > 0, (keep, asked)
+
+
+def test_the_batch_reader_hands_its_fault_over_and_counts_it_in_its_budget(failing_file) -> None:
+    """_scan_small on a faulting file: the CopyResult of its fault, as _read_mapped
+    answers (the bytes before the bad page copied; the fault's file offset), and
+    its bytes count toward the budget: a budget of its size stops the call there."""
+    from mcsafe._mcsafe import _scan_small
+    size = 64 * PAGE
+    f = failing_file(size, inject.page_ranges([40]))
+    dir_fd = os.open(os.path.dirname(f.path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = [os.path.basename(f.path), "gone"]
+        got = _scan_small(dir_fd, names, False, bytearray(SMALL // 64), SMALL, -1,
+                          bytearray(SMALL // PAGE), os.geteuid(), False, 1 << 30)
+        assert len(got) == 2 and got[1] is None
+        assert got[0].copied == 40 * PAGE
+        assert (got[0].fault.offset, got[0].fault.side, got[0].fault.cause) == \
+            (40 * PAGE, "src", "io")
+        got = _scan_small(dir_fd, names, False, bytearray(64), SMALL, -1, None, 0, False, size)
+        assert len(got) == 1 and got[0].copied == 40 * PAGE
+    finally:
+        os.close(dir_fd)
+
+
+def test_a_stop_in_a_folder_reports_only_the_file_being_read(tmp_path) -> None:
+    """A folder of files too large for the batch reader: a stop asked while the
+    first is read (once it has passed its first chunk) ends the folder there. That
+    file is reported interrupted with how far it got; none of the files passed
+    over is read or reported (not as interrupted after 0 bytes)."""
+    names = [f"f{i}" for i in range(6)]
+    for name in names:
+        (tmp_path / name).write_bytes(os.urandom(SMALL + PAGE))
+    passed: list[int] = []
+    reports: list[FileReport] = []
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        Scanner(passed.append, lambda: bool(passed)).scan_files(
+            Files(f"{tmp_path}/", names, dir_fd, None), reports.append,
+            lambda path, size: pytest.fail(f"clean: {path}"))
+    finally:
+        os.close(dir_fd)
+    assert [(r.path, r.status) for r in reports] == [(f"{tmp_path}/f0", "interrupted")]
+    assert 0 < reports[0].done == sum(passed) <= SMALL + PAGE
+    assert reports[0].message == \
+        f"stopped by a stop after {reports[0].done} of {SMALL + PAGE} bytes"
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_a_folder_reports_one_file_interrupted(failing_file, tmp_path,
+                                                           how: str) -> None:
+    """mcsafe scan of a folder whose first file (a 64 MiB FUSE file with a bad page
+    in every 16, bind-mounted there) is being read when the signal comes (its first
+    failing read, told by the FUSE server), the rest files too large for the batch
+    reader: that file is the one reported interrupted, the summary counts one, and
+    the files passed over are neither read nor reported; exit 128 + signal."""
+    npages = (64 << 20) // PAGE
+    slow = failing_file(npages * PAGE, inject.page_ranges(range(1, npages, 16)), name="slow")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(5):
+        (tree / f"b{i}").write_bytes(os.urandom(SMALL + PAGE))
+    target = tree / "a_slow"
+    target.touch()
+    done = subprocess.run(["mount", "--bind", slow.path, str(target)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot bind-mount a file here: {done.stderr.strip()!r}")
+    sig = signal.Signals[how]
+    try:
+        hook, watch = inside(slow)
+        with hook:
+            proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", tree],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                watch.wait(1)
+                proc.send_signal(sig)
+                out, err = proc.communicate(timeout=WAIT)
+            finally:
+                watch.close()
+                proc.kill()
+                proc.wait()
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    assert proc.returncode == 128 + sig, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [(o["path"], o["status"]) for o in lines[:-1]] == [(str(target), "interrupted")]
+    got = lines[0]
+    assert PAGE < got["done"] < npages * PAGE
+    assert got["message"] == f"stopped by {sig.name} after {got['done']} of {npages * PAGE} bytes"
+    summary = lines[-1]
+    assert (summary["type"], summary["stopped"], summary["interrupted"]) == ("summary", True, 1)
+    assert "Traceback" not in err

@@ -101,8 +101,10 @@ class Scanner:
         self.seen: set[tuple[int, int]] = set()     # files with several links, scanned
         _ensure_front()         # small files are read without a MappedFile, which checks it
 
-    def scan(self, target: Target) -> FileReport | None:
-        """The report on target; None for a second link to a file already scanned."""
+    def scan(self, target: Target, faulted: bool = False) -> FileReport | None:
+        """The report on target; None for a second link to a file already scanned.
+        faulted: a read of it as a small file has faulted already (in the batch
+        reader): it goes straight to the scrub, not read that way again."""
         path = target.path
         try:
             fd = os.open(target.name, _OPEN | (0 if target.named else os.O_NOFOLLOW),
@@ -134,7 +136,7 @@ class Scanner:
             if self.stopped():
                 return self._interrupted(report)
             try:
-                self._read(fd, st, report)
+                self._read(fd, st, report, faulted)
             except Stopped:
                 self._interrupted(report)
             except OSError as exc:
@@ -155,8 +157,10 @@ class Scanner:
         """Scan a folder's files (a batch of the walk), in its order: a small file
         that reads clean is read by the C reader (_scan_small), many per call, the
         GIL released; every other file (large, faulted, changed, special, of
-        several links, an error) is read again by scan(), which judges it. clean(path,
-        size) is told of each clean file, emit() gets every other report."""
+        several links, an error) is read again by scan(), which judges it (a
+        faulted one by the scrub alone). clean(path, size) is told of each clean
+        file, emit() gets every other report. A stop ends it before the next file
+        scan() would read: only a file being read is reported interrupted."""
         euid, fowner = sees_every_cache()
         vec = self.residency if self.restore_cache else None
         names = files.names
@@ -171,11 +175,14 @@ class Scanner:
             first += len(got)
             for name, result in zip(part, got):
                 path = files.prefix + name
-                if result is not None:
+                if type(result) is int:
                     self.progress(result)
                     clean(path, result)
                     continue
-                report = self.scan(Target(path, name, files.dir_fd, False, files.root_dev))
+                if self.stopped():
+                    return
+                report = self.scan(Target(path, name, files.dir_fd, False, files.root_dev),
+                                   faulted=result is not None)
                 if report is not None:
                     emit(report)
 
@@ -186,10 +193,10 @@ class Scanner:
         report.message = f"stopped by {by} after {report.done} of {report.size} bytes"
         return report
 
-    def _read(self, fd: int, st: os.stat_result, report: FileReport) -> None:
+    def _read(self, fd: int, st: os.stat_result, report: FileReport, faulted: bool) -> None:
         size = report.size or 0
         if report.kind == "file" and size <= SMALL:
-            if size == 0 or self._small(fd, st, size):
+            if size == 0 or (not faulted and self._small(fd, st, size)):
                 report.done = size
                 self.progress(size)
                 return
