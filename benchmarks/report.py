@@ -397,6 +397,8 @@ _NPY_LARGE = (
     "also the copy's non-temporal stores (see the 256 MiB throughput target).")
 WHY_MISSED.update({f"arrays.load {size} .npy ≤ 1.0× numpy.load (interleaved)": _NPY_LARGE
                    for size in ("16 MiB", "256 MiB")})
+WHY_MISSED["extable symbols ≤ 0.5× readelf -sW on libstdc++ (whole process)"] = (
+    "0.37× in the previous full run, 0.61× in this one, with no change to the symbol reader between them: 8 runs each right after, at load 1.1, gave 34-49 ms for this tree, 55-74 ms for main before this stop's merges and 50 ms for readelf; a whole process of 35-50 ms on a shared 2-core VM moves by more than the gap.")
 WHY_MISSED["safe_open.get_tensor, a 1 MiB tensor, ≤ 1.0× safetensors (interleaved)"] = (
     "Met since the copy's size dispatch is chosen from CPUID and the cache sizes (rep movsb "
     "with ERMS up to a quarter of L3, as glibc's memmove chooses): a 1 MiB tensor is one "
