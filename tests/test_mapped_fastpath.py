@@ -286,3 +286,28 @@ def test_a_read_far_from_the_bad_ranges_is_exact_and_one_at_them_raises(bad_file
     assert (exc.value.offset, exc.value.cause) == (40 * PAGE, "io")
     assert mf.readinto(bytearray(0), 40 * PAGE) == 0                  # nothing asked
     assert Watched.slow == before + 4
+
+
+# -- read() and write() take their offset as os.pread and os.pwrite do ---------------
+
+@pytest.mark.parametrize("name", list(offsets()))
+def test_read_and_write_take_the_offset_as_os_pread_and_pwrite(tmp_path, name: str) -> None:
+    """The same operator.index as readinto, at the top of read() and write(): an
+    __index__-only offset read and wrote nothing before ("'<=' not supported"),
+    and a raising __index__ lost its own error. Compared with os.pread/os.pwrite
+    on a twin file (offsets inside the file, where write never extends either)."""
+    data = os.urandom(4 * PAGE)
+    for twin in ("mine", "ref"):
+        (tmp_path / twin).write_bytes(data)
+    fd = os.open(tmp_path / "ref", os.O_RDWR)
+    try:
+        with MappedFile(tmp_path / "mine", "r+") as mf:
+            assert outcome(lambda: mf.read(64, offsets()[name])) == \
+                outcome(lambda: os.pread(fd, 64, offsets()[name]))
+            assert outcome(lambda: mf.read(Index(64), offsets()[name])) == \
+                outcome(lambda: os.pread(fd, 64, offsets()[name]))
+            assert outcome(lambda: mf.write(b"w" * 64, offsets()[name])) == \
+                outcome(lambda: os.pwrite(fd, b"w" * 64, offsets()[name]))
+    finally:
+        os.close(fd)
+    assert (tmp_path / "mine").read_bytes() == (tmp_path / "ref").read_bytes()

@@ -5,6 +5,7 @@ it back."""
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import threading
 import time
@@ -224,8 +225,10 @@ class MappedFile(_FastPath):
         """Up to n bytes from offset (fewer at a bad byte or the end of the file); with
         n -1 (or any negative, or None), everything from offset to the end of the file,
         as a file's ``read(-1)``."""
+        offset = operator.index(offset)        # as os.pread takes it, before anything else
+        n = -1 if n is None else operator.index(n)
         size = self.size
-        want = size - offset if n is None or n < 0 else n
+        want = size - offset if n < 0 else n
         buf = bytearray(max(0, min(want, size - offset)))
         got = self.readinto(buf, offset) if buf else 0
         return bytes(buf) if got == len(buf) else bytes(buf[:got])
@@ -235,6 +238,7 @@ class MappedFile(_FastPath):
         file: the count of bytes now in the file, short at a bad byte or the end
         of the file, 0 at or past the end. Raises MemoryFaultError if the first
         byte is bad (ENOSPC for a hole the full file system cannot fill)."""
+        offset = operator.index(offset)        # as os.pwrite takes it, before anything else
         if self.mode != "r+":
             raise OSError(errno.EBADF, "not open for writing (mode 'r+')", self.path)
         # readinto's fast path, mirrored without the last page (the comment above)
