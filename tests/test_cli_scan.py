@@ -406,6 +406,25 @@ def inside(f) -> tuple[object, Inotify]:
     return f.on_failed_read(write=(f.contents()[:1], 0)), watch
 
 
+def scan_until_inside(slow, sig: int, *args: object
+                      ) -> tuple[subprocess.Popen[str], str, str]:
+    """`mcsafe scan --json ARGS`, sent sig on the first failing read of `slow`;
+    the process (ended), its stdout and its stderr."""
+    hook, watch = inside(slow)
+    with hook:
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            watch.wait(1)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=WAIT)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
+    return proc, out, err
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGINT --jobs 2"])
 def test_a_signal_stops_cleanly_with_the_partial_report(failing_file, how: str) -> None:
     """The signal is sent once the scan is inside the second file (its first failing
@@ -418,19 +437,7 @@ def test_a_signal_stops_cleanly_with_the_partial_report(failing_file, how: str) 
     slow = failing_file(npages * PAGE, inject.page_ranges(bad), name="slow")
     sig = signal.Signals[how.split()[0]]
     extra = how.split()[1:]
-    hook, watch = inside(slow)
-    with hook:
-        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", *extra,
-                                 first.path, slow.path], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            watch.wait(1)
-            proc.send_signal(sig)
-            out, err = proc.communicate(timeout=WAIT)
-        finally:
-            watch.close()
-            proc.kill()
-            proc.wait()
+    proc, out, err = scan_until_inside(slow, sig, *extra, first.path, slow.path)
     assert proc.returncode == 128 + sig, err
     lines = [json.loads(x) for x in out.splitlines()]
     assert (lines[0]["path"], lines[0]["status"], bad_of(lines[0])) == \
@@ -912,18 +919,7 @@ def test_a_signal_in_a_folder_reports_one_file_interrupted(failing_file, tmp_pat
         pytest.skip(f"cannot bind-mount a file here: {done.stderr.strip()!r}")
     sig = signal.Signals[how]
     try:
-        hook, watch = inside(slow)
-        with hook:
-            proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", tree],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                watch.wait(1)
-                proc.send_signal(sig)
-                out, err = proc.communicate(timeout=WAIT)
-            finally:
-                watch.close()
-                proc.kill()
-                proc.wait()
+        proc, out, err = scan_until_inside(slow, sig, tree)
     finally:
         subprocess.run(["umount", str(target)], check=True)
     assert proc.returncode == 128 + sig, err
