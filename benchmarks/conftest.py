@@ -96,10 +96,12 @@ def measure(benchmark, fn, size: int = 64):
                               warmup_rounds=2 if size >= (1 << 20) else 1)
 
 
-def interleaved(calls: dict, reps: int, rounds: int, clock=None) -> dict[str, float]:
+def interleaved(calls: dict, reps: int, rounds: int, clock=None,
+                setup: dict | None = None) -> dict[str, float]:
     """Each peer's median time per call, the peers taking turns every round (in an
     order shuffled each round), so that a shared machine's drift hits all alike. The
-    first round is a warmup and not counted.
+    first round is a warmup and not counted. setup[peer](), if given, runs before each
+    of the peer's turns, untimed.
 
     clock defaults to time.perf_counter (wall time). Peers that never wait (reads
     from the page cache) can be timed with time.thread_time, the CPU time of this
@@ -116,6 +118,8 @@ def interleaved(calls: dict, reps: int, rounds: int, clock=None) -> dict[str, fl
         random.shuffle(order)
         for p in order:
             fn = calls[p]
+            if setup and p in setup:
+                setup[p]()
             t0 = clock()
             for _ in range(reps):
                 fn()
