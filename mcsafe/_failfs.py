@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import errno
 import importlib.util
 import json
 import os
@@ -203,6 +204,33 @@ class FailingFile:
         finally:
             if not self.closed:
                 self._command({"op": "on_failed_read", "changes": []})
+
+    @contextlib.contextmanager
+    def holding_failed_reads(self) -> Iterator[None]:
+        """While the block runs, every read that fails waits in the server (after
+        on_failed_read's change) until release() or the block's end: a reader held
+        at a known point, inside a failing read, for as long as a test needs."""
+        self._command({"op": "hold"})
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self.release()
+
+    def release(self) -> None:
+        """Let the reads held by holding_failed_reads() fail, and those after it."""
+        self._command({"op": "release"})
+
+    @contextlib.contextmanager
+    def failing_fsync(self, err: int = errno.EIO) -> Iterator[None]:
+        """While the block runs, fsync(2) and fdatasync(2) of the file fail with err,
+        as on a disk that could not write back what it was given."""
+        self._command({"op": "fail_fsync", "errno": err})
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self._command({"op": "fail_fsync", "errno": 0})
 
     def stats(self) -> dict[str, int]:
         """What the server was asked so far: reads, failed_reads, writes,

@@ -18,6 +18,9 @@ CONTROL_FD is one end of a socket pair, one JSON object a line each way:
     {"op": "on_failed_read", "changes": [["append", HEX] | ["write", OFFSET, HEX]
                                          | ["truncate", SIZE]]}  -> {"ok": true}
     {"op": "stats"}   -> {"ok": true, "reads": .., "failed_reads": .., ...}
+    {"op": "hold"}    -> {"ok": true}   the next failing reads wait (after their
+                                        changes) until {"op": "release"}
+    {"op": "fail_fsync", "errno": N}  -> {"ok": true}   fsync fails with N (0: not)
 
 The server says {"ready": true} once mounted, and unmounts and exits when the
 control socket closes (the client closed it, exited or was killed), when
@@ -77,6 +80,9 @@ class FailingFS(mfusepy.Operations):
                        "truncates": 0}
         self._lock = threading.Lock()
         self._on_failed_read: list[list[Any]] = []
+        self._held = threading.Event()
+        self._held.set()
+        self._fsync_errno = 0
         self._fuse = ctypes.c_void_p()
 
     # -- the bad ranges ----------------------------------------------------
@@ -141,7 +147,9 @@ class FailingFS(mfusepy.Operations):
             if fails:
                 for change in self._on_failed_read:
                     self._apply(change)
+            held = self._held
         if fails:
+            held.wait()         # a reader held inside its failing read (hold)
             raise mfusepy.FuseOSError(errno.EIO)
         return os.pread(self._fd, size, offset)
 
@@ -170,6 +178,8 @@ class FailingFS(mfusepy.Operations):
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
+        if self._fsync_errno:       # as a disk that lost a write: fsync(2) fails
+            raise mfusepy.FuseOSError(self._fsync_errno)
         (os.fdatasync if datasync else os.fsync)(self._fd)
         return 0
 
@@ -227,6 +237,16 @@ class FailingFS(mfusepy.Operations):
         if op == "on_failed_read":
             with self._lock:
                 self._on_failed_read = list(cmd["changes"])
+            return {"ok": True}
+        if op == "hold":
+            with self._lock:
+                self._held = threading.Event()
+            return {"ok": True}
+        if op == "release":
+            self._held.set()
+            return {"ok": True}
+        if op == "fail_fsync":
+            self._fsync_errno = int(cmd["errno"])
             return {"ok": True}
         if op == "stats":
             with self._lock:
