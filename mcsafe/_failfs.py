@@ -222,15 +222,19 @@ class FailingFile:
         self._command({"op": "release"})
 
     @contextlib.contextmanager
-    def failing_fsync(self, err: int = errno.EIO) -> Iterator[None]:
-        """While the block runs, fsync(2) and fdatasync(2) of the file fail with err,
-        as on a disk that could not write back what it was given."""
-        self._command({"op": "fail_fsync", "errno": err})
+    def failing_sync(self, err: int = errno.EIO, *, times: int = -1,
+                     close: bool = False) -> Iterator[None]:
+        """While the block runs, the next `times` fsync(2)/fdatasync(2) of the file
+        (every one if times < 0) fail with err, as on a disk that could not write
+        back what it was given, and with close, close(2) of a descriptor that
+        wrote too (FUSE's flush, as NFS reports a lost write at close)."""
+        self._command({"op": "fail_sync", "fsync": err, "times": times,
+                       "flush": err if close else 0})
         try:
             yield
         finally:
             if not self.closed:
-                self._command({"op": "fail_fsync", "errno": 0})
+                self._command({"op": "fail_sync", "fsync": 0, "times": 0, "flush": 0})
 
     def stats(self) -> dict[str, int]:
         """What the server was asked so far: reads, failed_reads, writes,

@@ -71,6 +71,10 @@ class Mapfile:
                 f"current_pos={self.current_pos}, current_status={self.current_status!r}, "
                 f"current_pass={self.current_pass})")
 
+    def copy(self) -> Mapfile:
+        return Mapfile(self.size, list(self.starts), list(self.statuses), self.current_pos,
+                       self.current_status, self.current_pass)
+
     # -- the blocks --------------------------------------------------------------------
 
     def blocks(self) -> Iterator[tuple[int, int, str]]:
