@@ -14,6 +14,31 @@ are imported when first used, so storage code pays at start-up for the copy alon
 
 import _thread
 import os as _os
+import sys as _sys
+
+
+def _is_the_command_starting() -> bool:
+    """Whether this process is the ``mcsafe`` command being started: its console
+    script, or ``python -m mcsafe`` (runpy imports the package while argv[0] is
+    still "-m")."""
+    argv = _sys.argv
+    if not argv:
+        return False
+    if argv[0] == "-m":
+        orig = getattr(_sys, "orig_argv", [])
+        return "-mmcsafe" in orig or ("-m" in orig and orig[orig.index("-m") + 1:][:1] ==
+                                      ["mcsafe"])
+    return _os.path.basename(argv[0]) == "mcsafe"
+
+
+# A SIGINT before the command installs its stop handling (cli.stop) kills it as it
+# kills cat: no KeyboardInterrupt and traceback from whichever import it hit. Only
+# when Python's own handler is there: a SIGINT ignored since exec stays ignored.
+if _is_the_command_starting():
+    import signal as _signal
+
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
 
 from ._mcsafe import (GIL_RELEASE_BYTES, SMALL_COPY_BYTES, claimed_faults, copy, copy_report,
                       handler_installed, install, poison_log, published_table_count,

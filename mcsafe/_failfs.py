@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import errno
 import importlib.util
 import json
 import os
@@ -203,6 +204,37 @@ class FailingFile:
         finally:
             if not self.closed:
                 self._command({"op": "on_failed_read", "changes": []})
+
+    @contextlib.contextmanager
+    def holding_failed_reads(self) -> Iterator[None]:
+        """While the block runs, every read that fails waits in the server (after
+        on_failed_read's change) until release() or the block's end: a reader held
+        at a known point, inside a failing read, for as long as a test needs."""
+        self._command({"op": "hold"})
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self.release()
+
+    def release(self) -> None:
+        """Let the reads held by holding_failed_reads() fail, and those after it."""
+        self._command({"op": "release"})
+
+    @contextlib.contextmanager
+    def failing_sync(self, err: int = errno.EIO, *, times: int = -1,
+                     close: bool = False) -> Iterator[None]:
+        """While the block runs, the next `times` fsync(2)/fdatasync(2) of the file
+        (every one if times < 0) fail with err, as on a disk that could not write
+        back what it was given, and with close, close(2) of a descriptor that
+        wrote too (FUSE's flush, as NFS reports a lost write at close)."""
+        self._command({"op": "fail_sync", "fsync": err, "times": times,
+                       "flush": err if close else 0})
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self._command({"op": "fail_sync", "fsync": 0, "times": 0, "flush": 0})
 
     def stats(self) -> dict[str, int]:
         """What the server was asked so far: reads, failed_reads, writes,

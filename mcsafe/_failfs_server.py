@@ -18,6 +18,11 @@ CONTROL_FD is one end of a socket pair, one JSON object a line each way:
     {"op": "on_failed_read", "changes": [["append", HEX] | ["write", OFFSET, HEX]
                                          | ["truncate", SIZE]]}  -> {"ok": true}
     {"op": "stats"}   -> {"ok": true, "reads": .., "failed_reads": .., ...}
+    {"op": "hold"}    -> {"ok": true}   the next failing reads wait (after their
+                                        changes) until {"op": "release"}
+    {"op": "fail_sync", "fsync": N, "times": T, "flush": M}  -> {"ok": true}
+                      the next T fsyncs (T < 0: every one) fail with errno N, and
+                      every flush (close(2) of a descriptor) with M (0: none fail)
 
 The server says {"ready": true} once mounted, and unmounts and exits when the
 control socket closes (the client closed it, exited or was killed), when
@@ -77,6 +82,9 @@ class FailingFS(mfusepy.Operations):
                        "truncates": 0}
         self._lock = threading.Lock()
         self._on_failed_read: list[list[Any]] = []
+        self._held = threading.Event()
+        self._held.set()
+        self._fsync_errno = self._fsync_times = self._flush_errno = 0
         self._fuse = ctypes.c_void_p()
 
     # -- the bad ranges ----------------------------------------------------
@@ -141,7 +149,9 @@ class FailingFS(mfusepy.Operations):
             if fails:
                 for change in self._on_failed_read:
                     self._apply(change)
+            held = self._held
         if fails:
+            held.wait()         # a reader held inside its failing read (hold)
             raise mfusepy.FuseOSError(errno.EIO)
         return os.pread(self._fd, size, offset)
 
@@ -164,12 +174,19 @@ class FailingFS(mfusepy.Operations):
         return 0
 
     def flush(self, path: str, fh: int) -> int:
+        if self._flush_errno:
+            raise mfusepy.FuseOSError(self._flush_errno)
         return 0
 
     def release(self, path: str, fh: int) -> int:
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
+        with self._lock:            # as a disk that lost a write: fsync(2) fails
+            err = self._fsync_errno if self._fsync_times else 0
+            self._fsync_times -= self._fsync_times > 0
+        if err:
+            raise mfusepy.FuseOSError(err)
         (os.fdatasync if datasync else os.fsync)(self._fd)
         return 0
 
@@ -227,6 +244,18 @@ class FailingFS(mfusepy.Operations):
         if op == "on_failed_read":
             with self._lock:
                 self._on_failed_read = list(cmd["changes"])
+            return {"ok": True}
+        if op == "hold":
+            with self._lock:
+                self._held = threading.Event()
+            return {"ok": True}
+        if op == "release":
+            self._held.set()
+            return {"ok": True}
+        if op == "fail_sync":
+            with self._lock:
+                self._fsync_errno, self._fsync_times, self._flush_errno = \
+                    int(cmd["fsync"]), int(cmd["times"]), int(cmd["flush"])
             return {"ok": True}
         if op == "stats":
             with self._lock:

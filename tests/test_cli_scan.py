@@ -876,12 +876,14 @@ def test_the_batch_reader_hands_its_fault_over_and_counts_it_in_its_budget(faili
 
 def test_a_stop_in_a_folder_reports_only_the_file_being_read(tmp_path) -> None:
     """A folder of files too large for the batch reader: a stop asked while the
-    first is read (once it has passed its first chunk) ends the folder there. That
-    file is reported interrupted with how far it got; none of the files passed
-    over is read or reported (not as interrupted after 0 bytes)."""
+    first is read (once it has passed its first chunk, of two) ends the folder
+    there. That file is reported interrupted with how far it got; none of the
+    files passed over is read or reported (not as interrupted after 0 bytes)."""
+    from mcsafe.mapped.scrub import SCRUB_CHUNK
     names = [f"f{i}" for i in range(6)]
     for name in names:
         (tmp_path / name).write_bytes(os.urandom(SMALL + PAGE))
+    (tmp_path / "f0").write_bytes(os.urandom(SCRUB_CHUNK + PAGE))
     passed: list[int] = []
     reports: list[FileReport] = []
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
@@ -892,9 +894,9 @@ def test_a_stop_in_a_folder_reports_only_the_file_being_read(tmp_path) -> None:
     finally:
         os.close(dir_fd)
     assert [(r.path, r.status) for r in reports] == [(f"{tmp_path}/f0", "interrupted")]
-    assert 0 < reports[0].done == sum(passed) <= SMALL + PAGE
+    assert reports[0].done == sum(passed) == SCRUB_CHUNK
     assert reports[0].message == \
-        f"stopped by a stop after {reports[0].done} of {SMALL + PAGE} bytes"
+        f"stopped by a stop after {SCRUB_CHUNK} of {SCRUB_CHUNK + PAGE} bytes"
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
@@ -931,3 +933,36 @@ def test_a_signal_in_a_folder_reports_one_file_interrupted(failing_file, tmp_pat
     summary = lines[-1]
     assert (summary["type"], summary["stopped"], summary["interrupted"]) == ("summary", True, 1)
     assert "Traceback" not in err
+
+
+def test_a_stop_during_a_file_s_last_chunk_reports_what_was_read(failing_file) -> None:
+    """SIGINT while the scan is held inside the failing read of a file's last page,
+    in its last scrub chunk (the FUSE server keeps the read until the signal was
+    sent): every byte was passed when the chunk ends, so the file is reported as
+    read (bad, its bad page, done == size), not interrupted; the scan still stops
+    with exit 130. (main: "interrupted", stopped after the whole file.)"""
+    pages = SMALL // PAGE + 4                # past the batch reader, one scrub chunk
+    size = pages * PAGE
+    f = failing_file(size, inject.page_ranges([pages - 1]), name="last")
+    hook, watch = inside(f)
+    with hook, f.holding_failed_reads():
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", f.path],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            watch.wait(1)                    # held inside the failing read
+            proc.send_signal(signal.SIGINT)
+            f.release()
+            out, err = proc.communicate(timeout=WAIT)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert proc.returncode == 128 + signal.SIGINT, err
+    got = lines[0]
+    assert (got["path"], got["status"], got["done"], bad_of(got)) == \
+        (f.path, "bad", size, [(size - PAGE, size)]), got
+    summary = lines[-1]
+    assert (summary["stopped"], summary["interrupted"], summary["bad"], len(lines)) == \
+        (True, 0, 1, 2), summary
+    assert err.count("\n") <= 1 and "Traceback" not in err, err

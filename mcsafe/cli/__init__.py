@@ -50,8 +50,9 @@ when stopped), unless --in-place; it never extends past the last byte read."""
 RESCUE_EPILOG = """\
 exit status: 0 everything rescued; 1 some ranges could not be read (the
 mapfile lists them: status '-'); 2 bad usage or an error (SRC or DST
-unusable, a mapfile that is not SRC's or cannot be written, a full disk: the
-mapfile says how far it got); 128+N stopped by signal N (DST and the mapfile
+unusable, a mapfile that is not SRC's or cannot be written, a full disk, DST
+that cannot be synced or closed: the mapfile and the report count only what
+was made durable); 128+N stopped by signal N (DST and the mapfile
 are left consistent first; run again to go on)."""
 
 

@@ -16,7 +16,7 @@ import os
 import signal
 
 from .scanfile import FileReport, Scanner
-from .stop import SIGNALS, StopFlag
+from .stop import StopFlag, caught_signals
 from .walk import Files, Note, Target
 
 TYPE_CHECKING = False
@@ -209,7 +209,7 @@ def _work(conn: Any, restore_cache: bool, inherited: list[Any], parent: int) -> 
         other.close()
     _die_with(parent)
     stop = StopFlag()
-    for sig in SIGNALS:             # a stop is the parent's to decide; this one just stops
+    for sig in caught_signals():    # a stop is the parent's to decide; this one just stops
         signal.signal(sig, lambda signum, frame: setattr(stop, "signum", signum))
     passed = 0
 

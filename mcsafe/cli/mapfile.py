@@ -5,7 +5,7 @@ are comments; the first other line is the status line, ``current_pos
 current_status current_pass``; every later line is a block, ``pos size
 status``, the blocks covering the rescue domain in order, without gaps.
 Positions and sizes are written in hex (``0x``), and read in hex, octal
-(``0`` prefix) or decimal, as ddrescue reads them. Block status: ``?``
+(``0`` prefix) or decimal, as ddrescue reads them (sscanf's ``%lli``). Block status: ``?``
 non-tried, ``*`` non-trimmed, ``/`` non-scraped, ``-`` bad, ``+`` finished.
 The current status adds the phases a rescue was in: ``?`` copying, ``*``
 trimming, ``/`` scraping, ``-`` retrying, ``F`` filling, ``G`` generating,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 from .._libc import libc
 
 BLOCK_STATUSES = "?*/-+"
+HEX = "0123456789abcdefABCDEF"
 CURRENT_STATUSES = "?*/-FG+"
 FINISHED, BAD, NON_TRIED = "+", "-", "?"
 #: room kept past the end of a mapfile (fallocate), at least twice its length, for
@@ -70,6 +71,10 @@ class Mapfile:
         return (f"Mapfile(size={self.size}, starts={self.starts}, statuses={self.statuses}, "
                 f"current_pos={self.current_pos}, current_status={self.current_status!r}, "
                 f"current_pass={self.current_pass})")
+
+    def copy(self) -> Mapfile:
+        return Mapfile(self.size, list(self.starts), list(self.statuses), self.current_pos,
+                       self.current_status, self.current_pass)
 
     # -- the blocks --------------------------------------------------------------------
 
@@ -148,45 +153,63 @@ class Mapfile:
 
     @classmethod
     def parse(cls, text: str, name: str = "mapfile") -> Mapfile | None:
-        """Read a mapfile; MapfileError naming the line if it is not one, None if it
-        holds nothing but comments and blank lines (ddrescue then starts afresh)."""
+        """Read a mapfile as GNU ddrescue does; MapfileError naming the line if it is
+        not one, None if it holds nothing but comments and blank lines (ddrescue
+        then starts afresh).
+
+        Each line is read as ddrescue reads it, with sscanf: the status line as
+        ``"%lli %c %d"`` (the pass may be left out), a block as ``"%lli %lli
+        %c"``; what follows the fields is ignored. A block of size 0 is allowed
+        at position 0 only. Blocks must be contiguous, but the first may start
+        past 0 (ddrescue's ``--input-position`` runs write such mapfiles): the
+        bytes before it are outside the mapfile's domain, and are read as
+        non-tried, as ddrescue does when it resumes from one."""
         status_line: tuple[int, str, int] | None = None
         starts: list[int] = []
         statuses: list[str] = []
-        end = 0
+        begin = end = -1
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            words = line.split()
             where = f"{name}, line {number}"
             if status_line is None:
-                if len(words) not in (2, 3) or words[1] not in CURRENT_STATUSES:
+                pos, rest = _scan_int(line)
+                status, rest = _scan_char(rest)
+                passes, _ = _scan_int(rest, decimal=True)
+                if pos is None or pos < 0 or status is None or status not in CURRENT_STATUSES or \
+                        (passes is not None and passes < 1):
                     raise MapfileError(f"{where}: not a status line "
                                        f"('current_pos current_status current_pass'): {raw!r}")
-                status_line = (_number(words[0], where), words[1],
-                               _number(words[2], where) if len(words) == 3 else 1)
+                status_line = (pos, status, 1 if passes is None else passes)
                 continue
-            if len(words) != 3 or words[2] not in BLOCK_STATUSES:
+            pos, rest = _scan_int(line)
+            size, rest = _scan_int(rest)
+            status, _ = _scan_char(rest)
+            if pos is None or size is None or status is None or status not in BLOCK_STATUSES:
                 raise MapfileError(f"{where}: not a block ('pos size status', status one of "
                                    f"{BLOCK_STATUSES}): {raw!r}")
-            pos, size = _number(words[0], where), _number(words[1], where)
-            if pos != end:
+            if pos < 0 or size < 0 or (size == 0 and pos != 0):
+                raise MapfileError(f"{where}: a block at {pos:#x} of size {size}")
+            if end >= 0 and pos != end:
                 raise MapfileError(f"{where}: the block at {pos:#x} does not start where "
                                    f"the one before ends ({end:#x})")
-            if size == 0 and pos == 0 and not statuses:
-                continue                # ddrescue's only block for an empty input
-            if size <= 0:
-                raise MapfileError(f"{where}: a block of size {size}")
-            if statuses and statuses[-1] == words[2]:
-                end = pos + size                     # two blocks of one status: one
-                continue
-            starts.append(pos)
-            statuses.append(words[2])
+            if end < 0:
+                begin = pos
             end = pos + size
+            if size == 0 or (statuses and statuses[-1] == status):
+                continue                    # ddrescue's block of an empty input; or one
+            starts.append(pos)              # block of two of one status
+            statuses.append(status)
         if status_line is None:
             return None
-        m = cls(end, starts, statuses)
+        if begin > 0:                       # outside the domain: not tried
+            if statuses[0] == NON_TRIED:
+                starts[0] = 0
+            else:
+                starts.insert(0, 0)
+                statuses.insert(0, NON_TRIED)
+        m = cls(max(end, 0), starts, statuses)
         m.current_pos, m.current_status, m.current_pass = status_line
         return m
 
@@ -268,15 +291,33 @@ def _reserve(fd: int, room: int) -> None:
             raise OSError(err, os.strerror(err))
 
 
-def _number(word: str, where: str) -> int:
-    try:
-        value = int(word, 0) if not (word.startswith("0") and word[1:].isdigit()) \
-            else int(word, 8)
-    except ValueError:
-        raise MapfileError(f"{where}: not a number: {word!r}") from None
-    if value < 0:
-        raise MapfileError(f"{where}: a negative number: {word!r}")
-    return value
+def _scan_int(text: str, decimal: bool = False) -> tuple[int | None, str]:
+    """C's sscanf "%lli" (or "%d" if decimal) at the start of text: the number (None
+    if there is none) and the text after it. Written by hand: Python's int() takes
+    what C does not (underscores, "0o", a "0" before decimal digits)."""
+    text = text.lstrip()
+    i = 1 if text[:1] in ("+", "-") else 0
+    if decimal:
+        base, digits = 10, "0123456789"
+    elif text[i:i + 2] in ("0x", "0X") and text[i + 2:i + 3] in HEX:
+        base, digits, i = 16, HEX, i + 2
+    elif text[i:i + 1] == "0":
+        base, digits = 8, "01234567"
+    else:
+        base, digits = 10, "0123456789"
+    j = i
+    while j < len(text) and text[j] in digits:
+        j += 1
+    if j == i:
+        return None, text
+    value = int(text[i:j], base)
+    return (-value if text[:1] == "-" else value), text[j:]
+
+
+def _scan_char(text: str) -> tuple[str | None, str]:
+    """C's sscanf " %c": the first character that is not a space, and the rest."""
+    text = text.lstrip()
+    return (text[0], text[1:]) if text else (None, "")
 
 
 def umask() -> int:

@@ -30,7 +30,7 @@ import stat
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .. import MappedFile
 from .._libc import libc
@@ -62,6 +62,8 @@ class Destination:
     def __init__(self, path: str, in_place: bool, resume: bool) -> None:
         self.path = path
         self.temp: str | None = None
+        self.lost = False       # a sync or close failed: what was written may not be there
+        self.fd = -1
         try:
             st: os.stat_result | None = os.stat(path)
         except FileNotFoundError:
@@ -123,7 +125,7 @@ class Destination:
                 if self.temp is not None or os.fstat(self.fd).st_size < size:
                     os.ftruncate(self.fd, size)
             if sync:
-                os.fsync(self.fd)
+                self.sync(os.fsync)
             if self.temp is not None:
                 os.fchmod(self.fd, self.mode)
                 os.replace(self.temp, self.path)
@@ -133,16 +135,33 @@ class Destination:
         except OSError as exc:
             raise WriteFailed(f"{self.path}: {exc.strerror}") from None
 
-    def sync(self) -> None:
+    def sync(self, how: Callable[[int], None] = os.fdatasync) -> None:
         try:
-            os.fdatasync(self.fd)
+            how(self.fd)
         except OSError as exc:
-            raise WriteFailed(f"{self.path}: {exc.strerror}") from None
+            self.lost = True    # a later fsync may succeed though the pages were dropped
+            raise WriteFailed(f"{self.path}: {exc.strerror} syncing it to disk (what was "
+                              "copied since the mapfile was last saved is not counted)"
+                              ) from None
 
     def close(self) -> None:
-        os.close(self.fd)
-        if self.temp is not None:           # never put in place: an error before any copy
+        """Close DST; WriteFailed if close(2) fails (NFS, FUSE: a write lost)."""
+        fd, self.fd = self.fd, -1
+        try:
+            os.close(fd)
+        except OSError as exc:
+            self.lost = True
+            raise WriteFailed(f"{self.path}: {exc.strerror} closing it (what was copied "
+                              "since the mapfile was last saved is not counted)") from None
+
+    def discard(self) -> None:
+        """Close DST if still open; remove the temporary file if never put in place."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+        if self.temp is not None:
             os.unlink(self.temp)
+            self.temp = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,6 +193,7 @@ class Rescue:
         self.restore = False            # give back the page cache pages read from SRC
         self.src_fd = -1
         self.last_save = time.monotonic()
+        self.saved = Mapfile(0)         # the mapfile as last saved
 
     def run(self) -> int:
         args = self.args
@@ -207,7 +227,8 @@ class Rescue:
         return self._report(mapfile)
 
     def _rescue(self, src: MappedFile, size: int) -> Mapfile:
-        """One pass over what the mapfile does not have yet; the mapfile as saved."""
+        """One pass over what the mapfile does not have yet; the mapfile as last
+        saved (what the report counts: no more than DST is known to hold)."""
         args = self.args
         mapfile = self._mapfile(size)
         resume = mapfile.total(FINISHED) > 0        # DST holds what the mapfile says
@@ -227,25 +248,30 @@ class Rescue:
             if created:
                 os.unlink(self.mappath)
             raise
+        placed = False
         try:
             try:
                 self._copy(src, mapfile, dst, size)
                 self._bad_ranges(mapfile, dst)
             except WriteFailed as exc:
                 self.error = str(exc)
-            dst.finish(mapfile.finished_end, self.sync)
-        except WriteFailed as exc:      # DST not synced or not in place: the mapfile
-            self.error = self.error or str(exc)     # saved last still says what it holds
-            return mapfile
-        finally:
+            if not dst.lost:
+                dst.finish(mapfile.finished_end, self.sync)
+                placed = True
             dst.close()
+        except WriteFailed as exc:      # DST not synced, closed or in place: the mapfile
+            self.error = self.error or str(exc)     # saved last still says what it holds
+        finally:
+            dst.discard()
+        if not placed or dst.lost:
+            return self.saved
         if not self.stop() and self.error is None:
             mapfile.current_status = FINISHED
         try:
             self._save_map(mapfile, mapfile.current_status == FINISHED)
         except WriteFailed as exc:
             self.error = self.error or str(exc)
-        return mapfile
+        return self.saved
 
     def _cut(self, size: int, now: int, mapfile: Mapfile) -> None:
         """Say so if SRC was cut during the rescue before all of it was read."""
@@ -373,6 +399,7 @@ class Rescue:
             mapfile.save(self.mappath, self.command, self.started, finished, self.sync)
         except OSError as exc:
             raise WriteFailed(f"{self.mappath}: {exc.strerror}") from None
+        self.saved = mapfile.copy()
         self.last_save = time.monotonic()
 
     def _bar(self, total: int) -> Any:

@@ -215,9 +215,12 @@ class Scanner:
         tail = Snapshot.tail(fd, size) if restore else None
         from ..mapped import MappedFile
 
+        stopped = False
         with MappedFile(fd) as mf:
             try:
                 mf.scrub(progress, skip_holes=True, restore_cache=restore)
+            except Stopped:
+                stopped = True
             finally:                             # stopped: what was found until then
                 report.bad = [(s, e, fault.cause) for s, e, fault in mf.bad_range_faults()]
                 for s, e, _ in report.bad:       # a bad page met is judged: passed
@@ -225,6 +228,8 @@ class Scanner:
                         report.done = e
         if tail is not None:
             tail.evict()
+        if stopped and report.done < size:      # else every byte was passed: not interrupted
+            raise Stopped
         if report.bad:
             report.status = "bad"
         if passed < size:                        # the file shrank: the rest passes too

@@ -1,6 +1,7 @@
 """Stopping a long command cleanly: SIGINT, SIGTERM and SIGHUP ask for a stop, which
 the command honours between chunks, so it can still write its partial report.
-A second signal kills the process as the signal would have."""
+A second signal kills the process as the signal would have. One of them ignored
+when the command started (nohup) stays ignored."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ if TYPE_CHECKING:
     from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def caught_signals() -> list[int]:
+    """SIGNALS but those ignored since this program was started (nohup, or a job run
+    in the background by a shell without job control): they stay ignored, as a
+    program that catches signals leaves them."""
+    return [sig for sig in SIGNALS if signal.getsignal(sig) != signal.SIG_IGN]
 
 
 class Stopped(Exception):
@@ -30,7 +38,7 @@ class StopFlag:
     def install(self, wakeup_fd: int | None = None) -> None:
         """Catch SIGNALS in this process; a signal also writes a byte to
         wakeup_fd, if given, to wake a select() that waits for it."""
-        for sig in SIGNALS:
+        for sig in caught_signals():
             signal.signal(sig, self._caught)
         if wakeup_fd is not None:
             signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
