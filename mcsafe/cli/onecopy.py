@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 import mmap
 
 from .._libc import MAP_FAILED, libc
-from ..pagecache import PAGE, Restorer, readahead
+from ..pagecache import PAGE, Restorer, all_cached, readahead
 
 libc.pwrite.restype = ctypes.c_ssize_t
 libc.pwrite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
@@ -147,7 +147,11 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
     all was copied. Stop (with errno's message) if DST could not be written,
     after written() of what was."""
     offset, stop = start, end
-    keeper = Restorer(src_fd, max(CHUNK, readahead(src_fd))) if restore_cache else None
+    keeper = None
+    # Nothing to give back where SRC was all cached (then nothing is read ahead either):
+    # the Restorer's mincore(2) of every page costs 3% of a rescue of such a file.
+    if restore_cache and not all_cached(src_fd, start, end - start):
+        keeper = Restorer(src_fd, max(CHUNK, readahead(src_fd)))
     while offset < stop:
         data, data_end = next_data(src_fd, offset, stop)
         if data > offset:                           # a hole, or SRC cut short

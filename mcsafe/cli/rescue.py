@@ -30,14 +30,14 @@ import shlex
 import signal
 import stat
 import sys
-import tempfile
 import time
 
 from .._libc import libc
 from ..mapped.opening import HUGETLBFS_MAGIC, open_file
 from ..pagecache import Snapshot, sees_cache
 from . import onecopy
-from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
+from .mapfile import (BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, temporary,
+                      umask)
 from .output import size_text, write_out
 from .stop import StopFlag, Stopped
 
@@ -138,8 +138,7 @@ class Destination:
                 self.fresh = st is None or (not self.device and st.st_size == 0)
             else:
                 folder = os.path.dirname(os.path.abspath(path))
-                self.fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                                      suffix=".part", dir=folder)
+                self.fd, self.temp = temporary(folder, f".{os.path.basename(path)}.", ".part")
                 self.fresh = True
         except OSError as exc:
             raise RescueError(f"{path}: {exc.strerror}") from None
