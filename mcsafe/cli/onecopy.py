@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
-
-import mmap
 
 from .._libc import MAP_FAILED, libc
 from ..pagecache import PAGE, Restorer, all_cached, readahead

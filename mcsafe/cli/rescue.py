@@ -64,18 +64,19 @@ class WriteFailed(Exception):
 
 class Source:
     """SRC, open: its size, its mapping for the one-copy path, and the MappedFile
-    that reads what that path could not (opened when first needed; from the start
-    where the one-copy path is not taken: not on this machine, a block device, a
-    hugetlbfs file)."""
+    that reads what that path could not: opened when first needed, or from the
+    start where SRC is not mapped for that path (a hugetlbfs file, whose pages
+    MappedFile knows how to map; no one-copy path on this machine)."""
 
     def __init__(self, opened: Opened, one_copy: bool) -> None:
         self.fd = opened.fd
         self.name = opened.path
+        self.one_copy = one_copy
         self.map: onecopy.SourceMap | None = None
         self._file: MappedFile | None = None
-        if one_copy and opened.regular and opened.fs != HUGETLBFS_MAGIC:
+        if one_copy and opened.fs != HUGETLBFS_MAGIC:
             try:
-                self.map = onecopy.SourceMap(self.fd, os.fstat(self.fd).st_size)
+                self.map = onecopy.SourceMap(self.fd, os.lseek(self.fd, 0, os.SEEK_END))
             except OSError:
                 pass                    # MappedFile says why, below
         if self.map is None:
@@ -91,6 +92,11 @@ class Source:
         """SRC's size now."""
         return self._file.size if self._file is not None else \
             os.lseek(self.fd, 0, os.SEEK_END)
+
+    @property
+    def address(self) -> int:
+        """Where the one-copy path finds SRC's bytes in memory."""
+        return self.map.address if self.map is not None else self.careful().address
 
     def careful(self) -> MappedFile:
         """The MappedFile that reads a range the one-copy path could not."""
@@ -384,10 +390,10 @@ class Rescue:
                     start = a
                     while start < b:
                         upto = b
-                        if src.map is not None:
+                        if src.one_copy:
                             try:
                                 start, upto = onecopy.copy(
-                                    src.fd, src.map.address, dst.fd, start, b, written, hole,
+                                    src.fd, src.address, dst.fd, start, b, written, hole,
                                     progress, lambda: src.size, self.restore)
                             except onecopy.Stop as exc:
                                 raise WriteFailed(f"{dst.path}: {exc}") from None
