@@ -86,6 +86,8 @@ def all_cached(fd: int, offset: int, length: int) -> bool:
     """Whether every page of [offset, offset + length) of fd's file is in the page
     cache now; False where that cannot be told. cachestat(2) counts a large folio
     in one step, where mincore(2) looks at each page."""
+    if length <= 0:
+        return True
     import ctypes
 
     from ._libc import libc
