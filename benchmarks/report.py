@@ -366,15 +366,19 @@ WHY_MISSED = {
         "interleaved rounds in one process at load 3.8; the chunk (16 MiB) and sink sizes "
         "were measured before (see mcsafe/mapped/scrub.py).",
     "mcsafe rescue --no-sync of a clean 1 GiB file ≥ 0.9× cp":
-        "0.83× at load 2.3 (installed, 7 interleaved rounds: 380 ms against cp's 315; main "
-        "458 ms, 0.69×; this branch with MCSAFE_RESCUE_ONE_COPY=0, two copies, 447 ms). The "
-        "copy is one now: pwrite(2) from SRC's mapping, the kernel's copy from user memory "
-        "(recoverable: docs/ARCHITECTURE.md, \"Machine checks\"). Left: the start (49 ms "
-        "of CPU for a 4 KiB file against 11 ms for `python -c pass`: MappedFile, the "
-        "mapfile written before anything is copied and again at the end, the temporary "
-        "file), and the mapping itself: 262,144 page-table entries filled "
-        "(MADV_POPULATE_READ, which finds an unreadable page before DST is touched) and "
-        "zapped again, where cp's copy_file_range moves page-cache pages without any. "
+        "0.91-0.94× in interleaved runs (installed; 9 rounds at load 3.0: 353 ms against "
+        "cp's 323, main 370 ms, 0.87×; 7 rounds at load 1.4: 320 against 299, main 0.87×), "
+        "0.78-1.04× in this benchmark's own rounds at load 2.7-3.4, which are not "
+        "interleaved: a miss is mostly this shared VM's noise. The copy's system time is "
+        "now below cp's (293 against 321 ms in the 9 rounds): SRC is mapped 2 MiB-aligned "
+        "(a folio of PMD size maps with one entry) and the page-cache Restorer is skipped "
+        "where cachestat(2) says SRC was all cached. The start is what is left: 35 ms of "
+        "CPU for a 4 KiB file (main 46, `python -c pass` 10), since a clean rescue no "
+        "longer imports MappedFile, typing or tempfile; argparse with re and gettext is "
+        "about 9 of it. Next levers, not taken: mapping the next 16 MiB chunk in "
+        "(MADV_POPULATE_READ, about 7% of a rescue's time) in a second thread while the "
+        "current one is written (measured 4% less time, 275 against 287 ms, 7 rounds at "
+        "load 2-3); datetime and shutil at start (1-2 ms each). "
         "copy_file_range itself is not machine-check safe: the kernel's page-cache copy "
         "consumes poison in kernel mode.",
     "mcsafe rescue (DST synced) of a clean 1 GiB file ≥ 0.9× cp + sync":
