@@ -53,6 +53,9 @@ cdef extern from "mcsafe_core.h" nogil:
     const char *const mcsafe_feature_names[]
     const mcsafe_copy_plan *mcsafe_plan()
     int mcsafe_copy_choice(size_t n)
+    size_t mcsafe_scan(const void *src, size_t n, mcsafe_fault *rec)
+    const char *const mcsafe_scan_path_names[]
+    size_t mcsafe_scan_path(int path, const void *src, size_t n, mcsafe_fault *rec)
     int mcsafe_register(const void *table, size_t size, const char *name,
                         char *err, size_t errlen)
     int mcsafe_unregister(const void *table)
@@ -347,20 +350,28 @@ def copy_report(dst, src, n=None, *, dst_offset=_ZERO, src_offset=_ZERO):
     return CopyResult(done, _fault_info(&rec, dst_at, src_at) if done < length else None)
 
 
-cdef tuple _PATHS = None
+cdef tuple _names(const char *const *names):
+    cdef int i = 0
+    out = []
+    while names[i] != NULL:
+        out.append((<bytes>names[i]).decode())
+        i += 1
+    return tuple(out)
+
+
+cdef tuple _PATHS = _names(mcsafe_path_names)
+cdef tuple _SCAN_PATHS = _names(mcsafe_scan_path_names)
 
 
 def copy_paths():
     """The names of the copy paths this machine has, for _copy_path()."""
-    global _PATHS
-    cdef int i = 0
-    if _PATHS is None:
-        out = []
-        while mcsafe_path_names[i] != NULL:
-            out.append((<bytes>mcsafe_path_names[i]).decode())
-            i += 1
-        _PATHS = tuple(out)
     return _PATHS
+
+
+def scan_paths():
+    """The names of the scan's paths (loads only) on this machine, for _scan_path();
+    the last is the one _scan() takes."""
+    return _SCAN_PATHS
 
 
 def copy_plan():
@@ -750,35 +761,30 @@ cdef size_t _through(void *sink, size_t sink_len, const char *src, size_t n,
     return done
 
 
-def _copy_through(sink, src, Py_ssize_t src_offset, Py_ssize_t n):
-    """scrub()'s reader: copy n bytes of src from src_offset through sink, a
-    sink-full at a time (each overwriting the last), without the GIL. Returns n,
-    or a CopyResult whose count is the bytes read before the fault."""
+def _scan(src, Py_ssize_t src_offset, Py_ssize_t n):
+    """scrub()'s reader: load every byte of src from src_offset to src_offset + n,
+    storing nothing, without the GIL. Returns n, or a CopyResult whose count is
+    the bytes readable before the first that faulted (and its fault's offset is
+    that byte's in src)."""
     cdef mcsafe_fault rec
-    cdef Py_buffer d, s
+    cdef Py_buffer s
     cdef size_t done
-    cdef const char *sp
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
-    _acquire(sink, src, &d, &s)
+    if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
+        _raise_buffer_error("src", src)
     try:
-        if not (0 <= src_offset <= s.len and 0 <= n <= s.len - src_offset) or \
-                (n and d.len == 0):
-            raise ValueError("src_offset or n outside src, or an empty sink")
-        sp = <const char *>s.buf + src_offset
-        if n and <char *>d.buf < sp + n and sp < <char *>d.buf + d.len:
-            raise ValueError("src and sink overlap")
+        if not (0 <= src_offset <= s.len and 0 <= n <= s.len - src_offset):
+            raise ValueError("src_offset or n outside src")
         if n >= MASK_CHECK and not _ready():
             _make_ready(1)
         with nogil:
-            done = _through(d.buf, <size_t>d.len, sp, <size_t>n, &rec)
+            done = mcsafe_scan(<const char *>s.buf + src_offset, <size_t>n, &rec)
         if done < <size_t>n:
-            return CopyResult(<Py_ssize_t>done,
-                              _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>s.buf))
+            return CopyResult(<Py_ssize_t>done, _fault_info(&rec, 0, <uintptr_t>s.buf))
         return n
     finally:
         PyBuffer_Release(&s)
-        PyBuffer_Release(&d)
 
 
 cdef extern from "<sys/mman.h>" nogil:
@@ -1066,6 +1072,31 @@ def _copy_path(path, dst, src, Py_ssize_t repeat=1):
     finally:
         PyBuffer_Release(&s)
         PyBuffer_Release(&d)
+
+
+def _scan_path(path, src, Py_ssize_t repeat=1):
+    """Test and benchmark hook: scan src with one path of scan_paths() only,
+    repeat times (the result is the last one's)."""
+    cdef Py_buffer s
+    cdef mcsafe_fault rec
+    cdef size_t left = 0
+    cdef Py_ssize_t i
+    if path not in _SCAN_PATHS:
+        raise ValueError(f"path must be one of {_SCAN_PATHS}, not {path!r}")
+    cdef int index = _SCAN_PATHS.index(path)
+    if not _own_ok:
+        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
+    if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
+        _raise_buffer_error("src", src)
+    try:
+        rec.side = 0
+        with nogil:
+            for i in range(repeat):
+                left = mcsafe_scan_path(index, s.buf, <size_t>s.len, &rec)
+        return CopyResult(s.len - <Py_ssize_t>left,
+                          _fault_info(&rec, 0, <uintptr_t>s.buf) if left else None)
+    finally:
+        PyBuffer_Release(&s)
 
 
 # -- the memory calls MappedFile makes ------------------------------------------

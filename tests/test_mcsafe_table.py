@@ -24,10 +24,17 @@ def test_extension_table_verifies_and_names_the_copy_routines() -> None:
     assert run_cli("verify", EXT).returncode == 0
     d = json.loads(run_cli("dump", "--json", EXT, check=True).stdout)
     assert expected.sites(d) == expected.expected_sites(d["machine"])
-    regs = expected.SITES[d["machine"]][1]
+    copies, regs, scans = expected.SITES[d["machine"]]
     for e in d["entries"]:
         desc = e["descriptor"]
         assert desc["kind"] == "short_copy" and desc["mc_safe"]
+        if desc["name"] in scans:       # loads only: no destination for the handler to claim
+            assert (desc["reg"], desc["src_reg"], desc["dst_reg"], desc["rec_reg"]) == \
+                (regs[0], regs[1], None, regs[3])
+            assert desc["side"] == "src"
+            assert e["start_symbol"].startswith("mcsafe_scan_")
+            assert e["landing_symbol"].startswith("mcsafe_scan_")
+            continue
         assert (desc["reg"], desc["src_reg"], desc["dst_reg"], desc["rec_reg"]) == regs
         assert e["start_symbol"].startswith("mcsafe_copy_")
         assert e["landing_symbol"].startswith("mcsafe_copy_")

@@ -87,6 +87,22 @@ static inline size_t mcsafe_copy(void *dst, const void *src, size_t n,
     return n - mcsafe_copy_large(dst, src, n, rec);
 }
 
+/* The scan (arch/<arch>/copy.c): loads every byte of [src, src + n) and stores
+ * nothing; returns the bytes NOT read, with the copy's exactness (the count
+ * stops at the first byte that could not be read; rec says where). */
+size_t mcsafe_scan_all(const void *src, size_t n, struct mcsafe_fault *rec);
+/* One scan path by index into mcsafe_scan_path_names, for tests and benchmarks. */
+extern const char *const mcsafe_scan_path_names[];
+size_t mcsafe_scan_path(int path, const void *src, size_t n, struct mcsafe_fault *rec);
+
+/* The scan: returns the bytes readable before the first that faulted (n if
+ * none); on a fault `rec` says where. */
+static inline size_t mcsafe_scan(const void *src, size_t n, struct mcsafe_fault *rec)
+{
+    rec->side = 0;
+    return n - mcsafe_scan_all(src, n, rec);
+}
+
 /* registry.c: validated tables, published for the handler. */
 struct mcsafe_module {
     uintptr_t base;                       /* load bias */
