@@ -881,15 +881,22 @@ cdef struct _cachestat:
 cdef long SYS_CACHESTAT = 451
 
 
-cdef bint _all_cached(int fd, size_t size) noexcept nogil:
-    """Whether every page of fd's first size bytes is in the page cache, by one
-    cachestat(2) (cheaper than mapping the file's pages in mincore(2)); False
-    also where the kernel cannot say (older than 6.5, or not ours to see)."""
+cdef bint _all_cached(int fd, size_t offset, size_t size) noexcept nogil:
+    """Whether every page of fd's bytes [offset, offset + size) (offset a page's)
+    is in the page cache, by one cachestat(2) (cheaper than mapping the file's
+    pages in mincore(2)); False also where the kernel cannot say (older than
+    6.5, or not ours to see)."""
     cdef _cachestat_range r
     cdef _cachestat cs
-    r.off = 0
+    r.off = offset
     r.len = size
     return _syscall(SYS_CACHESTAT, fd, &r, &cs, 0) == 0 and cs.nr_cache >= (size + 4095) // 4096
+
+
+def _cached(int fd, Py_ssize_t offset, Py_ssize_t size):
+    """Whether every page of fd's bytes [offset, offset + size) (offset a page's)
+    is in the page cache; False also where the kernel cannot say."""
+    return offset >= 0 and size > 0 and _all_cached(fd, <size_t>offset, <size_t>size)
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
@@ -955,7 +962,7 @@ cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t s
             return SMALL_ELSEWHERE
         got.src_at = <uintptr_t>addr
         # All cached (the common case): the read brings nothing in, nothing to give back
-        if vec != NULL and _all_cached(fd, <size_t>st.st_size):
+        if vec != NULL and _all_cached(fd, 0, <size_t>st.st_size):
             vec = NULL
         pages = (<size_t>st.st_size + 4095) // 4096
         if vec != NULL and _mincore(addr, <size_t>st.st_size, vec) != 0:
