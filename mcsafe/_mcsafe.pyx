@@ -360,18 +360,14 @@ cdef tuple _names(const char *const *names):
 
 
 cdef tuple _PATHS = _names(mcsafe_path_names)
-cdef tuple _SCAN_PATHS = _names(mcsafe_scan_path_names)
+# The names of the scan's paths (loads only) on this machine, for _scan(path=); the
+# last is the one _scan() takes.
+SCAN_PATHS = _SCAN_PATHS = _names(mcsafe_scan_path_names)
 
 
 def copy_paths():
     """The names of the copy paths this machine has, for _copy_path()."""
     return _PATHS
-
-
-def scan_paths():
-    """The names of the scan's paths (loads only) on this machine, for _scan_path();
-    the last is the one _scan() takes."""
-    return _SCAN_PATHS
 
 
 def copy_plan():
@@ -761,14 +757,19 @@ cdef size_t _through(void *sink, size_t sink_len, const char *src, size_t n,
     return done
 
 
-def _scan(src, Py_ssize_t src_offset, Py_ssize_t n):
+def _scan(src, Py_ssize_t src_offset, Py_ssize_t n, path=None):
     """scrub()'s reader: load every byte of src from src_offset to src_offset + n,
     storing nothing, without the GIL. Returns n, or a CopyResult whose count is
     the bytes readable before the first that faulted (and its fault's offset is
-    that byte's in src)."""
+    that byte's in src). path (tests and benchmarks): one of SCAN_PATHS only."""
     cdef mcsafe_fault rec
     cdef Py_buffer s
     cdef size_t done
+    cdef int index = -1
+    if path is not None:
+        if path not in _SCAN_PATHS:
+            raise ValueError(f"path must be one of {_SCAN_PATHS}, not {path!r}")
+        index = _SCAN_PATHS.index(path)
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
@@ -779,7 +780,12 @@ def _scan(src, Py_ssize_t src_offset, Py_ssize_t n):
         if n >= MASK_CHECK and not _ready():
             _make_ready(1)
         with nogil:
-            done = mcsafe_scan(<const char *>s.buf + src_offset, <size_t>n, &rec)
+            if index < 0:
+                done = mcsafe_scan(<const char *>s.buf + src_offset, <size_t>n, &rec)
+            else:
+                rec.side = 0
+                done = n - mcsafe_scan_path(index, <const char *>s.buf + src_offset,
+                                            <size_t>n, &rec)
         if done < <size_t>n:
             return CopyResult(<Py_ssize_t>done, _fault_info(&rec, 0, <uintptr_t>s.buf))
         return n
@@ -1079,31 +1085,6 @@ def _copy_path(path, dst, src, Py_ssize_t repeat=1):
     finally:
         PyBuffer_Release(&s)
         PyBuffer_Release(&d)
-
-
-def _scan_path(path, src, Py_ssize_t repeat=1):
-    """Test and benchmark hook: scan src with one path of scan_paths() only,
-    repeat times (the result is the last one's)."""
-    cdef Py_buffer s
-    cdef mcsafe_fault rec
-    cdef size_t left = 0
-    cdef Py_ssize_t i
-    if path not in _SCAN_PATHS:
-        raise ValueError(f"path must be one of {_SCAN_PATHS}, not {path!r}")
-    cdef int index = _SCAN_PATHS.index(path)
-    if not _own_ok:
-        raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
-    if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
-        _raise_buffer_error("src", src)
-    try:
-        rec.side = 0
-        with nogil:
-            for i in range(repeat):
-                left = mcsafe_scan_path(index, s.buf, <size_t>s.len, &rec)
-        return CopyResult(s.len - <Py_ssize_t>left,
-                          _fault_info(&rec, 0, <uintptr_t>s.buf) if left else None)
-    finally:
-        PyBuffer_Release(&s)
 
 
 # -- the memory calls MappedFile makes ------------------------------------------

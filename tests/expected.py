@@ -38,7 +38,7 @@ def expected_sites(machine: str) -> list[str]:
 
 #: The copy paths each machine's extension has (mcsafe._mcsafe.copy_paths()).
 COPY_PATHS = {"x86_64": ("small", "bulk", "vector", "vector_nt"), "aarch64": ("small", "bulk")}
-#: The scan's paths (mcsafe._mcsafe.scan_paths()).
+#: The scan's paths (mcsafe._mcsafe.SCAN_PATHS).
 SCAN_PATHS = {"x86_64": ("sse2", "avx2"), "aarch64": ("ldp",)}
 
 #: The emulator the tests run under, if any: tests/test_emulated_extension.py

@@ -25,7 +25,7 @@ SENTINEL = 0xEE
 AVAILABLE = inject.available()
 WORKING = [m for m, why in AVAILABLE.items() if why is None]
 PATHS = mcsafe._mcsafe.copy_paths()
-SCAN_PATHS = mcsafe._mcsafe.scan_paths()
+SCAN_PATHS = mcsafe._mcsafe.SCAN_PATHS
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 
@@ -183,12 +183,10 @@ def test_fault_counter_counts_claims() -> None:
 
 
 def run_scan(path: str, src, n: int, src_offset: int):
-    """The scan of src[src_offset:src_offset + n] as a CopyResult whose fault offset
-    counts from src_offset, as run_copy's: scrub's reader (_scan, the machine's
-    own path, which counts from src's start) or one path of scan_paths()."""
-    if path != "auto":
-        return mcsafe._mcsafe._scan_path(path, memoryview(src)[src_offset:src_offset + n])
-    res = mcsafe._mcsafe._scan(src, src_offset, n)
+    """The scan of src[src_offset:src_offset + n] (scrub's reader, the machine's own
+    path, or one path of SCAN_PATHS) as a CopyResult whose fault offset counts from
+    src_offset, as run_copy's."""
+    res = mcsafe._mcsafe._scan(src, src_offset, n, None if path == "auto" else path)
     if isinstance(res, int):
         return mcsafe.CopyResult(res, None)
     return mcsafe.CopyResult(res.copied, res.fault._replace(offset=res.fault.offset - src_offset))
@@ -212,6 +210,6 @@ def test_scan_stops_at_the_first_bad_byte_as_the_copy_does(layout, scan_path) ->
 @pytest.mark.parametrize("path", SCAN_PATHS)
 def test_scan_fault_on_first_byte_reads_nothing(method: str, path: str) -> None:
     with inject.region(method, 2, [0] if method != "truncate" else [0, 1]) as r:
-        res = mcsafe._mcsafe._scan_path(path, r.buffer[:300])
+        res = run_scan(path, r.buffer, 300, 0)
         assert res.copied == 0 and res.fault.offset == 0 and res.fault.side == "src"
         assert res.fault.address == r.address
