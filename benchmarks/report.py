@@ -357,14 +357,16 @@ WHY_MISSED = {
         "file under test; reusing one address with MAP_FIXED saved 0.5 µs but, on a "
         "failed mmap, leaves a hole another thread's mapping could take: both left out.)",
     "mcsafe scan, 1 GiB in large files, ≥ 0.9× the throughput of cat (whole process)":
-        "0.79-0.89× in runs at load 1.7-2.3 (installed: 198-287 ms against cat's 172-227 ms; "
-        "CPU 245 against 175 ms, the same as main's). The start is 20 ms less than main's "
-        "(29 against 45 ms for an empty folder) but a 1 GiB scan is mostly its scrub: a "
-        "page fault per 16 pages (fault-around) and the table-covered copy through a 16 KiB "
-        "sink, where cat has the kernel copy with read(2). MADV_POPULATE_READ per 16 MiB "
-        "chunk (fewer faults) measured no gain: 175 against 174 ms of CPU per GiB, 8 "
-        "interleaved rounds in one process at load 3.8; the chunk (16 MiB) and sink sizes "
-        "were measured before (see mcsafe/mapped/scrub.py).",
+        "met in interleaved runs, at the edge: 25 rounds of each at load 4 (2 cores), "
+        "installed: 152 ms against cat's 141 (0.93×; CPU 137 against 131 ms, 0.95×), "
+        "where main's scan took 163 ms (0.87×) in the same rounds. What is left is the "
+        "interpreter's start (25-30 ms of an empty scan, against a few for cat; argparse, "
+        "and mcsafe.mapped's imports on a large file) and the page faults of the mapping "
+        "(a fault per 16 pages where the page cache came from small writes, as here; "
+        "the mapping is 2 MiB-aligned, so readahead's PMD-sized folios map with one "
+        "entry). The scan itself (loads only, a page ahead prefetched) reads 1 GiB of "
+        "page cache in 85-90 ms of CPU, where cat's read(2) copy takes 120-130. Each "
+        "of these runs is noisy: the tables here are not interleaved.",
     "mcsafe rescue --no-sync of a clean 1 GiB file ≥ 0.9× cp":
         "0.83× at load 2.3 (installed, 7 interleaved rounds: 380 ms against cp's 315; main "
         "458 ms, 0.69×; this branch with MCSAFE_RESCUE_ONE_COPY=0, two copies, 447 ms). The "
