@@ -54,6 +54,13 @@ struct mcsafe_fault {
     SITE(".Lbyte_ld", ".Lbyte_st", ".Lbyte_fault", EXTABLE_SIDE_SRC, "byte_load")      \
     SITE(".Lbyte_st", ".Lbyte_end", ".Lbyte_fault", EXTABLE_SIDE_DST, "byte_store")
 
+/* The scan's word and byte sites, the same labels on every architecture: word
+ * faults finish in .Lscan_tail, byte faults in .Lscan_byte_fault. SITE(start,
+ * end, landing, name) is the architecture's scan site (source only). */
+#define MCSAFE_SCAN_WORD_SITES(SITE)                                            \
+    SITE(".Lscan_word_ld", ".Lscan_word_end", ".Lscan_tail", "scan_word_load")     \
+    SITE(".Lscan_byte_ld", ".Lscan_byte_end", ".Lscan_byte_fault", "scan_byte_load")
+
 /* The per-architecture routines (arch/<arch>/copy.c). All return the number
  * of bytes NOT copied, as the kernel's copy_mc_* do. */
 void mcsafe_arch_init(void);             /* chooses the plan below; once, at import */

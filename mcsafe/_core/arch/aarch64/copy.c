@@ -177,8 +177,7 @@ __asm__(
     "    b .Lscan_bytes\n"
     "    .size mcsafe_scan_all, .-mcsafe_scan_all\n"
     SCAN_SITE(".Lscan_group_ld", ".Lscan_group_end", ".Lscan_tail", "scan_group_load")
-    SCAN_SITE(".Lscan_word_ld", ".Lscan_word_end", ".Lscan_tail", "scan_word_load")
-    SCAN_SITE(".Lscan_byte_ld", ".Lscan_byte_end", ".Lscan_byte_fault", "scan_byte_load")
+    MCSAFE_SCAN_WORD_SITES(SCAN_SITE)
 );
 
 const char *const mcsafe_scan_path_names[] = {"ldp", NULL};

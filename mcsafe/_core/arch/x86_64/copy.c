@@ -315,8 +315,7 @@ __asm__(
     "    mov %rax, %rcx\n"
     "    jmp .Lscan_bytes\n"
     "    .size mcsafe_scan_sse2, .-mcsafe_scan_sse2\n"
-    SCAN_SITE(".Lscan_word_ld", ".Lscan_word_end", ".Lscan_tail", "scan_word_load")
-    SCAN_SITE(".Lscan_byte_ld", ".Lscan_byte_end", ".Lscan_byte_fault", "scan_byte_load")
+    MCSAFE_SCAN_WORD_SITES(SCAN_SITE)
 );
 
 size_t mcsafe_scan_avx2(const void *src, size_t n, struct mcsafe_fault *rec);
