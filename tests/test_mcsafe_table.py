@@ -44,6 +44,22 @@ def test_extension_table_verifies_and_names_the_copy_routines() -> None:
         assert rep["descriptor"]["side"] == "both"
 
 
+def test_the_scans_loads_are_looked_up_and_nothing_before_them() -> None:
+    """`extable lookup` on the built extension: the first and last byte of each of
+    the scan's sites find that site, the byte before it (a branch, or the
+    vector loops' prefetches of the page ahead, which never fault) finds none."""
+    d = json.loads(run_cli("dump", "--json", EXT, check=True).stdout)
+    scans = expected.SITES[d["machine"]][2]
+    entries = [e for e in d["entries"] if e["descriptor"]["name"] in scans]
+    assert sorted(e["descriptor"]["name"] for e in entries) == sorted(scans)
+    for e in entries:
+        for address in (e["start"], e["end"] - 1):
+            found = json.loads(run_cli("lookup", "--json", EXT, hex(address), check=True).stdout)
+            assert found["index"] == e["index"]
+        before = run_cli("lookup", EXT, hex(e["start"] - 1))
+        assert before.returncode == 1 and "no entry covers" in before.stderr
+
+
 def test_rebuilding_the_table_is_byte_identical(tmp_path) -> None:
     import build as project_build   # the repository's build.py
 
