@@ -357,9 +357,10 @@ WHY_MISSED = {
         "file under test; reusing one address with MAP_FIXED saved 0.5 µs but, on a "
         "failed mmap, leaves a hole another thread's mapping could take: both left out.)",
     "mcsafe scan, 1 GiB in large files, ≥ 0.9× the throughput of cat (whole process)":
-        "met in interleaved runs, at the edge: 25 rounds of each at load 4 (2 cores), "
-        "installed: 152 ms against cat's 141 (0.93×; CPU 137 against 131 ms, 0.95×), "
-        "where main's scan took 163 ms (0.87×) in the same rounds. What is left is the "
+        "met in interleaved runs, near the edge: 25 rounds of each, installed, at load "
+        "2.2: 141 ms against cat's 135 (0.96×; CPU 138 against 132 ms), where main's "
+        "scan took 160 ms (0.84×) in the same rounds; at load 4, 0.93× (main 0.87×); on "
+        "page cache from readahead (large folios), 1.00× (main 0.89×). What is left is the "
         "interpreter's start (25-30 ms of an empty scan, against a few for cat; argparse, "
         "and mcsafe.mapped's imports on a large file) and the page faults of the mapping "
         "(a fault per 16 pages where the page cache came from small writes, as here; "
