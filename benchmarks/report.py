@@ -357,14 +357,17 @@ WHY_MISSED = {
         "file under test; reusing one address with MAP_FIXED saved 0.5 µs but, on a "
         "failed mmap, leaves a hole another thread's mapping could take: both left out.)",
     "mcsafe scan, 1 GiB in large files, ≥ 0.9× the throughput of cat (whole process)":
-        "0.79-0.89× in runs at load 1.7-2.3 (installed: 198-287 ms against cat's 172-227 ms; "
-        "CPU 245 against 175 ms, the same as main's). The start is 20 ms less than main's "
-        "(29 against 45 ms for an empty folder) but a 1 GiB scan is mostly its scrub: a "
-        "page fault per 16 pages (fault-around) and the table-covered copy through a 16 KiB "
-        "sink, where cat has the kernel copy with read(2). MADV_POPULATE_READ per 16 MiB "
-        "chunk (fewer faults) measured no gain: 175 against 174 ms of CPU per GiB, 8 "
-        "interleaved rounds in one process at load 3.8; the chunk (16 MiB) and sink sizes "
-        "were measured before (see mcsafe/mapped/scrub.py).",
+        "met in interleaved runs, near the edge: 25 rounds of each, installed, at load "
+        "2.2: 141 ms against cat's 135 (0.96×; CPU 138 against 132 ms), where main's "
+        "scan took 160 ms (0.84×) in the same rounds; at load 4, 0.93× (main 0.87×); on "
+        "page cache from readahead (large folios), 1.00× (main 0.89×). What is left is the "
+        "interpreter's start (25-30 ms of an empty scan, against a few for cat; argparse, "
+        "and mcsafe.mapped's imports on a large file) and the page faults of the mapping "
+        "(a fault per 16 pages where the page cache came from small writes, as here; "
+        "the mapping is 2 MiB-aligned, so readahead's PMD-sized folios map with one "
+        "entry). The scan itself (loads only, a page ahead prefetched) reads 1 GiB of "
+        "page cache in 85-90 ms of CPU, where cat's read(2) copy takes 120-130. Each "
+        "of these runs is noisy: the tables here are not interleaved.",
     "mcsafe rescue --no-sync of a clean 1 GiB file ≥ 0.9× cp":
         "0.91-0.94× in interleaved runs (installed; 9 rounds at load 3.0: 353 ms against "
         "cp's 323, main 370 ms, 0.87×; 7 rounds at load 1.4: 320 against 299, main 0.87×), "

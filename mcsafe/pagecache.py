@@ -78,29 +78,6 @@ def readahead(fd: int) -> int:
         return 8 << 20
 
 
-#: cachestat(2)'s number, the same on every architecture (Linux 6.5)
-SYS_CACHESTAT = 451
-
-
-def all_cached(fd: int, offset: int, length: int) -> bool:
-    """Whether every page of [offset, offset + length) of fd's file is in the page
-    cache now; False where that cannot be told. cachestat(2) counts a large folio
-    in one step, where mincore(2) looks at each page."""
-    if length <= 0:
-        return True
-    import ctypes
-
-    from ._libc import libc
-
-    first = offset // PAGE * PAGE
-    pages = -(-(offset + length - first) // PAGE)
-    span = (ctypes.c_uint64 * 2)(first, pages * PAGE)
-    stats = (ctypes.c_uint64 * 5)()      # nr_cache, nr_dirty, nr_writeback, nr_evicted, ...
-    if libc.syscall(SYS_CACHESTAT, fd, span, stats, 0) != 0:
-        return False                     # ENOSYS before 6.5; EPERM where mincore lies too
-    return stats[0] >= pages
-
-
 class Snapshot:
     """Which pages of [offset, offset + length) of fd's file are cached now, asked
     through a mapping of its own that touches nothing; evict() later evicts
@@ -112,6 +89,9 @@ class Snapshot:
         self.residency = b""            # (nothing to evict if the file is shorter now)
         length = min(length + offset - self.offset, os.fstat(fd).st_size - self.offset)
         if length <= 0:
+            return
+        if all_cached(fd, self.offset, length):     # nothing to evict, nothing to map
+            self.residency = b"\1" * -(-length // PAGE)
             return
         try:
             m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=self.offset)
@@ -134,6 +114,20 @@ class Snapshot:
 
     def evict(self) -> None:
         evict_cold(self.fd, self.offset, self.residency)
+
+
+def all_cached(fd: int, offset: int, length: int) -> bool:
+    """Whether every page of fd's [offset, offset + length) is in the page cache
+    now, by one cachestat(2) (which counts a large folio in one step): the common
+    case, where a mincore(2) walk of every page (and ctypes, imported for it) can
+    be spared. True for an empty range; False where the kernel cannot say (before
+    Linux 6.5, or a page cache not ours to see)."""
+    if length <= 0:
+        return True
+    from ._mcsafe import _cached
+
+    first = offset // PAGE * PAGE               # the C call counts whole pages from first
+    return _cached(fd, first, offset + length - first)
 
 
 def resident(address: int, length: int) -> bytes:
@@ -178,7 +172,8 @@ class Restorer:
         have = self._base + len(self._known) * PAGE
         want = min(-(-size // PAGE) * PAGE, -(-(offset + length) // PAGE) * PAGE + self._chunk)
         if want > have:
-            self._known += resident(address + have, want - have)
+            self._known += b"\1" * ((want - have) // PAGE) if all_cached(
+                self._fd, have, want - have) else resident(address + have, want - have)
 
     def after(self, offset: int, length: int) -> None:
         """The reader has read up to offset + length (from offset): evict what it

@@ -175,3 +175,21 @@ def test_a_rescue_of_a_clean_file_loads_only_what_it_uses(tmp_path, size) -> Non
     assert own == RESCUE_OWN
     assert not (top(new) | new) & RESCUE_HEAVY, sorted((top(new) | new) & RESCUE_HEAVY)
     assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_a_scan_of_a_cached_large_file_asks_cachestat_not_mincore(tmp_path) -> None:
+    """A large file read through MappedFile whose pages are all cached: the page
+    cache is known to be left as found from one cachestat(2) per range, so ctypes
+    (the mincore(2) call's) is never loaded; the scan still reads it whole."""
+    path = tmp_path / "large"
+    path.write_bytes(os.urandom(24 << 20))
+    os.sync()
+    path.read_bytes()                           # all cached
+    code = (f"import io\nstdout, sys.stdout = sys.stdout, io.StringIO()\n"
+            f"from mcsafe.cli import main\n"
+            f"assert main(['scan', {str(path)!r}]) == 0, 'scan failed'\n"
+            f"assert 'scanned 1 file, 24.0 MiB' in sys.stdout.getvalue(), sys.stdout.getvalue()\n"
+            f"sys.stdout = stdout")
+    new = loaded_by(code)
+    assert "mcsafe.mapped.scrub" in new         # the large-file reader ran
+    assert "ctypes" not in new
