@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -24,6 +25,16 @@ HOST = platform.machine()
 COMPILERS = {"x86_64": "gcc" if HOST == "x86_64" else "x86_64-linux-gnu-gcc",
              "aarch64": "gcc" if HOST == "aarch64" else "aarch64-linux-gnu-gcc"}
 AARCH64_GCC = COMPILERS["aarch64"]
+
+# The commands under test are started as from an operator's terminal, where SIGINT
+# is a signal's default action. `make test` run as a background job of a
+# non-interactive shell (`make test &` in a script, as CI may) inherits SIGINT
+# ignored, and a command keeps an ignored SIGINT ignored (nohup's rule), so the
+# tests that send it would test nothing. Python's own handler here is reset to the
+# default action in every child at exec. (Tests of an ignored SIGINT set it in the
+# child themselves.)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def compile_so(source: Path, out: Path, cc: str = "gcc", extra: list[str] = ()) -> Path:
