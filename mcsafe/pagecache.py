@@ -121,7 +121,13 @@ def all_cached(fd: int, offset: int, length: int) -> bool:
     now, by one cachestat(2) (which counts a large folio in one step): the common
     case, where a mincore(2) walk of every page (and ctypes, imported for it) can
     be spared. True for an empty range; False where the kernel cannot say (before
-    Linux 6.5, or a page cache not ours to see)."""
+    Linux 6.5, or a page cache not ours to see).
+
+    cachestat counts folios the page cache holds, where mincore counts only those
+    whose data is read (uptodate): a folio left by a read that failed counts here and
+    not there. A reader that then fills it leaves it cached: the page cache holds no
+    more memory than before, which is what "gives back what it brought in" guards.
+    (Found by review: a flaky FUSE page failed once, then read by a scan, stays.)"""
     if length <= 0:
         return True
     from ._mcsafe import _cached
