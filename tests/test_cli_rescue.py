@@ -364,7 +364,8 @@ def test_dst_that_fails_to_write_stops_with_a_consistent_mapfile(failing_file, t
 
 
 @pytest.mark.parametrize("how", ["fsync fails", "fsync fails once, saving after each chunk",
-                                 "close fails, --no-sync"])
+                                 "close fails, --no-sync", "fsync and close fail",
+                                 "fsync and close fail, saving after each chunk"])
 def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_file, tmp_path,
                                                                    how: str) -> None:
     """DST's fsync (or close, as NFS reports a lost write) fails, in place on a FUSE
@@ -374,7 +375,9 @@ def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_fil
     fsync is not retried into a success (Linux may have dropped the pages: the next
     fsync would then succeed). (main: "rescued all 64 MiB" from the in-memory map,
     with the mapfile saying 0; after one failed fsync the mapfile claimed the
-    chunk; a failing close was a traceback.) A rerun that can sync finishes."""
+    chunk; a failing close was a traceback, and so was a close failing after the
+    final fsync had: an s3fs-like DST failing the upload at fsync and at flush.)
+    A rerun that can sync finishes."""
     size = 64 << 20
     src = tmp_path / "src"
     src.write_bytes(os.urandom(size))
@@ -383,7 +386,10 @@ def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_fil
     extra, kw = {"fsync fails": ([], {}),
                  "fsync fails once, saving after each chunk": (["--save-every", "0"],
                                                                 {"times": 1}),
-                 "close fails, --no-sync": (["--no-sync"], {"close": True, "times": 0})}[how]
+                 "close fails, --no-sync": (["--no-sync"], {"close": True, "times": 0}),
+                 "fsync and close fail": ([], {"close": True}),
+                 "fsync and close fail, saving after each chunk": (["--save-every", "0"],
+                                                                   {"close": True})}[how]
     with dst.failing_sync(**kw):
         p = rescue("--in-place", *extra, "--map", mapfile, src, dst.path)
     assert p.returncode == 2, p

@@ -246,12 +246,12 @@ class Mapfile:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
-            os.unlink(tmp)
+            _remove(tmp)
             if exc.errno not in NO_ROOM or not os.path.exists(path):
                 raise
             return _overwrite(path, text, room, sync)
         except BaseException:
-            os.unlink(tmp)
+            _remove(tmp)
             raise
         if sync:
             sync_dir(folder)
@@ -273,6 +273,14 @@ def _overwrite(path: str, text: bytes, room: int, sync: bool) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove(path: str) -> None:
+    """Remove a temporary file that failed, keeping the error that made it fail."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _write(fd: int, text: bytes) -> None:

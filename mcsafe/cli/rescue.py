@@ -22,6 +22,7 @@ DST never extends past the last byte read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shlex
@@ -155,13 +156,24 @@ class Destination:
                               "since the mapfile was last saved is not counted)") from None
 
     def discard(self) -> None:
-        """Close DST if still open; remove the temporary file if never put in place."""
+        """Close DST if still open and remove the temporary file if never put in
+        place; WriteFailed, once both were tried, if either failed."""
+        failed: WriteFailed | None = None
         if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+            try:
+                self.close()
+            except WriteFailed as exc:
+                failed = exc
         if self.temp is not None:
-            os.unlink(self.temp)
-            self.temp = None
+            temp, self.temp = self.temp, None
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed = failed or WriteFailed(f"{temp}: {exc.strerror} removing it")
+        if failed is not None:
+            raise failed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,7 +235,8 @@ class Rescue:
         finally:
             if tail is not None:
                 tail.evict()
-            os.close(fd)
+            with contextlib.suppress(OSError):  # read only: nothing of ours to lose
+                os.close(fd)
         return self._report(mapfile)
 
     def _rescue(self, src: MappedFile, size: int) -> Mapfile:
@@ -245,8 +258,9 @@ class Rescue:
         try:
             dst = Destination(args.dst, args.in_place, resume)
         except RescueError:
-            if created:
-                os.unlink(self.mappath)
+            if created:                 # an empty mapfile left behind resumes as none
+                with contextlib.suppress(OSError):
+                    os.unlink(self.mappath)
             raise
         placed = False
         try:
@@ -262,7 +276,10 @@ class Rescue:
         except WriteFailed as exc:      # DST not synced, closed or in place: the mapfile
             self.error = self.error or str(exc)     # saved last still says what it holds
         finally:
-            dst.discard()
+            try:                        # closes DST if finish() failed before close()
+                dst.discard()
+            except WriteFailed as exc:
+                self.error = self.error or str(exc)
         if not placed or dst.lost:
             return self.saved
         if not self.stop() and self.error is None:
