@@ -747,6 +747,37 @@ def test_a_full_disk_in_place_keeps_saving_the_mapfile(tmpfs, tmp_path) -> None:
     assert 0 < m.finished_end and dst.read_bytes()[:m.finished_end] == data[:m.finished_end]
 
 
+def test_a_mapfile_longer_than_its_room_on_a_full_disk_is_not_torn(failing_file, tmpfs,
+                                                                    tmp_path) -> None:
+    """The mapfile's file system is full and the final mapfile (3000 bad ranges,
+    some 90 KiB) is longer than the room reserved at its last save (64 KiB): the
+    mapfile saved last stays whole (ddrescuelog reads it), one line naming it, exit
+    2; with room again, a rerun goes on from it and finishes. (main: the new text
+    was written over the old in place until the disk ran out: a torn mapfile,
+    unreadable by ddrescuelog and by the rerun.)"""
+    pages = 6000
+    src = failing_file(pages * PAGE, inject.page_ranges(range(1, pages, 2)), name="src")
+    disk = tmpfs("512k")
+    mapfile = disk / "dst.map"
+    with open(disk / "filler", "wb") as filler:    # all but 80 KiB: the first save fits
+        st = os.statvfs(disk)
+        filler.write(b"\0" * (st.f_bavail * st.f_frsize - (80 << 10)))
+    p = rescue("--map", mapfile, src.path, tmp_path / "dst")
+    assert p.returncode == 2, p
+    assert p.stderr.splitlines() == [f"mcsafe rescue: {mapfile}: No space left on device; "
+                                     "run again to go on"], p.stderr
+    assert ddrescuelog("-t", mapfile).returncode == 0
+    assert Mapfile.load(str(mapfile)) == Mapfile(pages * PAGE)  # as saved before the copy
+    assert sorted(os.listdir(disk)) == ["dst.map", "filler"]
+    os.unlink(disk / "filler")
+    p = rescue("--map", mapfile, src.path, tmp_path / "dst")
+    assert p.returncode == 1, p
+    assert blocks(mapfile) == [(i * PAGE, PAGE, "-+"[i % 2 == 0]) for i in range(pages)]
+    want, hole = src.contents(), bytes(PAGE)
+    assert (tmp_path / "dst").read_bytes() == b"".join(
+        want[i * PAGE:(i + 1) * PAGE] if i % 2 == 0 else hole for i in range(pages - 1))
+
+
 def test_a_mapfile_that_cannot_be_written_is_refused_before_anything_is_copied(
         tmpfs, tmp_path) -> None:
     """Its folder missing, on a read-only file system, or an existing one there to

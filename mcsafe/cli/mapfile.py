@@ -234,7 +234,7 @@ class Mapfile:
         except OSError as exc:
             if exc.errno not in NO_ROOM or not os.path.exists(path):
                 raise
-            return _overwrite(path, text, room, sync)
+            return _overwrite(path, text, room, sync, exc)
         try:
             try:
                 _reserve(fd, room)
@@ -249,7 +249,7 @@ class Mapfile:
             _remove(tmp)
             if exc.errno not in NO_ROOM or not os.path.exists(path):
                 raise
-            return _overwrite(path, text, room, sync)
+            return _overwrite(path, text, room, sync, exc)
         except BaseException:
             _remove(tmp)
             raise
@@ -257,11 +257,15 @@ class Mapfile:
             sync_dir(folder)
 
 
-def _overwrite(path: str, text: bytes, room: int, sync: bool) -> None:
+def _overwrite(path: str, text: bytes, room: int, sync: bool, no_room: OSError) -> None:
     """Write text over the mapfile at path, in the room reserved past its end when
-    it was written (a crash meanwhile may leave it torn, as ddrescue's)."""
+    it was written (a crash meanwhile may leave it torn, as ddrescue's); no_room
+    raised, the mapfile untouched, if text is longer than that room: a write that
+    ran out of space half way would leave neither the old mapfile nor the new."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
+        if len(text) > os.fstat(fd).st_blocks * 512:    # what the file system holds for it
+            raise no_room
         _write(fd, text)
         if os.fstat(fd).st_size > len(text):
             os.ftruncate(fd, len(text))     # frees the room past the end: take it again
