@@ -37,7 +37,8 @@ from .. import MappedFile
 from .._libc import libc
 from ..pagecache import Snapshot, sees_cache
 from . import onecopy
-from .mapfile import BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, umask
+from .mapfile import (BAD, FINISHED, INT_MAX, NON_TRIED, Mapfile, MapfileError, sync_dir,
+                      umask)
 from .output import size_text, write_out
 from .stop import StopFlag, Stopped
 
@@ -325,8 +326,8 @@ class Rescue:
             print(f"mcsafe rescue: {self.args.src} is {size} bytes, shorter than "
                   f"{self.mappath} says ({m.size}): the rest cannot be read", file=sys.stderr)
         m.resize(size)
-        if m.current_status == FINISHED:
-            m.current_pass += 1
+        if m.current_status == FINISHED:    # the next pass; a C int, as ddrescue reads it
+            m.current_pass = min(m.current_pass + 1, INT_MAX)
         return m
 
     def _copy(self, src: MappedFile, mapfile: Mapfile, dst: Destination, size: int) -> None:
