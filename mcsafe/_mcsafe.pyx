@@ -53,6 +53,9 @@ cdef extern from "mcsafe_core.h" nogil:
     const char *const mcsafe_feature_names[]
     const mcsafe_copy_plan *mcsafe_plan()
     int mcsafe_copy_choice(size_t n)
+    size_t mcsafe_scan(const void *src, size_t n, mcsafe_fault *rec)
+    const char *const mcsafe_scan_path_names[]
+    size_t mcsafe_scan_path(int path, const void *src, size_t n, mcsafe_fault *rec)
     int mcsafe_register(const void *table, size_t size, const char *name,
                         char *err, size_t errlen)
     int mcsafe_unregister(const void *table)
@@ -347,19 +350,23 @@ def copy_report(dst, src, n=None, *, dst_offset=_ZERO, src_offset=_ZERO):
     return CopyResult(done, _fault_info(&rec, dst_at, src_at) if done < length else None)
 
 
-cdef tuple _PATHS = None
+cdef tuple _names(const char *const *names):
+    cdef int i = 0
+    out = []
+    while names[i] != NULL:
+        out.append((<bytes>names[i]).decode())
+        i += 1
+    return tuple(out)
+
+
+cdef tuple _PATHS = _names(mcsafe_path_names)
+# The names of the scan's paths (loads only) on this machine, for _scan(path=); the
+# last is the one _scan() takes.
+SCAN_PATHS = _SCAN_PATHS = _names(mcsafe_scan_path_names)
 
 
 def copy_paths():
     """The names of the copy paths this machine has, for _copy_path()."""
-    global _PATHS
-    cdef int i = 0
-    if _PATHS is None:
-        out = []
-        while mcsafe_path_names[i] != NULL:
-            out.append((<bytes>mcsafe_path_names[i]).decode())
-            i += 1
-        _PATHS = tuple(out)
     return _PATHS
 
 
@@ -750,35 +757,40 @@ cdef size_t _through(void *sink, size_t sink_len, const char *src, size_t n,
     return done
 
 
-def _copy_through(sink, src, Py_ssize_t src_offset, Py_ssize_t n):
-    """scrub()'s reader: copy n bytes of src from src_offset through sink, a
-    sink-full at a time (each overwriting the last), without the GIL. Returns n,
-    or a CopyResult whose count is the bytes read before the fault."""
+def _scan(src, Py_ssize_t src_offset, Py_ssize_t n, path=None):
+    """scrub()'s reader: load every byte of src from src_offset to src_offset + n,
+    storing nothing, without the GIL. Returns n, or a CopyResult whose count is
+    the bytes readable before the first that faulted (and its fault's offset is
+    that byte's in src). path (tests and benchmarks): one of SCAN_PATHS only."""
     cdef mcsafe_fault rec
-    cdef Py_buffer d, s
+    cdef Py_buffer s
     cdef size_t done
-    cdef const char *sp
+    cdef int index = -1
+    if path is not None:
+        if path not in _SCAN_PATHS:
+            raise ValueError(f"path must be one of {_SCAN_PATHS}, not {path!r}")
+        index = _SCAN_PATHS.index(path)
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
-    _acquire(sink, src, &d, &s)
+    if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
+        _raise_buffer_error("src", src)
     try:
-        if not (0 <= src_offset <= s.len and 0 <= n <= s.len - src_offset) or \
-                (n and d.len == 0):
-            raise ValueError("src_offset or n outside src, or an empty sink")
-        sp = <const char *>s.buf + src_offset
-        if n and <char *>d.buf < sp + n and sp < <char *>d.buf + d.len:
-            raise ValueError("src and sink overlap")
+        if not (0 <= src_offset <= s.len and 0 <= n <= s.len - src_offset):
+            raise ValueError("src_offset or n outside src")
         if n >= MASK_CHECK and not _ready():
             _make_ready(1)
         with nogil:
-            done = _through(d.buf, <size_t>d.len, sp, <size_t>n, &rec)
+            if index < 0:
+                done = mcsafe_scan(<const char *>s.buf + src_offset, <size_t>n, &rec)
+            else:
+                rec.side = 0
+                done = n - mcsafe_scan_path(index, <const char *>s.buf + src_offset,
+                                            <size_t>n, &rec)
         if done < <size_t>n:
-            return CopyResult(<Py_ssize_t>done,
-                              _fault_info(&rec, <uintptr_t>d.buf, <uintptr_t>s.buf))
+            return CopyResult(<Py_ssize_t>done, _fault_info(&rec, 0, <uintptr_t>s.buf))
         return n
     finally:
         PyBuffer_Release(&s)
-        PyBuffer_Release(&d)
 
 
 cdef extern from "<sys/mman.h>" nogil:
@@ -875,15 +887,22 @@ cdef struct _cachestat:
 cdef long SYS_CACHESTAT = 451
 
 
-cdef bint _all_cached(int fd, size_t size) noexcept nogil:
-    """Whether every page of fd's first size bytes is in the page cache, by one
-    cachestat(2) (cheaper than mapping the file's pages in mincore(2)); False
-    also where the kernel cannot say (older than 6.5, or not ours to see)."""
+cdef bint _all_cached(int fd, size_t offset, size_t size) noexcept nogil:
+    """Whether every page of fd's bytes [offset, offset + size) (offset a page's)
+    is in the page cache, by one cachestat(2) (cheaper than mapping the file's
+    pages in mincore(2)); False also where the kernel cannot say (older than
+    6.5, or not ours to see)."""
     cdef _cachestat_range r
     cdef _cachestat cs
-    r.off = 0
+    r.off = offset
     r.len = size
     return _syscall(SYS_CACHESTAT, fd, &r, &cs, 0) == 0 and cs.nr_cache >= (size + 4095) // 4096
+
+
+def _cached(int fd, Py_ssize_t offset, Py_ssize_t size):
+    """Whether every page of fd's bytes [offset, offset + size) (offset a page's)
+    is in the page cache; False also where the kernel cannot say."""
+    return offset >= 0 and size > 0 and _all_cached(fd, <size_t>offset, <size_t>size)
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
@@ -949,7 +968,7 @@ cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t s
             return SMALL_ELSEWHERE
         got.src_at = <uintptr_t>addr
         # All cached (the common case): the read brings nothing in, nothing to give back
-        if vec != NULL and _all_cached(fd, <size_t>st.st_size):
+        if vec != NULL and _all_cached(fd, 0, <size_t>st.st_size):
             vec = NULL
         pages = (<size_t>st.st_size + 4095) // 4096
         if vec != NULL and _mincore(addr, <size_t>st.st_size, vec) != 0:

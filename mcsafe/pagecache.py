@@ -90,6 +90,9 @@ class Snapshot:
         length = min(length + offset - self.offset, os.fstat(fd).st_size - self.offset)
         if length <= 0:
             return
+        if all_cached(fd, self.offset, length):     # nothing to evict, nothing to map
+            self.residency = b"\1" * -(-length // PAGE)
+            return
         try:
             m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=self.offset)
         except ValueError:              # cut since the fstat
@@ -111,6 +114,20 @@ class Snapshot:
 
     def evict(self) -> None:
         evict_cold(self.fd, self.offset, self.residency)
+
+
+def all_cached(fd: int, offset: int, length: int) -> bool:
+    """Whether every page of fd's [offset, offset + length) is in the page cache
+    now, by one cachestat(2) (which counts a large folio in one step): the common
+    case, where a mincore(2) walk of every page (and ctypes, imported for it) can
+    be spared. True for an empty range; False where the kernel cannot say (before
+    Linux 6.5, or a page cache not ours to see)."""
+    if length <= 0:
+        return True
+    from ._mcsafe import _cached
+
+    first = offset // PAGE * PAGE               # the C call counts whole pages from first
+    return _cached(fd, first, offset + length - first)
 
 
 def resident(address: int, length: int) -> bytes:
@@ -155,7 +172,8 @@ class Restorer:
         have = self._base + len(self._known) * PAGE
         want = min(-(-size // PAGE) * PAGE, -(-(offset + length) // PAGE) * PAGE + self._chunk)
         if want > have:
-            self._known += resident(address + have, want - have)
+            self._known += b"\1" * ((want - have) // PAGE) if all_cached(
+                self._fd, have, want - have) else resident(address + have, want - have)
 
     def after(self, offset: int, length: int) -> None:
         """The reader has read up to offset + length (from offset): evict what it

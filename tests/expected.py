@@ -11,13 +11,17 @@ from pathlib import Path
 
 SMALL_SITES = frozenset({"group_load", "group_store", "word_load", "word_store", "byte_load",
                          "byte_store"})
-#: The extension's table by machine: its sites' descriptor names, and the
-#: registers (count, src, dst, record) every descriptor names.
+#: The extension's table by machine: its copy sites' descriptor names, the
+#: registers (count, src, dst, record) every copy descriptor names; the scan's
+#: sites (loads only), whose descriptors name the same but no dst.
 SITES = {
     "x86_64": (SMALL_SITES | {"rep_movsb", "wide_load", "wide_store", "mcsafe_copy_avx2_load",
                               "mcsafe_copy_avx2_store", "mcsafe_copy_avx2_nt_load",
-                              "mcsafe_copy_avx2_nt_store"}, ("rcx", "rsi", "rdi", "r8")),
-    "aarch64": (SMALL_SITES | {"bulk_load", "bulk_store"}, ("x2", "x1", "x0", "x3")),
+                              "mcsafe_copy_avx2_nt_store"}, ("rcx", "rsi", "rdi", "r8"),
+               {"mcsafe_scan_avx2_load", "mcsafe_scan_sse2_load", "scan_word_load",
+                "scan_byte_load"}),
+    "aarch64": (SMALL_SITES | {"bulk_load", "bulk_store"}, ("x2", "x1", "x0", "x3"),
+                {"scan_group_load", "scan_word_load", "scan_byte_load"}),
 }
 
 
@@ -29,11 +33,13 @@ def sites(dump: dict) -> list[str]:
 
 def expected_sites(machine: str) -> list[str]:
     """The sites the extension built for machine must have, sorted as sites()."""
-    return sorted(SITES[machine][0])
+    return sorted(SITES[machine][0] | SITES[machine][2])
 
 
 #: The copy paths each machine's extension has (mcsafe._mcsafe.copy_paths()).
 COPY_PATHS = {"x86_64": ("small", "bulk", "vector", "vector_nt"), "aarch64": ("small", "bulk")}
+#: The scan's paths (mcsafe._mcsafe.SCAN_PATHS).
+SCAN_PATHS = {"x86_64": ("sse2", "avx2"), "aarch64": ("ldp",)}
 
 #: The emulator the tests run under, if any: tests/test_emulated_extension.py
 #: sets it for what it runs under qemu-user.

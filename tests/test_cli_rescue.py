@@ -1014,3 +1014,56 @@ def test_one_copy_and_two_copies_rescue_the_same(pages, size) -> None:
         want_bad = [(s, min(e, size)) for s, e in bad]
         assert Mapfile.load(str(Path(tmp) / "out1.map")).ranges("-") == \
             [(s, e) for s, e in want_bad if s < e]
+
+
+def _maps_of(start: int, end: int) -> list[str]:
+    """The lines of /proc/self/maps of mappings that overlap [start, end)."""
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo < end and hi > start:
+                out.append(line.strip())
+    return out
+
+
+@pytest.mark.parametrize("size", [1, PAGE, (3 << 20) + 5, 8 << 20])
+def test_src_is_mapped_at_a_pmd_aligned_address_and_nothing_around_it_is_kept(
+        tmp_path, size) -> None:
+    """SourceMap reserves PMD_SIZE more than SRC needs to find an aligned address,
+    and gives the rest back: the file's mapping alone is left, read only and
+    shared, from the aligned address; copy() from it writes SRC's bytes."""
+    from mcsafe.cli import onecopy
+    data = os.urandom(size)
+    (tmp_path / "src").write_bytes(data)
+    fd = os.open(tmp_path / "src", os.O_RDONLY)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    m = onecopy.SourceMap(fd, size)
+    start, end = m.address, m.address + -(-size // PAGE) * PAGE
+    try:
+        assert m.address % onecopy.PMD_SIZE == 0
+        lines = _maps_of(m.address - onecopy.PMD_SIZE, end + onecopy.PMD_SIZE)
+        ours = [line for line in lines if line.endswith(str(tmp_path / "src"))]
+        assert [line.split()[:2] for line in ours] == [[f"{m.address:x}-{end:x}", "r--s"]]
+        # no PROT_NONE leftover of the reservation next to it
+        assert not [line for line in lines if line.split()[1] == "---p"], lines
+        got = onecopy.copy(fd, m.address, out, 0, size, lambda o, n: None, lambda o, n: None,
+                           lambda d, t: None, lambda: size, False)
+        assert got == (size, size) and os.pread(out, size + 1, 0) == data
+    finally:
+        m.close()
+        os.close(out)
+        os.close(fd)
+    assert not [line for line in _maps_of(start, end) if line.endswith(str(tmp_path / "src"))]
+
+
+def test_an_empty_src_maps_nothing(tmp_path) -> None:
+    from mcsafe.cli import onecopy
+    (tmp_path / "src").write_bytes(b"")
+    fd = os.open(tmp_path / "src", os.O_RDONLY)
+    try:
+        m = onecopy.SourceMap(fd, 0)
+        assert m.address == 0
+        m.close()
+    finally:
+        os.close(fd)

@@ -103,11 +103,12 @@ def test_property_tests_pass_on_arm64(arm64_package) -> None:
         shutil.copyfile(ROOT / "tests" / name, tests / name)
     methods = expected.injection_methods("qemu-user")
     working = [m for m, why in methods.items() if why is None]
-    paths = expected.COPY_PATHS["aarch64"]
-    # the machine's methods, the probe without the copy, the paths, uffd's si_code,
-    # source and destination properties, the fault counter; each method's signal;
-    # the first byte: method x path
-    passed = 7 + len(working) + len(working) * len(paths)
+    paths = expected.COPY_PATHS["aarch64"] + expected.SCAN_PATHS["aarch64"]
+    # the machine's methods, the probe without the copy, the copy and scan paths,
+    # uffd's si_code, source and destination properties, the fault counter, the
+    # scan's property; each method's signal; the first byte: method x (copy and
+    # scan) path
+    passed = 9 + len(working) + len(working) * len(paths)
     skipped = len(methods) - len(working)
     p = emulated(arm64_package, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                  "--noconftest", str(tests / "test_mcsafe_faults.py"),

@@ -2,7 +2,9 @@
 
 Every available injection method, both copy paths, faults on the source and
 on the destination: the count, the copied bytes, the untouched bytes past the
-count and the fault record are all checked exactly.
+count and the fault record are all checked exactly. The scan (loads only, no
+destination) is held to the same: the same count and fault record as the copy
+of the same bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ SENTINEL = 0xEE
 AVAILABLE = inject.available()
 WORKING = [m for m, why in AVAILABLE.items() if why is None]
 PATHS = mcsafe._mcsafe.copy_paths()
+SCAN_PATHS = mcsafe._mcsafe.SCAN_PATHS
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 
@@ -52,6 +55,10 @@ def test_availability_is_decided_without_the_copy(monkeypatch) -> None:
 
 def test_every_copy_path_is_tested() -> None:
     assert PATHS == expected.COPY_PATHS[platform.machine()]
+
+
+def test_every_scan_path_is_tested() -> None:
+    assert SCAN_PATHS == expected.SCAN_PATHS[platform.machine()]
 
 
 @pytest.mark.parametrize("method", inject.METHODS)
@@ -173,3 +180,36 @@ def test_fault_counter_counts_claims() -> None:
     with inject.region("mprotect", 2, [1]) as r:
         assert mcsafe.copy(bytearray(2 * PAGE), r.buffer) == PAGE
     assert mcsafe.claimed_faults() == before + 1
+
+
+def run_scan(path: str, src, n: int, src_offset: int):
+    """The scan of src[src_offset:src_offset + n] (scrub's reader, the machine's own
+    path, or one path of SCAN_PATHS) as a CopyResult whose fault offset counts from
+    src_offset, as run_copy's."""
+    res = mcsafe._mcsafe._scan(src, src_offset, n, None if path == "auto" else path)
+    if isinstance(res, int):
+        return mcsafe.CopyResult(res, None)
+    return mcsafe.CopyResult(res.copied, res.fault._replace(offset=res.fault.offset - src_offset))
+
+
+@settings(max_examples=1500, **SETTINGS)
+@given(layouts(), st.sampled_from(["auto", *SCAN_PATHS]))
+def test_scan_stops_at_the_first_bad_byte_as_the_copy_does(layout, scan_path) -> None:
+    """The scan's count and fault record are exactly what they should be, and the
+    same as the table-driven copy's of the same bytes (the reference: a copy
+    reads every byte it copies)."""
+    method, npages, bad, offset, n, copy_path = layout
+    with inject.region(method, npages, bad, seed=n % 5) as r:
+        res = run_scan(scan_path, r.buffer, n, offset)
+        check_fault(res, r, "src", offset, n)
+        copied = run_copy(copy_path, bytearray(n), r.buffer, n, 0, offset)
+        assert (copied.copied, copied.fault) == (res.copied, res.fault)
+
+
+@pytest.mark.parametrize("method", WORKING)
+@pytest.mark.parametrize("path", SCAN_PATHS)
+def test_scan_fault_on_first_byte_reads_nothing(method: str, path: str) -> None:
+    with inject.region(method, 2, [0] if method != "truncate" else [0, 1]) as r:
+        res = run_scan(path, r.buffer, 300, 0)
+        assert res.copied == 0 and res.fault.offset == 0 and res.fault.side == "src"
+        assert res.fault.address == r.address

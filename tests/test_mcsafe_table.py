@@ -24,10 +24,17 @@ def test_extension_table_verifies_and_names_the_copy_routines() -> None:
     assert run_cli("verify", EXT).returncode == 0
     d = json.loads(run_cli("dump", "--json", EXT, check=True).stdout)
     assert expected.sites(d) == expected.expected_sites(d["machine"])
-    regs = expected.SITES[d["machine"]][1]
+    copies, regs, scans = expected.SITES[d["machine"]]
     for e in d["entries"]:
         desc = e["descriptor"]
         assert desc["kind"] == "short_copy" and desc["mc_safe"]
+        if desc["name"] in scans:       # loads only: no destination for the handler to claim
+            assert (desc["reg"], desc["src_reg"], desc["dst_reg"], desc["rec_reg"]) == \
+                (regs[0], regs[1], None, regs[3])
+            assert desc["side"] == "src"
+            assert e["start_symbol"].startswith("mcsafe_scan_")
+            assert e["landing_symbol"].startswith("mcsafe_scan_")
+            continue
         assert (desc["reg"], desc["src_reg"], desc["dst_reg"], desc["rec_reg"]) == regs
         assert e["start_symbol"].startswith("mcsafe_copy_")
         assert e["landing_symbol"].startswith("mcsafe_copy_")
@@ -35,6 +42,22 @@ def test_extension_table_verifies_and_names_the_copy_routines() -> None:
         rep = next(e for e in d["entries"] if e["descriptor"]["name"] == "rep_movsb")
         assert rep["end"] - rep["start"] == 2          # exactly the rep movsb instruction
         assert rep["descriptor"]["side"] == "both"
+
+
+def test_the_scans_loads_are_looked_up_and_nothing_before_them() -> None:
+    """`extable lookup` on the built extension: the first and last byte of each of
+    the scan's sites find that site, the byte before it (a branch, or the
+    vector loops' prefetches of the page ahead, which never fault) finds none."""
+    d = json.loads(run_cli("dump", "--json", EXT, check=True).stdout)
+    scans = expected.SITES[d["machine"]][2]
+    entries = [e for e in d["entries"] if e["descriptor"]["name"] in scans]
+    assert sorted(e["descriptor"]["name"] for e in entries) == sorted(scans)
+    for e in entries:
+        for address in (e["start"], e["end"] - 1):
+            found = json.loads(run_cli("lookup", "--json", EXT, hex(address), check=True).stdout)
+            assert found["index"] == e["index"]
+        before = run_cli("lookup", EXT, hex(e["start"] - 1))
+        assert before.returncode == 1 and "no entry covers" in before.stderr
 
 
 def test_rebuilding_the_table_is_byte_identical(tmp_path) -> None:

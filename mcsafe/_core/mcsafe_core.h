@@ -54,6 +54,13 @@ struct mcsafe_fault {
     SITE(".Lbyte_ld", ".Lbyte_st", ".Lbyte_fault", EXTABLE_SIDE_SRC, "byte_load")      \
     SITE(".Lbyte_st", ".Lbyte_end", ".Lbyte_fault", EXTABLE_SIDE_DST, "byte_store")
 
+/* The scan's word and byte sites, the same labels on every architecture: word
+ * faults finish in .Lscan_tail, byte faults in .Lscan_byte_fault. SITE(start,
+ * end, landing, name) is the architecture's scan site (source only). */
+#define MCSAFE_SCAN_WORD_SITES(SITE)                                            \
+    SITE(".Lscan_word_ld", ".Lscan_word_end", ".Lscan_tail", "scan_word_load")     \
+    SITE(".Lscan_byte_ld", ".Lscan_byte_end", ".Lscan_byte_fault", "scan_byte_load")
+
 /* The per-architecture routines (arch/<arch>/copy.c). All return the number
  * of bytes NOT copied, as the kernel's copy_mc_* do. */
 void mcsafe_arch_init(void);             /* chooses the plan below; once, at import */
@@ -85,6 +92,22 @@ static inline size_t mcsafe_copy(void *dst, const void *src, size_t n,
     if (n < MCSAFE_SMALL_COPY)
         return n - mcsafe_copy_small(dst, src, n, rec);
     return n - mcsafe_copy_large(dst, src, n, rec);
+}
+
+/* The scan (arch/<arch>/copy.c): loads every byte of [src, src + n) and stores
+ * nothing; returns the bytes NOT read, with the copy's exactness (the count
+ * stops at the first byte that could not be read; rec says where). */
+size_t mcsafe_scan_all(const void *src, size_t n, struct mcsafe_fault *rec);
+/* One scan path by index into mcsafe_scan_path_names, for tests and benchmarks. */
+extern const char *const mcsafe_scan_path_names[];
+size_t mcsafe_scan_path(int path, const void *src, size_t n, struct mcsafe_fault *rec);
+
+/* The scan: returns the bytes readable before the first that faulted (n if
+ * none); on a fault `rec` says where. */
+static inline size_t mcsafe_scan(const void *src, size_t n, struct mcsafe_fault *rec)
+{
+    rec->side = 0;
+    return n - mcsafe_scan_all(src, n, rec);
 }
 
 /* registry.c: validated tables, published for the handler. */

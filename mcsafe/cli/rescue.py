@@ -1,9 +1,11 @@
 """``mcsafe rescue``: copy everything readable from SRC to DST, and keep a GNU ddrescue
 mapfile of what was rescued and what could not be read.
 
-SRC is read through :meth:`mcsafe.MappedFile.scrub` (the bytes handed to its
-sink are exactly those read(2) would count; a page that fails is remembered
-with its cause); DST is written with pwrite(2). One run is one pass over every
+SRC is copied to DST by pwrite(2) from a mapping of SRC (onecopy.py), and a
+range that path cannot read is read through :meth:`mcsafe.MappedFile.scrub`
+(the bytes handed to its sink are exactly those read(2) would count; a page
+that fails is remembered with its cause), whose MappedFile is opened then: a
+clean file never needs it. One run is one pass over every
 block of the mapfile that is not finished; a bad page is tried by MappedFile a
 few times before it counts as bad, and a later run tries it again.
 
@@ -29,22 +31,27 @@ import shlex
 import signal
 import stat
 import sys
-import tempfile
 import time
-from typing import Any, Callable
 
-from .. import MappedFile
 from .._libc import libc
+from ..mapped.opening import HUGETLBFS_MAGIC, open_file
 from ..pagecache import Snapshot, sees_cache
 from . import onecopy
 from .mapfile import (BAD, FINISHED, INT_MAX, NON_TRIED, Mapfile, MapfileError, sync_dir,
-                      umask)
+                      temporary, umask)
 from .output import size_text, write_out
 from .stop import StopFlag, Stopped
 
+TYPE_CHECKING = False           # typing: milliseconds a rescue need not pay
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from .._types import FaultInfo
+    from ..mapped import MappedFile
+    from ..mapped.opening import Opened
+
 ZEROS = bytes(1 << 20)
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
-
 
 
 class RescueError(Exception):
@@ -52,8 +59,63 @@ class RescueError(Exception):
 
 
 class WriteFailed(Exception):
-    """DST or the mapfile could not be written (ENOSPC, EIO): the run stops where it
-    is; the message names the file."""
+    """DST or the mapfile could not be written (ENOSPC, EIO), or SRC not opened again
+    for a failing range: the run stops where it is; the message names the file."""
+
+
+class Source:
+    """SRC, open: its size, its mapping for the one-copy path, and the MappedFile
+    that reads what that path could not: opened when first needed, or from the
+    start where SRC is not mapped for that path (a hugetlbfs file, whose pages
+    MappedFile knows how to map; no one-copy path on this machine)."""
+
+    def __init__(self, opened: Opened, one_copy: bool) -> None:
+        self.fd = opened.fd
+        self.name = opened.path
+        self.one_copy = one_copy
+        self.map: onecopy.SourceMap | None = None
+        self._file: MappedFile | None = None
+        if one_copy and opened.fs != HUGETLBFS_MAGIC:
+            try:
+                self.map = onecopy.SourceMap(self.fd, os.lseek(self.fd, 0, os.SEEK_END))
+            except OSError:
+                pass                    # MappedFile says why, below
+        if self.map is None:
+            self._file = self._open()
+
+    def _open(self) -> MappedFile:
+        from ..mapped import MappedFile
+
+        return MappedFile(self.fd)
+
+    @property
+    def size(self) -> int:
+        """SRC's size now."""
+        return self._file.size if self._file is not None else \
+            os.lseek(self.fd, 0, os.SEEK_END)
+
+    @property
+    def address(self) -> int:
+        """Where the one-copy path finds SRC's bytes in memory."""
+        return self.map.address if self.map is not None else self.careful().address
+
+    def careful(self) -> MappedFile:
+        """The MappedFile that reads a range the one-copy path could not."""
+        if self._file is None:
+            try:
+                self._file = self._open()
+            except OSError as exc:
+                raise WriteFailed(f"{self.name}: {exc.strerror}") from None
+        return self._file
+
+    def bad_range_faults(self) -> list[tuple[int, int, FaultInfo]]:
+        return self._file.bad_range_faults() if self._file is not None else []
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class Destination:
@@ -85,8 +147,7 @@ class Destination:
                 self.fresh = st is None or (not self.device and st.st_size == 0)
             else:
                 folder = os.path.dirname(os.path.abspath(path))
-                self.fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                                      suffix=".part", dir=folder)
+                self.fd, self.temp = temporary(folder, f".{os.path.basename(path)}.", ".part")
                 self.fresh = True
         except OSError as exc:
             raise RescueError(f"{path}: {exc.strerror}") from None
@@ -204,7 +265,6 @@ class Rescue:
         self.causes: dict[tuple[int, int], str] = {}
         self.error: str | None = None
         self.restore = False            # give back the page cache pages read from SRC
-        self.src_fd = -1
         self.last_save = time.monotonic()
         self.saved = Mapfile(0)         # the mapfile as last saved
 
@@ -212,26 +272,29 @@ class Rescue:
         args = self.args
         self._check_paths()
         try:
-            fd = os.open(args.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            opened = open_file(args.src, "r")
         except OSError as exc:
             raise RescueError(f"{args.src}: {exc.strerror}") from None
         tail = None
-        self.src_fd = fd
+        fd = opened.fd
         try:
             st = os.fstat(fd)
             self.restore = sees_cache(fd, st)
             # Opening a MappedFile reads SRC's last page (and the kernel reads around
             # it) before scrub can look: that part is given back at the end.
-            if self.restore and stat.S_ISREG(st.st_mode):
+            if self.restore and opened.regular:
                 tail = Snapshot.tail(fd, st.st_size)
             try:
-                src = MappedFile(fd)
+                src = Source(opened, onecopy.unavailable() is None)
             except OSError as exc:
                 raise RescueError(f"{args.src}: {exc.strerror}") from None
-            with src:
-                size = src.size
+            try:
+                # (never past the mapping, should SRC have grown since it was made)
+                size = src.map.length if src.map is not None else src.size
                 mapfile = self._rescue(src, size)
-            if stat.S_ISREG(st.st_mode):
+            finally:
+                src.close()
+            if opened.regular:
                 self._cut(size, os.fstat(fd).st_size, mapfile)
         finally:
             if tail is not None:
@@ -240,7 +303,7 @@ class Rescue:
                 os.close(fd)
         return self._report(mapfile)
 
-    def _rescue(self, src: MappedFile, size: int) -> Mapfile:
+    def _rescue(self, src: Source, size: int) -> Mapfile:
         """One pass over what the mapfile does not have yet; the mapfile as last
         saved (what the report counts: no more than DST is known to hold)."""
         args = self.args
@@ -330,7 +393,7 @@ class Rescue:
             m.current_pass = min(m.current_pass + 1, INT_MAX)
         return m
 
-    def _copy(self, src: MappedFile, mapfile: Mapfile, dst: Destination, size: int) -> None:
+    def _copy(self, src: Source, mapfile: Mapfile, dst: Destination, size: int) -> None:
         todo = [(a, min(b, size)) for a, b in mapfile.ranges("?*/-") if a < size]
         # ddrescue's phases: copying what was never tried, else retrying bad blocks
         mapfile.current_status = NON_TRIED if mapfile.total("?*/") else BAD
@@ -354,9 +417,6 @@ class Rescue:
                 dst.write(offset, data)
                 written(offset, data.nbytes)
 
-        # pwrite(2) from SRC's mapping where the kernel's copy survives what it reads
-        one_copy = onecopy.unavailable() is None
-
         try:
             for a, b in todo:
                 passed = a
@@ -373,16 +433,16 @@ class Rescue:
                     start = a
                     while start < b:
                         upto = b
-                        if one_copy:
+                        if src.one_copy:
                             try:
                                 start, upto = onecopy.copy(
-                                    self.src_fd, src.address, dst.fd, start, b, written, hole,
+                                    src.fd, src.address, dst.fd, start, b, written, hole,
                                     progress, lambda: src.size, self.restore)
                             except onecopy.Stop as exc:
                                 raise WriteFailed(f"{dst.path}: {exc}") from None
-                        if start < upto:        # a page of SRC failed: today's path judges
-                            src.scrub(progress, start=start, end=upto, sink=sink,
-                                      skip_holes=True, restore_cache=self.restore)
+                        if start < upto:        # a page of SRC failed: MappedFile judges
+                            src.careful().scrub(progress, start=start, end=upto, sink=sink,
+                                                skip_holes=True, restore_cache=self.restore)
                         start = upto
                 finally:
                     for s, e, fault in src.bad_range_faults():

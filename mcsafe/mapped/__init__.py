@@ -14,6 +14,19 @@ _sys           mmap, munmap, msync, madvise and fstatfs, made by the extension
 =============  ===================================================================
 """
 
-from .file import MappedFile
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .file import MappedFile
+
+
+def __getattr__(name: str) -> object:
+    # MappedFile (typing, threading, the careful paths) is imported when first asked
+    # for: `mcsafe rescue` of a clean file opens SRC with opening and needs no more.
+    if name == "MappedFile":
+        from .file import MappedFile
+
+        return MappedFile
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["MappedFile"]

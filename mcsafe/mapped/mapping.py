@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from .._mcsafe import _copy_or_report, _copy_through, _Published
+from .._mcsafe import _copy_or_report, _Published, _scan
 from .._types import CopyResult
 from ._sys import PAGE, Memory, advise, map_memory, oserror, pages, unmap
 from .opening import HUGETLBFS_MAGIC, Opened
@@ -216,13 +216,13 @@ class Window(_Published):
             return _copy_or_report(data, buf, m, pos, done)
         return self._on_view(copy)
 
-    def copy_through(self, sink: bytearray, offset: int, n: int) -> int | CopyResult:
-        """Read [offset, offset + n) through sink (the pieces looped in C): the
-        count, short if the file shrank, or the CopyResult of a fault."""
-        def copy(data: memoryview) -> int | CopyResult:
+    def scan(self, offset: int, n: int) -> int | CopyResult:
+        """Load every byte of [offset, offset + n), storing nothing: the count,
+        short if the file shrank, or the CopyResult of a fault."""
+        def scan(data: memoryview) -> int | CopyResult:
             m = min(n, len(data) - offset)
-            return _copy_through(sink, data, offset, m) if m > 0 else 0
-        return self._on_view(copy)
+            return _scan(data, offset, m) if m > 0 else 0
+        return self._on_view(scan)
 
     def _on_view(self, call: Callable[[memoryview], int | CopyResult]) -> int | CopyResult:
         """call(the view now published), again if another thread replaced it (the

@@ -6,9 +6,11 @@ import errno
 import fcntl
 import os
 import stat
-from typing import NamedTuple
+from collections import namedtuple
 
 from ._sys import fs_type, oserror
+
+TYPE_CHECKING = False           # typing: milliseconds a rescue need not pay
 
 HUGETLBFS_MAGIC = 0x958458F6
 # File systems whose files have no pages to map, by statfs f_type.
@@ -19,15 +21,20 @@ _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a 
           stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
 
 
-class Opened(NamedTuple):
-    """A file open for MappedFile: its descriptor (MappedFile's own), the path to
-    name in errors, whether it is a regular file (else a block device), and its
-    file system's statfs f_type (0 if unknown)."""
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-    fd: int
-    path: str
-    regular: bool
-    fs: int
+    class Opened(NamedTuple):
+        """A file open for MappedFile: its descriptor (MappedFile's own), the path to
+        name in errors, whether it is a regular file (else a block device), and its
+        file system's statfs f_type (0 if unknown)."""
+
+        fd: int
+        path: str
+        regular: bool
+        fs: int
+else:
+    Opened = namedtuple("Opened", "fd path regular fs")
 
 
 def open_file(file: str | os.PathLike[str] | int, mode: str) -> Opened:

@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 
 SCRUB_CHUNK = 16 << 20      # pages dropped per madvise: measured 8-13% faster than 4 MiB
                             # (fewer TLB shootdowns), 32 MiB no better; 1 MiB costs 15%
-SCRUB_SINK = 16 << 10       # where a scrub without a sink copies to, a piece at a time (C
-                            # loop): fits L1; measured 20% faster than 1 MiB (1 GiB in
-                            # 256 MiB files: 108 vs 135 ms, best of 9), 4 KiB no better
 SCRUB_BUF = 256 << 10       # the pieces a scrub hands to its sink: fits L2, so the copy
                             # in and the sink's pwrite out are both cached (1 GiB through
                             # pwrite: 793 ms against 950 with 1 MiB, 859 with 128 KiB)
@@ -36,10 +33,10 @@ def scrub(window: Window, bad: BadRanges, careful: Careful, read: Callable[[Buff
           sink: Sink | None, skip_holes: bool, restore_cache: bool) -> list[tuple[int, int]]:
     """Read [start, end) of the file (known bad ranges skipped untouched, each page
     that faults judged by the careful read path, which remembers it, the pages
-    read dropped from this process as it goes), through a sink buffer or, with a
-    sink, through read() (MappedFile.readinto: exact counts) a piece at a time.
-    Returns every bad range."""
-    buf = bytearray(SCRUB_BUF if sink is not None else SCRUB_SINK)
+    read dropped from this process as it goes): every byte loaded and nothing
+    stored (the scan) or, with a sink, through read() (MappedFile.readinto: exact
+    counts) a piece at a time. Returns every bad range."""
+    buf = bytearray(SCRUB_BUF if sink is not None else PAGE)
     offset = start
     stop = window.refresh()
     if end is not None:
@@ -93,9 +90,10 @@ def _next_data(fd: int, offset: int, stop: int) -> tuple[int, int]:
 
 def _chunk(window: Window, bad: BadRanges, careful: Careful, buf: bytearray, offset: int,
            n: int, stop: int) -> tuple[int, int]:
-    """Read [offset, offset + n) through buf: the offset reached (past a page that
-    faulted) and where the scrub stops now."""
-    res = window.copy_through(buf, offset, n)
+    """Scan [offset, offset + n) (buf: a page for the careful read of a page that
+    faulted): the offset reached (past a page that faulted) and where the scrub
+    stops now."""
+    res = window.scan(offset, n)
     if isinstance(res, int):
         window.drop(offset, res)
         if res < n:                                 # the file shrank under us

@@ -115,6 +115,79 @@ __asm__(
     MCSAFE_SMALL_COPY_SITES(SITE)
 );
 
+/* The scan: every byte of the source loaded, nothing stored (see
+ * arch/x86_64/copy.c). 64-byte groups of two ldp of q-register pairs, then
+ * 8-byte words, then bytes; a group or word fault resumes at .Lscan_tail, which
+ * loads the bytes before the fault address one at a time and stops, as the
+ * copy's tail does. The sites name no destination register.
+ *
+ * Register use: x1 cursor, x2 bytes remaining, x3 the fault record, x5 bytes
+ * beyond the fault that stay unread; the C arguments (src, n, rec) move there
+ * first. Returns the bytes NOT read. */
+#define SCAN_SITE(a, b, pad, name)                                              \
+    "    extable_site " a ", " b ", " pad ", kind=" EXTABLE_STR(EXTABLE_KIND_SHORT_COPY) \
+    ", flags=" EXTABLE_STR(EXTABLE_FLAG_MC_SAFE) ", side=" EXTABLE_STR(EXTABLE_SIDE_SRC) \
+    ", reg=2, src=1, rec=3, name=" name "\n"
+
+__asm__(
+    "    .text\n"
+    MCSAFE_ASM_FUNC("mcsafe_scan_all")
+    "    mov x3, x2\n"
+    "    mov x2, x1\n"
+    "    mov x1, x0\n"
+    "    mov x5, #0\n"
+    "    cmp x2, #64\n"
+    "    b.lo .Lscan_words\n"
+    ".Lscan_group_ld:\n"
+    "    ldp q0, q1, [x1]\n"
+    "    ldp q2, q3, [x1, #32]\n"
+    ".Lscan_group_end:\n"
+    "    add x1, x1, #64\n"
+    "    sub x2, x2, #64\n"
+    "    cmp x2, #64\n"
+    "    b.hs .Lscan_group_ld\n"
+    ".Lscan_words:\n"
+    "    cmp x2, #8\n"
+    "    b.lo .Lscan_bytes\n"
+    ".Lscan_word_ld:\n"
+    "    ldr x6, [x1]\n"
+    ".Lscan_word_end:\n"
+    "    add x1, x1, #8\n"
+    "    sub x2, x2, #8\n"
+    "    b .Lscan_words\n"
+    ".Lscan_bytes:\n"
+    "    cbz x2, .Lscan_done\n"
+    ".Lscan_byte_ld:\n"
+    "    ldrb w6, [x1]\n"
+    ".Lscan_byte_end:\n"
+    "    add x1, x1, #1\n"
+    "    subs x2, x2, #1\n"
+    "    b.ne .Lscan_byte_ld\n"
+    ".Lscan_done:\n"
+    "    mov x0, x5\n"
+    "    ret\n"
+    ".Lscan_byte_fault:\n"
+    "    add x0, x2, x5\n"
+    "    ret\n"
+    ".Lscan_tail:\n"
+    "    ldr x6, [x3, #" EXTABLE_STR(MCSAFE_FAULT_ADDR) "]\n"
+    "    sub x6, x6, x1\n"
+    "    sub x5, x2, x6\n"
+    "    mov x2, x6\n"
+    "    b .Lscan_bytes\n"
+    "    .size mcsafe_scan_all, .-mcsafe_scan_all\n"
+    SCAN_SITE(".Lscan_group_ld", ".Lscan_group_end", ".Lscan_tail", "scan_group_load")
+    MCSAFE_SCAN_WORD_SITES(SCAN_SITE)
+);
+
+const char *const mcsafe_scan_path_names[] = {"ldp", NULL};
+
+size_t mcsafe_scan_path(int path, const void *src, size_t n, struct mcsafe_fault *rec)
+{
+    (void)path;
+    return mcsafe_scan_all(src, n, rec);
+}
+
 /* rep movsb's counterpart here is the ldp/stp loop of mcsafe_copy_bulk at every
  * size from MCSAFE_SMALL_COPY on. */
 static const struct mcsafe_copy_plan plan = {.bulk_stop = SIZE_MAX, .nt_threshold = SIZE_MAX};

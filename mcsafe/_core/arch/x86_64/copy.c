@@ -204,6 +204,123 @@ __asm__(
     MCSAFE_SMALL_COPY_SITES(SITE)
 );
 
+/* The scan: every byte of the source loaded, nothing stored (a reader that only
+ * needs to know which bytes can be read has no destination to write, and a copy
+ * through a sink spends as much on its stores as on its loads).
+ *
+ *   mcsafe_scan_sse2:  128-byte groups of eight 16-byte loads;
+ *   mcsafe_scan_avx2:  256-byte groups of eight 32-byte loads;
+ *   then 8-byte words, then bytes (the word path of mcsafe_scan_sse2).
+ *
+ * Exactness as in the copy: a group or word fault resumes at .Lscan_tail with
+ * %rsi at the start of the faulting group and %rcx the bytes remaining from
+ * there; the handler has checked the fault address lies in [%rsi, %rsi + %rcx)
+ * and stored it in the record (%r8). The tail loads the bytes before it one at
+ * a time and stops; a byte fault stops the scan where it is. The sites name no
+ * destination register: the handler claims only faults on the source.
+ *
+ * Each group first prefetches the lines a page ahead: the CPU's own prefetcher
+ * stops at the page's end, and over 1 GiB of page cache (4 KiB pages) the AVX2
+ * loop took 88.5 against 93.9 ms of CPU with it (medians of 9 interleaved
+ * rounds, load 4). A prefetch never faults, and whatever it fetches (past the
+ * buffer, a bad page) is no more consumed than what the CPU's prefetcher
+ * fetches on its own: only the loads are covered.
+ *
+ * Register use: %rsi cursor, %rcx bytes remaining, %rdx bytes beyond the fault
+ * that stay unread, %r8 the fault record; the C arguments (src, n, rec) move
+ * there first. Returns the bytes NOT read. */
+#define SCAN_SITE(a, b, pad, name)                                              \
+    "    extable_site " a ", " b ", " pad ", kind=" EXTABLE_STR(EXTABLE_KIND_SHORT_COPY) \
+    ", flags=" EXTABLE_STR(EXTABLE_FLAG_MC_SAFE) ", side=" EXTABLE_STR(EXTABLE_SIDE_SRC) \
+    ", reg=" EXTABLE_STR(EXTABLE_REG_RCX) ", src=" EXTABLE_STR(EXTABLE_REG_RSI) \
+    ", rec=" EXTABLE_STR(EXTABLE_REG_R8) ", name=" name "\n"
+
+#define SCAN_ENTER                                                              \
+    "    mov %rdx, %r8\n"                                                       \
+    "    mov %rsi, %rcx\n"                                                      \
+    "    mov %rdi, %rsi\n"                                                      \
+    "    xor %edx, %edx\n"
+
+#define SCAN_LOOP(fn, ld, r, w, leave, prefetch)                                \
+    ".L" fn "_top:\n"                                                           \
+    prefetch                                                                    \
+    ".L" fn "_ld:\n"                                                            \
+    "    " ld " (%rsi), %" r "0\n"                                              \
+    "    " ld " " #w "*1(%rsi), %" r "1\n"                                      \
+    "    " ld " " #w "*2(%rsi), %" r "2\n"                                      \
+    "    " ld " " #w "*3(%rsi), %" r "3\n"                                      \
+    "    " ld " " #w "*4(%rsi), %" r "4\n"                                      \
+    "    " ld " " #w "*5(%rsi), %" r "5\n"                                      \
+    "    " ld " " #w "*6(%rsi), %" r "6\n"                                      \
+    "    " ld " " #w "*7(%rsi), %" r "7\n"                                      \
+    ".L" fn "_end:\n"                                                           \
+    "    add $" #w "*8, %rsi\n"                                                 \
+    "    sub $" #w "*8, %rcx\n"                                                 \
+    "    cmp $" #w "*8, %rcx\n"                                                 \
+    "    jae .L" fn "_top\n"                                                    \
+    leave                                                                       \
+    "    jmp .Lscan_words\n"                                                    \
+    ".L" fn "_fault:\n"                                                         \
+    leave                                                                       \
+    "    jmp .Lscan_tail\n"                                                     \
+    SCAN_SITE(".L" fn "_ld", ".L" fn "_end", ".L" fn "_fault", fn "_load")
+
+__asm__(
+    "    .text\n"
+    MCSAFE_ASM_FUNC("mcsafe_scan_avx2")
+    SCAN_ENTER
+    "    cmp $256, %rcx\n"
+    "    jb .Lscan_words\n"
+    SCAN_LOOP("mcsafe_scan_avx2", "vmovdqu", "ymm", 32, "    vzeroupper\n",
+              "    prefetcht0 4096(%rsi)\n    prefetcht0 4160(%rsi)\n"
+              "    prefetcht0 4224(%rsi)\n    prefetcht0 4288(%rsi)\n")
+    "    .size mcsafe_scan_avx2, .-mcsafe_scan_avx2\n"
+
+    MCSAFE_ASM_FUNC("mcsafe_scan_sse2")
+    SCAN_ENTER
+    "    cmp $128, %rcx\n"
+    "    jb .Lscan_words\n"
+    SCAN_LOOP("mcsafe_scan_sse2", "movdqu", "xmm", 16, "",
+              "    prefetcht0 4096(%rsi)\n    prefetcht0 4160(%rsi)\n")
+    ".Lscan_words:\n"
+    "    cmp $8, %rcx\n"
+    "    jb .Lscan_bytes\n"
+    ".Lscan_word_ld:\n"
+    "    mov (%rsi), %rax\n"
+    ".Lscan_word_end:\n"
+    "    add $8, %rsi\n"
+    "    sub $8, %rcx\n"
+    "    jmp .Lscan_words\n"
+    ".Lscan_bytes:\n"
+    "    test %rcx, %rcx\n"
+    "    jz .Lscan_done\n"
+    ".Lscan_byte_ld:\n"
+    "    movzbl (%rsi), %eax\n"
+    ".Lscan_byte_end:\n"
+    "    inc %rsi\n"
+    "    dec %rcx\n"
+    "    jnz .Lscan_byte_ld\n"
+    ".Lscan_done:\n"
+    "    mov %rdx, %rax\n"
+    "    ret\n"
+    ".Lscan_byte_fault:\n"
+    "    lea (%rcx,%rdx), %rax\n"
+    "    ret\n"
+    /* A group or word fault: load the bytes before the fault address, then stop. */
+    ".Lscan_tail:\n"
+    "    mov " EXTABLE_STR(MCSAFE_FAULT_ADDR) "(%r8), %rax\n"
+    "    sub %rsi, %rax\n"
+    "    mov %rcx, %rdx\n"
+    "    sub %rax, %rdx\n"
+    "    mov %rax, %rcx\n"
+    "    jmp .Lscan_bytes\n"
+    "    .size mcsafe_scan_sse2, .-mcsafe_scan_sse2\n"
+    MCSAFE_SCAN_WORD_SITES(SCAN_SITE)
+);
+
+size_t mcsafe_scan_avx2(const void *src, size_t n, struct mcsafe_fault *rec);
+size_t mcsafe_scan_sse2(const void *src, size_t n, struct mcsafe_fault *rec);
+
 size_t mcsafe_copy_avx2(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
 size_t mcsafe_copy_avx2_nt(void *dst, const void *src, size_t n, struct mcsafe_fault *rec);
 
@@ -302,4 +419,20 @@ size_t mcsafe_copy_path(int path, void *dst, const void *src, size_t n,
 size_t mcsafe_copy_large(void *dst, const void *src, size_t n, struct mcsafe_fault *rec)
 {
     return mcsafe_copy_path(mcsafe_copy_choice(n), dst, src, n, rec);
+}
+
+/* The scan takes the AVX2 loop where the CPU has it. Measured on an Intel Xeon
+ * under KVM, 1 GiB in all: from a 1 MiB buffer (L2) 8.8 ms, against 16 ms for
+ * the SSE2 loop and 16 ms for the copy through a 16 KiB sink; from 64 MiB (L3)
+ * and 1 GiB (memory) every loop runs at the memory's speed (37 and 85 ms). */
+const char *const mcsafe_scan_path_names[] = {"sse2", "avx2", NULL};
+
+size_t mcsafe_scan_path(int path, const void *src, size_t n, struct mcsafe_fault *rec)
+{
+    return path == 1 && have_avx2 ? mcsafe_scan_avx2(src, n, rec) : mcsafe_scan_sse2(src, n, rec);
+}
+
+size_t mcsafe_scan_all(const void *src, size_t n, struct mcsafe_fault *rec)
+{
+    return mcsafe_scan_path(1, src, n, rec);
 }
