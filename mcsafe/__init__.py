@@ -18,27 +18,66 @@ import sys as _sys
 
 
 def _is_the_command_starting() -> bool:
-    """Whether this process is the ``mcsafe`` command being started: its console
-    script, or ``python -m mcsafe`` (runpy imports the package while argv[0] is
-    still "-m")."""
-    argv = _sys.argv
+    """Whether this process is the ``mcsafe`` command being started: ``python -m
+    mcsafe`` (runpy imports the package while argv[0] is still "-m"), or the console
+    script an installer generates for ``mcsafe.cli:main``. A program of one's own
+    that is merely named mcsafe and imports the library is not the command."""
+    argv = getattr(_sys, "argv", None)      # an embedding host may have none
     if not argv:
         return False
     if argv[0] == "-m":
-        orig = getattr(_sys, "orig_argv", [])
-        return "-mmcsafe" in orig or ("-m" in orig and orig[orig.index("-m") + 1:][:1] ==
-                                      ["mcsafe"])
-    return _os.path.basename(argv[0]) == "mcsafe"
+        return _module_run(getattr(_sys, "orig_argv", [])) == "mcsafe"
+    if _os.path.basename(argv[0]) != "mcsafe":
+        return False
+    main = _sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:
+        return False
+    try:        # the script is a few lines: pip's, uv's, installer's template
+        with open(path, "rb") as script:
+            return b"\nfrom mcsafe.cli import main\n" in script.read(4096)
+    except OSError:
+        return False
+
+
+def _module_run(orig_argv: list[str]) -> str | None:
+    """The module `python -m MODULE` runs, found in the interpreter's own command
+    line as CPython's getopt reads it: options in clusters ("-um", "-Bm"); -c, -m,
+    -W and -X take an argument, the rest of the word or the next one; the first
+    non-option ends the options; None if no -m comes first."""
+    args = orig_argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in ("-", "--") or not arg.startswith("-"):
+            return None                 # a script, stdin, or "--" then a script
+        if arg.startswith("--"):
+            if arg == "--check-hash-based-pycs":    # the one long option taking a word
+                i += 1
+            continue
+        for j in range(1, len(arg)):
+            if arg[j] in "cmWX":
+                value = arg[j + 1:]
+                if not value and i < len(args):
+                    value, i = args[i], i + 1
+                if arg[j] in "cm":
+                    return value if arg[j] == "m" else None
+                break                   # -W, -X: the word's rest was the value
+    return None
 
 
 # A SIGINT before the command installs its stop handling (cli.stop) kills it as it
 # kills cat: no KeyboardInterrupt and traceback from whichever import it hit. Only
 # when Python's own handler is there: a SIGINT ignored since exec stays ignored.
+# cli.main gives Python's handler back to a command without stop handling of its own.
+_sigint_deferred = False
 if _is_the_command_starting():
     import signal as _signal
 
     if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
         _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+        _sigint_deferred = True
 
 from ._mcsafe import (GIL_RELEASE_BYTES, SMALL_COPY_BYTES, claimed_faults, copy, copy_report,
                       handler_installed, install, poison_log, published_table_count,

@@ -364,7 +364,8 @@ def test_dst_that_fails_to_write_stops_with_a_consistent_mapfile(failing_file, t
 
 
 @pytest.mark.parametrize("how", ["fsync fails", "fsync fails once, saving after each chunk",
-                                 "close fails, --no-sync"])
+                                 "close fails, --no-sync", "fsync and close fail",
+                                 "fsync and close fail, saving after each chunk"])
 def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_file, tmp_path,
                                                                    how: str) -> None:
     """DST's fsync (or close, as NFS reports a lost write) fails, in place on a FUSE
@@ -374,7 +375,9 @@ def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_fil
     fsync is not retried into a success (Linux may have dropped the pages: the next
     fsync would then succeed). (main: "rescued all 64 MiB" from the in-memory map,
     with the mapfile saying 0; after one failed fsync the mapfile claimed the
-    chunk; a failing close was a traceback.) A rerun that can sync finishes."""
+    chunk; a failing close was a traceback, and so was a close failing after the
+    final fsync had: an s3fs-like DST failing the upload at fsync and at flush.)
+    A rerun that can sync finishes."""
     size = 64 << 20
     src = tmp_path / "src"
     src.write_bytes(os.urandom(size))
@@ -383,7 +386,10 @@ def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_fil
     extra, kw = {"fsync fails": ([], {}),
                  "fsync fails once, saving after each chunk": (["--save-every", "0"],
                                                                 {"times": 1}),
-                 "close fails, --no-sync": (["--no-sync"], {"close": True, "times": 0})}[how]
+                 "close fails, --no-sync": (["--no-sync"], {"close": True, "times": 0}),
+                 "fsync and close fail": ([], {"close": True}),
+                 "fsync and close fail, saving after each chunk": (["--save-every", "0"],
+                                                                   {"close": True})}[how]
     with dst.failing_sync(**kw):
         p = rescue("--in-place", *extra, "--map", mapfile, src, dst.path)
     assert p.returncode == 2, p
@@ -455,9 +461,11 @@ def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> Non
     assert (m.current_pos, m.current_status, m.current_pass) == (16, "-", 3)
     assert list(m.blocks()) == [(0, 8192, "+"), (8192, 512, "?")]
     assert Mapfile.parse("") is None and Mapfile.parse("# c\n\n  \n") is None
+    # glibc reads "0x" alone as 0: a block of size 0, status "-" (ddrescuelog agrees)
+    assert Mapfile.parse("0 + 1\n0 0x-1 +\n").size == 0
     for text, words in (("0x0 x 1\n", "line 1: not a status line"),
                         ("0 + 1\n0 10 x\n", "line 2: not a block"),
-                        ("0 + 1\n0 0x-1 +\n", "line 2: not a block"),
+                        ("0 + 1\n0 0xg +\n", "line 2: not a block"),    # 0x: 0, then g
                         ("0 + 1\n0 0x10 +\n0x10 0 +\n", "line 3: a block at 0x10 of size 0")):
         with pytest.raises(MapfileError, match=words):
             Mapfile.parse(text)
@@ -518,41 +526,53 @@ def test_a_block_of_size_0_is_read_where_ddrescuelog_reads_it() -> None:
 def _written(value: int, style: str) -> str:
     sign, value = ("-", -value) if value < 0 else ("", value)
     return sign + {"hex": f"0x{value:X}", "lower": f"0x{value:x}", "dec": str(value),
-                   "oct": f"0{value:o}" if value else "0"}[style]
+                   "oct": f"0{value:o}" if value else "0", "bare": "0x"}[style]
 
 
-NOISE = st.lists(st.sampled_from(["# a comment", "", "   ", "  # indented", "\t"]),
-                 max_size=2)
-STYLES = st.sampled_from(["hex", "lower", "dec", "oct"])
-JUNK = st.sampled_from(["", "", "", " 7", " junk", " # c", "x"])
-SEP = st.sampled_from([" ", " ", "  ", "\t"])
+# C's isspace() is " \t\n\v\f\r" only: "\x1c"-"\x1f" (Python's whitespace) are not
+NOISE = st.lists(st.sampled_from(["# a comment", "", "   ", "  # indented", "\t", "\v\f",
+                                  "\r", "\x1c", "\0"]), max_size=2)
+STYLES = st.sampled_from(["hex", "lower", "dec", "oct"] * 3 + ["bare"])
+JUNK = st.sampled_from(["", "", "", " 7", " junk", " # c", "x", "\0", "\r", "\x1f"])
+SEP = st.sampled_from([" ", " ", "  ", "\t", "\v", "\f", "\r", "\x1c", "\x1e", " " * 118,
+                       " " * 120])
+LEAD = st.sampled_from([""] * 8 + [" ", "\r", "\v", "\x1d", " " * 140])
+# ddrescue reads a line up to "\n" only: a lone "\r" (or "\v", "\f") leaves one line
+EOL = st.sampled_from(["\n"] * 8 + ["\r\n", "\r", "\v", "\f\n"])
+HUGE = [1 << 63, (1 << 64) + 5, 10 ** 23]
 
 
 @st.composite
 def near_mapfiles(draw) -> str:
     """Mapfiles as ddrescue writes them, and near them: comments and blank lines
-    anywhere, numbers in hex, decimal or octal, a status line with or without its
-    pass, blocks that start past 0, leave gaps, overlap, have size 0, odd status
-    letters, text after the fields, no space before a status."""
+    anywhere, numbers in hex, decimal or octal (or a bare "0x"), past 2^63 too, a
+    status line with or without its pass (past a C int too), blocks that start past
+    0, leave gaps, overlap, have size 0, odd status letters, text after the fields,
+    no space before a status; C whitespace and Python's own ("\x1c"-"\x1f") between
+    and before fields, lines ended by a lone "\r", NULs, lines longer than the 127
+    characters ddrescue keeps of a line."""
     lines = draw(NOISE)
     if draw(st.integers(0, 9)):
         status = draw(st.sampled_from("?*/-FG+" * 3 + "xX#"))
         passes = draw(st.sampled_from(["", "", "", " 1", " 1", " 3", " 08", " 2.5", " 0",
-                                       " -1", " 0x2"]))
-        pos = draw(st.sampled_from([0, 0, 0, 0, 0x2000, 123, -1]))
-        lines.append(f"{_written(pos, draw(STYLES))}{draw(SEP)}{status}{passes}{draw(JUNK)}")
+                                       " -1", " 0x2", " 2147483647", " 2147483648",
+                                       " 4294967297", " -4294967294", " 99999999999999999999"]))
+        pos = draw(st.sampled_from([0, 0, 0, 0, 0x2000, 123, -1, *HUGE]))
+        lines.append(f"{draw(LEAD)}{_written(pos, draw(STYLES))}{draw(SEP)}{status}{passes}"
+                     f"{draw(JUNK)}")
         lines += draw(NOISE)
     pos = draw(st.sampled_from([0, 0, 0, 0x1000, 0x4000, 77]))
     for _ in range(draw(st.integers(0, 6))):
-        size = draw(st.integers(1, 1 << 16)) if draw(st.integers(0, 9)) else 0
+        size = draw(st.integers(1, 1 << 16)) if draw(st.integers(0, 9)) else \
+            draw(st.sampled_from([0, *HUGE]))
         pos += draw(st.sampled_from([0] * 10 + [1, -1, 0x1000, -0x1000]))
         status = draw(st.sampled_from("?*/-+" * 4 + "xF#"))
-        before = draw(st.sampled_from([" ", "\t", ""]))
-        lines.append(f"{_written(pos, draw(STYLES))}{draw(SEP)}"
+        before = draw(st.sampled_from([" ", "\t", "", "\v"]))
+        lines.append(f"{draw(LEAD)}{_written(pos, draw(STYLES))}{draw(SEP)}"
                      f"{_written(size, draw(STYLES))}{before}{status}{draw(JUNK)}")
         lines += draw(NOISE)
         pos += size
-    return "".join(line + "\n" for line in lines)
+    return "".join(line + draw(EOL) for line in lines)
 
 
 def _merged(blocks: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
@@ -567,7 +587,7 @@ def _merged(blocks: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     return out
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(text=near_mapfiles())
 def test_mapfiles_are_read_as_ddrescuelog_reads_them(text: str) -> None:
     """Differential against ddrescuelog (GNU ddrescue's own reader): the same
@@ -602,6 +622,24 @@ def test_mapfiles_are_read_as_ddrescuelog_reads_them(text: str) -> None:
     assert mine == blocks, text
     assert list(ours.blocks())[:1] == ([(0, begin, "?")] if begin and rest[0][2] != "?"
                                         else list(ours.blocks())[:1]), text
+
+
+def test_every_mapfile_written_is_one_ddrescuelog_reads(tmp_path) -> None:
+    """A run resumed from pass INT_MAX (the largest pass ddrescue reads, a C int)
+    stays at it, and a DST whose name holds a newline keeps the command-line comment
+    on one line (main: pass 2^31, and the rest of the name as a line of its own:
+    both mapfiles refused by ddrescuelog, and by the next run)."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(8 * PAGE))
+    mapfile = tmp_path / "m.map"
+    mapfile.write_text(f"0 + 2147483647\n0 {8 * PAGE:#x} ?\n")
+    p = rescue("--map", mapfile, src, tmp_path / "dst\n0 0x1000 +")
+    assert p.returncode == 0, p
+    assert ddrescuelog("-t", mapfile).returncode == 0, mapfile.read_text()
+    m = Mapfile.load(str(mapfile))
+    assert (m.current_pass, blocks(mapfile)) == (2147483647, [(0, 8 * PAGE, "+")])
+    assert (tmp_path / "dst\n0 0x1000 +").read_bytes() == src.read_bytes()
+    assert rescue("--map", mapfile, src, tmp_path / "dst\n0 0x1000 +").returncode == 0
 
 
 def test_a_mapfile_that_starts_past_0_is_resumed_as_ddrescue_does(tmp_path) -> None:
@@ -739,6 +777,37 @@ def test_a_full_disk_in_place_keeps_saving_the_mapfile(tmpfs, tmp_path) -> None:
     assert "No space left on device" in p.stderr and "Traceback" not in p.stderr
     m = Mapfile.load(str(disk / "d.map"))
     assert 0 < m.finished_end and dst.read_bytes()[:m.finished_end] == data[:m.finished_end]
+
+
+def test_a_mapfile_longer_than_its_room_on_a_full_disk_is_not_torn(failing_file, tmpfs,
+                                                                    tmp_path) -> None:
+    """The mapfile's file system is full and the final mapfile (3000 bad ranges,
+    some 90 KiB) is longer than the room reserved at its last save (64 KiB): the
+    mapfile saved last stays whole (ddrescuelog reads it), one line naming it, exit
+    2; with room again, a rerun goes on from it and finishes. (main: the new text
+    was written over the old in place until the disk ran out: a torn mapfile,
+    unreadable by ddrescuelog and by the rerun.)"""
+    pages = 6000
+    src = failing_file(pages * PAGE, inject.page_ranges(range(1, pages, 2)), name="src")
+    disk = tmpfs("512k")
+    mapfile = disk / "dst.map"
+    with open(disk / "filler", "wb") as filler:    # all but 80 KiB: the first save fits
+        st = os.statvfs(disk)
+        filler.write(b"\0" * (st.f_bavail * st.f_frsize - (80 << 10)))
+    p = rescue("--map", mapfile, src.path, tmp_path / "dst")
+    assert p.returncode == 2, p
+    assert p.stderr.splitlines() == [f"mcsafe rescue: {mapfile}: No space left on device; "
+                                     "run again to go on"], p.stderr
+    assert ddrescuelog("-t", mapfile).returncode == 0
+    assert Mapfile.load(str(mapfile)) == Mapfile(pages * PAGE)  # as saved before the copy
+    assert sorted(os.listdir(disk)) == ["dst.map", "filler"]
+    os.unlink(disk / "filler")
+    p = rescue("--map", mapfile, src.path, tmp_path / "dst")
+    assert p.returncode == 1, p
+    assert blocks(mapfile) == [(i * PAGE, PAGE, "-+"[i % 2 == 0]) for i in range(pages)]
+    want, hole = src.contents(), bytes(PAGE)
+    assert (tmp_path / "dst").read_bytes() == b"".join(
+        want[i * PAGE:(i + 1) * PAGE] if i % 2 == 0 else hole for i in range(pages - 1))
 
 
 def test_a_mapfile_that_cannot_be_written_is_refused_before_anything_is_copied(

@@ -966,3 +966,31 @@ def test_a_stop_during_a_file_s_last_chunk_reports_what_was_read(failing_file) -
     assert (summary["stopped"], summary["interrupted"], summary["bad"], len(lines)) == \
         (True, 0, 1, 2), summary
     assert err.count("\n") <= 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("layout, read", [
+    ("1 MiB of data, then a 40 MiB hole", True),
+    ("1 MiB of data, a 40 MiB hole, 1 MiB of data", False)])
+def test_a_stop_with_only_a_hole_left_reports_the_file_read(tmp_path, layout, read) -> None:
+    """A stop asked once a sparse file's data was passed: where all that is left is
+    a hole (SEEK_DATA finds no data after it), every byte the scan reads was read,
+    so the file is reported read (clean, done == size), not interrupted; with data
+    after the hole, it is interrupted where it stopped. (main: "interrupted" at the
+    end of the data, though nothing was left to read.)"""
+    path = tmp_path / "sparse"
+    data = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.seek(41 << 20)
+        if not read:
+            f.write(data)
+        f.truncate(f.tell() if not read else 41 << 20)
+    size = path.stat().st_size
+    passed = [0]
+    scanner = Scanner(lambda n: passed.__setitem__(0, passed[0] + n),
+                      lambda: passed[0] >= len(data))
+    got = scanner.scan(Target(str(path), str(path), None, True))
+    if read:
+        assert (got.status, got.done, got.size, passed[0]) == ("clean", size, size, size), got
+    else:
+        assert got.status == "interrupted" and len(data) <= got.done < size, got

@@ -41,8 +41,10 @@ def hooked(tmp_path):
     """Run a command with SIGINT sent to itself when `module` is first imported."""
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
 
-    def run(module: str, argv: list[str], sig: str = "SIGINT") -> subprocess.CompletedProcess:
-        env = dict(os.environ, SIGINT_AT_IMPORT=module, SIGNAL=sig, PYTHONPATH=str(tmp_path))
+    def run(module: str, argv: list[str], sig: str = "SIGINT",
+            **extra: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, SIGINT_AT_IMPORT=module, SIGNAL=sig, PYTHONPATH=str(tmp_path),
+                   **extra)
         return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=WAIT)
     return run
 
@@ -115,3 +117,98 @@ def test_a_signal_ignored_since_exec_stays_ignored(hooked, tmp_path, jobs) -> No
     lines = [json.loads(x) for x in got.stdout.splitlines()]
     assert (lines[-1]["type"], lines[-1]["stopped"], lines[-1]["files"], lines[-1]["clean"]) \
         == ("summary", False, 1, 1), lines
+
+
+# CPython's own command line, as its getopt reads it: each runs `module` (or no -m).
+SPELLINGS = ["-m mcsafe", "-mmcsafe", "-um mcsafe", "-Bm mcsafe", "-Om mcsafe", "-ummcsafe",
+             "-W ignore -m mcsafe", "-Wdefault -mmcsafe", "-X dev -m mcsafe", "-Xdev -Bm mcsafe",
+             "-b -s -m mcsafe", "--check-hash-based-pycs never -m mcsafe"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_every_spelling_of_python_m_mcsafe_is_the_command(hooked, tmp_path, spelling) -> None:
+    """`python -um mcsafe`, `-Bm mcsafe`, `-ummcsafe` ...: a SIGINT during start-up
+    dies of SIGINT without a word, as `-m mcsafe` does (main: only "-m mcsafe" and
+    "-mmcsafe" were recognised; the others printed a KeyboardInterrupt traceback)."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(1 << 20))
+    got = hooked("mcsafe._mcsafe", [sys.executable, *spelling.split(), "scan", str(src)])
+    assert (got.returncode, got.stdout, got.stderr) == (-signal.SIGINT, "", ""), got
+
+
+@pytest.mark.parametrize("spelling, runs", [
+    *[(s.replace("mcsafe", "x"), "x") for s in SPELLINGS], ("-mmx", "mx"), ("-ummx", "mx"),
+    ("-Wdmx -mx", "x"), ("-X mx -m x", "x"), ("-c import_x -m x", "None"),
+    ("-uc import_x", "None"), ("x.py -m x", "None"), ("- -m x", "None"),
+    ("-- x.py -m x", "None"), ("-Bum x", "x")])
+def test_the_module_run_is_found_as_cpython_finds_it(tmp_path, spelling, runs) -> None:
+    """Differential against the interpreter: the module CPython runs for each
+    command line (its __main__'s __spec__.name; none for a script, -c or stdin) is
+    the one mcsafe._module_run reads from sys.orig_argv."""
+    import mcsafe
+
+    tree = str(Path(mcsafe.__file__).parent.parent)
+    probe = (f"import sys\nsys.path.insert(0, {tree!r})\nfrom mcsafe import _module_run\n"
+             "spec = sys.modules['__main__'].__spec__\n"
+             "print(spec.name if spec else None, _module_run(sys.orig_argv))\n")
+    for name in ("x", "mx"):
+        (tmp_path / f"{name}.py").write_text(probe)
+    argv = [sys.executable, *[w.replace("_", " ") for w in spelling.split()]]
+    got = subprocess.run(argv, cwd=tmp_path, input=probe, capture_output=True, text=True,
+                         timeout=WAIT)
+    assert got.returncode == 0, (spelling, got)
+    assert got.stdout.split() == [runs, runs], (spelling, got)
+
+
+def test_an_embedding_host_without_argv_imports_mcsafe(tmp_path) -> None:
+    """A host that embeds Python may leave sys.argv unset (main: AttributeError
+    from `import mcsafe`)."""
+    got = subprocess.run([sys.executable, "-c", "import sys; del sys.argv; import mcsafe; "
+                          "import signal; print(signal.getsignal(signal.SIGINT).__name__)"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=WAIT)
+    assert (got.returncode, got.stdout, got.stderr) == (0, "default_int_handler\n", ""), got
+
+
+SCRIPT = f"""#!{sys.executable}
+import os, signal, sys
+{{body}}
+try:
+    os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C, once the library is imported
+    signal.pthread_sigmask(signal.SIG_BLOCK, [])    # a call that lets the handler run
+except KeyboardInterrupt:
+    print("interrupted: state saved")
+    sys.exit(130)
+print("not interrupted")
+"""
+
+
+@pytest.mark.parametrize("body", ["import mcsafe", "from mcsafe import MappedFile, copy",
+                                  "import mcsafe.cli"])
+def test_a_program_of_ones_own_named_mcsafe_keeps_its_keyboard_interrupt(tmp_path,
+                                                                        body) -> None:
+    """A user's program that happens to be called mcsafe (a site wrapper in
+    /usr/local/bin) and uses the library: Ctrl-C is its KeyboardInterrupt, as in
+    any Python program; only the console script generated for mcsafe.cli:main is the
+    command (main: the program died of SIGINT, its clean-up never ran)."""
+    (tmp_path / "bin").mkdir()
+    program = tmp_path / "bin" / "mcsafe"
+    program.write_text(SCRIPT.format(body=body))
+    program.chmod(0o755)
+    got = subprocess.run([str(program)], capture_output=True, text=True, timeout=WAIT)
+    assert (got.returncode, got.stdout, got.stderr) == (130, "interrupted: state saved\n", ""), \
+        got
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_ctrl_c_during_the_demo_cleans_up_and_dies_of_sigint(hooked, tmp_path, launcher) -> None:
+    """The demo has no stop handling of its own: once the command is known it gets
+    Python's KeyboardInterrupt back, so its temporary files go on Ctrl-C (here while
+    registering the checksum.so it built in one), and it then dies of SIGINT as cat
+    does, without a traceback (main: SIGINT stayed at its default for the whole run,
+    leaving tmpXXXX/checksum.{c,so} behind)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    got = hooked("mcsafe.registry", [*LAUNCHERS[launcher], "demo"], TMPDIR=str(tmp))
+    assert got.returncode == -signal.SIGINT and got.stderr == "", got
+    assert "a plain C function" in got.stdout and "still alive" not in got.stdout, got.stdout
+    assert os.listdir(tmp) == []

@@ -56,6 +56,10 @@ was made durable); 128+N stopped by signal N (DST and the mapfile
 are left consistent first; run again to go on)."""
 
 
+#: the commands that install stop handling of their own (cli.stop)
+STOP_HANDLED = ("scan", "rescue")
+
+
 def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="mcsafe: a machine-check-safe copy, recovered through "
@@ -129,6 +133,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     from .output import OutputFailed
 
+    is_the_command = _start_up_sigint_over(args.command)
     try:
         if args.command == "demo":
             from ..demo import run
@@ -143,11 +148,31 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 2
+    except KeyboardInterrupt:
+        if not is_the_command:
+            raise
+        # its clean-ups ran on the way here: die of SIGINT as cat does, no traceback
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise
     except Exception as exc:
         if not _missing_extra(exc):
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)     # an optional part, not installed
         return 2
+
+
+def _start_up_sigint_over(command: str) -> bool:
+    """Whether this is the command that `import mcsafe` started with SIGINT at its
+    default (see mcsafe/__init__.py); if so, and the command has no stop handling
+    of its own (scan and rescue install theirs), Python's KeyboardInterrupt is
+    back, so that the command's clean-ups run on Ctrl-C."""
+    from .. import _sigint_deferred
+
+    if _sigint_deferred and command not in STOP_HANDLED and \
+            signal.getsignal(signal.SIGINT) == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return _sigint_deferred
 
 
 def _missing_extra(exc: Exception) -> bool:

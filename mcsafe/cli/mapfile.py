@@ -35,6 +35,11 @@ FINISHED, BAD, NON_TRIED = "+", "-", "?"
 RESERVE = 64 << 10
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 FALLOC_FL_KEEP_SIZE = 1
+#: what C's isspace() takes, in the C locale ddrescue reads mapfiles in
+C_SPACE = " \t\n\v\f\r"
+#: the characters of a line ddrescue reads (the rest of a longer line is dropped)
+LINE_MAX = 127
+LLONG_MAX, INT_MAX = (1 << 63) - 1, (1 << 31) - 1
 
 
 class MapfileError(ValueError):
@@ -138,7 +143,8 @@ class Mapfile:
     def format(self, command: str, started: dt.datetime, finished: bool) -> str:
         now = dt.datetime.now()
         lines = ["# Mapfile. Created by mcsafe rescue (GNU ddrescue's mapfile format)",
-                 f"# Command line: {command}",
+                 f"# Command line: {command.replace(chr(10), '?')}",  # a file name's
+                 # newline would end the comment: the rest a line ddrescue refuses
                  f"# Start time:   {started:%Y-%m-%d %H:%M:%S}",
                  f"# Current time: {now:%Y-%m-%d %H:%M:%S}"]
         if finished:
@@ -156,7 +162,9 @@ class Mapfile:
         not one, None if it holds nothing but comments and blank lines (ddrescue
         then starts afresh).
 
-        Each line is read as ddrescue reads it, with sscanf: the status line as
+        Lines are read as ddrescue reads them: split at "\\n" only, C whitespace
+        (" \\t\\n\\v\\f\\r") skipped before each, at most 127 characters of
+        it kept. Each line is then read with sscanf: the status line as
         ``"%lli %c %d"`` (the pass may be left out), a block as ``"%lli %lli
         %c"``; what follows the fields is ignored. A block of size 0 is allowed
         at position 0 only. Blocks must be contiguous, but the first may start
@@ -167,10 +175,7 @@ class Mapfile:
         starts: list[int] = []
         statuses: list[str] = []
         begin = end = -1
-        for number, raw in enumerate(text.splitlines(), 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
+        for number, raw, line in _lines(text):
             where = f"{name}, line {number}"
             if status_line is None:
                 pos, rest = _scan_int(line)
@@ -190,6 +195,7 @@ class Mapfile:
                                    f"{BLOCK_STATUSES}): {raw!r}")
             if pos < 0 or size < 0 or (size == 0 and pos != 0):
                 raise MapfileError(f"{where}: a block at {pos:#x} of size {size}")
+            size = min(size, LLONG_MAX - pos)   # as ddrescue's Block: it ends by LLONG_MAX
             if end >= 0 and pos != end:
                 raise MapfileError(f"{where}: the block at {pos:#x} does not start where "
                                    f"the one before ends ({end:#x})")
@@ -214,7 +220,7 @@ class Mapfile:
 
     @classmethod
     def load(cls, path: str) -> Mapfile | None:
-        with open(path, encoding="ascii", errors="replace") as f:
+        with open(path, encoding="latin-1", newline="") as f:   # a character per byte
             return cls.parse(f.read(), path)
 
     def save(self, path: str, command: str, started: dt.datetime, finished: bool,
@@ -233,7 +239,7 @@ class Mapfile:
         except OSError as exc:
             if exc.errno not in NO_ROOM or not os.path.exists(path):
                 raise
-            return _overwrite(path, text, room, sync)
+            return _overwrite(path, text, room, sync, exc)
         try:
             try:
                 _reserve(fd, room)
@@ -245,22 +251,26 @@ class Mapfile:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
-            os.unlink(tmp)
+            _remove(tmp)
             if exc.errno not in NO_ROOM or not os.path.exists(path):
                 raise
-            return _overwrite(path, text, room, sync)
+            return _overwrite(path, text, room, sync, exc)
         except BaseException:
-            os.unlink(tmp)
+            _remove(tmp)
             raise
         if sync:
             sync_dir(folder)
 
 
-def _overwrite(path: str, text: bytes, room: int, sync: bool) -> None:
+def _overwrite(path: str, text: bytes, room: int, sync: bool, no_room: OSError) -> None:
     """Write text over the mapfile at path, in the room reserved past its end when
-    it was written (a crash meanwhile may leave it torn, as ddrescue's)."""
+    it was written (a crash meanwhile may leave it torn, as ddrescue's); no_room
+    raised, the mapfile untouched, if text is longer than that room: a write that
+    ran out of space half way would leave neither the old mapfile nor the new."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
+        if len(text) > os.fstat(fd).st_blocks * 512:    # what the file system holds for it
+            raise no_room
         _write(fd, text)
         if os.fstat(fd).st_size > len(text):
             os.ftruncate(fd, len(text))     # frees the room past the end: take it again
@@ -272,6 +282,14 @@ def _overwrite(path: str, text: bytes, room: int, sync: bool) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove(path: str) -> None:
+    """Remove a temporary file that failed, keeping the error that made it fail."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _write(fd: int, text: bytes) -> None:
@@ -290,15 +308,29 @@ def _reserve(fd: int, room: int) -> None:
             raise OSError(err, os.strerror(err))
 
 
+def _lines(text: str) -> Iterator[tuple[int, str, str]]:
+    """(number, line, what sscanf sees of it) for each line of text ddrescue reads
+    (its my_fgets): lines end at "\\n" only; C whitespace before a line is skipped
+    (blank lines with it), a line whose first character then is "#" is a comment,
+    only its first LINE_MAX characters are kept, and sscanf stops at a NUL."""
+    for number, raw in enumerate(text.split("\n"), 1):
+        kept = raw.lstrip(C_SPACE)[:LINE_MAX]
+        if kept and kept[0] != "#":
+            yield number, raw, kept.split("\0", 1)[0]
+
+
 def _scan_int(text: str, decimal: bool = False) -> tuple[int | None, str]:
-    """C's sscanf "%lli" (or "%d" if decimal) at the start of text: the number (None
-    if there is none) and the text after it. Written by hand: Python's int() takes
-    what C does not (underscores, "0o", a "0" before decimal digits)."""
-    text = text.lstrip()
+    """glibc's sscanf "%lli" (or "%d" if decimal) at the start of text: the number
+    (None if there is none) and the text after it. A bare "0x" reads as 0; a number
+    past the type's range is clipped to it as strtoll does, and "%d" keeps the low
+    32 bits of what strtol gave, as glibc stores it in an int. Written by hand:
+    Python's int() takes what C does not (underscores, "0o", a "0" before decimal
+    digits, Unicode digits and spaces)."""
+    text = text.lstrip(C_SPACE)
     i = 1 if text[:1] in ("+", "-") else 0
     if decimal:
         base, digits = 10, "0123456789"
-    elif text[i:i + 2] in ("0x", "0X") and text[i + 2:i + 3] in HEX:
+    elif text[i:i + 2] in ("0x", "0X"):
         base, digits, i = 16, HEX, i + 2
     elif text[i:i + 1] == "0":
         base, digits = 8, "01234567"
@@ -307,15 +339,18 @@ def _scan_int(text: str, decimal: bool = False) -> tuple[int | None, str]:
     j = i
     while j < len(text) and text[j] in digits:
         j += 1
-    if j == i:
+    if j == i and base != 16:
         return None, text
-    value = int(text[i:j], base)
-    return (-value if text[:1] == "-" else value), text[j:]
+    value = int(text[i:j], base) if j > i else 0        # "0x" alone: glibc reads 0
+    value = max(-LLONG_MAX - 1, min(-value if text[:1] == "-" else value, LLONG_MAX))
+    if decimal:
+        value = (value + (1 << 31)) % (1 << 32) - (1 << 31)
+    return value, text[j:]
 
 
 def _scan_char(text: str) -> tuple[str | None, str]:
-    """C's sscanf " %c": the first character that is not a space, and the rest."""
-    text = text.lstrip()
+    """C's sscanf " %c": the first character that is not a C space, and the rest."""
+    text = text.lstrip(C_SPACE)
     return (text[0], text[1:]) if text else (None, "")
 
 

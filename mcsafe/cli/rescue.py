@@ -24,6 +24,7 @@ DST never extends past the last byte read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shlex
@@ -36,8 +37,8 @@ from .._libc import libc
 from ..mapped.opening import HUGETLBFS_MAGIC, open_file
 from ..pagecache import Snapshot, sees_cache
 from . import onecopy
-from .mapfile import (BAD, FINISHED, NON_TRIED, Mapfile, MapfileError, sync_dir, temporary,
-                      umask)
+from .mapfile import (BAD, FINISHED, INT_MAX, NON_TRIED, Mapfile, MapfileError, sync_dir,
+                      temporary, umask)
 from .output import size_text, write_out
 from .stop import StopFlag, Stopped
 
@@ -217,13 +218,24 @@ class Destination:
                               "since the mapfile was last saved is not counted)") from None
 
     def discard(self) -> None:
-        """Close DST if still open; remove the temporary file if never put in place."""
+        """Close DST if still open and remove the temporary file if never put in
+        place; WriteFailed, once both were tried, if either failed."""
+        failed: WriteFailed | None = None
         if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+            try:
+                self.close()
+            except WriteFailed as exc:
+                failed = exc
         if self.temp is not None:
-            os.unlink(self.temp)
-            self.temp = None
+            temp, self.temp = self.temp, None
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed = failed or WriteFailed(f"{temp}: {exc.strerror} removing it")
+        if failed is not None:
+            raise failed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -287,7 +299,8 @@ class Rescue:
         finally:
             if tail is not None:
                 tail.evict()
-            os.close(fd)
+            with contextlib.suppress(OSError):  # read only: nothing of ours to lose
+                os.close(fd)
         return self._report(mapfile)
 
     def _rescue(self, src: Source, size: int) -> Mapfile:
@@ -309,8 +322,9 @@ class Rescue:
         try:
             dst = Destination(args.dst, args.in_place, resume)
         except RescueError:
-            if created:
-                os.unlink(self.mappath)
+            if created:                 # an empty mapfile left behind resumes as none
+                with contextlib.suppress(OSError):
+                    os.unlink(self.mappath)
             raise
         placed = False
         try:
@@ -326,7 +340,10 @@ class Rescue:
         except WriteFailed as exc:      # DST not synced, closed or in place: the mapfile
             self.error = self.error or str(exc)     # saved last still says what it holds
         finally:
-            dst.discard()
+            try:                        # closes DST if finish() failed before close()
+                dst.discard()
+            except WriteFailed as exc:
+                self.error = self.error or str(exc)
         if not placed or dst.lost:
             return self.saved
         if not self.stop() and self.error is None:
@@ -372,8 +389,8 @@ class Rescue:
             print(f"mcsafe rescue: {self.args.src} is {size} bytes, shorter than "
                   f"{self.mappath} says ({m.size}): the rest cannot be read", file=sys.stderr)
         m.resize(size)
-        if m.current_status == FINISHED:
-            m.current_pass += 1
+        if m.current_status == FINISHED:    # the next pass; a C int, as ddrescue reads it
+            m.current_pass = min(m.current_pass + 1, INT_MAX)
         return m
 
     def _copy(self, src: Source, mapfile: Mapfile, dst: Destination, size: int) -> None:

@@ -229,7 +229,9 @@ class Scanner:
         if tail is not None:
             tail.evict()
         if stopped and report.done < size:      # else every byte was passed: not interrupted
-            raise Stopped
+            if not (report.kind == "file" and _no_data_after(fd, report.done)):
+                raise Stopped
+            report.done = size                  # only a hole was left, which is not read
         if report.bad:
             report.status = "bad"
         if passed < size:                        # the file shrank: the rest passes too
@@ -277,6 +279,16 @@ def _changed(fd: int, st: os.stat_result, target: Target, report: FileReport,
         "deleted": "deleted during the scan (the one opened was scanned)"}[report.change]
     if report.status == "clean":
         report.status = "changed"
+
+
+def _no_data_after(fd: int, offset: int) -> bool:
+    """Whether fd's file holds no data past offset: SEEK_DATA finds none (a hole,
+    or the end of the file); False where the file system cannot say."""
+    try:
+        os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        return exc.errno == errno.ENXIO
+    return False
 
 
 def _open_failed(target: Target, exc: OSError) -> FileReport:
