@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -998,3 +1000,54 @@ def test_an_empty_src_maps_nothing(tmp_path) -> None:
         m.close()
     finally:
         os.close(fd)
+
+
+# -- address space: SRC is mapped once at a time ------------------------------------------------
+
+def _resume_at_a_bad_page(f, folder: Path, size: int, todo: int, bad: int) -> tuple[Path, Path]:
+    """f (a FailingFile) made size bytes, sparse, with its page at `bad` bad; a DST
+    and a mapfile in folder that say all was rescued but the MiB from `todo`."""
+    f.resize(size)
+    f.set_bad([(bad, bad + PAGE)])
+    dst, mapfile = folder / "dst", folder / "dst.map"
+    with open(dst, "wb") as out:
+        out.truncate(size)
+    m = 1 << 20
+    mapfile.write_text(f"{todo:#x}  ?  1\n0x0  {todo:#x}  +\n{todo:#x}  {m:#x}  ?\n"
+                       f"{todo + m:#x}  {size - todo - m:#x}  +\n")
+    return dst, mapfile
+
+
+def _limited(limit: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_a_failing_src_needs_no_more_address_space_than_its_size(failing_file, tmp_path) -> None:
+    """RLIMIT_AS of SRC's size and 256 MiB (the interpreter needs about 20): SRC's
+    mapping for the one-copy path is given back before MappedFile maps SRC for the
+    bad page, so the rescue records it and ends (exit 1), where two mappings of
+    SRC at once could not be made ("mmap: Cannot allocate memory; run again to go
+    on", exit 2, on every run)."""
+    size = 1 << 30
+    todo = bad = size - (2 << 20)
+    bad += 8 * PAGE
+    f = failing_file(PAGE)
+    dst, mapfile = _resume_at_a_bad_page(f, tmp_path, size, todo, bad)
+    p = rescue("--no-sync", f.path, dst, preexec_fn=_limited(size + (256 << 20)))
+    assert p.returncode == 1, p.stderr
+    assert blocks(mapfile) == [(0, bad, "+"), (bad, PAGE, "-"),
+                               (bad + PAGE, size - bad - PAGE, "+")]
+    with open(dst, "rb") as out:
+        assert os.pread(out.fileno(), 1 << 20, todo) == bytes(1 << 20)
+
+
+def test_a_src_of_more_than_half_the_address_space_is_rescued(failing_file, tmpfs) -> None:
+    """A 70 TiB SRC (sparse, on a tmpfs; x86-64 gives a process 128 TiB) with a bad page:
+    it is mapped once, so the bad page is recorded (exit 1), not ENOMEM (exit 2)."""
+    size, at = 70 << 40, 69 << 40
+    folder = tmpfs("64m")
+    f = failing_file(PAGE, dir=str(folder))
+    dst, mapfile = _resume_at_a_bad_page(f, folder, size, at, at)
+    p = rescue("--no-sync", f.path, dst)
+    assert p.returncode == 1, p.stderr
+    assert blocks(mapfile) == [(0, at, "+"), (at, PAGE, "-"), (at + PAGE, size - at - PAGE, "+")]

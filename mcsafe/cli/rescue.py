@@ -66,7 +66,9 @@ class Source:
     """SRC, open: its size, its mapping for the one-copy path, and the MappedFile
     that reads what that path could not: opened when first needed, or from the
     start where SRC is not mapped for that path (a hugetlbfs file, whose pages
-    MappedFile knows how to map; no one-copy path on this machine)."""
+    MappedFile knows how to map; no one-copy path on this machine). SRC is mapped
+    once at a time: MappedFile's mapping replaces SourceMap, and the one-copy
+    path goes on from it."""
 
     def __init__(self, opened: Opened, one_copy: bool) -> None:
         self.fd = opened.fd
@@ -101,6 +103,11 @@ class Source:
     def careful(self) -> MappedFile:
         """The MappedFile that reads a range the one-copy path could not."""
         if self._file is None:
+            # Unmapped first: holding both would need twice SRC's size in address
+            # space, which a file of more than half of it, or RLIMIT_AS, refuses.
+            if self.map is not None:
+                self.map.close()
+                self.map = None
             try:
                 self._file = self._open()
             except OSError as exc:
