@@ -399,6 +399,23 @@ def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_fil
     assert dst.contents() == src.read_bytes() and listed(mapfile, "?*/-") == []
 
 
+def test_the_longest_dst_name_a_temporary_file_allows(tmp_path) -> None:
+    """DST is written as ".NAME.XXXXXXXX.part" (8 random characters, as tempfile's):
+    a 240-byte NAME is the longest that fits NAME_MAX (255) and is rescued; one
+    byte more is one line naming DST, exit 2, nothing left behind."""
+    data = os.urandom(100_000)
+    (tmp_path / "src").write_bytes(data)
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    longest = "d" * (name_max - len("..XXXXXXXX.part"))
+    p = rescue(tmp_path / "src", tmp_path / longest, "--map", tmp_path / "m.map")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / longest).read_bytes() == data
+    too_long = tmp_path / (longest + "d")
+    p = rescue(tmp_path / "src", too_long, "--map", tmp_path / "n.map")
+    assert (p.returncode, p.stderr) == (2, f"mcsafe rescue: {too_long}: File name too long\n")
+    assert sorted(os.listdir(tmp_path)) == sorted(["src", longest, "m.map"])
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 def test_errors_are_one_line_and_exit_2(tmp_path) -> None:
