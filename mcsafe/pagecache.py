@@ -180,6 +180,14 @@ class Restorer:
         if want > have:
             self._known += resident(address + have, want - have)
 
+    def brought_in(self, offset: int, length: int) -> bool:
+        """Whether a page of [offset, offset + length) that it has looked at was not
+        cached then (the reader may have brought it in since, reading ahead)."""
+        lo = max(offset, self._base) // PAGE * PAGE
+        hi = min(offset + length, self._base + len(self._known) * PAGE)
+        return lo < hi and 0 in self._known[(lo - self._base) // PAGE:
+                                            -(-(hi - self._base) // PAGE)]
+
     def after(self, offset: int, length: int) -> None:
         """The reader has read up to offset + length (from offset): evict what it
         brought in from the chunk behind offset up to there, then forget it."""

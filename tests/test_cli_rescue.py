@@ -796,6 +796,38 @@ def test_the_page_cache_of_src_is_left_as_found(tmp_path, size) -> None:
     assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
 
 
+def test_src_s_pages_evicted_mid_run_are_given_back_after_they_are_read_again(
+        failing_file, tmp_path) -> None:
+    """SRC (64 MiB) is all cached when the rescue starts; while its write of the second
+    16 MiB into DST (a FUSE file, in place) is held in the server, another process
+    evicts SRC's second half. The rescue reads that half again and evicts it again:
+    SRC's cache ends as it was when the rescue read each part, the first half
+    cached, the second not (cachestat is asked per chunk, not once at the start)."""
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
+    size, half = 64 << 20, 32 << 20
+    src = tmp_path / "src"
+    written(src, size)
+    warm(src, 0, size)
+    dst = failing_file(PAGE)
+    dst.resize(size)
+    with dst.holding_writes(16 << 20):
+        p = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", "--no-sync",
+                              "--in-place", "--map", tmp_path / "m.map", src, dst.path],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            dst.wait_for_held_write(WAIT)
+            evict(src, half, half)
+            assert _resident_of_path(src, size) == bytes([1]) * (half // PAGE) + \
+                bytes(half // PAGE)
+        finally:
+            dst.release_writes()
+            out, err = p.communicate(timeout=WAIT)
+    assert p.returncode == 0, err
+    after = _resident_of_path(src, size)
+    assert (after[:half // PAGE].count(0), after[half // PAGE:].count(1)) == (0, 0)
+    assert dst.contents() == src.read_bytes()
+
+
 def test_src_cut_during_the_rescue_is_said_in_one_line(failing_file, tmp_path) -> None:
     """The FUSE server cuts SRC (4 MiB) to 10 pages when its bad page 20 is read: what
     read(2) would have given stays rescued, the rest is not tried; stderr says SRC
