@@ -828,6 +828,31 @@ def test_src_s_pages_evicted_mid_run_are_given_back_after_they_are_read_again(
     assert dst.contents() == src.read_bytes()
 
 
+def test_pages_read_ahead_into_the_next_chunk_are_given_back(tmp_path) -> None:
+    """SRC cached but for a few pages either side of the 16 MiB chunk boundary:
+    reading the first chunk reads ahead into the second (the kernel's window
+    around a fault), which then looks all cached. The Restorer saw those pages
+    cold before, so it follows the second chunk too and evicts them: SRC's cache
+    ends as found."""
+    from mcsafe.cli.onecopy import CHUNK
+    from mcsafe.pagecache import readahead
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
+    src = tmp_path / "src"
+    size = 2 * CHUNK
+    written(src, size)
+    with open(src, "rb") as f:
+        cold = readahead(f.fileno()) // 8 // PAGE * PAGE
+    evict(src)
+    warm(src, 0, CHUNK - cold)
+    warm(src, CHUNK + cold, size - CHUNK - cold)
+    before = _resident_of_path(src, size)
+    assert before.count(0) == 2 * cold // PAGE
+    p = rescue("--no-sync", src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    after = _resident_of_path(src, size)
+    assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
+
+
 def test_src_cut_during_the_rescue_is_said_in_one_line(failing_file, tmp_path) -> None:
     """The FUSE server cuts SRC (4 MiB) to 10 pages when its bad page 20 is read: what
     read(2) would have given stays rescued, the rest is not tried; stderr says SRC
