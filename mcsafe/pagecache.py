@@ -117,6 +117,8 @@ class Snapshot:
             m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=self.offset)
         except ValueError:              # cut since the fstat
             return
+        except OSError:                 # not mappable (hugetlbfs with no huge page free):
+            return                      # nothing known, nothing evicted
         try:
             from ._mcsafe import buffer_address
             self.residency = resident(buffer_address(m), length)

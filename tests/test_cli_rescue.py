@@ -441,6 +441,32 @@ def test_errors_are_one_line_and_exit_2(tmp_path) -> None:
     assert [n for n in os.listdir(tmp_path) if n.endswith(".part")] == []
 
 
+def test_a_hugetlbfs_src_that_cannot_be_mapped_is_one_line_and_exit_2(tmp_path) -> None:
+    """A file on hugetlbfs with no huge page free to map it: one line naming SRC and
+    why, exit 2 (it was a traceback, exit 1), nothing written."""
+    with open("/proc/meminfo") as f:
+        free = next(int(line.split()[1]) for line in f if line.startswith("HugePages_Free"))
+    if free:
+        pytest.skip(f"{free} huge pages are free on this machine: a hugetlbfs file maps")
+    mnt = tmp_path / "huge"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "hugetlbfs", "none", str(mnt)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a hugetlbfs here: {done.stderr.strip()!r}")
+    try:
+        src = mnt / "src"
+        fd = os.open(src, os.O_CREAT | os.O_RDWR, 0o600)
+        os.ftruncate(fd, 4 << 20)
+        os.close(fd)
+        p = rescue("--no-sync", src, tmp_path / "dst")
+        assert (p.returncode, p.stdout) == (2, "")
+        assert p.stderr == f"mcsafe rescue: {src}: mmap: Cannot allocate memory\n"
+        assert sorted(os.listdir(tmp_path)) == ["huge"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
 def test_help_describes_every_positional() -> None:
     p = subprocess.run([sys.executable, "-m", "mcsafe", "rescue", "--help"],
                        capture_output=True, text=True)
