@@ -879,6 +879,36 @@ def test_pages_read_ahead_into_the_next_chunk_are_given_back(tmp_path) -> None:
     assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
 
 
+def test_a_signal_after_the_last_byte_was_read_ends_as_a_finished_run(
+        failing_file, tmp_path) -> None:
+    """SIGINT arrives while the last chunk's write into DST (a FUSE file, in place) is
+    held in the server: nothing is left to try once it returns, so the run ends
+    as a finished one (mapfile finished, exit 0), not "0 bytes not tried yet; run
+    again to go on" (exit 130)."""
+    src = tmp_path / "src"
+    data = os.urandom(32 << 20)
+    src.write_bytes(data)
+    dst = failing_file(PAGE)
+    dst.resize(len(data))
+    mapfile = tmp_path / "m.map"
+    with dst.holding_writes(16 << 20):
+        p = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", "--no-sync",
+                              "--in-place", "--map", mapfile, src, dst.path],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            dst.wait_for_held_write(WAIT)
+            p.send_signal(signal.SIGINT)
+        finally:
+            dst.release_writes()
+            out, err = p.communicate(timeout=WAIT)
+    assert (p.returncode, err) == (0, "")
+    assert out.startswith(f"rescued {len(data)} of {len(data)} bytes (100.00%)")
+    assert blocks(mapfile) == [(0, len(data), "+")]
+    assert "# current_pos  current_status  current_pass" in mapfile.read_text()
+    assert Mapfile.load(str(mapfile)).current_status == "+"
+    assert dst.contents() == data
+
+
 def test_src_cut_during_the_rescue_is_said_in_one_line(failing_file, tmp_path) -> None:
     """The FUSE server cuts SRC (4 MiB) to 10 pages when its bad page 20 is read: what
     read(2) would have given stays rescued, the rest is not tried; stderr says SRC

@@ -260,6 +260,7 @@ class Rescue:
         self.causes: dict[tuple[int, int], str] = {}
         self.error: str | None = None
         self.restore = False            # give back the page cache pages read from SRC
+        self.pass_done = False          # the pass went over every block it had to
         self.last_save = time.monotonic()
         self.saved = Mapfile(0)         # the mapfile as last saved
 
@@ -336,7 +337,7 @@ class Rescue:
             dst.discard()
         if not placed or dst.lost:
             return self.saved
-        if not self.stop() and self.error is None:
+        if not self.stopped() and self.error is None:
             mapfile.current_status = FINISHED
         try:
             self._save_map(mapfile, mapfile.current_status == FINISHED)
@@ -389,6 +390,7 @@ class Rescue:
         mapfile.current_status = NON_TRIED if mapfile.total("?*/") else BAD
         bar = self._bar(sum(b - a for a, b in todo))
         in_place = dst.temp is None
+        last = todo[-1][1] if todo else 0
 
         def written(offset: int, n: int) -> None:
             mapfile.set(offset, offset + n, FINISHED)
@@ -416,7 +418,7 @@ class Rescue:
                     if bar is not None:
                         bar.update(done - passed)
                     passed = done
-                    if self.stop():
+                    if self.stop() and done < last:     # (not once all was read)
                         raise Stopped
                 mapfile.current_pos = a
                 try:
@@ -439,11 +441,17 @@ class Rescue:
                         if s < b and e > a:
                             mapfile.set(max(s, a), min(e, b), BAD)
                             self.causes[(s, e)] = fault.cause
+            self.pass_done = True
         except Stopped:
             pass
         finally:
             if bar is not None:
                 bar.close()
+
+    def stopped(self) -> bool:
+        """Whether a signal stopped the pass before it went over every block (one
+        that comes after ends the run as a finished one)."""
+        return self.stop() and not self.pass_done
 
     def _bad_ranges(self, mapfile: Mapfile, dst: Destination) -> None:
         """Bad ranges below the last byte read: holes, or zeros with --zero-fill."""
@@ -493,7 +501,7 @@ class Rescue:
         if self.error is not None:
             print(f"mcsafe rescue: {self.error}; run again to go on", file=sys.stderr)
             return 2
-        if self.stop():
+        if self.stopped():
             print(f"stopped by {signal.Signals(self.stop.signum).name}: {left} bytes not "
                   "tried yet; run again to go on", file=sys.stderr)
             return self.stop.exit_code
