@@ -822,6 +822,24 @@ def test_the_page_cache_of_src_is_left_as_found(tmp_path, size) -> None:
     assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
 
 
+def _rescue_held(dst, offset: int, meanwhile: Callable[[subprocess.Popen], object],
+                 *args: object) -> tuple[subprocess.Popen, str, str]:
+    """Rescue (--no-sync --in-place, args, then dst: a FailingFile) while its first
+    write past offset is held in the FUSE server, and call meanwhile(the process)
+    while it is: (the process, its stdout, its stderr)."""
+    with dst.holding_writes(offset):
+        p = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", "--no-sync",
+                              "--in-place", *map(str, args), dst.path],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            dst.wait_for_held_write(WAIT)
+            meanwhile(p)
+        finally:
+            dst.release_writes()
+            out, err = p.communicate(timeout=WAIT)
+    return p, out, err
+
+
 def test_src_s_pages_evicted_mid_run_are_given_back_after_they_are_read_again(
         failing_file, tmp_path) -> None:
     """SRC (64 MiB) is all cached when the rescue starts; while its write of the second
@@ -836,18 +854,10 @@ def test_src_s_pages_evicted_mid_run_are_given_back_after_they_are_read_again(
     warm(src, 0, size)
     dst = failing_file(PAGE)
     dst.resize(size)
-    with dst.holding_writes(16 << 20):
-        p = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", "--no-sync",
-                              "--in-place", "--map", tmp_path / "m.map", src, dst.path],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            dst.wait_for_held_write(WAIT)
-            evict(src, half, half)
-            assert _resident_of_path(src, size) == bytes([1]) * (half // PAGE) + \
-                bytes(half // PAGE)
-        finally:
-            dst.release_writes()
-            out, err = p.communicate(timeout=WAIT)
+    def meanwhile(_: subprocess.Popen) -> None:
+        evict(src, half, half)
+        assert _resident_of_path(src, size) == bytes([1]) * (half // PAGE) + bytes(half // PAGE)
+    p, _, err = _rescue_held(dst, 16 << 20, meanwhile, "--map", tmp_path / "m.map", src)
     assert p.returncode == 0, err
     after = _resident_of_path(src, size)
     assert (after[:half // PAGE].count(0), after[half // PAGE:].count(1)) == (0, 0)
@@ -891,16 +901,8 @@ def test_a_signal_after_the_last_byte_was_read_ends_as_a_finished_run(
     dst = failing_file(PAGE)
     dst.resize(len(data))
     mapfile = tmp_path / "m.map"
-    with dst.holding_writes(16 << 20):
-        p = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", "--no-sync",
-                              "--in-place", "--map", mapfile, src, dst.path],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            dst.wait_for_held_write(WAIT)
-            p.send_signal(signal.SIGINT)
-        finally:
-            dst.release_writes()
-            out, err = p.communicate(timeout=WAIT)
+    p, out, err = _rescue_held(dst, 16 << 20, lambda p: p.send_signal(signal.SIGINT),
+                               "--map", mapfile, src)
     assert (p.returncode, err) == (0, "")
     assert out.startswith(f"rescued {len(data)} of {len(data)} bytes (100.00%)")
     assert blocks(mapfile) == [(0, len(data), "+")]
