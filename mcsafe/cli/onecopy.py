@@ -158,22 +158,22 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
             progress(min(offset, stop), stop)
             continue
         n = min(CHUNK, data_end - offset)
-        watch = restore_cache and _brings_in(src_fd, keeper, offset, min(n + ahead, stop - offset))
-        if watch:
-            keeper = keeper or Restorer(src_fd, ahead)
-            keeper.before(address, offset, n, stop)
+        follow = None               # the Restorer, where it must follow this chunk
+        if restore_cache and _brings_in(src_fd, keeper, offset, min(n + ahead, stop - offset)):
+            keeper = follow = keeper or Restorer(src_fd, ahead)
+            follow.before(address, offset, n, stop)
         first = offset // PAGE * PAGE
         if libc.madvise(address + first, offset + n - first, MADV_POPULATE_READ) != 0:
             _drop(address, first, offset + n)
-            if watch:                               # what it brought in goes back first
-                keeper.after(offset, n)
+            if follow is not None:                  # what it brought in goes back first
+                follow.after(offset, n)
             return offset, offset + n               # a page that fails: the careful path's
         got, err = _write(dst_fd, address + offset, n, offset)
         if got:
             written(offset, got)
         _drop(address, first, offset + n)
-        if watch:
-            keeper.after(offset, got)
+        if follow is not None:
+            follow.after(offset, got)
         offset += got
         if err:
             raise Stop(os.strerror(err))
