@@ -222,6 +222,31 @@ class FailingFile:
         self._command({"op": "release"})
 
     @contextlib.contextmanager
+    def holding_writes(self, offset: int) -> Iterator[None]:
+        """While the block runs, the first write request (FUSE's, of up to a few
+        pages) that reaches past offset waits in the server, and every one after
+        it, until the block ends: a writer held at a known point, for as long as
+        a test needs (wait_for_held_write() tells when one is)."""
+        self._command({"op": "hold_writes", "from": offset})
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self.release_writes()
+
+    def release_writes(self) -> None:
+        """Let the writes held by holding_writes() go on, and those after it."""
+        self._command({"op": "hold_writes", "from": None})
+
+    def wait_for_held_write(self, timeout: float) -> None:
+        """Return once a write waits inside holding_writes(); TimeoutError if none
+        does within timeout seconds."""
+        try:
+            self._command({"op": "wait_held_write", "timeout": timeout})
+        except ValueError:
+            raise TimeoutError(f"no write to {self.path} was held in {timeout} s") from None
+
+    @contextlib.contextmanager
     def failing_sync(self, err: int = errno.EIO, *, times: int = -1,
                      close: bool = False) -> Iterator[None]:
         """While the block runs, the next `times` fsync(2)/fdatasync(2) of the file

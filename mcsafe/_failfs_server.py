@@ -20,6 +20,10 @@ CONTROL_FD is one end of a socket pair, one JSON object a line each way:
     {"op": "stats"}   -> {"ok": true, "reads": .., "failed_reads": .., ...}
     {"op": "hold"}    -> {"ok": true}   the next failing reads wait (after their
                                         changes) until {"op": "release"}
+    {"op": "hold_writes", "from": N}  -> {"ok": true}  the next writes past offset N
+                      wait until {"op": "release_writes"} (from None: none wait)
+    {"op": "wait_held_write", "timeout": S}  -> {"ok": true} once a write waits
+                      ({"ok": false} if none does within S seconds)
     {"op": "fail_sync", "fsync": N, "times": T, "flush": M}  -> {"ok": true}
                       the next T fsyncs (T < 0: every one) fail with errno N, and
                       every flush (close(2) of a descriptor) with M (0: none fail)
@@ -84,6 +88,8 @@ class FailingFS(mfusepy.Operations):
         self._on_failed_read: list[list[Any]] = []
         self._held = threading.Event()
         self._held.set()
+        self._write_hold: tuple[int, threading.Event] | None = None
+        self._write_held = threading.Event()    # a writer waits in write()
         self._fsync_errno = self._fsync_times = self._flush_errno = 0
         self._fuse = ctypes.c_void_p()
 
@@ -161,6 +167,13 @@ class FailingFS(mfusepy.Operations):
             bad = self._first_bad(offset, len(data))
             self._counts["writes"] += 1
             self._counts["failed_writes"] += bad is not None
+            hold = self._write_hold
+            if hold is not None and offset + len(data) > hold[0]:
+                self._write_held.set()
+            else:
+                hold = None
+        if hold is not None:
+            hold[1].wait()      # a writer held inside its write (hold_writes)
         if bad is not None:
             if bad <= offset:
                 raise mfusepy.FuseOSError(errno.EIO)
@@ -252,6 +265,18 @@ class FailingFS(mfusepy.Operations):
         if op == "release":
             self._held.set()
             return {"ok": True}
+        if op == "hold_writes":
+            with self._lock:
+                if self._write_hold is not None:
+                    self._write_hold[1].set()
+                self._write_hold = None if cmd["from"] is None else \
+                    (int(cmd["from"]), threading.Event())
+                self._write_held = threading.Event()
+            return {"ok": True}
+        if op == "wait_held_write":
+            if self._write_held.wait(float(cmd["timeout"])):
+                return {"ok": True}
+            return {"ok": False, "error": "no write was held"}
         if op == "fail_sync":
             with self._lock:
                 self._fsync_errno, self._fsync_times, self._flush_errno = \

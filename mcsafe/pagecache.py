@@ -97,6 +97,8 @@ class Snapshot:
             m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=self.offset)
         except ValueError:              # cut since the fstat
             return
+        except OSError:                 # not mappable (hugetlbfs with no huge page free):
+            return                      # nothing known, nothing evicted
         try:
             from ._mcsafe import buffer_address
             self.residency = resident(buffer_address(m), length)
@@ -180,6 +182,14 @@ class Restorer:
         if want > have:
             self._known += b"\1" * ((want - have) // PAGE) if all_cached(
                 self._fd, have, want - have) else resident(address + have, want - have)
+
+    def brought_in(self, offset: int, length: int) -> bool:
+        """Whether a page of [offset, offset + length) that it has looked at was not
+        cached then (the reader may have brought it in since, reading ahead)."""
+        lo = max(offset, self._base) // PAGE * PAGE
+        hi = min(offset + length, self._base + len(self._known) * PAGE)
+        return lo < hi and 0 in self._known[(lo - self._base) // PAGE:
+                                            -(-(hi - self._base) // PAGE)]
 
     def after(self, offset: int, length: int) -> None:
         """The reader has read up to offset + length (from offset): evict what it

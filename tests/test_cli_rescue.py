@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -403,6 +405,23 @@ def test_dst_that_cannot_be_made_durable_is_an_error_and_not_counted(failing_fil
     assert dst.contents() == src.read_bytes() and listed(mapfile, "?*/-") == []
 
 
+def test_the_longest_dst_name_a_temporary_file_allows(tmp_path) -> None:
+    """DST is written as ".NAME.XXXXXXXX.part" (8 random characters, as tempfile's):
+    a 240-byte NAME is the longest that fits NAME_MAX (255) and is rescued; one
+    byte more is one line naming DST, exit 2, nothing left behind."""
+    data = os.urandom(100_000)
+    (tmp_path / "src").write_bytes(data)
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    longest = "d" * (name_max - len("..XXXXXXXX.part"))
+    p = rescue(tmp_path / "src", tmp_path / longest, "--map", tmp_path / "m.map")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / longest).read_bytes() == data
+    too_long = tmp_path / (longest + "d")
+    p = rescue(tmp_path / "src", too_long, "--map", tmp_path / "n.map")
+    assert (p.returncode, p.stderr) == (2, f"mcsafe rescue: {too_long}: File name too long\n")
+    assert sorted(os.listdir(tmp_path)) == sorted(["src", longest, "m.map"])
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 def test_errors_are_one_line_and_exit_2(tmp_path) -> None:
@@ -426,6 +445,32 @@ def test_errors_are_one_line_and_exit_2(tmp_path) -> None:
         assert len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
     assert [n for n in os.listdir(tmp_path) if n.endswith(".part")] == []
+
+
+def test_a_hugetlbfs_src_that_cannot_be_mapped_is_one_line_and_exit_2(tmp_path) -> None:
+    """A file on hugetlbfs with no huge page free to map it: one line naming SRC and
+    why, exit 2 (it was a traceback, exit 1), nothing written."""
+    with open("/proc/meminfo") as f:
+        free = next(int(line.split()[1]) for line in f if line.startswith("HugePages_Free"))
+    if free:
+        pytest.skip(f"{free} huge pages are free on this machine: a hugetlbfs file maps")
+    mnt = tmp_path / "huge"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "hugetlbfs", "none", str(mnt)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a hugetlbfs here: {done.stderr.strip()!r}")
+    try:
+        src = mnt / "src"
+        fd = os.open(src, os.O_CREAT | os.O_RDWR, 0o600)
+        os.ftruncate(fd, 4 << 20)
+        os.close(fd)
+        p = rescue("--no-sync", src, tmp_path / "dst")
+        assert (p.returncode, p.stdout) == (2, "")
+        assert p.stderr == f"mcsafe rescue: {src}: mmap: Cannot allocate memory\n"
+        assert sorted(os.listdir(tmp_path)) == ["huge"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_help_describes_every_positional() -> None:
@@ -846,6 +891,95 @@ def test_the_page_cache_of_src_is_left_as_found(tmp_path, size) -> None:
     assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
 
 
+def _rescue_held(dst, offset: int, meanwhile: Callable[[subprocess.Popen], object],
+                 *args: object) -> tuple[subprocess.Popen, str, str]:
+    """Rescue (--no-sync --in-place, args, then dst: a FailingFile) while its first
+    write past offset is held in the FUSE server, and call meanwhile(the process)
+    while it is: (the process, its stdout, its stderr)."""
+    with dst.holding_writes(offset):
+        p = subprocess.Popen([sys.executable, "-m", "mcsafe", "rescue", "--no-sync",
+                              "--in-place", *map(str, args), dst.path],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            dst.wait_for_held_write(WAIT)
+            meanwhile(p)
+        finally:
+            dst.release_writes()
+            out, err = p.communicate(timeout=WAIT)
+    return p, out, err
+
+
+def test_src_s_pages_evicted_mid_run_are_given_back_after_they_are_read_again(
+        failing_file, tmp_path) -> None:
+    """SRC (64 MiB) is all cached when the rescue starts; while its write of the second
+    16 MiB into DST (a FUSE file, in place) is held in the server, another process
+    evicts SRC's second half. The rescue reads that half again and evicts it again:
+    SRC's cache ends as it was when the rescue read each part, the first half
+    cached, the second not (cachestat is asked per chunk, not once at the start)."""
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
+    size, half = 64 << 20, 32 << 20
+    src = tmp_path / "src"
+    written(src, size)
+    warm(src, 0, size)
+    dst = failing_file(PAGE)
+    dst.resize(size)
+    def meanwhile(_: subprocess.Popen) -> None:
+        evict(src, half, half)
+        assert _resident_of_path(src, size) == bytes([1]) * (half // PAGE) + bytes(half // PAGE)
+    p, _, err = _rescue_held(dst, 16 << 20, meanwhile, "--map", tmp_path / "m.map", src)
+    assert p.returncode == 0, err
+    after = _resident_of_path(src, size)
+    assert (after[:half // PAGE].count(0), after[half // PAGE:].count(1)) == (0, 0)
+    assert dst.contents() == src.read_bytes()
+
+
+def test_pages_read_ahead_into_the_next_chunk_are_given_back(tmp_path) -> None:
+    """SRC cached but for a few pages either side of the 16 MiB chunk boundary:
+    reading the first chunk reads ahead into the second (the kernel's window
+    around a fault), which then looks all cached. The Restorer saw those pages
+    cold before, so it follows the second chunk too and evicts them: SRC's cache
+    ends as found."""
+    from mcsafe.cli.onecopy import CHUNK
+    from mcsafe.pagecache import readahead
+    from test_mapped_scrub import _resident_of_path, evict, warm, written
+    src = tmp_path / "src"
+    size = 2 * CHUNK
+    written(src, size)
+    with open(src, "rb") as f:
+        cold = readahead(f.fileno()) // 8 // PAGE * PAGE
+    evict(src)
+    warm(src, 0, CHUNK - cold)
+    warm(src, CHUNK + cold, size - CHUNK - cold)
+    before = _resident_of_path(src, size)
+    assert before.count(0) == 2 * cold // PAGE
+    p = rescue("--no-sync", src, tmp_path / "dst")
+    assert p.returncode == 0, p.stderr
+    after = _resident_of_path(src, size)
+    assert after == before, f"{after.count(1) - before.count(1)} more pages cached"
+
+
+def test_a_signal_after_the_last_byte_was_read_ends_as_a_finished_run(
+        failing_file, tmp_path) -> None:
+    """SIGINT arrives while the last chunk's write into DST (a FUSE file, in place) is
+    held in the server: nothing is left to try once it returns, so the run ends
+    as a finished one (mapfile finished, exit 0), not "0 bytes not tried yet; run
+    again to go on" (exit 130)."""
+    src = tmp_path / "src"
+    data = os.urandom(32 << 20)
+    src.write_bytes(data)
+    dst = failing_file(PAGE)
+    dst.resize(len(data))
+    mapfile = tmp_path / "m.map"
+    p, out, err = _rescue_held(dst, 16 << 20, lambda p: p.send_signal(signal.SIGINT),
+                               "--map", mapfile, src)
+    assert (p.returncode, err) == (0, "")
+    assert out.startswith(f"rescued {len(data)} of {len(data)} bytes (100.00%)")
+    assert blocks(mapfile) == [(0, len(data), "+")]
+    assert "# current_pos  current_status  current_pass" in mapfile.read_text()
+    assert Mapfile.load(str(mapfile)).current_status == "+"
+    assert dst.contents() == data
+
+
 def test_src_cut_during_the_rescue_is_said_in_one_line(failing_file, tmp_path) -> None:
     """The FUSE server cuts SRC (4 MiB) to 10 pages when its bad page 20 is read: what
     read(2) would have given stays rescued, the rest is not tried; stderr says SRC
@@ -1067,3 +1201,54 @@ def test_an_empty_src_maps_nothing(tmp_path) -> None:
         m.close()
     finally:
         os.close(fd)
+
+
+# -- address space: SRC is mapped once at a time ------------------------------------------------
+
+def _resume_at_a_bad_page(f, folder: Path, size: int, todo: int, bad: int) -> tuple[Path, Path]:
+    """f (a FailingFile) made size bytes, sparse, with its page at `bad` bad; a DST
+    and a mapfile in folder that say all was rescued but the MiB from `todo`."""
+    f.resize(size)
+    f.set_bad([(bad, bad + PAGE)])
+    dst, mapfile = folder / "dst", folder / "dst.map"
+    with open(dst, "wb") as out:
+        out.truncate(size)
+    m = 1 << 20
+    mapfile.write_text(f"{todo:#x}  ?  1\n0x0  {todo:#x}  +\n{todo:#x}  {m:#x}  ?\n"
+                       f"{todo + m:#x}  {size - todo - m:#x}  +\n")
+    return dst, mapfile
+
+
+def _limited(limit: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_a_failing_src_needs_no_more_address_space_than_its_size(failing_file, tmp_path) -> None:
+    """RLIMIT_AS of SRC's size and 256 MiB (the interpreter needs about 20): SRC's
+    mapping for the one-copy path is given back before MappedFile maps SRC for the
+    bad page, so the rescue records it and ends (exit 1), where two mappings of
+    SRC at once could not be made ("mmap: Cannot allocate memory; run again to go
+    on", exit 2, on every run)."""
+    size = 1 << 30
+    todo = bad = size - (2 << 20)
+    bad += 8 * PAGE
+    f = failing_file(PAGE)
+    dst, mapfile = _resume_at_a_bad_page(f, tmp_path, size, todo, bad)
+    p = rescue("--no-sync", f.path, dst, preexec_fn=_limited(size + (256 << 20)))
+    assert p.returncode == 1, p.stderr
+    assert blocks(mapfile) == [(0, bad, "+"), (bad, PAGE, "-"),
+                               (bad + PAGE, size - bad - PAGE, "+")]
+    with open(dst, "rb") as out:
+        assert os.pread(out.fileno(), 1 << 20, todo) == bytes(1 << 20)
+
+
+def test_a_src_of_more_than_half_the_address_space_is_rescued(failing_file, tmpfs) -> None:
+    """A 70 TiB SRC (sparse, on a tmpfs; x86-64 gives a process 128 TiB) with a bad page:
+    it is mapped once, so the bad page is recorded (exit 1), not ENOMEM (exit 2)."""
+    size, at = 70 << 40, 69 << 40
+    folder = tmpfs("64m")
+    f = failing_file(PAGE, dir=str(folder))
+    dst, mapfile = _resume_at_a_bad_page(f, folder, size, at, at)
+    p = rescue("--no-sync", f.path, dst)
+    assert p.returncode == 1, p.stderr
+    assert blocks(mapfile) == [(0, at, "+"), (at, PAGE, "-"), (at + PAGE, size - at - PAGE, "+")]

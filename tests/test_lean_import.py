@@ -72,6 +72,16 @@ def test_lazy_names_are_the_objects_of_their_modules() -> None:
         mcsafe.MappedFiles      # noqa: B018
 
 
+def test_dir_of_a_lazy_package_lists_its_lazy_names_without_loading_them() -> None:
+    """dir(mcsafe.mapped) names MappedFile, as dir() of any module names what it has,
+    and asking does not load mcsafe.mapped.file."""
+    script = ("import sys, mcsafe.mapped as m; "
+              "print('MappedFile' in dir(m), 'mcsafe.mapped.file' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "True False\n", "")
+
+
 def test_the_old_name_of_published_table_count_warns_and_still_works() -> None:
     import mcsafe
 

@@ -364,9 +364,11 @@ def umask() -> int:
 def temporary(folder: str, prefix: str, suffix: str = "") -> tuple[int, str]:
     """A new file in folder, named prefix, a random part and suffix, open for reading
     and writing, mode 0600: (its descriptor, its path), as tempfile.mkstemp. (By
-    hand: tempfile imports random, and random hashlib, 3 ms of a rescue's start.)"""
+    hand: tempfile imports random, and random hashlib, 3 ms of a rescue's start.)
+    The random part is 8 characters, as tempfile's: a longer one would refuse names
+    (ENAMETOOLONG) that a rescue took before."""
     for _ in range(100):
-        path = os.path.join(folder, f"{prefix}{os.urandom(6).hex()}{suffix}")
+        path = os.path.join(folder, f"{prefix}{os.urandom(4).hex()}{suffix}")
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                            os.O_CLOEXEC, 0o600), path

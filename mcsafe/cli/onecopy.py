@@ -146,11 +146,8 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
     all was copied. Stop (with errno's message) if DST could not be written,
     after written() of what was."""
     offset, stop = start, end
-    keeper = None
-    # Nothing to give back where SRC was all cached (then nothing is read ahead either):
-    # the Restorer's mincore(2) of every page costs 3% of a rescue of such a file.
-    if restore_cache and not all_cached(src_fd, start, end - start):
-        keeper = Restorer(src_fd, max(CHUNK, readahead(src_fd)))
+    keeper: Restorer | None = None
+    ahead = max(CHUNK, readahead(src_fd)) if restore_cache else 0
     while offset < stop:
         data, data_end = next_data(src_fd, offset, stop)
         if data > offset:                           # a hole, or SRC cut short
@@ -161,20 +158,22 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
             progress(min(offset, stop), stop)
             continue
         n = min(CHUNK, data_end - offset)
-        if keeper is not None:
-            keeper.before(address, offset, n, stop)
+        follow = None               # the Restorer, where it must follow this chunk
+        if restore_cache and _brings_in(src_fd, keeper, offset, min(n + ahead, stop - offset)):
+            keeper = follow = keeper or Restorer(src_fd, ahead)
+            follow.before(address, offset, n, stop)
         first = offset // PAGE * PAGE
         if libc.madvise(address + first, offset + n - first, MADV_POPULATE_READ) != 0:
             _drop(address, first, offset + n)
-            if keeper is not None:                  # what it brought in goes back first
-                keeper.after(offset, n)
+            if follow is not None:                  # what it brought in goes back first
+                follow.after(offset, n)
             return offset, offset + n               # a page that fails: the careful path's
         got, err = _write(dst_fd, address + offset, n, offset)
         if got:
             written(offset, got)
         _drop(address, first, offset + n)
-        if keeper is not None:
-            keeper.after(offset, got)
+        if follow is not None:
+            follow.after(offset, got)
         offset += got
         if err:
             raise Stop(os.strerror(err))
@@ -182,6 +181,17 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
             return offset, offset - got + n
         progress(min(offset, stop), stop)
     return (offset, offset) if offset >= end else (offset, end)
+
+
+def _brings_in(fd: int, keeper: Restorer | None, offset: int, length: int) -> bool:
+    """Whether reading [offset, offset + length) of SRC (a chunk and the readahead
+    after it) may bring pages into the page cache, so that the Restorer must
+    follow it: some are not cached now, or were not before this run read them.
+    Asked per chunk, as memory pressure or another process may evict SRC's pages
+    mid-run; where all are cached, nothing is read (or read ahead), and the
+    Restorer's mincore(2) of every page (3% of a rescue of a cached file) is saved."""
+    return not all_cached(fd, offset, length) or \
+        (keeper is not None and keeper.brought_in(offset, length))
 
 
 def _drop(address: int, start: int, end: int) -> None:

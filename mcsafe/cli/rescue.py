@@ -67,7 +67,9 @@ class Source:
     """SRC, open: its size, its mapping for the one-copy path, and the MappedFile
     that reads what that path could not: opened when first needed, or from the
     start where SRC is not mapped for that path (a hugetlbfs file, whose pages
-    MappedFile knows how to map; no one-copy path on this machine)."""
+    MappedFile knows how to map; no one-copy path on this machine). SRC is mapped
+    once at a time: MappedFile's mapping replaces SourceMap, and the one-copy
+    path goes on from it."""
 
     def __init__(self, opened: Opened, one_copy: bool) -> None:
         self.fd = opened.fd
@@ -102,6 +104,11 @@ class Source:
     def careful(self) -> MappedFile:
         """The MappedFile that reads a range the one-copy path could not."""
         if self._file is None:
+            # Unmapped first: holding both would need twice SRC's size in address
+            # space, which a file of more than half of it, or RLIMIT_AS, refuses.
+            if self.map is not None:
+                self.map.close()
+                self.map = None
             try:
                 self._file = self._open()
             except OSError as exc:
@@ -265,6 +272,7 @@ class Rescue:
         self.causes: dict[tuple[int, int], str] = {}
         self.error: str | None = None
         self.restore = False            # give back the page cache pages read from SRC
+        self.pass_done = False          # the pass went over every block it had to
         self.last_save = time.monotonic()
         self.saved = Mapfile(0)         # the mapfile as last saved
 
@@ -346,7 +354,7 @@ class Rescue:
                 self.error = self.error or str(exc)
         if not placed or dst.lost:
             return self.saved
-        if not self.stop() and self.error is None:
+        if not self.stopped() and self.error is None:
             mapfile.current_status = FINISHED
         try:
             self._save_map(mapfile, mapfile.current_status == FINISHED)
@@ -399,6 +407,7 @@ class Rescue:
         mapfile.current_status = NON_TRIED if mapfile.total("?*/") else BAD
         bar = self._bar(sum(b - a for a, b in todo))
         in_place = dst.temp is None
+        last = todo[-1][1] if todo else 0
 
         def written(offset: int, n: int) -> None:
             mapfile.set(offset, offset + n, FINISHED)
@@ -426,7 +435,7 @@ class Rescue:
                     if bar is not None:
                         bar.update(done - passed)
                     passed = done
-                    if self.stop():
+                    if self.stop() and done < last:     # (not once all was read)
                         raise Stopped
                 mapfile.current_pos = a
                 try:
@@ -449,11 +458,17 @@ class Rescue:
                         if s < b and e > a:
                             mapfile.set(max(s, a), min(e, b), BAD)
                             self.causes[(s, e)] = fault.cause
+            self.pass_done = True
         except Stopped:
             pass
         finally:
             if bar is not None:
                 bar.close()
+
+    def stopped(self) -> bool:
+        """Whether a signal stopped the pass before it went over every block (one
+        that comes after ends the run as a finished one)."""
+        return self.stop() and not self.pass_done
 
     def _bad_ranges(self, mapfile: Mapfile, dst: Destination) -> None:
         """Bad ranges below the last byte read: holes, or zeros with --zero-fill."""
@@ -503,7 +518,7 @@ class Rescue:
         if self.error is not None:
             print(f"mcsafe rescue: {self.error}; run again to go on", file=sys.stderr)
             return 2
-        if self.stop():
+        if self.stopped():
             print(f"stopped by {signal.Signals(self.stop.signum).name}: {left} bytes not "
                   "tried yet; run again to go on", file=sys.stderr)
             return self.stop.exit_code
