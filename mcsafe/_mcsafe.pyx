@@ -447,8 +447,10 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
     every access through the table-driven copy. The copy must end at or before
     offset `limit` of the file's buffer (src if from_src, else dst).
     Returns the count, or -1 if a probe faulted or read other than `expect` (the
-    copy may have run), or -2 if the copy would pass `limit` or there is no probe
-    (`probe` 0: nothing done), or a CopyResult if the copy faulted."""
+    copy may have run), or -2 if nothing was done: the copy would pass `limit`,
+    there is no probe (`probe` 0), the buffers overlap or dst's view is gone (the
+    careful path decides), or a CopyResult if the copy faulted. The caller's src
+    that is no buffer raises its own error, as os.pwrite's would."""
     cdef mcsafe_fault rec
     cdef Py_buffer d, s
     cdef Py_ssize_t count, done
@@ -457,10 +459,14 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
     cdef uint64_t word
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
-    _acquire(dst, src, &d, &s)
+    PyObject_GetBuffer(src, &s, PyBUF_SIMPLE)
+    if _get_buffer(dst, &d, PyBUF_WRITABLE) < 0:
+        PyErr_Clear()
+        PyBuffer_Release(&s)
+        return -2
     try:
         if not (0 <= dst_offset <= d.len and 0 <= src_offset <= s.len):
-            raise ValueError("offset outside its buffer")
+            return -2
         count = _span(d.len - dst_offset, s.len - src_offset, None)
         if (src_offset if from_src else dst_offset) + count > limit or \
                 limit >= (s.len if from_src else d.len) or not probe:
@@ -468,7 +474,7 @@ def _copy_bracketed(dst, src, Py_ssize_t dst_offset, Py_ssize_t src_offset, bint
         dp = <char *>d.buf + dst_offset
         sp = <const char *>s.buf + src_offset
         if count and dp < sp + count and sp < dp + count:
-            raise ValueError("src and dst overlap")
+            return -2
         if count >= MASK_CHECK and not _ready():
             _make_ready(1)
         if mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8 or word != expect:

@@ -311,3 +311,59 @@ def test_read_and_write_take_the_offset_as_os_pread_and_pwrite(tmp_path, name: s
     finally:
         os.close(fd)
     assert (tmp_path / "mine").read_bytes() == (tmp_path / "ref").read_bytes()
+
+
+# -- write(): the caller's buffer errors are the caller's, as os.pwrite gives them ----
+
+@pytest.fixture(params=["fast", "cut"])
+def writable(request, tmp_path):
+    """A MappedFile open 'r+' and a descriptor of a twin file: as opened (the fast
+    path), or cut by another writer since (the careful path: the probe fails)."""
+    data = os.urandom(4 * PAGE)
+    for twin in ("mine", "ref"):
+        (tmp_path / twin).write_bytes(data)
+    mf = MappedFile(tmp_path / "mine", "r+")
+    fd = os.open(tmp_path / "ref", os.O_RDWR)
+    if request.param == "cut":
+        os.truncate(tmp_path / "mine", 3 * PAGE - 10)
+        os.truncate(tmp_path / "ref", 3 * PAGE - 10)
+    yield mf, fd
+    mf.close()
+    os.close(fd)
+
+
+def test_write_passes_a_buffer_s_own_error_through(writable) -> None:
+    """A strided numpy array, an object with no buffer and a released memoryview:
+    write() raises what os.pwrite raises (the fast path caught ValueError and
+    TypeError to go careful, where numpy's "not C-contiguous" became mcsafe's
+    TypeError), and writes nothing."""
+    import numpy as np
+
+    mf, fd = writable
+    released = memoryview(b"x" * 64)
+    released.release()
+    for make in (lambda: np.zeros(64, np.uint8)[::2], lambda: 12345, lambda: released):
+        assert outcome(lambda: mf.write(make(), 10)) == \
+            outcome(lambda: os.pwrite(fd, make(), 10))
+        assert outcome(lambda: mf.write(make(), 10))[0] != "ok"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12),
+                    reason=f"Python {sys.version_info[0]}.{sys.version_info[1]} has no "
+                           "__buffer__ (PEP 688, Python 3.12)")
+def test_write_asks_a_python_buffer_once(writable) -> None:
+    mf, fd = writable
+
+    class Buffer:
+        calls = 0
+
+        def __buffer__(self, flags: int) -> memoryview:
+            Buffer.calls += 1
+            if Buffer.calls == 1:
+                raise ValueError("buffer not ready")
+            return memoryview(bytearray(10))
+
+    for call in (lambda: mf.write(Buffer(), 0), lambda: os.pwrite(fd, Buffer(), 0)):
+        Buffer.calls = 0
+        assert outcome(call) == ("ValueError", "buffer not ready") and Buffer.calls == 1
+

@@ -244,10 +244,7 @@ class MappedFile(_FastPath):
         # readinto's fast path, mirrored without the last page (the comment above)
         data, size, limit, probe, word, _, _ = self._window.state
         if 0 <= offset < size and not self._bad.starts:
-            try:
-                got = _copy_bracketed(data, buf, offset, 0, False, limit, probe, word)
-            except (ValueError, TypeError):
-                got = -3
+            got = _copy_bracketed(data, buf, offset, 0, False, limit, probe, word)
             if type(got) is int:
                 if got >= 0:
                     return got
