@@ -342,9 +342,11 @@ WHY_MISSED = {
     "64 B per call ≤ 1.0× memoryview (interleaved)":
         "Within a few ns, changing sign between runs.",
     "mcsafe scan, 10,000 files of 4 KiB, ≥ 0.9× the throughput of cat (whole process)":
-        "At the line since issue 21's speed work (installed): 0.92× by medians at load 1.7, "
-        "1.34× by medians and 0.87× by minimums at load 2.3 (113 ms against cat's 151 ms, "
-        "main 246 ms; 15 interleaved rounds), so a miss is this shared machine's spread. "
+        "Below the line once the peers take turns: the last full run's 1.09× came from "
+        "peers measured one after the other, where the first of a group ran slower. "
+        "Interleaved, the final run of this stop read 0.85× (installed 156 ms, cat 132 ms); "
+        "11 rounds right after at load 0.4, editable: 94.8 ms against cat's 79.7 (0.84×), "
+        "and 94.7 ms for main before this stop's changes, so nothing here slowed it. "
         "What is left is both ends. Start: 29 ms against 10 ms for `python -c pass` "
         "(argparse with re and enum behind it about 8 ms, the extension and its table 3 ms; "
         "main took 45 ms). Per file: the batch reader (`_scan_small`, C, the GIL released, "
@@ -367,12 +369,13 @@ WHY_MISSED = {
         "the mapping is 2 MiB-aligned, so readahead's PMD-sized folios map with one "
         "entry). The scan itself (loads only, a page ahead prefetched) reads 1 GiB of "
         "page cache in 85-90 ms of CPU, where cat's read(2) copy takes 120-130. Each "
-        "of these runs is noisy: the tables here are not interleaved.",
+        "of these runs is noisy; the final run of this stop read 0.98× (interleaved).",
     "mcsafe rescue --no-sync of a clean 1 GiB file ≥ 0.9× cp":
-        "0.91-0.94× in interleaved runs (installed; 9 rounds at load 3.0: 353 ms against "
-        "cp's 323, main 370 ms, 0.87×; 7 rounds at load 1.4: 320 against 299, main 0.87×), "
-        "0.78-1.04× in this benchmark's own rounds at load 2.7-3.4, which are not "
-        "interleaved: a miss is mostly this shared VM's noise. The copy's system time is "
+        "0.85× in the final run of this stop (interleaved: installed 349 ms, editable "
+        "335 ms, cp 297 ms; the installed command, which starts sooner, measured slower "
+        "than the editable one: 4% of this run is noise), 0.91-0.94× in the helper's "
+        "interleaved runs (installed; 9 rounds at load 3.0: 353 ms against cp's 323, main "
+        "370 ms, 0.87×; 7 rounds at load 1.4: 320 against 299, main 0.87×). The copy's system time is "
         "now below cp's (293 against 321 ms in the 9 rounds): SRC is mapped 2 MiB-aligned "
         "(a folio of PMD size maps with one entry) and the page-cache Restorer is skipped "
         "for each 16 MiB chunk cachestat(2) says is all cached (asked per chunk since "
