@@ -37,6 +37,16 @@ def top(modules: set[str]) -> set[str]:
     return {m.split(".")[0] for m in modules}
 
 
+def loaded_by_command(argv: list[str], says: str) -> set[str]:
+    """The modules `mcsafe ARGV` adds, run through mcsafe.cli.main in a new
+    interpreter, which must exit 0 and print `says` (stdout captured)."""
+    return loaded_by(f"import io\nstdout, sys.stdout = sys.stdout, io.StringIO()\n"
+                     f"from mcsafe.cli import main\n"
+                     f"assert main({argv!r}) == 0, 'mcsafe failed'\n"
+                     f"assert {says!r} in sys.stdout.getvalue(), sys.stdout.getvalue()\n"
+                     f"sys.stdout = stdout")
+
+
 def assert_lean(package: str, python: str = sys.executable) -> None:
     new = loaded_by(f"import {package}", python=python)
     own = {m for m in new if top({m}) & {"mcsafe", "extable"}}
@@ -144,12 +154,7 @@ SCAN_HEAVY = (HEAVY - {"argparse", "signal", "mmap"}) | {
 def test_a_scan_of_small_files_off_a_terminal_loads_only_what_it_uses(tmp_path, files) -> None:
     for i in range(files):
         (tmp_path / f"f{i}").write_bytes(bytes(range(256)) * (i + 1))
-    code = (f"import io\nstdout, sys.stdout = sys.stdout, io.StringIO()\n"
-            f"from mcsafe.cli import main\n"
-            f"assert main(['scan', {str(tmp_path)!r}]) == 0, 'scan failed'\n"
-            f"assert f'scanned {files} file' in sys.stdout.getvalue(), sys.stdout.getvalue()\n"
-            f"sys.stdout = stdout")
-    new = loaded_by(code)
+    new = loaded_by_command(["scan", str(tmp_path)], f"scanned {files} file")
     own = {m for m in new if top({m}) & {"mcsafe", "extable"}}
     assert own == SCAN_OWN
     assert not (top(new) | new) & SCAN_HEAVY, sorted((top(new) | new) & SCAN_HEAVY)
@@ -174,13 +179,8 @@ def test_a_rescue_of_a_clean_file_loads_only_what_it_uses(tmp_path, size) -> Non
         pytest.skip(f"the one-copy path is not taken here: {onecopy.unavailable()}")
     data = os.urandom(size)
     (tmp_path / "src").write_bytes(data)
-    code = (f"import io\nstdout, sys.stdout = sys.stdout, io.StringIO()\n"
-            f"from mcsafe.cli import main\n"
-            f"assert main(['rescue', '--no-sync', {str(tmp_path / 'src')!r}, "
-            f"{str(tmp_path / 'dst')!r}]) == 0, 'rescue failed'\n"
-            f"assert f'rescued {size} of {size} bytes' in sys.stdout.getvalue()\n"
-            f"sys.stdout = stdout")
-    new = loaded_by(code)
+    new = loaded_by_command(["rescue", "--no-sync", str(tmp_path / "src"),
+                             str(tmp_path / "dst")], f"rescued {size} of {size} bytes")
     own = {m for m in new if top({m}) & {"mcsafe", "extable"}}
     assert own == RESCUE_OWN
     assert not (top(new) | new) & RESCUE_HEAVY, sorted((top(new) | new) & RESCUE_HEAVY)
@@ -195,11 +195,6 @@ def test_a_scan_of_a_cached_large_file_asks_cachestat_not_mincore(tmp_path) -> N
     path.write_bytes(os.urandom(24 << 20))
     os.sync()
     path.read_bytes()                           # all cached
-    code = (f"import io\nstdout, sys.stdout = sys.stdout, io.StringIO()\n"
-            f"from mcsafe.cli import main\n"
-            f"assert main(['scan', {str(path)!r}]) == 0, 'scan failed'\n"
-            f"assert 'scanned 1 file, 24.0 MiB' in sys.stdout.getvalue(), sys.stdout.getvalue()\n"
-            f"sys.stdout = stdout")
-    new = loaded_by(code)
+    new = loaded_by_command(["scan", str(path)], "scanned 1 file, 24.0 MiB")
     assert "mcsafe.mapped.scrub" in new         # the large-file reader ran
     assert "ctypes" not in new

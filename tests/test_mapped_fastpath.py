@@ -103,6 +103,18 @@ def offsets() -> dict[str, object]:
             "float": 1.5, "negative float": -1.0, "str": "1", "None": None}
 
 
+class RaisingOnce:
+    """A buffer written in Python (PEP 688) whose first request fails: a caller
+    that asks again after the error would get 10 bytes."""
+    calls = 0
+
+    def __buffer__(self, flags: int) -> memoryview:
+        RaisingOnce.calls += 1
+        if RaisingOnce.calls == 1:
+            raise ValueError("buffer not ready")
+        return memoryview(bytearray(10))
+
+
 def outcome(call) -> tuple[str, object]:
     try:
         return "ok", call()
@@ -177,19 +189,9 @@ def test_a_buffer_that_raises_its_own_error_passes_it_through(state) -> None:
                            "__buffer__ (PEP 688, Python 3.12)")
 def test_a_buffer_protocol_written_in_python_raises_once(state) -> None:
     which, mf, fd = state
-
-    class Buffer:
-        calls = 0
-
-        def __buffer__(self, flags: int) -> memoryview:
-            Buffer.calls += 1
-            if Buffer.calls == 1:
-                raise ValueError("buffer not ready")
-            return memoryview(bytearray(10))
-
-    for call in (lambda: mf.readinto(Buffer(), 0), lambda: os.preadv(fd, [Buffer()], 0)):
-        Buffer.calls = 0
-        assert outcome(call) == ("ValueError", "buffer not ready") and Buffer.calls == 1
+    for call in (lambda: mf.readinto(RaisingOnce(), 0), lambda: os.preadv(fd, [RaisingOnce()], 0)):
+        RaisingOnce.calls = 0
+        assert outcome(call) == ("ValueError", "buffer not ready") and RaisingOnce.calls == 1
 
 
 # -- known bad ranges: reads that miss them stay fast --------------------------------
@@ -353,17 +355,7 @@ def test_write_passes_a_buffer_s_own_error_through(writable) -> None:
                            "__buffer__ (PEP 688, Python 3.12)")
 def test_write_asks_a_python_buffer_once(writable) -> None:
     mf, fd = writable
-
-    class Buffer:
-        calls = 0
-
-        def __buffer__(self, flags: int) -> memoryview:
-            Buffer.calls += 1
-            if Buffer.calls == 1:
-                raise ValueError("buffer not ready")
-            return memoryview(bytearray(10))
-
-    for call in (lambda: mf.write(Buffer(), 0), lambda: os.pwrite(fd, Buffer(), 0)):
-        Buffer.calls = 0
-        assert outcome(call) == ("ValueError", "buffer not ready") and Buffer.calls == 1
+    for call in (lambda: mf.write(RaisingOnce(), 0), lambda: os.pwrite(fd, RaisingOnce(), 0)):
+        RaisingOnce.calls = 0
+        assert outcome(call) == ("ValueError", "buffer not ready") and RaisingOnce.calls == 1
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import Callable
 
 from .._libc import MAP_FAILED, libc
+from ..mapped._sys import next_data
 from ..pagecache import PAGE, Restorer, all_cached, readahead
 
 libc.pwrite.restype = ctypes.c_ssize_t
@@ -105,22 +106,6 @@ class SourceMap:
 def _errno_error() -> OSError:
     err = ctypes.get_errno()
     return OSError(err, os.strerror(err))
-
-
-def next_data(fd: int, offset: int, stop: int) -> tuple[int, int]:
-    """Where the file's next data at or after offset starts and ends (SEEK_DATA,
-    SEEK_HOLE), within stop: (stop, stop) if only a hole (or the end of the file)
-    is left, (offset, stop) where the file system cannot tell. (MappedFile.scrub
-    asks the same; its module brings in all of MappedFile, which a clean rescue
-    does not need.)"""
-    try:
-        data = os.lseek(fd, offset, os.SEEK_DATA)
-        hole = os.lseek(fd, data, os.SEEK_HOLE) if data < stop else stop
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:
-            return offset, stop
-        data = hole = stop
-    return min(data, stop), min(max(hole, data + PAGE), stop)
 
 
 class Stop(Exception):

@@ -4,6 +4,7 @@ the extension, and page arithmetic."""
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 
@@ -16,7 +17,8 @@ from .._mcsafe import _sync as sync
 from .._mcsafe import _unmap as unmap
 from .._mcsafe import _word_at as word_at
 
-__all__ = ["MS_SYNC", "Memory", "PAGE", "PREFAULT_BYTES", "advise", "fs_type", "map_memory", "oserror", "pages",
+__all__ = ["MS_SYNC", "Memory", "PAGE", "PREFAULT_BYTES", "advise", "fs_type", "map_memory", "next_data",
+           "oserror", "pages",
            "set_word", "sync", "unmap", "word_at"]
 
 PAGE = mmap.PAGESIZE
@@ -34,3 +36,17 @@ def pages(n: int) -> int:
 
 def oserror(err: int, name: str, what: str) -> OSError:
     return OSError(err, f"{what}: {os.strerror(err)}", name)
+
+
+def next_data(fd: int, offset: int, stop: int) -> tuple[int, int]:
+    """Where the file's next data at or after offset starts and ends (SEEK_DATA,
+    SEEK_HOLE), within stop: (stop, stop) if only a hole (or the end of the
+    file) is left, (offset, stop) where the file system cannot tell."""
+    try:
+        data = os.lseek(fd, offset, os.SEEK_DATA)
+        hole = os.lseek(fd, data, os.SEEK_HOLE) if data < stop else stop
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            return offset, stop
+        data = hole = stop
+    return min(data, stop), min(max(hole, data + PAGE), stop)

@@ -5,13 +5,12 @@ back the page cache it brought in."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from typing import TYPE_CHECKING, Callable
 
 from .._types import MemoryFaultError
 from ..pagecache import Restorer, readahead, sees_cache
-from ._sys import PAGE
+from ._sys import PAGE, next_data
 from .badranges import BadRanges
 from .careful import Careful
 from .mapping import Window
@@ -49,7 +48,7 @@ def scrub(window: Window, bad: BadRanges, careful: Careful, read: Callable[[Buff
         if known is not None and known[0] <= offset:
             offset = known[1]                       # known bad: skip, untouched
         else:
-            data, data_end = _next_data(window.fd, offset, stop) if skip_holes else \
+            data, data_end = next_data(window.fd, offset, stop) if skip_holes else \
                 (offset, stop)
             if data > offset:                       # a hole, or the file cut short
                 stop = min(stop, window.refresh())
@@ -72,20 +71,6 @@ def scrub(window: Window, bad: BadRanges, careful: Careful, read: Callable[[Buff
         if progress is not None:
             progress(min(offset, stop), stop)
     return bad.ranges()
-
-
-def _next_data(fd: int, offset: int, stop: int) -> tuple[int, int]:
-    """Where the file's next data at or after offset starts and ends (SEEK_DATA,
-    SEEK_HOLE), within stop: (stop, stop) if only a hole (or the end of the
-    file) is left, (offset, stop) where the file system cannot tell."""
-    try:
-        data = os.lseek(fd, offset, os.SEEK_DATA)
-        hole = os.lseek(fd, data, os.SEEK_HOLE) if data < stop else stop
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:
-            return offset, stop
-        data = hole = stop
-    return min(data, stop), min(max(hole, data + PAGE), stop)
 
 
 def _chunk(window: Window, bad: BadRanges, careful: Careful, buf: bytearray, offset: int,
