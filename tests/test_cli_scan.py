@@ -637,9 +637,11 @@ def batch_and_one_by_one(folder: str, names: list[str]) -> tuple[list, list]:
         batch: list = []
         read_in_c: list[str] = []
 
-        def clean(path: str, size: int) -> None:
-            read_in_c.append(path)
-            batch.append(FileReport(path, "clean", "file", size, done=size).fields())
+        def clean(prefix: str, names: list[str], sizes: list[int]) -> None:
+            for name, size in zip(names, sizes, strict=True):
+                read_in_c.append(prefix + name)
+                batch.append(FileReport(prefix + name, "clean", "file", size,
+                                        done=size).fields())
         Scanner(lambda n: None, lambda: False).scan_files(
             Files(folder + "/", names, dir_fd, None), lambda r: batch.append(r.fields()), clean)
         scanner = Scanner(lambda n: None, lambda: False)
@@ -723,11 +725,12 @@ def test_a_stop_is_honoured_within_a_budget_of_reading(tmp_path) -> None:
     try:
         Scanner(passed.append, lambda: bool(passed)).scan_files(
             Files(f"{tmp_path}/", names, dir_fd, None),
-            lambda r: pytest.fail(f"a report: {r}"), lambda path, size: clean.append(path))
+            lambda r: pytest.fail(f"a report: {r}"),
+            lambda prefix, run, sizes: clean.extend(prefix + n for n in run))
     finally:
         os.close(dir_fd)
     assert clean == [f"{tmp_path}/{n}" for n in names[:BUDGET // SMALL]]
-    assert passed == [SMALL] * (BUDGET // SMALL)
+    assert passed == [SMALL * (BUDGET // SMALL)]
 
 
 def test_the_batch_reader_leaves_the_page_cache_as_found(tmp_path) -> None:

@@ -153,17 +153,19 @@ class Scanner:
             os.close(fd)
 
     def scan_files(self, files: Files, emit: Callable[[FileReport], object],
-                   clean: Callable[[str, int], object]) -> None:
+                   clean: Callable[[str, list[str], list[int]], object]) -> None:
         """Scan a folder's files (a batch of the walk), in its order: a small file
         that reads clean is read by the C reader (_scan_small), many per call, the
         GIL released; every other file (large, faulted, changed, special, of
         several links, an error) is read again by scan(), which judges it (a
-        faulted one by the scrub alone). clean(path, size) is told of each clean
-        file, emit() gets every other report. A stop ends it before the next file
-        scan() would read: only a file being read is reported interrupted."""
+        faulted one by the scrub alone). clean(prefix, names, sizes) is told of
+        each run of files that read clean (each name's size beside it), emit()
+        gets every other report, in the folder's order. A stop ends it before the
+        next file scan() would read: only a file being read is reported
+        interrupted."""
         euid, fowner = sees_every_cache()
         vec = self.residency if self.restore_cache else None
-        names = files.names
+        names, prefix = files.names, files.prefix
         first = 0
         while first < len(names):
             if self.stopped():
@@ -173,16 +175,23 @@ class Scanner:
                               -1 if files.root_dev is None else files.root_dev, vec, euid,
                               fowner, BUDGET)
             first += len(got)
-            for name, result in zip(part, got):
-                path = files.prefix + name
-                if type(result) is int:
-                    self.progress(result)
-                    clean(path, result)
-                    continue
+            # per file, only a look at what came back: runs of clean ones are told at once
+            others = [i for i, result in enumerate(got) if type(result) is not int]
+            others.append(len(got))
+            start = 0
+            for i in others:
+                if start < i:
+                    sizes = got[start:i]
+                    self.progress(sum(sizes))
+                    clean(prefix, part[start:i], sizes)
+                if i == len(got):
+                    break
+                start = i + 1
                 if self.stopped():
                     return
-                report = self.scan(Target(path, name, files.dir_fd, False, files.root_dev),
-                                   faulted=result is not None)
+                report = self.scan(Target(prefix + part[i], part[i], files.dir_fd, False,
+                                          files.root_dev),
+                                   faulted=got[i] is not None)
                 if report is not None:
                     emit(report)
 
