@@ -855,6 +855,44 @@ def test_a_faulting_small_file_is_read_no_more_than_per_file(failing_file) -> No
         assert asked[0] == asked[1] and asked[0][1] > 0, (keep, asked)
 
 
+def _mapped_files() -> set[str]:
+    """The files this process has mapped now (/proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_the_batch_reader_leaves_no_mapping_behind(failing_file, tmp_path, restore) -> None:
+    """The clean files' mappings are unmapped together when a call ends (runs of
+    adjacent ones at once): after the call none of its files is mapped, whatever
+    the mix of sizes (one page, several, up to the limit), cached or not, with a
+    faulting file among them; the bytes read are the files' sizes."""
+    from mcsafe._mcsafe import _scan_small
+    sizes = [1, PAGE, PAGE + 1, 5 * PAGE, SMALL, 3, SMALL - 1, 0, 2 * PAGE] * 12
+    names = [f"f{i:03d}" for i in range(len(sizes))]
+    for name, size in zip(names, sizes):
+        (tmp_path / name).write_bytes(os.urandom(size))
+    for name in names[::5]:                 # some not cached: read, then evicted again
+        fd = os.open(tmp_path / name, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    bad = failing_file(16 * PAGE, inject.page_ranges([9]))
+    os.symlink(bad.path, tmp_path / "zz-bad")   # followed: the faulting file among them
+    before = _mapped_files()
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = _scan_small(dir_fd, names[:50] + ["zz-bad"] + names[50:], True,
+                          bytearray(SMALL // 64), SMALL, -1,
+                          bytearray(SMALL // PAGE) if restore else None, os.geteuid(),
+                          False, 1 << 30)
+    finally:
+        os.close(dir_fd)
+    assert got[:50] + got[51:] == sizes
+    assert got[50].copied == 9 * PAGE
+    mapped = _mapped_files() - before
+    assert not {m for m in mapped if m.startswith(str(tmp_path)) or m == bad.path}, mapped
+
+
 def test_the_batch_reader_hands_its_fault_over_and_counts_it_in_its_budget(failing_file) -> None:
     """_scan_small on a faulting file: the CopyResult of its fault, as _read_mapped
     answers (the bytes before the bad page copied; the fault's file offset), and
