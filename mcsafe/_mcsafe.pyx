@@ -931,9 +931,10 @@ cdef struct _small_read:
 
 # The mappings of clean small files _scan_small unmaps together at the end of a call:
 # the kernel places consecutive mappings next to each other (below the last), and one
-# munmap(2) of a run of them costs about what one of a single file does. (A window
-# remapped with MAP_FIXED measured no faster, and a MAP_FIXED that fails may leave a
-# hole another thread can map into.)
+# munmap(2) per run of them spares a system call per file (10,000 cached 4 KiB files:
+# 57 -> 47 ms). A window remapped with MAP_FIXED measured no faster, and a MAP_FIXED
+# that fails may leave a hole another thread can map into. At most a call's budget of
+# bytes (and its names) stays mapped until it returns.
 cdef struct _kept:
     char **at
     size_t *length
