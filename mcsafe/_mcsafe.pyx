@@ -1001,8 +1001,9 @@ cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t s
     if st.st_size > 0:
         length = <size_t>st.st_size
         # All cached (the common case): the read brings nothing in, nothing to give back.
-        # (Not MAP_POPULATE, one fault less per file: on Linux 6.18, populating a page
-        # whose read fails, of a FUSE file, asks the server again and again, forever.)
+        # (Not MAP_POPULATE, one fault less per file: on Linux 6.18, populating a FUSE
+        # page whose read had failed asked the server again and again, and had not
+        # returned after 120 s; MADV_POPULATE_READ retries once and fails.)
         if vec != NULL and _all_cached(fd, 0, length):
             vec = NULL
         addr = _mmap(NULL, length, PROT_READ, MAP_SHARED, fd, 0)
