@@ -808,6 +808,12 @@ cdef extern from "<sys/mman.h>" nogil:
     int MAP_SHARED
 
 
+from posix.unistd cimport _SC_PAGESIZE, sysconf
+
+# The page size mincore(2) and cachestat(2) count in (4 KiB, or 16 or 64 KiB on arm64)
+cdef size_t _PAGE = <size_t>sysconf(_SC_PAGESIZE)
+
+
 cdef bint _sink_buffers(sink, residency, Py_ssize_t size, Py_buffer *d,
                        Py_buffer *r) except -1:
     """Acquire sink (writable, not empty) and residency unless None (writable, a byte
@@ -820,7 +826,7 @@ cdef bint _sink_buffers(sink, residency, Py_ssize_t size, Py_buffer *d,
         if residency is None:
             return False
         PyObject_GetBuffer(residency, r, PyBUF_WRITABLE)
-        if r.len < (size + 4095) // 4096:
+        if r.len < (size + _PAGE - 1) // _PAGE:
             PyBuffer_Release(r)
             raise ValueError("residency holds fewer bytes than the file has pages")
         return True
@@ -893,21 +899,23 @@ cdef struct _cachestat:
 cdef long SYS_CACHESTAT = 451
 
 
+
 cdef bint _all_cached(int fd, size_t offset, size_t size) noexcept nogil:
-    """Whether every page of fd's bytes [offset, offset + size) (offset a page's)
-    is in the page cache, by one cachestat(2) (cheaper than mapping the file's
-    pages in mincore(2)); False also where the kernel cannot say (older than
-    6.5, or not ours to see)."""
+    """Whether every page of fd's bytes [offset, offset + size) (size > 0) is in
+    the page cache, by one cachestat(2) (cheaper than mapping the file's pages in
+    mincore(2)); False also where the kernel cannot say (older than 6.5, or not
+    ours to see)."""
     cdef _cachestat_range r
     cdef _cachestat cs
     r.off = offset
     r.len = size
-    return _syscall(SYS_CACHESTAT, fd, &r, &cs, 0) == 0 and cs.nr_cache >= (size + 4095) // 4096
+    return _syscall(SYS_CACHESTAT, fd, &r, &cs, 0) == 0 and \
+        cs.nr_cache >= (offset + size - 1) // _PAGE - offset // _PAGE + 1
 
 
 def _cached(int fd, Py_ssize_t offset, Py_ssize_t size):
-    """Whether every page of fd's bytes [offset, offset + size) (offset a page's)
-    is in the page cache; False also where the kernel cannot say."""
+    """Whether every page of fd's bytes [offset, offset + size) is in the page
+    cache; False also where the kernel cannot say."""
     return offset >= 0 and size > 0 and _all_cached(fd, <size_t>offset, <size_t>size)
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -968,7 +976,7 @@ cdef void _evict_cold(int fd, const unsigned char *vec, size_t pages) noexcept n
         while i + run < pages and not vec[i + run]:
             run += 1
         if run:
-            _posix_fadvise(fd, <long>(i * 4096), <long>(run * 4096), POSIX_FADV_DONTNEED)
+            _posix_fadvise(fd, <long>(i * _PAGE), <long>(run * _PAGE), POSIX_FADV_DONTNEED)
         i += run + 1
 
 
@@ -1011,13 +1019,13 @@ cdef int _scan_one(int dir_fd, const char *name, int flags, void *sink, size_t s
             _close(fd)
             return SMALL_ELSEWHERE
         got.src_at = <uintptr_t>addr
-        pages = (length + 4095) // 4096
+        pages = (length + _PAGE - 1) // _PAGE
         if vec != NULL and _mincore(addr, length, vec) != 0:
             memset(vec, 1, pages)           # (as _read_mapped: then evict nothing)
         got.copied = _through(sink, sink_len, <const char *>addr, length, &got.rec)
         if vec == NULL and got.copied == length:
             kept.at[kept.n] = <char *>addr
-            kept.length[kept.n] = pages * 4096
+            kept.length[kept.n] = pages * _PAGE
             kept.n += 1
         else:
             _munmap(addr, length)
