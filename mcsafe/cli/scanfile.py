@@ -176,9 +176,9 @@ class Scanner:
             if self.stopped():
                 return
             part = names[first:first + BATCH]
-            got = _scan_small(files.dir_fd, part, False, self.sink, SMALL,
-                              -1 if files.root_dev is None else files.root_dev, vec, euid,
-                              fowner, BUDGET)
+            got: list[Any] = _scan_small(
+                files.dir_fd, part, False, self.sink, SMALL,
+                -1 if files.root_dev is None else files.root_dev, vec, euid, fowner, BUDGET)
             first += len(got)
             # per file, only a look at what came back: runs of clean ones are told at once
             others = [i for i, result in enumerate(got) if type(result) is not int]
