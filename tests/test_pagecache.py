@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_mapped_scrub import PAGE, _resident_of, evict, written
 
+from mcsafe._mcsafe import _cached
 from mcsafe.pagecache import all_cached
 
 PAGES = 1024                            # 4 MiB: several large folios of a file written at once
@@ -32,6 +33,8 @@ def test_all_cached_agrees_with_mincore(evicted, asked) -> None:
                 length = min(length, PAGES * PAGE - offset)
                 pages = resident[offset // PAGE:-(-(offset + length) // PAGE)]
                 assert all_cached(fd, offset, length) == all(pages), (offset, length)
+                # the C call under it counts the pages the range touches, from any offset
+                assert _cached(fd, offset, length) == all(pages), (offset, length)
         finally:
             os.close(fd)
 
@@ -47,5 +50,23 @@ def test_a_file_all_cached_and_one_evicted_from() -> None:
             assert all_cached(fd, 0, PAGES * PAGE)
             evict(path)
             assert not all_cached(fd, 0, PAGES * PAGE) and not all_cached(fd, 100, 1)
+        finally:
+            os.close(fd)
+
+
+def test_cached_counts_every_page_an_unaligned_range_touches() -> None:
+    """[100, 100 + PAGE) touches two pages: with the second evicted it is not all
+    cached, although one page's worth of it is (main: True)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "f")
+        written(path, 4 * PAGE)
+        evict(path, 0, 4 * PAGE)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)     # no readahead
+            os.pread(fd, 1, 0)
+            assert bytes(_resident_of(fd, 4 * PAGE)[:2]) == b"\1\0"
+            assert not _cached(fd, 100, PAGE)
+            assert _cached(fd, 100, PAGE - 100)
         finally:
             os.close(fd)

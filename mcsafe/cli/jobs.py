@@ -38,9 +38,10 @@ def note_report(note: Note) -> FileReport:
 
 
 def scan_here(items: Iterable[Item], scanner: Scanner, emit: Emit, stop: StopFlag,
-              clean: Callable[[str, int], object]) -> None:
+              clean: Callable[[str, list[str], list[int]], object]) -> None:
     """Scan every target in this process, in the walk's order; a batch of files
-    tells clean(path, size) of each that reads clean (see Scanner.scan_files)."""
+    tells clean(prefix, names, sizes) of those that read clean (see
+    Scanner.scan_files)."""
     for item in items:
         if stop():
             return

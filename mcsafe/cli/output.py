@@ -57,10 +57,11 @@ class Summary:
         self.bad_bytes = 0
         self.bad_files = 0
 
-    def add_clean(self, size: int) -> None:
-        """Count a file read whole and clean (as add() of its report would)."""
-        self.counts["clean"] += 1
-        self.files += 1
+    def add_clean(self, files: int, size: int) -> None:
+        """Count files read whole and clean, of size bytes in all (as add() of
+        their reports would)."""
+        self.counts["clean"] += files
+        self.files += files
         self.bytes += size
 
     def add(self, r: FileReport) -> None:
@@ -120,15 +121,17 @@ class Output:
         if text:
             self._line(text, self.out)
 
-    def clean(self, path: str, size: int) -> None:
-        """A file of size bytes read whole, clean and unchanged: counted (and written,
-        with --json); no report is made for it where none is written."""
+    def clean(self, prefix: str, names: list[str], sizes: list[int]) -> None:
+        """Files at prefix + name, of the sizes beside, read whole, clean and
+        unchanged: counted (and written, with --json); no report is made for them
+        where none is written."""
         if self.as_json or self.progress is not None:
             from .scanfile import FileReport
 
-            self.file(FileReport(path, "clean", "file", size, done=size))
+            for name, size in zip(names, sizes):
+                self.file(FileReport(prefix + name, "clean", "file", size, done=size))
         else:
-            self.summary.add_clean(size)
+            self.summary.add_clean(len(names), sum(sizes))
 
     @staticmethod
     def _human(r: FileReport) -> str | None:

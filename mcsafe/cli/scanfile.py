@@ -27,6 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:       # typing, and MappedFile (for large files only): loaded where used
     from typing import Any, Callable
 
+    from .._types import CopyResult
     from .walk import Files
 
 SMALL = 1 << 20          # files up to this size are read by one mapped copy
@@ -101,10 +102,11 @@ class Scanner:
         self.seen: set[tuple[int, int]] = set()     # files with several links, scanned
         _ensure_front()         # small files are read without a MappedFile, which checks it
 
-    def scan(self, target: Target, faulted: bool = False) -> FileReport | None:
+    def scan(self, target: Target, faulted: CopyResult | None = None) -> FileReport | None:
         """The report on target; None for a second link to a file already scanned.
-        faulted: a read of it as a small file has faulted already (in the batch
-        reader): it goes straight to the scrub, not read that way again."""
+        faulted: the batch reader's read of it as a small file, which faulted: it
+        goes straight to the scrub, not read that way again (and, stopped before
+        the scrub, counts the bytes that read read)."""
         path = target.path
         try:
             fd = os.open(target.name, _OPEN | (0 if target.named else os.O_NOFOLLOW),
@@ -134,9 +136,11 @@ class Scanner:
                 self.seen.add(link)
             report = FileReport(path, "clean", kind, size, link=link)
             if self.stopped():
+                if faulted is not None:
+                    report.done = faulted.copied
                 return self._interrupted(report)
             try:
-                self._read(fd, st, report, faulted)
+                self._read(fd, st, report, faulted is not None)
             except Stopped:
                 self._interrupted(report)
             except OSError as exc:
@@ -153,38 +157,51 @@ class Scanner:
             os.close(fd)
 
     def scan_files(self, files: Files, emit: Callable[[FileReport], object],
-                   clean: Callable[[str, int], object]) -> None:
+                   clean: Callable[[str, list[str], list[int]], object]) -> None:
         """Scan a folder's files (a batch of the walk), in its order: a small file
         that reads clean is read by the C reader (_scan_small), many per call, the
         GIL released; every other file (large, faulted, changed, special, of
         several links, an error) is read again by scan(), which judges it (a
-        faulted one by the scrub alone). clean(path, size) is told of each clean
-        file, emit() gets every other report. A stop ends it before the next file
-        scan() would read: only a file being read is reported interrupted."""
+        faulted one by the scrub alone). clean(prefix, names, sizes) is told of
+        each run of files that read clean (each name's size beside it), emit()
+        gets every other report, in the folder's order. A stop ends it before the
+        next file scan() would read: only a file being read (by scan(), or by the
+        batch reader when its read faulted) is reported interrupted, and nothing
+        after it."""
         euid, fowner = sees_every_cache()
         vec = self.residency if self.restore_cache else None
-        names = files.names
+        names, prefix = files.names, files.prefix
         first = 0
         while first < len(names):
             if self.stopped():
                 return
             part = names[first:first + BATCH]
-            got = _scan_small(files.dir_fd, part, False, self.sink, SMALL,
-                              -1 if files.root_dev is None else files.root_dev, vec, euid,
-                              fowner, BUDGET)
+            got: list[Any] = _scan_small(
+                files.dir_fd, part, False, self.sink, SMALL,
+                -1 if files.root_dev is None else files.root_dev, vec, euid, fowner, BUDGET)
             first += len(got)
-            for name, result in zip(part, got):
-                path = files.prefix + name
-                if type(result) is int:
-                    self.progress(result)
-                    clean(path, result)
-                    continue
-                if self.stopped():
+            # per file, only a look at what came back: runs of clean ones are told at once
+            others = [i for i, result in enumerate(got) if type(result) is not int]
+            others.append(len(got))
+            start = 0
+            for i in others:
+                if start < i:
+                    sizes = got[start:i]
+                    self.progress(sum(sizes))
+                    clean(prefix, part[start:i], sizes)
+                if i == len(got):
+                    break
+                start = i + 1
+                stopped = self.stopped()
+                if stopped and got[i] is None:
                     return
-                report = self.scan(Target(path, name, files.dir_fd, False, files.root_dev),
-                                   faulted=result is not None)
+                # (one whose read faulted was being read when a stop came: interrupted)
+                report = self.scan(Target(prefix + part[i], part[i], files.dir_fd, False,
+                                          files.root_dev), faulted=got[i])
                 if report is not None:
                     emit(report)
+                if stopped or (report is not None and report.status == "interrupted"):
+                    return              # nothing after the file being read is reported
 
     def _interrupted(self, report: FileReport) -> FileReport:
         signum = getattr(self.stopped, "signum", 0)

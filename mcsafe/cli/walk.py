@@ -15,6 +15,7 @@ import errno
 import os
 import stat
 from collections import namedtuple
+from operator import itemgetter
 
 _TARGET_DOC = """A file to scan: path as the user sees it; opened as name relative to dir_fd
 (an open directory of the walk, valid until the next item is asked for) when
@@ -65,6 +66,8 @@ KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a cha
          stat.S_IFBLK: "a block device", stat.S_IFLNK: "a symbolic link",
          stat.S_IFDIR: "a directory"}
 
+_REG, _DIR, _LNK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
+_by_name = itemgetter(0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 #: File systems whose files' sizes are not their contents (or that hold none): a
@@ -153,40 +156,41 @@ class Walk:
                                "files' sizes are not their contents", "file system")
                     continue
                 try:
-                    entries = sorted(_list(fd))
+                    entries = _list(fd)
+                    entries.sort(key=_by_name)   # names differ: a key of str sorts fastest
                 except OSError as exc:
                     yield Note(path, "error", f"cannot list: {_strerror(exc)}")
                     continue
                 subdirs = []
                 prefix = path if path.endswith("/") else path + "/"
                 files: list[str] = []           # (batch) regular files in a row
+                exclude, batch = self.exclude, self.batch
                 for name, kind in entries:
-                    child = prefix + name
-                    if self.exclude and self.excluded_name(child, name):
+                    if exclude and self.excluded_name(prefix + name, name):
                         self.excluded += 1
                         continue
-                    if kind == stat.S_IFREG:
-                        if self.batch:
+                    if kind == _REG:
+                        if batch:
                             files.append(name)
                         else:
-                            yield Target(child, name, fd, False, root_dev)
+                            yield Target(prefix + name, name, fd, False, root_dev)
                         continue
-                    if kind == stat.S_IFDIR:
-                        subdirs.append((child, dev))
+                    if kind == _DIR:
+                        subdirs.append((prefix + name, dev))
                         continue
-                    if kind == stat.S_IFLNK:
+                    if kind == _LNK:
                         self.symlinks += 1
                         continue
                     if files:                   # a note: the files before it come first
                         yield Files(prefix, files, fd, root_dev)
                         files = []
                     if kind is None:
-                        yield Note(child, "vanished", "removed before it could be scanned")
+                        yield Note(prefix + name, "vanished", "removed before it could be scanned")
                     else:
                         what = KINDS.get(kind, "not a regular file")
                         if kind == stat.S_IFBLK:
                             what += " (scanned only when named)"
-                        yield Note(child, "skipped", what, _kind_name(kind))
+                        yield Note(prefix + name, "skipped", what, _kind_name(kind))
                 if files:
                     yield Files(prefix, files, fd, root_dev)
             finally:
@@ -210,22 +214,28 @@ def _mounted() -> dict[int, str]:
     return out
 
 
-def _list(fd: int) -> Iterator[tuple[str, int | None]]:
+def _list(fd: int) -> list[tuple[str, int | None]]:
     """(name, file type) for each entry of the open directory fd; the type is
     None for an entry removed between the listing and its stat."""
+    out = []
     with os.scandir(fd) as it:
         for entry in it:
+            # A symbolic link is neither a file nor a folder unfollowed: the common
+            # kinds are asked first (each a look at d_type, or an lstat where it is
+            # DT_UNKNOWN)
             try:
-                if entry.is_symlink():
-                    yield entry.name, stat.S_IFLNK
-                elif entry.is_file(follow_symlinks=False):
-                    yield entry.name, stat.S_IFREG
+                if entry.is_file(follow_symlinks=False):
+                    kind = _REG
                 elif entry.is_dir(follow_symlinks=False):
-                    yield entry.name, stat.S_IFDIR
+                    kind = _DIR
+                elif entry.is_symlink():
+                    kind = _LNK
                 else:
-                    yield entry.name, stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+                    kind = stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
             except FileNotFoundError:
-                yield entry.name, None
+                kind = None
+            out.append((entry.name, kind))
+    return out
 
 
 def _kind_name(mode: int) -> str:
