@@ -145,9 +145,11 @@ SCAN_OWN = {"mcsafe", "mcsafe._mcsafe", "mcsafe._types", "mcsafe.cli", "mcsafe.c
             "mcsafe.cli.walk", "mcsafe.pagecache"}
 #: What such a scan, not on a terminal, must not load: the progress (threads, tqdm,
 #: rich), MappedFile (large files only), numpy, ctypes, --json's json, --jobs'
-#: multiprocessing, typing and what stands behind it.
+#: multiprocessing, typing and what stands behind it; shutil (argparse's, for the
+#: width of help: cli.HelpFormatter finds it) with bz2 and lzma.
 SCAN_HEAVY = (HEAVY - {"argparse", "signal", "mmap"}) | {
-    "rich", "multiprocessing", "datetime", "socket", "fnmatch", "tempfile", "shlex"}
+    "rich", "multiprocessing", "datetime", "socket", "fnmatch", "tempfile", "shlex", "shutil",
+    "bz2", "lzma"}
 
 
 @pytest.mark.parametrize("files", [0, 3])
@@ -169,7 +171,7 @@ RESCUE_OWN = {"mcsafe", "mcsafe._mcsafe", "mcsafe._types", "mcsafe._libc", "mcsa
               "mcsafe.mapped.opening", "mcsafe.pagecache"}
 #: What it must not load: typing, threading, tempfile (random, hashlib) and the rest.
 RESCUE_HEAVY = (HEAVY - {"argparse", "signal", "mmap", "ctypes", "struct"}) | {
-    "rich", "multiprocessing", "socket", "hashlib", "random"}
+    "rich", "multiprocessing", "socket", "hashlib", "random", "shutil", "bz2", "lzma"}
 
 
 @pytest.mark.parametrize("size", [0, 4096, 5 << 20])
