@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -497,8 +498,35 @@ def test_mapfile_blocks_follow_every_change_as_a_byte_map_would(size, changes) -
         flat = [s for _, n, s in m.blocks() for _ in range(n)]
         assert flat == model
         assert all(x != y for x, y in zip(m.statuses, m.statuses[1:]))
-    again = Mapfile.parse(m.format("cmd", dt.datetime.now(), False))
+    again = Mapfile.parse(m.format("cmd", time.time(), False))
     assert list(again.blocks()) == list(m.blocks())
+
+
+ZONES = ["UTC", "Europe/Paris", "America/St_Johns", "Asia/Kathmandu", "Australia/Lord_Howe",
+         "Pacific/Kiritimati"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(started=st.floats(0, 2 ** 34), zone=st.sampled_from(ZONES))
+def test_mapfile_dates_are_the_local_times_datetime_gives(started: float, zone: str) -> None:
+    """The start and current times a mapfile is written with are the local date and
+    time datetime gives for the same instants, as the header said when it was
+    written from datetime.now(): in zones with summer time, odd offsets (+5:45,
+    -3:30, +14) and a half-hour summer shift (Lord Howe)."""
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TZ", zone)
+            time.tzset()
+            before = f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}"
+            text = Mapfile(4096).format("cmd", started, False)
+            after = f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}"
+            expected = f"{dt.datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S}"
+    finally:
+        time.tzset()
+    lines = text.split("\n")
+    assert lines[2] == f"# Start time:   {expected}"
+    assert lines[3].startswith("# Current time: ")
+    assert before <= lines[3][len("# Current time: "):] <= after
 
 
 def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> None:

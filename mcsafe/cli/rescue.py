@@ -24,8 +24,6 @@ DST never extends past the last byte read.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import os
 import shlex
 import signal
@@ -265,7 +263,7 @@ class Rescue:
             raise RescueError(f"{args.dst} is a block device: say where the mapfile goes "
                               "(--map MAPFILE)")
         self.sync = not args.no_sync
-        self.started = dt.datetime.now()
+        self.started = time.time()
         self.command = shlex.join(["mcsafe", "rescue", *sys.argv[2:]]) \
             if os.path.basename(sys.argv[0]) in ("mcsafe", "__main__.py") else \
             shlex.join(["mcsafe", "rescue", args.src, args.dst])
@@ -307,8 +305,10 @@ class Rescue:
         finally:
             if tail is not None:
                 tail.evict()
-            with contextlib.suppress(OSError):  # read only: nothing of ours to lose
+            try:
                 os.close(fd)
+            except OSError:             # read only: nothing of ours to lose
+                pass
         return self._report(mapfile)
 
     def _rescue(self, src: Source, size: int) -> Mapfile:
@@ -331,8 +331,10 @@ class Rescue:
             dst = Destination(args.dst, args.in_place, resume)
         except RescueError:
             if created:                 # an empty mapfile left behind resumes as none
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(self.mappath)
+                except OSError:
+                    pass
             raise
         placed = False
         try:
