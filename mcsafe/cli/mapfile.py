@@ -15,7 +15,6 @@ trimming, ``/`` scraping, ``-`` retrying, ``F`` filling, ``G`` generating,
 from __future__ import annotations
 
 import bisect
-import ctypes
 import errno
 import os
 import time
@@ -24,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterator
 
-from .._libc import libc
+from .._libc import fallocate
 
 BLOCK_STATUSES = "?*/-+"
 HEX = "0123456789abcdefABCDEF"
@@ -310,10 +309,11 @@ def _write(fd: int, text: bytes) -> None:
 def _reserve(fd: int, room: int) -> None:
     """Allocate [0, room) of fd's file without changing its size, where the file
     system can (OSError ENOSPC if it has no room)."""
-    if libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, room) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err))
+    try:
+        fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, room)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
 
 
 def _lines(text: str) -> Iterator[tuple[int, str, str]]:

@@ -31,7 +31,7 @@ import stat
 import sys
 import time
 
-from .._libc import libc
+from .._libc import fallocate
 from ..mapped.opening import HUGETLBFS_MAGIC, open_file
 from ..pagecache import Snapshot, sees_cache
 from . import onecopy
@@ -171,9 +171,12 @@ class Destination:
         else written zeros."""
         if self.fresh and not self.device:
             return
-        if not self.device and libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE |
-                                              FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-            return
+        if not self.device:
+            try:
+                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+                return
+            except OSError:
+                pass
         self.fill(offset, length)
 
     def fill(self, offset: int, length: int) -> None:
