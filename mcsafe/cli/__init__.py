@@ -65,8 +65,9 @@ def terminal_width() -> int:
         columns = 0
     if columns > 0:
         return columns
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    try:                                # (no sys.__stdout__: AttributeError)
+        fd = sys.__stdout__.fileno()    # type: ignore[union-attr]
+        return os.get_terminal_size(fd).columns or 80
     except (AttributeError, ValueError, OSError):
         return 80
 
