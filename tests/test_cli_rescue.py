@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -497,8 +498,35 @@ def test_mapfile_blocks_follow_every_change_as_a_byte_map_would(size, changes) -
         flat = [s for _, n, s in m.blocks() for _ in range(n)]
         assert flat == model
         assert all(x != y for x, y in zip(m.statuses, m.statuses[1:]))
-    again = Mapfile.parse(m.format("cmd", dt.datetime.now(), False))
+    again = Mapfile.parse(m.format("cmd", time.time(), False))
     assert list(again.blocks()) == list(m.blocks())
+
+
+ZONES = ["UTC", "Europe/Paris", "America/St_Johns", "Asia/Kathmandu", "Australia/Lord_Howe",
+         "Pacific/Kiritimati"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(started=st.floats(0, 2 ** 34), zone=st.sampled_from(ZONES))
+def test_mapfile_dates_are_the_local_times_datetime_gives(started: float, zone: str) -> None:
+    """The start and current times a mapfile is written with are the local date and
+    time datetime gives for the same instants, as the header said when it was
+    written from datetime.now(): in zones with summer time, odd offsets (+5:45,
+    -3:30, +14) and a half-hour summer shift (Lord Howe)."""
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TZ", zone)
+            time.tzset()
+            before = f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}"
+            text = Mapfile(4096).format("cmd", started, False)
+            after = f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}"
+            expected = f"{dt.datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S}"
+    finally:
+        time.tzset()
+    lines = text.split("\n")
+    assert lines[2] == f"# Start time:   {expected}"
+    assert lines[3].startswith("# Current time: ")
+    assert before <= lines[3][len("# Current time: "):] <= after
 
 
 def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> None:
@@ -1161,34 +1189,78 @@ def _maps_of(start: int, end: int) -> list[str]:
     return out
 
 
+@pytest.fixture(params=["tmp_path", "tmpfs"])
+def src_folder(request, tmp_path) -> Path:
+    """A folder for SRC: the tests' own (ext4 here: the kernel aligns a mapping of
+    2 MiB or more itself), or on tmpfs (/dev/shm: it does not, unless mounted with
+    huge=; SourceMap then places the mapping by hand)."""
+    if request.param == "tmp_path":
+        return tmp_path
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm (tmpfs) on this machine")
+    import tempfile
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    request.addfinalizer(lambda: shutil.rmtree(folder))
+    return folder
+
+
+def _check_mapping(folder: Path, address: int, size: int, data: bytes, fd: int) -> None:
+    """Only SRC's mapping is at address, read only and shared, nothing of a
+    reservation around it; copy() from it writes SRC's bytes."""
+    from mcsafe.cli import onecopy
+    end = address + -(-size // PAGE) * PAGE
+    lines = _maps_of(address - onecopy.PMD_SIZE, end + onecopy.PMD_SIZE)
+    ours = [line for line in lines if line.endswith(str(folder / "src"))]
+    assert [line.split()[:2] for line in ours] == [[f"{address:x}-{end:x}", "r--s"]]
+    # no PROT_NONE leftover of the reservation next to it
+    assert not [line for line in lines if line.split()[1] == "---p"], lines
+    out = os.open(folder / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        got = onecopy.copy(fd, address, out, 0, size, lambda o, n: None, lambda o, n: None,
+                           lambda d, t: None, lambda: size, False)
+        assert got == (size, size) and os.pread(out, size + 1, 0) == data
+    finally:
+        os.close(out)
+
+
 @pytest.mark.parametrize("size", [1, PAGE, (3 << 20) + 5, 8 << 20])
 def test_src_is_mapped_at_a_pmd_aligned_address_and_nothing_around_it_is_kept(
-        tmp_path, size) -> None:
-    """SourceMap reserves PMD_SIZE more than SRC needs to find an aligned address,
-    and gives the rest back: the file's mapping alone is left, read only and
-    shared, from the aligned address; copy() from it writes SRC's bytes."""
+        src_folder, size) -> None:
+    """SourceMap maps SRC of PMD_SIZE or more at a PMD-aligned address (the kernel's,
+    or one it places by hand), smaller ones where the kernel chooses: the file's
+    mapping alone, read only and shared; unmapped again by close()."""
+    from mcsafe.cli import onecopy
+    data = os.urandom(size)
+    (src_folder / "src").write_bytes(data)
+    fd = os.open(src_folder / "src", os.O_RDONLY)
+    m = onecopy.SourceMap(fd, size)
+    start, end = m.address, m.address + -(-size // PAGE) * PAGE
+    try:
+        assert m.address % onecopy.PMD_SIZE == 0 or size < onecopy.PMD_SIZE
+        _check_mapping(src_folder, m.address, size, data, fd)
+    finally:
+        m.close()
+        os.close(fd)
+    assert not [line for line in _maps_of(start, end) if line.endswith(str(src_folder / "src"))]
+
+
+@pytest.mark.parametrize("size", [1, PAGE, (3 << 20) + 5, 8 << 20])
+def test_a_mapping_placed_by_hand_is_pmd_aligned_and_alone(tmp_path, size) -> None:
+    """map_aligned(), where the kernel does not align SRC's mapping: PMD_SIZE more is
+    reserved, the file mapped at the first aligned address inside, the rest given
+    back."""
+    from mcsafe._mcsafe import _unmap
     from mcsafe.cli import onecopy
     data = os.urandom(size)
     (tmp_path / "src").write_bytes(data)
     fd = os.open(tmp_path / "src", os.O_RDONLY)
-    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
-    m = onecopy.SourceMap(fd, size)
-    start, end = m.address, m.address + -(-size // PAGE) * PAGE
+    address = onecopy.map_aligned(fd, size)
     try:
-        assert m.address % onecopy.PMD_SIZE == 0
-        lines = _maps_of(m.address - onecopy.PMD_SIZE, end + onecopy.PMD_SIZE)
-        ours = [line for line in lines if line.endswith(str(tmp_path / "src"))]
-        assert [line.split()[:2] for line in ours] == [[f"{m.address:x}-{end:x}", "r--s"]]
-        # no PROT_NONE leftover of the reservation next to it
-        assert not [line for line in lines if line.split()[1] == "---p"], lines
-        got = onecopy.copy(fd, m.address, out, 0, size, lambda o, n: None, lambda o, n: None,
-                           lambda d, t: None, lambda: size, False)
-        assert got == (size, size) and os.pread(out, size + 1, 0) == data
+        assert address % onecopy.PMD_SIZE == 0
+        _check_mapping(tmp_path, address, size, data, fd)
     finally:
-        m.close()
-        os.close(out)
+        _unmap(address, size)
         os.close(fd)
-    assert not [line for line in _maps_of(start, end) if line.endswith(str(tmp_path / "src"))]
 
 
 def test_an_empty_src_maps_nothing(tmp_path) -> None:

@@ -23,12 +23,20 @@ OWN = {"mcsafe": {"mcsafe", "mcsafe._mcsafe", "mcsafe._types"},
        "extable": {"extable", "extable.errors"}}
 
 
-def loaded_by(code: str, setup: str = "", python: str = sys.executable) -> set[str]:
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def loaded_by(code: str, setup: str = "", python: str = sys.executable,
+              bare: bool = False) -> set[str]:
     """The modules `code` adds to sys.modules, run after `setup` in a new interpreter
-    (json is imported after `code` has run, so that it is not counted as already there)."""
-    script = (f"import sys\n{setup}\nbefore = set(sys.modules)\n{code}\n"
+    (json is imported after `code` has run, so that it is not counted as already there).
+    bare: without site (python -S), the packages found in this tree, so that nothing
+    the site's start-up (an editable install's import hook) loads hides a module."""
+    path = f"sys.path.insert(0, {ROOT!r})\n" if bare else ""
+    script = (f"import sys\n{path}{setup}\nbefore = set(sys.modules)\n{code}\n"
               "new = sorted(set(sys.modules) - before)\nimport json\nprint(json.dumps(new))")
-    p = subprocess.run([python, "-c", script], capture_output=True, text=True)
+    p = subprocess.run([python, *(["-S"] if bare else []), "-c", script], capture_output=True,
+                       text=True)
     assert p.returncode == 0, p.stderr
     return set(json.loads(p.stdout))
 
@@ -37,14 +45,15 @@ def top(modules: set[str]) -> set[str]:
     return {m.split(".")[0] for m in modules}
 
 
-def loaded_by_command(argv: list[str], says: str) -> set[str]:
+def loaded_by_command(argv: list[str], says: str, bare: bool = False) -> set[str]:
     """The modules `mcsafe ARGV` adds, run through mcsafe.cli.main in a new
-    interpreter, which must exit 0 and print `says` (stdout captured)."""
+    interpreter (bare: see loaded_by), which must exit 0 and print `says` (stdout
+    captured)."""
     return loaded_by(f"import io\nstdout, sys.stdout = sys.stdout, io.StringIO()\n"
                      f"from mcsafe.cli import main\n"
                      f"assert main({argv!r}) == 0, 'mcsafe failed'\n"
                      f"assert {says!r} in sys.stdout.getvalue(), sys.stdout.getvalue()\n"
-                     f"sys.stdout = stdout")
+                     f"sys.stdout = stdout", bare=bare)
 
 
 def assert_lean(package: str, python: str = sys.executable) -> None:
@@ -145,9 +154,11 @@ SCAN_OWN = {"mcsafe", "mcsafe._mcsafe", "mcsafe._types", "mcsafe.cli", "mcsafe.c
             "mcsafe.cli.walk", "mcsafe.pagecache"}
 #: What such a scan, not on a terminal, must not load: the progress (threads, tqdm,
 #: rich), MappedFile (large files only), numpy, ctypes, --json's json, --jobs'
-#: multiprocessing, typing and what stands behind it.
+#: multiprocessing, typing and what stands behind it; shutil (argparse's, for the
+#: width of help: cli.HelpFormatter finds it) with bz2 and lzma.
 SCAN_HEAVY = (HEAVY - {"argparse", "signal", "mmap"}) | {
-    "rich", "multiprocessing", "datetime", "socket", "fnmatch", "tempfile", "shlex"}
+    "rich", "multiprocessing", "datetime", "socket", "fnmatch", "tempfile", "shlex", "shutil",
+    "bz2", "lzma"}
 
 
 @pytest.mark.parametrize("files", [0, 3])
@@ -167,9 +178,12 @@ RESCUE_OWN = {"mcsafe", "mcsafe._mcsafe", "mcsafe._types", "mcsafe._libc", "mcsa
               "mcsafe.cli.rescue", "mcsafe.cli.onecopy", "mcsafe.cli.mapfile",
               "mcsafe.cli.output", "mcsafe.cli.stop", "mcsafe.mapped", "mcsafe.mapped._sys",
               "mcsafe.mapped.opening", "mcsafe.pagecache"}
-#: What it must not load: typing, threading, tempfile (random, hashlib) and the rest.
+#: What it must not load: typing, threading, tempfile (random, hashlib), shutil (bz2,
+#: lzma: argparse's, for the width of help), datetime and contextlib (the mapfile's
+#: dates and clean-ups do without) and the rest. (ctypes: the mapfile's fallocate(2).)
 RESCUE_HEAVY = (HEAVY - {"argparse", "signal", "mmap", "ctypes", "struct"}) | {
-    "rich", "multiprocessing", "socket", "hashlib", "random"}
+    "rich", "multiprocessing", "socket", "hashlib", "random", "shutil", "bz2", "lzma",
+    "datetime", "contextlib"}
 
 
 @pytest.mark.parametrize("size", [0, 4096, 5 << 20])
@@ -185,6 +199,27 @@ def test_a_rescue_of_a_clean_file_loads_only_what_it_uses(tmp_path, size) -> Non
     assert own == RESCUE_OWN
     assert not (top(new) | new) & RESCUE_HEAVY, sorted((top(new) | new) & RESCUE_HEAVY)
     assert (tmp_path / "dst").read_bytes() == data
+
+
+#: What neither command may load, seen from an interpreter started without site
+#: (where an editable install's import hook loads contextlib and pathlib first, so the
+#: tests above cannot see them): each is a millisecond or more of a start that, for a
+#: small file, is all of the command's time.
+NEVER_AT_START = {"shutil", "bz2", "lzma", "fnmatch", "datetime", "contextlib", "typing",
+                  "tempfile", "random", "hashlib", "threading", "dataclasses", "inspect",
+                  "json", "pathlib", "weakref", "importlib", "subprocess"}
+
+
+@pytest.mark.parametrize("command", ["rescue", "scan"])
+def test_a_command_on_a_clean_small_file_loads_none_of_the_slow_modules(tmp_path,
+                                                                       command) -> None:
+    (tmp_path / "src").write_bytes(os.urandom(4096))
+    argv, says = ((["rescue", "--no-sync", str(tmp_path / "src"), str(tmp_path / "dst")],
+                   "rescued 4096 of 4096 bytes") if command == "rescue" else
+                  (["scan", str(tmp_path / "src")], "scanned 1 file"))
+    new = loaded_by_command(argv, says, bare=True)
+    assert "argparse" in new and "mcsafe.cli" in new   # (a bare start: nothing preloaded)
+    assert not (top(new) | new) & NEVER_AT_START, sorted((top(new) | new) & NEVER_AT_START)
 
 
 def test_a_scan_of_a_cached_large_file_asks_cachestat_not_mincore(tmp_path) -> None:

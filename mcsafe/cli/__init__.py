@@ -8,7 +8,6 @@ stay quick.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ from .. import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:               # typing and extable: milliseconds a scan need not pay
-    from typing import Sequence
+    from typing import Any, Sequence
 
 SCAN_HELP = """\
 Read every byte of every regular file under each PATH through mcsafe's
@@ -56,21 +55,54 @@ was made durable); 128+N stopped by signal N (DST and the mapfile
 are left consistent first; run again to go on)."""
 
 
+def terminal_width() -> int:
+    """The columns argparse formats help for, found as shutil.get_terminal_size()
+    finds them: COLUMNS if a positive number, else the width of the terminal on
+    stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:                                # (no sys.__stdout__: AttributeError)
+        fd = sys.__stdout__.fileno()    # type: ignore[union-attr]
+        return os.get_terminal_size(fd).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse.HelpFormatter given its width, as argparse finds it (less 2), without
+    shutil: argparse imports shutil for it (bz2, lzma and fnmatch behind it, 2 ms
+    of a rescue's start) each time add_argument() makes a formatter."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_width() - 2 if width is None else width, **kwargs)
+
+
+class RawDescriptionHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """argparse.RawDescriptionHelpFormatter, its width found as HelpFormatter's."""
+
+
 #: the commands that install stop handling of their own (cli.stop)
 STOP_HANDLED = ("scan", "rescue")
 
 
 def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="mcsafe: a machine-check-safe copy, recovered through "
-        "exception tables, and commands that use it on files that may not read back.")
+        prog=prog, formatter_class=HelpFormatter,
+        description="mcsafe: a machine-check-safe copy, recovered through exception tables, "
+        "and commands that use it on files that may not read back.")
     p.add_argument("--version", action="version", version=f"mcsafe {__version__}")
     # prog given: else argparse formats a usage line (and imports shutil) to make it
     sub = p.add_subparsers(dest="command", required=True, prog=prog)
 
     s = sub.add_parser("scan", help="find the unreadable ranges of files and trees",
                        description=SCAN_HELP, epilog=SCAN_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=RawDescriptionHelpFormatter)
     s.add_argument("paths", nargs="+", metavar="PATH",
                    help="a file, a block device, or a directory to walk")
     s.add_argument("--json", action="store_true",
@@ -91,7 +123,7 @@ def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
 
     r = sub.add_parser("rescue", help="copy what can be read, with a ddrescue mapfile",
                        description=RESCUE_HELP, epilog=RESCUE_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=RawDescriptionHelpFormatter)
     r.add_argument("src", metavar="SRC", help="the file or block device to rescue")
     r.add_argument("dst", metavar="DST", help="where the rescued bytes go (a file, or with "
                    "--in-place also a block device)")
@@ -114,6 +146,7 @@ def parser(prog: str = "mcsafe") -> argparse.ArgumentParser:
                    help="show progress on stderr (default: only on a terminal)")
 
     d = sub.add_parser("demo", help="read poisoned memory and a truncated file, and live",
+                       formatter_class=HelpFormatter,
                        description="Read memory with poisoned pages, a data file with "
                        "poisoned pages and a mapped file truncated underneath, printing each "
                        "short read; show a child doing the same without mcsafe die of "
@@ -139,8 +172,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             from ..demo import run
             return run()
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
-        module = importlib.import_module(f".{args.command}", __name__)
-        return int(module.run(args))
+        if args.command == "scan":
+            from .scan import run as command
+        else:
+            from .rescue import run as command
+        return int(command(args))
     except OutputFailed as exc:
         print(f"mcsafe {args.command}: {exc}", file=sys.stderr)
         # what is left in stdout's buffer goes nowhere, rather than fail again at exit

@@ -15,16 +15,15 @@ trimming, ``/`` scraping, ``-`` retrying, ``F`` filling, ``G`` generating,
 from __future__ import annotations
 
 import bisect
-import ctypes
-import datetime as dt
 import errno
 import os
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterator
 
-from .._libc import libc
+from .._libc import fallocate
 
 BLOCK_STATUSES = "?*/-+"
 HEX = "0123456789abcdefABCDEF"
@@ -140,13 +139,15 @@ class Mapfile:
 
     # -- text ---------------------------------------------------------------------------
 
-    def format(self, command: str, started: dt.datetime, finished: bool) -> str:
-        now = dt.datetime.now()
+    def format(self, command: str, started: float, finished: bool) -> str:
+        """The mapfile's text, as ddrescue 1.27 writes it; started: when the rescue
+        started (seconds since the epoch), written as local time, as the current
+        time is."""
         lines = ["# Mapfile. Created by mcsafe rescue (GNU ddrescue's mapfile format)",
                  f"# Command line: {command.replace(chr(10), '?')}",  # a file name's
                  # newline would end the comment: the rest a line ddrescue refuses
-                 f"# Start time:   {started:%Y-%m-%d %H:%M:%S}",
-                 f"# Current time: {now:%Y-%m-%d %H:%M:%S}"]
+                 f"# Start time:   {_local_time(started)}",
+                 f"# Current time: {_local_time(time.time())}"]
         if finished:
             lines.append("# Finished")
         lines += ["# current_pos  current_status  current_pass",
@@ -223,7 +224,7 @@ class Mapfile:
         with open(path, encoding="latin-1", newline="") as f:   # a character per byte
             return cls.parse(f.read(), path)
 
-    def save(self, path: str, command: str, started: dt.datetime, finished: bool,
+    def save(self, path: str, command: str, started: float, finished: bool,
              sync: bool) -> None:
         """Replace path with this mapfile at once (a temporary file renamed over it),
         synced to disk first when sync.
@@ -260,6 +261,12 @@ class Mapfile:
             raise
         if sync:
             sync_dir(folder)
+
+
+def _local_time(seconds: float) -> str:
+    """seconds since the epoch as a local date and time, as ddrescue writes them.
+    (time.strftime, not datetime: datetime is 1 ms of a rescue's start.)"""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def _overwrite(path: str, text: bytes, room: int, sync: bool, no_room: OSError) -> None:
@@ -302,10 +309,11 @@ def _write(fd: int, text: bytes) -> None:
 def _reserve(fd: int, room: int) -> None:
     """Allocate [0, room) of fd's file without changing its size, where the file
     system can (OSError ENOSPC if it has no room)."""
-    if libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, room) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err))
+    try:
+        fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, room)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
 
 
 def _lines(text: str) -> Iterator[tuple[int, str, str]]:

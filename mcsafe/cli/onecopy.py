@@ -14,7 +14,6 @@ and its cause: the bytes and the mapfile come out the same either way.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
@@ -23,12 +22,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-from .._libc import MAP_FAILED, libc
+from .._mcsafe import _advise as advise
+from .._mcsafe import _map as map_memory
+from .._mcsafe import _Memory as Memory
+from .._mcsafe import _unmap as unmap
 from ..mapped._sys import next_data
 from ..pagecache import PAGE, Restorer, all_cached, readahead
 
-libc.pwrite.restype = ctypes.c_ssize_t
-libc.pwrite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
 MADV_DONTNEED = 4
 MADV_POPULATE_READ = 22      # Linux 5.14
 MAP_FIXED, PROT_NONE = 0x10, 0
@@ -68,44 +68,59 @@ def unavailable(machine: str | None = None, release: str | None = None) -> str |
 
 
 class SourceMap:
-    """SRC mapped whole, read only and shared, at a PMD_SIZE-aligned address: only
-    the kernel reads through it (MADV_POPULATE_READ and pwrite(2)), so no page of
-    it ever faults in this process. OSError where SRC cannot be mapped."""
+    """SRC mapped whole, read only and shared, at a PMD_SIZE-aligned address where it
+    spans one: only the kernel reads through it (MADV_POPULATE_READ and pwrite(2)),
+    so no page of it ever faults in this process. OSError where SRC cannot be
+    mapped."""
 
     def __init__(self, fd: int, length: int) -> None:
         self.length = length
         self.address = 0
         if length == 0:
             return
-        # Reserve PMD_SIZE more than needed, put the file at the first aligned
-        # address inside, and give back the rest on either side.
-        span = length + PMD_SIZE
-        base = libc.mmap(None, span, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                         -1, 0)
-        if base == MAP_FAILED:
-            raise _errno_error()
-        address = -(-base // PMD_SIZE) * PMD_SIZE
-        if libc.mmap(address, length, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED, fd,
-                     0) == MAP_FAILED:
-            error = _errno_error()
-            libc.munmap(base, span)
-            raise error
-        if address > base:
-            libc.munmap(base, address - base)
-        end = -(-(address + length) // PAGE) * PAGE
-        if base + span > end:
-            libc.munmap(end, base + span - end)
+        # The kernel aligns a mapping of a file system with large folios itself
+        # (thp_get_unmapped_area: ext4, XFS); elsewhere (tmpfs, FUSE) it is placed by hand.
+        address = map_memory(length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if length >= PMD_SIZE and address % PMD_SIZE:
+            unmap(address, length)
+            address = map_aligned(fd, length)
         self.address = address
 
     def close(self) -> None:
         if self.address:
-            libc.munmap(self.address, self.length)
+            unmap(self.address, self.length)
             self.address = 0
 
 
-def _errno_error() -> OSError:
-    err = ctypes.get_errno()
-    return OSError(err, os.strerror(err))
+def map_aligned(fd: int, length: int) -> int:
+    """Map fd's file as SourceMap does, at a PMD_SIZE-aligned address: PMD_SIZE more
+    than needed is reserved, the file put at the first aligned address inside, and
+    the rest given back on either side. (ctypes, for mmap at a given address: only
+    where the kernel did not align the mapping.)"""
+    import ctypes
+
+    from .._libc import MAP_FAILED, libc
+
+    def error() -> OSError:
+        err = ctypes.get_errno()
+        return OSError(err, os.strerror(err))
+
+    span = length + PMD_SIZE
+    base = libc.mmap(None, span, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if base == MAP_FAILED:
+        raise error()
+    address = -(-base // PMD_SIZE) * PMD_SIZE
+    if libc.mmap(address, length, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED, fd,
+                 0) == MAP_FAILED:
+        failed = error()
+        libc.munmap(base, span)
+        raise failed
+    if address > base:
+        libc.munmap(base, address - base)
+    end = -(-(address + length) // PAGE) * PAGE
+    if base + span > end:
+        libc.munmap(end, base + span - end)
+    return address
 
 
 class Stop(Exception):
@@ -148,7 +163,7 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
             keeper = follow = keeper or Restorer(src_fd, ahead)
             follow.before(address, offset, n, stop)
         first = offset // PAGE * PAGE
-        if libc.madvise(address + first, offset + n - first, MADV_POPULATE_READ) != 0:
+        if advise(address + first, offset + n - first, MADV_POPULATE_READ) != 0:
             _drop(address, first, offset + n)
             if follow is not None:                  # what it brought in goes back first
                 follow.after(offset, n)
@@ -182,23 +197,22 @@ def _brings_in(fd: int, keeper: Restorer | None, offset: int, length: int) -> bo
 def _drop(address: int, start: int, end: int) -> None:
     """Unmap [start, end) of SRC's mapping from this process's page tables (the page
     cache keeps the pages): memory stays bounded whatever SRC's size."""
-    libc.madvise(address + start, end - start, MADV_DONTNEED)
+    advise(address + start, end - start, MADV_DONTNEED)
 
 
 def _write(fd: int, address: int, n: int, offset: int) -> tuple[int, int]:
     """pwrite(2) n bytes from address to fd at offset: (how many were written, 0 or
     the errno of an error of DST's); fewer than n without an error where SRC's
-    page faulted (EFAULT)."""
+    page faulted (EFAULT). (os.pwrite goes on after EINTR itself.)"""
     done = 0
     while done < n:
-        k = libc.pwrite(fd, address + done, n - done, offset + done)
-        if k > 0:
-            done += k
-            continue
-        err = ctypes.get_errno() if k < 0 else 0
-        if err == errno.EINTR:
-            continue
-        if k == 0 or err == errno.EFAULT:           # SRC's page: the careful path's
+        try:
+            k = os.pwrite(fd, Memory(address + done, n - done), offset + done)
+        except OSError as exc:
+            if exc.errno == errno.EFAULT:           # SRC's page: the careful path's
+                return done, 0
+            return done, exc.errno or errno.EIO
+        if k == 0:
             return done, 0
-        return done, err
+        done += k
     return done, 0

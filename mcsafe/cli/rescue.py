@@ -24,8 +24,6 @@ DST never extends past the last byte read.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import os
 import shlex
 import signal
@@ -33,7 +31,7 @@ import stat
 import sys
 import time
 
-from .._libc import libc
+from .._libc import fallocate
 from ..mapped.opening import HUGETLBFS_MAGIC, open_file
 from ..pagecache import Snapshot, sees_cache
 from . import onecopy
@@ -173,9 +171,12 @@ class Destination:
         else written zeros."""
         if self.fresh and not self.device:
             return
-        if not self.device and libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE |
-                                              FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-            return
+        if not self.device:
+            try:
+                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+                return
+            except OSError:
+                pass
         self.fill(offset, length)
 
     def fill(self, offset: int, length: int) -> None:
@@ -265,7 +266,7 @@ class Rescue:
             raise RescueError(f"{args.dst} is a block device: say where the mapfile goes "
                               "(--map MAPFILE)")
         self.sync = not args.no_sync
-        self.started = dt.datetime.now()
+        self.started = time.time()
         self.command = shlex.join(["mcsafe", "rescue", *sys.argv[2:]]) \
             if os.path.basename(sys.argv[0]) in ("mcsafe", "__main__.py") else \
             shlex.join(["mcsafe", "rescue", args.src, args.dst])
@@ -307,8 +308,10 @@ class Rescue:
         finally:
             if tail is not None:
                 tail.evict()
-            with contextlib.suppress(OSError):  # read only: nothing of ours to lose
+            try:
                 os.close(fd)
+            except OSError:             # read only: nothing of ours to lose
+                pass
         return self._report(mapfile)
 
     def _rescue(self, src: Source, size: int) -> Mapfile:
@@ -331,8 +334,10 @@ class Rescue:
             dst = Destination(args.dst, args.in_place, resume)
         except RescueError:
             if created:                 # an empty mapfile left behind resumes as none
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(self.mappath)
+                except OSError:
+                    pass
             raise
         placed = False
         try:
