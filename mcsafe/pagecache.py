@@ -175,9 +175,12 @@ class Restorer:
         bytes, mapped (whole, from offset 0) at address: make sure residency is
         known for it and the chunk after."""
         start = offset // PAGE * PAGE
-        if not self._known or start < self._base:
-            self._base, self._known = start, bytearray()
         have = self._base + len(self._known) * PAGE
+        if not self._known or start < self._base or start > have:
+            # a fresh start, also where the reader jumped past what is known (a hole
+            # between): nothing of the gap is asked about or kept
+            self._base, self._known = start, bytearray()
+            have = start
         want = min(-(-size // PAGE) * PAGE, -(-(offset + length) // PAGE) * PAGE + self._chunk)
         if want > have:
             self._known += b"\1" * ((want - have) // PAGE) if all_cached(

@@ -306,6 +306,23 @@ def test_a_sparse_terabyte_stays_sparse(tmp_path) -> None:
     assert blocks(tmp_path / "out.map") == [(0, 1 << 40, "+")]
 
 
+def test_a_hole_costs_no_memory(tmp_path) -> None:
+    """A 1 TiB SRC with data at its start and near its end, a hole between, rescued
+    under RLIMIT_DATA of 192 MiB: what SRC's page cache held is followed chunk by
+    chunk, not over the hole (main kept a byte per page from the first data to the
+    last: 537 MB of memory, found by review, and failed here)."""
+    src = tmp_path / "sparse"
+    sparse(src, 1 << 40, {0: b"head", 1023 << 30: b"tail"})
+    limit = 192 << 20
+    p = rescue("--no-sync", src, tmp_path / "out",
+               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (limit, limit)))
+    assert p.returncode == 0, p.stderr
+    with open(tmp_path / "out", "rb") as f:
+        assert f.read(4) == b"head"
+        f.seek(1023 << 30)
+        assert f.read(8) == b"tail" + bytes(4)
+
+
 def test_in_place_over_an_older_copy(failing_file, tmp_path) -> None:
     """--in-place into a longer file holding other bytes: good pages overwritten, bad
     pages punched (read as zeros, not the old bytes), the file not shortened."""
