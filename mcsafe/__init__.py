@@ -72,8 +72,17 @@ def _module_run(orig_argv: list[str]) -> str | None:
 # when Python's own handler is there: a SIGINT ignored since exec stays ignored.
 # cli.main gives Python's handler back to a command without stop handling of its own.
 _sigint_deferred = False
+_gc_deferred = False
 if _is_the_command_starting():
+    import gc as _gc
     import signal as _signal
+
+    # The command's start makes thousands of objects (modules, classes, the parser)
+    # and none is garbage: the cyclic collector finds nothing there, in about 3 ms of
+    # a 30 ms start. cli.main turns it on again before the command runs.
+    if _gc.isenabled():
+        _gc.disable()
+        _gc_deferred = True
 
     if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
         _signal.signal(_signal.SIGINT, _signal.SIG_DFL)

@@ -8,6 +8,7 @@ stay quick.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -170,12 +171,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         if args.command == "demo":
             from ..demo import run
+            _collect_garbage_again()
             return run()
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `| head`: end quietly, as cat does
         if args.command == "scan":
             from .scan import run as command
         else:
             from .rescue import run as command
+        _collect_garbage_again()
         return int(command(args))
     except OutputFailed as exc:
         print(f"mcsafe {args.command}: {exc}", file=sys.stderr)
@@ -209,6 +212,17 @@ def _start_up_sigint_over(command: str) -> bool:
             signal.getsignal(signal.SIGINT) == signal.SIG_DFL:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     return _sigint_deferred
+
+
+def _collect_garbage_again() -> None:
+    """Turn the cyclic garbage collector on again if `import mcsafe` turned it off
+    for the command's start (see mcsafe/__init__.py), what the start made set
+    aside for good (gc.freeze): the collector never walks it again."""
+    from .. import _gc_deferred
+
+    if _gc_deferred and not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _missing_extra(exc: Exception) -> bool:
