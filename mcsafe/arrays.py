@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from extable.errors import missing_extra
 
@@ -13,7 +13,9 @@ except ModuleNotFoundError as _exc:
     raise missing_extra(_exc, "numpy", "mcsafe.arrays", "numpy") from None
 
 from .mapped import MappedFile
-from .mapped.file import Scalar
+
+if TYPE_CHECKING:
+    from .mapped.file import Scalar
 
 
 @overload

@@ -233,3 +233,14 @@ def test_a_scan_of_a_cached_large_file_asks_cachestat_not_mincore(tmp_path) -> N
     new = loaded_by_command(["scan", str(path)], "scanned 1 file, 24.0 MiB")
     assert "mcsafe.mapped.scrub" in new         # the large-file reader ran
     assert "ctypes" not in new
+
+
+def test_a_scan_of_a_large_file_loads_neither_typing_nor_contextlib(tmp_path) -> None:
+    """MappedFile's modules name their types for type checkers only: a scan of a
+    large file (read by MappedFile's scrub) loads neither typing nor contextlib, 4-5
+    ms of its start (main loaded both)."""
+    path = tmp_path / "large"
+    path.write_bytes(os.urandom(3 << 20))
+    new = loaded_by_command(["scan", str(path)], "scanned 1 file, 3.0 MiB", bare=True)
+    assert "mcsafe.mapped.scrub" in new         # the large-file reader ran
+    assert not new & {"typing", "contextlib"}, sorted(new & {"typing", "contextlib"})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False      # (typing: type checkers only)
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer

@@ -13,9 +13,10 @@ import mmap
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
-
+TYPE_CHECKING = False      # (typing: type checkers only)
 if TYPE_CHECKING:
+    from typing import Callable
+
     from typing_extensions import Buffer
 
 from .._mcsafe import _copy_or_report, _Published, _scan

@@ -16,7 +16,7 @@ does not map: not a regular file, an empty one, one of procfs or sysfs
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False      # (typing: type checkers only)
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
