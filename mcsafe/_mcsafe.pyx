@@ -6,6 +6,7 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo,
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_ExceptionMatches
 from libc.errno cimport errno as c_errno
 from libc.signal cimport SIGBUS, SIGSEGV
+from libc.string cimport memchr
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
 from cpython.number cimport PyIndex_Check, PyNumber_Index
 from cpython.list cimport PyList_GET_SIZE
@@ -518,6 +519,14 @@ cdef Py_ssize_t _size_now(int fd) except -1:
         PyErr_CheckSignals()         # interrupted (a FUSE request): handlers, then again
 
 
+cdef inline bint _no_zero(const char *buf, Py_ssize_t offset, Py_ssize_t limit,
+                          Py_ssize_t count) noexcept:
+    """Whether buf, `count` bytes copied from file offset `offset`, holds no zero
+    byte from file offset `limit` on."""
+    cdef Py_ssize_t skip = limit - offset if limit > offset else 0
+    return skip >= count or memchr(buf + skip, 0, <size_t>(count - skip)) == NULL
+
+
 cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint careful):
     """Fill d from file offset `offset` through the table-driven copy from the
     mapping, and count only bytes that were in the file: _FastPath.readinto's and
@@ -586,13 +595,18 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
             return -1
         if size < 0:
             return count                # ends before the probe's page: proved by it
-        # A cut during the copy leaves zeros in the page it falls in and unmaps
-        # every page past it: the last byte counted, read again, is then 0 or
-        # faults. Anything else: no cut fell below it (unless the file was also
-        # written long again meanwhile, which pread(2) cannot see either). Without
-        # a probe (a block device, which a shrink neither zeroes nor unmaps) the
-        # size is always asked again.
-        if limit >= 0 and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0:
+        # A cut sets the size, then zeroes the page it falls in from the cut
+        # onwards and unmaps every page past it; a cut below the probe's page
+        # unmaps the probe first. So a copy that read no zero past the probe's
+        # page read none of a cut's zeros, and if the last byte counted, read
+        # again, is neither 0 nor a fault, no cut fell below it since (unless the
+        # file was also written long again meanwhile, which pread(2) cannot see
+        # either). A zero copied may be the cut's, its page zeroed only part way
+        # when the last byte was read again (a truncate is not atomic): the size,
+        # asked again, then bounds the count, as it always does without a probe
+        # (a block device, which a shrink neither zeroes nor unmaps).
+        if (limit >= 0 and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0
+                and _no_zero(<const char *>d.buf, offset, limit, count)):
             return count
         size = _size_now(fd) - offset
         return count if count <= size else (size if size > 0 else 0)
