@@ -6,6 +6,7 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo,
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_ExceptionMatches
 from libc.errno cimport errno as c_errno
 from libc.signal cimport SIGBUS, SIGSEGV
+from libc.string cimport memchr
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
 from cpython.number cimport PyIndex_Check, PyNumber_Index
 from cpython.list cimport PyList_GET_SIZE
@@ -518,6 +519,16 @@ cdef Py_ssize_t _size_now(int fd) except -1:
         PyErr_CheckSignals()         # interrupted (a FUSE request): handlers, then again
 
 
+cdef inline bint _no_zero(const char *buf, Py_ssize_t offset, Py_ssize_t count) noexcept:
+    """Whether buf, `count` (> 0) bytes copied from file offset `offset`, holds no
+    zero byte in the file page of its last byte."""
+    cdef Py_ssize_t page = <Py_ssize_t>_PAGE
+    cdef Py_ssize_t skip = (offset + count - 1) // page * page - offset
+    if skip < 0:
+        skip = 0
+    return memchr(buf + skip, 0, <size_t>(count - skip)) == NULL
+
+
 cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint careful):
     """Fill d from file offset `offset` through the table-driven copy from the
     mapping, and count only bytes that were in the file: _FastPath.readinto's and
@@ -586,13 +597,18 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
             return -1
         if size < 0:
             return count                # ends before the probe's page: proved by it
-        # A cut during the copy leaves zeros in the page it falls in and unmaps
-        # every page past it: the last byte counted, read again, is then 0 or
-        # faults. Anything else: no cut fell below it (unless the file was also
-        # written long again meanwhile, which pread(2) cannot see either). Without
-        # a probe (a block device, which a shrink neither zeroes nor unmaps) the
-        # size is always asked again.
-        if limit >= 0 and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0:
+        # A cut sets the size, unmaps every page past the one it falls in (the
+        # probe's too, if it falls below the probe's page), then zeroes that page
+        # from the cut on. So if the last byte counted, read again, is neither 0
+        # nor a fault, no cut fell below its page; nor below it in its page if no
+        # zero was copied from there: a copy can overtake the zeroing (a truncate
+        # is not atomic) and read a cut's zeros before bytes not yet zeroed. A
+        # zero there may be the file's, or a cut's: the size, asked again, tells
+        # (as it always does without a probe: a block device, which a shrink
+        # neither zeroes nor unmaps). Unless the file was also written long again
+        # meanwhile, which pread(2) cannot see either.
+        if (limit >= 0 and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0
+                and _no_zero(<const char *>d.buf, offset, count)):
             return count
         size = _size_now(fd) - offset
         return count if count <= size else (size if size > 0 else 0)
@@ -699,8 +715,8 @@ cdef class _FastPath:
     last seen, where the probe word at address `probe` is armed) is proved by
     the probe read before and after it: no system call. One that reaches past
     it is bounded by the size asked just before it (lseek), and its last byte
-    read again after it (a cut during the copy makes it 0 or fault; then the
-    size asked again bounds the count).
+    read again after it (a cut during the copy makes it 0 or fault, or left
+    zeros copied from its page: then the size asked again bounds the count).
 
     A read that is not plainly fast goes on in Python, in the subclass's
     _readinto_slow(buf, offset, state, got), with `got` -1 if the probe failed
