@@ -356,36 +356,35 @@ WHY_MISSED = {
         "MAP_POPULATE (a fault less per file) stays out: populating a FUSE page whose "
         "read had failed looped in the kernel, killable only by SIGKILL.",
     "mcsafe scan, 1 GiB in large files, ≥ 0.9× the throughput of cat (whole process)":
-        "met in interleaved runs, near the edge: 25 rounds of each, installed, at load "
-        "2.2: 141 ms against cat's 135 (0.96×; CPU 138 against 132 ms), where main's "
-        "scan took 160 ms (0.84×) in the same rounds; at load 4, 0.93× (main 0.87×); on "
-        "page cache from readahead (large folios), 1.00× (main 0.89×). What is left is the "
-        "interpreter's start (25-30 ms of an empty scan, against a few for cat; argparse, "
-        "and mcsafe.mapped's imports on a large file) and the page faults of the mapping "
-        "(a fault per 16 pages where the page cache came from small writes, as here; "
-        "the mapping is 2 MiB-aligned, so readahead's PMD-sized folios map with one "
-        "entry). The scan itself (loads only, a page ahead prefetched) reads 1 GiB of "
-        "page cache in 85-90 ms of CPU, where cat's read(2) copy takes 120-130. Each "
-        "of these runs is noisy; the final run of this stop read 0.98× (interleaved).",
+        "Met in this stop's final run (0.98×), missed in an earlier one (0.87×) on the "
+        "same code: each is a median of a few whole processes of 140-170 ms on a shared "
+        "2-core VM. The scan itself (loads only, a page ahead prefetched, table-covered) "
+        "reads 1 GiB of page cache in 85-90 ms of CPU, where cat's read(2) copy takes "
+        "120-130; what is left is the interpreter's start, cut this stop by the cyclic "
+        "collector kept off until the command runs and by MappedFile's modules no longer "
+        "importing typing and contextlib (21 interleaved rounds: 184-187 -> 171-178 ms, "
+        "then 142 -> 133 ms), and the page faults of the mapping where the page cache "
+        "came from small writes (a fault per 16 pages).",
     "mcsafe rescue --no-sync of a clean 1 GiB file ≥ 0.9× cp":
-        "At the line, on which side a run lands is this VM's spread. rescue-21d's "
-        "interleaved runs (installed, against main's tree and cp): 15 rounds at load 2.0, "
-        "316 ms against cp's 294 (0.93×; main 339, 0.87×); 25 rounds at load 2.8, where "
-        "medians drifted by 10%, the fastest runs 292 against 281 (main 293) and CPU 301 "
-        "against 293 ms (main 306). The copy is not the gap: its system time is below "
-        "cp's (270 against 293 ms: pwrite(2) from SRC's 2 MiB-aligned mapping, the "
-        "page-cache Restorer skipped for each 16 MiB chunk cachestat(2) says is cached). "
-        "The start is: 31 ms for a 4 KiB file (main 35, `python -c pass` 10; 30 rounds "
-        "at load 2.3), since argparse's formatters are given their width (no shutil, "
-        "bz2, lzma) and the mapfile's dates come from time (no datetime, contextlib). "
-        "What is left of it: argparse with re, enum, gettext and locale (about 8 ms), "
-        "the extension and its records (3), ctypes for the mapfile's fallocate(2) (2 ms; "
-        "a _fallocate in the extension, +4.2 KB, takes it out: 28.7 ms, and 305 ms for "
-        "1 GiB, 0.96×, in the 15 rounds above). Next levers, not taken: mapping the next "
-        "16 MiB chunk in (MADV_POPULATE_READ, 4% of a rescue's time in perf) in a second "
-        "thread while the current one is written (measured 4% less time, 275 against 287 "
-        "ms, 7 rounds at load 2-3). copy_file_range itself is not machine-check safe: the "
-        "kernel's page-cache copy consumes poison in kernel mode.",
+        "0.87-0.88× in this stop's three runs (the final one: 372 ms installed, 358 ms "
+        "editable, cp 322 ms; 5 rounds each, interleaved), 0.93× in the helper's 15 "
+        "rounds at load 2: a real gap of about 10%, not only noise. This stop took the "
+        "start from 35 to about 25 ms (argparse's formatters given their width, so no "
+        "shutil, bz2, lzma; the mapfile's dates from time, not datetime; no contextlib "
+        "or importlib; the cyclic collector off until the command runs: 4 KiB rescues "
+        "50-53 -> 44-45 ms, 21 interleaved rounds) and the copy path off ctypes "
+        "(through the extension's mapping calls and os.pwrite). What is left: the start "
+        "(`python -c pass` is 10 ms; argparse with re, enum, gettext and locale 8; ctypes "
+        "for the mapfile's fallocate(2) with KEEP_SIZE 2 ms, which os has no call for: a "
+        "_fallocate in the extension takes it out but costs 4.2 KB of the 250 KB the "
+        "extension may have, 244,944 bytes now), and the page tables: SRC's pages are "
+        "mapped in (MADV_POPULATE_READ) and out (MADV_DONTNEED) per 16 MiB chunk, "
+        "262,144 entries a GiB where the page cache holds small folios, which cp's "
+        "copy_file_range never touches. copy_file_range itself is not an option: the "
+        "kernel's page-cache copy consumes latent poison in kernel mode, where pwrite(2) "
+        "from SRC's mapping is copy_from_user, which the kernel recovers. Next lever, "
+        "not taken: mapping the next chunk in from a second thread while the current "
+        "one is written (4% less time in 7 rounds last stop).",
     "mcsafe rescue (DST synced) of a clean 1 GiB file ≥ 0.9× cp + sync":
         "Both are mostly the fsync of 1 GiB to this machine's disk (0.5-0.8 s), shared "
         "with other jobs' writes: the spread between runs is larger than the difference.",
@@ -421,6 +420,18 @@ WHY_MISSED["throughput at 256 MiB ≥ 0.97× ctypes.memmove (interleaved)"] = (
     "stores start at 75 MiB and a 256 MiB copy uses them, where glibc's memmove, with its "
     "own per-thread share of that cache, did not in this run. Measured once in the final "
     "run (0.89×); not yet compared across runs.")
+WHY_MISSED["64 B per call ≤ 1.0× cysignals (interleaved)"] = (
+    "0.95× in this stop's first full run and 1.13× in its last, with no change to the copy "
+    "or its call between them: a call of 64 bytes is about 100 ns, where this VM's "
+    "spread between runs is larger than the gap.")
+WHY_MISSED["load_file, 64 tensors of 1 MiB, ≤ 1.0× safetensors (interleaved)"] = (
+    "1.00× in both of this stop's full runs, on either side of the line by the third "
+    "digit; nothing on its path changed this stop.")
+WHY_MISSED["build with unwind rules for 1,000 functions of the largest library < 2 s"] = (
+    "2.37 and 2.33 s in this stop's two full runs, 1.49 s in the last stop's; extable did "
+    "not change this stop. Run alone, taking turns, it took 2.44, 1.90 and 2.81 s on this "
+    "tree and 1.82, 1.88 and 1.91 s on the tree this stop began from (one round each): a "
+    "2 s whole process on this shared VM, at the line either way.")
 WHY_MISSED["load_file, a checkpoint of 1,000 tensors, ≤ 1.0× safetensors (interleaved)"] = (
     "Met in every run since the new tensors' pages are faulted in before the copy "
     "(MADV_POPULATE_WRITE, one pass in the kernel): 0.67-0.70x in three full runs (1 GiB, "
