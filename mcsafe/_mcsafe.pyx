@@ -519,14 +519,26 @@ cdef Py_ssize_t _size_now(int fd) except -1:
         PyErr_CheckSignals()         # interrupted (a FUSE request): handlers, then again
 
 
-cdef inline bint _no_zero(const char *buf, Py_ssize_t offset, Py_ssize_t count) noexcept:
+cdef bint _no_zero(const char *buf, Py_ssize_t offset, Py_ssize_t count) noexcept:
     """Whether buf, `count` (> 0) bytes copied from file offset `offset`, holds no
-    zero byte in the file page of its last byte."""
+    zero byte in the file page of its last byte; False also where buf cannot be
+    read back. It is read back through the table-driven copy, a piece at a time:
+    the caller's buffer may be a mapping another thread cuts meanwhile (found by
+    review: a plain memchr of it died of SIGBUS)."""
+    cdef char piece[4096]
+    cdef mcsafe_fault rec
+    cdef size_t n
     cdef Py_ssize_t page = <Py_ssize_t>_PAGE
-    cdef Py_ssize_t skip = (offset + count - 1) // page * page - offset
-    if skip < 0:
-        skip = 0
-    return memchr(buf + skip, 0, <size_t>(count - skip)) == NULL
+    cdef Py_ssize_t at = (offset + count - 1) // page * page - offset
+    if at < 0:
+        at = 0
+    while at < count:
+        n = <size_t>(count - at) if count - at < 4096 else 4096
+        rec.side = 0
+        if mcsafe_copy(piece, buf + at, n, &rec) != 0 or memchr(piece, 0, n) != NULL:
+            return False
+        at += <Py_ssize_t>n
+    return True
 
 
 cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint careful):
