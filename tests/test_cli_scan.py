@@ -440,6 +440,27 @@ def scan_until_inside(slow, sig: int, *args: object
     return proc, out, err
 
 
+def scan_stopped_in_held_read(f, *args: object) -> tuple[subprocess.Popen[str], str, str]:
+    """`mcsafe scan --json ARGS`, sent SIGINT while held inside a failing read of f (the
+    FUSE server keeps it until the signal was sent, then lets it fail); the process
+    (ended), its stdout and its stderr."""
+    hook, watch = inside(f)
+    with hook, f.holding_failed_reads():
+        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json",
+                                 *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            watch.wait(1)                    # held inside the failing read
+            proc.send_signal(signal.SIGINT)
+            f.release()
+            out, err = proc.communicate(timeout=WAIT)
+        finally:
+            watch.close()
+            proc.kill()
+            proc.wait()
+    return proc, out, err
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGINT --jobs 2"])
 def test_a_signal_stops_cleanly_with_the_partial_report(failing_file, how: str) -> None:
     """The signal is sent once the scan is inside the second file (its first failing
@@ -1010,21 +1031,8 @@ def test_a_stop_inside_a_small_file_s_failing_read_reports_it_interrupted(
                           text=True)
     if done.returncode:
         pytest.skip(f"cannot bind-mount a file here: {done.stderr.strip()!r}")
-    hook, watch = inside(bad)
     try:
-        with hook, bad.holding_failed_reads():
-            proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", *jobs,
-                                     str(tree)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-            try:
-                watch.wait(1)                # held inside the failing read
-                proc.send_signal(signal.SIGINT)
-                bad.release()
-                out, err = proc.communicate(timeout=WAIT)
-            finally:
-                watch.close()
-                proc.kill()
-                proc.wait()
+        proc, out, err = scan_stopped_in_held_read(bad, *jobs, tree)
     finally:
         subprocess.run(["umount", str(target)], check=True)
     assert proc.returncode == 128 + signal.SIGINT, err
@@ -1050,19 +1058,7 @@ def test_a_stop_during_a_file_s_last_chunk_reports_what_was_read(failing_file) -
     pages = SMALL // PAGE + 4                # past the batch reader, one scrub chunk
     size = pages * PAGE
     f = failing_file(size, inject.page_ranges([pages - 1]), name="last")
-    hook, watch = inside(f)
-    with hook, f.holding_failed_reads():
-        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", f.path],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            watch.wait(1)                    # held inside the failing read
-            proc.send_signal(signal.SIGINT)
-            f.release()
-            out, err = proc.communicate(timeout=WAIT)
-        finally:
-            watch.close()
-            proc.kill()
-            proc.wait()
+    proc, out, err = scan_stopped_in_held_read(f, f.path)
     lines = [json.loads(x) for x in out.splitlines()]
     assert proc.returncode == 128 + signal.SIGINT, err
     got = lines[0]
