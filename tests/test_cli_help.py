@@ -8,27 +8,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import io
 import os
 import pty
-import struct
 import subprocess
 import sys
-import termios
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcsafe import cli
+from terminal import run_on_terminal, set_size
 
 #: what to ask each parser for: help of the top and of each command, and a usage error
 ARGVS = [["--help"], ["scan", "--help"], ["rescue", "--help"], ["demo", "--help"],
          ["rescue", "only-src"], ["scan", "--jobs", "0", "x"], []]
 
 
-def texts(formatters: tuple[type, type] | None) -> list[tuple[str, str, int]]:
+def texts(formatters: tuple[type, type] | None) -> list[tuple[str, str, object]]:
     """(stdout, stderr, exit status) of each of ARGVS parsed by cli.parser(), built
     with argparse's own formatter classes when formatters is (HelpFormatter,
     RawDescriptionHelpFormatter), else with the command's."""
@@ -47,10 +45,6 @@ def texts(formatters: tuple[type, type] | None) -> list[tuple[str, str, int]]:
 
 
 ARGPARSE = (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter)
-
-
-def set_size(fd: int, columns: int, rows: int = 24) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
 @settings(max_examples=60, deadline=None)
@@ -99,26 +93,9 @@ def test_the_command_on_a_terminal_prints_argparses_help_without_shutil(width: i
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
 
     def run(code: str, **extra: str) -> tuple[bytes, str]:
-        master, slave = pty.openpty()
-        set_size(slave, width)
-        try:
-            p = subprocess.run([sys.executable, "-c", code, "rescue", "--help"], stdout=slave,
-                               stderr=subprocess.PIPE, env={**env, **extra}, timeout=60)
-            os.close(slave)
-            slave = -1
-            out = b""
-            while True:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:         # EIO: the terminal's other end is closed
-                    break
-                if not chunk:
-                    break
-                out += chunk
-        finally:
-            if slave >= 0:
-                os.close(slave)
-            os.close(master)
+        p, out = run_on_terminal([sys.executable, "-c", code, "rescue", "--help"], "stdout",
+                                 width, stderr=subprocess.PIPE, env={**env, **extra},
+                                 timeout=60)
         assert p.returncode == 0, p.stderr
         return out, p.stderr.decode()
 

@@ -25,6 +25,7 @@ from mcsafe.cli.stop import StopFlag
 from mcsafe.cli.walk import Files, Target, Walk
 
 from conftest import wait_gone
+from terminal import run_on_terminal
 from test_mapped_scrub import sparse
 
 PAGE = inject.PAGE
@@ -796,31 +797,13 @@ def test_the_batch_reader_leaves_the_page_cache_as_found(tmp_path) -> None:
 def test_a_terminal_gets_a_progress_bar_and_a_pipe_none(tmp_path) -> None:
     """stderr a terminal (a pty): a tqdm bar with bytes and files; a pipe: nothing
     on stderr unless --progress."""
-    import pty
     tree = tmp_path / "bar"
     tree.mkdir()
     for i in range(5):
         (tree / f"f{i}").write_bytes(os.urandom(100_000))
-    import fcntl
-    import struct
-    import termios
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a terminal
-    try:
-        proc = subprocess.run([sys.executable, "-m", "mcsafe", "scan", str(tree)],
-                              stdout=subprocess.PIPE, stderr=slave, text=True, timeout=WAIT)
-        os.close(slave)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:                     # EIO: the pty's other end is closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(master)
+    proc, seen = run_on_terminal([sys.executable, "-m", "mcsafe", "scan", str(tree)],
+                                 "stderr", 100, stdout=subprocess.PIPE, text=True,
+                                 timeout=WAIT)
     assert proc.returncode == 0
     text = seen.decode(errors="replace")
     import re
