@@ -30,7 +30,7 @@ def texts(formatters: tuple[type, type] | None) -> list[tuple[str, str, object]]
     """(stdout, stderr, exit status) of each of ARGVS parsed by cli.parser(), built
     with argparse's own formatter classes when formatters is (HelpFormatter,
     RawDescriptionHelpFormatter), else with the command's."""
-    out = []
+    out: list[tuple[str, str, object]] = []
     with pytest.MonkeyPatch.context() as mp:
         if formatters is not None:
             mp.setattr(cli, "HelpFormatter", formatters[0])
