@@ -956,25 +956,28 @@ def _rescue_held(dst, offset: int, meanwhile: Callable[[subprocess.Popen], objec
 
 def test_src_s_pages_evicted_mid_run_are_given_back_after_they_are_read_again(
         failing_file, tmp_path) -> None:
-    """SRC (64 MiB) is all cached when the rescue starts; while its write of the second
+    """SRC (80 MiB) is all cached when the rescue starts; while its write of the second
     16 MiB into DST (a FUSE file, in place) is held in the server, another process
-    evicts SRC's second half. The rescue reads that half again and evicts it again:
-    SRC's cache ends as it was when the rescue read each part, the first half
-    cached, the second not (cachestat is asked per chunk, not once at the start)."""
+    evicts SRC's last 32 MiB. The rescue reads them again and evicts them again:
+    SRC's cache ends as it was when the rescue read each part, the first 48 MiB
+    cached, the rest not (cachestat is asked per chunk, not once at the start).
+    (The third 16 MiB is mapped in by then, while the second is written, and no
+    process can evict a page mapped.)"""
     from test_mapped_scrub import _resident_of_path, evict, warm, written
-    size, half = 64 << 20, 32 << 20
+    size, kept = 80 << 20, 48 << 20
     src = tmp_path / "src"
     written(src, size)
     warm(src, 0, size)
     dst = failing_file(PAGE)
     dst.resize(size)
     def meanwhile(_: subprocess.Popen) -> None:
-        evict(src, half, half)
-        assert _resident_of_path(src, size) == bytes([1]) * (half // PAGE) + bytes(half // PAGE)
+        evict(src, kept, size - kept)
+        assert _resident_of_path(src, size) == \
+            bytes([1]) * (kept // PAGE) + bytes((size - kept) // PAGE)
     p, _, err = _rescue_held(dst, 16 << 20, meanwhile, "--map", tmp_path / "m.map", src)
     assert p.returncode == 0, err
     after = _resident_of_path(src, size)
-    assert (after[:half // PAGE].count(0), after[half // PAGE:].count(1)) == (0, 0)
+    assert (after[:kept // PAGE].count(0), after[kept // PAGE:].count(1)) == (0, 0)
     assert dst.contents() == src.read_bytes()
 
 
@@ -1341,3 +1344,130 @@ def test_a_src_of_more_than_half_the_address_space_is_rescued(failing_file, tmpf
     p = rescue("--no-sync", f.path, dst)
     assert p.returncode == 1, p.stderr
     assert blocks(mapfile) == [(0, at, "+"), (at, PAGE, "-"), (at + PAGE, size - at - PAGE, "+")]
+
+
+# -- the one-copy path's second thread (onecopy.Ahead) ----------------------------------------
+
+def _tasks() -> set[str]:
+    """The ids of this process's threads."""
+    return set(os.listdir("/proc/self/task"))
+
+
+def _rss_kb(address: int) -> int:
+    """The resident kB of this process's mapping that starts at address (smaps)."""
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{address:x}-"))
+    return next(int(line.split()[1]) for line in lines[start + 1:]
+                if line.startswith("Rss:"))
+
+
+def _outcomes(monkeypatch) -> list[str]:
+    """What each of Ahead's jobs said of the chunk it was given, as copy() takes it."""
+    from mcsafe.cli import onecopy
+    seen: list[str] = []
+    real = onecopy.Ahead.result
+
+    def result(self) -> str:
+        value = real(self)
+        if value:                       # ("" where no job was running)
+            seen.append(value)
+        return value
+    monkeypatch.setattr(onecopy.Ahead, "result", result)
+    return seen
+
+
+def test_a_chunk_the_second_thread_cannot_map_in_is_left_to_the_careful_path(
+        failing_file, tmp_path, monkeypatch) -> None:
+    """SRC (a FUSE file of three chunks and a bit) fails with EIO at a page in its third
+    chunk; the second thread maps in the second chunk while the first is written,
+    then fails to map in the third: copy() returns that chunk for the careful path
+    before DST is touched for it (DST holds the first two chunks, SRC's bytes, and
+    is no longer), the thread has ended, and no page of SRC is left mapped."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    size = 3 * chunk + 5 * PAGE
+    f = failing_file(size, inject.page_ranges([(2 * chunk) // PAGE + 7]))
+    data = f.contents()
+    outcomes = _outcomes(monkeypatch)
+    before = _tasks()
+    fd, address, size = mapped(f.path)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        done: list[tuple[int, int]] = []
+        got = onecopy.copy(fd, address, out, 0, size, lambda o, n: done.append((o, n)),
+                           lambda o, n: None, lambda d, t: None, lambda: size, False)
+        assert got == (2 * chunk, 3 * chunk)
+        assert outcomes == [onecopy.MAPPED, onecopy.FAILED]
+        assert done == [(0, chunk), (chunk, chunk)]
+        assert os.fstat(out).st_size == 2 * chunk
+        assert os.pread(out, size, 0) == data[:2 * chunk]
+        assert _tasks() == before
+        assert _rss_kb(address) == 0
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)
+
+
+def test_an_interrupt_between_chunks_ends_the_second_thread_and_unmaps_src(
+        tmp_path) -> None:
+    """SIGINT (Python's own handler: KeyboardInterrupt) arrives while the first chunk's
+    progress is told, the second thread mapping in the second: the interrupt goes
+    out of copy() once the thread has ended and every page of SRC is unmapped;
+    DST holds the first chunk, as without the thread."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    src = tmp_path / "src"
+    data = os.urandom(4 * chunk)
+    src.write_bytes(data)
+    before = _tasks()
+    fd, address, size = mapped(str(src))
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    alive: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        alive.append(len(_tasks() - before))
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            onecopy.copy(fd, address, out, 0, size, lambda o, n: None, lambda o, n: None,
+                         progress, lambda: size, True)
+        assert alive == [1]             # the second thread, while the first chunk's told
+        assert _tasks() == before
+        assert _rss_kb(address) == 0
+        assert os.pread(out, size, 0) == data[:chunk]
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)
+
+
+def test_sigint_while_the_second_thread_maps_in_ends_the_rescue_as_without_it(
+        failing_file, tmp_path) -> None:
+    """SIGINT reaches the rescue while its write of SRC's second 16 MiB into DST (a FUSE
+    file, in place) is held in the server, its second thread alive (mapping in the
+    third): the signal is the writing thread's (the other blocks every signal), so
+    the rescue stops after that write, as it did with one thread: exit 130, the
+    first 32 MiB rescued and recorded, the rest not tried."""
+    src = tmp_path / "src"
+    data = os.urandom(64 << 20)
+    src.write_bytes(data)
+    dst = failing_file(PAGE)
+    dst.resize(len(data))
+    mapfile = tmp_path / "m.map"
+    threads: list[int] = []
+
+    def meanwhile(p: subprocess.Popen) -> None:
+        threads.append(len(os.listdir(f"/proc/{p.pid}/task")))
+        p.send_signal(signal.SIGINT)
+    p, out, err = _rescue_held(dst, 16 << 20, meanwhile, "--map", mapfile, src)
+    assert threads == [2]
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert err == f"stopped by SIGINT: {32 << 20} bytes not tried yet; run again to go on\n"
+    assert out.startswith(f"rescued {32 << 20} of {len(data)} bytes")
+    assert blocks(mapfile) == [(0, 32 << 20, "+"), (32 << 20, 32 << 20, "?")]
+    assert dst.contents() == data[:32 << 20] + bytes(32 << 20)
