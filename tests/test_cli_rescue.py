@@ -546,6 +546,25 @@ def test_mapfile_dates_are_the_local_times_datetime_gives(started: float, zone: 
     assert before <= lines[3][len("# Current time: "):] <= after
 
 
+def test_fallocate_reserves_room_past_the_end_and_says_why_it_cannot(tmp_path) -> None:
+    """The extension's fallocate(2), as the mapfile's reserve uses it: KEEP_SIZE
+    allocates blocks past the end, the size unchanged; a failure is errno's OSError."""
+    import errno
+
+    from mcsafe._mcsafe import _fallocate
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 100)
+        _fallocate(fd, 1, 0, 1 << 20)                  # FALLOC_FL_KEEP_SIZE
+        st = os.fstat(fd)
+        assert st.st_size == 100 and st.st_blocks * 512 >= 1 << 20
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as exc:
+        _fallocate(fd, 1, 0, 4096)                     # closed
+    assert exc.value.errno == errno.EBADF
+
+
 def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> None:
     m = Mapfile.parse("# c\n  0x10  -  3 \n0 4096 +\n010000 0x1000 +\n8192 512 ?\n")
     assert (m.current_pos, m.current_status, m.current_pass) == (16, "-", 3)

@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterator
 
-from .._libc import fallocate
+from .._mcsafe import _fallocate as fallocate
 
 BLOCK_STATUSES = "?*/-+"
 HEX = "0123456789abcdefABCDEF"
