@@ -1242,10 +1242,11 @@ cdef extern from "<fcntl.h>" nogil:
     int _c_fallocate "fallocate"(int fd, int mode, long offset, long length)
 
 
+# Here, not through ctypes: the rescue's mapfile reserves room with it at every save,
+# and ctypes would be 2 ms of the command's start. (A short docstring: bytes of the
+# extension, which has a size cap.)
 def _fallocate(int fd, int mode, long offset, long length, /):
-    """fallocate(2), with its mode flags (os.posix_fallocate has none); OSError on
-    failure. (The rescue's mapfile reserves room with it at every save: ctypes
-    for it would be 2 ms of the command's start.)"""
+    """fallocate(2) with its mode flags; OSError on failure."""
     cdef int rc
     with nogil:
         rc = _c_fallocate(fd, mode, offset, length)
