@@ -171,7 +171,7 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
             n = min(CHUNK, data_end - offset)
             first = offset // PAGE * PAGE
             follow = None           # the Restorer, where it must follow this chunk
-            mapped = None           # whether the helper mapped this chunk in
+            mapped = None           # whether this chunk is mapped in (None: not tried)
             if pending is not None:
                 assert helper
                 outcome = helper.result()
