@@ -1493,3 +1493,31 @@ def test_sigint_while_the_second_thread_maps_in_ends_the_rescue_as_without_it(
     assert out.startswith(f"rescued {32 << 20} of {len(data)} bytes")
     assert blocks(mapfile) == [(0, 32 << 20, "+"), (32 << 20, 32 << 20, "?")]
     assert dst.contents() == data[:32 << 20] + bytes(32 << 20)
+
+
+@pytest.mark.parametrize("bad_chunk", [1, 2])
+def test_a_cached_failing_src_is_rescued_the_same_with_the_second_thread(
+        failing_file, tmp_path, bad_chunk) -> None:
+    """A FUSE SRC of three chunks and a bit, read once (all but its bad pages cached,
+    so the second thread maps chunks in), with bad pages in its second or third
+    chunk: rescued with the one-copy path and without it, the same exit, bytes,
+    holes and mapfile, its bad blocks the pages read(2) fails on."""
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    size = 3 * chunk + 123
+    pages = [bad_chunk * chunk // PAGE + 3, bad_chunk * chunk // PAGE + 1000]
+    bad = inject.page_ranges(pages)
+    f = failing_file(size, bad)
+    with open(f.path, "rb", buffering=0) as src:
+        for offset in range(0, size, PAGE):
+            if offset // PAGE not in pages:
+                assert len(src.read(PAGE) if src.seek(offset) == offset else b"") > 0
+    runs = {}
+    for switch in ("1", "0"):
+        out = tmp_path / f"out{switch}"
+        p = rescue(f.path, out, env={**os.environ, onecopy.SWITCH: switch})
+        runs[switch] = (p.returncode, out.read_bytes(), _data_extents(out),
+                        _without_comments(Path(str(out) + ".map")))
+    assert runs["1"] == runs["0"]
+    assert runs["1"][0] == 1
+    assert Mapfile.load(str(tmp_path / "out1.map")).ranges("-") == bad
