@@ -733,6 +733,21 @@ def test_mapfiles_are_read_as_ddrescuelog_reads_them(text: str) -> None:
                                         else list(ours.blocks())[:1]), text
 
 
+def test_a_mapfile_whose_only_block_is_at_llong_max_has_an_empty_domain() -> None:
+    """A block at 2^63 (read as LLONG_MAX, as sscanf's %lli saturates) is cut to size 0
+    at LLONG_MAX, as ddrescue's Block ends by LLONG_MAX: no block holds a byte, and
+    the mapfile is read as one of an empty input, as ddrescuelog reads it ("domain
+    is empty"). (Found by the differential test above: main raised IndexError.)"""
+    text = "0x0 ?\n0x8000000000000000 0x8000000000000000 ?\n"
+    theirs = subprocess.run([need("ddrescuelog"), "--change-types=?*/-+,?*/-+", "-"],
+                            input=text, capture_output=True, text=True, timeout=WAIT)
+    assert (theirs.returncode, theirs.stderr) == \
+        (0, "ddrescuelog: Nothing to do; domain is empty.\n")
+    m = Mapfile.parse(text, "-")
+    assert m is not None and (m.size, list(m.blocks())) == (0, [])
+    assert (m.current_pos, m.current_status, m.current_pass) == (0, "?", 1)
+
+
 def test_every_mapfile_written_is_one_ddrescuelog_reads(tmp_path) -> None:
     """A run resumed from pass INT_MAX (the largest pass ddrescue reads, a C int)
     stays at it, and a DST whose name holds a newline keeps the command-line comment

@@ -209,6 +209,8 @@ class Mapfile:
             statuses.append(status)
         if status_line is None:
             return None
+        if not statuses:    # no block holds a byte (one at LLONG_MAX): the domain is empty
+            begin = end = 0
         if begin > 0:                       # outside the domain: not tried
             if statuses[0] == NON_TRIED:
                 starts[0] = 0
