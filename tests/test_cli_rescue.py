@@ -1414,38 +1414,99 @@ def _outcomes(monkeypatch) -> list[str]:
     return seen
 
 
+def _warm(path: str, size: int) -> None:
+    """Read every page of path that can be read, so that it is in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in range(0, size, PAGE):
+            try:
+                os.pread(fd, PAGE, offset)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("evicted", [False, True])
 def test_a_chunk_the_second_thread_cannot_map_in_is_left_to_the_careful_path(
-        failing_file, tmp_path, monkeypatch) -> None:
-    """SRC (a FUSE file of three chunks and a bit) fails with EIO at a page in its third
-    chunk; the second thread maps in the second chunk while the first is written,
-    then fails to map in the third: copy() returns that chunk for the careful path
-    before DST is touched for it (DST holds the first two chunks, SRC's bytes, and
-    is no longer), the thread has ended, and no page of SRC is left mapped."""
+        failing_file, tmp_path, monkeypatch, evicted) -> None:
+    """SRC (a FUSE file of three chunks and a bit, read once, so cached) fails with EIO
+    at a page in its third chunk; the second thread maps in the second chunk while
+    the first is written. The third has a page whose data is not in the page cache:
+    the thread leaves it to the writing thread (a stop would otherwise wait for a
+    read only the thread asked for), whose map-in fails. Where the page's absence
+    is missed (evicted: it went between the thread's look and its map-in), the
+    thread's own map-in fails. Either way copy() returns that chunk for the careful
+    path before DST is touched for it (DST holds the first two chunks, SRC's bytes,
+    and is no longer), the bad page is asked of the server as often as without the
+    thread, the thread has ended, and no page of SRC is left mapped."""
     from mcsafe._mcsafe import _unmap
     from mcsafe.cli import onecopy
     chunk = onecopy.CHUNK
     size = 3 * chunk + 5 * PAGE
     f = failing_file(size, inject.page_ranges([(2 * chunk) // PAGE + 7]))
     data = f.contents()
+    _warm(f.path, size)
+    if evicted:
+        monkeypatch.setattr(onecopy, "_read_already", lambda address, length: True)
     outcomes = _outcomes(monkeypatch)
     before = _threads()
     fd, address, size = mapped(f.path)
     out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        with monkeypatch.context() as alone:        # the reference: no second thread
+            alone.setattr(onecopy.Ahead, "started", classmethod(lambda cls: False))
+            asked = f.stats()["failed_reads"]
+            assert onecopy.copy(fd, address, out, 0, size, lambda o, n: None,
+                                lambda o, n: None, lambda d, t: None, lambda: size,
+                                False) == (2 * chunk, 3 * chunk)
+            alone_asked = f.stats()["failed_reads"] - asked
+        os.ftruncate(out, 0)
+        asked = f.stats()["failed_reads"]
         done: list[tuple[int, int]] = []
         got = onecopy.copy(fd, address, out, 0, size, lambda o, n: done.append((o, n)),
                            lambda o, n: None, lambda d, t: None, lambda: size, False)
         assert got == (2 * chunk, 3 * chunk)
-        assert outcomes == [onecopy.MAPPED, onecopy.FAILED]
+        assert outcomes == [onecopy.MAPPED, onecopy.FAILED if evicted else onecopy.SKIPPED]
         assert done == [(0, chunk), (chunk, chunk)]
         assert os.fstat(out).st_size == 2 * chunk
         assert os.pread(out, size, 0) == data[:2 * chunk]
+        assert f.stats()["failed_reads"] - asked == alone_asked > 0
         assert _threads() == before
         assert _rss_kb(address) == 0
     finally:
         os.close(out)
         _unmap(address, size)
         os.close(fd)
+
+
+def test_a_stop_waits_for_no_read_only_the_second_thread_would_make(failing_file,
+                                                                   tmp_path) -> None:
+    """SRC (a FUSE file of four chunks, read once, so cached) has a bad page in its
+    second chunk whose read the server holds, as a dying disk's slow sector or a
+    server that does not answer. SIGINT comes while the first chunk is written (its
+    write held in DST, a FUSE file): the rescue stops at once (exit 130, the first
+    chunk finished in the mapfile, the rest non-tried), with the bad page not asked
+    of the server again, as without the second thread; it does not wait for the
+    held read (before the fix: until the server let it fail)."""
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    size = 4 * chunk
+    src = failing_file(size, inject.page_ranges([chunk // PAGE + 7]))
+    _warm(src.path, size)
+    dst = failing_file(PAGE)
+    dst.resize(size)
+    mapfile = tmp_path / "map"
+    asked = src.stats()["failed_reads"]
+    with src.holding_failed_reads():
+        try:
+            p, out, err = _rescue_held(dst, 0, lambda p: p.send_signal(signal.SIGINT),
+                                       "--map", mapfile, src.path)
+        finally:
+            src.release()
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert src.stats()["failed_reads"] == asked
+    assert list(Mapfile.load(str(mapfile)).blocks()) == [(0, chunk, "+"), (chunk, size - chunk, "?")]
 
 
 def test_an_interrupt_between_chunks_ends_the_second_thread_and_unmaps_src(

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 from .._mcsafe import _advise as advise
 from .._mcsafe import _map as map_memory
+from .._mcsafe import _read_in as read_in
 from .._mcsafe import _Memory as Memory
 from .._mcsafe import _unmap as unmap
 from ..mapped._sys import next_data
@@ -158,6 +159,7 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
     helper: Ahead | Literal[False] | None = None    # False: no thread to be had
     pending: tuple[int, int] | None = None      # what the helper maps in: [first, end)
     behind: tuple[int, int] | None = None       # written, still mapped: [first, end)
+    current: tuple[int, int] | None = None      # mapped in, being written: [first, end)
     try:
         while offset < stop:
             data, data_end = next_data(src_fd, offset, stop)
@@ -196,6 +198,7 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
                 if follow is not None:              # what it brought in goes back first
                     follow.after(offset, n)
                 return offset, offset + n           # a page that fails: the careful path's
+            current = (first, offset + n)
             following = offset + n
             if follow is None and following < data_end:
                 if helper is None:
@@ -216,6 +219,7 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
                 behind = (first, pending[0])
             else:
                 _drop(address, first, offset + n)
+            current = None
             if follow is not None:
                 follow.after(offset, got)
             offset += got
@@ -228,7 +232,7 @@ def copy(src_fd: int, address: int, dst_fd: int, start: int, end: int,
     finally:
         if helper:
             helper.close()
-        for left in (pending, behind):
+        for left in (pending, behind, current):     # (written() or a handler raised)
             if left is not None:
                 _drop(address, *left)
 
@@ -241,18 +245,32 @@ def _map_in(fd: int, address: int, keeper: Restorer | None, behind: tuple[int, i
             chunk: tuple[int, int], check: tuple[int, int] | None) -> Callable[[], str]:
     """The helper's job: drop the chunk behind (written), then map in chunk ([first,
     end) of SRC): MAPPED, or FAILED where a page of it cannot be read; SKIPPED (and
-    nothing mapped) where check, the chunk and the readahead after it, may bring
-    pages into the page cache: the writing thread then maps it in itself, with
-    the Restorer following, as it does every chunk when there is no helper."""
+    nothing mapped) where the chunk would be read from SRC's storage (some page of it
+    not in the page cache with its data read), or where check, the chunk and the
+    readahead after it, may bring pages into the page cache: the writing thread
+    then maps it in itself, with the Restorer following where it must, as it does
+    every chunk when there is no helper."""
     def job() -> str:
         if behind is not None:
             _drop(address, *behind)
-        if check is not None and _brings_in(fd, keeper, *check):
-            return SKIPPED
         first, end = chunk
+        if not _read_already(address + first, end - first) or \
+                (check is not None and _brings_in(fd, keeper, *check)):
+            return SKIPPED
         return MAPPED if advise(address + first, end - first, MADV_POPULATE_READ) == 0 \
             else FAILED
     return job
+
+
+def _read_already(address: int, length: int) -> bool:
+    """Whether every page of [address, address + length) of SRC's mapping is in the
+    page cache with its data read (mincore(2); cachestat would count a folio a failed
+    read left): mapping them in then reads nothing from SRC's storage, so a stop
+    never waits for a read only the helper asked for (a slow or failing page, a FUSE
+    server that does not answer), and a bad page is asked of the disk as often as
+    without the helper. False where the page cache is not ours to see. (A page
+    evicted between this and the map-in is read: a window of microseconds.)"""
+    return read_in(address, length)
 
 
 class Ahead:
@@ -268,20 +286,24 @@ class Ahead:
 
     def __init__(self) -> None:
         self._go = _thread.allocate_lock()
-        self._done = _thread.allocate_lock()
         self._go.acquire()
-        self._done.acquire()
         self._job: Callable[[], str] | None = None
+        # Each job has a lock of its own, released once the job is over, and
+        # _over set just before: see _wait for why.
+        self._done = _thread.allocate_lock()
+        self._over = False
         self._busy = False
         self._outcome: tuple[str, BaseException | None] = ("", None)
         self._ended: _thread.LockType | None = None     # (before 3.13: see _serve)
+        self._leaving = False
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             if hasattr(_thread, "start_joinable_thread"):   # Python 3.13
-                self._join = _thread.start_joinable_thread(self._serve).join
+                join = _thread.start_joinable_thread(self._serve).join
+                self._join = lambda: _retried(join)
             else:
                 _thread.start_new_thread(self._serve, ())
-                self._join = lambda: _wait(self._ended)  # type: ignore[arg-type]
+                self._join = lambda: _wait(self._ended, lambda: self._leaving)  # type: ignore[arg-type]
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
@@ -301,21 +323,28 @@ class Ahead:
             self._ended = _thread._set_sentinel()  # type: ignore[attr-defined]
         while True:
             self._go.acquire()
-            job = self._job
+            job, done = self._job, self._done
             if job is None:                 # close(): the thread ends
-                self._done.release()
+                self._leaving = self._over = True
+                done.release()
                 return
             try:
                 self._outcome = (job(), None)
             except BaseException as exc:    # handed to result()
                 self._outcome = ("", exc)
-            self._done.release()
+            self._over = True
+            done.release()
+
+    def _run(self, job: Callable[[], str] | None) -> None:
+        self._job, self._busy, self._over = job, True, False
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        self._go.release()
 
     def start(self, job: Callable[[], str]) -> None:
         """Run job on the thread (the last one's result() was taken)."""
         assert not self._busy
-        self._job, self._busy = job, True
-        self._go.release()
+        self._run(job)
 
     def result(self) -> str:
         """Wait for the job started last to end: what it returned; what it raised is
@@ -323,8 +352,8 @@ class Ahead:
         if not self._busy:
             return ""
         try:
-            _wait(self._done)
-        finally:                            # (_wait raises only once it has the lock)
+            _wait(self._done, lambda: self._over)
+        finally:                            # (_wait raises only once the job is over)
             self._busy = False
         (value, exc), self._outcome = self._outcome, ("", None)
         if exc is not None:
@@ -337,22 +366,38 @@ class Ahead:
         try:
             self.result()
         finally:
-            self._job = None
-            self._go.release()
-            _wait(self._done)
-            _retried(self._join)
+            self._run(None)
+            try:
+                _wait(self._done, lambda: self._over)
+            finally:
+                self._busy = False
+                self._join()
 
 
-def _wait(lock: _thread.LockType) -> None:
-    """Acquire lock, whatever a signal handler raises meanwhile (a KeyboardInterrupt):
-    the wait goes on, and what was raised is raised once it is over."""
-    _retried(lock.acquire)
+def _wait(lock: _thread.LockType, over: Callable[[], bool]) -> None:
+    """Wait until lock, released once by the thread whose end over() tells, is, or
+    over() is true, whatever a signal handler raises meanwhile (a
+    KeyboardInterrupt): the wait goes on, and what was raised is raised once it is
+    over. (A handler may raise after acquire() took the lock: asking for it again
+    would wait for ever. over(), set before the release, tells the wait is over,
+    whether acquire() took it or not; the lock is not used again.)"""
+    raised: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            break
+        except BaseException as exc:
+            raised = exc
+            if over():
+                break
+    if raised is not None:
+        raise raised
 
 
 def _retried(wait: Callable[[], object]) -> None:
-    """Call wait() until it returns, whatever a signal handler raises meanwhile (a
-    KeyboardInterrupt, which interrupts a wait for a lock or a thread in the main
-    thread): what was raised is raised once the wait is over."""
+    """Call wait() (a join, which may be called again once it has returned) until it
+    returns, whatever a signal handler raises meanwhile: what was raised is raised
+    once the wait is over."""
     raised: BaseException | None = None
     while True:
         try:
