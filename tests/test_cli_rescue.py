@@ -1597,3 +1597,71 @@ def test_a_cached_failing_src_is_rescued_the_same_with_the_second_thread(
     assert runs["1"] == runs["0"]
     assert runs["1"][0] == 1
     assert Mapfile.load(str(tmp_path / "out1.map")).ranges("-") == bad
+
+
+def test_a_wait_for_the_second_thread_survives_an_interrupt_just_after_it_ended() -> None:
+    """onecopy._wait: a signal handler that raises (SIGALRM -> KeyboardInterrupt here)
+    just after acquire() took the lock, as CPython runs pending handlers right after
+    the call returns, must not make the wait ask for the lock again (which it holds:
+    a wait for ever). A thousand trials in a child, each a lock released by another
+    thread that signals the process at once: the child ends."""
+    script = textwrap.dedent("""
+        import _thread, os, signal, threading, time
+        from mcsafe.cli import onecopy
+        def boom(*_):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGALRM, boom)
+        raised = 0
+        for i in range(1000):
+            lock = _thread.allocate_lock(); lock.acquire(); over = [False]; gone = [False]
+            def other():
+                time.sleep(0.0005)
+                over[0] = True
+                lock.release()
+                os.kill(os.getpid(), signal.SIGALRM)
+                gone[0] = True
+            try:
+                _thread.start_new_thread(other, ())
+                onecopy._wait(lock, lambda: over[0])
+            except KeyboardInterrupt:
+                raised += 1
+            while not gone[0]:                  # (an interrupt here is the harness's)
+                try:
+                    time.sleep(0.0001)
+                except KeyboardInterrupt:
+                    pass
+        print(raised)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=WAIT)
+    assert p.returncode == 0, p.stderr
+    assert 0 < int(p.stdout) <= 1000      # the interrupts were raised, once the wait was over
+
+
+def test_a_chunk_being_written_when_written_raises_is_unmapped(tmp_path) -> None:
+    """written() (the mapfile's periodic save) raises after the first chunk's write:
+    copy() raises it with no page of SRC left mapped (the chunk written, the one the
+    second thread mapped in) and the thread ended."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 * chunk))
+    src.read_bytes()                                # cached: the thread takes chunk 2
+    before = _threads()
+    fd, address, size = mapped(str(src))
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def written(offset: int, n: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    try:
+        with pytest.raises(OSError, match="No space"):
+            onecopy.copy(fd, address, out, 0, size, written, lambda o, n: None,
+                         lambda d, t: None, lambda: size, False)
+        assert _threads() == before
+        assert _rss_kb(address) == 0
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)
