@@ -5,7 +5,6 @@ and the commands)."""
 from __future__ import annotations
 
 import ctypes
-import os
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -17,15 +16,7 @@ libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 libc.syscall.restype = ctypes.c_long
 libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 MAP_FAILED = ctypes.c_void_p(-1).value
 
-
-def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    """fallocate(2), with its mode flags (os.posix_fallocate has none); OSError on
-    failure."""
-    if libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))

@@ -946,6 +946,23 @@ def _cached(int fd, Py_ssize_t offset, Py_ssize_t size):
     cache; False also where the kernel cannot say."""
     return offset >= 0 and size > 0 and _all_cached(fd, <size_t>offset, <size_t>size)
 
+
+def _read_in(uintptr_t address, size_t length):
+    """Whether every page of the mapping [address, address + length) is in the page
+    cache with its data read (mincore(2)); False where it cannot say."""
+    cdef unsigned char vec[512]
+    cdef size_t n, i
+    while length:
+        n = min(length, 512 * _PAGE)
+        if _mincore(<void *>address, n, vec) != 0:
+            return False
+        for i in range((n + _PAGE - 1) // _PAGE):
+            if not vec[i] & 1:
+                return False
+        address += n
+        length -= n
+    return True
+
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
 cdef extern from "Python.h":
@@ -1236,6 +1253,22 @@ def _fs_type(int fd):
     if _fstatfs(fd, &st) != 0:
         return 0
     return <unsigned long>st.f_type & 0xFFFFFFFF
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int _c_fallocate "fallocate"(int fd, int mode, long offset, long length)
+
+
+# Here, not through ctypes: the rescue's mapfile reserves room with it at every save,
+# and ctypes would be 2 ms of the command's start. (A short docstring: bytes of the
+# extension, which has a size cap.)
+def _fallocate(int fd, int mode, long offset, long length, /):
+    """fallocate(2) with its mode flags; OSError on failure."""
+    cdef int rc
+    with nogil:
+        rc = _c_fallocate(fd, mode, offset, length)
+    if rc != 0:
+        PyErr_SetFromErrno(OSError)
 
 
 def _word_at(uintptr_t address):

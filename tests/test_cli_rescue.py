@@ -546,6 +546,25 @@ def test_mapfile_dates_are_the_local_times_datetime_gives(started: float, zone: 
     assert before <= lines[3][len("# Current time: "):] <= after
 
 
+def test_fallocate_reserves_room_past_the_end_and_says_why_it_cannot(tmp_path) -> None:
+    """The extension's fallocate(2), as the mapfile's reserve uses it: KEEP_SIZE
+    allocates blocks past the end, the size unchanged; a failure is errno's OSError."""
+    import errno
+
+    from mcsafe._mcsafe import _fallocate
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 100)
+        _fallocate(fd, 1, 0, 1 << 20)                  # FALLOC_FL_KEEP_SIZE
+        st = os.fstat(fd)
+        assert st.st_size == 100 and st.st_blocks * 512 >= 1 << 20
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as exc:
+        _fallocate(fd, 1, 0, 4096)                     # closed
+    assert exc.value.errno == errno.EBADF
+
+
 def test_mapfile_reads_what_ddrescue_accepts_and_names_what_it_does_not() -> None:
     m = Mapfile.parse("# c\n  0x10  -  3 \n0 4096 +\n010000 0x1000 +\n8192 512 ?\n")
     assert (m.current_pos, m.current_status, m.current_pass) == (16, "-", 3)
@@ -712,6 +731,21 @@ def test_mapfiles_are_read_as_ddrescuelog_reads_them(text: str) -> None:
     assert mine == blocks, text
     assert list(ours.blocks())[:1] == ([(0, begin, "?")] if begin and rest[0][2] != "?"
                                         else list(ours.blocks())[:1]), text
+
+
+def test_a_mapfile_whose_only_block_is_at_llong_max_has_an_empty_domain() -> None:
+    """A block at 2^63 (read as LLONG_MAX, as sscanf's %lli saturates) is cut to size 0
+    at LLONG_MAX, as ddrescue's Block ends by LLONG_MAX: no block holds a byte, and
+    the mapfile is read as one of an empty input, as ddrescuelog reads it ("domain
+    is empty"). (Found by the differential test above: main raised IndexError.)"""
+    text = "0x0 ?\n0x8000000000000000 0x8000000000000000 ?\n"
+    theirs = subprocess.run([need("ddrescuelog"), "--change-types=?*/-+,?*/-+", "-"],
+                            input=text, capture_output=True, text=True, timeout=WAIT)
+    assert (theirs.returncode, theirs.stderr) == \
+        (0, "ddrescuelog: Nothing to do; domain is empty.\n")
+    m = Mapfile.parse(text, "-")
+    assert m is not None and (m.size, list(m.blocks())) == (0, [])
+    assert (m.current_pos, m.current_status, m.current_pass) == (0, "?", 1)
 
 
 def test_every_mapfile_written_is_one_ddrescuelog_reads(tmp_path) -> None:
@@ -956,25 +990,28 @@ def _rescue_held(dst, offset: int, meanwhile: Callable[[subprocess.Popen], objec
 
 def test_src_s_pages_evicted_mid_run_are_given_back_after_they_are_read_again(
         failing_file, tmp_path) -> None:
-    """SRC (64 MiB) is all cached when the rescue starts; while its write of the second
+    """SRC (80 MiB) is all cached when the rescue starts; while its write of the second
     16 MiB into DST (a FUSE file, in place) is held in the server, another process
-    evicts SRC's second half. The rescue reads that half again and evicts it again:
-    SRC's cache ends as it was when the rescue read each part, the first half
-    cached, the second not (cachestat is asked per chunk, not once at the start)."""
+    evicts SRC's last 32 MiB. The rescue reads them again and evicts them again:
+    SRC's cache ends as it was when the rescue read each part, the first 48 MiB
+    cached, the rest not (cachestat is asked per chunk, not once at the start).
+    (The third 16 MiB is mapped in by then, while the second is written, and no
+    process can evict a page mapped.)"""
     from test_mapped_scrub import _resident_of_path, evict, warm, written
-    size, half = 64 << 20, 32 << 20
+    size, kept = 80 << 20, 48 << 20
     src = tmp_path / "src"
     written(src, size)
     warm(src, 0, size)
     dst = failing_file(PAGE)
     dst.resize(size)
     def meanwhile(_: subprocess.Popen) -> None:
-        evict(src, half, half)
-        assert _resident_of_path(src, size) == bytes([1]) * (half // PAGE) + bytes(half // PAGE)
+        evict(src, kept, size - kept)
+        assert _resident_of_path(src, size) == \
+            bytes([1]) * (kept // PAGE) + bytes((size - kept) // PAGE)
     p, _, err = _rescue_held(dst, 16 << 20, meanwhile, "--map", tmp_path / "m.map", src)
     assert p.returncode == 0, err
     after = _resident_of_path(src, size)
-    assert (after[:half // PAGE].count(0), after[half // PAGE:].count(1)) == (0, 0)
+    assert (after[:kept // PAGE].count(0), after[kept // PAGE:].count(1)) == (0, 0)
     assert dst.contents() == src.read_bytes()
 
 
@@ -1341,3 +1378,290 @@ def test_a_src_of_more_than_half_the_address_space_is_rescued(failing_file, tmpf
     p = rescue("--no-sync", f.path, dst)
     assert p.returncode == 1, p.stderr
     assert blocks(mapfile) == [(0, at, "+"), (at, PAGE, "-"), (at + PAGE, size - at - PAGE, "+")]
+
+
+# -- the one-copy path's second thread (onecopy.Ahead) ----------------------------------------
+
+def _threads() -> int:
+    """How many Python threads this process runs (as threading joins a thread, the
+    count goes down before the join returns; /proc/self/task may list the thread a
+    moment longer, on its way out of pthread_exit)."""
+    import _thread
+    return _thread._count()
+
+
+def _rss_kb(address: int) -> int:
+    """The resident kB of this process's mapping that starts at address (smaps)."""
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{address:x}-"))
+    return next(int(line.split()[1]) for line in lines[start + 1:]
+                if line.startswith("Rss:"))
+
+
+def _outcomes(monkeypatch) -> list[str]:
+    """What each of Ahead's jobs said of the chunk it was given, as copy() takes it."""
+    from mcsafe.cli import onecopy
+    seen: list[str] = []
+    real = onecopy.Ahead.result
+
+    def result(self) -> str:
+        value = real(self)
+        if value:                       # ("" where no job was running)
+            seen.append(value)
+        return value
+    monkeypatch.setattr(onecopy.Ahead, "result", result)
+    return seen
+
+
+def _warm(path: str, size: int) -> None:
+    """Read every page of path that can be read, so that it is in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in range(0, size, PAGE):
+            try:
+                os.pread(fd, PAGE, offset)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("evicted", [False, True])
+def test_a_chunk_the_second_thread_cannot_map_in_is_left_to_the_careful_path(
+        failing_file, tmp_path, monkeypatch, evicted) -> None:
+    """SRC (a FUSE file of three chunks and a bit, read once, so cached) fails with EIO
+    at a page in its third chunk; the second thread maps in the second chunk while
+    the first is written. The third has a page whose data is not in the page cache:
+    the thread leaves it to the writing thread (a stop would otherwise wait for a
+    read only the thread asked for), whose map-in fails. Where the page's absence
+    is missed (evicted: it went between the thread's look and its map-in), the
+    thread's own map-in fails. Either way copy() returns that chunk for the careful
+    path before DST is touched for it (DST holds the first two chunks, SRC's bytes,
+    and is no longer), the bad page is asked of the server as often as without the
+    thread, the thread has ended, and no page of SRC is left mapped."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    size = 3 * chunk + 5 * PAGE
+    f = failing_file(size, inject.page_ranges([(2 * chunk) // PAGE + 7]))
+    data = f.contents()
+    _warm(f.path, size)
+    if evicted:
+        monkeypatch.setattr(onecopy, "_read_already", lambda address, length: True)
+    outcomes = _outcomes(monkeypatch)
+    before = _threads()
+    fd, address, size = mapped(f.path)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with monkeypatch.context() as alone:        # the reference: no second thread
+            alone.setattr(onecopy.Ahead, "started", classmethod(lambda cls: False))
+            asked = f.stats()["failed_reads"]
+            assert onecopy.copy(fd, address, out, 0, size, lambda o, n: None,
+                                lambda o, n: None, lambda d, t: None, lambda: size,
+                                False) == (2 * chunk, 3 * chunk)
+            alone_asked = f.stats()["failed_reads"] - asked
+        os.ftruncate(out, 0)
+        asked = f.stats()["failed_reads"]
+        done: list[tuple[int, int]] = []
+        got = onecopy.copy(fd, address, out, 0, size, lambda o, n: done.append((o, n)),
+                           lambda o, n: None, lambda d, t: None, lambda: size, False)
+        assert got == (2 * chunk, 3 * chunk)
+        assert outcomes == [onecopy.MAPPED, onecopy.FAILED if evicted else onecopy.SKIPPED]
+        assert done == [(0, chunk), (chunk, chunk)]
+        assert os.fstat(out).st_size == 2 * chunk
+        assert os.pread(out, size, 0) == data[:2 * chunk]
+        assert f.stats()["failed_reads"] - asked == alone_asked > 0
+        assert _threads() == before
+        assert _rss_kb(address) == 0
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)
+
+
+def test_a_stop_waits_for_no_read_only_the_second_thread_would_make(failing_file,
+                                                                   tmp_path) -> None:
+    """SRC (a FUSE file of four chunks, read once, so cached) has a bad page in its
+    second chunk whose read the server holds, as a dying disk's slow sector or a
+    server that does not answer. SIGINT comes while the first chunk is written (its
+    write held in DST, a FUSE file): the rescue stops at once (exit 130, the first
+    chunk finished in the mapfile, the rest non-tried), with the bad page not asked
+    of the server again, as without the second thread; it does not wait for the
+    held read (before the fix: until the server let it fail)."""
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    size = 4 * chunk
+    src = failing_file(size, inject.page_ranges([chunk // PAGE + 7]))
+    _warm(src.path, size)
+    dst = failing_file(PAGE)
+    dst.resize(size)
+    mapfile = tmp_path / "map"
+    asked = src.stats()["failed_reads"]
+    with src.holding_failed_reads():
+        try:
+            p, out, err = _rescue_held(dst, 0, lambda p: p.send_signal(signal.SIGINT),
+                                       "--map", mapfile, src.path)
+        finally:
+            src.release()
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert src.stats()["failed_reads"] == asked
+    assert list(Mapfile.load(str(mapfile)).blocks()) == [(0, chunk, "+"), (chunk, size - chunk, "?")]
+
+
+def test_an_interrupt_between_chunks_ends_the_second_thread_and_unmaps_src(
+        tmp_path) -> None:
+    """SIGINT (Python's own handler: KeyboardInterrupt) arrives while the first chunk's
+    progress is told, the second thread mapping in the second: the interrupt goes
+    out of copy() once the thread has ended and every page of SRC is unmapped;
+    DST holds the first chunk, as without the thread."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    src = tmp_path / "src"
+    data = os.urandom(4 * chunk)
+    src.write_bytes(data)
+    before = _threads()
+    fd, address, size = mapped(str(src))
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    alive: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        alive.append(_threads() - before)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            onecopy.copy(fd, address, out, 0, size, lambda o, n: None, lambda o, n: None,
+                         progress, lambda: size, True)
+        assert alive == [1]             # the second thread, while the first chunk's told
+        assert _threads() == before
+        assert _rss_kb(address) == 0
+        assert os.pread(out, size, 0) == data[:chunk]
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)
+
+
+def test_sigint_while_the_second_thread_maps_in_ends_the_rescue_as_without_it(
+        failing_file, tmp_path) -> None:
+    """SIGINT reaches the rescue while its write of SRC's second 16 MiB into DST (a FUSE
+    file, in place) is held in the server, its second thread alive (mapping in the
+    third): the signal is the writing thread's (the other blocks every signal), so
+    the rescue stops after that write, as it did with one thread: exit 130, the
+    first 32 MiB rescued and recorded, the rest not tried."""
+    src = tmp_path / "src"
+    data = os.urandom(64 << 20)
+    src.write_bytes(data)
+    dst = failing_file(PAGE)
+    dst.resize(len(data))
+    mapfile = tmp_path / "m.map"
+    threads: list[int] = []
+
+    def meanwhile(p: subprocess.Popen) -> None:
+        threads.append(len(os.listdir(f"/proc/{p.pid}/task")))
+        p.send_signal(signal.SIGINT)
+    p, out, err = _rescue_held(dst, 16 << 20, meanwhile, "--map", mapfile, src)
+    assert threads == [2]
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert err == f"stopped by SIGINT: {32 << 20} bytes not tried yet; run again to go on\n"
+    assert out.startswith(f"rescued {32 << 20} of {len(data)} bytes")
+    assert blocks(mapfile) == [(0, 32 << 20, "+"), (32 << 20, 32 << 20, "?")]
+    assert dst.contents() == data[:32 << 20] + bytes(32 << 20)
+
+
+@pytest.mark.parametrize("bad_chunk", [1, 2])
+def test_a_cached_failing_src_is_rescued_the_same_with_the_second_thread(
+        failing_file, tmp_path, bad_chunk) -> None:
+    """A FUSE SRC of three chunks and a bit, read once (all but its bad pages cached,
+    so the second thread maps chunks in), with bad pages in its second or third
+    chunk: rescued with the one-copy path and without it, the same exit, bytes,
+    holes and mapfile, its bad blocks the pages read(2) fails on."""
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    size = 3 * chunk + 123
+    pages = [bad_chunk * chunk // PAGE + 3, bad_chunk * chunk // PAGE + 1000]
+    bad = inject.page_ranges(pages)
+    f = failing_file(size, bad)
+    with open(f.path, "rb", buffering=0) as src:
+        for offset in range(0, size, PAGE):
+            if offset // PAGE not in pages:
+                assert len(src.read(PAGE) if src.seek(offset) == offset else b"") > 0
+    runs = {}
+    for switch in ("1", "0"):
+        out = tmp_path / f"out{switch}"
+        p = rescue(f.path, out, env={**os.environ, onecopy.SWITCH: switch})
+        runs[switch] = (p.returncode, out.read_bytes(), _data_extents(out),
+                        _without_comments(Path(str(out) + ".map")))
+    assert runs["1"] == runs["0"]
+    assert runs["1"][0] == 1
+    assert Mapfile.load(str(tmp_path / "out1.map")).ranges("-") == bad
+
+
+def test_a_wait_for_the_second_thread_survives_an_interrupt_just_after_it_ended() -> None:
+    """onecopy._wait: a signal handler that raises (SIGALRM -> KeyboardInterrupt here)
+    just after acquire() took the lock, as CPython runs pending handlers right after
+    the call returns, must not make the wait ask for the lock again (which it holds:
+    a wait for ever). A thousand trials in a child, each a lock released by another
+    thread that signals the process at once: the child ends."""
+    script = textwrap.dedent("""
+        import _thread, os, signal, threading, time
+        from mcsafe.cli import onecopy
+        def boom(*_):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGALRM, boom)
+        raised = 0
+        for i in range(1000):
+            lock = _thread.allocate_lock(); lock.acquire(); over = [False]; gone = [False]
+            def other():
+                time.sleep(0.0005)
+                over[0] = True
+                lock.release()
+                os.kill(os.getpid(), signal.SIGALRM)
+                gone[0] = True
+            try:
+                _thread.start_new_thread(other, ())
+                onecopy._wait(lock, lambda: over[0])
+            except KeyboardInterrupt:
+                raised += 1
+            while not gone[0]:                  # (an interrupt here is the harness's)
+                try:
+                    time.sleep(0.0001)
+                except KeyboardInterrupt:
+                    pass
+        print(raised)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=WAIT)
+    assert p.returncode == 0, p.stderr
+    assert 0 < int(p.stdout) <= 1000      # the interrupts were raised, once the wait was over
+
+
+def test_a_chunk_being_written_when_written_raises_is_unmapped(tmp_path) -> None:
+    """written() (the mapfile's periodic save) raises after the first chunk's write:
+    copy() raises it with no page of SRC left mapped (the chunk written, the one the
+    second thread mapped in) and the thread ended."""
+    from mcsafe._mcsafe import _unmap
+    from mcsafe.cli import onecopy
+    chunk = onecopy.CHUNK
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 * chunk))
+    src.read_bytes()                                # cached: the thread takes chunk 2
+    before = _threads()
+    fd, address, size = mapped(str(src))
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def written(offset: int, n: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    try:
+        with pytest.raises(OSError, match="No space"):
+            onecopy.copy(fd, address, out, 0, size, written, lambda o, n: None,
+                         lambda d, t: None, lambda: size, False)
+        assert _threads() == before
+        assert _rss_kb(address) == 0
+    finally:
+        os.close(out)
+        _unmap(address, size)
+        os.close(fd)

@@ -174,14 +174,15 @@ def test_a_scan_of_small_files_off_a_terminal_loads_only_what_it_uses(tmp_path, 
 #: Exactly the package's own modules a rescue of a clean file loads where the
 #: one-copy path is taken (issue 21: its start is a tenth of the time of a rescue of
 #: 1 GiB): no MappedFile, whose careful paths only a failing range needs.
-RESCUE_OWN = {"mcsafe", "mcsafe._mcsafe", "mcsafe._types", "mcsafe._libc", "mcsafe.cli",
+RESCUE_OWN = {"mcsafe", "mcsafe._mcsafe", "mcsafe._types", "mcsafe.cli",
               "mcsafe.cli.rescue", "mcsafe.cli.onecopy", "mcsafe.cli.mapfile",
               "mcsafe.cli.output", "mcsafe.cli.stop", "mcsafe.mapped", "mcsafe.mapped._sys",
               "mcsafe.mapped.opening", "mcsafe.pagecache"}
 #: What it must not load: typing, threading, tempfile (random, hashlib), shutil (bz2,
 #: lzma: argparse's, for the width of help), datetime and contextlib (the mapfile's
-#: dates and clean-ups do without) and the rest. (ctypes: the mapfile's fallocate(2).)
-RESCUE_HEAVY = (HEAVY - {"argparse", "signal", "mmap", "ctypes", "struct"}) | {
+#: dates and clean-ups do without), ctypes (the extension maps, writes and fallocates)
+#: and the rest.
+RESCUE_HEAVY = (HEAVY - {"argparse", "signal", "mmap"}) | {
     "rich", "multiprocessing", "socket", "hashlib", "random", "shutil", "bz2", "lzma",
     "datetime", "contextlib"}
 
@@ -207,7 +208,7 @@ def test_a_rescue_of_a_clean_file_loads_only_what_it_uses(tmp_path, size) -> Non
 #: small file, is all of the command's time.
 NEVER_AT_START = {"shutil", "bz2", "lzma", "fnmatch", "datetime", "contextlib", "typing",
                   "tempfile", "random", "hashlib", "threading", "dataclasses", "inspect",
-                  "json", "pathlib", "weakref", "importlib", "subprocess"}
+                  "json", "pathlib", "weakref", "importlib", "subprocess", "ctypes"}
 
 
 @pytest.mark.parametrize("command", ["rescue", "scan"])

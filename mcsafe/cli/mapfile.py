@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterator
 
-from .._libc import fallocate
+from .._mcsafe import _fallocate as fallocate
 
 BLOCK_STATUSES = "?*/-+"
 HEX = "0123456789abcdefABCDEF"
@@ -209,6 +209,8 @@ class Mapfile:
             statuses.append(status)
         if status_line is None:
             return None
+        if not statuses:    # no block holds a byte (one at LLONG_MAX): the domain is empty
+            begin = end = 0
         if begin > 0:                       # outside the domain: not tried
             if statuses[0] == NON_TRIED:
                 starts[0] = 0

@@ -31,7 +31,7 @@ import stat
 import sys
 import time
 
-from .._libc import fallocate
+from .._mcsafe import _fallocate as fallocate
 from ..mapped.opening import HUGETLBFS_MAGIC, open_file
 from ..pagecache import Snapshot, sees_cache
 from . import onecopy
