@@ -535,7 +535,7 @@ cdef bint _no_zero(const char *buf, Py_ssize_t offset, Py_ssize_t count) noexcep
     while at < count:
         n = <size_t>(count - at) if count - at < 4096 else 4096
         rec.side = 0
-        if mcsafe_copy(piece, buf + at, n, &rec) != 0 or memchr(piece, 0, n) != NULL:
+        if mcsafe_copy(piece, buf + at, n, &rec) != n or memchr(piece, 0, n) != NULL:
             return False
         at += <Py_ssize_t>n
     return True
