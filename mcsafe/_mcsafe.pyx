@@ -571,7 +571,7 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
     try:
         if room < s.len:
             room = s.len
-        if not 0 <= offset < room or limit >= s.len or (limit < 0 and not careful):
+        if not 0 <= offset < room or limit >= s.len:
             return -2
         if d.len == 0:
             return 0
@@ -619,7 +619,13 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
         # (as it always does without a probe: a block device, which a shrink
         # neither zeroes nor unmaps). Unless the file was also written long again
         # meanwhile, which pread(2) cannot see either.
-        if (limit >= 0 and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0
+        # And unless another process wrote past the cut through its own mapping of
+        # that page (the kernel drops those bytes; a zero needs not be among them):
+        # pread(2) reads the size just before copying each page (tmpfs) or batch
+        # of pages, so a copy that reached this page from another one, past the
+        # size asked before it, has the size asked again.
+        if (limit >= 0 and (offset + count - 1) // <Py_ssize_t>_PAGE == offset // <Py_ssize_t>_PAGE
+                and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0
                 and _no_zero(<const char *>d.buf, offset, count)):
             return count
         size = _size_now(fd) - offset
@@ -726,16 +732,20 @@ cdef class _FastPath:
     A copy that ends at or before `limit` (the start of the file's last page as
     last seen, where the probe word at address `probe` is armed) is proved by
     the probe read before and after it: no system call. One that reaches past
-    it is bounded by the size asked just before it (lseek), and its last byte
-    read again after it (a cut during the copy makes it 0 or fault, or left
-    zeros copied from its page: then the size asked again bounds the count).
+    it is bounded by the size asked just before it (lseek), and, if it lay in
+    that page alone, its last byte read again after it (a cut during the copy
+    makes it 0 or fault, or left zeros copied from its page: then the size
+    asked again bounds the count); one that reached that page from another has
+    the size asked again.
 
     A read that is not plainly fast goes on in Python, in the subclass's
     _readinto_slow(buf, offset, state, got), with `got` -1 if the probe failed
     (the copy may have run: count none of it), -2 if nothing was done (the read
-    touches a known bad range, no probe, the offset outside the mapping or not a
+    touches a known bad range, the offset outside the mapping or not a
     Py_ssize_t, the file grown past it, a closed file), or the CopyResult of a
-    fault. The offset it gets is an int (operator.index, once, as os.preadv)."""
+    fault. Without a probe (limit < 0: a block device, a file whose size can
+    change behind the kernel's back, a last page that could not be read) the
+    size is asked before and after the copy. The offset it gets is an int (operator.index, once, as os.preadv)."""
     cdef public _Published _window
     cdef public _Starts _bad
 
