@@ -508,13 +508,18 @@ cdef Py_ssize_t _size_now(int fd) except -1:
     about 190 ns on ext4 and tmpfs where fstat and statx cost 380-430 ns (pread
     of 100 bytes 460 ns); on FUSE with attr_timeout=0 each is one GETATTR. The
     offset it moves is the MappedFile's own descriptor's, which nothing reads
-    through."""
+    through. The GIL is released around it, as os.pread releases it: on FUSE
+    and NFS it is a round trip to a server, which may hang."""
     cdef long size
+    cdef int err
     while True:
-        size = _lseek(fd, 0, SEEK_END)
+        with nogil:
+            size = _lseek(fd, 0, SEEK_END)
+            err = errno
         if size >= 0:
             return size
-        if errno != EINTR:
+        if err != EINTR:
+            errno = err
             PyErr_SetFromErrno(OSError)
         PyErr_CheckSignals()         # interrupted (a FUSE request): handlers, then again
 

@@ -143,3 +143,29 @@ def test_other_readers_agree_with_mapped_file(failing_file) -> None:
                 assert got == want, (offset, n)
     finally:
         os.close(fd)
+
+
+HANG = 30.0     # seconds a held stat waits at most: a deadline, never a pace
+
+
+@pytest.mark.parametrize("offset", [5 * PAGE, 16 * PAGE - 100])
+def test_a_hung_server_stops_only_the_reading_thread(failing_file, offset: int) -> None:
+    """The size a FUSE read asks (a GETATTR) waits for a server that hangs; the
+    other threads run meanwhile, as they do while os.pread waits (the GIL is
+    released around the question). The main thread below runs Python while the
+    reader's GETATTR is held: without the release it could not run until the
+    server gave up the hold (HANG), and would see none waiting."""
+    import threading
+    f = failing_file(16 * PAGE)
+    data = inject.pattern(16 * PAGE)
+    with MappedFile(f.path) as mf:
+        assert mf.read(16 * PAGE) == data                  # every page mapped
+        buf = bytearray(100)
+        got: list[int] = []
+        with f.holding_getattrs(HANG):
+            reader = threading.Thread(target=lambda: got.append(mf.readinto(buf, offset)))
+            reader.start()
+            waiting = f.wait_for_held_getattr(HANG)
+        reader.join(HANG)
+        assert waiting == 1, "the main thread ran only once the held GETATTR had ended"
+        assert (got, bytes(buf)) == ([100], data[offset:offset + 100])
