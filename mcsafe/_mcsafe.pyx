@@ -581,9 +581,13 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
         if d.len == 0:
             return 0
         end = offset + d.len
-        if not probe or end > limit:
-            # The file's last page (or no probe): its bytes past the end read as
-            # zeros without a fault, so the copy stops at the size asked now.
+        if end > limit if probe else end > s.len:
+            # The file's last page, or past the size last published where there
+            # is no probe: bytes past the end read as zeros without a fault, so
+            # the copy stops at the size asked now. (Without a probe, a read
+            # within that size has the size asked only after the copy: a cut
+            # meanwhile shortens it then, as it would a read that asked before,
+            # and a FUSE read pays one GETATTR, as pread(2) does.)
             size = _size_now(fd)
             if offset >= size:
                 return 0
@@ -612,7 +616,7 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
         if probe and (mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8
                       or word != expect):
             return -1
-        if size < 0:
+        if size < 0 and probe:
             return count                # ends before the probe's page: proved by it
         # A cut sets the size, unmaps every page past the one it falls in (the
         # probe's too, if it falls below the probe's page), then zeroes that page
