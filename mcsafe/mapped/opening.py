@@ -31,6 +31,8 @@ SIZE_FROM_ELSEWHERE = frozenset({
     0x0BD00BD0,     # Lustre (out of tree)
     0x47504653,     # IBM Storage Scale (GPFS, out of tree)
     0x01161970, 0x7461636F,             # GFS2, OCFS2: a cut on another node
+    0x786F4256,     # vboxsf: the host cuts a shared folder's file (vbsf_update_inode)
+    0x19830326,     # BeeGFS (out of tree): another client, through the metadata server
 })
 # File systems whose files have no pages to map, by statfs f_type.
 _PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x64626720: "debugfs",
