@@ -287,7 +287,7 @@ class FailingFile:
 
     def stats(self) -> dict[str, int]:
         """What the server was asked so far: reads, failed_reads, writes,
-        failed_writes, truncates (FUSE requests, which the kernel makes per page
+        failed_writes, truncates, getattrs of the file (FUSE requests, which the kernel makes per page
         or per readahead window, not per call)."""
         reply = self._command({"op": "stats"})
         return {k: int(v) for k, v in reply.items() if k != "ok"}

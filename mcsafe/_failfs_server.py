@@ -88,7 +88,7 @@ class FailingFS(mfusepy.Operations):
         self._fd = os.open(backing, os.O_RDWR | os.O_CLOEXEC)
         self._bad: list[tuple[int, int]] = []
         self._counts = {"reads": 0, "failed_reads": 0, "writes": 0, "failed_writes": 0,
-                       "truncates": 0}
+                       "truncates": 0, "getattrs": 0}
         self._lock = threading.Lock()
         self._on_failed_read: list[list[Any]] = []
         self._held = threading.Event()
@@ -138,6 +138,7 @@ class FailingFS(mfusepy.Operations):
         if path != self._name:
             raise mfusepy.FuseOSError(errno.ENOENT)
         with self._lock:
+            self._counts["getattrs"] += 1
             hold = self._getattr_hold
             if hold is not None:
                 self._getattrs_waiting += 1
