@@ -566,6 +566,11 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
     cdef uint64_t expect = state[4]
     cdef int fd = state[5]
     cdef Py_ssize_t room = state[6]
+    if room == 0 and not careful:
+        # A closed file's state: to the careful path, which says so. Not by the
+        # view's release alone: a reader whose size question waits without the
+        # GIL holds the view, and four of them could keep close() waiting.
+        return -2
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
