@@ -759,7 +759,8 @@ cdef class _FastPath:
     Py_ssize_t, the file grown past it, a closed file), or the CopyResult of a
     fault. Without a probe (limit < 0: a block device, a file whose size can
     change behind the kernel's back, a last page that could not be read) the
-    size is asked before and after the copy. The offset it gets is an int (operator.index, once, as os.preadv)."""
+    size is asked after the copy, and before it too if the read ends past the
+    size last published. The offset it gets is an int (operator.index, once, as os.preadv)."""
     cdef public _Published _window
     cdef public _Starts _bad
 
