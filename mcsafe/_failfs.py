@@ -247,6 +247,30 @@ class FailingFile:
             raise TimeoutError(f"no write to {self.path} was held in {timeout} s") from None
 
     @contextlib.contextmanager
+    def holding_getattrs(self, limit: float) -> Iterator[None]:
+        """While the block runs, every getattr of the file (the kernel's question
+        for its size and times: stat(2), and lseek(SEEK_END) with attr_timeout=0)
+        waits in the server until the block ends, or `limit` seconds at most: a
+        server that hangs, as a stalled NFS or FUSE server does, for as long as a
+        test needs (wait_for_held_getattr() tells when one waits). The limit lets
+        a caller that cannot end the block (its own thread stuck) go on."""
+        self._command({"op": "hold_getattr", "limit": limit})
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self._command({"op": "release_getattr"})
+
+    def wait_for_held_getattr(self, timeout: float) -> int:
+        """Return, once a getattr waits inside holding_getattrs(), how many wait as
+        the server answers (0 if those held were let go by the limit meanwhile);
+        TimeoutError if none waits within timeout seconds."""
+        try:
+            return int(self._command({"op": "wait_held_getattr", "timeout": timeout})["waiting"])
+        except ValueError:
+            raise TimeoutError(f"no getattr of {self.path} was held in {timeout} s") from None
+
+    @contextlib.contextmanager
     def failing_sync(self, err: int = errno.EIO, *, times: int = -1,
                      close: bool = False) -> Iterator[None]:
         """While the block runs, the next `times` fsync(2)/fdatasync(2) of the file
@@ -263,7 +287,7 @@ class FailingFile:
 
     def stats(self) -> dict[str, int]:
         """What the server was asked so far: reads, failed_reads, writes,
-        failed_writes, truncates (FUSE requests, which the kernel makes per page
+        failed_writes, truncates, getattrs of the file (FUSE requests, which the kernel makes per page
         or per readahead window, not per call)."""
         reply = self._command({"op": "stats"})
         return {k: int(v) for k, v in reply.items() if k != "ok"}

@@ -24,6 +24,11 @@ CONTROL_FD is one end of a socket pair, one JSON object a line each way:
                       wait until {"op": "release_writes"} (from None: none wait)
     {"op": "wait_held_write", "timeout": S}  -> {"ok": true} once a write waits
                       ({"ok": false} if none does within S seconds)
+    {"op": "hold_getattr", "limit": S}  -> {"ok": true}  the next getattrs of the file
+                      wait until {"op": "release_getattr"}, or S seconds at most
+    {"op": "wait_held_getattr", "timeout": S}  -> {"ok": true, "waiting": N} once a
+                      getattr waits, N of them waiting as the reply is made
+                      ({"ok": false} if none does within S seconds)
     {"op": "fail_sync", "fsync": N, "times": T, "flush": M}  -> {"ok": true}
                       the next T fsyncs (T < 0: every one) fail with errno N, and
                       every flush (close(2) of a descriptor) with M (0: none fail)
@@ -83,13 +88,16 @@ class FailingFS(mfusepy.Operations):
         self._fd = os.open(backing, os.O_RDWR | os.O_CLOEXEC)
         self._bad: list[tuple[int, int]] = []
         self._counts = {"reads": 0, "failed_reads": 0, "writes": 0, "failed_writes": 0,
-                       "truncates": 0}
+                       "truncates": 0, "getattrs": 0}
         self._lock = threading.Lock()
         self._on_failed_read: list[list[Any]] = []
         self._held = threading.Event()
         self._held.set()
         self._write_hold: tuple[int, threading.Event] | None = None
         self._write_held = threading.Event()    # a writer waits in write()
+        self._getattr_hold: tuple[threading.Event, float] | None = None
+        self._getattr_held = threading.Event()  # a getattr waits in getattr()
+        self._getattrs_waiting = 0
         self._fsync_errno = self._fsync_times = self._flush_errno = 0
         self._fuse = ctypes.c_void_p()
 
@@ -129,6 +137,16 @@ class FailingFS(mfusepy.Operations):
             return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
         if path != self._name:
             raise mfusepy.FuseOSError(errno.ENOENT)
+        with self._lock:
+            self._counts["getattrs"] += 1
+            hold = self._getattr_hold
+            if hold is not None:
+                self._getattrs_waiting += 1
+                self._getattr_held.set()
+        if hold is not None:
+            hold[0].wait(hold[1])   # a stat held in the server (hold_getattr)
+            with self._lock:
+                self._getattrs_waiting -= 1
         st = os.fstat(self._fd)
         return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": st.st_size,
                 "st_blocks": st.st_blocks, "st_blksize": PAGE,
@@ -277,6 +295,22 @@ class FailingFS(mfusepy.Operations):
             if self._write_held.wait(float(cmd["timeout"])):
                 return {"ok": True}
             return {"ok": False, "error": "no write was held"}
+        if op == "hold_getattr":
+            with self._lock:
+                self._getattr_hold = (threading.Event(), float(cmd["limit"]))
+                self._getattr_held = threading.Event()
+            return {"ok": True}
+        if op == "release_getattr":
+            with self._lock:
+                hold, self._getattr_hold = self._getattr_hold, None
+            if hold is not None:
+                hold[0].set()
+            return {"ok": True}
+        if op == "wait_held_getattr":
+            if self._getattr_held.wait(float(cmd["timeout"])):
+                with self._lock:
+                    return {"ok": True, "waiting": self._getattrs_waiting}
+            return {"ok": False, "error": "no getattr was held"}
         if op == "fail_sync":
             with self._lock:
                 self._fsync_errno, self._fsync_times, self._flush_errno = \

@@ -508,13 +508,18 @@ cdef Py_ssize_t _size_now(int fd) except -1:
     about 190 ns on ext4 and tmpfs where fstat and statx cost 380-430 ns (pread
     of 100 bytes 460 ns); on FUSE with attr_timeout=0 each is one GETATTR. The
     offset it moves is the MappedFile's own descriptor's, which nothing reads
-    through."""
+    through. The GIL is released around it, as os.pread releases it: on FUSE
+    and NFS it is a round trip to a server, which may hang."""
     cdef long size
+    cdef int err
     while True:
-        size = _lseek(fd, 0, SEEK_END)
+        with nogil:
+            size = _lseek(fd, 0, SEEK_END)
+            err = errno
         if size >= 0:
             return size
-        if errno != EINTR:
+        if err != EINTR:
+            errno = err
             PyErr_SetFromErrno(OSError)
         PyErr_CheckSignals()         # interrupted (a FUSE request): handlers, then again
 
@@ -535,7 +540,7 @@ cdef bint _no_zero(const char *buf, Py_ssize_t offset, Py_ssize_t count) noexcep
     while at < count:
         n = <size_t>(count - at) if count - at < 4096 else 4096
         rec.side = 0
-        if mcsafe_copy(piece, buf + at, n, &rec) != 0 or memchr(piece, 0, n) != NULL:
+        if mcsafe_copy(piece, buf + at, n, &rec) != n or memchr(piece, 0, n) != NULL:
             return False
         at += <Py_ssize_t>n
     return True
@@ -561,6 +566,11 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
     cdef uint64_t expect = state[4]
     cdef int fd = state[5]
     cdef Py_ssize_t room = state[6]
+    if room == 0 and not careful:
+        # A closed file's state: to the careful path, which says so. Not by the
+        # view's release alone: a reader whose size question waits without the
+        # GIL holds the view, and four of them could keep close() waiting.
+        return -2
     if not _own_ok:
         raise RuntimeError(f"mcsafe cannot recover faults: {_own_status}")
     if _get_buffer(src, &s, PyBUF_SIMPLE) < 0:
@@ -571,14 +581,18 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
     try:
         if room < s.len:
             room = s.len
-        if not 0 <= offset < room or limit >= s.len or (limit < 0 and not careful):
+        if not 0 <= offset < room or limit >= s.len:
             return -2
         if d.len == 0:
             return 0
         end = offset + d.len
-        if not probe or end > limit:
-            # The file's last page (or no probe): its bytes past the end read as
-            # zeros without a fault, so the copy stops at the size asked now.
+        if end > limit if probe else end > s.len:
+            # The file's last page, or past the size last published where there
+            # is no probe: bytes past the end read as zeros without a fault, so
+            # the copy stops at the size asked now. (Without a probe, a read
+            # within that size has the size asked only after the copy: a cut
+            # meanwhile shortens it then, as it would a read that asked before,
+            # and a FUSE read pays one GETATTR, as pread(2) does.)
             size = _size_now(fd)
             if offset >= size:
                 return 0
@@ -607,7 +621,7 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
         if probe and (mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8
                       or word != expect):
             return -1
-        if size < 0:
+        if size < 0 and probe:
             return count                # ends before the probe's page: proved by it
         # A cut sets the size, unmaps every page past the one it falls in (the
         # probe's too, if it falls below the probe's page), then zeroes that page
@@ -619,7 +633,13 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
         # (as it always does without a probe: a block device, which a shrink
         # neither zeroes nor unmaps). Unless the file was also written long again
         # meanwhile, which pread(2) cannot see either.
-        if (limit >= 0 and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0
+        # And unless another process wrote past the cut through its own mapping of
+        # that page (the kernel drops those bytes; a zero needs not be among them):
+        # pread(2) reads the size just before copying each page (tmpfs) or batch
+        # of pages, so a copy that reached this page from another one, past the
+        # size asked before it, has the size asked again.
+        if (limit >= 0 and (offset + count - 1) // <Py_ssize_t>_PAGE == offset // <Py_ssize_t>_PAGE
+                and mcsafe_copy(&last, sp + count - 1, 1, &rec) == 1 and last != 0
                 and _no_zero(<const char *>d.buf, offset, count)):
             return count
         size = _size_now(fd) - offset
@@ -726,16 +746,21 @@ cdef class _FastPath:
     A copy that ends at or before `limit` (the start of the file's last page as
     last seen, where the probe word at address `probe` is armed) is proved by
     the probe read before and after it: no system call. One that reaches past
-    it is bounded by the size asked just before it (lseek), and its last byte
-    read again after it (a cut during the copy makes it 0 or fault, or left
-    zeros copied from its page: then the size asked again bounds the count).
+    it is bounded by the size asked just before it (lseek), and, if it lay in
+    that page alone, its last byte read again after it (a cut during the copy
+    makes it 0 or fault, or left zeros copied from its page: then the size
+    asked again bounds the count); one that reached that page from another has
+    the size asked again.
 
     A read that is not plainly fast goes on in Python, in the subclass's
     _readinto_slow(buf, offset, state, got), with `got` -1 if the probe failed
     (the copy may have run: count none of it), -2 if nothing was done (the read
-    touches a known bad range, no probe, the offset outside the mapping or not a
+    touches a known bad range, the offset outside the mapping or not a
     Py_ssize_t, the file grown past it, a closed file), or the CopyResult of a
-    fault. The offset it gets is an int (operator.index, once, as os.preadv)."""
+    fault. Without a probe (limit < 0: a block device, a file whose size can
+    change behind the kernel's back, a last page that could not be read) the
+    size is asked after the copy, and before it too if the read ends past the
+    size last published. The offset it gets is an int (operator.index, once, as os.preadv)."""
     cdef public _Published _window
     cdef public _Starts _bad
 

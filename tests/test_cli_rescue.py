@@ -1665,3 +1665,41 @@ def test_a_chunk_being_written_when_written_raises_is_unmapped(tmp_path) -> None
         os.close(out)
         _unmap(address, size)
         os.close(fd)
+
+
+def test_the_one_copy_path_of_a_fuse_src_cut_behind_the_kernel_copies_what_pread_reads(
+        failing_file, tmp_path) -> None:
+    """Another client cuts SRC in the server once its size was asked, in a page the
+    kernel has not cached (the pages after it cached): the kernel learns of the
+    cut from that page's short READ (zero-filled from the cut, no page unmapped).
+    DST gets exactly what pread(2) reads of SRC then, nothing past the cut; the
+    rest is handed to the careful path."""
+    from mcsafe.cli import onecopy
+    size = 64 * PAGE
+    data = (bytes(range(1, 256)) * 1100)[:size]
+    q = 52
+    cut = q * PAGE + 60
+    f = failing_file(data)
+    with open(f.path, "rb") as whole:                   # every page cached
+        assert whole.read() == data
+    fd = os.open(f.path, os.O_RDONLY)
+    dfd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+    try:
+        os.posix_fadvise(fd, q * PAGE, PAGE, os.POSIX_FADV_DONTNEED)
+        source = onecopy.SourceMap(fd, os.lseek(fd, 0, os.SEEK_END))
+        os.truncate(f.backing, cut)
+        try:
+            written: list[tuple[int, int]] = []
+            got = onecopy.copy(fd, source.address, dfd, 0, size,
+                               lambda at, n: written.append((at, n)), lambda at, n: None,
+                               lambda at, end: None, lambda: os.lseek(fd, 0, os.SEEK_END),
+                               False)
+        finally:
+            source.close()
+        ref = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+        os.close(dfd)
+    assert ref == data[:cut]
+    assert (got, written) == ((cut, size), [(0, cut)])
+    assert (tmp_path / "dst").read_bytes() == ref

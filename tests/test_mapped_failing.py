@@ -143,3 +143,50 @@ def test_other_readers_agree_with_mapped_file(failing_file) -> None:
                 assert got == want, (offset, n)
     finally:
         os.close(fd)
+
+
+HANG = 30.0     # seconds a held stat waits at most: a deadline, never a pace
+
+
+@pytest.mark.parametrize("offset", [5 * PAGE, 16 * PAGE - 100])
+def test_a_hung_server_stops_only_the_reading_thread(failing_file, offset: int) -> None:
+    """The size a FUSE read asks (a GETATTR) waits for a server that hangs; the
+    other threads run meanwhile, as they do while os.pread waits (the GIL is
+    released around the question). The main thread below runs Python while the
+    reader's GETATTR is held: without the release it could not run until the
+    server gave up the hold (HANG), and would see none waiting."""
+    import threading
+    f = failing_file(16 * PAGE)
+    data = inject.pattern(16 * PAGE)
+    with MappedFile(f.path) as mf:
+        assert mf.read(16 * PAGE) == data                  # every page mapped
+        buf = bytearray(100)
+        got: list[int] = []
+        with f.holding_getattrs(HANG):
+            reader = threading.Thread(target=lambda: got.append(mf.readinto(buf, offset)))
+            reader.start()
+            waiting = f.wait_for_held_getattr(HANG)
+        reader.join(HANG)
+        assert waiting == 1, "the main thread ran only once the held GETATTR had ended"
+        assert (got, bytes(buf)) == ([100], data[offset:offset + 100])
+
+
+def test_a_fuse_read_asks_the_server_as_often_as_pread(failing_file) -> None:
+    """A read within the file's size asks its size once, after its copy: one
+    GETATTR (attr_timeout=0), as pread(2) sends one (two before: found by review)."""
+    f = failing_file(8 * PAGE)
+    data = inject.pattern(8 * PAGE)
+    buf = bytearray(100)
+    with MappedFile(f.path) as mf:
+        assert mf.read(8 * PAGE) == data                   # every page cached
+        fd = os.open(f.path, os.O_RDONLY)
+        try:
+            asked = {}
+            for name, read in (("mapped", mf.readinto), ("pread", lambda b, at: os.preadv(fd, [b], at))):
+                before = f.stats()["getattrs"]
+                for at in (0, 100, 3 * PAGE - 50, 8 * PAGE - 100):
+                    assert (read(buf, at), bytes(buf)) == (100, data[at:at + 100])
+                asked[name] = f.stats()["getattrs"] - before
+        finally:
+            os.close(fd)
+    assert asked["mapped"] == asked["pread"] == 4

@@ -161,7 +161,15 @@ class Parity(RuleBasedStateMachine):
         with fuse.on_failed_read(append=b"g" * grow):
             got = outcome(lambda: bytes(buf[:self.mf.readinto(buf, offset)]))  # type: ignore
         want = self.remembered_cut(offset, outcome(lambda: os.pread(self.fds[0], n, offset)))
-        assert got == want, (offset, n, self.mf.bad_ranges())
+        # The append may come during the call (the kernel's READ ahead of it fails):
+        # then the call may stop at the size it asked as it began, where pread(2)
+        # begun with it would stop too (a FUSE file is not probed: no page of it was
+        # read ahead at open).
+        if isinstance(got, bytes) and isinstance(want, bytes) and got != want:
+            assert want.startswith(got) and offset + len(got) == before, \
+                (offset, n, len(got), len(want), before, self.mf.bad_ranges())
+        else:
+            assert got == want, (offset, n, self.mf.bad_ranges())
         grown = fuse.contents()[before:]
         if grown:                       # the twin lives through the same history, made
             with open(self.backing.files[1].backing, "r+b") as twin:     # the same way

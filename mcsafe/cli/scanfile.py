@@ -273,6 +273,10 @@ def _changed(fd: int, st: os.stat_result, target: Target, report: FileReport,
     if now.st_size != st.st_size:
         report.change = "grew" if now.st_size > st.st_size else "shrank"
         report.size_now = now.st_size
+        # Cut where the mapping could not see it (FUSE, a network file system:
+        # the pages past the cut stay mapped, and read on without a fault):
+        # nothing past the cut counts as scanned.
+        report.done = min(report.done, now.st_size)
     elif now.st_mtime_ns != st.st_mtime_ns:
         report.change = "modified"
     if by_name:

@@ -165,7 +165,7 @@ class Careful:
                 n = bad[0] - pos
             # The last try of a file that changed during every copy (a log
             # appended to, a file written in place) has a probe of its own.
-            proof = self.probe_past(pos + n) if churn == 0 else None
+            proof = self.probe_past(pos + n) if churn == 0 and w.cuts_unmap else None
             try:
                 before = self.stamp()
                 # cut since the size was asked? (st_size is 0 for a block device)

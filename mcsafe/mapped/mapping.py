@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 from .._mcsafe import _copy_or_report, _Published, _scan
 from .._types import CopyResult
 from ._sys import PAGE, Memory, advise, map_memory, oserror, pages, unmap
-from .opening import HUGETLBFS_MAGIC, Opened
+from .opening import HUGETLBFS_MAGIC, SIZE_FROM_ELSEWHERE, Opened
 from .probe import Probe
 
 RESERVE_MIN = 1 << 20       # a growing file is mapped with room to grow (address space only)
@@ -82,6 +82,10 @@ class Window(_Published):
         # writable mapping past the end makes the file that long.
         self.probed = opened.regular
         self.room = self.probed and opened.fs != HUGETLBFS_MAGIC
+        # A file whose size can change behind the kernel's back (FUSE, network and
+        # cluster file systems) is cut without unmapping anything: no probe, so
+        # every call asks the size before and after each copy (the careful paths).
+        self.cuts_unmap = opened.fs not in SIZE_FROM_ELSEWHERE
         size = self.file_size()
         reserve = pages(max(2 * size, size + RESERVE_MIN)) if self.room else pages(max(size, 1))
         try:
@@ -158,7 +162,7 @@ class Window(_Published):
         # A block device that shrinks (a loop device's backing file cut, then
         # losetup -c) keeps its page cache: no cut unmaps the probe, so a device
         # is never probed.
-        limit = (size - 1) // PAGE * PAGE if size and self.probed else -1
+        limit = (size - 1) // PAGE * PAGE if size and self.probed and self.cuts_unmap else -1
         room = self.map.length          # the view is a slice of self.map, from its start
         if limit <= 0:
             # no probe; or none needed: every read of a file of one page reaches

@@ -13,6 +13,27 @@ from ._sys import fs_type, oserror
 TYPE_CHECKING = False           # typing: milliseconds a rescue need not pay
 
 HUGETLBFS_MAGIC = 0x958458F6
+# File systems whose files' size can change behind the kernel's back, by statfs
+# f_type: another client (of the server, or a node of the cluster) cuts a file,
+# and the kernel learns of it at its next look at the server (a short read, new
+# attributes), setting the size without unmapping the pages past the cut
+# (truncate_pagecache() runs only for a cut the kernel itself makes). On these
+# no probe proves anything: every read asks the size after its copy.
+SIZE_FROM_ELSEWHERE = frozenset({
+    0x65735546,     # FUSE (fuseblk and virtiofs too): fuse_short_read() sets i_size alone
+    0x6969,         # NFS: nfs_update_inode() sets it from the server's attributes
+    0xFF534D42, 0xFE534D42, 0x517B,     # CIFS, SMB2/3, smbfs
+    0x01021997,     # 9p (v9fs_stat2inode)
+    0x00C36400,     # Ceph (its truncation of the page cache is queued, done later)
+    0x6B414653, 0x5346414F,             # kAFS, OpenAFS
+    0x73757245,     # Coda
+    0x20030528,     # OrangeFS
+    0x0BD00BD0,     # Lustre (out of tree)
+    0x47504653,     # IBM Storage Scale (GPFS, out of tree)
+    0x01161970, 0x7461636F,             # GFS2, OCFS2: a cut on another node
+    0x786F4256,     # vboxsf: the host cuts a shared folder's file (vbsf_update_inode)
+    0x19830326,     # BeeGFS (out of tree): another client, through the metadata server
+})
 # File systems whose files have no pages to map, by statfs f_type.
 _PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x64626720: "debugfs",
               0x74726163: "tracefs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2",
