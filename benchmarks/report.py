@@ -342,7 +342,8 @@ WHY_MISSED = {
     "64 B per call ≤ 1.0× memoryview (interleaved)":
         "Within a few ns, changing sign between runs.",
     "mcsafe scan, 10,000 files of 4 KiB, ≥ 0.9× the throughput of cat (whole process)":
-        "Met in this stop's runs (0.98× in two full runs, interleaved; a review measured "
+        "Met: 1.03× in this stop's full run, 1.45× in the last stop's final one (0.98× in "
+        "two earlier full runs, interleaved; a review measured "
         "0.93-0.96× of cat's CPU time at load 2-5, where main before it was 0.81-0.82×). "
         "What changed: the batch reader (`_scan_small`, C) unmaps a call's clean "
         "mappings together, a run of adjacent ones per munmap(2) (57 -> 47 ms of C for "
@@ -356,18 +357,20 @@ WHY_MISSED = {
         "MAP_POPULATE (a fault less per file) stays out: populating a FUSE page whose "
         "read had failed looped in the kernel, killable only by SIGKILL.",
     "mcsafe scan, 1 GiB in large files, ≥ 0.9× the throughput of cat (whole process)":
-        "Met in this stop's final run (0.98×), missed in an earlier one (0.87×) on the "
+        "Met: 0.94× in this stop's full run, 0.98× in the last stop's final one, missed in "
+        "an earlier one (0.87×) on the "
         "same code: each is a median of a few whole processes of 140-170 ms on a shared "
         "2-core VM. The scan itself (loads only, a page ahead prefetched, table-covered) "
         "reads 1 GiB of page cache in 85-90 ms of CPU, where cat's read(2) copy takes "
-        "120-130; what is left is the interpreter's start, cut this stop by the cyclic "
+        "120-130; what is left is the interpreter's start, cut the last stop by the cyclic "
         "collector kept off until the command runs and by MappedFile's modules no longer "
         "importing typing and contextlib (21 interleaved rounds: 184-187 -> 171-178 ms, "
         "then 142 -> 133 ms), and the page faults of the mapping where the page cache "
         "came from small writes (a fault per 16 pages).",
     "mcsafe rescue --no-sync of a clean 1 GiB file ≥ 0.9× cp":
-        "Met in the rescue-21f helper's runs, missed before it (0.86-0.88× in the last "
-        "stop's three full runs). Where the time went (load 0.4-1.2 on 2 cores, "
+        "Met: 1.03× in this stop's full run (installed 453 ms, cp 469 ms, 5 interleaved "
+        "rounds at load about 1) and in the rescue-21f helper's runs; missed before it "
+        "(0.86-0.88× in the last stop's three full runs). Where the time went (load 0.4-1.2 on 2 cores, "
         "interleaved): the start, a 4 KiB rescue 26 ms against `python -c pass` 9.4 ms "
         "and cp 1.2 ms (21 rounds; argparse with re, enum, gettext and locale is 9.5 ms "
         "of it); in one process, of 1 GiB (11 rounds), MADV_POPULATE_READ and "
@@ -391,7 +394,10 @@ WHY_MISSED = {
         "What is left is the start (argparse), and the page tables of SRC's small "
         "folios, now off the writing thread. copy_file_range is not an option: the "
         "kernel's page-cache copy consumes latent poison in kernel mode, where "
-        "pwrite(2) from SRC's mapping is copy_from_user, which the kernel recovers.",
+        "pwrite(2) from SRC's mapping is copy_from_user, which the kernel recovers. The "
+        "thread maps in only a chunk whose every page is in the page cache with its data "
+        "read (mincore), so a stop never waits for a read only it asked for (found by "
+        "review).",
     "mcsafe rescue (DST synced) of a clean 1 GiB file ≥ 0.9× cp + sync":
         "Both are mostly the fsync of 1 GiB to this machine's disk (0.5-0.8 s), shared "
         "with other jobs' writes: the spread between runs is larger than the difference.",
@@ -426,19 +432,19 @@ WHY_MISSED["throughput at 256 MiB ≥ 0.97× ctypes.memmove (interleaved)"] = (
     "machine reports, as glibc does; this VM reports its host's 300 MiB L3, so non-temporal "
     "stores start at 75 MiB and a 256 MiB copy uses them, where glibc's memmove, with its "
     "own per-thread share of that cache, did not in this run. Measured once in the final "
-    "run (0.89×); not yet compared across runs.")
+    "run of the last stop (0.89×) and 0.90× in this stop's: the same choice both times.")
 WHY_MISSED["64 B per call ≤ 1.0× cysignals (interleaved)"] = (
-    "0.95× in this stop's first full run and 1.13× in its last, with no change to the copy "
-    "or its call between them: a call of 64 bytes is about 100 ns, where this VM's "
+    "0.95× and 1.13× in the last stop's two full runs, 1.10× in this one, with no change "
+    "to the copy or its call between them: a call of 64 bytes is about 100 ns, where this VM's "
     "spread between runs is larger than the gap.")
 WHY_MISSED["load_file, 64 tensors of 1 MiB, ≤ 1.0× safetensors (interleaved)"] = (
-    "1.00× in both of this stop's full runs, on either side of the line by the third "
-    "digit; nothing on its path changed this stop.")
+    "1.00× in both of the last stop's full runs and 1.01× in this one, on either side of "
+    "the line by the third digit; nothing on its path changed in either stop.")
 WHY_MISSED["build with unwind rules for 1,000 functions of the largest library < 2 s"] = (
-    "2.37 and 2.33 s in this stop's two full runs, 1.49 s in the last stop's; extable did "
-    "not change this stop. Run alone, taking turns, it took 2.44, 1.90 and 2.81 s on this "
-    "tree and 1.82, 1.88 and 1.91 s on the tree this stop began from (one round each): a "
-    "2 s whole process on this shared VM, at the line either way.")
+    "1.76 s in this stop's full run; 2.37 and 2.33 s in the last stop's two, 1.49 s in the "
+    "one before, with extable unchanged throughout. Run alone, taking turns, it took 2.44, "
+    "1.90 and 2.81 s on one tree and 1.82-1.91 s on the tree before it (one round each): "
+    "a 2 s whole process on this shared VM, at the line either way.")
 WHY_MISSED["load_file, a checkpoint of 1,000 tensors, ≤ 1.0× safetensors (interleaved)"] = (
     "Met in every run since the new tensors' pages are faulted in before the copy "
     "(MADV_POPULATE_WRITE, one pass in the kernel): 0.67-0.70x in three full runs (1 GiB, "
