@@ -586,13 +586,9 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
         if d.len == 0:
             return 0
         end = offset + d.len
-        if end > limit if probe else end > s.len:
-            # The file's last page, or past the size last published where there
-            # is no probe: bytes past the end read as zeros without a fault, so
-            # the copy stops at the size asked now. (Without a probe, a read
-            # within that size has the size asked only after the copy: a cut
-            # meanwhile shortens it then, as it would a read that asked before,
-            # and a FUSE read pays one GETATTR, as pread(2) does.)
+        if not probe or end > limit:
+            # The file's last page (or no probe): its bytes past the end read as
+            # zeros without a fault, so the copy stops at the size asked now.
             size = _size_now(fd)
             if offset >= size:
                 return 0
@@ -621,7 +617,7 @@ cdef object _read_exact(Py_buffer *d, tuple state, Py_ssize_t offset, bint caref
         if probe and (mcsafe_copy(&word, <const void *>probe, 8, &rec) != 8
                       or word != expect):
             return -1
-        if size < 0 and probe:
+        if size < 0:
             return count                # ends before the probe's page: proved by it
         # A cut sets the size, unmaps every page past the one it falls in (the
         # probe's too, if it falls below the probe's page), then zeroes that page
@@ -759,8 +755,7 @@ cdef class _FastPath:
     Py_ssize_t, the file grown past it, a closed file), or the CopyResult of a
     fault. Without a probe (limit < 0: a block device, a file whose size can
     change behind the kernel's back, a last page that could not be read) the
-    size is asked after the copy, and before it too if the read ends past the
-    size last published. The offset it gets is an int (operator.index, once, as os.preadv)."""
+    size is asked before and after the copy. The offset it gets is an int (operator.index, once, as os.preadv)."""
     cdef public _Published _window
     cdef public _Starts _bad
 

@@ -171,9 +171,10 @@ def test_a_hung_server_stops_only_the_reading_thread(failing_file, offset: int) 
         assert (got, bytes(buf)) == ([100], data[offset:offset + 100])
 
 
-def test_a_fuse_read_asks_the_server_as_often_as_pread(failing_file) -> None:
-    """A read within the file's size asks its size once, after its copy: one
-    GETATTR (attr_timeout=0), as pread(2) sends one (two before: found by review)."""
+def test_a_fuse_read_asks_the_server_twice_as_often_as_pread(failing_file) -> None:
+    """A read asks the file's size before its copy, as pread(2) does (so another
+    client's write is seen), and after it (so a cut during it is): two GETATTRs
+    (attr_timeout=0) where pread(2) sends one, and no more."""
     f = failing_file(8 * PAGE)
     data = inject.pattern(8 * PAGE)
     buf = bytearray(100)
@@ -189,4 +190,4 @@ def test_a_fuse_read_asks_the_server_as_often_as_pread(failing_file) -> None:
                 asked[name] = f.stats()["getattrs"] - before
         finally:
             os.close(fd)
-    assert asked["mapped"] == asked["pread"] == 4
+    assert asked["mapped"] == 2 * asked["pread"] == 8

@@ -146,3 +146,71 @@ def test_bytes_written_past_a_cut_through_another_mapping_are_not_counted(
     finally:
         os.unlink(path)
         os.rmdir(folder)
+
+
+# -- found by review of the second round (asking the size only after the copy) -------------
+
+@pytest.mark.parametrize("shm", [False, True])
+def test_a_one_page_file_cut_then_written_past_the_cut_counts_what_pread_returns(
+        tmp_path, shm) -> None:
+    """A file of one page, cut by another opener, which then writes past the cut
+    through its own shared mapping: readinto counts what pread(2) returns (it
+    counted all 4,000 bytes, the writer's included, where pread returns 100)."""
+    path = (f"/dev/shm/mcsafe-test-{os.getpid()}" if shm else str(tmp_path / "one"))
+    with open(path, "wb") as f:
+        f.write(b"A" * 4000)
+    try:
+        with MappedFile(path) as mf:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                other = mmap.mmap(fd, 4000)
+                os.ftruncate(fd, 100)
+                other[100:4000] = b"G" * 3900
+                buf = bytearray(4000)
+                got = mf.readinto(buf, 0)
+                want = os.pread(fd, 4000, 0)
+                other.close()
+            finally:
+                os.close(fd)
+        assert (got, bytes(buf[:got])) == (len(want), want) == (100, b"A" * 100)
+    finally:
+        os.unlink(path)
+
+
+def test_a_fuse_file_rewritten_by_another_client_reads_as_pread_does(failing_file) -> None:
+    """Another client rewrites pages 4-7 of a cached FUSE file; a read after it returns
+    the new bytes, as pread(2) does (the GETATTR before the copy finds the times moved
+    and the kernel drops the stale pages; asked only after, the read returned the old)."""
+    f = failing_file(16 * PAGE)
+    old = inject.pattern(16 * PAGE)
+    new = bytes(255 - b for b in old)
+    with MappedFile(f.path) as mf:
+        assert mf.read(16 * PAGE) == old
+        fd = os.open(f.backing, os.O_WRONLY)
+        try:
+            os.pwrite(fd, new[4 * PAGE:8 * PAGE], 4 * PAGE)
+        finally:
+            os.close(fd)
+        buf = bytearray(4 * PAGE)
+        got = mf.readinto(buf, 4 * PAGE)
+        rfd = os.open(f.path, os.O_RDONLY)
+        try:
+            want = os.pread(rfd, 4 * PAGE, 4 * PAGE)
+        finally:
+            os.close(rfd)
+    assert want == new[4 * PAGE:8 * PAGE]
+    assert (got, bytes(buf[:got])) == (4 * PAGE, want)
+
+
+def test_a_fuse_read_after_a_cut_writes_nothing_past_its_count(failing_file) -> None:
+    """Another client cuts a cached FUSE file; a read across the cut counts to it and
+    leaves the caller's buffer past its count untouched, as os.preadv does (the
+    file's old bytes past the cut were written there)."""
+    f = failing_file(16 * PAGE)
+    with MappedFile(f.path) as mf:
+        assert len(mf.read(16 * PAGE)) == 16 * PAGE
+        os.truncate(f.backing, 5 * PAGE + 100)
+        buf = bytearray(b"\xee" * (4 * PAGE))
+        got = mf.readinto(buf, 4 * PAGE)
+    assert got == PAGE + 100
+    assert bytes(buf[got:]) == b"\xee" * (3 * PAGE - 100)
