@@ -3,6 +3,7 @@ big trees, sparse files, unreadable files, loops and special files (issue 21).""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import mmap
@@ -422,17 +423,20 @@ def inside(f) -> tuple[object, Inotify]:
     return f.on_failed_read(write=(f.contents()[:1], 0)), watch
 
 
-def scan_until_inside(slow, sig: int, *args: object
+def scan_until_inside(slow, sig: int, *args: object, hold: bool = False
                       ) -> tuple[subprocess.Popen[str], str, str]:
     """`mcsafe scan --json ARGS`, sent sig on the first failing read of `slow`;
-    the process (ended), its stdout and its stderr."""
+    the process (ended), its stdout and its stderr. hold: the FUSE server keeps
+    that read until the signal was sent, then lets it fail."""
     hook, watch = inside(slow)
-    with hook:
+    with hook, (slow.holding_failed_reads() if hold else contextlib.nullcontext()):
         proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json", *map(str, args)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            watch.wait(1)
+            watch.wait(1)                    # inside the failing read
             proc.send_signal(sig)
+            if hold:
+                slow.release()
             out, err = proc.communicate(timeout=WAIT)
         finally:
             watch.close()
@@ -442,24 +446,8 @@ def scan_until_inside(slow, sig: int, *args: object
 
 
 def scan_stopped_in_held_read(f, *args: object) -> tuple[subprocess.Popen[str], str, str]:
-    """`mcsafe scan --json ARGS`, sent SIGINT while held inside a failing read of f (the
-    FUSE server keeps it until the signal was sent, then lets it fail); the process
-    (ended), its stdout and its stderr."""
-    hook, watch = inside(f)
-    with hook, f.holding_failed_reads():
-        proc = subprocess.Popen([sys.executable, "-m", "mcsafe", "scan", "--json",
-                                 *map(str, args)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            watch.wait(1)                    # held inside the failing read
-            proc.send_signal(signal.SIGINT)
-            f.release()
-            out, err = proc.communicate(timeout=WAIT)
-        finally:
-            watch.close()
-            proc.kill()
-            proc.wait()
-    return proc, out, err
+    """`mcsafe scan --json ARGS`, sent SIGINT while held inside a failing read of f."""
+    return scan_until_inside(f, signal.SIGINT, *args, hold=True)
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGINT --jobs 2"])
